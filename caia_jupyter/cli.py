@@ -1,0 +1,216 @@
+"""`caia`: the command line. Each command is a thin call into the core.
+
+`build_parser()` + `main(argv) -> int`; the kernel's `%federated` line magic parses with
+the same parser and calls the same `run()`, getting the result objects instead of text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import CaiaError
+
+
+class Parser(argparse.ArgumentParser):
+    """Raises usage errors so the CLI and the line magic report them the same way."""
+
+    def error(self, message):
+        raise CaiaError(f"{self.prog}: {message}")
+
+
+@dataclass
+class Outcome:
+    value: object  # what the kernel's magic returns
+    text: str  # what the terminal shows; a bundle id, when there is one, is the last line
+    data: dict = field(default_factory=dict)  # what --json prints
+    exit_code: int = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser = Parser(prog="caia", description="Federated learning for cancer centers, from Jupyter notebooks.")
+    parser.add_argument("--version", action="version", version=f"caia-jupyter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, help):
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = command("bundle", do_bundle, "build the content-hashed bundle of a saved notebook's %%federated cells")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="bundle directory (default: bundles/<notebook name>/ beside it)")
+
+    p = command("verify", do_verify, "check that a bundle is intact: every file, the manifest and the id")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--id", dest="expected_id", help="the bundle id you were given (default: the id recorded at build)")
+
+    p = command("validate", do_validate, "run a notebook's bundle locally, in a fresh kernel, on its sample data")
+    p.add_argument("target", type=Path, metavar="NOTEBOOK|BUNDLE")
+    p.add_argument("-o", "--output", type=Path, help="bundle directory when building from a notebook")
+
+    p = command("review", do_review, "render what a site's reviewers read (HTML)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="HTML file (default: <bundle>/records/review.html)")
+
+    p = command("approve", do_approve, "sign an approval of a bundle for a site, releasing datasets to it")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--site", type=Path, required=True, help="the site directory")
+    p.add_argument("--dataset", action="append", default=[], metavar="NAME[=CATALOG_ID]",
+                   help="release catalog dataset CATALOG_ID (default: NAME) as the requested dataset NAME")
+    p.add_argument("--expires-in", type=float, default=30, metavar="DAYS")
+    p.add_argument("--key", type=Path, help="reviewer private key (default: the site's reviewer key)")
+    p.add_argument("-o", "--output", type=Path, help="write the approval here instead of the site's approvals/")
+
+    site = commands.add_parser("site", help="create and manage a site directory").add_subparsers(
+        dest="site_command", required=True, metavar="SITE_COMMAND")
+    p = site.add_parser("init", parents=[common], help="create a site directory with a reviewer key pair")
+    p.set_defaults(handler=do_site_init)
+    p.add_argument("dir", type=Path)
+    p.add_argument("--name", required=True, help="the site's NVFLARE client name, e.g. site-1")
+    p = site.add_parser("add-dataset", parents=[common], help="register a CSV in the site's data catalog")
+    p.set_defaults(handler=do_site_add_dataset)
+    p.add_argument("dir", type=Path)
+    p.add_argument("dataset_id")
+    p.add_argument("csv", type=Path)
+    p = site.add_parser("trust", parents=[common], help="trust another reviewer's public key")
+    p.set_defaults(handler=do_site_trust)
+    p.add_argument("dir", type=Path)
+    p.add_argument("public_key", type=Path)
+    p = site.add_parser("show", parents=[common], help="show a site's datasets, keys and approvals")
+    p.set_defaults(handler=do_site_show)
+    p.add_argument("dir", type=Path)
+    return parser
+
+
+def run(args: argparse.Namespace, namespace: Mapping | None = None) -> Outcome:
+    """Run a parsed command; `namespace` is the kernel's, when called from `%federated`."""
+    return args.handler(args, namespace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        outcome = run(args)
+    except CaiaError as e:
+        print(f"caia: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("caia: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(outcome.data, indent=2, default=str) if args.json else outcome.text)
+    return outcome.exit_code
+
+
+def do_bundle(args, namespace=None) -> Outcome:
+    from .bundle import build
+
+    bundle = build(args.notebook, args.output, namespace)
+    files = bundle.manifest["files"]
+    lines = [f"bundle {bundle.path}"]
+    lines += [f"  {name}  {e['size']} bytes{'  OPAQUE ' + e['python_type'] if e.get('opaque') else ''}" for name, e in files.items()]
+    lines += [f"  dataset {name}: {len(spec['columns'])} columns" for name, spec in bundle.manifest["datasets"].items()]
+    lines.append(bundle.id)
+    return Outcome(bundle, "\n".join(lines), {"bundle_id": bundle.id, "path": str(bundle.path), "manifest": bundle.manifest})
+
+
+def do_verify(args, namespace=None) -> Outcome:
+    from .bundle import verify
+
+    bundle_id, problems = verify(args.bundle, args.expected_id)
+    data = {"bundle_id": bundle_id, "intact": not problems, "problems": problems}
+    if problems:
+        text = f"NOT INTACT: {args.bundle}\n" + "\n".join(f"  {p}" for p in problems)
+        return Outcome(data, text, data, exit_code=1)
+    return Outcome(data, f"intact: {args.bundle}\n{bundle_id}", data)
+
+
+def do_validate(args, namespace=None) -> Outcome:
+    from . import bundle as bundles
+    from .validation import validate
+
+    if args.target.suffix == ".ipynb":
+        bundle = bundles.build(args.target, args.output, namespace)
+    else:
+        bundle = bundles.require_intact(args.target)
+    result = validate(bundle)
+    record = result.record
+    data = {"bundle_id": bundle.id, "passed": result.passed, "record": str(result.record_path), **record}
+    if not result.passed:
+        text = f"validation FAILED: {result.error}\nexecuted notebook: {result.notebook_path}\n{bundle.id}"
+        return Outcome(result, text, data, exit_code=1)
+    metrics = record["result"]["final_evaluation"]
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    text = (f"validation passed in {record['duration_s']} s: one round on {record['result']['num_samples']} sample rows; "
+            f"{shown}\nrecord: {result.record_path}\n{bundle.id}")
+    return Outcome(result, text, data)
+
+
+def do_review(args, namespace=None) -> Outcome:
+    from .review import render
+
+    path = render(args.bundle, args.output)
+    return Outcome(path, f"review: {path}", {"review": str(path)})
+
+
+def do_approve(args, namespace=None) -> Outcome:
+    from .approvals import approve, parse_releases
+    from .bundle import require_intact
+    from .sites import open_site
+
+    bundle = require_intact(args.bundle)
+    site = open_site(args.site)
+    releases = parse_releases(args.dataset)
+    requested = set(bundle.manifest["datasets"])
+    if set(releases) - requested:
+        raise CaiaError(f"bundle does not request {', '.join(sorted(set(releases) - requested))}; it requests {', '.join(sorted(requested)) or 'no datasets'}")
+    unknown = sorted(set(releases.values()) - set(site.catalog))
+    if unknown:
+        raise CaiaError(f"site {site.name} has no dataset {', '.join(unknown)} in its catalog; add it with `caia site add-dataset`")
+    approval = approve(site, bundle.id, releases, args.expires_in, args.key, args.output)
+    text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}; "
+            f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
+    return Outcome(approval, text, approval.to_json())
+
+
+def do_site_init(args, namespace=None) -> Outcome:
+    from .sites import init
+
+    site = init(args.dir, args.name)
+    return Outcome(site, f"site {site.name} created at {site.path}", site.to_json())
+
+
+def do_site_add_dataset(args, namespace=None) -> Outcome:
+    from .sites import add_dataset, open_site
+
+    site = open_site(args.dir)
+    entry = add_dataset(site, args.dataset_id, args.csv)
+    return Outcome(entry, f"{site.name}: dataset {args.dataset_id} with {len(entry['columns'])} columns", entry)
+
+
+def do_site_trust(args, namespace=None) -> Outcome:
+    from .sites import open_site, trust
+
+    site = open_site(args.dir)
+    kid = trust(site, args.public_key)
+    return Outcome(kid, f"{site.name} now trusts reviewer key {kid}", {"key_id": kid})
+
+
+def do_site_show(args, namespace=None) -> Outcome:
+    from .sites import open_site
+
+    site = open_site(args.dir)
+    data = site.to_json()
+    data["approvals"] = sorted(p.name for p in site.approvals_dir.glob("*.json"))
+    text = "\n".join([f"site {site.name} at {site.path}",
+                      f"  datasets: {', '.join(data['datasets']) or 'none'}",
+                      f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
+                      f"  approvals: {len(data['approvals'])}"])
+    return Outcome(site, text, data)

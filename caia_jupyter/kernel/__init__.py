@@ -1,0 +1,1 @@
+"""The kernel surface: `%%federated`, `%federated` and the run widget."""

@@ -1,0 +1,104 @@
+"""`%%federated` marks and runs a cell; `%federated COMMAND` mirrors the `caia` CLI.
+
+Errors are one-line UsageErrors; the line magic prints what the CLI prints and returns
+the result object (a Bundle, a ValidationResult, a Run, ...) for the next cell to use.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from .. import annotations, cli, notebook, schema
+from ..context import Context
+from ..errors import CaiaError
+
+KERNEL_COMMANDS = {
+    "context": "a local ctx on the sample data of the federated cells run so far",
+    "cells": "the federated cells run in this kernel",
+    "help": "this help",
+}
+
+
+@magics_class
+class FederatedMagics(Magics):
+    def __init__(self, shell):
+        super().__init__(shell)
+        self.cells: dict[str, annotations.Header] = {}  # source -> header, in the order first run
+
+    @cell_magic
+    def federated(self, line: str, cell: str):
+        """Run a cell meant for the sites (and record it). Options: see `%federated help`."""
+        try:
+            header = annotations.parse_options(line)
+            notebook.check_source(cell, "this %%federated cell")
+        except CaiaError as e:
+            raise UsageError(str(e)) from None
+        self.cells.pop(cell, None)
+        self.cells[cell] = header
+        result = self.shell.run_cell(cell)
+        if result.error_before_exec or result.error_in_exec:
+            error = result.error_in_exec or result.error_before_exec
+            # The traceback is shown above; fail the outer cell too, so papermill and "run all" stop.
+            raise UsageError(f"the %%federated cell raised {type(error).__name__}: {error}")
+
+    @line_magic("federated")
+    def federated_line(self, line: str):
+        """%federated COMMAND [ARGS]: the caia CLI in the kernel; `%federated help` lists commands."""
+        tokens = shlex.split(line)
+        if not tokens or tokens[0] in KERNEL_COMMANDS:
+            return getattr(self, f"_{tokens[0] if tokens else 'help'}")()
+        if tokens[0] in ("bundle", "validate") and not any(t.endswith(".ipynb") or os.path.isdir(t) for t in tokens[1:]):
+            tokens.insert(1, str(current_notebook(self.shell.user_ns)))
+        try:
+            args = cli.build_parser().parse_args(tokens)
+            outcome = cli.run(args, namespace=self.shell.user_ns)
+        except CaiaError as e:
+            raise UsageError(str(e)) from None
+        except SystemExit:  # --help printed its text
+            return None
+        print(outcome.text)
+        if outcome.exit_code:
+            raise UsageError(outcome.text.splitlines()[0])
+        return outcome.value
+
+    def _help(self):
+        parser = cli.build_parser()
+        print("%%federated [dataset=NAME:SAMPLE.csv] [rounds=N] [min_clients=N] [param.KEY=VALUE]  marks a cell for the sites")
+        print("%federated COMMAND ...  mirrors `caia COMMAND ...`; bundle/validate default to this notebook\n")
+        print(parser.format_help())
+        for name, text in KERNEL_COMMANDS.items():
+            print(f"%federated {name}: {text}")
+
+    def _cells(self):
+        return list(self.cells)
+
+    def _context(self) -> Context:
+        """A ctx like a site's, on the samples named by the federated cells run so far."""
+        if not self.cells:
+            raise UsageError("no %%federated cell has run in this kernel yet; run them first")
+        try:
+            settings = annotations.merge([(f"cell {i + 1}", h) for i, h in enumerate(self.cells.values())])
+            datasets = {
+                d.name: {"path": str(Path(d.sample).resolve()), "columns": schema.columns_of(d.sample)}
+                for d in settings.datasets if d.sample
+            }
+        except CaiaError as e:
+            raise UsageError(str(e)) from None
+        return Context("local", settings.params, datasets, rounds=settings.rounds)
+
+
+def current_notebook(user_ns) -> Path:
+    """The notebook this kernel belongs to, as JupyterLab tells the kernel."""
+    session = os.environ.get("JPY_SESSION_NAME") or user_ns.get("__session__")
+    if not session or not str(session).endswith(".ipynb"):
+        raise UsageError("this kernel does not know its notebook; name it, e.g. %federated bundle my.ipynb")
+    return Path(session)
+
+
+def register(ipython) -> None:
+    ipython.register_magics(FederatedMagics)

@@ -1,0 +1,52 @@
+import pytest
+
+from caia_jupyter import annotations
+from caia_jupyter.annotations import DatasetRequest
+from caia_jupyter.errors import NotebookError
+
+
+def test_a_plain_header_marks_a_cell_and_is_stripped_from_the_body():
+    header, body = annotations.split_cell("\n%%federated\nx = 1\n")
+    assert header == annotations.Header()
+    assert body == "x = 1\n"
+
+
+def test_local_cells_have_no_header():
+    assert annotations.split_cell("x = 1\n%%federated\n") == (None, "x = 1\n%%federated\n")
+    assert annotations.split_cell("%%federatedx\n")[0] is None
+    assert annotations.split_cell("")[0] is None
+
+
+def test_options_are_parsed():
+    header = annotations.parse_options(" dataset=ct:samples/ct.csv dataset=labs rounds=4 min_clients=2 param.lr=0.01 param.opt=adam")
+    assert header.datasets == (DatasetRequest("ct", "samples/ct.csv"), DatasetRequest("labs", None))
+    assert (header.rounds, header.min_clients) == (4, 2)
+    assert header.params == {"lr": 0.01, "opt": "adam"}
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ("rounds=0", "at least 1"),
+    ("rounds=two", "whole number"),
+    ("epochs=3", "unknown %%federated option 'epochs'"),
+    ("dataset", "not KEY=VALUE"),
+    ("dataset=bad/name", "dataset name"),
+    ("dataset=a dataset=a", "requested twice"),
+    ("param.x=1+2j", "JSON-like"),
+    ("dataset='unterminated", "quote"),
+])
+def test_bad_options_get_one_line_errors(options, fragment):
+    with pytest.raises(NotebookError, match=fragment.replace("(", r"\(")) as info:
+        annotations.parse_options(options)
+    assert "\n" not in str(info.value)
+
+
+def test_settings_merge_across_cells_and_conflicts_name_both_cells():
+    a = annotations.parse_options("dataset=ct:s.csv rounds=4")
+    b = annotations.parse_options("dataset=ct param.lr=0.1")
+    settings = annotations.merge([("cell 1", a), ("cell 2", b)])
+    assert settings.datasets == (DatasetRequest("ct", "s.csv"),)
+    assert (settings.rounds, settings.min_clients, settings.params) == (4, annotations.DEFAULT_MIN_CLIENTS, {"lr": 0.1})
+    with pytest.raises(NotebookError, match="rounds is 4 in cell 1 but 5 in cell 2"):
+        annotations.merge([("cell 1", a), ("cell 2", annotations.parse_options("rounds=5"))])
+    with pytest.raises(NotebookError, match="give one sample"):
+        annotations.merge([("cell 1", a), ("cell 2", annotations.parse_options("dataset=ct:other.csv"))])

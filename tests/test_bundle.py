@@ -1,0 +1,165 @@
+import json
+
+import jsonschema
+import nbformat
+import numpy as np
+import pytest
+
+import corpus
+
+from caia_jupyter import bundle, freenames, manifest
+from caia_jupyter.errors import NotebookError
+
+
+def rebuild(path, out):
+    return bundle.build(path, out).id
+
+
+def test_building_twice_gives_the_same_id_and_same_bytes(write_notebook, tmp_path):
+    path = write_notebook("good")
+    first = bundle.build(path, tmp_path / "a")
+    second = bundle.build(path, tmp_path / "b")
+    assert first.id == second.id and first.id.startswith("sha256:")
+    for name in first.manifest["files"]:
+        assert (first.path / name).read_bytes() == (second.path / name).read_bytes()
+
+
+def test_outputs_counts_and_metadata_do_not_change_the_id(write_notebook, tmp_path):
+    path = write_notebook("good")
+    before = rebuild(path, tmp_path / "b1")
+    nb = nbformat.read(path, as_version=4)
+    for n, cell in enumerate(nb.cells):
+        cell.metadata["collapsed"] = True
+        cell.metadata["execution"] = {"iopub.execute_input": f"2026-01-0{n % 9 + 1}T00:00:00Z"}
+        if cell.cell_type == "code":
+            cell.execution_count = 40 + n
+            cell.outputs = [nbformat.v4.new_output("stream", text=f"run {n}\n")]
+    nb.metadata["widgets"] = {"state": {"x": 1}}
+    nbformat.write(nb, path)
+    assert rebuild(path, tmp_path / "b2") == before
+
+
+def test_one_character_in_a_federated_cell_changes_the_id(write_notebook, tmp_path):
+    path = write_notebook("good")
+    before = rebuild(path, tmp_path / "b1")
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "def build_model" in c.source)
+    cell.source = cell.source.replace("manual_seed(0)", "manual_seed(1)")
+    nbformat.write(nb, path)
+    assert rebuild(path, tmp_path / "b2") != before
+
+
+def test_changing_local_cells_and_markdown_keeps_the_id(write_notebook, tmp_path):
+    path = write_notebook("good")
+    before = rebuild(path, tmp_path / "b1")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].source = "print('different exploration')"
+    nb.cells[0].source = "# A new title"
+    nb.cells.insert(2, nbformat.v4.new_code_cell("y = 2"))
+    nbformat.write(nb, path)
+    assert rebuild(path, tmp_path / "b2") == before
+
+
+def test_settings_are_part_of_what_runs(write_notebook, tmp_path):
+    path = write_notebook("good")
+    before = rebuild(path, tmp_path / "b1")
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.source.startswith("%%federated dataset"))
+    cell.source = cell.source.replace("rounds=2", "rounds=3")
+    nbformat.write(nb, path)
+    assert rebuild(path, tmp_path / "b2") != before
+
+
+def test_the_bundle_holds_code_only_and_the_manifest_follows_the_shipped_schema(write_notebook, tmp_path):
+    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    listed = set(built.manifest["files"])
+    assert listed == {"federated.py", "caia_runner.py", "requirements.txt"}
+    on_disk = {p.relative_to(built.path).as_posix() for p in built.path.rglob("*") if p.is_file()}
+    assert on_disk - listed == {"manifest.json", "records/build.json"}
+    module = built.source("federated.py")
+    assert "local exploration" not in module and "%%federated dataset" not in module
+    for name in listed:  # no sample row reaches the bundle
+        assert not any(row in (built.path / name).read_text() for row in corpus.SAMPLE_CSV.splitlines()[1:])
+    assert built.manifest["datasets"] == {"tiny": {"columns": {"x1": "float", "x2": "float", "label": "int"}}}
+    assert built.manifest["job"] == {"rounds": 2, "min_clients": 1, "params": {"lr": 0.1}}
+    assert "torch==" in built.source("requirements.txt")
+    shipped = json.loads((bundle.Path(manifest.__file__).parent / "manifest.schema.json").read_text())
+    assert shipped == manifest.json_schema()
+    jsonschema.validate(json.loads((built.path / "manifest.json").read_text()), shipped)
+    assert built.id == manifest.bundle_id(json.loads((built.path / "manifest.json").read_text()))
+
+
+def test_cell_map_points_into_the_module(write_notebook, tmp_path):
+    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    lines = built.source("federated.py").splitlines()
+    for cell in built.record("build.json")["cells"]:
+        assert lines[cell["start"] - 1].strip() == cell["first_line"]
+
+
+def test_free_names_come_from_the_kernel_namespace(write_notebook, tmp_path):
+    path = write_notebook("free_name")
+    with pytest.raises(NotebookError, match="uses 'LEARNING_RATE', which no federated cell defines.*%federated bundle"):
+        bundle.build(path, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    built = bundle.build(path, tmp_path / "b", namespace={"LEARNING_RATE": 0.25})
+    assert "LEARNING_RATE = 0.25\n" in built.source("federated.py")
+    assert not built.opaque_files
+
+
+def test_non_literal_values_are_captured_opaque_and_flagged(write_notebook, tmp_path):
+    built = bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.25)})
+    entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
+    assert entry["opaque"] is True and entry["role"] == "captured"
+    assert entry["python_name"] == "LEARNING_RATE" and entry["python_type"] == "numpy.float32"
+    assert "cloudpickle==" in built.source("requirements.txt")
+    assert "LEARNING_RATE = _caia_load_captured('LEARNING_RATE')" in built.source("federated.py")
+
+
+def test_functions_from_local_cells_are_refused():
+    def helper():
+        pass
+
+    helper.__module__ = "__main__"
+    with pytest.raises(NotebookError, match="defined in a local cell; move its definition"):
+        freenames.capture("helper", helper)
+
+
+def test_free_name_analysis():
+    source = (
+        "import torch\nA = 1\n"
+        "def f(x, b=B):\n    global G\n    G = 2\n    return [q * C for q in x] + torch.ones(1) + np.zeros(1) + len(x)\n"
+        "class M(Base):\n    k = D\n"
+    )
+    assert freenames.free_names(source) == ["B", "Base", "C", "D", "np"]
+    assert freenames.capture("np", np).source == "import numpy as np"
+    assert freenames.literal_source({"b": (1,), "a": {3, 2}}) == "{'b': (1,), 'a': {2, 3}}"
+    assert freenames.literal_source([1.0, float("nan")]) is None
+
+
+@pytest.mark.parametrize("module, reason", [
+    ("not_a_module_anywhere", "which is not installed here"),
+    ("helpers", "which is a local module a bundle cannot carry"),
+])
+def test_imports_of_uninstalled_or_local_modules_are_refused(write_notebook, tmp_path, monkeypatch, module, reason):
+    path = write_notebook("good")
+    (path.parent / "helpers.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(path.parent))
+    nb = nbformat.read(path, as_version=4)
+    next(c for c in nb.cells if c.source.startswith("%%federated dataset")).source += f"import {module}\n"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match=f"imports '{module}', {reason}"):
+        bundle.build(path, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_rebuilding_with_the_same_id_keeps_records_and_a_new_id_drops_them(write_notebook, tmp_path):
+    path = write_notebook("good")
+    built = bundle.build(path, tmp_path / "b")
+    (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id}))
+    bundle.build(path, tmp_path / "b")
+    assert (built.records / "validation.json").exists()
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[5].source += "\n# changed\n"
+    nbformat.write(nb, path)
+    bundle.build(path, tmp_path / "b")
+    assert not (built.records / "validation.json").exists()

@@ -1,0 +1,94 @@
+"""The magics in an in-process IPython shell (no kernel, no Jupyter)."""
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import corpus
+from caia_jupyter import bundle
+from caia_jupyter.bundle import Bundle
+from caia_jupyter.context import Context
+
+
+@pytest.fixture
+def shell(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "caia_jupyter")
+    yield shell
+    InteractiveShell.clear_instance()
+
+
+def run(shell, source):
+    result = shell.run_cell(source)
+    return result.error_in_exec or result.error_before_exec
+
+
+def test_a_federated_cell_runs_in_the_kernel_and_is_recorded(shell):
+    assert run(shell, "%%federated rounds=3\nANSWER = 6 * 7\n") is None
+    assert shell.user_ns["ANSWER"] == 42
+    assert shell.run_line_magic("federated", "cells") == ["ANSWER = 6 * 7\n"]
+
+
+def test_ipython_syntax_in_a_federated_cell_is_refused_before_running(shell, capsys):
+    error = run(shell, "%%federated\nRAN = True\n!ls\n")
+    assert type(error).__name__ == "UsageError"
+    assert "line 2 uses IPython syntax ('!ls'), which cannot run at a site" in str(error)
+    assert "RAN" not in shell.user_ns
+
+
+def test_bad_options_are_usage_errors(shell):
+    error = run(shell, "%%federated rounds=zero\nx = 1\n")
+    assert type(error).__name__ == "UsageError" and "whole number" in str(error)
+
+
+def test_an_exception_in_a_federated_cell_fails_the_cell(shell):
+    error = run(shell, "%%federated\n1 / 0\n")
+    assert type(error).__name__ == "UsageError"
+    assert "raised ZeroDivisionError" in str(error)
+
+
+def test_line_magic_mirrors_the_cli_and_returns_results(shell, write_notebook, caia):
+    path = write_notebook("good")
+    built = shell.run_line_magic("federated", f"bundle {path}")
+    assert isinstance(built, Bundle)
+    code, out, _ = caia("bundle", path)
+    assert out.strip().splitlines()[-1] == built.id
+    verified = shell.run_line_magic("federated", f"verify {built.path}")
+    assert verified["intact"] is True
+
+
+def test_free_names_resolve_from_the_kernel(shell, write_notebook):
+    path = write_notebook("free_name")
+    shell.user_ns["LEARNING_RATE"] = 0.5
+    built = shell.run_line_magic("federated", f"bundle {path}")
+    assert "LEARNING_RATE = 0.5" in built.source("federated.py")
+
+
+def test_line_magic_errors_are_one_line_usage_errors(shell, tmp_path):
+    error = run(shell, f"%federated bundle {tmp_path / 'missing.ipynb'}")
+    assert type(error).__name__ == "UsageError" and "does not exist" in str(error)
+    error = run(shell, "%federated bundle")
+    assert type(error).__name__ == "UsageError" and "does not know its notebook" in str(error)
+
+
+def test_bundle_defaults_to_the_kernels_notebook(shell, write_notebook, monkeypatch):
+    path = write_notebook("good")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    assert shell.run_line_magic("federated", "bundle").id == bundle.build(path, path.parent / "again").id
+
+
+def test_context_gives_a_site_like_ctx_on_the_samples(shell, write_notebook):
+    path = write_notebook("good")
+    shell.run_line_magic("cd", str(path.parent))
+    for _, source in corpus.CORPUS["good"]:
+        if source.startswith("%%federated"):
+            assert run(shell, source) is None
+    ctx = shell.run_line_magic("federated", "context")
+    assert isinstance(ctx, Context) and ctx.params["lr"] == 0.1 and ctx.datasets == ("tiny",)
+    assert list(ctx.dataset("tiny").columns) == ["x1", "x2", "label"]
+    shell.user_ns["ctx"] = ctx
+    assert run(shell, "data = load_data(ctx); m = build_model(); r = train(m, data, ctx)") is None
+    assert shell.user_ns["r"]["num_samples"] == 24
+    with pytest.raises(Exception, match="did not release dataset 'genomes'"):
+        ctx.dataset("genomes")

@@ -1,0 +1,61 @@
+"""Local validation through papermill with a real kernel."""
+
+import hashlib
+import json
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_passing_validation_writes_a_record_bound_to_the_id(validated_good):
+    record = json.loads((validated_good.records / "validation.json").read_text())
+    assert record["bundle_id"] == validated_good.id and record["passed"] is True
+    assert record["result"]["num_samples"] == 24
+    assert set(record["result"]["final_evaluation"]) == {"accuracy"}
+    assert record["versions"]["nvflare"] == "2.9.0" and "torch" in record["versions"]
+    executed = validated_good.records / record["executed_notebook"]
+    assert hashlib.sha256(executed.read_bytes()).hexdigest() == record["executed_notebook_sha256"]
+    nb = nbformat.read(executed, as_version=4)
+    nbformat.validate(nb)
+    assert all(not any(o.get("output_type") == "error" for o in c.get("outputs", [])) for c in nb.cells)
+
+
+def test_a_failing_train_names_the_cell_and_the_exception(write_notebook, caia):
+    path = write_notebook("train_raises")
+    code, out, err = caia("validate", path)
+    assert code == 1
+    first = out.splitlines()[0]
+    assert first.startswith("validation FAILED: federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 3, in train")
+    assert first.endswith("RuntimeError: boom in train")
+    record = json.loads((path.parent / "bundles" / "train_raises" / "records" / "validation.json").read_text())
+    assert record["passed"] is False and record["error"]["exception"] == "RuntimeError"
+    assert record["error"]["notebook_cell"] == 8
+    assert (path.parent / "bundles" / "train_raises" / "records" / "validation.ipynb").is_file()
+
+
+def test_a_broken_contract_is_reported_plainly(write_notebook, caia):
+    path = write_notebook("good")
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "def train" in c.source)
+    cell.source = cell.source.replace('{"num_samples": len(x), "train_loss": loss.item()}', "loss.item()")
+    nbformat.write(nb, path)
+    code, out, _ = caia("validate", path)
+    assert code == 1
+    assert "stage round: ContractError: train(model, data, ctx) must return a dict with 'num_samples'" in out
+
+
+def test_submit_gate_requires_a_passing_record_for_the_exact_id(validated_good, tmp_path):
+    import shutil
+
+    from caia_jupyter import bundle, validation
+    from caia_jupyter.errors import ValidationFailed
+
+    assert validation.require_passed(validated_good)["bundle_id"] == validated_good.id
+    copy = bundle.load(shutil.copytree(validated_good.path, tmp_path / "copy"))
+    record = json.loads((copy.records / "validation.json").read_text())
+    record["bundle_id"] = "sha256:" + "0" * 64
+    (copy.records / "validation.json").write_text(json.dumps(record))
+    with pytest.raises(ValidationFailed, match="has not been validated"):
+        validation.require_passed(copy)
