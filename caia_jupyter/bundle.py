@@ -5,6 +5,7 @@ A bundle is a directory:
     manifest.json      every file below with sha256 and size, datasets, job settings
     federated.py       the %%federated cells in order, after the values captured from the kernel
     caia_runner.py     the script NVFLARE runs at each site
+    config_fed_client.json  how NVFLARE runs it there (Client API executor, metrics forwarding)
     requirements.txt   pinned distributions the federated code imports
     captured/*.pkl     opaque captured values (cloudpickle), if any
     records/           not hashed: build.json, validation.json, validation.ipynb, review.html
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 
 from . import __version__, freenames, notebook, schema
 from .errors import BundleError, NotebookError
+from .flare.app import CLIENT_CONFIG, client_config
 from .fsutil import staged_dir, write_json
 from .manifest import FORMAT, Manifest, bundle_id
 
@@ -77,7 +79,7 @@ ENTRY_POINTS = runtime.EntryPoints(
 )
 
 if __name__ == "__main__":
-    runtime.run_site(ENTRY_POINTS)
+    runtime.run_site(ENTRY_POINTS, __file__)
 '''
 
 
@@ -126,7 +128,7 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
         cell["start"] += offset
         cell["end"] += offset
 
-    files = {"federated.py": module.encode(), "caia_runner.py": RUNNER.encode()}
+    files = {"federated.py": module.encode(), "caia_runner.py": RUNNER.encode(), CLIENT_CONFIG: client_config()}
     files["requirements.txt"] = requirements(cells_source, captures).encode()
     opaque = {f"captured/{c.name}.pkl": c for c in captures if c.kind == "opaque"}
     files.update({path: c.payload for path, c in opaque.items()})
@@ -144,7 +146,8 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
         datasets[request.name] = {"columns": schema.columns_of(sample)}
         samples[request.name] = str(sample)
 
-    roles = {"federated.py": "module", "caia_runner.py": "runner", "requirements.txt": "requirements"}
+    roles = {"federated.py": "module", "caia_runner.py": "runner", "requirements.txt": "requirements",
+             CLIENT_CONFIG: "flare-config"}
     entries = {}
     for path, data in sorted(files.items()):
         entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "role": roles.get(path, "captured")}

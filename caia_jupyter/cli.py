@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, help="reviewer private key (default: the site's reviewer key)")
     p.add_argument("-o", "--output", type=Path, help="write the approval here instead of the site's approvals/")
 
+    p = command("demo", do_demo, "three simulated cancer centers, end to end: bundle, validate, approve, train")
+    p.add_argument("--workdir", type=Path, default=Path("caia-demo"), help="demo directory (default: ./caia-demo)")
+
     site = commands.add_parser("site", help="create and manage a site directory").add_subparsers(
         dest="site_command", required=True, metavar="SITE_COMMAND")
     p = site.add_parser("init", parents=[common], help="create a site directory with a reviewer key pair")
@@ -214,3 +217,9 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
                       f"  approvals: {len(data['approvals'])}"])
     return Outcome(site, text, data)
+
+
+def do_demo(args, namespace=None) -> Outcome:
+    from .demo import main as demo
+
+    return Outcome(None, "", {}, exit_code=demo(args.workdir))

@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 class FileEntry(_Strict):
     sha256: Sha256
     size: int = Field(ge=0)
-    role: Literal["module", "runner", "requirements", "captured"]
+    role: Literal["module", "runner", "flare-config", "requirements", "captured"]
     opaque: bool = Field(False, description="cloudpickle bytes reviewers cannot read")
     python_name: str | None = Field(None, description="the name a captured value is bound to")
     python_type: str | None = Field(None, description="the type of a captured value")

@@ -14,6 +14,7 @@ The federated-code contract:
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -96,3 +97,53 @@ def _metrics(value, call: str) -> dict[str, float]:
 
 def _shown(value) -> str:
     return f"a {type(value).__name__}"
+
+
+def run_site(entry: EntryPoints, runner_file: str) -> None:
+    """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics."""
+    app_dir = Path(runner_file).resolve().parents[1]
+    try:
+        _serve(entry, app_dir)
+    except Exception as e:
+        # Stays at the site, in its own app folder; the simulator target reports it to the researcher.
+        failure = {"exception": type(e).__name__, "message": str(e).split("\n")[0]}
+        (app_dir / "caia_failure.json").write_text(json.dumps(failure))
+        raise
+
+
+def _serve(entry: EntryPoints, app_dir: Path) -> None:
+    import nvflare.client as flare
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.client.tracking import SummaryWriter
+
+    from .context import Context
+    from .flare.guard import Release
+
+    flare.init()
+    release = Release.read(app_dir)
+    if release.site != flare.get_site_name():
+        raise ContractError(f"the release in {app_dir} is for {release.site}, but this is {flare.get_site_name()}")
+    ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
+    model = build_model(entry)
+    data = entry.load_data(ctx)
+    writer = SummaryWriter()
+
+    def report(metrics: dict, round: int):
+        for name, value in metrics.items():
+            writer.add_scalar(name, value, global_step=round)
+
+    while flare.is_running():
+        incoming = flare.receive()
+        if incoming is None:
+            break
+        ctx.round = incoming.current_round or 0
+        model.load_state_dict(incoming.params)
+        if flare.is_evaluate():  # the final global model, after the last round
+            metrics = evaluate(entry, model, data, ctx)
+            report(metrics, ctx.round)
+            flare.send(FLModel(metrics=metrics))
+            continue
+        result = run_round(entry, model, data, ctx)
+        report({**result.eval_metrics, **result.train_metrics}, ctx.round)
+        flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
+                           meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))

@@ -73,7 +73,7 @@ def test_settings_are_part_of_what_runs(write_notebook, tmp_path):
 def test_the_bundle_holds_code_only_and_the_manifest_follows_the_shipped_schema(write_notebook, tmp_path):
     built = bundle.build(write_notebook("good"), tmp_path / "b")
     listed = set(built.manifest["files"])
-    assert listed == {"federated.py", "caia_runner.py", "requirements.txt"}
+    assert listed == {"federated.py", "caia_runner.py", "config_fed_client.json", "requirements.txt"}
     on_disk = {p.relative_to(built.path).as_posix() for p in built.path.rglob("*") if p.is_file()}
     assert on_disk - listed == {"manifest.json", "records/build.json"}
     module = built.source("federated.py")

@@ -24,7 +24,7 @@ def test_an_intact_bundle_verifies_with_exit_0(built, caia):
     assert bundle.verify(built.path, built.id) == (built.id, [])
 
 
-@pytest.mark.parametrize("name", ["federated.py", "caia_runner.py", "requirements.txt"])
+@pytest.mark.parametrize("name", ["federated.py", "caia_runner.py", "config_fed_client.json", "requirements.txt"])
 def test_one_flipped_byte_in_any_file_is_named(built, caia, name):
     flip_one_byte(built.path / name)
     code, out, _ = caia("verify", built.path)

@@ -1,0 +1,85 @@
+"""`caia demo`: three simulated cancer centers, end to end, on one machine.
+
+Each center gets a site directory whose catalog holds a non-IID share of scikit-learn's
+breast cancer data (the real rows; the researcher's notebook only has synthetic samples).
+The example notebook is bundled, validated, rendered for review and approved at every site.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from . import approvals, bundle, review, sites, validation
+from .errors import CaiaError
+
+NOTEBOOK = "01_breast_cancer.ipynb"
+MARKER = ".caia-demo"
+# Share of each class (malignant, benign) that goes to each site: skewed on purpose.
+CLASS_SHARES = {"site-1": (0.60, 0.15), "site-2": (0.30, 0.35), "site-3": (0.10, 0.50)}
+
+
+def examples_dir() -> Path:
+    packaged = Path(__file__).parent / "examples"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "example_notebooks"
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """A fresh demo directory; only a directory an earlier demo made is ever removed."""
+    if workdir.exists():
+        if not (workdir / MARKER).exists():
+            raise CaiaError(f"{workdir} exists and was not made by `caia demo`; pass --workdir NEW_DIR")
+        shutil.rmtree(workdir)
+    (workdir / "notebook").mkdir(parents=True)
+    (workdir / MARKER).write_text("made by caia demo; removed by the next run\n")
+    shutil.copy(examples_dir() / NOTEBOOK, workdir / "notebook" / NOTEBOOK)
+    shutil.copytree(examples_dir() / "samples", workdir / "notebook" / "samples")
+    return workdir / "notebook" / NOTEBOOK
+
+
+def make_sites(root: Path, seed: int = 0) -> list[sites.Site]:
+    """Three sites, each with a non-IID split of the breast cancer data in its catalog."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    rng = np.random.default_rng(seed)
+    shares = {name: [] for name in CLASS_SHARES}
+    for label in (0, 1):
+        rows = rng.permutation(np.flatnonzero(frame["target"].to_numpy() == label))
+        cuts = np.cumsum([int(round(s[label] * len(rows))) for s in CLASS_SHARES.values()])[:-1]
+        for name, part in zip(CLASS_SHARES, np.split(rows, cuts)):
+            shares[name].append(part)
+    made = []
+    for name, parts in shares.items():
+        site = sites.init(root / name, name)
+        data = root / name / "data" / "breast_cancer.csv"
+        data.parent.mkdir()
+        frame.iloc[np.sort(np.concatenate(parts))].to_csv(data, index=False)
+        sites.add_dataset(site, "breast_cancer", data)
+        made.append(site)
+    return made
+
+
+def main(workdir: Path, say=print) -> int:
+    workdir = Path(workdir).resolve()
+    notebook = prepare_workdir(workdir)
+    say(f"demo directory: {workdir}")
+    demo_sites = make_sites(workdir / "sites")
+    for site in demo_sites:
+        rows = sum(1 for _ in open(site.catalog["breast_cancer"]["path"])) - 1
+        say(f"  {site.name}: {rows} patients in its catalog (never leave the site)")
+
+    built = bundle.build(notebook)
+    say(f"bundle {built.path}\n  {built.id}")
+    result = validation.validate(built)
+    if not result.passed:
+        raise CaiaError(f"validation failed: {result.error}")
+    say(f"validation passed in {result.record['duration_s']} s (one round on synthetic samples, fresh kernel)")
+    say(f"review rendering: {review.render(built.path)}")
+    for site in demo_sites:
+        approval = approvals.approve(site, built.id, {"breast_cancer": "breast_cancer"}, expires_in_days=7)
+        say(f"  {site.name} reviewer approved (key {approval.key_id}), releasing breast_cancer")
+    say(built.id)
+    return 0

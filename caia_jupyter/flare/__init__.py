@@ -1,0 +1,1 @@
+"""NVIDIA FLARE: bundle -> job, the site guard, the server components, and run targets."""

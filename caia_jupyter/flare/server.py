@@ -1,0 +1,116 @@
+"""Server-side NVFLARE components of a caia job. They run no researcher code.
+
+`CaiaFedAvg` starts from initial weights (an .npz of arrays, loaded without pickle), runs FedAvg
+weighted by each site's `num_samples`, saves the global model each round (.npz), and finally asks
+every site to evaluate the final global model. The server handles numpy arrays only: NVFLARE
+converts them to and from torch tensors at each site. `MetricsReceiver` appends every metric record,
+(site, round, name, value, time), to a JSON-lines file; `status.json` tells where the run is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.fl_constant import FLMetaKey
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+from nvflare.app_common.widgets.streaming import AnalyticsReceiver
+from nvflare.app_common.workflows.model_controller import ModelController
+
+INITIAL_MODEL = "initial_model.npz"
+GLOBAL_MODEL = "global_model.npz"
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
+
+
+class CaiaFedAvg(ModelController):
+    def __init__(self, num_rounds: int, min_clients: int, round_timeout: int = 0, output_dir: str = ""):
+        super().__init__(persistor_id="")
+        self.num_rounds = num_rounds
+        self.min_clients = min_clients
+        self.round_timeout = round_timeout
+        self.output_dir = output_dir  # "" = the job's run directory in the server workspace
+
+    def run(self) -> None:
+        custom = Path(self.engine.get_workspace().get_app_custom_dir(self.fl_ctx.get_job_id()))
+        with np.load(custom / INITIAL_MODEL, allow_pickle=False) as arrays:
+            params = dict(arrays)
+        sites = sorted(c.name for c in self.engine.get_clients())
+        self._status("training", 0, sites)
+        for round in range(self.num_rounds):
+            model = FLModel(params=params, current_round=round, total_rounds=self.num_rounds)
+            results = self.send_model_and_wait(task_name="train", data=model, targets=sites, timeout=self.round_timeout)
+            reported = sorted(r.meta.get("client_name", "?") for r in results)
+            if self.abort_signal.triggered:
+                return self._status("aborted", round, reported, "the run was aborted")
+            if len(results) < self.min_clients:
+                message = (f"round {round}: {len(results)} of {len(sites)} sites returned results "
+                           f"({', '.join(reported) or 'none'}); min_clients is {self.min_clients}")
+                self._status("failed", round, reported, message)
+                return self.panic(message)
+            params = self._average(results, round)
+            save_arrays(params, self._output(GLOBAL_MODEL))
+            self._status("training", round + 1, reported)
+        final = FLModel(params=params, current_round=self.num_rounds, total_rounds=self.num_rounds)
+        results = self.send_model_and_wait(task_name="validate", data=final, targets=sites, timeout=self.round_timeout)
+        self._status("finished", self.num_rounds, sorted(r.meta.get("client_name", "?") for r in results))
+
+    def _average(self, results: list[FLModel], round: int) -> dict:
+        helper = WeightedAggregationHelper()
+        for result in results:
+            weight = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+            helper.add(data=result.params, weight=weight, contributor_name=result.meta.get("client_name", "?"), contribution_round=round)
+        return helper.get_result()
+
+    def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "") -> None:
+        status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,
+                  "message": message, "time": time.time()}
+        path = self._output(STATUS)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, path)
+
+
+    def _output(self, name: str) -> Path:
+        return Path(self.output_dir or self.get_run_dir()) / name
+
+
+def save_arrays(params: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        np.savez(f, **params)
+    os.replace(tmp, path)
+
+
+class MetricsReceiver(AnalyticsReceiver):
+    """Appends every scalar a site logs (its round as the step) to metrics.jsonl."""
+
+    def __init__(self, output_dir: str = ""):
+        super().__init__()
+        self.output_dir = output_dir  # "" = the job's run directory in the server workspace
+        self._file = None
+
+    def initialize(self, fl_ctx):
+        run_dir = self.output_dir or fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        self._file = open(Path(run_dir) / METRICS, "a", encoding="utf-8")
+
+    def save(self, fl_ctx, shareable, record_origin: str):
+        from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
+
+        data = AnalyticsData.from_dxo(from_shareable(shareable))
+        if data is None or data.data_type != AnalyticsDataType.SCALAR:
+            return
+        record = {"site": record_origin, "round": int(data.step or 0), "name": data.tag, "value": float(data.value),
+                  "time": time.time()}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def finalize(self, fl_ctx):
+        if self._file:
+            self._file.close()

@@ -1,0 +1,132 @@
+"""The simulator target: every site on this machine, in NVFLARE's own simulator.
+
+`submit()` writes a run directory and starts `python -m caia_jupyter.flare.simulator RUN_DIR`
+in its own process group, so a notebook kernel stays free (and can restart) while it runs.
+That launcher builds the job and runs NVFLARE's `SimulatorRunner` with one addition: right
+after the simulator deploys each site's app folder, and before any of its code runs, the
+caia guard checks that folder against the site's own directory (the simulator itself never
+calls an app validator). Refused sites are left out; too few left means no run at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..bundle import Bundle
+from ..errors import CaiaError
+from ..fsutil import write_json
+from ..runs import Run, export_global_model
+from .app import RELEASE
+
+FAILURE = "caia_failure.json"  # written by the runtime into a site's app folder when its code raises
+# Polling the simulator does between steps; NVFLARE's defaults suit networks, not one machine.
+SERVER_CONFIG = {"server": {"task_request_interval": 0.05}}
+
+
+def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = Path(runs_root) / f"{stamp}-{bundle.short_id}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(runs_root) / f"{stamp}-{bundle.short_id}-{suffix}"
+    run_dir.mkdir(parents=True)
+    job = bundle.manifest["job"]
+    write_json(run_dir / "run.json", {
+        "target": "simulator", "bundle_id": bundle.id, "bundle": str(bundle.path.resolve()),
+        "sites": {name: str(Path(d).resolve()) for name, d in site_dirs.items()},
+        "rounds": job["rounds"], "min_clients": job["min_clients"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    with open(run_dir / "launcher.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "caia_jupyter.flare.simulator", str(run_dir)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir)
+    (run_dir / "launcher.pid").write_text(str(process.pid))
+    return Run(run_dir, process)
+
+
+def launch(run_dir: Path) -> int:
+    """The launcher process: build the job, run the guarded simulator, record the outcome."""
+    from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
+    from nvflare.private.fed.utils.fed_utils import get_simulator_app_root
+
+    from .. import bundle as bundles
+    from .guard import Refusal, admit
+    from .job import build_job
+
+    spec = json.loads((run_dir / "run.json").read_text())
+    sites, min_clients = spec["sites"], spec["min_clients"]
+
+    class GuardedSimulatorRunner(SimulatorRunner):
+        def _deploy_apps(self, job_name, data_bytes, meta, log_config_file_path):
+            super()._deploy_apps(job_name, data_bytes, meta, log_config_file_path)
+            admissions = {}
+            for site in list(self.client_names):
+                try:
+                    release = admit(get_simulator_app_root(self.simulator_root, site), sites[site])
+                    admissions[site] = {"state": "approved", "datasets": sorted(release.datasets)}
+                except Refusal as e:
+                    admissions[site] = {"state": "refused", "reason": str(e)}
+            write_json(run_dir / "sites.json", admissions)
+            self.client_names = [s for s in self.client_names if admissions[s]["state"] == "approved"]
+            if len(self.client_names) < min_clients:
+                raise RuntimeError(f"only {len(self.client_names)} of {len(sites)} sites admitted the bundle")
+
+    try:
+        bundle = bundles.require_intact(spec["bundle"], spec["bundle_id"])
+        job_dir = build_job(bundle, list(sites), run_dir / "job", name=f"caia-{bundle.short_id}",
+                            output_dir=str(run_dir), server_config=SERVER_CONFIG)
+        runner = GuardedSimulatorRunner(job_folder=str(job_dir), workspace=str(run_dir / "workspace"),
+                                        clients=",".join(sites), threads=len(sites))
+        code = runner.run()
+    except CaiaError as e:
+        write_json(run_dir / "outcome.json", {"status": "failed", "message": str(e)})
+        return 1
+    except Exception as e:  # a bug or an NVFLARE failure: keep the traceback in launcher.log
+        traceback.print_exc()
+        write_json(run_dir / "outcome.json", {"status": "failed", "message": f"{type(e).__name__}: {e}"})
+        return 1
+    export_global_model(run_dir)
+    write_json(run_dir / "outcome.json", outcome(run_dir, code, sites, min_clients))
+    return 0
+
+
+def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
+    """How the run ended, from what the guard, the server and the sites left behind."""
+    admissions = _read(run_dir / "sites.json")
+    status = _read(run_dir / "status.json")
+    admitted = [s for s, a in admissions.items() if a.get("state") == "approved"]
+    failed = {}
+    for site in admitted:
+        failure = _read(run_dir / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE)
+        if failure:
+            failed[site] = f"{failure['exception']}: {failure['message']}"
+    result = {"code": code, "failed_sites": failed, "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
+    if admissions and len(admitted) < min_clients:
+        refused = ", ".join(s for s in sites if s not in admitted)
+        return {**result, "status": "refused",
+                "message": f"{len(admitted)} of {len(sites)} sites admitted the bundle (refused: {refused}); "
+                           f"min_clients is {min_clients}, so the run did not start"}
+    if code == 0 and status.get("phase") == "finished":
+        note = f"; continued without {', '.join(s for s in sites if s not in admitted)} (min_clients {min_clients})" if len(admitted) < len(sites) else ""
+        return {**result, "status": "finished", "message": f"{status['rounds_done']} rounds with {', '.join(admitted)}{note}"}
+    reason = status.get("message") or "; ".join(f"{s} failed: {m}" for s, m in failed.items())
+    return {**result, "status": "failed",
+            "message": reason or f"the NVFLARE simulator exited with code {code}; see {run_dir / 'workspace' / 'server' / 'log.txt'}"}
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+if __name__ == "__main__":
+    sys.exit(launch(Path(sys.argv[1]).resolve()))

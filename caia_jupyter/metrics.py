@@ -1,0 +1,57 @@
+"""One stream of metric records, (site, round, name, value, time), read by every surface.
+
+The server's receiver appends records as JSON lines; `MetricsReader.poll()` returns the
+records that arrived since the last call, however the file grows (partial lines wait).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Record:
+    site: str
+    round: int
+    name: str
+    value: float
+    time: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class MetricsReader:
+    """Incremental reader of a metrics JSON-lines file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._records: list[Record] = []
+
+    def poll(self) -> list[Record]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        new = [Record(**json.loads(line)) for line in complete.splitlines() if line.strip()]
+        self._records += new
+        return new
+
+    @property
+    def records(self) -> list[Record]:
+        """Every record read so far (call poll() first for the newest)."""
+        return list(self._records)
+
+
+def frame(records: list[Record]) -> pd.DataFrame:
+    columns = ["site", "round", "name", "value", "time"]
+    return pd.DataFrame([r.to_json() for r in records], columns=columns)

@@ -1,0 +1,177 @@
+"""A federated run, seen from the researcher's side: one directory, one handle.
+
+    run.json       what was submitted: bundle id, target, sites, settings
+    sites.json     each site's admission by its guard: approved, or refused with the reason
+    status.json    the server's progress: phase, rounds done, sites that reported
+    metrics.jsonl  every (site, round, name, value, time) record
+    global_model.npz the latest global model, as the server keeps it (numpy arrays)
+    global_model.pt  the same as a torch state dict, written when the run ends
+    outcome.json   how the run ended (written last)
+
+Every surface (CLI, widget, server extension) reads a run through `Run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from . import metrics as metric_records
+from .errors import CaiaError
+
+FINAL = ("finished", "failed", "refused", "aborted")
+
+
+class Run:
+    def __init__(self, path: str | Path, process=None):
+        self.path = Path(path).resolve()
+        if not (self.path / "run.json").is_file():
+            raise CaiaError(f"{self.path} is not a caia run directory (no run.json); pass a directory under runs/")
+        self.spec = json.loads((self.path / "run.json").read_text())
+        self._process = process  # the launcher, when this process started it
+        self._reader = metric_records.MetricsReader(self.path / "metrics.jsonl")
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return f"<Run {self.path.name}: {self.status}, round {done}/{total}>"
+
+    # -- what the run says about itself ------------------------------------------------
+
+    def _json(self, name: str) -> dict:
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def outcome(self) -> dict:
+        return self._json("outcome.json")
+
+    @property
+    def status(self) -> str:
+        """starting | running | finished | failed | refused | aborted"""
+        if self.outcome:
+            return self.outcome["status"]
+        if not self._launcher_alive():
+            return "failed"
+        return self._json("status.json").get("phase") and "running" or "starting"
+
+    @property
+    def message(self) -> str:
+        """Why the run ended as it did (empty while it runs or when it finished cleanly)."""
+        if not self.outcome and self.status == "failed":
+            return "the run's launcher is gone without recording an outcome; see launcher.log"
+        return self.outcome.get("message", "")
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        status = self._json("status.json")
+        return status.get("rounds_done", 0), status.get("rounds", self.spec["rounds"])
+
+    @property
+    def sites(self) -> dict[str, str]:
+        """Site -> approved | refused | running | done | failed."""
+        admissions, status, outcome = self._json("sites.json"), self._json("status.json"), self.outcome
+        states = {}
+        for site in self.spec["sites"]:
+            admission = admissions.get(site, {}).get("state")
+            if admission == "refused":
+                states[site] = "refused"
+            elif site in outcome.get("failed_sites", {}):
+                states[site] = "failed"
+            elif outcome:
+                states[site] = "done" if site in outcome.get("completed_sites", []) else "failed"
+            elif admission == "approved":
+                states[site] = "running" if status else "approved"
+            else:
+                states[site] = "waiting"
+        return states
+
+    @property
+    def refusals(self) -> dict[str, str]:
+        return {site: a["reason"] for site, a in self._json("sites.json").items() if a.get("state") == "refused"}
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return dict(self.outcome.get("failed_sites", {}))
+
+    @property
+    def global_model(self) -> Path | None:
+        """The final global model (a torch state dict file), once the run has ended."""
+        path = self.path / "global_model.pt"
+        return path if path.is_file() else None
+
+    def new_records(self) -> list[metric_records.Record]:
+        """Metric records that arrived since the last call."""
+        return self._reader.poll()
+
+    def metrics(self):
+        """Every metric record so far, as a pandas DataFrame (site, round, name, value, time)."""
+        self._reader.poll()
+        records = sorted(self._reader.records, key=lambda r: (r.site, r.round, r.time))
+        return metric_records.frame(records)
+
+    # -- control -------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
+        """Block until the run ends (or `timeout` seconds pass); returns the status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.status not in FINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(poll)
+        if self._process is not None and self.status in FINAL:
+            self._process.wait()
+        return self.status
+
+    def abort(self) -> str:
+        """Stop the run and every process it started."""
+        pid = self._launcher_pid()
+        if pid and self._launcher_alive():
+            try:
+                os.killpg(pid, signal.SIGTERM)  # the launcher leads its own process group
+            except ProcessLookupError:
+                pass
+            self.wait(timeout=30, poll=0.2)
+        if not self.outcome:
+            from .fsutil import write_json
+
+            write_json(self.path / "outcome.json", {"status": "aborted", "message": "aborted by the researcher"})
+        return self.status
+
+    def _launcher_pid(self) -> int | None:
+        try:
+            return int((self.path / "launcher.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _launcher_alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        pid = self._launcher_pid()
+        if not pid:
+            return False
+        try:
+            import psutil
+
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except Exception:  # psutil.NoSuchProcess, AccessDenied
+            return False
+
+
+def export_global_model(run_dir: Path) -> Path | None:
+    """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict)."""
+    import numpy as np
+    import torch
+
+    source = Path(run_dir) / "global_model.npz"
+    if not source.is_file():
+        return None
+    with np.load(source, allow_pickle=False) as arrays:
+        state = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+    target = Path(run_dir) / "global_model.pt"
+    torch.save(state, target)
+    return target
