@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, help="reviewer private key (default: the site's reviewer key)")
     p.add_argument("-o", "--output", type=Path, help="write the approval here instead of the site's approvals/")
 
+    p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--sites", type=Path, nargs="+", required=True, metavar="SITE_DIR", help="site directories")
+    p.add_argument("--target", choices=["simulator"], default="simulator")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go (default: ./runs)")
+    p.add_argument("--detach", action="store_true", help="start the run and return; follow it with `caia status`")
+
+    p = command("status", do_status, "show a run: status, sites, per-round metrics")
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--follow", action="store_true", help="keep following until the run ends")
+
     p = command("demo", do_demo, "three simulated cancer centers, end to end: bundle, validate, approve, train")
     p.add_argument("--workdir", type=Path, default=Path("caia-demo"), help="demo directory (default: ./caia-demo)")
 
@@ -223,3 +234,71 @@ def do_demo(args, namespace=None) -> Outcome:
     from .demo import main as demo
 
     return Outcome(None, "", {}, exit_code=demo(args.workdir))
+
+
+def do_submit(args, namespace=None) -> Outcome:
+    from .submit import submit
+
+    run = submit(args.bundle, args.sites, target=args.target, runs_root=args.runs)
+    if args.detach:
+        return Outcome(run, f"started {run.path}\nfollow it: caia status {run.path} --follow", {"run": str(run.path)})
+    follow(run)
+    return run_summary(run)
+
+
+def do_status(args, namespace=None) -> Outcome:
+    from .runs import Run
+
+    run = Run(args.run)
+    if args.follow:
+        follow(run)
+    return run_summary(run)
+
+
+def follow(run, out=None, poll: float = 0.5) -> None:
+    """Print a run's progress until it ends: a progress bar on a terminal, a line per round, per site."""
+    import time
+
+    from .runs import FINAL
+
+    out = out or sys.stdout
+    clear = "\r\033[K" if out.isatty() else ""  # a progress bar line is there to overwrite
+    printed = -1
+    while True:
+        status = run.status
+        done, total = run.progress
+        frame = run.metrics()
+        for round in sorted(set(frame["round"])):
+            if printed < round < done or (status in FINAL and round > printed):
+                rows = frame[(frame["round"] == round) & (frame["name"] != "num_samples")]
+                cells = "  ".join(f"{site}: " + " ".join(f"{n}={v:.3f}" for n, v in sorted(zip(g["name"], g["value"])))
+                                  for site, g in rows.groupby("site"))
+                label = "final model" if round == total else f"round {round + 1}/{total}"
+                print(f"{clear}{label:>12}  {cells}", file=out, flush=True)
+                printed = round
+        if status in FINAL:
+            return
+        if clear:
+            filled = int(20 * done / max(total, 1))
+            states = " ".join(f"{site}:{state}" for site, state in run.sites.items())
+            out.write(f"{clear}[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} rounds  {status}  {states}")
+            out.flush()
+        time.sleep(poll)
+
+
+def run_summary(run) -> Outcome:
+    sites = run.sites
+    lines = [f"run {run.path}: {run.status}" + (f" ({run.message})" if run.message else "")]
+    for site, state in sites.items():
+        reason = run.refusals.get(site) or run.failures.get(site) or ""
+        lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
+    final = run.final_metrics() if run.status == "finished" else {}
+    if "global" in final:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in final["global"].items() if k != "num_samples")
+        lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
+    if run.global_model:
+        lines.append(f"global model: {run.global_model}")
+    data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
+            "refusals": run.refusals, "failures": run.failures, "final_metrics": final,
+            "global_model": str(run.global_model) if run.global_model else None}
+    return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)

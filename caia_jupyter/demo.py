@@ -2,7 +2,9 @@
 
 Each center gets a site directory whose catalog holds a non-IID share of scikit-learn's
 breast cancer data (the real rows; the researcher's notebook only has synthetic samples).
-The example notebook is bundled, validated, rendered for review and approved at every site.
+The example notebook is bundled, validated, rendered for review and approved at every site,
+then trained across the three sites on NVFLARE's simulator. Last, the same job with one
+byte changed in transit is refused by every site's guard.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from . import approvals, bundle, review, sites, validation
+from .cli import follow, run_summary
 from .errors import CaiaError
+from .flare import simulator
+from .submit import submit
 
 NOTEBOOK = "01_breast_cancer.ipynb"
 MARKER = ".caia-demo"
@@ -81,5 +86,33 @@ def main(workdir: Path, say=print) -> int:
     for site in demo_sites:
         approval = approvals.approve(site, built.id, {"breast_cancer": "breast_cancer"}, expires_in_days=7)
         say(f"  {site.name} reviewer approved (key {approval.key_id}), releasing breast_cancer")
+
+    site_dirs = [site.path for site in demo_sites]
+    say("federated training on the NVFLARE simulator (each site's guard checks the bundle first):")
+    run = submit(built.path, site_dirs, runs_root=workdir / "runs")
+    follow(run)
+    summary = run_summary(run)
+    say(summary.text)
+    if run.status != "finished":
+        raise CaiaError(f"the federated run did not finish: {run.message}")
+
+    say("the same job with one byte changed on its way to the sites:")
+    tampered = simulator.create_run(built, {s.name: s.path for s in demo_sites}, workdir / "runs")
+    job = simulator.prepare(tampered)
+    for app in sorted(job.glob("app_site-*")):
+        flip_one_byte(app / "custom" / "federated.py")
+    refused = simulator.start(tampered)
+    refused.wait()
+    for site, reason in refused.refusals.items():
+        say(f"  {reason}")
+    if refused.status != "refused" or len(refused.refusals) != len(demo_sites):
+        raise CaiaError(f"expected every site to refuse the tampered job, got {refused.status}: {refused.message}")
+    say(f"tampered job refused by all {len(demo_sites)} sites; nothing of it ran.")
     say(built.id)
     return 0
+
+
+def flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))

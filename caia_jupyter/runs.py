@@ -104,15 +104,30 @@ class Run:
         path = self.path / "global_model.pt"
         return path if path.is_file() else None
 
-    def new_records(self) -> list[metric_records.Record]:
-        """Metric records that arrived since the last call."""
-        return self._reader.poll()
-
     def metrics(self):
         """Every metric record so far, as a pandas DataFrame (site, round, name, value, time)."""
         self._reader.poll()
         records = sorted(self._reader.records, key=lambda r: (r.site, r.round, r.time))
         return metric_records.frame(records)
+
+    def table(self, name: str):
+        """One metric as a DataFrame: a row per round, a column per site."""
+        frame = self.metrics()
+        frame = frame[frame["name"] == name]
+        return frame.pivot_table(index="round", columns="site", values="value", aggfunc="last")
+
+    def final_metrics(self) -> dict[str, dict[str, float]]:
+        """Each site's evaluation of the final global model, plus "global": their mean weighted by num_samples."""
+        frame = self.metrics()
+        final = frame[frame["round"] == self.spec["rounds"]]
+        per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
+        sizes = frame[frame["name"] == "num_samples"].groupby("site")["value"].last().to_dict()
+        weights = {site: sizes.get(site, 1.0) for site in per_site}
+        total = sum(weights.values())
+        names = set.intersection(*(set(m) for m in per_site.values())) if per_site else set()
+        if total:
+            per_site["global"] = {n: sum(per_site[s][n] * w for s, w in weights.items()) / total for n in sorted(names)}
+        return per_site
 
     # -- control -------------------------------------------------------------------------
 

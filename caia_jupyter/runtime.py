@@ -144,6 +144,6 @@ def _serve(entry: EntryPoints, app_dir: Path) -> None:
             flare.send(FLModel(metrics=metrics))
             continue
         result = run_round(entry, model, data, ctx)
-        report({**result.eval_metrics, **result.train_metrics}, ctx.round)
+        report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
         flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
                            meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))

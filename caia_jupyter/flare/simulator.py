@@ -11,7 +11,6 @@ calls an app validator). Refused sites are left out; too few left means no run a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import traceback
@@ -22,7 +21,6 @@ from ..bundle import Bundle
 from ..errors import CaiaError
 from ..fsutil import write_json
 from ..runs import Run, export_global_model
-from .app import RELEASE
 
 FAILURE = "caia_failure.json"  # written by the runtime into a site's app folder when its code raises
 # Polling the simulator does between steps; NVFLARE's defaults suit networks, not one machine.
@@ -30,6 +28,11 @@ SERVER_CONFIG = {"server": {"task_request_interval": 0.05}}
 
 
 def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
+    """Run `bundle` at `site_dirs` on the simulator; returns at once with the run's handle."""
+    return start(create_run(bundle, site_dirs, runs_root))
+
+
+def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_dir = Path(runs_root) / f"{stamp}-{bundle.short_id}"
     suffix = 1
@@ -44,6 +47,22 @@ def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
         "rounds": job["rounds"], "min_clients": job["min_clients"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+    return run_dir
+
+
+def prepare(run_dir: Path) -> Path:
+    """Build the NVFLARE job of a run into RUN_DIR/job (the launcher does this unless it exists)."""
+    from .. import bundle as bundles
+    from .job import build_job
+
+    spec = json.loads((run_dir / "run.json").read_text())
+    bundle = bundles.require_intact(spec["bundle"], spec["bundle_id"])
+    return build_job(bundle, list(spec["sites"]), run_dir / "job", name=f"caia-{bundle.short_id}",
+                     output_dir=str(run_dir), server_config=SERVER_CONFIG)
+
+
+def start(run_dir: Path) -> Run:
+    """Start the launcher for a run directory, in its own process group."""
     with open(run_dir / "launcher.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "caia_jupyter.flare.simulator", str(run_dir)],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir)
@@ -56,9 +75,7 @@ def launch(run_dir: Path) -> int:
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
     from nvflare.private.fed.utils.fed_utils import get_simulator_app_root
 
-    from .. import bundle as bundles
     from .guard import Refusal, admit
-    from .job import build_job
 
     spec = json.loads((run_dir / "run.json").read_text())
     sites, min_clients = spec["sites"], spec["min_clients"]
@@ -79,9 +96,7 @@ def launch(run_dir: Path) -> int:
                 raise RuntimeError(f"only {len(self.client_names)} of {len(sites)} sites admitted the bundle")
 
     try:
-        bundle = bundles.require_intact(spec["bundle"], spec["bundle_id"])
-        job_dir = build_job(bundle, list(sites), run_dir / "job", name=f"caia-{bundle.short_id}",
-                            output_dir=str(run_dir), server_config=SERVER_CONFIG)
+        job_dir = run_dir / "job" if (run_dir / "job").is_dir() else prepare(run_dir)
         runner = GuardedSimulatorRunner(job_folder=str(job_dir), workspace=str(run_dir / "workspace"),
                                         clients=",".join(sites), threads=len(sites))
         code = runner.run()

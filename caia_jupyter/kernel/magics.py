@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from .. import annotations, cli, notebook, schema
+from ..bundle import default_output
 from ..context import Context
 from ..errors import CaiaError
 
@@ -54,13 +55,19 @@ class FederatedMagics(Magics):
             return getattr(self, f"_{tokens[0] if tokens else 'help'}")()
         if tokens[0] in ("bundle", "validate") and not any(t.endswith(".ipynb") or os.path.isdir(t) for t in tokens[1:]):
             tokens.insert(1, str(current_notebook(self.shell.user_ns)))
+        if tokens[0] == "submit" and (len(tokens) == 1 or tokens[1].startswith("-")):
+            tokens.insert(1, str(default_output(current_notebook(self.shell.user_ns))))
         try:
             args = cli.build_parser().parse_args(tokens)
+            if tokens[0] in ("submit", "status"):
+                args.detach, args.follow = True, False  # the widget (or the text below) follows it
             outcome = cli.run(args, namespace=self.shell.user_ns)
         except CaiaError as e:
             raise UsageError(str(e)) from None
         except SystemExit:  # --help printed its text
             return None
+        if tokens[0] in ("submit", "status"):
+            return show_run(outcome.value)
         print(outcome.text)
         if outcome.exit_code:
             raise UsageError(outcome.text.splitlines()[0])
@@ -98,6 +105,26 @@ def current_notebook(user_ns) -> Path:
     if not session or not str(session).endswith(".ipynb"):
         raise UsageError("this kernel does not know its notebook; name it, e.g. %federated bundle my.ipynb")
     return Path(session)
+
+
+def show_run(run):
+    """Live widget in JupyterLab; text in a non-interactive kernel (papermill), which waits for the end."""
+    if interactive():
+        from IPython.display import display
+
+        from .widgets import RunWidget
+
+        display(RunWidget(run).follow())
+        return run
+    cli.follow(run)
+    print(cli.run_summary(run).text)
+    return run
+
+
+def interactive() -> bool:
+    """A person is looking: JupyterLab started this kernel for a notebook (CAIA_DISPLAY overrides)."""
+    choice = os.environ.get("CAIA_DISPLAY", "")
+    return choice == "widget" or (choice != "text" and "JPY_SESSION_NAME" in os.environ)
 
 
 def register(ipython) -> None:
