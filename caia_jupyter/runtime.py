@@ -18,6 +18,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,17 +102,6 @@ def _shown(value) -> str:
 
 def run_site(entry: EntryPoints, runner_file: str) -> None:
     """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics."""
-    app_dir = Path(runner_file).resolve().parents[1]
-    try:
-        _serve(entry, app_dir)
-    except Exception as e:
-        # Stays at the site, in its own app folder; the simulator target reports it to the researcher.
-        failure = {"exception": type(e).__name__, "message": str(e).split("\n")[0]}
-        (app_dir / "caia_failure.json").write_text(json.dumps(failure))
-        raise
-
-
-def _serve(entry: EntryPoints, app_dir: Path) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
     from nvflare.client.tracking import SummaryWriter
@@ -120,12 +110,14 @@ def _serve(entry: EntryPoints, app_dir: Path) -> None:
     from .flare.guard import Release
 
     flare.init()
+    app_dir = Path(runner_file).resolve().parents[1]
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():
         raise ContractError(f"the release in {app_dir} is for {release.site}, but this is {flare.get_site_name()}")
     ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
-    model = build_model(entry)
-    data = entry.load_data(ctx)
+    with failure_record(app_dir):
+        model = build_model(entry)
+        data = entry.load_data(ctx)
     writer = SummaryWriter()
 
     def report(metrics: dict, round: int):
@@ -139,11 +131,25 @@ def _serve(entry: EntryPoints, app_dir: Path) -> None:
         ctx.round = incoming.current_round or 0
         model.load_state_dict(incoming.params)
         if flare.is_evaluate():  # the final global model, after the last round
-            metrics = evaluate(entry, model, data, ctx)
+            with failure_record(app_dir):
+                metrics = evaluate(entry, model, data, ctx)
             report(metrics, ctx.round)
             flare.send(FLModel(metrics=metrics))
             continue
-        result = run_round(entry, model, data, ctx)
+        with failure_record(app_dir):
+            result = run_round(entry, model, data, ctx)
         report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
         flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
                            meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
+
+
+@contextmanager
+def failure_record(app_dir: Path):
+    """Note a failure of the federated code in the site's own app folder (it stays at the site;
+    the simulator target reports it to the researcher), then let NVFLARE handle it."""
+    try:
+        yield
+    except Exception as e:
+        failure = {"exception": type(e).__name__, "message": str(e).split("\n")[0]}
+        (app_dir / "caia_failure.json").write_text(json.dumps(failure))
+        raise

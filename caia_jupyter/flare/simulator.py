@@ -92,6 +92,7 @@ def launch(run_dir: Path) -> int:
                     admissions[site] = {"state": "refused", "reason": str(e)}
             write_json(run_dir / "sites.json", admissions)
             self.client_names = [s for s in self.client_names if admissions[s]["state"] == "approved"]
+            self.args.threads = max(len(self.client_names), 1)  # one long-lived worker per site, no respawns
             if len(self.client_names) < min_clients:
                 raise RuntimeError(f"only {len(self.client_names)} of {len(sites)} sites admitted the bundle")
 

@@ -1,0 +1,166 @@
+"""Federated runs on NVFLARE's real simulator: guard, refusals, metrics, failures."""
+
+import json
+import shutil
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+import corpus
+from caia_jupyter import approvals, bundle, sites, validation
+from caia_jupyter.flare import simulator
+from caia_jupyter.submit import submit
+
+pytestmark = pytest.mark.slow
+SITES = ("site-1", "site-2", "site-3")
+
+
+def make_site(root, name, csv_text=corpus.SAMPLE_CSV):
+    site = sites.init(root / name, name)
+    data = root / name / "data.csv"
+    data.write_text(csv_text)
+    sites.add_dataset(site, "tiny", data)
+    return site
+
+
+def build_validated(folder, name="good", edit=None):
+    path = corpus.write(name, folder)
+    if edit:
+        nb = nbformat.read(path, as_version=4)
+        edit(nb)
+        nbformat.write(nb, path)
+    built = bundle.build(path)
+    assert validation.validate(built).passed
+    return built
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    built = build_validated(root / "notebook")
+    made = {name: make_site(root / "sites", name) for name in SITES}
+    return root, built, made
+
+
+def approve_all(built, site_list):
+    for site in site_list:
+        approvals.approve(site, built.id, {"tiny": "tiny"})
+
+
+def test_an_approved_bundle_trains_across_three_sites_and_every_record_arrives_once(federation):
+    root, built, made = federation
+    approve_all(built, made.values())
+    run = submit(built.path, [s.path for s in made.values()], runs_root=root / "runs")
+    assert run.wait(timeout=300) == "finished", run.message
+    assert run.sites == {name: "done" for name in SITES}
+    frame = run.metrics()
+    rounds = built.manifest["job"]["rounds"]
+    keys = list(zip(frame["site"], frame["round"], frame["name"]))
+    assert len(keys) == len(set(keys)), "a record arrived twice"
+    for site in SITES:
+        mine = frame[frame["site"] == site]
+        assert sorted(mine[mine["name"] == "accuracy"]["round"]) == list(range(rounds + 1))  # + the final model
+        assert sorted(mine[mine["name"] == "train_loss"]["round"]) == list(range(rounds))
+        assert list(mine["round"]) == sorted(mine["round"])  # in order per site
+    state = torch.load(run.global_model, weights_only=True)
+    assert set(state) == {"weight", "bias"} and state["weight"].shape == (2, 2)
+    final = run.final_metrics()
+    assert set(final) == {*SITES, "global"} and 0 <= final["global"]["accuracy"] <= 1
+
+
+def test_a_site_without_approval_refuses_and_the_run_continues_with_min_clients(tmp_path):
+    built = build_validated(tmp_path / "nb")  # min_clients=1 in the corpus notebook
+    made = [make_site(tmp_path / "sites", name) for name in SITES]
+    approve_all(built, made[:2])
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished", run.message
+    assert run.sites == {"site-1": "done", "site-2": "done", "site-3": "refused"}
+    assert run.refusals["site-3"] == f"site-3 refused bundle {built.id}: no reviewer of this site approved this bundle id"
+    assert "continued without site-3 (min_clients 1)" in run.message
+    assert set(run.metrics()["site"]) == {"site-1", "site-2"}
+
+
+def test_too_few_admitting_sites_stop_the_run_before_it_starts(tmp_path):
+    built = build_validated(tmp_path / "nb", edit=lambda nb: _set(nb, "min_clients=1", "min_clients=3"))
+    made = [make_site(tmp_path / "sites", name) for name in SITES]
+    approve_all(built, made[:2])
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "refused"
+    assert run.message == ("2 of 3 sites admitted the bundle (refused: site-3); min_clients is 3, so the run did not start")
+    assert run.metrics().empty and run.global_model is None
+
+
+def test_a_released_dataset_missing_a_column_is_refused_naming_the_column(tmp_path):
+    built = build_validated(tmp_path / "nb")
+    made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
+    short = "x1,label\n" + "".join(f"{i * 0.1:.1f},{i % 2}\n" for i in range(10))
+    made.append(make_site(tmp_path / "sites", "site-3", short))
+    approve_all(built, made)
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished"
+    assert run.refusals["site-3"] == (f"site-3 refused bundle {built.id}: released dataset tiny does not fit the "
+                                      "requested schema of 'tiny': missing column 'x2'")
+    assert "site-3" not in set(run.metrics()["site"])
+
+
+def test_a_tampered_job_is_refused_by_every_site(federation):
+    root, built, made = federation
+    approve_all(built, made.values())
+    run_dir = simulator.create_run(built, {n: s.path for n, s in made.items()}, root / "runs")
+    job = simulator.prepare(run_dir)
+    for app in job.glob("app_site-*"):
+        config = app / "config" / "config_fed_client.json"
+        config.write_text(config.read_text().replace('"in_process"', '"subprocess"'))
+    run = simulator.start(run_dir)
+    assert run.wait(timeout=300) == "refused"
+    assert run.refusals == {name: f"{name} refused bundle {built.id}: config_fed_client.json differs from the "
+                                  "bundle's manifest (tampered?)" for name in SITES}
+    assert not list((run_dir / "workspace").glob("site-*/simulate_job/app_site-*/caia_failure.json"))
+
+
+def test_an_extra_file_in_a_deployed_app_is_refused(federation, tmp_path):
+    root, built, made = federation
+    approve_all(built, made.values())
+    run_dir = simulator.create_run(built, {n: s.path for n, s in made.items()}, tmp_path)
+    job = simulator.prepare(run_dir)
+    (job / "app_site-2" / "custom" / "helper.py").write_text("import os\n")
+    run = simulator.start(run_dir)
+    run.wait(timeout=300)
+    assert run.refusals == {"site-2": f"site-2 refused bundle {built.id}: the deployed app holds custom/helper.py, "
+                                      "which is not part of the bundle"}
+
+
+def test_asking_for_an_unreleased_dataset_fails_at_the_site_with_a_clear_error(tmp_path):
+    def ask_for_genomes(nb):
+        _set(nb, "dataset=tiny:samples/tiny.csv", "dataset=tiny:samples/tiny.csv dataset=genomes:samples/tiny.csv")
+        _set(nb, 'frame = ctx.dataset("tiny")', 'frame = ctx.dataset("tiny")\n    ctx.dataset("genomes")')
+
+    built = build_validated(tmp_path / "nb", edit=ask_for_genomes)  # validation has both samples
+    made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
+    approve_all(built, made)  # the sites release tiny only
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "failed"
+    assert run.failures["site-1"] == ("DatasetNotReleased: site site-1 did not release dataset 'genomes' to this "
+                                      "bundle (released: tiny); request it with %%federated dataset= and ask the "
+                                      "site's reviewers to approve it")
+
+
+def test_an_exception_in_train_at_a_site_fails_the_run_and_names_the_site(tmp_path):
+    built = build_validated(tmp_path / "nb", edit=lambda nb: _set(
+        nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2':\n        raise ValueError('bad batch')\n    optimizer"))
+    made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
+    approve_all(built, made)
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "failed"
+    assert run.failures == {"site-2": "ValueError: bad batch"}
+    assert run.sites["site-2"] == "failed"
+
+
+def _set(nb, old, new):
+    for cell in nb.cells:
+        if old in cell.source:
+            cell.source = cell.source.replace(old, new)
+            return
+    raise AssertionError(f"{old!r} not in the notebook")
