@@ -399,5 +399,8 @@ def _diff(old, new, prefix=""):
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             yield from _diff(old.get(key, "(absent)"), new.get(key, "(absent)"), f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for index, (a, b) in enumerate(zip(old, new)):
+            yield from _diff(a, b, f"{prefix}.{index}")
     elif old != new:
         yield prefix or "(root)", json.dumps(old), json.dumps(new)

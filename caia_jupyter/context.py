@@ -22,7 +22,7 @@ class Context:
         self.params = MappingProxyType(dict(params))
         self.rounds = rounds
         self.round = round
-        self._datasets = datasets  # name -> {"path": csv, "columns": {column: kind}}
+        self._datasets = datasets  # name -> {"path": csv, "columns": [{"name", "kind"}, ...]}
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -38,10 +38,10 @@ class Context:
             )
         spec = self._datasets[name]
         frame = schema.read_table(spec["path"])
-        problems = schema.mismatches(spec["columns"], {str(c): schema.kind_of(frame[c].dtype) for c in frame.columns})
+        problems = schema.mismatches(spec["columns"], schema.schema_of(frame))
         if problems:
             raise SiteError(f"site {self.site} dataset {name!r} no longer matches the approved schema: {problems[0]}")
-        return frame[list(spec["columns"])].copy()
+        return frame[[column["name"] for column in spec["columns"]]].copy()
 
     def __repr__(self) -> str:
         return f"Context(site={self.site!r}, round={self.round}/{self.rounds}, datasets={list(self.datasets)})"

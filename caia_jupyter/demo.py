@@ -44,24 +44,30 @@ def prepare_workdir(workdir: Path) -> Path:
     return workdir / "notebook" / NOTEBOOK
 
 
-def make_sites(root: Path, seed: int = 0) -> list[sites.Site]:
-    """Three sites, each with a non-IID split of the breast cancer data in its catalog."""
+def make_sites(root: Path, count: int = 3, seed: int = 0) -> list[sites.Site]:
+    """`count` sites, each with a non-IID split of the breast cancer data in its catalog."""
     from sklearn.datasets import load_breast_cancer
 
     frame = load_breast_cancer(as_frame=True).frame
     rng = np.random.default_rng(seed)
-    shares = {name: [] for name in CLASS_SHARES}
+    names = [f"site-{i + 1}" for i in range(count)]
+    if count == len(CLASS_SHARES):
+        shares = list(CLASS_SHARES.values())
+    else:  # half an even share each, the rest skewed at random: no site is empty, none alike
+        shares = (0.5 / count + 0.5 * rng.dirichlet([1.0] * count, size=2)).T
+    parts = {name: [] for name in names}
     for label in (0, 1):
         rows = rng.permutation(np.flatnonzero(frame["target"].to_numpy() == label))
-        cuts = np.cumsum([int(round(s[label] * len(rows))) for s in CLASS_SHARES.values()])[:-1]
-        for name, part in zip(CLASS_SHARES, np.split(rows, cuts)):
-            shares[name].append(part)
+        weights = np.array([share[label] for share in shares], dtype=float)
+        cuts = np.round(np.cumsum(weights / weights.sum())[:-1] * len(rows)).astype(int)
+        for name, part in zip(names, np.split(rows, cuts)):
+            parts[name].append(part)
     made = []
-    for name, parts in shares.items():
+    for name in names:
         site = sites.init(root / name, name)
         data = root / name / "data" / "breast_cancer.csv"
         data.parent.mkdir()
-        frame.iloc[np.sort(np.concatenate(parts))].to_csv(data, index=False)
+        frame.iloc[np.sort(np.concatenate(parts[name]))].to_csv(data, index=False)
         sites.add_dataset(site, "breast_cancer", data)
         made.append(site)
     return made

@@ -32,8 +32,13 @@ class FileEntry(_Strict):
     python_type: str | None = Field(None, description="the type of a captured value")
 
 
+class Column(_Strict):
+    name: str
+    kind: Kind
+
+
 class DatasetSpec(_Strict):
-    columns: dict[str, Kind] = Field(description="expected column name -> kind")
+    columns: list[Column] = Field(description="expected columns, in the order sites hand them to the code")
 
 
 class JobSettings(_Strict):

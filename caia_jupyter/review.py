@@ -43,7 +43,7 @@ def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
 
     sections = ["## Datasets requested\n"]
     for name, spec in manifest["datasets"].items():
-        rows = "".join(f"| `{_cell(c)}` | {k} |\n" for c, k in spec["columns"].items())
+        rows = "".join(f"| `{_cell(c['name'])}` | {c['kind']} |\n" for c in spec["columns"])
         sections.append(f"### `{name}`\n\n| column | kind |\n|---|---|\n{rows}")
     if not manifest["datasets"]:
         sections.append("None: this bundle asks for no site data.")

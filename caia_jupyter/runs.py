@@ -100,8 +100,10 @@ class Run:
 
     @property
     def global_model(self) -> Path | None:
-        """The final global model (a torch state dict file), once the run has ended."""
+        """The final global model as a torch state dict file, once the run has ended."""
         path = self.path / "global_model.pt"
+        if not path.is_file() and self.status in FINAL:
+            export_global_model(self.path)  # the server keeps arrays (it never imports torch)
         return path if path.is_file() else None
 
     def metrics(self):

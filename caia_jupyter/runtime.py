@@ -107,9 +107,10 @@ def run_site(entry: EntryPoints, runner_file: str) -> None:
     from nvflare.client.tracking import SummaryWriter
 
     from .context import Context
-    from .flare.guard import Release
+    from .flare.release import Release
+    from .flare.tuning import tune_worker
 
-    flare.init()
+    tune_worker(flare.init())
     app_dir = Path(runner_file).resolve().parents[1]
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():
@@ -120,9 +121,8 @@ def run_site(entry: EntryPoints, runner_file: str) -> None:
         data = entry.load_data(ctx)
     writer = SummaryWriter()
 
-    def report(metrics: dict, round: int):
-        for name, value in metrics.items():
-            writer.add_scalar(name, value, global_step=round)
+    def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
+        writer.add_scalars("metrics", metrics, global_step=round)
 
     while flare.is_running():
         incoming = flare.receive()

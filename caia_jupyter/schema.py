@@ -1,7 +1,9 @@
-"""Tabular dataset schemas: column names and kinds, read from CSV files.
+"""Tabular dataset schemas: column names and kinds, in order, read from CSV files.
 
-A bundle records the schema of the researcher's synthetic sample; a site checks that the
-dataset it releases has those columns. Only names and kinds are ever reported, never values.
+A schema is a list of {"name": column, "kind": bool|int|float|datetime|str}: the order is the
+order federated code receives the columns in. A bundle records the schema of the researcher's
+synthetic sample; a site checks that the dataset it releases has those columns. Only names and
+kinds are ever reported, never values.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ def read_table(path: str | Path, nrows: int | None = None) -> pd.DataFrame:
         raise SiteError(f"dataset file {path} is not readable CSV: {str(e).splitlines()[0]}") from e
 
 
-def columns_of(path: str | Path) -> dict[str, str]:
-    """{column: kind} of the CSV at `path`."""
-    frame = read_table(path, nrows=SCHEMA_ROWS)
-    return {str(name): kind_of(frame[name].dtype) for name in frame.columns}
+def columns_of(path: str | Path) -> list[dict]:
+    """The schema of the CSV at `path`."""
+    return schema_of(read_table(path, nrows=SCHEMA_ROWS))
+
+
+def schema_of(frame: pd.DataFrame) -> list[dict]:
+    return [{"name": str(name), "kind": kind_of(frame[name].dtype)} for name in frame.columns]
 
 
 def kind_of(dtype) -> str:
@@ -46,12 +51,14 @@ def kind_of(dtype) -> str:
     return "str"
 
 
-def mismatches(requested: dict[str, str], actual: dict[str, str]) -> list[str]:
+def mismatches(requested: list[dict], actual: list[dict]) -> list[str]:
     """Why `actual` columns do not satisfy `requested` ones; an int column serves a float request."""
+    have = {c["name"]: c["kind"] for c in actual}
     problems = []
-    for column, kind in requested.items():
-        if column not in actual:
-            problems.append(f"missing column {column!r}")
-        elif actual[column] != kind and not (kind == "float" and actual[column] == "int"):
-            problems.append(f"column {column!r} is {actual[column]}, requested {kind}")
+    for column in requested:
+        name, kind = column["name"], column["kind"]
+        if name not in have:
+            problems.append(f"missing column {name!r}")
+        elif have[name] != kind and not (kind == "float" and have[name] == "int"):
+            problems.append(f"column {name!r} is {have[name]}, requested {kind}")
     return problems

@@ -34,7 +34,7 @@ class Site:
 
     @property
     def catalog(self) -> dict[str, dict]:
-        """Dataset id -> {"path": absolute CSV path, "columns": {column: kind}}."""
+        """Dataset id -> {"path": absolute CSV path, "columns": its schema when registered}."""
         raw = _read_json(self.path / "catalog.json", "catalog")
         datasets = raw.get("datasets") if isinstance(raw, dict) else None
         if not isinstance(datasets, dict):

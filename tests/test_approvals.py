@@ -28,7 +28,7 @@ def test_site_init_makes_catalog_keys_and_store(site):
     key = site.reviewer_key_file()
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert list(site.trusted_keys()) == [key.stem]
-    assert site.catalog["tiny"]["columns"] == {"x1": "float", "x2": "float", "label": "int"}
+    assert site.catalog["tiny"]["columns"] == [{"name": "x1", "kind": "float"}, {"name": "x2", "kind": "float"}, {"name": "label", "kind": "int"}]
     assert site.approvals_dir.is_dir()
 
 

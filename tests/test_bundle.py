@@ -80,7 +80,7 @@ def test_the_bundle_holds_code_only_and_the_manifest_follows_the_shipped_schema(
     assert "local exploration" not in module and "%%federated dataset" not in module
     for name in listed:  # no sample row reaches the bundle
         assert not any(row in (built.path / name).read_text() for row in corpus.SAMPLE_CSV.splitlines()[1:])
-    assert built.manifest["datasets"] == {"tiny": {"columns": {"x1": "float", "x2": "float", "label": "int"}}}
+    assert built.manifest["datasets"] == {"tiny": {"columns": [{"name": "x1", "kind": "float"}, {"name": "x2", "kind": "float"}, {"name": "label", "kind": "int"}]}}
     assert built.manifest["job"] == {"rounds": 2, "min_clients": 1, "params": {"lr": 0.1}}
     assert "torch==" in built.source("requirements.txt")
     shipped = json.loads((bundle.Path(manifest.__file__).parent / "manifest.schema.json").read_text())

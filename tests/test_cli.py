@@ -57,7 +57,7 @@ def test_site_commands(tmp_path, caia):
     assert code == 0 and "site site-9 created" in out
     (tmp_path / "d.csv").write_text("a,b\n1,x\n")
     code, out, _ = caia("site", "add-dataset", tmp_path / "s", "d1", tmp_path / "d.csv", "--json")
-    assert code == 0 and json.loads(out)["columns"] == {"a": "int", "b": "str"}
+    assert code == 0 and json.loads(out)["columns"] == [{"name": "a", "kind": "int"}, {"name": "b", "kind": "str"}]
     code, _, err = caia("site", "add-dataset", tmp_path / "s", "d2", tmp_path / "missing.csv")
     assert code == 2 and "does not exist" in err
     code, out, _ = caia("site", "show", tmp_path / "s", "--json")

@@ -78,7 +78,7 @@ def test_a_hidden_file_in_a_subfolder_counts_as_added(built, caia):
     (("job", "rounds"), 9),
     (("job", "min_clients"), 5),
     (("job", "params", "lr"), 10.0),
-    (("datasets", "tiny", "columns", "label"), "float"),
+    (("datasets", "tiny", "columns", 2, "kind"), "float"),
     (("caia_version",), "9.9.9"),
     (("python",), "3.12"),
     (("files", "federated.py", "role"), "runner"),
@@ -92,7 +92,7 @@ def test_any_edited_manifest_field_is_named(built, caia, field, value):
     (built.path / "manifest.json").write_text(json.dumps(manifest))
     code, out, _ = caia("verify", built.path)
     assert code == 1
-    assert f"manifest field {'.'.join(field)} was edited" in out
+    assert f"manifest field {'.'.join(map(str, field))} was edited" in out
 
 
 def test_edited_manifest_is_caught_against_a_given_id_even_without_records(built, caia):

@@ -15,7 +15,6 @@ from pathlib import Path
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 
 CLIENT_CONFIG = "config_fed_client.json"
-RELEASE = "caia_release.json"  # written by the guard into an approved app, outside custom/ and config/
 TASKS = ("train", "validate")
 # Files NVFLARE itself may add to a deployed app; they carry no code of the bundle.
 FLARE_FILES = {"__nvfl_sig.json", ".__nvfl_sig.json", "signature.json", "fl_app.txt", "meta.json"}

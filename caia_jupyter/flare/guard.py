@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -24,30 +24,12 @@ from ..errors import CaiaError
 from ..fsutil import write_json
 from ..manifest import Manifest, bundle_id
 from ..sites import Site, open_site
-from .app import FLARE_FILES, RELEASE, bundle_path
+from .app import FLARE_FILES, bundle_path
+from .release import RELEASE, Release
 
 
 class Refusal(CaiaError):
     """A site refuses to run a deployed app."""
-
-
-@dataclass(frozen=True)
-class Release:
-    """What a site released to an approved bundle: the only source of `ctx` at the site."""
-
-    site: str
-    bundle_id: str
-    datasets: dict  # requested name -> {"path": CSV at the site, "columns": requested columns}
-    params: dict
-    rounds: int
-    approval: str
-
-    @classmethod
-    def read(cls, app_dir: str | Path) -> Release:
-        try:
-            return cls(**json.loads((Path(app_dir) / RELEASE).read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise Refusal(f"this app was not admitted by the caia site guard ({RELEASE}: {e}); install the guard at the site") from e
 
 
 def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> Release:

@@ -104,11 +104,13 @@ class MetricsReceiver(AnalyticsReceiver):
         from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
 
         data = AnalyticsData.from_dxo(from_shareable(shareable))
-        if data is None or data.data_type != AnalyticsDataType.SCALAR:
+        if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
             return
-        record = {"site": record_origin, "round": int(data.step or 0), "name": data.tag, "value": float(data.value),
-                  "time": time.time()}
-        self._file.write(json.dumps(record) + "\n")
+        values = data.value if data.data_type == AnalyticsDataType.SCALARS else {data.tag: data.value}
+        now = time.time()
+        for name, value in values.items():
+            record = {"site": record_origin, "round": int(data.step or 0), "name": name, "value": float(value), "time": now}
+            self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def finalize(self, fl_ctx):

@@ -1,8 +1,9 @@
 """The simulator target: every site on this machine, in NVFLARE's own simulator.
 
-`submit()` writes a run directory and starts `python -m caia_jupyter.flare.simulator RUN_DIR`
-in its own process group, so a notebook kernel stays free (and can restart) while it runs.
-That launcher builds the job and runs NVFLARE's `SimulatorRunner` with one addition: right
+`submit()` writes a run directory with the NVFLARE job in it (here, so a broken `build_model()`
+is reported at once), then starts `python -m caia_jupyter.flare.simulator RUN_DIR` in its own
+process group, so a notebook kernel stays free (and can restart) while it runs. That launcher
+never imports torch; it runs NVFLARE's `SimulatorRunner` with one addition: right
 after the simulator deploys each site's app folder, and before any of its code runs, the
 caia guard checks that folder against the site's own directory (the simulator itself never
 calls an app validator). Refused sites are left out; too few left means no run at all.
@@ -11,25 +12,35 @@ calls an app validator). Refused sites are left out; too few left means no run a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..bundle import Bundle
+from typing import TYPE_CHECKING
+
 from ..errors import CaiaError
 from ..fsutil import write_json
-from ..runs import Run, export_global_model
+from ..runs import Run
+from . import tuning
+
+if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
+    from ..bundle import Bundle
 
 FAILURE = "caia_failure.json"  # written by the runtime into a site's app folder when its code raises
-# Polling the simulator does between steps; NVFLARE's defaults suit networks, not one machine.
-SERVER_CONFIG = {"server": {"task_request_interval": 0.05}}
 
 
 def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
     """Run `bundle` at `site_dirs` on the simulator; returns at once with the run's handle."""
-    return start(create_run(bundle, site_dirs, runs_root))
+    run_dir = create_run(bundle, site_dirs, runs_root)
+    try:
+        prepare(run_dir)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-made stays behind
+        raise
+    return start(run_dir)
 
 
 def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Path:
@@ -51,14 +62,14 @@ def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> P
 
 
 def prepare(run_dir: Path) -> Path:
-    """Build the NVFLARE job of a run into RUN_DIR/job (the launcher does this unless it exists)."""
+    """Build the NVFLARE job of a run into RUN_DIR/job."""
     from .. import bundle as bundles
     from .job import build_job
 
     spec = json.loads((run_dir / "run.json").read_text())
     bundle = bundles.require_intact(spec["bundle"], spec["bundle_id"])
     return build_job(bundle, list(spec["sites"]), run_dir / "job", name=f"caia-{bundle.short_id}",
-                     output_dir=str(run_dir), server_config=SERVER_CONFIG)
+                     output_dir=str(run_dir), server_config=tuning.SERVER_CONFIG)
 
 
 def start(run_dir: Path) -> Run:
@@ -71,7 +82,9 @@ def start(run_dir: Path) -> Run:
 
 
 def launch(run_dir: Path) -> int:
-    """The launcher process: build the job, run the guarded simulator, record the outcome."""
+    """The launcher process: run the guarded simulator on RUN_DIR/job, record the outcome."""
+    from nvflare.fuel.common.exit_codes import ProcessExitCode
+    from nvflare.fuel.f3.mpm import MainProcessMonitor
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
     from nvflare.private.fed.utils.fed_utils import get_simulator_app_root
 
@@ -96,9 +109,24 @@ def launch(run_dir: Path) -> int:
             if len(self.client_names) < min_clients:
                 raise RuntimeError(f"only {len(self.client_names)} of {len(sites)} sites admitted the bundle")
 
+        def setup(self):
+            ready = super().setup()
+            if ready:
+                self.server.check_engine_frequency = tuning.STEP  # NVFLARE polls the server's state every 3 s
+            return ready
+
+        def run_process(self, return_dict):  # as NVFLARE's, without its 3 s shutdown grace
+            try:
+                status = MainProcessMonitor.run(main_func=self.simulator_run_main, run_dir=self.workspace,
+                                                shutdown_grace_time=0, cleanup_grace_time=6)
+            except Exception:
+                traceback.print_exc()
+                status = ProcessExitCode.EXCEPTION
+            return_dict["run_status"] = status
+
+    tuning.tune_launcher()
     try:
-        job_dir = run_dir / "job" if (run_dir / "job").is_dir() else prepare(run_dir)
-        runner = GuardedSimulatorRunner(job_folder=str(job_dir), workspace=str(run_dir / "workspace"),
+        runner = GuardedSimulatorRunner(job_folder=str(run_dir / "job"), workspace=str(run_dir / "workspace"),
                                         clients=",".join(sites), threads=len(sites))
         code = runner.run()
     except CaiaError as e:
@@ -108,7 +136,6 @@ def launch(run_dir: Path) -> int:
         traceback.print_exc()
         write_json(run_dir / "outcome.json", {"status": "failed", "message": f"{type(e).__name__}: {e}"})
         return 1
-    export_global_model(run_dir)
     write_json(run_dir / "outcome.json", outcome(run_dir, code, sites, min_clients))
     return 0
 
