@@ -11,6 +11,7 @@ import torch
 import corpus
 from caia_jupyter import approvals, bundle, sites, validation
 from caia_jupyter.flare import simulator
+from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.submit import submit
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,13 @@ def test_an_approved_bundle_trains_across_three_sites_and_every_record_arrives_o
     root, built, made = federation
     approve_all(built, made.values())
     run = submit(built.path, [s.path for s in made.values()], runs_root=root / "runs")
+    widget, seen = RunWidget(run), []
+    widget.observe(lambda change: seen.append((widget.status, len(change["new"]))), names="records")
+    widget.follow(interval=0.1)
     assert run.wait(timeout=300) == "finished", run.message
+    widget._thread.join(timeout=10)
+    assert any(status == "running" and count > 0 for status, count in seen), "no metrics shown while running"
+    assert len(widget.records) == len(run.metrics())
     assert run.sites == {name: "done" for name in SITES}
     frame = run.metrics()
     rounds = built.manifest["job"]["rounds"]

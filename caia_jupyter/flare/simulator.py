@@ -45,11 +45,12 @@ def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
 
 def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    run_dir = Path(runs_root) / f"{stamp}-{bundle.short_id}"
+    runs_root = Path(runs_root).resolve()
+    run_dir = runs_root / f"{stamp}-{bundle.short_id}"
     suffix = 1
     while run_dir.exists():
         suffix += 1
-        run_dir = Path(runs_root) / f"{stamp}-{bundle.short_id}-{suffix}"
+        run_dir = runs_root / f"{stamp}-{bundle.short_id}-{suffix}"
     run_dir.mkdir(parents=True)
     job = bundle.manifest["job"]
     write_json(run_dir / "run.json", {

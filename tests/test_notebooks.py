@@ -1,0 +1,49 @@
+"""The quickstart and the workshop notebooks, end to end under papermill (real kernel, simulator)."""
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def execute(notebook: Path, folder: Path) -> nbformat.NotebookNode:
+    ARTIFACTS.mkdir(exist_ok=True)
+    output = ARTIFACTS / f"{notebook.stem}.executed.ipynb"
+    papermill.execute_notebook(str(notebook), str(output), cwd=str(folder), kernel_name="python3",
+                               progress_bar=False, execution_timeout=600)
+    executed = nbformat.read(output, as_version=4)
+    nbformat.validate(executed)
+    return executed
+
+
+def text_of(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") + str(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def test_the_quickstart_notebook_trains_across_three_simulated_sites(tmp_path):
+    shutil.copy(REPO / "example_notebooks" / "01_breast_cancer.ipynb", tmp_path)
+    shutil.copytree(REPO / "example_notebooks" / "samples", tmp_path / "samples")
+    text = text_of(execute(tmp_path / "01_breast_cancer.ipynb", tmp_path))
+    assert "validation passed" in text
+    assert "final model" in text and "finished (5 rounds with site-1, site-2, site-3)" in text
+    assert "'0.weight': (16, 30)" in text
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_the_workshop_notebook_shows_a_refusal_then_a_full_run(tmp_path):
+    shutil.copy(REPO / "binder" / "workshop.ipynb", tmp_path)
+    text = text_of(execute(tmp_path / "workshop.ipynb", tmp_path))
+    assert "site-3: refused: site-3 refused bundle sha256:" in text
+    assert "finished (3 rounds with site-1, site-2; continued without site-3 (min_clients 2))" in text
+    assert "finished (3 rounds with site-1, site-2, site-3)" in text

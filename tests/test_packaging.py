@@ -1,0 +1,40 @@
+"""Packaging facts that must stay true: one version, Binder pinned to what pyproject allows."""
+
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pyproject_dependencies() -> dict[str, Requirement]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {Requirement(d).name: Requirement(d) for d in deps}
+
+
+def binder_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "binder" / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            requirement = Requirement(line)
+            specs = list(requirement.specifier)
+            assert len(specs) == 1 and specs[0].operator == "==", f"binder must pin {line} with =="
+            pins[requirement.name] = specs[0].version
+    return pins
+
+
+def test_binder_pins_every_dependency_within_pyproject_ranges():
+    deps, pins = pyproject_dependencies(), binder_pins()
+    assert set(pins) == set(deps), f"binder and pyproject list different packages: {set(pins) ^ set(deps)}"
+    for name, requirement in deps.items():
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"binder pins {name}=={pins[name]}, outside pyproject's {requirement.specifier}"
+        )
+        exact = [s.version for s in requirement.specifier if s.operator == "=="]
+        assert not exact or exact == [pins[name]], f"{name}: pyproject pins {exact}, binder {pins[name]}"
+
+
+def test_binder_installs_the_package_itself():
+    assert "pip install --no-deps ." in (REPO / "binder" / "postBuild").read_text()
