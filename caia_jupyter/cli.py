@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CaiaError
+from .submit import DEFAULT_POC
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,10 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--sites", type=Path, nargs="+", required=True, metavar="SITE_DIR", help="site directories")
-    p.add_argument("--target", choices=["simulator"], default="simulator")
+    p.add_argument("--sites", nargs="+", metavar="SITE",
+                   help="simulator: site directories; poc/prod: site names (poc default: all its sites)")
+    p.add_argument("--target", choices=["simulator", "poc", "prod"], default="simulator")
+    p.add_argument("--poc-workspace", type=Path, help=f"the POC (default: {DEFAULT_POC})")
+    p.add_argument("--startup-kit", type=Path, help="prod: your admin startup kit (the folder holding startup/)")
+    p.add_argument("--username", help="prod: your NVFLARE user name")
+    p.add_argument("--round-timeout", type=int, metavar="SECONDS", help="poc/prod: longest wait for a site in a round")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go (default: ./runs)")
     p.add_argument("--detach", action="store_true", help="start the run and return; follow it with `caia status`")
+
+    poc = commands.add_parser("poc", help="a real NVFLARE deployment on this machine (POC)").add_subparsers(
+        dest="poc_command", required=True, metavar="POC_COMMAND")
+    p = poc.add_parser("up", parents=[common], help="provision and start server + sites, each guarded by caia")
+    p.set_defaults(handler=do_poc_up)
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--workspace", type=Path, default=DEFAULT_POC)
+    p.add_argument("--demo-data", action="store_true", help="give each site a non-IID share of the breast cancer data")
+    for name, handler, text in (("status", do_poc_status, "show the POC's processes, sites and jobs"),
+                                ("down", do_poc_down, "stop the POC; no NVFLARE process is left")):
+        p = poc.add_parser(name, parents=[common], help=text)
+        p.set_defaults(handler=handler)
+        p.add_argument("--workspace", type=Path, default=DEFAULT_POC)
 
     p = command("status", do_status, "show a run: status, sites, per-round metrics")
     p.add_argument("run", type=Path, metavar="RUN_DIR")
@@ -239,7 +258,8 @@ def do_demo(args, namespace=None) -> Outcome:
 def do_submit(args, namespace=None) -> Outcome:
     from .submit import submit
 
-    run = submit(args.bundle, args.sites, target=args.target, runs_root=args.runs)
+    run = submit(args.bundle, args.sites, target=args.target, runs_root=args.runs, poc_workspace=args.poc_workspace,
+                 startup_kit=args.startup_kit, username=args.username, round_timeout=args.round_timeout)
     if args.detach:
         return Outcome(run, f"started {run.path}\nfollow it: caia status {run.path} --follow", {"run": str(run.path)})
     follow(run)
@@ -302,3 +322,28 @@ def run_summary(run) -> Outcome:
             "refusals": run.refusals, "failures": run.failures, "final_metrics": final,
             "global_model": str(run.global_model) if run.global_model else None}
     return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)
+
+
+def do_poc_up(args, namespace=None) -> Outcome:
+    from .flare.poc import up
+
+    poc = up(args.workspace, args.sites, args.demo_data, say=print if not args.json else (lambda *a: None))
+    data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit),
+            "site_dirs": {name: str(poc.site_dir(name)) for name in poc.site_names}}
+    return Outcome(poc, f"site directories: {poc.workspace / 'sites'}", data)
+
+
+def do_poc_status(args, namespace=None) -> Outcome:
+    from .flare.poc import status
+
+    report = status(args.workspace)
+    text = (f"POC {report['workspace']}: {'running' if report['running'] else 'stopped'}; sites {', '.join(report['sites'])}"
+            + (f"; connected: {', '.join(report['connected']) or 'none'}; jobs running: {len(report['jobs'])}" if report["running"] else ""))
+    return Outcome(report, text, report)
+
+
+def do_poc_down(args, namespace=None) -> Outcome:
+    from .flare.poc import down
+
+    killed = down(args.workspace, say=print if not args.json else (lambda *a: None))
+    return Outcome(killed, "", {"killed": killed})

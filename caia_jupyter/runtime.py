@@ -24,6 +24,8 @@ from pathlib import Path
 
 from .errors import ContractError
 
+FAILURE_TAG = "caia.failure"  # the analytics record a site sends when its federated code fails
+
 
 @dataclass(frozen=True)
 class EntryPoints:
@@ -145,11 +147,20 @@ def run_site(entry: EntryPoints, runner_file: str) -> None:
 
 @contextmanager
 def failure_record(app_dir: Path):
-    """Note a failure of the federated code in the site's own app folder (it stays at the site;
-    the simulator target reports it to the researcher), then let NVFLARE handle it."""
+    """When the federated code fails at a site: keep the whole story in the site's own app folder
+    (the simulator target reads it there, on this machine) and tell the server what is safe to
+    share: the exception's type, and its message only if caia wrote it (a researcher's message
+    may quote the site's data). Then let NVFLARE handle the failure."""
     try:
         yield
     except Exception as e:
-        failure = {"exception": type(e).__name__, "message": str(e).split("\n")[0]}
-        (app_dir / "caia_failure.json").write_text(json.dumps(failure))
+        import nvflare.client as flare
+        from nvflare.apis.analytix import AnalyticsDataType
+
+        from .errors import CaiaError
+
+        message = str(e).split("\n")[0]
+        (app_dir / "caia_failure.json").write_text(json.dumps({"exception": type(e).__name__, "message": message}))
+        shared = f"{type(e).__name__}: {message}" if isinstance(e, CaiaError) else f"{type(e).__name__} (details kept at the site)"
+        flare.log(key=FAILURE_TAG, value=shared, data_type=AnalyticsDataType.TEXT)
         raise

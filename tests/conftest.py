@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+import nbformat
+
 import corpus
-from caia_jupyter import cli
+from caia_jupyter import bundle, cli, sites, validation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,6 @@ def caia(capsys):
 @pytest.fixture(scope="session")
 def validated_good(tmp_path_factory):
     """The good corpus notebook, bundled and validated once per session (papermill, real kernel)."""
-    from caia_jupyter import bundle, validation
-
     folder = tmp_path_factory.mktemp("validated")
     built = bundle.build(corpus.write("good", folder))
     result = validation.validate(built)
@@ -45,6 +44,30 @@ def validated_good(tmp_path_factory):
     return built
 
 
-def copy_bundle(bundle_path: Path, destination: Path) -> Path:
-    shutil.copytree(bundle_path, destination)
-    return destination
+def make_site(root, name, csv_text=corpus.SAMPLE_CSV):
+    """A site directory whose catalog holds dataset `tiny`."""
+    site = sites.init(root / name, name)
+    data = root / name / "data.csv"
+    data.write_text(csv_text)
+    sites.add_dataset(site, "tiny", data)
+    return site
+
+
+def build_validated(folder, name="good", edit=None):
+    """A corpus notebook (edited by `edit(nb)`), bundled and validated."""
+    path = corpus.write(name, folder)
+    if edit:
+        nb = nbformat.read(path, as_version=4)
+        edit(nb)
+        nbformat.write(nb, path)
+    built = bundle.build(path)
+    assert validation.validate(built).passed
+    return built
+
+
+def set_source(nb, old, new):
+    for cell in nb.cells:
+        if old in cell.source:
+            cell.source = cell.source.replace(old, new)
+            return
+    raise AssertionError(f"{old!r} not in the notebook")

@@ -1,40 +1,16 @@
 """Federated runs on NVFLARE's real simulator: guard, refusals, metrics, failures."""
 
-import json
-import shutil
-
-import nbformat
-import pandas as pd
 import pytest
 import torch
 
-import corpus
-from caia_jupyter import approvals, bundle, sites, validation
+from caia_jupyter import approvals
 from caia_jupyter.flare import simulator
 from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.submit import submit
+from conftest import build_validated, make_site, set_source
 
 pytestmark = pytest.mark.slow
 SITES = ("site-1", "site-2", "site-3")
-
-
-def make_site(root, name, csv_text=corpus.SAMPLE_CSV):
-    site = sites.init(root / name, name)
-    data = root / name / "data.csv"
-    data.write_text(csv_text)
-    sites.add_dataset(site, "tiny", data)
-    return site
-
-
-def build_validated(folder, name="good", edit=None):
-    path = corpus.write(name, folder)
-    if edit:
-        nb = nbformat.read(path, as_version=4)
-        edit(nb)
-        nbformat.write(nb, path)
-    built = bundle.build(path)
-    assert validation.validate(built).passed
-    return built
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +66,7 @@ def test_a_site_without_approval_refuses_and_the_run_continues_with_min_clients(
 
 
 def test_too_few_admitting_sites_stop_the_run_before_it_starts(tmp_path):
-    built = build_validated(tmp_path / "nb", edit=lambda nb: _set(nb, "min_clients=1", "min_clients=3"))
+    built = build_validated(tmp_path / "nb", edit=lambda nb: set_source(nb, "min_clients=1", "min_clients=3"))
     made = [make_site(tmp_path / "sites", name) for name in SITES]
     approve_all(built, made[:2])
     run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
@@ -141,8 +117,8 @@ def test_an_extra_file_in_a_deployed_app_is_refused(federation, tmp_path):
 
 def test_asking_for_an_unreleased_dataset_fails_at_the_site_with_a_clear_error(tmp_path):
     def ask_for_genomes(nb):
-        _set(nb, "dataset=tiny:samples/tiny.csv", "dataset=tiny:samples/tiny.csv dataset=genomes:samples/tiny.csv")
-        _set(nb, 'frame = ctx.dataset("tiny")', 'frame = ctx.dataset("tiny")\n    ctx.dataset("genomes")')
+        set_source(nb, "dataset=tiny:samples/tiny.csv", "dataset=tiny:samples/tiny.csv dataset=genomes:samples/tiny.csv")
+        set_source(nb, 'frame = ctx.dataset("tiny")', 'frame = ctx.dataset("tiny")\n    ctx.dataset("genomes")')
 
     built = build_validated(tmp_path / "nb", edit=ask_for_genomes)  # validation has both samples
     made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
@@ -155,7 +131,7 @@ def test_asking_for_an_unreleased_dataset_fails_at_the_site_with_a_clear_error(t
 
 
 def test_an_exception_in_train_at_a_site_fails_the_run_and_names_the_site(tmp_path):
-    built = build_validated(tmp_path / "nb", edit=lambda nb: _set(
+    built = build_validated(tmp_path / "nb", edit=lambda nb: set_source(
         nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2':\n        raise ValueError('bad batch')\n    optimizer"))
     made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
     approve_all(built, made)
@@ -163,11 +139,3 @@ def test_an_exception_in_train_at_a_site_fails_the_run_and_names_the_site(tmp_pa
     assert run.wait(timeout=300) == "failed"
     assert run.failures == {"site-2": "ValueError: bad batch"}
     assert run.sites["site-2"] == "failed"
-
-
-def _set(nb, old, new):
-    for cell in nb.cells:
-        if old in cell.source:
-            cell.source = cell.source.replace(old, new)
-            return
-    raise AssertionError(f"{old!r} not in the notebook")

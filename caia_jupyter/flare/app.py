@@ -17,7 +17,7 @@ from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 CLIENT_CONFIG = "config_fed_client.json"
 TASKS = ("train", "validate")
 # Files NVFLARE itself may add to a deployed app; they carry no code of the bundle.
-FLARE_FILES = {"__nvfl_sig.json", ".__nvfl_sig.json", "signature.json", "fl_app.txt", "meta.json"}
+FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature, in every folder
 
 
 def add_site_app(job, site: str) -> None:

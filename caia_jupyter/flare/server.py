@@ -23,10 +23,14 @@ from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedA
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from ..runtime import FAILURE_TAG
+
 INITIAL_MODEL = "initial_model.npz"
 GLOBAL_MODEL = "global_model.npz"
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
+FAILURES = "site_failures.json"
+APP_COMMAND = "caia"
 
 
 class CaiaFedAvg(ModelController):
@@ -89,27 +93,50 @@ def save_arrays(params: dict, path: Path) -> None:
 
 
 class MetricsReceiver(AnalyticsReceiver):
-    """Appends every scalar a site logs (its round as the step) to metrics.jsonl."""
+    """Appends every scalar a site logs (its round as the step) to metrics.jsonl, and answers the
+    researcher's live pulls on a deployed server: app command `caia`, {"since": n} -> the records
+    from the n-th on and the run's status."""
 
     def __init__(self, output_dir: str = ""):
         super().__init__()
         self.output_dir = output_dir  # "" = the job's run directory in the server workspace
         self._file = None
+        self._records: list[dict] = []
+        self._failures: dict[str, str] = {}  # site -> what it shared about its failure
+        self._run_dir = None
 
     def initialize(self, fl_ctx):
-        run_dir = self.output_dir or fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
-        self._file = open(Path(run_dir) / METRICS, "a", encoding="utf-8")
+        engine = fl_ctx.get_engine()
+        self._run_dir = Path(self.output_dir or engine.get_workspace().get_run_dir(fl_ctx.get_job_id()))
+        self._file = open(self._run_dir / METRICS, "a", encoding="utf-8")
+        if hasattr(engine, "register_app_command"):  # a deployed server (the simulator has no admin commands)
+            engine.register_app_command(APP_COMMAND, self._answer)
+
+    def _answer(self, topic, command, fl_ctx) -> dict:
+        since = command.get("since", 0) if isinstance(command, dict) else 0
+        with self._save_lock:
+            records = self._records[since:]
+        try:
+            status = json.loads((self._run_dir / STATUS).read_text())
+        except (OSError, ValueError):
+            status = {}
+        return {"since": since, "records": records, "status": status, "failures": dict(self._failures)}
 
     def save(self, fl_ctx, shareable, record_origin: str):
         from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
 
         data = AnalyticsData.from_dxo(from_shareable(shareable))
+        if data is not None and data.data_type == AnalyticsDataType.TEXT and data.tag == FAILURE_TAG:
+            self._failures[record_origin] = str(data.value)
+            (self._run_dir / FAILURES).write_text(json.dumps(self._failures))
+            return
         if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
             return
         values = data.value if data.data_type == AnalyticsDataType.SCALARS else {data.tag: data.value}
         now = time.time()
         for name, value in values.items():
             record = {"site": record_origin, "round": int(data.step or 0), "name": name, "value": float(value), "time": now}
+            self._records.append(record)
             self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 

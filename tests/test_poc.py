@@ -1,0 +1,133 @@
+"""A real NVFLARE POC on loopback (server, three site processes, admin kit), started once for
+this module: approved runs with live metrics, refusals, tampering, an unreleased dataset, and
+a site killed mid-run. `caia poc down` must leave no process behind."""
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+
+from caia_jupyter import approvals, sites
+from caia_jupyter.flare import poc as pocs
+from caia_jupyter.flare import remote
+from caia_jupyter.runs import FINAL
+from caia_jupyter.submit import submit
+from conftest import build_validated, set_source
+import corpus
+
+pytestmark = pytest.mark.slow
+SITES = ("site-1", "site-2", "site-3")
+
+
+@pytest.fixture(scope="module")
+def poc(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("poc") / "ws"
+    started = pocs.up(workspace, sites=3, say=lambda *a: None)
+    try:
+        for name in SITES:
+            data = started.site_dir(name) / "tiny.csv"
+            data.write_text(corpus.SAMPLE_CSV)
+            sites.add_dataset(sites.open_site(started.site_dir(name)), "tiny", data)
+        yield started
+    finally:
+        pocs.down(workspace, say=lambda *a: None)
+        assert started.processes() == [], "caia poc down left NVFLARE processes behind"
+
+
+def approve(poc, built, names, releases=None):
+    for name in names:
+        approvals.approve(sites.open_site(poc.site_dir(name)), built.id, releases or {"tiny": "tiny"})
+
+
+def two_of_three(nb):
+    set_source(nb, "min_clients=1", "min_clients=2")
+
+
+def test_an_approved_bundle_runs_across_three_real_sites_with_live_metrics(poc, tmp_path):
+    built = build_validated(tmp_path / "nb", edit=lambda nb: set_source(nb, "rounds=2", "rounds=4"))
+    approve(poc, built, SITES)
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    live = []
+    while run.status not in FINAL:
+        live.append((run.status, len(run.metrics())))
+        time.sleep(0.5)
+    assert run.status == "finished", run.message
+    assert any(status == "running" and count > 0 for status, count in live), "no metric arrived while the job ran"
+    assert run.sites == {name: "done" for name in SITES}
+    frame = run.metrics()
+    keys = list(zip(frame["site"], frame["round"], frame["name"]))
+    assert len(keys) == len(set(keys)) and set(frame["site"]) == set(SITES)
+    assert sorted(frame[(frame.site == "site-1") & (frame.name == "accuracy")]["round"]) == [0, 1, 2, 3, 4]
+    state = torch.load(run.global_model, weights_only=True)
+    assert state["weight"].shape == (2, 2)
+
+
+def test_a_site_without_approval_refuses_with_the_bundle_id_and_approving_later_needs_no_restart(poc, tmp_path):
+    built = build_validated(tmp_path / "nb", edit=two_of_three)
+    approve(poc, built, ["site-1", "site-3"])
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished", run.message
+    assert run.refusals == {"site-2": f"site-2 refused bundle {built.id}: no reviewer of this site approved this bundle id"}
+    assert run.sites == {"site-1": "done", "site-2": "refused", "site-3": "done"}
+    assert "continued without site-2 (min_clients 2)" in run.message
+
+    approve(poc, built, ["site-2"])  # the site keeps running; its guard reads approvals at each deployment
+    again = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    assert again.wait(timeout=300) == "finished", again.message
+    assert again.sites == {name: "done" for name in SITES}
+
+
+def test_a_tampered_job_is_refused_by_every_site(poc, tmp_path):
+    built = build_validated(tmp_path / "nb")
+    approve(poc, built, SITES)
+    run_dir = remote.create_run(built, list(SITES), tmp_path / "runs", "poc", poc.admin_kit, pocs.ADMIN)
+    job = remote.prepare(run_dir, built)
+    for app in job.glob("app_site-*"):
+        module = app / "custom" / "federated.py"
+        module.write_text(module.read_text() + "\nimport os  # added in transit\n")
+    run = remote.start(run_dir)
+    assert run.wait(timeout=120) == "refused"
+    assert run.refusals == {name: f"{name} refused bundle {built.id}: federated.py differs from the bundle's manifest (tampered?)"
+                            for name in SITES}
+
+
+def test_asking_for_a_dataset_the_sites_did_not_release_fails_clearly(poc, tmp_path):
+    def ask_for_genomes(nb):
+        set_source(nb, "dataset=tiny:samples/tiny.csv", "dataset=tiny:samples/tiny.csv dataset=genomes:samples/tiny.csv")
+        set_source(nb, 'frame = ctx.dataset("tiny")', 'frame = ctx.dataset("tiny")\n    ctx.dataset("genomes")')
+
+    built = build_validated(tmp_path / "nb", edit=ask_for_genomes)
+    approve(poc, built, SITES)  # releasing tiny only
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "failed"
+    assert run.failures, run.message
+    reason = next(iter(run.failures.values()))
+    assert reason.startswith("DatasetNotReleased: site site-") and "did not release dataset 'genomes'" in reason
+
+
+def test_a_site_killed_mid_run_leaves_the_others_to_finish(poc, tmp_path):
+    def slow_rounds(nb):
+        two_of_three(nb)
+        set_source(nb, "rounds=2", "rounds=8")
+        set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    import time\n    time.sleep(1)\n    optimizer")
+
+    built = build_validated(tmp_path / "nb", edit=slow_rounds)
+    approve(poc, built, SITES)
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    deadline = time.monotonic() + 120
+    while run.progress[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.progress[0] >= 2, "the job did not reach round 2"
+    victims = [p for p in poc.processes() if f"/{'prod_00'}/site-3" in " ".join(p.cmdline())]
+    assert victims
+    for proc in victims:  # the whole site goes away: its daemon, its site process and its job process
+        proc.send_signal(signal.SIGKILL)
+    started = time.monotonic()
+    assert run.wait(timeout=400) == "finished", run.message
+    assert time.monotonic() - started < 300
+    assert "site-3" not in run.outcome["completed_sites"] and {"site-1", "site-2"} <= set(run.outcome["completed_sites"])
+    frame = run.metrics()
+    assert set(frame[frame["round"] >= 7]["site"]) == {"site-1", "site-2"}  # the rounds after the kill
+    assert run.global_model is not None
