@@ -146,7 +146,7 @@ def accuracy(workdir: Path, model_file: Path) -> float:
     return weighted / total
 
 
-def measure(command: list[str]) -> dict:
+def measure(command: list[str], limit: float = 900) -> dict:
     """Run `command`, sampling its process tree; wall time, peak RSS sum and peak PSS sum."""
     import psutil
 
@@ -168,6 +168,14 @@ def measure(command: list[str]) -> dict:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         peak_rss, peak_pss, peak_procs = max(peak_rss, rss), max(peak_pss, pss), max(peak_procs, len(tree))
+        if time.monotonic() - start > limit:  # a hung run: stop its whole tree and say so
+            for proc in tree:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            return {"wall_s": None, "peak_rss_mb": peak_rss // 2**20, "peak_pss_mb": peak_pss // 2**20,
+                    "processes": peak_procs, "final_accuracy": None, "note": f"did not finish in {limit:.0f} s"}
         time.sleep(0.2)
     wall = time.monotonic() - start
     output = child.stdout.read()
@@ -203,15 +211,17 @@ def main() -> int:
             results = {variant: measure([*child, "--child", variant]) for variant in ("baseline", "caia")}
             b, c = results["baseline"], results["caia"]
             rows.append((count, b, c))
-            print(json.dumps({"sites": count, "rounds": args.rounds, "baseline": b, "caia": c,
-                              "wall_ratio": round(c["wall_s"] / b["wall_s"], 2)}), flush=True)
+            print(json.dumps({"sites": count, "rounds": args.rounds, "baseline": b, "caia": c}), flush=True)
     print()
     print("| sites x rounds | baseline wall | caia wall | ratio | baseline peak RSS / PSS | caia peak RSS / PSS | final accuracy baseline / caia |")
     print("|---|---|---|---|---|---|---|")
     for count, b, c in rows:
-        print(f"| {count} x {args.rounds} | {b['wall_s']} s | {c['wall_s']} s | {c['wall_s'] / b['wall_s']:.2f} | "
+        wall = lambda r: f"{r['wall_s']} s" if r["wall_s"] else r["note"]
+        ratio = f"{c['wall_s'] / b['wall_s']:.2f}" if b["wall_s"] and c["wall_s"] else "-"
+        accuracy = lambda r: f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else "-"
+        print(f"| {count} x {args.rounds} | {wall(b)} | {wall(c)} | {ratio} | "
               f"{b['peak_rss_mb']} / {b['peak_pss_mb']} MB | {c['peak_rss_mb']} / {c['peak_pss_mb']} MB | "
-              f"{b['final_accuracy']:.4f} / {c['final_accuracy']:.4f} |")
+              f"{accuracy(b)} / {accuracy(c)} |")
     return 0
 
 

@@ -107,7 +107,29 @@ def test_asking_for_a_dataset_the_sites_did_not_release_fails_clearly(poc, tmp_p
     assert reason.startswith("DatasetNotReleased: site site-") and "did not release dataset 'genomes'" in reason
 
 
-def test_a_site_killed_mid_run_leaves_the_others_to_finish(poc, tmp_path):
+def test_the_production_target_works_with_any_admin_startup_kit(poc, tmp_path):
+    built = build_validated(tmp_path / "nb")
+    approve(poc, built, SITES)
+    run = submit(built.path, ["site-1", "site-2"], target="prod", startup_kit=poc.admin_kit, username=pocs.ADMIN,
+                 runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished", run.message
+    assert run.sites == {"site-1": "done", "site-2": "done"}
+    assert json.loads((run.path / "run.json").read_text())["target"] == "prod"
+
+
+def test_the_readme_configures_a_site_exactly_as_caia_poc_up_does(poc):
+    import re
+
+    from conftest import REPO
+
+    snippet = re.search(r'```json\s*("app_validator": \{.*?\n\s*\})\s*```', (REPO / "README.md").read_text(), re.S).group(1)
+    documented = json.loads("{" + snippet.replace("/srv/caia/site-1", str(poc.site_dir("site-1"))) + "}")
+    installed = json.loads((poc.kits / "site-1" / "local" / "resources.json").read_text())
+    default = json.loads((poc.kits / "site-1" / "local" / "resources.json.default").read_text())
+    assert installed == {**default, **documented}
+
+
+def test_a_site_killed_mid_run_leaves_the_others_to_finish(poc, tmp_path):  # last: site-3 stays dead
     def slow_rounds(nb):
         two_of_three(nb)
         set_source(nb, "rounds=2", "rounds=8")
