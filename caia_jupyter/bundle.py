@@ -117,8 +117,36 @@ def default_output(notebook_path: str | Path) -> Path:
     return notebook_path.parent / "bundles" / notebook_path.stem
 
 
+@dataclass(frozen=True)
+class Composed:
+    """A bundle before it is written: its files, manifest, id and build record."""
+
+    notebook: notebook.FederatedNotebook
+    files: dict[str, bytes]
+    manifest: dict
+    id: str
+    build_record: dict
+
+
 def build(notebook_path: str | Path, output: str | Path | None = None, namespace: Mapping | None = None) -> Bundle:
     """Build the bundle of the saved notebook; `namespace` (a kernel's) resolves free names."""
+    composed = compose(notebook_path, namespace)
+    target = Path(output) if output else default_output(composed.notebook.path)
+    kept = _records_to_keep(target, composed.id)
+    with staged_dir(target) as stage:
+        for path, data in composed.files.items():
+            (stage / path).parent.mkdir(parents=True, exist_ok=True)
+            (stage / path).write_bytes(data)
+        (stage / "manifest.json").write_text(json.dumps(composed.manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (stage / RECORDS).mkdir()
+        for name, data in kept.items():
+            (stage / RECORDS / name).write_bytes(data)
+        write_json(stage / RECORDS / "build.json", composed.build_record)
+    return Bundle(target, composed.id, composed.manifest)
+
+
+def compose(notebook_path: str | Path, namespace: Mapping | None = None) -> Composed:
+    """Everything `build` writes, computed without writing (the panel's preview uses it too)."""
     nb = notebook.read(notebook_path)
     cells_source, cell_map = _cells_source(nb)
     check_entry_points(cells_source)
@@ -172,19 +200,7 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
         "cells": cell_map,
         "captured": [{"name": c.name, "kind": c.kind, "type": c.type_name} for c in captures],
     }
-
-    target = Path(output) if output else default_output(nb.path)
-    kept = _records_to_keep(target, bid)
-    with staged_dir(target) as stage:
-        for path, data in files.items():
-            (stage / path).parent.mkdir(parents=True, exist_ok=True)
-            (stage / path).write_bytes(data)
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (stage / RECORDS).mkdir()
-        for name, data in kept.items():
-            (stage / RECORDS / name).write_bytes(data)
-        write_json(stage / RECORDS / "build.json", build_record)
-    return Bundle(target, bid, manifest)
+    return Composed(nb, files, manifest, bid, build_record)
 
 
 def load(path: str | Path) -> Bundle:
@@ -254,6 +270,7 @@ def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None
 
 def require_intact(path: str | Path, expected_id: str | None = None) -> Bundle:
     """Load a bundle, refusing it with the first problem `verify` finds."""
+    _read_manifest(Path(path))  # no bundle at all is said plainly
     bid, problems = verify(path, expected_id)
     if problems:
         more = f" (and {len(problems) - 1} more; run `caia verify {path}`)" if len(problems) > 1 else ""
@@ -357,7 +374,7 @@ def _records_to_keep(target: Path, new_id: str) -> dict[str, bytes]:
 def _read_manifest(path: Path) -> dict:
     file = path / "manifest.json"
     if not file.is_file():
-        raise BundleError(f"{path} is not a bundle: no manifest.json; build one with `caia bundle NOTEBOOK`")
+        raise BundleError(f"{path} is not a bundle (no manifest.json); build and validate it with `caia validate NOTEBOOK`")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

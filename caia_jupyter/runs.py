@@ -106,11 +106,14 @@ class Run:
             export_global_model(self.path)  # the server keeps arrays (it never imports torch)
         return path if path.is_file() else None
 
+    def records(self) -> list[metric_records.Record]:
+        """Every metric record so far, in the order the server received them."""
+        self._reader.poll()
+        return self._reader.records
+
     def metrics(self):
         """Every metric record so far, as a pandas DataFrame (site, round, name, value, time)."""
-        self._reader.poll()
-        records = sorted(self._reader.records, key=lambda r: (r.site, r.round, r.time))
-        return metric_records.frame(records)
+        return metric_records.frame(sorted(self.records(), key=lambda r: (r.site, r.round, r.time)))
 
     def table(self, name: str):
         """One metric as a DataFrame: a row per round, a column per site."""

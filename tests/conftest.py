@@ -10,6 +10,7 @@ import corpus
 from caia_jupyter import bundle, cli, sites, validation
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ("pytest_jupyter.jupyter_server",)  # jp_fetch: the server extension in-process
 
 
 @pytest.fixture
