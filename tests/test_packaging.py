@@ -1,7 +1,14 @@
 """Packaging facts that must stay true: one version, Binder pinned to what pyproject allows."""
 
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import caia_jupyter
 
 from packaging.requirements import Requirement
 
@@ -38,3 +45,20 @@ def test_binder_pins_every_dependency_within_pyproject_ranges():
 
 def test_binder_installs_the_package_itself():
     assert "pip install --no-deps ." in (REPO / "binder" / "postBuild").read_text()
+
+
+def test_one_version_everywhere():
+    declared = json.loads((REPO / "labextension" / "package.json").read_text())["version"]
+    installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "caia-jupyter" / "package.json"
+    assert caia_jupyter.__version__ == importlib.metadata.version("caia-jupyter") == declared
+    assert json.loads(installed.read_text())["version"] == declared
+
+
+def test_jupyter_lists_both_extensions_enabled_and_ok():
+    def listing(*command):
+        done = subprocess.run([str(Path(sys.executable).with_name("jupyter")), *command], capture_output=True, text=True)
+        return re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # without terminal colours
+
+    assert f"caia-jupyter v{caia_jupyter.__version__} enabled OK (python, caia-jupyter)" in listing("labextension", "list")
+    servers = listing("server", "extension", "list")
+    assert "caia_jupyter enabled" in servers and f"caia_jupyter {caia_jupyter.__version__} OK" in servers

@@ -60,10 +60,13 @@ export class FederatedPanel extends Widget {
       const state = await request<INotebookState>(`notebook?path=${encodeURIComponent(notebook.context.path)}`);
       if (notebook === this.notebook) {
         this.render(state);
-        this.say('');
+        if (this.notebookError) {
+          this.say('');
+        }
       }
     } catch (error) {
       this.say(String((error as Error).message), true);
+      this.notebookError = true;
     }
   }
 
@@ -175,11 +178,13 @@ export class FederatedPanel extends Widget {
   }
 
   private say(text: string, error = false): void {
+    this.notebookError = false;
     this.message.textContent = text;
     this.message.className = error ? 'caia-message caia-error' : 'caia-message';
   }
 
   private notebook: NotebookPanel | null = null;
+  private notebookError = false; // the message shows why the notebook cannot be bundled
   private socket: WebSocket | null = null;
   private records: [string, number, string, number][] = [];
   private heading = element('h2');
