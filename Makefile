@@ -1,22 +1,30 @@
-# The two commands that matter: `make demo` and `make test`. Both build .venv from nothing.
+# The two commands that matter: `make demo` and `make test`. Both set up .venv from nothing
+# (Python 3.11 and pip; node builds the JupyterLab extension) and are safe to rerun.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+EXTENSION := labextension/package.json labextension/yarn.lock $(wildcard labextension/src/*.ts labextension/style/*)
 
-.PHONY: demo test clean
+.PHONY: demo test system clean
 
 demo: $(STAMP)
 	$(BIN)/caia demo
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(BIN)/pytest
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(EXTENSION)
+	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Browser tests drive Debian's Chromium (no browser downloads here).
+system:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) caia_jupyter/labextension caia_jupyter/_version.py labextension/node_modules labextension/lib test-artifacts
