@@ -19,10 +19,11 @@ import ast
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
-import os
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 from . import __version__, freenames, notebook, schema
 from .errors import BundleError, NotebookError
 from .flare.app import CLIENT_CONFIG, client_config
-from .fsutil import staged_dir, write_json
+from .fsutil import staged_dir, write_atomic, write_json
 from .manifest import FORMAT, Manifest, bundle_id
 
 RECORDS = "records"
@@ -276,6 +277,50 @@ def require_intact(path: str | Path, expected_id: str | None = None) -> Bundle:
         more = f" (and {len(problems) - 1} more; run `caia verify {path}`)" if len(problems) > 1 else ""
         raise BundleError(f"bundle {path} is not intact: {problems[0]}{more}")
     return load(path)
+
+
+def pack(path: str | Path, output: str | Path | None = None) -> Path:
+    """Zip an intact bundle (with its records) for transport; the same bundle gives the same bytes."""
+    bundle = require_intact(path)
+    output = Path(output) if output else bundle.path.with_suffix(".zip")
+    files = sorted(p for p in bundle.path.rglob("*") if p.is_file())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            info = zipfile.ZipInfo(f"{bundle.path.name}/{file.relative_to(bundle.path).as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, file.read_bytes())
+    write_atomic(output, buffer.getvalue())
+    return output
+
+
+def unpack(archive_path: str | Path, output: str | Path | None = None) -> Bundle:
+    """Extract a packed bundle (refusing paths that leave the folder) and check it is intact."""
+    archive_path = Path(archive_path)
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{archive_path} is not a zip of a bundle: {e}") from e
+    with archive:
+        names = archive.namelist()
+        tops = {name.split("/")[0] for name in names}
+        unsafe = [n for n in names if n.startswith("/") or ".." in Path(n).parts or "\\" in n]
+        if len(tops) != 1 or unsafe:
+            raise BundleError(f"{archive_path} is not a packed bundle: {unsafe[0] if unsafe else 'more than one top folder'}")
+        target = Path(output) if output else archive_path.parent / tops.pop()
+        if target.exists():
+            raise BundleError(f"{target} already exists; choose another place with -o")
+        with staged_dir(target) as stage:
+            for name in names:
+                if name.endswith("/"):
+                    continue
+                destination = stage / Path(name).relative_to(name.split("/")[0])
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_bytes(archive.read(name))
+            _, problems = verify(stage)
+            if problems:
+                raise BundleError(f"bundle in {archive_path} is not intact: {problems[0]}")
+    return load(target)
 
 
 def check_entry_points(source: str) -> None:

@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("--id", dest="expected_id", help="the bundle id you were given (default: the id recorded at build)")
 
+    p = command("pack", do_pack, "zip an intact bundle, with its records, for sending to the sites")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="zip file (default: <bundle>.zip)")
+
+    p = command("unpack", do_unpack, "extract a packed bundle and check that it is intact")
+    p.add_argument("archive", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="bundle directory (default: beside the zip)")
+
     p = command("validate", do_validate, "run a notebook's bundle locally, in a fresh kernel, on its sample data")
     p.add_argument("target", type=Path, metavar="NOTEBOOK|BUNDLE")
     p.add_argument("-o", "--output", type=Path, help="bundle directory when building from a notebook")
@@ -163,6 +171,21 @@ def do_verify(args, namespace=None) -> Outcome:
         text = f"NOT INTACT: {args.bundle}\n" + "\n".join(f"  {p}" for p in problems)
         return Outcome(data, text, data, exit_code=1)
     return Outcome(data, f"intact: {args.bundle}\n{bundle_id}", data)
+
+
+def do_pack(args, namespace=None) -> Outcome:
+    from .bundle import load, pack
+
+    archive = pack(args.bundle, args.output)
+    bundle_id = load(args.bundle).id
+    return Outcome(archive, f"packed {archive}\n{bundle_id}", {"archive": str(archive), "bundle_id": bundle_id})
+
+
+def do_unpack(args, namespace=None) -> Outcome:
+    from .bundle import unpack
+
+    bundle = unpack(args.archive, args.output)
+    return Outcome(bundle, f"intact bundle at {bundle.path}\n{bundle.id}", {"path": str(bundle.path), "bundle_id": bundle.id})
 
 
 def do_validate(args, namespace=None) -> Outcome:

@@ -124,3 +124,30 @@ def test_verify_of_something_that_is_not_a_bundle(tmp_path, caia):
     (tmp_path / "manifest.json").write_text("{not json")
     code, out, _ = caia("verify", tmp_path)
     assert code == 1 and "is not valid JSON" in out
+
+
+def test_pack_and_unpack_carry_an_intact_bundle(built, tmp_path, caia):
+    code, out, _ = caia("pack", built.path, "-o", tmp_path / "a.zip")
+    assert code == 0 and out.strip().splitlines()[-1] == built.id
+    caia("pack", built.path, "-o", tmp_path / "b.zip")
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()  # same bundle, same bytes
+    code, out, _ = caia("unpack", tmp_path / "a.zip", "-o", tmp_path / "received")
+    assert code == 0 and out.strip().splitlines()[-1] == built.id
+    assert (tmp_path / "received" / "records" / "build.json").is_file()
+
+
+def test_unpack_refuses_tampered_or_escaping_archives(built, tmp_path, caia):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        archive.writestr("bundle/../../outside.py", "import os\n")
+    code, _, err = caia("unpack", tmp_path / "evil.zip", "-o", tmp_path / "x")
+    assert code == 2 and "not a packed bundle" in err and not (tmp_path / "x").exists()
+
+    caia("pack", built.path, "-o", tmp_path / "good.zip")
+    with zipfile.ZipFile(tmp_path / "good.zip") as source, zipfile.ZipFile(tmp_path / "bad.zip", "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, data + b"# changed\n" if name.endswith("federated.py") else data)
+    code, _, err = caia("unpack", tmp_path / "bad.zip", "-o", tmp_path / "y")
+    assert code == 2 and "is not intact: file federated.py" in err and not (tmp_path / "y").exists()
