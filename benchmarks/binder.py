@@ -8,10 +8,10 @@ papermill, the kernel, and every simulator process the notebook starts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 from simulator import REPO, measure
 
@@ -24,8 +24,6 @@ def main() -> int:
         command = [sys.executable, "-c",
                    "import json, papermill; papermill.execute_notebook('workshop.ipynb', 'out.ipynb', cwd='.', "
                    "progress_bar=False, kernel_name='python3'); print(json.dumps({}))"]
-        import os
-
         os.chdir(folder)
         result = measure(command)
     result.pop("final_accuracy", None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,8 +109,6 @@ def run_baseline(workdir: Path) -> Path:
     from bench_model import Model
 
     (code / "bench_spec.json").write_text(json.dumps(spec))
-    import os
-
     os.chdir(code)  # the recipe resolves its script and files relative to the working directory
     recipe = FedAvgRecipe(name="baseline", min_clients=len(spec["data"]), num_rounds=spec["rounds"], model=Model(),
                           train_script="bench_client.py")
@@ -153,7 +152,7 @@ def measure(command: list[str], limit: float = 900) -> dict:
     start = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak_rss = peak_pss = 0
-    processes = peak_procs = 0
+    peak_procs = 0
     root = psutil.Process(child.pid)
     while child.poll() is None:
         rss = pss = 0
@@ -218,10 +217,10 @@ def main() -> int:
     for count, b, c in rows:
         wall = lambda r: f"{r['wall_s']} s" if r["wall_s"] else r["note"]
         ratio = f"{c['wall_s'] / b['wall_s']:.2f}" if b["wall_s"] and c["wall_s"] else "-"
-        accuracy = lambda r: f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else "-"
+        score = lambda r: f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else "-"
         print(f"| {count} x {args.rounds} | {wall(b)} | {wall(c)} | {ratio} | "
               f"{b['peak_rss_mb']} / {b['peak_pss_mb']} MB | {c['peak_rss_mb']} / {c['peak_pss_mb']} MB | "
-              f"{accuracy(b)} / {accuracy(c)} |")
+              f"{score(b)} / {score(c)} |")
     return 0
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,16 @@ from . import metrics as metric_records
 from .errors import CaiaError
 
 FINAL = ("finished", "failed", "refused", "aborted")
+
+
+def start_launcher(run_dir: Path, module: str) -> "Run":
+    """Start `python -m MODULE RUN_DIR`, the process that keeps the run directory current, in its
+    own process group (a kernel can restart meanwhile; `Run.abort` stops the whole group)."""
+    with open(run_dir / "launcher.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", module, str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=run_dir)
+    (run_dir / "launcher.pid").write_text(str(process.pid))
+    return Run(run_dir, process)
 
 
 class Run:

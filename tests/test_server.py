@@ -51,7 +51,8 @@ async def test_the_panel_sees_the_same_bundle_id_as_the_cli(jp_fetch, jp_root_di
 
 async def test_approvals_per_site_beside_the_notebook(jp_fetch, jp_root_dir, notebook):
     study = (jp_root_dir / notebook).parent
-    first, second = make_site(study / "sites", "site-1"), make_site(study / "sites", "site-2")
+    first = make_site(study / "sites", "site-1")
+    make_site(study / "sites", "site-2")
     state = await get(jp_fetch, "notebook", path=notebook)
     approvals.approve(first, state["bundle_id"], {"tiny": "tiny"})
     state = await get(jp_fetch, "notebook", path=notebook)

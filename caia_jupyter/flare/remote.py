@@ -18,16 +18,14 @@ import json
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import FlareError
 from ..fsutil import write_json
-from ..runs import Run
+from ..runs import Run, start_launcher
 from .poc import admin_session
 from .server import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STATUS
 
@@ -76,11 +74,7 @@ def start(run_dir: Path) -> Run:
         except Exception as e:  # AuthorizationError, InvalidJobDefinition...
             raise FlareError(f"NVFLARE refused the job submission: {e}") from e
     write_json(run_dir / "run.json", spec)
-    with open(run_dir / "follower.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "caia_jupyter.flare.remote", str(run_dir)],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir)
-    (run_dir / "launcher.pid").write_text(str(process.pid))
-    return Run(run_dir, process)
+    return start_launcher(run_dir, "caia_jupyter.flare.remote")
 
 
 def follow(run_dir: Path) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import traceback
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CaiaError
 from ..fsutil import write_json
-from ..runs import Run
+from ..runs import Run, start_launcher
 from . import tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
@@ -75,11 +74,7 @@ def prepare(run_dir: Path) -> Path:
 
 def start(run_dir: Path) -> Run:
     """Start the launcher for a run directory, in its own process group."""
-    with open(run_dir / "launcher.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "caia_jupyter.flare.simulator", str(run_dir)],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir)
-    (run_dir / "launcher.pid").write_text(str(process.pid))
-    return Run(run_dir, process)
+    return start_launcher(run_dir, "caia_jupyter.flare.simulator")
 
 
 def launch(run_dir: Path) -> int:
