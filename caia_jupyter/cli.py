@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CaiaError
-from .submit import DEFAULT_POC
+from .flare.poc import DEFAULT_POC
 
 
 class Parser(argparse.ArgumentParser):

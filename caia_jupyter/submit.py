@@ -10,8 +10,6 @@ from .runs import Run
 from .sites import open_site
 from .validation import require_passed
 
-DEFAULT_POC = Path.home() / ".caia" / "poc"
-
 
 def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, target: str = "simulator",
            runs_root: str | Path = "runs", poc_workspace: str | Path | None = None,
@@ -41,7 +39,7 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
 
     timeout = {"round_timeout": round_timeout} if round_timeout else {}
     if target == "poc":
-        from .flare.poc import ADMIN, open_poc
+        from .flare.poc import ADMIN, DEFAULT_POC, open_poc
 
         poc = open_poc(poc_workspace or DEFAULT_POC)
         names = [str(s) for s in sites] if sites else poc.site_names

@@ -30,6 +30,7 @@ from pathlib import Path
 from ..errors import FlareError
 from ..fsutil import write_json
 
+DEFAULT_POC = Path.home() / ".caia" / "poc"
 MARKER = "caia-poc.json"
 ADMIN = "admin@nvidia.com"
 VALIDATOR = "caia_jupyter.flare.guard.CaiaAppValidator"
