@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 
 from . import __version__
 from .bundle import Bundle
@@ -55,6 +56,12 @@ class ValidationResult:
     @property
     def error(self) -> str | None:
         return self.record.get("error", {}).get("summary")
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """The validation kernel talks over local sockets (IPC), never TCP, even on loopback."""
+
+    transport = "ipc"
 
 
 def validation_notebook(bundle: Bundle) -> nbformat.NotebookNode:
@@ -98,6 +105,7 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
         try:
             papermill.execute_notebook(
                 str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
+                kernel_manager_class=LocalKernelManager,
                 parameters={"bundle_dir": str(bundle.path.resolve()), "report_path": str(report),
                             "params": bundle.manifest["job"]["params"], "datasets": datasets},
                 execution_timeout=timeout, log_output=False,
