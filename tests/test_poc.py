@@ -3,6 +3,7 @@ this module: approved runs with live metrics, refusals, tampering, an unreleased
 a site killed mid-run. `caia poc down` must leave no process behind."""
 
 import json
+import re
 import signal
 import time
 
@@ -118,8 +119,6 @@ def test_the_production_target_works_with_any_admin_startup_kit(poc, tmp_path):
 
 
 def test_the_readme_configures_a_site_exactly_as_caia_poc_up_does(poc):
-    import re
-
     from conftest import REPO
 
     snippet = re.search(r'```json\s*("app_validator": \{.*?\n\s*\})\s*```', (REPO / "README.md").read_text(), re.S).group(1)
@@ -129,26 +128,52 @@ def test_the_readme_configures_a_site_exactly_as_caia_poc_up_does(poc):
     assert installed == {**default, **documented}
 
 
-def test_a_site_killed_mid_run_leaves_the_others_to_finish(poc, tmp_path):  # last: site-3 stays dead
-    def slow_rounds(nb):
-        two_of_three(nb)
+def slow_rounds(min_clients: int):
+    def edit(nb):
+        set_source(nb, "min_clients=1", f"min_clients={min_clients}")
         set_source(nb, "rounds=2", "rounds=8")
         set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    import time\n    time.sleep(1)\n    optimizer")
 
-    built = build_validated(tmp_path / "nb", edit=slow_rounds)
-    approve(poc, built, SITES)
-    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    return edit
+
+
+def kill_site_mid_run(poc, run, name):
+    """Wait for round 2, then make the whole site go away: its daemon, site process and job process."""
     deadline = time.monotonic() + 120
     while run.progress[0] < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert run.progress[0] >= 2, "the job did not reach round 2"
-    victims = [p for p in poc.processes() if f"/{'prod_00'}/site-3" in " ".join(p.cmdline())]
+    victims = [p for p in poc.processes() if re.search(rf"/prod_00/{name}(/|\s|$)", " ".join(p.cmdline()))]
     assert victims
-    for proc in victims:  # the whole site goes away: its daemon, its site process and its job process
+    # As if the machine went away: the daemon first (it would restart the others), then the site
+    # process (left alive, it would report its dying job process and NVFLARE would fail the job).
+    order = ("sub_start.sh", "client_train", "worker_process")
+    for proc in sorted(victims, key=lambda p: next((i for i, k in enumerate(order) if k in " ".join(p.cmdline())), 3)):
         proc.send_signal(signal.SIGKILL)
-    started = time.monotonic()
+    return time.monotonic()
+
+
+def test_a_site_killed_mid_run_below_min_clients_ends_the_run_clearly(poc, tmp_path):
+    built = build_validated(tmp_path / "nb", edit=slow_rounds(3))
+    approve(poc, built, SITES)
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    killed = kill_site_mid_run(poc, run, "site-3")
+    assert run.wait(timeout=400) == "failed", run.message
+    assert time.monotonic() - killed < 300
+    assert "NVFLARE job" in run.message and run.outcome["job_status"].startswith("FINISHED:")
+    assert not run.metrics().empty and run.global_model is not None  # what was produced is kept
+    restarted = poc.nvflare("start", "-p", "site-3")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    pocs.wait_until_connected(poc, list(SITES), say=lambda *a: None)
+
+
+def test_a_site_killed_mid_run_leaves_the_others_to_finish(poc, tmp_path):  # last: site-3 stays dead
+    built = build_validated(tmp_path / "nb", edit=slow_rounds(2))
+    approve(poc, built, SITES)
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    killed = kill_site_mid_run(poc, run, "site-3")
     assert run.wait(timeout=400) == "finished", run.message
-    assert time.monotonic() - started < 300
+    assert time.monotonic() - killed < 300
     assert "site-3" not in run.outcome["completed_sites"] and {"site-1", "site-2"} <= set(run.outcome["completed_sites"])
     frame = run.metrics()
     assert set(frame[frame["round"] >= 7]["site"]) == {"site-1", "site-2"}  # the rounds after the kill
