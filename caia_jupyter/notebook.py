@@ -12,8 +12,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-
 from . import annotations
 from .errors import NotebookError
 
@@ -44,6 +42,8 @@ class FederatedNotebook:
 
 def read(path: str | Path) -> FederatedNotebook:
     """Read, validate and check the federated cells of the notebook at `path`."""
+    import nbformat  # here, not at the top: its schema validator takes ~1 s to import
+
     path = Path(path)
     if not path.is_file():
         raise NotebookError(f"notebook {path} does not exist; save it first or check the path")

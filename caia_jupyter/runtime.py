@@ -110,9 +110,8 @@ def run_site(entry: EntryPoints, runner_file: str) -> None:
 
     from .context import Context
     from .flare.release import Release
-    from .flare.tuning import tune_worker
 
-    tune_worker(flare.init())
+    flare.init()
     app_dir = Path(runner_file).resolve().parents[1]
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nbformat
 from jupyter_client.manager import AsyncKernelManager
 
 from . import __version__
@@ -64,7 +63,9 @@ class LocalKernelManager(AsyncKernelManager):
     transport = "ipc"
 
 
-def validation_notebook(bundle: Bundle) -> nbformat.NotebookNode:
+def validation_notebook(bundle: Bundle):
+    import nbformat  # here, not at the top: its schema validator takes ~1 s to import
+
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells.append(nbformat.v4.new_markdown_cell(
@@ -83,6 +84,7 @@ def validation_notebook(bundle: Bundle) -> nbformat.NotebookNode:
 
 def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -> ValidationResult:
     """Run the validation notebook; write records/validation.json and records/validation.ipynb."""
+    import nbformat
     import papermill
 
     build = bundle.record("build.json")

@@ -81,6 +81,7 @@ def launch(run_dir: Path) -> int:
     """The launcher process: run the guarded simulator on RUN_DIR/job, record the outcome."""
     from nvflare.fuel.common.exit_codes import ProcessExitCode
     from nvflare.fuel.f3.mpm import MainProcessMonitor
+    from nvflare.private.fed.app.simulator import simulator_runner
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
     from nvflare.private.fed.utils.fed_utils import get_simulator_app_root
 
@@ -106,6 +107,7 @@ def launch(run_dir: Path) -> int:
                 raise RuntimeError(f"only {len(self.client_names)} of {len(sites)} sites admitted the bundle")
 
         def setup(self):
+            tuning.fork_workers(simulator_runner)
             ready = super().setup()
             if ready:
                 self.server.check_engine_frequency = tuning.STEP  # NVFLARE polls the server's state every 3 s
