@@ -128,8 +128,8 @@ def run_worker(argv: list[str], env: dict, base_path: list[str]) -> None:
     import torch
     from nvflare.app_common.executors.client_api import in_process_backend
     from nvflare.fuel.f3 import mpm
-    from nvflare.private.fed.app.simulator import simulator_worker as worker
     from nvflare.private.fed import tbi
+    from nvflare.private.fed.app.simulator import simulator_worker as worker
     from nvflare.private.fed.client import client_runner
 
     os.setsid()
