@@ -47,5 +47,13 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> Path
     return path
 
 
+def read_json(path: Path) -> dict:
+    """The JSON object at `path`, or {} while it does not exist (yet) or cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def write_json(path: Path, obj, mode: int | None = None) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", mode)

@@ -50,9 +50,9 @@ def notebook(notebook_path: Path, site_dirs: list[Path]) -> dict:
     }
 
 
-def run(run_dir: Path, since: int = 0) -> dict:
+def run(run: Run | Path, since: int = 0) -> dict:
     """A run's state and its metric records from the `since`-th on."""
-    handle = Run(run_dir)
+    handle = run if isinstance(run, Run) else Run(run)
     records = [[r.site, r.round, r.name, r.value] for r in handle.records()[since:]]
     done, total = handle.progress
     return {"status": handle.status, "message": handle.message, "rounds_done": done, "rounds": total,

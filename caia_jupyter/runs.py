@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import metrics as metric_records
 from .errors import CaiaError
+from .fsutil import read_json, write_atomic, write_json
 
 FINAL = ("finished", "failed", "refused", "aborted")
 
@@ -53,10 +54,7 @@ class Run:
     # -- what the run says about itself ------------------------------------------------
 
     def _json(self, name: str) -> dict:
-        try:
-            return json.loads((self.path / name).read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.path / name)
 
     @property
     def outcome(self) -> dict:
@@ -169,8 +167,6 @@ class Run:
                 pass
             self.wait(timeout=30, poll=0.2)
         if not self.outcome:
-            from .fsutil import write_json
-
             write_json(self.path / "outcome.json", {"status": "aborted", "message": "aborted by the researcher"})
         return self.status
 
@@ -194,8 +190,23 @@ class Run:
             return False
 
 
+def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:
+    """Why a run did not start: too few sites admitted its bundle."""
+    refused = ", ".join(s for s in sites if s not in admitted)
+    return (f"{len(admitted)} of {len(sites)} sites admitted the bundle (refused: {refused}); "
+            f"min_clients is {min_clients}, so the run did not start")
+
+
+def finished_message(rounds_done: int, trained: list[str], sites: list[str], admitted: list[str], min_clients: int) -> str:
+    refused = [s for s in sites if s not in admitted]
+    note = f"; continued without {', '.join(refused)} (min_clients {min_clients})" if refused else ""
+    return f"{rounds_done} rounds with {', '.join(trained)}{note}"
+
+
 def export_global_model(run_dir: Path) -> Path | None:
     """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict)."""
+    import io
+
     import numpy as np
     import torch
 
@@ -204,6 +215,6 @@ def export_global_model(run_dir: Path) -> Path | None:
         return None
     with np.load(source, allow_pickle=False) as arrays:
         state = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
-    target = Path(run_dir) / "global_model.pt"
-    torch.save(state, target)
-    return target
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_atomic(Path(run_dir) / "global_model.pt", buffer.getvalue())

@@ -14,7 +14,6 @@ The federated-code contract:
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 from .errors import ContractError
 
 FAILURE_TAG = "caia.failure"  # the analytics record a site sends when its federated code fails
+FAILURE_FILE = "caia_failure.json"  # the whole story of that failure, kept in the site's app folder
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,10 @@ def failure_record(app_dir: Path):
         from nvflare.apis.analytix import AnalyticsDataType
 
         from .errors import CaiaError
+        from .fsutil import write_json
 
         message = str(e).split("\n")[0]
-        (app_dir / "caia_failure.json").write_text(json.dumps({"exception": type(e).__name__, "message": message}))
+        write_json(app_dir / FAILURE_FILE, {"exception": type(e).__name__, "message": message})
         shared = f"{type(e).__name__}: {message}" if isinstance(e, CaiaError) else f"{type(e).__name__} (details kept at the site)"
         flare.log(key=FAILURE_TAG, value=shared, data_type=AnalyticsDataType.TEXT)
         raise

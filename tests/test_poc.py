@@ -128,36 +128,34 @@ def test_the_readme_configures_a_site_exactly_as_caia_poc_up_does(poc):
     assert installed == {**default, **documented}
 
 
-def slow_rounds(min_clients: int):
-    def edit(nb):
+def run_and_kill_site_3(poc, tmp_path, min_clients: int):
+    """Start an 8-round run (1 s a round at each site) at all three sites, wait for round 2, then
+    make site-3 go away entirely: its daemon, site process and job process. Returns the run and
+    when site-3 was killed."""
+    def slow_rounds(nb):
         set_source(nb, "min_clients=1", f"min_clients={min_clients}")
         set_source(nb, "rounds=2", "rounds=8")
         set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    import time\n    time.sleep(1)\n    optimizer")
 
-    return edit
-
-
-def kill_site_mid_run(poc, run, name):
-    """Wait for round 2, then make the whole site go away: its daemon, site process and job process."""
+    built = build_validated(tmp_path / "nb", edit=slow_rounds)
+    approve(poc, built, SITES)
+    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
     deadline = time.monotonic() + 120
     while run.progress[0] < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert run.progress[0] >= 2, "the job did not reach round 2"
-    victims = [p for p in poc.processes() if re.search(rf"/prod_00/{name}(/|\s|$)", " ".join(p.cmdline()))]
+    victims = [p for p in poc.processes() if re.search(r"/prod_00/site-3(/|\s|$)", " ".join(p.cmdline()))]
     assert victims
     # As if the machine went away: the daemon first (it would restart the others), then the site
     # process (left alive, it would report its dying job process and NVFLARE would fail the job).
     order = ("sub_start.sh", "client_train", "worker_process")
     for proc in sorted(victims, key=lambda p: next((i for i, k in enumerate(order) if k in " ".join(p.cmdline())), 3)):
         proc.send_signal(signal.SIGKILL)
-    return time.monotonic()
+    return run, time.monotonic()
 
 
 def test_a_site_killed_mid_run_below_min_clients_ends_the_run_clearly(poc, tmp_path):
-    built = build_validated(tmp_path / "nb", edit=slow_rounds(3))
-    approve(poc, built, SITES)
-    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
-    killed = kill_site_mid_run(poc, run, "site-3")
+    run, killed = run_and_kill_site_3(poc, tmp_path, min_clients=3)
     assert run.wait(timeout=400) == "failed", run.message
     assert time.monotonic() - killed < 300
     assert "NVFLARE job" in run.message and run.outcome["job_status"].startswith("FINISHED:")
@@ -168,10 +166,7 @@ def test_a_site_killed_mid_run_below_min_clients_ends_the_run_clearly(poc, tmp_p
 
 
 def test_a_site_killed_mid_run_leaves_the_others_to_finish(poc, tmp_path):  # last: site-3 stays dead
-    built = build_validated(tmp_path / "nb", edit=slow_rounds(2))
-    approve(poc, built, SITES)
-    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
-    killed = kill_site_mid_run(poc, run, "site-3")
+    run, killed = run_and_kill_site_3(poc, tmp_path, min_clients=2)
     assert run.wait(timeout=400) == "finished", run.message
     assert time.monotonic() - killed < 300
     assert "site-3" not in run.outcome["completed_sites"] and {"site-1", "site-2"} <= set(run.outcome["completed_sites"])

@@ -86,6 +86,22 @@ async def test_paths_outside_the_root_and_missing_files(jp_fetch, notebook):
     assert info.value.code == 409 and "build and validate it" in json.loads(info.value.response.body)["message"]
 
 
+async def test_the_run_stream_refuses_paths_outside_the_root_before_upgrading(jp_ws_fetch):
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "../../etc"})
+    assert info.value.code == 403
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch("caia", "api", "run", "stream")
+    assert info.value.code == 400
+
+
+async def test_the_run_stream_reports_a_directory_that_is_no_run(jp_ws_fetch, jp_root_dir, notebook):
+    socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "study"})
+    message = json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))
+    assert message["error"] == "CaiaError" and "not a caia run directory" in message["message"]
+    assert await asyncio.wait_for(socket.read_message(), timeout=30) is None
+
+
 @pytest.mark.slow
 async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_dir, notebook):
     study = (jp_root_dir / notebook).parent

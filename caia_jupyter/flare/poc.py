@@ -71,10 +71,11 @@ class Poc:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # sites run this Python
         return env
 
-    def nvflare(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def nvflare(self, *args: str, timeout: float = 120, **output) -> subprocess.CompletedProcess:
+        """`nvflare poc ARGS` for this workspace; its output captured unless `output` says where."""
         command = [str(Path(sys.executable).parent / "nvflare"), "poc", *args]
-        return subprocess.run(command, env=self.environment(), stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(command, env=self.environment(), stdin=subprocess.DEVNULL, timeout=timeout,
+                              **(output or {"capture_output": True, "text": True}))
 
     def processes(self) -> list:
         """Every live process whose command line names this workspace (daemons first)."""
@@ -143,8 +144,7 @@ def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, say=print
 
     say("starting the server and sites (each site's guard: caia)")
     with open(poc.workspace / "poc.log", "ab") as log:
-        subprocess.run([str(Path(sys.executable).parent / "nvflare"), "poc", "start", "--no-wait"], env=poc.environment(),
-                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, timeout=120)
+        poc.nvflare("start", "--no-wait", stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_connected(poc, names, say)
     except BaseException:

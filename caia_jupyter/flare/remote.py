@@ -24,8 +24,8 @@ import traceback
 from pathlib import Path
 
 from ..errors import FlareError
-from ..fsutil import write_json
-from ..runs import Run, start_launcher
+from ..fsutil import read_json, write_json
+from ..runs import Run, finished_message, refused_message, start_launcher
 from .poc import admin_session
 from .server import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STATUS
 
@@ -150,20 +150,18 @@ def collect(result: Path, run_dir: Path) -> None:
 
 def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
     job_status = str(meta.get("status"))
-    status = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
+    status = read_json(run_dir / STATUS)
     admitted = [s for s, a in admissions(meta, spec["sites"]).items() if a["state"] == "approved"]
-    refused = [s for s in spec["sites"] if s not in admitted]
-    failed = json.loads((run_dir / FAILURES).read_text()) if (run_dir / FAILURES).exists() else {}
+    failed = read_json(run_dir / FAILURES)
     base = {"job_id": spec["job_id"], "job_status": job_status, "failed_sites": failed,
             "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
     if aborted or job_status == "FINISHED:ABORTED":
         return {**base, "status": "aborted", "message": f"aborted (NVFLARE job {spec['job_id']})"}
-    if job_status == "FINISHED:FAILED_TO_RUN" and refused:
-        return {**base, "status": "refused", "message": f"{len(admitted)} of {len(spec['sites'])} sites admitted the bundle "
-                f"(refused: {', '.join(refused)}); min_clients is {spec['min_clients']}, so the job did not run"}
+    if job_status == "FINISHED:FAILED_TO_RUN" and len(admitted) < len(spec["sites"]):
+        return {**base, "status": "refused", "message": refused_message(admitted, spec["sites"], spec["min_clients"])}
     if job_status == "FINISHED:COMPLETED" and status.get("phase") == "finished":
-        note = f"; continued without {', '.join(refused)} (min_clients {spec['min_clients']})" if refused else ""
-        return {**base, "status": "finished", "message": f"{status['rounds_done']} rounds with {', '.join(status['sites'])}{note}"}
+        message = finished_message(status["rounds_done"], status["sites"], spec["sites"], admitted, spec["min_clients"])
+        return {**base, "status": "finished", "message": message}
     reason = status.get("message") or "; ".join(f"{s} failed: {m}" for s, m in failed.items()) or f"NVFLARE ended the job as {job_status}"
     return {**base, "status": "failed", "message": f"{reason} (NVFLARE job {spec['job_id']}, {job_status})"}
 

@@ -9,8 +9,8 @@ converts them to and from torch tensors at each site. `MetricsReceiver` appends 
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedA
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from ..fsutil import read_json, write_atomic, write_json
 from ..runtime import FAILURE_TAG
 
 INITIAL_MODEL = "initial_model.npz"
@@ -75,21 +76,16 @@ class CaiaFedAvg(ModelController):
     def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "") -> None:
         status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,
                   "message": message, "time": time.time()}
-        path = self._output(STATUS)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, path)
-
+        write_json(self._output(STATUS), status)
 
     def _output(self, name: str) -> Path:
         return Path(self.output_dir or self.get_run_dir()) / name
 
 
 def save_arrays(params: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        np.savez(f, **params)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **params)
+    write_atomic(path, buffer.getvalue())
 
 
 class MetricsReceiver(AnalyticsReceiver):
@@ -116,11 +112,7 @@ class MetricsReceiver(AnalyticsReceiver):
         since = command.get("since", 0) if isinstance(command, dict) else 0
         with self._save_lock:
             records = self._records[since:]
-        try:
-            status = json.loads((self._run_dir / STATUS).read_text())
-        except (OSError, ValueError):
-            status = {}
-        return {"since": since, "records": records, "status": status, "failures": dict(self._failures)}
+        return {"since": since, "records": records, "status": read_json(self._run_dir / STATUS), "failures": dict(self._failures)}
 
     def save(self, fl_ctx, shareable, record_origin: str):
         from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
@@ -128,7 +120,7 @@ class MetricsReceiver(AnalyticsReceiver):
         data = AnalyticsData.from_dxo(from_shareable(shareable))
         if data is not None and data.data_type == AnalyticsDataType.TEXT and data.tag == FAILURE_TAG:
             self._failures[record_origin] = str(data.value)
-            (self._run_dir / FAILURES).write_text(json.dumps(self._failures))
+            write_json(self._run_dir / FAILURES, self._failures)
             return
         if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
             return

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CaiaError
-from ..fsutil import write_json
-from ..runs import Run, start_launcher
+from ..fsutil import read_json, write_json
+from ..runs import Run, finished_message, refused_message, start_launcher
+from ..runtime import FAILURE_FILE
 from . import tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
     from ..bundle import Bundle
-
-FAILURE = "caia_failure.json"  # written by the runtime into a site's app folder when its code raises
 
 
 def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
@@ -140,33 +139,23 @@ def launch(run_dir: Path) -> int:
 
 def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
     """How the run ended, from what the guard, the server and the sites left behind."""
-    admissions = _read(run_dir / "sites.json")
-    status = _read(run_dir / "status.json")
+    admissions = read_json(run_dir / "sites.json")
+    status = read_json(run_dir / "status.json")
     admitted = [s for s, a in admissions.items() if a.get("state") == "approved"]
     failed = {}
     for site in admitted:
-        failure = _read(run_dir / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE)
+        failure = read_json(run_dir / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE_FILE)
         if failure:
             failed[site] = f"{failure['exception']}: {failure['message']}"
     result = {"code": code, "failed_sites": failed, "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
     if admissions and len(admitted) < min_clients:
-        refused = ", ".join(s for s in sites if s not in admitted)
-        return {**result, "status": "refused",
-                "message": f"{len(admitted)} of {len(sites)} sites admitted the bundle (refused: {refused}); "
-                           f"min_clients is {min_clients}, so the run did not start"}
+        return {**result, "status": "refused", "message": refused_message(admitted, list(sites), min_clients)}
     if code == 0 and status.get("phase") == "finished":
-        note = f"; continued without {', '.join(s for s in sites if s not in admitted)} (min_clients {min_clients})" if len(admitted) < len(sites) else ""
-        return {**result, "status": "finished", "message": f"{status['rounds_done']} rounds with {', '.join(admitted)}{note}"}
+        message = finished_message(status["rounds_done"], admitted, list(sites), admitted, min_clients)
+        return {**result, "status": "finished", "message": message}
     reason = status.get("message") or "; ".join(f"{s} failed: {m}" for s, m in failed.items())
     return {**result, "status": "failed",
             "message": reason or f"the NVFLARE simulator exited with code {code}; see {run_dir / 'workspace' / 'server' / 'log.txt'}"}
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 if __name__ == "__main__":

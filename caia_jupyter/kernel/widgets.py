@@ -1,6 +1,6 @@
 """The live run widget: progress, per-site status, per-round curves of every metric.
 
-A background thread reads the run (the same `Run` every surface uses) and pushes what changed
+A background thread reads the run's state as the panel does (`overview.run`) and pushes what changed
 in one batch (`hold_sync`) every half second; the JavaScript view redraws in place. The
 widget state is rebuilt from the run directory, so it works again after a kernel restart.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import anywidget
 import traitlets
 
-from ..metrics import MetricsReader
+from .. import overview
 from ..runs import FINAL, Run
 
 STATIC = Path(__file__).parent / "static"
@@ -35,23 +35,18 @@ class RunWidget(anywidget.AnyWidget):
     def __init__(self, run: Run, **kwargs):
         super().__init__(title=f"run {run.path.name}", rounds=run.spec["rounds"], **kwargs)
         self.run = run
-        self._reader = MetricsReader(run.path / "metrics.jsonl")
-        self._records: list = []
         self._stop = threading.Event()
         self._thread = None
 
     def refresh(self) -> None:
         """Read what changed in the run and push it to the view in one message."""
-        new = self._reader.poll()
-        self._records += [[r.site, r.round, r.name, r.value] for r in new]
-        done, total = self.run.progress
-        reasons = {**self.run.refusals, **self.run.failures}
+        state = overview.run(self.run, since=len(self.records))
         with self.hold_sync():
-            self.status, self.message = self.run.status, self.run.message
-            self.rounds_done, self.rounds = done, total
-            self.sites, self.reasons = self.run.sites, reasons
-            if new:
-                self.records = list(self._records)
+            self.status, self.message = state["status"], state["message"]
+            self.rounds_done, self.rounds = state["rounds_done"], state["rounds"]
+            self.sites, self.reasons = state["sites"], state["reasons"]
+            if state["records"]:
+                self.records = self.records + state["records"]
 
     def follow(self, interval: float = 0.5) -> RunWidget:
         """Keep refreshing from a background thread until the run ends."""

@@ -16,7 +16,7 @@ from traitlets import List, Unicode
 
 from .. import __version__, overview
 from ..errors import BundleError, CaiaError, FlareError, NotebookError, ValidationFailed
-from ..runs import FINAL
+from ..runs import FINAL, Run
 
 # Domain error -> HTTP status: bad input is the client's (4xx); a remote NVFLARE failing is 502.
 STATUS_OF = [(NotebookError, 400), (BundleError, 409), (ValidationFailed, 409), (FlareError, 502), (CaiaError, 400)]
@@ -40,16 +40,20 @@ class CaiaExtension(ExtensionApp):
         ])
 
 
+def server_path(settings: dict, relative: str | None) -> Path:
+    """A path under the server's root directory; anything outside it is refused."""
+    if not relative:
+        raise tornado.web.HTTPError(400, reason="a 'path' is required")
+    root = Path(settings["server_root_dir"]).expanduser().resolve()
+    path = (root / relative).resolve()
+    if path != root and root not in path.parents:
+        raise tornado.web.HTTPError(403, reason=f"{relative} is outside the server's root directory")
+    return path
+
+
 class CaiaHandler(ExtensionHandlerMixin, APIHandler):
     def local(self, relative: str | None) -> Path:
-        """A path under the server's root directory; anything outside it is refused."""
-        if not relative:
-            raise tornado.web.HTTPError(400, reason="a 'path' is required")
-        root = Path(self.settings["server_root_dir"]).expanduser().resolve()
-        path = (root / relative).resolve()
-        if path != root and root not in path.parents:
-            raise tornado.web.HTTPError(403, reason=f"{relative} is outside the server's root directory")
-        return path
+        return server_path(self.settings, relative)
 
     def relative(self, path: Path) -> str:
         return Path(path).resolve().relative_to(Path(self.settings["server_root_dir"]).expanduser().resolve()).as_posix()
@@ -155,36 +159,33 @@ class RunStreamHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):
     async def get(self, *args, **kwargs):
         if self.current_user is None:
             raise tornado.web.HTTPError(403)
+        self._run = server_path(self.settings, self.get_argument("path", None))  # refused before the upgrade
         return await super().get(*args, **kwargs)
 
     def open(self):
-        root = Path(self.settings["server_root_dir"]).expanduser().resolve()
-        run = (root / self.get_argument("path", "")).resolve()
-        if root not in run.parents:
-            return self.close(code=4003, reason="outside the server's root directory")
-        self._pusher = asyncio.ensure_future(self._push(run))
+        self._pusher = asyncio.ensure_future(self._push(self._run))
 
     def on_close(self):
         pusher = getattr(self, "_pusher", None)
         if pusher is not None:
             pusher.cancel()
 
-    async def _push(self, run: Path):
+    async def _push(self, run_dir: Path):
         loop, count, last = asyncio.get_running_loop(), 0, None
-        while True:
-            try:
+        try:
+            run = await loop.run_in_executor(None, Run, run_dir)  # one handle: each poll reads only new records
+            while True:
                 state = await loop.run_in_executor(None, overview.run, run, count)
-            except CaiaError as e:
-                await self.write_message(json.dumps({"message": str(e), "error": type(e).__name__}))
-                return self.close()
-            count = state["count"]
-            digest = json.dumps({k: v for k, v in state.items() if k not in ("since", "count")})
-            if digest != last:
-                last = digest
-                try:
+                count = state["count"]
+                digest = json.dumps({k: v for k, v in state.items() if k not in ("since", "count")})
+                if digest != last:
+                    last = digest
                     await self.write_message(json.dumps(state))
-                except tornado.websocket.WebSocketClosedError:
-                    return
-            if state["status"] in FINAL:
-                return self.close()
-            await asyncio.sleep(0.5)
+                if state["status"] in FINAL:
+                    return self.close()
+                await asyncio.sleep(0.5)
+        except CaiaError as e:
+            await self.write_message(json.dumps({"message": str(e), "error": type(e).__name__}))
+            return self.close()
+        except tornado.websocket.WebSocketClosedError:
+            return
