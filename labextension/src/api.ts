@@ -33,6 +33,7 @@ export interface IRunState {
   sites: Record<string, string>;
   reasons: Record<string, string>;
   records: [string, number, string, number][];
+  since: number;
   count: number;
 }
 

@@ -144,7 +144,6 @@ export class FederatedPanel extends Widget {
 
   private follow(state: IRunState): void {
     this.socket?.close();
-    this.records = [];
     this.drawRun(state);
     this.socket = streamRun(state.run!, update => this.drawRun(update));
   }
@@ -152,6 +151,9 @@ export class FederatedPanel extends Widget {
   private drawRun(state: IRunState): void {
     if ((state as unknown as { error?: string }).error) {
       return this.say((state as unknown as { message: string }).message, true);
+    }
+    if (state.since === 0) {
+      this.records = []; // a state from the first record on (the submit answer, then the stream's first message)
     }
     this.records.push(...state.records);
     const sites = Object.keys(state.sites);
