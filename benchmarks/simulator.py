@@ -126,10 +126,10 @@ def accuracy(workdir: Path, model_file: Path) -> float:
     import torch
 
     from caia_jupyter.context import Context
-    from caia_jupyter.runtime import import_runner
+    from caia_jupyter.runtime import load_entry_points
 
     spec = json.loads((workdir / "setup.json").read_text())
-    entry = import_runner(spec["bundle"]).ENTRY_POINTS
+    entry = load_entry_points(spec["bundle"])
     state = torch.load(model_file, weights_only=True)
     state = state.get("model", state)
     state = {k.removeprefix("net."): v for k, v in state.items()}

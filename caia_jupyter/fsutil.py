@@ -55,5 +55,20 @@ def read_json(path: Path) -> dict:
         return {}
 
 
+def loads_strict(data: bytes | str):
+    """Parse JSON refusing duplicate keys (a person reading the file and a program reading it must
+    see the same values); raises ValueError."""
+
+    def unique(pairs):
+        found = {}
+        for key, value in pairs:
+            if key in found:
+                raise ValueError(f"duplicate key {key!r}")
+            found[key] = value
+        return found
+
+    return json.loads(data, object_pairs_hook=unique)
+
+
 def write_json(path: Path, obj, mode: int | None = None) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", mode)

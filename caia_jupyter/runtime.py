@@ -13,15 +13,17 @@ The federated-code contract:
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import math
 import sys
+import types
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ContractError
+from .fileset import MODULE
 
 FAILURE_TAG = "caia.failure"  # the analytics record a site sends when its federated code fails
 FAILURE_FILE = "caia_failure.json"  # the whole story of that failure, kept in the site's app folder
@@ -33,6 +35,9 @@ class EntryPoints:
     load_data: Callable
     train: Callable
     evaluate: Callable
+
+
+ENTRY_NAMES = ("build_model", "load_data", "train", "evaluate")  # EntryPoints' fields, in order
 
 
 @dataclass(frozen=True)
@@ -71,16 +76,27 @@ def evaluate(entry: EntryPoints, model, data, ctx) -> dict[str, float]:
     return _metrics(entry.evaluate(model, data, ctx), "evaluate(model, data, ctx)")
 
 
-def import_runner(bundle_dir: str | Path):
-    """Import a bundle's caia_runner (and with it federated.py) from `bundle_dir`."""
-    bundle_dir = str(Path(bundle_dir).resolve())
-    for name in ("caia_runner", "federated"):
-        sys.modules.pop(name, None)
-    sys.path.insert(0, bundle_dir)
-    try:
-        return importlib.import_module("caia_runner")
-    finally:
-        sys.path.remove(bundle_dir)
+def load_entry_points(bundle_dir: str | Path, expected_sha256: str | None = None) -> EntryPoints:
+    """Load a bundle's federated.py from its source bytes and return its entry points.
+
+    The module is compiled from the bytes read here, after checking them against
+    `expected_sha256` (the hash the site's guard admitted, or the manifest's) when given: no
+    `__pycache__` is read or written, so a bundle folder stays exactly as approved (read-only
+    works) and no shadowing `.pyc` can run instead of the reviewed source.
+    Raises ContractError if the bytes differ or an entry point is missing.
+    """
+    path = Path(bundle_dir).resolve() / MODULE
+    source = path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(source).hexdigest() != expected_sha256:
+        raise ContractError(f"{MODULE} is not the file the site admitted; the run stops here")
+    module = types.ModuleType("federated")
+    module.__file__ = str(path)
+    sys.modules["federated"] = module  # as `import federated` would, for pickling by reference
+    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
+    missing = [name for name in ENTRY_NAMES if not callable(getattr(module, name, None))]
+    if missing:
+        raise ContractError(f"{MODULE} does not define {', '.join(missing)}")
+    return EntryPoints(*(getattr(module, name) for name in ENTRY_NAMES))
 
 
 def _metrics(value, call: str) -> dict[str, float]:
@@ -102,8 +118,9 @@ def _shown(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def run_site(entry: EntryPoints, runner_file: str) -> None:
+def run_site(runner_file: str) -> None:
     """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics."""
+    sys.dont_write_bytecode = True  # nothing the job imports from here on writes into its app
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
     from nvflare.client.tracking import SummaryWriter
@@ -115,7 +132,8 @@ def run_site(entry: EntryPoints, runner_file: str) -> None:
     app_dir = Path(runner_file).resolve().parents[1]
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():
-        raise ContractError(f"the release in {app_dir} is for {release.site}, but this is {flare.get_site_name()}")
+        raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
+    entry = load_entry_points(app_dir / "custom", release.files[MODULE])
     ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
     with failure_record(app_dir):
         model = build_model(entry)

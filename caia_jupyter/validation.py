@@ -24,6 +24,7 @@ from jupyter_client.manager import AsyncKernelManager
 from . import __version__
 from .bundle import Bundle
 from .errors import BundleError, CaiaError, ValidationFailed
+from .fileset import MODULE
 from .fsutil import write_atomic, write_json
 
 VERSIONS_OF = ("caia-jupyter", "nvflare", "torch", "numpy", "pandas", "papermill", "ipykernel", "cloudpickle")
@@ -35,7 +36,7 @@ from caia_jupyter.validation import Stages
 stages = Stages(report_path, module_path=f"{bundle_dir}/federated.py")"""
 
 STEPS = [
-    ("import", 'with stages.run("import"):\n    from caia_jupyter import runtime\n    runner = runtime.import_runner(bundle_dir)\n    entry = runner.ENTRY_POINTS'),
+    ("import", 'with stages.run("import"):\n    from caia_jupyter import runtime\n    entry = runtime.load_entry_points(bundle_dir, module_sha256)'),
     ("context", 'with stages.run("context"):\n    ctx = Context("local-validation", params, datasets, rounds=1)\n    ctx'),
     ("build_model", 'with stages.run("build_model"):\n    model = runtime.build_model(entry)\n    model'),
     ("load_data", 'with stages.run("load_data"):\n    data = entry.load_data(ctx)'),
@@ -72,7 +73,7 @@ def validation_notebook(bundle: Bundle):
         f"# Local validation of bundle `{bundle.id}`\n\nOne round of the bundle's own site runner on "
         "synthetic sample data, in a fresh kernel: evaluate the initial model, train, evaluate again."
     ))
-    params = nbformat.v4.new_code_cell('bundle_dir = ""\nreport_path = ""\nparams = {}\ndatasets = {}')
+    params = nbformat.v4.new_code_cell('bundle_dir = ""\nmodule_sha256 = ""\nreport_path = ""\nparams = {}\ndatasets = {}')
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
     nb.cells.append(nbformat.v4.new_code_cell(SETUP))
@@ -108,7 +109,8 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
             papermill.execute_notebook(
                 str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
                 kernel_manager_class=LocalKernelManager,
-                parameters={"bundle_dir": str(bundle.path.resolve()), "report_path": str(report),
+                parameters={"bundle_dir": str(bundle.path.resolve()), "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
+                            "report_path": str(report),
                             "params": bundle.manifest["job"]["params"], "datasets": datasets},
                 execution_timeout=timeout, log_output=False,
             )

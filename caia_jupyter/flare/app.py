@@ -14,7 +14,8 @@ from pathlib import Path
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 
-CLIENT_CONFIG = "config_fed_client.json"
+from ..fileset import CLIENT_CONFIG
+
 TASKS = ("train", "validate")
 # Files NVFLARE itself may add to a deployed app; they carry no code of the bundle.
 FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature, in every folder
@@ -46,12 +47,3 @@ def client_config() -> bytes:
 def app_path(bundle_path: str) -> str:
     """Where a bundle file lives in a deployed NVFLARE app."""
     return f"config/{CLIENT_CONFIG}" if bundle_path == CLIENT_CONFIG else f"custom/{bundle_path}"
-
-
-def bundle_path(app_relative: str) -> str | None:
-    """The bundle file a deployed app file stands for (None: not a bundle file)."""
-    if app_relative == f"config/{CLIENT_CONFIG}":
-        return CLIENT_CONFIG
-    if app_relative.startswith("custom/"):
-        return app_relative.removeprefix("custom/")
-    return None

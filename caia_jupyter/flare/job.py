@@ -14,15 +14,16 @@ from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import FlareError
-from .app import CLIENT_CONFIG, add_site_app, app_path
+from ..fileset import CLIENT_CONFIG, MANIFEST, MODULE
+from .app import add_site_app, app_path
 from .server import INITIAL_MODEL, CaiaFedAvg, MetricsReceiver, save_arrays
 
 
 def initial_weights(bundle: Bundle, destination: Path) -> Path:
     """Save `build_model().state_dict()` of the bundle's own code as the first global model."""
-    from ..runtime import build_model, import_runner
+    from ..runtime import build_model, load_entry_points
 
-    model = build_model(import_runner(bundle.path).ENTRY_POINTS)
+    model = build_model(load_entry_points(bundle.path, bundle.manifest["files"][MODULE]["sha256"]))
     save_arrays({name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}, destination)
     return destination
 
@@ -56,7 +57,7 @@ def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, ou
             if json.loads((app / "config" / CLIENT_CONFIG).read_text()) != expected:
                 raise FlareError(f"this NVFLARE writes a different client config than bundle {bundle.short_id} carries; "
                                  "rebuild the bundle with this caia-jupyter and NVFLARE")
-            for file in [*bundle.manifest["files"], "manifest.json"]:
+            for file in [*bundle.manifest["files"], MANIFEST]:
                 target = app / app_path(file)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(bundle.path / file, target)

@@ -21,6 +21,7 @@ class Release:
     params: dict
     rounds: int
     approval: str
+    files: dict  # bundle path -> sha256 the guard admitted; the runtime loads nothing else
 
     @classmethod
     def read(cls, app_dir: str | Path) -> Release:
