@@ -9,11 +9,12 @@ EXTENSION := labextension/package.json labextension/yarn.lock $(wildcard labexte
 
 .PHONY: demo test system clean
 
+# Users' machines write bytecode (__pycache__): so do the demo and the tests, whatever this shell says.
 demo: $(STAMP)
-	$(BIN)/caia demo
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/caia demo
 
 test: $(STAMP) system
-	$(BIN)/pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
 
 $(STAMP): pyproject.toml $(EXTENSION)
 	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }

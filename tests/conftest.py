@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,9 @@ import corpus
 from caia_jupyter import bundle, cli, sites, validation
 
 REPO = Path(__file__).resolve().parents[1]
+# Users' Python writes __pycache__ beside what it imports; so does every process the tests start.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 pytest_plugins = ("pytest_jupyter.jupyter_server",)  # jp_fetch: the server extension in-process
 
 
