@@ -21,13 +21,21 @@ from conftest import make_site
 import corpus
 
 EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('the unreviewed code ran')\n"
-EXTERNAL_PROCESS_CONFIG = {  # what NVFLARE's FedJob writes for a ScriptRunner in external-process mode
-    "format_version": 2,
-    "executors": [{"tasks": ["*"], "executor": {"path": "nvflare.app_common.executors.client_api_launcher_executor.ClientAPILauncherExecutor",
-                                                "args": {"launcher_id": "launcher"}}}],
-    "components": [{"id": "launcher", "path": "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher",
-                    "args": {"script": "sh -c 'touch /tmp/caia-owned'"}}],
-}
+
+
+def external_process_config(command: str) -> dict:
+    """A client config as NVFLARE's FedJob writes it for a ScriptRunner in external-process mode."""
+    return {
+        "format_version": 2,
+        "executors": [{"tasks": ["*"], "executor": {
+            "path": "nvflare.app_common.executors.client_api_launcher_executor.ClientAPILauncherExecutor",
+            "args": {"launcher_id": "launcher"}}}],
+        "components": [{"id": "launcher", "path": "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher",
+                        "args": {"script": command}}],
+    }
+
+
+EXTERNAL_PROCESS_CONFIG = external_process_config("sh -c 'touch /nonexistent/marker'")
 
 
 @pytest.fixture(scope="module")
