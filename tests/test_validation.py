@@ -22,6 +22,17 @@ def test_a_passing_validation_writes_a_record_bound_to_the_id(validated_good):
     assert all(not any(o.get("output_type") == "error" for o in c.get("outputs", [])) for c in nb.cells)
 
 
+def test_validation_writes_nothing_into_the_bundle_on_a_machine_that_writes_bytecode(validated_good):
+    import os
+    import sys
+
+    from caia_jupyter import bundle
+
+    assert "PYTHONDONTWRITEBYTECODE" not in os.environ and not sys.dont_write_bytecode  # as on users' machines
+    assert not list(validated_good.path.rglob("__pycache__"))
+    assert bundle.verify(validated_good.path, validated_good.id) == (validated_good.id, [])
+
+
 def test_a_failing_train_names_the_cell_and_the_exception(write_notebook, caia):
     path = write_notebook("train_raises")
     code, out, err = caia("validate", path)
