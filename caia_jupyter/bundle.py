@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from . import __version__, freenames, notebook, schema
 from .errors import BundleError, NotebookError
-from .fileset import CLIENT_CONFIG, MANIFEST, MODULE, RECORDS, REQUIREMENTS, RUNNER, RUNNER_FILE, content_problems, listing_problems, role_of
+from .fileset import CAPTURED_DIR, CLIENT_CONFIG, MANIFEST, MODULE, RECORDS, REQUIREMENTS, RUNNER, RUNNER_FILE, content_problems, listing_problems, role_of
 from .fsutil import staged_dir, write_atomic, write_json
 from .manifest import FORMAT, Manifest, bundle_id
 from .sourcecheck import source_problems
@@ -437,7 +437,10 @@ def _present_files(path: Path) -> tuple[dict[str, bytes], list[str]]:
                 dirs[:] = [d for d in dirs if d != name]
             elif stat.S_ISREG(mode):
                 present[shown] = entry.read_bytes()
-            elif not stat.S_ISDIR(mode):
+            elif stat.S_ISDIR(mode):
+                if shown != CAPTURED_DIR:
+                    odd.append(f"folder {shown}/ is not part of a bundle")
+            else:
                 odd.append(f"{shown} is not a plain file; bundles hold plain files")
     return present, odd
 

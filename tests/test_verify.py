@@ -67,6 +67,14 @@ def test_renamed_file(built, caia):
     assert code == 1 and "file renamed: federated.py -> federated_v2.py" in out
 
 
+def test_bytecode_written_into_a_bundle_is_named(built, caia):
+    (built.path / "__pycache__").mkdir()
+    (built.path / "__pycache__" / "federated.cpython-311.pyc").write_bytes(b"x")
+    code, out, _ = caia("verify", built.path)
+    assert code == 1 and "folder __pycache__/ is not part of a bundle" in out
+    assert "file added: __pycache__/federated.cpython-311.pyc" in out
+
+
 def test_a_hidden_file_in_a_subfolder_counts_as_added(built, caia):
     (built.path / "captured").mkdir()
     (built.path / "captured" / ".sneaky.pkl").write_bytes(b"x")
