@@ -4,16 +4,27 @@ import asyncio
 import json
 
 import pytest
+from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 import corpus
 from caia_jupyter import approvals, bundle
 from conftest import make_site
 
+ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
+             ("runs", "POST"), ("run", "GET"), ("run", "DELETE")]
+
+
+def server_config(authorizer=None):
+    config = {"ServerApp": {"jpserver_extensions": {"caia_jupyter": True}}}
+    if authorizer:
+        config["ServerApp"]["authorizer_class"] = authorizer
+    return config
+
 
 @pytest.fixture
 def jp_server_config():
-    return {"ServerApp": {"jpserver_extensions": {"caia_jupyter": True}}}
+    return server_config()
 
 
 @pytest.fixture
@@ -33,8 +44,7 @@ async def post(jp_fetch, endpoint, body):
 
 
 async def test_every_endpoint_requires_authentication(jp_fetch):
-    for endpoint, method in [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
-                             ("runs", "POST"), ("run", "GET"), ("run", "DELETE")]:
+    for endpoint, method in ENDPOINTS:
         with pytest.raises(HTTPClientError) as info:
             await jp_fetch("caia", "api", endpoint, method=method, headers={"Authorization": ""},
                            **({"body": "{}"} if method == "POST" else {}))
@@ -128,3 +138,287 @@ async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_d
     snapshot = await get(jp_fetch, "run", path=started["run"])
     assert sorted(map(tuple, streamed)) == sorted(map(tuple, snapshot["records"])) and streamed
     assert snapshot["sites"] == {"site-1": "done", "site-2": "done"}
+
+
+# -- authorization: jupyter_server's authorizer decides, in its own terms ---------------------------------
+
+
+class ReadOnlyAuthorizer(Authorizer):
+    """Allows reading anything and nothing else."""
+
+    def is_authorized(self, handler, user, action, resource):
+        return action == "read"
+
+
+class NoAccessAuthorizer(Authorizer):
+    """Authenticated users may do nothing."""
+
+    def is_authorized(self, handler, user, action, resource):
+        return False
+
+
+class RecordingAuthorizer(Authorizer):
+    """Allows everything and remembers what it was asked."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.asked = []
+
+    def is_authorized(self, handler, user, action, resource):
+        self.asked.append((action, resource))
+        return True
+
+
+def finished_run(folder):
+    """A run folder as the launcher leaves it once a run has finished."""
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"target": "simulator", "bundle_id": "sha256:" + "0" * 64,
+                                                 "sites": {"site-1": "/nowhere"}, "rounds": 2, "min_clients": 1}))
+    (folder / "outcome.json").write_text(json.dumps({"status": "finished", "message": "", "completed_sites": ["site-1"]}))
+    return folder
+
+
+async def status_of(jp_fetch, endpoint, method, params=None, body=None):
+    try:
+        response = await jp_fetch("caia", "api", endpoint, method=method, params=params or {},
+                                  **({"body": body} if method in ("POST", "PUT") else {}))
+    except HTTPClientError as e:
+        return e.code, json.loads(e.response.body)
+    return response.code, json.loads(response.body)
+
+
+class TestAuthorizerIsAsked:
+    @pytest.fixture
+    def jp_server_config(self):
+        return server_config(RecordingAuthorizer)
+
+    @pytest.mark.parametrize("endpoint, method, needs", [
+        ("version", "GET", [("read", "api")]),
+        ("notebook", "GET", [("read", "contents")]),
+        ("run", "GET", [("read", "contents")]),
+        ("validate", "POST", [("execute", "kernels"), ("write", "contents")]),
+        ("review", "POST", [("write", "contents")]),
+        ("runs", "POST", [("execute", "kernels"), ("write", "contents")]),
+        ("run", "DELETE", [("write", "kernels"), ("write", "contents")]),
+    ], ids=lambda v: v if isinstance(v, str) else None)
+    async def test_each_endpoint_asks_for_what_it_does(self, jp_fetch, jp_serverapp, endpoint, method, needs):
+        await status_of(jp_fetch, endpoint, method, body="{}")  # refused as bad input, after authorization
+        assert jp_serverapp.authorizer.asked == needs
+
+    async def test_the_run_stream_asks_to_read(self, jp_ws_fetch, jp_serverapp, jp_root_dir):
+        finished_run(jp_root_dir / "study" / "runs" / "r1")
+        socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "study/runs/r1"})
+        assert json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))["status"] == "finished"
+        assert jp_serverapp.authorizer.asked == [("read", "contents")]
+
+
+class TestReadOnlyUser:
+    @pytest.fixture
+    def jp_server_config(self):
+        return server_config(ReadOnlyAuthorizer)
+
+    async def test_reads_work(self, jp_fetch, jp_ws_fetch, jp_root_dir, notebook):
+        finished_run(jp_root_dir / "study" / "runs" / "r1")
+        assert (await get(jp_fetch, "version"))["version"]
+        assert (await get(jp_fetch, "notebook", path=notebook))["bundle_id"].startswith("sha256:")
+        assert (await get(jp_fetch, "run", path="study/runs/r1"))["status"] == "finished"
+        socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "study/runs/r1"})
+        assert json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))["status"] == "finished"
+
+    @pytest.mark.parametrize("endpoint, method", [("validate", "POST"), ("review", "POST"), ("runs", "POST"),
+                                                  ("run", "DELETE")])
+    async def test_nothing_that_runs_code_or_writes(self, jp_fetch, jp_root_dir, notebook, endpoint, method):
+        run = finished_run(jp_root_dir / "study" / "runs" / "r1")
+        before = sorted(p.relative_to(jp_root_dir) for p in jp_root_dir.rglob("*"))
+        code, reply = await status_of(jp_fetch, endpoint, method, params={"path": "study/runs/r1"},
+                                      body=json.dumps({"path": notebook}))
+        assert code == 403 and reply["error"] == "Forbidden" and "not authorized" in reply["message"]
+        assert sorted(p.relative_to(jp_root_dir) for p in jp_root_dir.rglob("*")) == before
+        assert json.loads((run / "outcome.json").read_text())["status"] == "finished"
+
+
+class TestUserWithoutRead:
+    @pytest.fixture
+    def jp_server_config(self):
+        return server_config(NoAccessAuthorizer)
+
+    async def test_every_endpoint_and_the_stream_refuse(self, jp_fetch, jp_ws_fetch, jp_root_dir, notebook):
+        finished_run(jp_root_dir / "study" / "runs" / "r1")
+        for endpoint, method in ENDPOINTS:
+            code, _ = await status_of(jp_fetch, endpoint, method, params={"path": notebook},
+                                      body=json.dumps({"path": notebook}))
+            assert code == 403, (endpoint, method)
+        with pytest.raises(HTTPClientError) as info:
+            await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "study/runs/r1"})
+        assert info.value.code == 403
+
+
+# -- bad input: a 4xx with one JSON line, refused before the core ---------------------------------------------
+
+NUL = "study/good\x00.ipynb"
+QUERY_CASES = [
+    ("no path", {}),
+    ("empty path", {"path": ""}),
+    ("NUL byte in path", {"path": NUL}),
+    ("newline in path", {"path": "study/\n.ipynb"}),
+    ("path not UTF-8", {"path": b"study/\xff.ipynb"}),
+    ("name too long", {"path": "study/" + "a" * 300}),
+    ("symlink loop", {"path": "loop/x.ipynb"}),
+    ("absolute path outside the root", {"path": "/etc/passwd"}),
+    ("path up and out of the root", {"path": "../outside"}),
+]
+SINCE_CASES = [("since=abc", "abc"), ("since=-1", "-1"), ("since empty", ""), ("since=1.5", "1.5"),
+               ("since=2**63", str(2**63)), ("since with 5000 digits", "9" * 5000)]
+BODY_CASES = [
+    ("empty body", ""),
+    ("body not JSON", "path=study/good.ipynb"),
+    ("body half JSON", "{"),
+    ("body not UTF-8", b"\xff\xfe{}"),
+    ("body a list", "[]"),
+    ("body a list of the path", '["study/good.ipynb"]'),
+    ("body a string", '"study/good.ipynb"'),
+    ("body a number", "1"),
+    ("body null", "null"),
+    ("body true", "true"),
+    ("no path", "{}"),
+    ("path a number", '{"path": 1}'),
+    ("path a float", '{"path": 1.5}'),
+    ("path a list", '{"path": ["study/good.ipynb"]}'),
+    ("path an object", '{"path": {"a": 1}}'),
+    ("path null", '{"path": null}'),
+    ("path true", '{"path": true}'),
+    ("path empty", '{"path": ""}'),
+    ("NUL byte in path", json.dumps({"path": NUL})),
+    ("path outside the root", '{"path": "/etc/passwd"}'),
+    ("unknown key", '{"path": "study/good.ipynb", "pth": "x"}'),
+]
+SUBMIT_CASES = [
+    ("target a number", {"target": 1}),
+    ("target null", {"target": None}),
+    ("target a list", {"target": ["simulator"]}),
+    ("target unknown", {"target": "mars"}),
+    ("target prod", {"target": "prod"}),
+    ("sites a string", {"target": "poc", "sites": "site-1"}),
+    ("sites an object", {"target": "poc", "sites": {"site-1": True}}),
+    ("sites of numbers", {"target": "poc", "sites": [1]}),
+    ("sites of null", {"target": "poc", "sites": [None]}),
+    ("NUL byte in a site", {"target": "poc", "sites": ["site\x00"]}),
+    ("sites for the simulator", {"target": "simulator", "sites": ["site-1"]}),
+]
+FUZZ = (
+    [pytest.param(method, endpoint, params, None, id=f"{method} {endpoint} {name}")
+     for endpoint, method in [("notebook", "GET"), ("run", "GET"), ("run", "DELETE")] for name, params in QUERY_CASES]
+    + [pytest.param("GET", "run", {"path": "study", "since": since}, None, id=f"GET run {name}")
+       for name, since in SINCE_CASES]
+    + [pytest.param("POST", endpoint, {}, body, id=f"POST {endpoint} {name}")
+       for endpoint in ("validate", "review", "runs") for name, body in BODY_CASES]
+    + [pytest.param("POST", "runs", {}, json.dumps({"path": "study/good.ipynb", **fields}), id=f"POST runs {name}")
+       for name, fields in SUBMIT_CASES]
+    + [pytest.param(method, endpoint, {"path": "study/good.ipynb"}, "{}", id=f"{method} {endpoint}, a method it lacks")
+       for endpoint, method in [("version", "POST"), ("notebook", "DELETE"), ("runs", "GET"), ("run", "PUT")]]
+)
+
+
+@pytest.fixture
+def core_unreachable(monkeypatch):
+    """Replace the core's entry points by a fake that fails loudly: bad input must never get that far."""
+
+    def fake_core(*args, **kwargs):
+        raise RuntimeError("secret-internal-marker: the core was reached")
+
+    from caia_jupyter import overview, runs, submit, validation
+    for module, name in [(overview, "notebook"), (overview, "run"), (bundle, "build"), (submit, "submit"),
+                         (validation, "validate"), (runs, "Run")]:
+        monkeypatch.setattr(module, name, fake_core)
+
+
+@pytest.fixture
+def fuzz_root(jp_root_dir, notebook):
+    (jp_root_dir / "loop").symlink_to(jp_root_dir / "loop")
+    return jp_root_dir
+
+
+@pytest.mark.parametrize("method, endpoint, params, body", FUZZ)
+async def test_bad_input_is_a_4xx_with_one_json_line(jp_fetch, fuzz_root, core_unreachable, method, endpoint,
+                                                     params, body):
+    code, reply = await status_of(jp_fetch, endpoint, method, params=params, body=body)
+    assert 400 <= code < 500, reply
+    assert set(reply) == {"message", "error"} and reply["message"] and "\n" not in reply["message"]
+    assert "\x00" not in reply["message"] and "secret" not in reply["message"]
+
+
+@pytest.mark.parametrize("name, params", QUERY_CASES, ids=[f"stream {name}" for name, _ in QUERY_CASES])
+async def test_the_run_stream_refuses_bad_input_before_upgrading(jp_ws_fetch, fuzz_root, core_unreachable,
+                                                                 name, params):
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch("caia", "api", "run", "stream", params=params)
+    assert 400 <= info.value.code < 500
+
+
+async def test_what_is_wrong_is_named(jp_fetch, notebook):
+    cases = [
+        ("GET", "run", {"path": "study", "since": "abc"}, None, "'since' in the query: Input should be a valid integer"),
+        ("GET", "run", {"path": "study", "since": "-1"}, None, "'since' in the query: Input should be greater than"),
+        ("GET", "notebook", {"path": NUL}, None, "'path' in the query: holds a control character (at position 10)"),
+        ("POST", "validate", {}, "[]", "the request body: Input should be an object; expected {\"path\""),
+        ("POST", "review", {}, "", "the request body: Invalid JSON"),
+        ("POST", "runs", {}, '{"path": 1}', "'path' in the request body: Input should be a valid string"),
+        ("POST", "runs", {}, json.dumps({"path": notebook, "target": "mars"}), "'target' in the request body: "
+                                                                                  "Input should be 'simulator' or 'poc'"),
+        ("POST", "runs", {}, json.dumps({"path": notebook, "sites": ["a"]}), "leave 'sites' out"),
+    ]
+    for method, endpoint, params, body, fragment in cases:
+        code, reply = await status_of(jp_fetch, endpoint, method, params=params, body=body)
+        assert (code, reply["error"]) == (400, "BadInput") and fragment in reply["message"], reply
+
+
+async def test_a_bug_in_the_core_is_a_500_without_internals(jp_fetch, notebook, core_unreachable):
+    code, reply = await status_of(jp_fetch, "notebook", "GET", params={"path": notebook})
+    assert code == 500
+    assert reply == {"message": "caia failed unexpectedly; the Jupyter server's log has the details",
+                     "error": "InternalError"}
+
+
+async def test_a_permission_problem_is_a_403(jp_fetch, notebook, monkeypatch):
+    from caia_jupyter import overview
+
+    def fake_overview(*args):
+        raise PermissionError(13, "Permission denied", "/root/private/study.ipynb")
+
+    monkeypatch.setattr(overview, "notebook", fake_overview)
+    code, reply = await status_of(jp_fetch, "notebook", "GET", params={"path": notebook})
+    assert (code, reply) == (403, {"message": "permission denied on /root/private/study.ipynb",
+                                   "error": "PermissionError"})
+
+
+# -- outputs never go through a symlink out of the root ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["validate", "review", "runs"])
+@pytest.mark.parametrize("folder", ["bundles", "bundles/good", "bundles/good/records", "runs"])
+async def test_output_folders_that_lead_out_of_the_root_are_refused(jp_fetch, jp_root_dir, tmp_path, notebook,
+                                                                     endpoint, folder):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = jp_root_dir / "study" / folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside)
+    code, reply = await status_of(jp_fetch, endpoint, "POST", body=json.dumps({"path": notebook}))
+    assert code == 403 and reply["error"] == "OutsideRoot"
+    assert reply["message"].startswith(f"study/{folder} leads outside the server's root directory")
+    assert list(outside.iterdir()) == []
+
+
+async def test_a_notebook_linked_from_outside_the_root_is_refused(jp_fetch, jp_root_dir, tmp_path):
+    (jp_root_dir / "linked.ipynb").symlink_to(corpus.write("good", tmp_path / "outside"))
+    code, reply = await status_of(jp_fetch, "review", "POST", body=json.dumps({"path": "linked.ipynb"}))
+    assert code == 403 and "linked.ipynb is outside the server's root directory" in reply["message"]
+    assert not (tmp_path / "outside" / "bundles").exists()
+
+
+async def test_output_folders_linked_inside_the_root_are_used(jp_fetch, jp_root_dir, notebook):
+    (jp_root_dir / "elsewhere").mkdir()
+    (jp_root_dir / "study" / "bundles").symlink_to(jp_root_dir / "elsewhere")
+    review = await post(jp_fetch, "review", {"path": notebook})
+    assert review["review"] == "elsewhere/good/records/review.html"
+    assert (jp_root_dir / review["review"]).is_file()

@@ -1,25 +1,44 @@
-"""REST API of the panel, under /caia/api. Every handler is authenticated, runs the core in a
-worker thread, and maps domain errors to HTTP codes in one place (`_answer`)."""
+"""REST API of the panel, under /caia/api, and its run websocket.
+
+Every handler is authenticated and then authorized through jupyter_server's authorizer, in
+jupyter_server's own terms (reading files is "read" on "contents"; whatever runs or stops
+federated code needs what a kernel needs). Inputs are read and checked by `inputs` before the
+core sees them; the core runs in a worker thread; every error becomes a one-line JSON answer
+{"message", "error"} in one place (`error_reply`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import suppress
+from http.client import responses
 from pathlib import Path
 
 import tornado
+from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.extension.handler import ExtensionHandlerMixin
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from traitlets import List, Unicode
 
 from .. import __version__, overview
 from ..errors import BundleError, CaiaError, FlareError, NotebookError, ValidationFailed
 from ..runs import FINAL, Run
+from . import inputs
 
-# Domain error -> HTTP status: bad input is the client's (4xx); a remote NVFLARE failing is 502.
-STATUS_OF = [(NotebookError, 400), (BundleError, 409), (ValidationFailed, 409), (FlareError, 502), (CaiaError, 400)]
+# Error -> HTTP status: bad input is the client's (4xx); a remote NVFLARE failing is 502. The first match wins.
+STATUS_OF = [(inputs.OutsideRoot, 403), (PermissionError, 403), (NotebookError, 400), (BundleError, 409),
+             (ValidationFailed, 409), (FlareError, 502), (CaiaError, 400)]
+EXPECTED = tuple(kind for kind, _ in STATUS_OF)
+
+# What each request needs from the authorizer.
+reads_api = authorized("read", "api")
+reads_files = authorized("read", "contents")
+writes_files = authorized("write", "contents")
+runs_code = authorized("execute", "kernels")
+stops_code = authorized("write", "kernels")  # as shutting down or interrupting a kernel does
 
 
 class CaiaExtension(ExtensionApp):
@@ -40,32 +59,66 @@ class CaiaExtension(ExtensionApp):
         ])
 
 
-def server_path(settings: dict, relative: str | None) -> Path:
-    """A path under the server's root directory; anything outside it is refused."""
-    if not relative:
-        raise tornado.web.HTTPError(400, reason="a 'path' is required")
-    root = Path(settings["server_root_dir"]).expanduser().resolve()
-    path = (root / relative).resolve()
-    if path != root and root not in path.parents:
-        raise tornado.web.HTTPError(403, reason=f"{relative} is outside the server's root directory")
-    return path
+def error_reply(error: BaseException | None, status: int = 500) -> tuple[int, dict]:
+    """The HTTP status and the one-line JSON answer {"message", "error"} for `error` (None: tornado's
+    own `send_error(status)`). A bug, any other exception, is a 500 that says only that; its
+    traceback stays in the server's log."""
+    if isinstance(error, EXPECTED):
+        status = next(code for kind, code in STATUS_OF if isinstance(error, kind))
+        message = f"permission denied on {error.filename}" if isinstance(error, PermissionError) else str(error)
+        name = type(error).__name__
+    elif isinstance(error, tornado.web.HTTPError) or (error is None and status < 500):
+        # tornado's and jupyter_server's own refusals: authentication, authorization, a method not allowed
+        status = getattr(error, "status_code", status)
+        name = responses.get(status, "Error")
+        message = (error and error.get_message()) or name
+        name = name.replace(" ", "")
+    else:
+        status, name = 500, "InternalError"
+        message = "caia failed unexpectedly; the Jupyter server's log has the details"
+    return status, {"message": " ".join(message.splitlines()), "error": name}
 
 
-class CaiaHandler(ExtensionHandlerMixin, APIHandler):
-    def local(self, relative: str | None) -> Path:
-        return server_path(self.settings, relative)
+class CaiaMixin:
+    """What every caia handler shares: errors as `error_reply` JSON, logged as one line when they are
+    the client's (a bug keeps its traceback in the log), and inputs read through `inputs`."""
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        status, reply = error_reply(kwargs.get("exc_info", (None, None, None))[1], status_code)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(reply))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, EXPECTED):
+            self.log.warning("%s refused: %s", self._request_summary(), error_reply(value)[1]["message"])
+        else:
+            super().log_exception(typ, value, tb)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.settings["server_root_dir"]).expanduser().resolve()
+
+    def query(self, model: type[inputs.Query]):
+        return inputs.from_query(model, self.request.query_arguments, self.root)
+
+    def body(self, model: type[inputs.Body]):
+        return inputs.from_body(model, self.request.body, self.root)
+
+
+class CaiaHandler(CaiaMixin, ExtensionHandlerMixin, APIHandler):
+    def notebook_to_build(self, model: type[inputs.NotebookBody] = inputs.NotebookBody):
+        """The body of a request that writes beside its notebook; its output folders must stay in the root."""
+        body = self.body(model)
+        inputs.refuse_outputs_outside_root(body.path, self.root)
+        return body
 
     def relative(self, path: Path) -> str:
-        return Path(path).resolve().relative_to(Path(self.settings["server_root_dir"]).expanduser().resolve()).as_posix()
+        return Path(path).resolve().relative_to(self.root).as_posix()
 
-    async def _answer(self, work, *args):
-        """Run core work off the event loop; finish with its JSON, or with the mapped error code."""
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(None, work, *args)
-        except CaiaError as e:
-            status = next(code for kind, code in STATUS_OF if isinstance(e, kind))
-            self.set_status(status)
-            return self.finish(json.dumps({"message": str(e), "error": type(e).__name__}))
+    async def reply(self, work, *args) -> None:
+        """Run core work off the event loop and answer with its JSON (an error goes to `write_error`)."""
+        result = await asyncio.get_running_loop().run_in_executor(None, work, *args)
         self.finish(json.dumps(result))
 
     def site_dirs(self, notebook: Path) -> list[Path]:
@@ -74,21 +127,25 @@ class CaiaHandler(ExtensionHandlerMixin, APIHandler):
 
 class VersionHandler(CaiaHandler):
     @tornado.web.authenticated
+    @reads_api
     def get(self):
         self.finish(json.dumps({"version": __version__}))
 
 
 class NotebookHandler(CaiaHandler):
     @tornado.web.authenticated
+    @reads_files
     async def get(self):
-        notebook = self.local(self.get_argument("path", None))
-        await self._answer(overview.notebook, notebook, self.site_dirs(notebook))
+        notebook = self.query(inputs.PathQuery).path
+        await self.reply(overview.notebook, notebook, self.site_dirs(notebook))
 
 
 class ValidateHandler(CaiaHandler):
     @tornado.web.authenticated
+    @runs_code
+    @writes_files
     async def post(self):
-        notebook = self.local((self.get_json_body() or {}).get("path"))
+        notebook = self.notebook_to_build().path
 
         def validate():
             from ..bundle import build
@@ -98,13 +155,14 @@ class ValidateHandler(CaiaHandler):
             return {"bundle_id": result.bundle_id, "passed": result.passed, "summary": result.error or "passed",
                     "record": self.relative(result.record_path)}
 
-        await self._answer(validate)
+        await self.reply(validate)
 
 
 class ReviewHandler(CaiaHandler):
     @tornado.web.authenticated
+    @writes_files  # builds and renders; runs no federated code
     async def post(self):
-        notebook = self.local((self.get_json_body() or {}).get("path"))
+        notebook = self.notebook_to_build().path
 
         def review():
             from ..bundle import build
@@ -112,37 +170,40 @@ class ReviewHandler(CaiaHandler):
 
             return {"review": self.relative(render(build(notebook).path))}
 
-        await self._answer(review)
+        await self.reply(review)
 
 
 class RunsHandler(CaiaHandler):
     @tornado.web.authenticated
+    @runs_code
+    @writes_files
     async def post(self):
-        body = self.get_json_body() or {}
-        notebook = self.local(body.get("path"))
-        target = body.get("target", "simulator")
+        body = self.notebook_to_build(inputs.SubmitBody)
 
         def submit():
             from ..bundle import default_output
             from ..submit import submit as start
 
-            sites = [str(p) for p in self.site_dirs(notebook)] if target == "simulator" else body.get("sites")
-            run = start(default_output(notebook), sites, target=target, runs_root=notebook.parent / "runs",
+            sites = [str(p) for p in self.site_dirs(body.path)] if body.target == "simulator" else body.sites
+            run = start(default_output(body.path), sites, target=body.target, runs_root=body.path.parent / inputs.RUNS,
                         poc_workspace=self.extensionapp.poc_workspace or None)
             return {"run": self.relative(run.path), **overview.run(run.path)}
 
-        await self._answer(submit)
+        await self.reply(submit)
 
 
 class RunHandler(CaiaHandler):
     @tornado.web.authenticated
+    @reads_files
     async def get(self):
-        run = self.local(self.get_argument("path", None))
-        await self._answer(overview.run, run, int(self.get_argument("since", "0")))
+        query = self.query(inputs.RunQuery)
+        await self.reply(overview.run, query.path, query.since)
 
     @tornado.web.authenticated
+    @stops_code
+    @writes_files
     async def delete(self):
-        run = self.local(self.get_argument("path", None))
+        run = self.query(inputs.PathQuery).path
 
         def abort():
             from ..runs import Run
@@ -150,16 +211,17 @@ class RunHandler(CaiaHandler):
             Run(run).abort()
             return overview.run(run)
 
-        await self._answer(abort)
+        await self.reply(abort)
 
 
-class RunStreamHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):
-    """Live run updates: a JSON message per change (status, sites, new records) until the run ends."""
+class RunStreamHandler(CaiaMixin, ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):
+    """Live run updates: a JSON message per change (status, sites, new records) until the run ends;
+    an error is one last message {"message", "error"}."""
 
+    @ws_authenticated
+    @reads_files
     async def get(self, *args, **kwargs):
-        if self.current_user is None:
-            raise tornado.web.HTTPError(403)
-        self._run = server_path(self.settings, self.get_argument("path", None))  # refused before the upgrade
+        self._run = self.query(inputs.PathQuery).path  # refused before the upgrade
         return await super().get(*args, **kwargs)
 
     def open(self):
@@ -184,8 +246,11 @@ class RunStreamHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):
                 if state["status"] in FINAL:
                     return self.close()
                 await asyncio.sleep(0.5)
-        except CaiaError as e:
-            await self.write_message(json.dumps({"message": str(e), "error": type(e).__name__}))
-            return self.close()
-        except tornado.websocket.WebSocketClosedError:
+        except WebSocketClosedError:
             return
+        except Exception as e:
+            if not isinstance(e, EXPECTED):
+                self.log.error("the run stream of %s failed", run_dir, exc_info=True)
+            with suppress(WebSocketClosedError):
+                await self.write_message(json.dumps(error_reply(e)[1]))
+            self.close()
