@@ -91,26 +91,29 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
     build = bundle.record("build.json")
     if not build or build.get("bundle_id") != bundle.id:
         raise BundleError(f"bundle {bundle.path} has no build record for its id; rebuild it with `caia bundle`")
-    samples = build.get("samples", {})
-    datasets = {}
-    for name, spec in bundle.manifest["datasets"].items():
-        if not Path(samples.get(name, "")).is_file():
-            raise BundleError(f"sample of dataset {name!r} is gone ({samples.get(name)}); restore it and rebuild the bundle")
-        datasets[name] = {"path": samples[name], "columns": spec["columns"]}
+    samples = sample_paths(bundle, build)
 
     started = datetime.now(timezone.utc)
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="caia-validate-") as work:
         work = Path(work)
         source, executed, report = work / "validation.ipynb", work / "executed.ipynb", work / "report.json"
+        # The kernel works in `work` and sees the bundle and the samples there under relative
+        # names, so the executed notebook, a record that travels in packs, holds no local path.
+        (work / "bundle").symlink_to(bundle.path.resolve(), target_is_directory=True)
+        (work / "samples").mkdir()
+        datasets = {}
+        for name, sample in samples.items():
+            (work / "samples" / f"{name}.csv").symlink_to(sample)
+            datasets[name] = {"path": f"samples/{name}.csv", "columns": bundle.manifest["datasets"][name]["columns"]}
         nbformat.write(validation_notebook(bundle), source)
         failure = None
         try:
             papermill.execute_notebook(
                 str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
                 kernel_manager_class=LocalKernelManager,
-                parameters={"bundle_dir": str(bundle.path.resolve()), "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
-                            "report_path": str(report),
+                parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
+                            "report_path": report.name,
                             "params": bundle.manifest["job"]["params"], "datasets": datasets},
                 execution_timeout=timeout, log_output=False,
             )
@@ -119,7 +122,10 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
         duration = time.monotonic() - clock
         if not executed.is_file():
             raise CaiaError(f"the validation kernel produced no notebook for {bundle.path}; check that ipykernel works")
-        executed_bytes = executed.read_bytes()
+        executed_nb = nbformat.read(executed, as_version=4)
+        for key in ("input_path", "output_path"):  # papermill's temporary paths
+            executed_nb.metadata.get("papermill", {}).pop(key, None)
+        executed_bytes = nbformat.writes(executed_nb).encode()
         stages = json.loads(report.read_text()) if report.is_file() else {}
 
     record = {
@@ -130,7 +136,7 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
         "executed_notebook": "validation.ipynb",
         "executed_notebook_sha256": hashlib.sha256(executed_bytes).hexdigest(),
         "versions": versions(),
-        "datasets": {name: _sha256(Path(spec["path"])) for name, spec in datasets.items()},
+        "datasets": {name: _sha256(sample) for name, sample in samples.items()},
     }
     if record["passed"]:
         record["result"] = stages["result"]
@@ -140,6 +146,25 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
     notebook_path = write_atomic(bundle.records / "validation.ipynb", executed_bytes)
     record_path = write_json(bundle.records / "validation.json", record)
     return ValidationResult(bundle.id, record["passed"], record_path, notebook_path, record)
+
+
+def sample_paths(bundle: Bundle, build: dict) -> dict[str, Path]:
+    """Dataset name -> its sample CSV here, from the build record's relative paths.
+
+    The record gives the notebook relative to the bundle folder and each sample relative to
+    the notebook's folder. Raises BundleError when the record is malformed or a sample is gone.
+    """
+    notebook, samples = build.get("notebook"), build.get("samples")
+    if not isinstance(notebook, str) or not isinstance(samples, dict):
+        raise BundleError(f"bundle {bundle.path} has a malformed build record; rebuild it with `caia bundle`")
+    folder = (bundle.path.resolve() / notebook).parent
+    found = {}
+    for name in bundle.manifest["datasets"]:
+        written = samples.get(name)
+        found[name] = folder / written if isinstance(written, str) else None
+        if found[name] is None or not found[name].is_file():
+            raise BundleError(f"sample of dataset {name!r} is gone ({found[name] or 'not in the build record'}); restore it and rebuild the bundle")
+    return found
 
 
 def require_passed(bundle: Bundle) -> dict:

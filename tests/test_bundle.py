@@ -163,3 +163,87 @@ def test_rebuilding_with_the_same_id_keeps_records_and_a_new_id_drops_them(write
     nbformat.write(nb, path)
     bundle.build(path, tmp_path / "b")
     assert not (built.records / "validation.json").exists()
+
+
+def data_like_values():
+    import pandas as pd
+    import torch
+
+    frame = pd.DataFrame({"patient_id": [101, 102], "age": [54, 61]})
+    return {
+        "a DataFrame": (frame, "a pandas.DataFrame"),
+        "a Series": (frame["age"], "a pandas.Series"),
+        "an Index": (frame.index, "a pandas.Index"),
+        "an ndarray": (np.zeros((3, 2)), "a numpy.ndarray"),
+        "a 0-d ndarray": (np.array(0.5), "a numpy.ndarray"),
+        "a tensor": (torch.zeros(2), "a torch.Tensor"),
+        "a parameter": (torch.nn.Parameter(torch.zeros(2)), "a torch.Tensor"),
+        "a long list of ids": (list(range(1000, 1065)), "a list of more than 64 items"),
+        "a long tuple": (tuple(range(65)), "a tuple of more than 64 items"),
+        "a long set": (set(range(65)), "a set of more than 64 items"),
+        "a long dict": ({n: n for n in range(65)}, "a dict of more than 64 items"),
+        "nested lists": ([[n] * 10 for n in range(7)], "a list of more than 64 items"),
+        "a frame in a dict": ({"train": frame}, "a dict holding a pandas.DataFrame"),
+        "a long text": ("x" * 10_001, "a str of 10001 characters"),
+        "long bytes": (b"x" * 10_001, "a bytes of 10001 characters"),
+        "a long text in a list": (["x" * 10_001], "a list holding a str of 10001 characters"),
+    }
+
+
+@pytest.mark.parametrize("case", list(data_like_values()))
+def test_kernel_values_that_look_like_data_are_refused_pointing_to_load_data(case):
+    value, reason = data_like_values()[case]
+    with pytest.raises(NotebookError) as refused:
+        freenames.capture("cohort", value)
+    message = str(refused.value)
+    assert f"uses 'cohort', {reason} from the kernel" in message and "load_data(ctx)" in message
+    assert "ctx.dataset(" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value", [
+    [30, 16, 2], {0: "benign", 1: "malignant"}, list(range(64)), (0.9, 0.999), {"lr": 0.1, "sizes": [8, 4]}, "adam", None,
+])
+def test_short_settings_from_the_kernel_still_become_source(value):
+    captured = freenames.capture("setting", value)
+    assert captured.kind == "literal" and captured.source == f"setting = {freenames.literal_source(value)}"
+
+
+def test_a_long_literal_and_a_big_opaque_value_are_refused_not_pickled():
+    with pytest.raises(NotebookError, match=r"'names', a list of \d+ characters as source \(at most 10000\).*load_data\(ctx\)"):
+        freenames.capture("names", ["n" * 5000, "m" * 5000])
+    import types
+
+    with pytest.raises(NotebookError, match=r"'blob', a SimpleNamespace that pickles to 5 MiB \(at most 4 MiB\)"):
+        freenames.capture("blob", types.SimpleNamespace(data=bytes(5 << 20)))
+
+
+def test_bundling_a_dataframe_from_the_kernel_writes_no_bundle(write_notebook, tmp_path):
+    import pandas as pd
+
+    with pytest.raises(NotebookError, match="'LEARNING_RATE', a pandas.DataFrame from the kernel"):
+        bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": pd.DataFrame({"a": [1]})})
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_build_record_holds_paths_relative_to_the_bundle_and_the_notebook(write_notebook, tmp_path):
+    from caia_jupyter import validation
+
+    path = write_notebook("good")
+    for target, notebook in [(None, "../../good.ipynb"), (tmp_path / "out" / "b", "../../work/good.ipynb")]:
+        built = bundle.build(path, target)
+        text = (built.records / "build.json").read_text()
+        assert str(tmp_path) not in text
+        assert json.loads(text)["notebook"] == notebook and json.loads(text)["samples"] == {"tiny": "samples/tiny.csv"}
+        found = validation.sample_paths(built, built.record("build.json"))
+        assert found["tiny"].resolve() == (path.parent / "samples" / "tiny.csv").resolve()
+
+
+def test_a_sample_written_as_an_absolute_path_is_recorded_relative_to_the_notebook(write_notebook, tmp_path):
+    path = write_notebook("good")
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.source.startswith("%%federated dataset"))
+    cell.source = cell.source.replace("tiny:samples/tiny.csv", f"tiny:{path.parent / 'samples' / 'tiny.csv'}")
+    nbformat.write(nb, path)
+    built = bundle.build(path)
+    assert built.record("build.json")["samples"] == {"tiny": "samples/tiny.csv"}
+    assert str(tmp_path) not in (built.records / "build.json").read_text()
