@@ -288,11 +288,11 @@ def pack(path: str | Path, output: str | Path | None = None) -> Path:
     folder, or a bundle `unpack` would refuse for its size, raises BundleError naming it.
     """
     path = Path(path)
-    if os.path.lexists(path / "manifest.json"):  # a bundle folder: refuse links before reading through one
+    if os.path.lexists(path / MANIFEST):  # a bundle folder: refuse links before reading through one
         _refuse_links(path)
     bundle = require_intact(path)
     output = Path(output) if output else bundle.path.with_suffix(".zip")
-    names = ["manifest.json", *bundle.manifest["files"]]
+    names = [MANIFEST, *bundle.manifest["files"]]
     names += [f"{RECORDS}/{name}" for name in TRAVELLING_RECORDS if (bundle.records / name).is_file()]
     refused, total = f"bundle {bundle.path} cannot be packed (`caia unpack` would refuse it)", 0
     if len(names) > MAX_ENTRIES:

@@ -163,7 +163,8 @@ def sample_paths(bundle: Bundle, build: dict) -> dict[str, Path]:
         written = samples.get(name)
         found[name] = folder / written if isinstance(written, str) else None
         if found[name] is None or not found[name].is_file():
-            raise BundleError(f"sample of dataset {name!r} is gone ({found[name] or 'not in the build record'}); restore it and rebuild the bundle")
+            where = found[name] or "not in the build record"
+            raise BundleError(f"sample of dataset {name!r} is gone ({where}); restore it and rebuild the bundle")
     return found
 
 

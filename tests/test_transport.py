@@ -178,9 +178,7 @@ def test_pack_refuses_a_bundle_unpack_would_refuse(built, tmp_path, caia, monkey
 
 
 @pytest.mark.slow
-def test_no_local_path_travels_in_a_validated_pack(write_notebook, tmp_path, monkeypatch):
-    # Bytecode written into the bundle by its import is a separate fault; keep it out of this run.
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+def test_no_local_path_travels_in_a_validated_pack(write_notebook, tmp_path):
     built = bundle.build(write_notebook("good"))
     assert validation.validate(built).passed
     archive = bundle.pack(built.path, tmp_path / "sent.zip")
