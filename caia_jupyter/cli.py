@@ -174,7 +174,8 @@ def do_verify(args, namespace=None) -> Outcome:
 
 
 def do_pack(args, namespace=None) -> Outcome:
-    from .bundle import load, pack
+    from .bundle import load
+    from .transport import pack
 
     archive = pack(args.bundle, args.output)
     bundle_id = load(args.bundle).id
@@ -182,7 +183,7 @@ def do_pack(args, namespace=None) -> Outcome:
 
 
 def do_unpack(args, namespace=None) -> Outcome:
-    from .bundle import unpack
+    from .transport import unpack
 
     bundle = unpack(args.archive, args.output)
     return Outcome(bundle, f"intact bundle at {bundle.path}\n{bundle.id}", {"path": str(bundle.path), "bundle_id": bundle.id})

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from caia_jupyter import bundle, validation
+from caia_jupyter import bundle, transport, validation
 
 MiB = 1 << 20
 
@@ -22,7 +22,7 @@ def built(write_notebook, tmp_path):
 @pytest.fixture
 def packed(built, tmp_path):
     """The bytes of a good pack and its entries, to copy into forged archives."""
-    path = bundle.pack(built.path, tmp_path / "good.zip")
+    path = transport.pack(built.path, tmp_path / "good.zip")
     with zipfile.ZipFile(path) as archive:
         entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
     return path.read_bytes(), entries
@@ -71,7 +71,7 @@ def refused_in_one_line(caia, archive, target):
 def test_pack_carries_the_bundle_and_only_the_records_that_may_travel(built, tmp_path):
     (built.records / "validation.json").write_text('{"bundle_id": "x"}')
     (built.records / "review.html").write_text("<script>alert(1)</script>")
-    with zipfile.ZipFile(bundle.pack(built.path, tmp_path / "a.zip")) as archive:
+    with zipfile.ZipFile(transport.pack(built.path, tmp_path / "a.zip")) as archive:
         names = set(archive.namelist())
     assert names == {f"bundle/{name}" for name in [
         "manifest.json", *built.manifest["files"], "records/build.json", "records/validation.json"]}
@@ -125,7 +125,7 @@ def test_unpack_limits_the_total_size_and_the_number_of_entries(packed, tmp_path
     _, entries = packed
     many = write_zip(tmp_path / "many.zip", entries, [(f"bundle/captured/v{n}.pkl", b"x") for n in range(300)])
     assert "entries, more than 256" in refused_in_one_line(caia, many, tmp_path / "out")
-    monkeypatch.setattr(bundle, "MAX_UNPACKED_BYTES", 4096)
+    monkeypatch.setattr(transport, "MAX_UNPACKED_BYTES", 4096)
     assert "expands to more than" in refused_in_one_line(caia, tmp_path / "good.zip", tmp_path / "out")
 
 
@@ -168,11 +168,11 @@ def test_unpack_refuses_an_empty_entry_name(packed, tmp_path, caia):
 def test_unpack_accepts_folder_entries_as_zip_tools_write_them(packed, tmp_path):
     _, entries = packed
     archive = write_zip(tmp_path / "tool.zip", [("bundle/", b""), ("bundle/records/", b""), *entries])
-    assert bundle.unpack(archive, tmp_path / "out").id == bundle.load(tmp_path / "bundle").id
+    assert transport.unpack(archive, tmp_path / "out").id == bundle.load(tmp_path / "bundle").id
 
 
 def test_pack_refuses_a_bundle_unpack_would_refuse(built, tmp_path, caia, monkeypatch):
-    monkeypatch.setattr(bundle, "MAX_UNPACKED_BYTES", 4096)
+    monkeypatch.setattr(transport, "MAX_UNPACKED_BYTES", 4096)
     code, _, err = caia("pack", built.path, "-o", tmp_path / "big.zip")
     assert code == 2 and "`caia unpack` would refuse it" in err and not (tmp_path / "big.zip").exists()
 
@@ -181,12 +181,12 @@ def test_pack_refuses_a_bundle_unpack_would_refuse(built, tmp_path, caia, monkey
 def test_no_local_path_travels_in_a_validated_pack(write_notebook, tmp_path):
     built = bundle.build(write_notebook("good"))
     assert validation.validate(built).passed
-    archive = bundle.pack(built.path, tmp_path / "sent.zip")
+    archive = transport.pack(built.path, tmp_path / "sent.zip")
     with zipfile.ZipFile(archive) as opened:
         assert {name.split("/", 1)[1] for name in opened.namelist()} >= {
             "records/build.json", "records/validation.json", "records/validation.ipynb"}
         for name in opened.namelist():
             text = opened.read(name).decode("utf-8", "replace")
             assert str(tmp_path) not in text and "/tmp/" not in text, name
-    received = bundle.unpack(archive, tmp_path / "elsewhere" / "b")
+    received = transport.unpack(archive, tmp_path / "elsewhere" / "b")
     assert validation.require_passed(received)["bundle_id"] == built.id
