@@ -269,7 +269,7 @@ def _runner_cells(source: str | None) -> list:
     same = source == RUNNER
     return [
         _md("## Site runner\n\n`caia_runner.py`, the script NVFLARE runs at your site. " + (
-            f"It is, byte for byte, the runner caia-jupyter {__version__} writes: it passes the entry points above "
+            f"It is, byte for byte, the runner caia-jupyter {__version__} writes: it hands the federated code above "
             "to the caia runtime installed at your site." if same else
             f"⚠ It differs from the runner caia-jupyter {__version__} writes: read it as code that runs at your site.")),
         _code_cell(RUNNER_FILE, source),

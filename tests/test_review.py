@@ -14,6 +14,7 @@ from caia_jupyter.errors import BundleError
 from caia_jupyter.flare.app import CLIENT_CONFIG, client_config
 from caia_jupyter.manifest import bundle_id
 
+ROLES = {"federated.py": "module", "caia_runner.py": "runner", CLIENT_CONFIG: "flare-config", "requirements.txt": "requirements"}
 ENTRY_POINTS = "def build_model(): pass\ndef load_data(ctx): pass\ndef train(m, d, ctx): pass\ndef evaluate(m, d, ctx): pass\n"
 
 
@@ -28,7 +29,7 @@ def make_bundle(folder, files: dict[str, bytes], opaque: dict[str, tuple[str, st
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-        entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "role": "captured"}
+        entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "role": ROLES.get(name, "captured")}
         if name in (opaque or {}):
             entry.update(opaque=True, python_name=opaque[name][0], python_type=opaque[name][1])
         entries[name] = entry
@@ -123,7 +124,8 @@ def test_review_shows_code_notes_datasets_files_and_validation(validated_good, t
 def test_the_runner_client_config_and_requirements_are_shown_in_full(tmp_path):
     built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "requirements.txt": b"torch==2.13.0\n"})
     text = text_of(page_of(built))
-    assert "runtime.run_site(ENTRY_POINTS, __file__)" in text
+    for line in RUNNER.splitlines():
+        assert line in text
     assert f"byte for byte, the runner caia-jupyter {__version__} writes" in text
     assert "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor" in text
     assert "NVFLARE's Client API executor. It runs caia_runner.py inside the site's job process (in-process" in text
