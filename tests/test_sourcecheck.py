@@ -1,0 +1,129 @@
+import codecs
+import io
+import time
+import tokenize
+
+import pytest
+
+from caia_jupyter import bundle, sourcecheck
+from caia_jupyter.flare.app import client_config
+from caia_jupyter.sourcecheck import source_problems
+
+# name -> (bytes of the file, the line the problem is on, a fragment of the problem)
+REFUSED = {
+    "not-utf8-byte-in-a-string": (b'x = "\xff"\n', 1, "bytes that are not UTF-8"),
+    "latin-1-byte-on-line-3": (b"a = 1\nb = 2\nc = '\xe9t\xe9'\n", 3, "bytes that are not UTF-8"),
+    "utf8-byte-order-mark": (codecs.BOM_UTF8 + b"x = 1\n", 1, "starts with a UTF-8 byte order mark"),
+    "coding-utf-7-hides-code-in-a-comment": (
+        b"# coding: utf-7\ndef f():\n    return 1  # +AAoAIAAgACAAIAByAGUAdAB1AHIAbgAgADI-\n", 1, "coding declaration 'utf-7'"),
+    "coding-latin-1-emacs-style-on-line-2": (b"#!/usr/bin/env python\n# -*- coding: latin-1 -*-\nx = 1\n", 2,
+                                             "coding declaration 'latin-1'"),
+    "coding-vim-style-cp1252": (b"# vim: set fileencoding=cp1252 :\n", 1, "coding declaration 'cp1252'"),
+    "coding-unknown-encoding": (b"# coding: klingon\n", 1, "coding declaration 'klingon'"),
+    "coding-on-line-2-after-code": (b"x = 1\n# coding: latin-1\n", 2, "coding declaration"),
+    "right-to-left-override-in-a-comment": ("x = 1\n# \u202e )(metsys.so\n".encode(), 2,
+                                            "bidirectional control character U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+    "trojan-source-early-return": (
+        'level = "user"\nif level != "none\u202e\u2066":  # Check if admin\u2069\u2066" and level != "user\n    pass\n'.encode(),
+        2, "bidirectional control character U+202E"),
+    "right-to-left-isolate-in-a-string": ("s = '\u2067abc\u2069'\n".encode(), 1, "U+2067 (RIGHT-TO-LEFT ISOLATE)"),
+    "left-to-right-mark-in-code": ("x =\u200e 1\n".encode(), 1, "U+200E (LEFT-TO-RIGHT MARK)"),
+    "arabic-letter-mark": ("# note\u061c\n".encode(), 1, "U+061C (ARABIC LETTER MARK)"),
+    "zero-width-space-in-a-string": ('if user == "admin\u200b":\n    pass\n'.encode(), 1, "invisible character U+200B (ZERO WIDTH SPACE)"),
+    "zero-width-joiner": ("a = 'x\u200dy'\n".encode(), 1, "invisible character U+200D (ZERO WIDTH JOINER)"),
+    "word-joiner": ("a = 1\u2060\n".encode(), 1, "invisible character U+2060 (WORD JOINER)"),
+    "byte-order-mark-inside-the-text": ("x = 1\n\ufeffy = 2\n".encode(), 2, "invisible character U+FEFF"),
+    "soft-hyphen": ('word = "pass\u00adword"\n'.encode(), 1, "invisible character U+00AD (SOFT HYPHEN)"),
+    "hangul-filler-as-a-name": ("import os\n\u3164 = os.system\n\u3164('id')\n".encode(), 2, "invisible character U+3164 (HANGUL FILLER)"),
+    "variation-selector-makes-a-second-name": ("x = 1\nx\ufe00 = 2\n".encode(), 2, "U+FE00 (VARIATION SELECTOR-1)"),
+    "tag-characters-in-a-comment": ("# hi\U000e0069\n".encode(), 1, "invisible character U+E0069"),
+    "null-byte": (b"x = 1\x00\n", 1, "control character U+0000 (NULL) (Python refuses null bytes)"),
+    "form-feed": (b"x = 1\n\x0cy = 2\n", 2, "U+000C (FORM FEED) (Python resets the indentation count at it)"),
+    "lone-carriage-return-overwrites-in-a-terminal": (b'os.system("id")\r# nothing to see here\n', 1,
+                                                      "carriage return not followed by a line feed"),
+    "escape-sequence-conceals-text": (b"x = 1  # \x1b[8mhidden\x1b[0m\n", 1, "control character U+001B (ESCAPE)"),
+    "next-line-control": ("x = 1\x85y = 2\n".encode(), 1, "control character U+0085 (NEXT LINE)"),
+    "line-separator": ("# comment\u2028x = 1\n".encode(), 1, "U+2028 (LINE SEPARATOR): some viewers start a new line"),
+    "paragraph-separator": ("x = 1\n# a\u2029b\n".encode(), 2, "U+2029 (PARAGRAPH SEPARATOR)"),
+    "private-use-character": ("# \ue000\n".encode(), 1, "private-use code point U+E000"),
+    "noncharacter": ("s = '\uffff'\n".encode(), 1, "unassigned code point U+FFFF"),
+}
+
+CLEAN = {
+    "empty-file": b"",
+    "plain-ascii-module": b'"""Doc."""\nimport os\n\n\ndef f(x):\n\treturn x + 1\n',
+    "french-words-in-strings-and-comments": "# taille de la tumeur\nlabel = 'tumeur bénigne'\n".encode(),
+    "german-name-and-string": 'größe = "Größe"  # Größe in mm\n'.encode(),
+    "emoji-in-a-comment": "# 🎉 done\n".encode(),
+    "emoji-with-presentation-selector": "# ⚠️ careful, ❤️ it\n".encode(),
+    "japanese-comment": "# 腫瘍のサイズ\nsize = 1\n".encode(),
+    "no-break-space-in-french-comment": "# taille\u00a0: 3 cm\n".encode(),
+    "crlf-line-ends": b"x = 1\r\ny = 2\r\n",
+    "coding-utf-8-declaration": b"# -*- coding: utf-8 -*-\nx = 1\n",
+    "coding-utf8-spelling": b"# coding=utf8\nx = 1\n",
+    "coding-declaration-on-line-3-is-not-one": b"x = 1\ny = 2\n# coding: latin-1\n",
+    "caia-module-head": bundle.MODULE_HEAD.encode(),
+    "caia-runner": bundle.RUNNER.encode(),
+    "caia-client-config": client_config(),
+    "requirements": b"numpy==2.1.0\ntorch==2.13.0\n",
+}
+
+
+@pytest.mark.parametrize("data, line, fragment", REFUSED.values(), ids=REFUSED.keys())
+def test_source_python_reads_differently_is_refused_naming_the_line(data, line, fragment):
+    problems = source_problems("federated.py", data)
+    assert any(p.startswith(f"federated.py line {line}: ") and fragment in p for p in problems), problems
+    assert all(p.startswith("federated.py line ") for p in problems)
+
+
+@pytest.mark.parametrize("data", CLEAN.values(), ids=CLEAN.keys())
+def test_clean_source_passes(data):
+    assert source_problems("federated.py", data) == []
+
+
+EVERY_CASE = {**{name: data for name, (data, _, _) in REFUSED.items()}, **CLEAN}
+
+
+@pytest.mark.parametrize("data", EVERY_CASE.values(), ids=EVERY_CASE.keys())
+def test_whatever_python_would_not_decode_as_utf8_is_refused(data):
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        python_reads_utf8 = codecs.lookup(encoding).name == "utf-8"
+        data.decode(encoding)
+    except (SyntaxError, UnicodeDecodeError):
+        python_reads_utf8 = False
+    if not python_reads_utf8:
+        assert source_problems("federated.py", data)
+
+
+def test_a_problem_names_file_line_code_point_and_fix():
+    problems = source_problems("federated.py", "x = 1\n\n# \u202e done\n".encode())
+    assert problems == [
+        "federated.py line 3: bidirectional control character U+202E (RIGHT-TO-LEFT OVERRIDE) "
+        "changes the order in which the line is shown; remove it"
+    ]
+
+
+def test_lines_are_counted_as_an_editor_counts_them():
+    data = b"a = 1\r\nb = 2\n\nc = '\x00'\n"
+    assert source_problems("x.py", data) == ["x.py line 4: control character U+0000 (NULL) (Python refuses null bytes); remove it"]
+
+
+def test_each_kind_of_problem_is_reported_once_per_line_and_the_list_is_bounded():
+    assert len(source_problems("x.py", "a = '\u200b\u200b\u200b'\n".encode())) == 1
+    problems = source_problems("x.py", b"\x00\n" * 200)
+    assert len(problems) == sourcecheck.MAX_PROBLEMS + 1
+    assert problems[-1] == "x.py: more problems not listed; fix these first"
+    assert len(source_problems("blob.py", bytes(range(256)) * 4000)) == sourcecheck.MAX_PROBLEMS + 1
+
+
+def test_a_large_source_is_checked_quickly():
+    data = ("# taille de la tumeur, Größe 🎉\nx = 'tumeur'\n" * 40_000).encode()  # about 2 MB
+    start = time.perf_counter()
+    assert source_problems("federated.py", data) == []
+    assert time.perf_counter() - start < 2
+
+
+def test_reveal_shows_hidden_characters_and_keeps_line_ends():
+    assert sourcecheck.reveal("a\u202eb\r\nc\td\u200b") == "a[U+202E]b\r\nc\td[U+200B]"
+    assert sourcecheck.reveal("tumeur 🎉 ❤️") == "tumeur 🎉 ❤️"
