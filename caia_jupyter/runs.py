@@ -27,6 +27,7 @@ from . import failures as failure_reports
 from . import metrics as metric_records
 from .errors import CaiaError
 from .fsutil import read_json, write_atomic, write_json
+from .runtime import FAILURE_FILE
 
 FINAL = ("finished", "failed", "refused", "aborted")
 
@@ -215,7 +216,7 @@ def finished_message(rounds_done: int, trained: list[str], sites: list[str], adm
 
 def local_failure_record(run_dir: Path, site: str) -> Path:
     """Where a site simulated on this machine keeps the full record of its failure (its app folder)."""
-    return Path(run_dir) / "workspace" / site / "simulate_job" / f"app_{site}" / failure_reports.FAILURE_FILE
+    return Path(run_dir) / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE_FILE
 
 
 def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[str, str]:

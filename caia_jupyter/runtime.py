@@ -14,8 +14,6 @@ The federated-code contract:
 from __future__ import annotations
 
 import importlib
-import inspect
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -24,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ContractError
-from .failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
+
+FAILURE_TAG = "caia.failure"  # the analytics record a site sends when its federated code fails
+FAILURE_FILE = "caia_failure.json"  # the whole story of that failure, kept in the site's app folder
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
     try:
         yield
     except Exception as e:
+        import json
         import logging
         import traceback
 
@@ -167,6 +168,7 @@ def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
         from nvflare.apis.analytix import AnalyticsDataType
 
         from .errors import CaiaError
+        from .failures import ENTRY_POINTS
         from .fsutil import write_json
 
         caia = isinstance(e, CaiaError)
@@ -186,6 +188,10 @@ def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
 
 def _entry_point_running(error: Exception, entry: EntryPoints) -> str:
     """The outermost entry point on `error`'s traceback, or "runtime" when none is (caia's own code)."""
+    import inspect
+
+    from .failures import ENTRY_POINTS
+
     codes = {}
     for name in ENTRY_POINTS:
         function = inspect.unwrap(getattr(entry, name))
