@@ -172,7 +172,8 @@ def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
         from .fsutil import write_json
 
         caia = isinstance(e, CaiaError)
-        where = e.entry if caia and e.entry in ENTRY_POINTS else _entry_point_running(e, entry)
+        where = getattr(e, "entry", None) if caia else None
+        where = where if where in ENTRY_POINTS else _entry_point_running(e, entry)
         category = e.failure if caia else ("raised" if where != "runtime" else "site_error")
         report = {"entry": where, "round": round, "category": category}
         record = app_dir / FAILURE_FILE
