@@ -30,6 +30,11 @@ class Context:
         return tuple(sorted(self._datasets))
 
     def dataset(self, name: str) -> pd.DataFrame:
+        """The released dataset `name`, restricted to the requested columns.
+
+        Raises DatasetNotReleased (not released here) or SiteError (its file cannot be read, or
+        no longer matches the approved schema); at a site only their category reaches the researcher.
+        """
         if name not in self._datasets:
             released = ", ".join(self.datasets) or "none"
             raise DatasetNotReleased(
@@ -37,10 +42,14 @@ class Context:
                 "request it with %%federated dataset= and ask the site's reviewers to approve it"
             )
         spec = self._datasets[name]
-        frame = schema.read_table(spec["path"])
+        try:
+            frame = schema.read_table(spec["path"])
+        except SiteError as e:
+            raise SiteError(f"site {self.site} dataset {name!r}: {e}", failure="dataset_unreadable") from e
         problems = schema.mismatches(spec["columns"], schema.schema_of(frame))
         if problems:
-            raise SiteError(f"site {self.site} dataset {name!r} no longer matches the approved schema: {problems[0]}")
+            raise SiteError(f"site {self.site} dataset {name!r} no longer matches the approved schema: {problems[0]}",
+                            failure="schema_changed")
         return frame[[column["name"] for column in spec["columns"]]].copy()
 
     def __repr__(self) -> str:

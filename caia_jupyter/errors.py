@@ -7,9 +7,21 @@ anything else is a bug and keeps its traceback.
 
 
 class CaiaError(Exception):
-    """Bad input or a refused operation; the message is one line meant for the user."""
+    """Bad input or a refused operation; the message is one line meant for the user.
+
+    Raised at a site while its run goes on, the message stays at the site: the researcher is told
+    only `failure`, a category of caia_jupyter.failures, and `entry`, the entry point it concerns
+    (None: whichever entry point was running).
+    """
 
     exit_code = 2
+    failure = "site_error"
+
+    def __init__(self, *args, failure: str | None = None, entry: str | None = None):
+        super().__init__(*args)
+        if failure is not None:
+            self.failure = failure
+        self.entry = entry
 
 
 class NotebookError(CaiaError):
@@ -37,6 +49,8 @@ class ApprovalRejected(CaiaError):
 class DatasetNotReleased(CaiaError):
     """Federated code asked for a dataset this site did not release to the bundle."""
 
+    failure = "dataset_not_released"
+
 
 class FlareError(CaiaError):
     """NVFLARE could not run or reach the job."""
@@ -44,3 +58,5 @@ class FlareError(CaiaError):
 
 class ContractError(CaiaError):
     """Federated code does not keep the entry-point contract (see the README)."""
+
+    failure = "contract"

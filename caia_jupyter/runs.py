@@ -6,9 +6,11 @@
     metrics.jsonl  every (site, round, name, value, time) record
     global_model.npz the latest global model, as the server keeps it (numpy arrays)
     global_model.pt  the same as a torch state dict, written when the run ends
-    outcome.json   how the run ended (written last)
+    outcome.json   how the run ended (written last); a failed site's report in the closed
+                   vocabulary of caia_jupyter.failures
 
-Every surface (CLI, widget, server extension) reads a run through `Run`.
+Every surface (CLI, widget, server extension) reads a run through `Run`, and tells about a site's
+failure only what `failures.describe` renders from its report.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import failures as failure_reports
 from . import metrics as metric_records
 from .errors import CaiaError
 from .fsutil import read_json, write_atomic, write_json
+from .runtime import FAILURE_FILE
 
 FINAL = ("finished", "failed", "refused", "aborted")
 
@@ -85,12 +89,13 @@ class Run:
     def sites(self) -> dict[str, str]:
         """Site -> approved | refused | running | done | failed."""
         admissions, status, outcome = self._json("sites.json"), self._json("status.json"), self.outcome
+        failed = self._failure_reports()
         states = {}
         for site in self.spec["sites"]:
             admission = admissions.get(site, {}).get("state")
             if admission == "refused":
                 states[site] = "refused"
-            elif site in outcome.get("failed_sites", {}):
+            elif site in failed:
                 states[site] = "failed"
             elif outcome:
                 states[site] = "done" if site in outcome.get("completed_sites", []) else "failed"
@@ -106,7 +111,13 @@ class Run:
 
     @property
     def failures(self) -> dict[str, str]:
-        return dict(self.outcome.get("failed_sites", {}))
+        """Site -> why it failed, one line of the closed vocabulary of caia_jupyter.failures (on the
+        simulator, plus where the site's full record lies on this machine)."""
+        local = self.path if self.spec.get("target") == "simulator" else None
+        return describe_failures(self._failure_reports(), local)
+
+    def _failure_reports(self) -> dict[str, failure_reports.Report]:
+        return failure_reports.parse_all(self.outcome.get("failed_sites"), self.spec["sites"])
 
     @property
     def global_model(self) -> Path | None:
@@ -201,6 +212,26 @@ def finished_message(rounds_done: int, trained: list[str], sites: list[str], adm
     refused = [s for s in sites if s not in admitted]
     note = f"; continued without {', '.join(refused)} (min_clients {min_clients})" if refused else ""
     return f"{rounds_done} rounds with {', '.join(trained)}{note}"
+
+
+def local_failure_record(run_dir: Path, site: str) -> Path:
+    """Where a site simulated on this machine keeps the full record of its failure (its app folder)."""
+    return Path(run_dir) / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE_FILE
+
+
+def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[str, str]:
+    """{site: report} -> {site: its one line}; with `simulator_run`, each line also says where the
+    simulated site's full record lies (a path of this machine, never of a real site)."""
+    texts = {}
+    for site, report in reports.items():
+        record = local_failure_record(simulator_run, site) if simulator_run else None
+        texts[site] = failure_reports.describe(site, report, record if record and record.is_file() else None)
+    return texts
+
+
+def failed_message(reports: dict, simulator_run: Path | None = None) -> str:
+    """Why a run failed, as far as its sites' failure reports tell ("" when none did)."""
+    return "; ".join(describe_failures(reports, simulator_run).values())
 
 
 def export_global_model(run_dir: Path) -> Path | None:

@@ -52,28 +52,30 @@ def build_model(entry: EntryPoints):
 
     model = entry.build_model()
     if not isinstance(model, torch.nn.Module):
-        raise ContractError(f"build_model() must return a torch.nn.Module, not {type(model).__name__}")
+        raise ContractError(f"build_model() must return a torch.nn.Module, not {type(model).__name__}",
+                            failure="not_a_module", entry="build_model")
     return model
 
 
 def run_round(entry: EntryPoints, model, data, ctx) -> RoundResult:
     """One round at a site: evaluate the incoming global model on local data, then train on it."""
-    eval_metrics = _metrics(entry.evaluate(model, data, ctx), "evaluate(model, data, ctx)")
+    eval_metrics = _metrics(entry.evaluate(model, data, ctx), "evaluate")
     trained = entry.train(model, data, ctx)
     if not isinstance(trained, dict) or "num_samples" not in trained:
         raise ContractError(
             "train(model, data, ctx) must return a dict with 'num_samples' (examples trained on) "
-            f"and numeric metrics, not {_shown(trained)}"
+            f"and numeric metrics, not {_shown(trained)}", failure="bad_num_samples", entry="train"
         )
     trained = dict(trained)
     num_samples = trained.pop("num_samples")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ContractError(f"train() returned num_samples={num_samples!r}; it must be a positive int")
-    return RoundResult(num_samples, _metrics(trained, "train(model, data, ctx)"), eval_metrics)
+        raise ContractError(f"train() returned num_samples={num_samples!r}; it must be a positive int",
+                            failure="bad_num_samples", entry="train")
+    return RoundResult(num_samples, _metrics(trained, "train"), eval_metrics)
 
 
 def evaluate(entry: EntryPoints, model, data, ctx) -> dict[str, float]:
-    return _metrics(entry.evaluate(model, data, ctx), "evaluate(model, data, ctx)")
+    return _metrics(entry.evaluate(model, data, ctx), "evaluate")
 
 
 def load_entry_points(bundle_dir: str | Path, expected_sha256: str | None = None) -> EntryPoints:
@@ -99,17 +101,22 @@ def load_entry_points(bundle_dir: str | Path, expected_sha256: str | None = None
     return EntryPoints(*(getattr(module, name) for name in ENTRY_NAMES))
 
 
-def _metrics(value, call: str) -> dict[str, float]:
+def _metrics(value, name: str) -> dict[str, float]:
+    call = f"{name}(model, data, ctx)"
+
+    def broken(message: str):
+        return ContractError(message, failure="bad_metrics", entry=name)
+
     if not isinstance(value, dict):
-        raise ContractError(f"{call} must return a dict of numeric metrics, not {_shown(value)}")
+        raise broken(f"{call} must return a dict of numeric metrics, not {_shown(value)}")
     out = {}
     for key, number in value.items():
         try:
             number = float(number)
         except (TypeError, ValueError):
-            raise ContractError(f"{call} returned metric {key!r} = {_shown(number)}; metrics must be numbers") from None
+            raise broken(f"{call} returned metric {key!r} = {_shown(number)}; metrics must be numbers") from None
         if not isinstance(key, str) or not math.isfinite(number):
-            raise ContractError(f"{call} returned metric {key!r} = {number}; names must be str and values finite")
+            raise broken(f"{call} returned metric {key!r} = {number}; names must be str and values finite")
         out[key] = number
     return out
 
@@ -135,7 +142,7 @@ def run_site(runner_file: str) -> None:
         raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
     entry = load_entry_points(app_dir / "custom", release.files[MODULE])
     ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
-    with failure_record(app_dir):
+    with failure_record(app_dir, entry, round=None):
         model = build_model(entry)
         data = entry.load_data(ctx)
     writer = SummaryWriter()
@@ -150,12 +157,12 @@ def run_site(runner_file: str) -> None:
         ctx.round = incoming.current_round or 0
         model.load_state_dict(incoming.params)
         if flare.is_evaluate():  # the final global model, after the last round
-            with failure_record(app_dir):
+            with failure_record(app_dir, entry, ctx.round):
                 metrics = evaluate(entry, model, data, ctx)
             report(metrics, ctx.round)
             flare.send(FLModel(metrics=metrics))
             continue
-        with failure_record(app_dir):
+        with failure_record(app_dir, entry, ctx.round):
             result = run_round(entry, model, data, ctx)
         report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
         flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
@@ -163,22 +170,54 @@ def run_site(runner_file: str) -> None:
 
 
 @contextmanager
-def failure_record(app_dir: Path):
-    """When the federated code fails at a site: keep the whole story in the site's own app folder
-    (the simulator target reads it there, on this machine) and tell the server what is safe to
-    share: the exception's type, and its message only if caia wrote it (a researcher's message
-    may quote the site's data). Then let NVFLARE handle the failure."""
+def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
+    """When the run fails at a site: keep the whole story (exception type, message, traceback) in
+    the site's own app folder and log, and send the server only a report of the closed vocabulary
+    of caia_jupyter.failures: the entry point, the round and a category (the researcher's own
+    exception, or caia's reason). Then let NVFLARE handle the failure."""
     try:
         yield
     except Exception as e:
+        import json
+        import logging
+        import traceback
+
         import nvflare.client as flare
         from nvflare.apis.analytix import AnalyticsDataType
 
         from .errors import CaiaError
+        from .failures import ENTRY_POINTS
         from .fsutil import write_json
 
-        message = str(e).split("\n")[0]
-        write_json(app_dir / FAILURE_FILE, {"exception": type(e).__name__, "message": message})
-        shared = f"{type(e).__name__}: {message}" if isinstance(e, CaiaError) else f"{type(e).__name__} (details kept at the site)"
-        flare.log(key=FAILURE_TAG, value=shared, data_type=AnalyticsDataType.TEXT)
+        caia = isinstance(e, CaiaError)
+        where = getattr(e, "entry", None) if caia else None
+        where = where if where in ENTRY_POINTS else _entry_point_running(e, entry)
+        category = e.failure if caia else ("raised" if where != "runtime" else "site_error")
+        report = {"entry": where, "round": round, "category": category}
+        record = app_dir / FAILURE_FILE
+        try:
+            write_json(record, {"report": report, "exception": type(e).__name__, "message": str(e),
+                                "traceback": traceback.format_exc()})
+        except OSError:
+            record = "(not written)"
+        logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", report, record)
+        flare.log(key=FAILURE_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
         raise
+
+
+def _entry_point_running(error: Exception, entry: EntryPoints) -> str:
+    """The outermost entry point on `error`'s traceback, or "runtime" when none is (caia's own code)."""
+    import inspect
+
+    from .failures import ENTRY_POINTS
+
+    codes = {}
+    for name in ENTRY_POINTS:
+        function = inspect.unwrap(getattr(entry, name))
+        codes.setdefault(getattr(function, "__code__", None), name)
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code in codes:
+            return codes[frame.tb_frame.f_code]
+        frame = frame.tb_next
+    return "runtime"

@@ -10,10 +10,11 @@ import time
 import pytest
 import torch
 
-from caia_jupyter import approvals, sites
+from caia_jupyter import approvals, overview, sites
 from caia_jupyter.flare import poc as pocs
 from caia_jupyter.flare import remote
-from caia_jupyter.runs import FINAL
+from caia_jupyter.kernel.widgets import RunWidget
+from caia_jupyter.runs import FINAL, Run
 from caia_jupyter.submit import submit
 from conftest import build_validated, set_source
 import corpus
@@ -94,18 +95,47 @@ def test_a_tampered_job_is_refused_by_every_site(poc, tmp_path):
                             for name in SITES}
 
 
-def test_asking_for_a_dataset_the_sites_did_not_release_fails_clearly(poc, tmp_path):
-    def ask_for_genomes(nb):
-        set_source(nb, "dataset=tiny:samples/tiny.csv", "dataset=tiny:samples/tiny.csv dataset=genomes:samples/tiny.csv")
-        set_source(nb, 'frame = ctx.dataset("tiny")', 'frame = ctx.dataset("tiny")\n    ctx.dataset("genomes")')
+MARKER = "PHI-97.25"  # built at the sites from a row value; no file of the bundle holds it
+FAILED_IN = {
+    "load_data": ("site-1", "site-1 failed in load_data: the federated code asked ctx.dataset for a dataset this site "
+                  "did not release to the bundle; request it with %%federated dataset= and ask the site's reviewers "
+                  "to approve it"),
+    "train": ("site-2", "site-2 failed in train at round 1: the federated code raised an exception (details kept at the site)"),
+}
 
-    built = build_validated(tmp_path / "nb", edit=ask_for_genomes)
-    approve(poc, built, SITES)  # releasing tiny only
-    run = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
-    assert run.wait(timeout=300) == "failed"
-    assert run.failures, run.message
-    reason = next(iter(run.failures.values()))
-    assert reason.startswith("DatasetNotReleased: site site-") and "did not release dataset 'genomes'" in reason
+
+def leak_a_row_value(nb):
+    """site-1 asks for a dataset named after a row value in load_data; site-2's train fails at round 1
+    with a message quoting a row value (as an `assert` printing a row would)."""
+    set_source(nb, 'frame = ctx.dataset("tiny")',
+               'frame = ctx.dataset("tiny")\n    if ctx.site == "site-1":\n        ctx.dataset(f"PHI-{frame[\'x1\'].max()}")')
+    set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2' and ctx.round == 1:\n"
+               "        raise AssertionError(f'PHI-{x[:, 0].max().item()}')\n    optimizer")
+
+
+@pytest.mark.parametrize("entry", list(FAILED_IN))
+def test_a_sites_exception_text_and_row_values_never_reach_the_researcher(poc, tmp_path, caia, entry):
+    site, line = FAILED_IN[entry]
+    built = build_validated(tmp_path / "nb", edit=leak_a_row_value)
+    for name in (site, "site-3"):  # a dataset whose rows hold the value the code puts in its message
+        data = poc.site_dir(name) / "tiny_phi.csv"
+        data.write_text(corpus.SAMPLE_CSV + "97.25,0.3,1\n")
+        sites.add_dataset(sites.open_site(poc.site_dir(name)), "tiny_phi", data)
+    approve(poc, built, [site, "site-3"], {"tiny": "tiny_phi"})
+    code, submitted, err = caia("submit", built.path, "--target", "poc", "--poc-workspace", poc.workspace,
+                                "--sites", site, "site-3", "--runs", tmp_path / "runs")
+    run = Run(next((tmp_path / "runs").iterdir()))
+    assert code == 1 and run.status == "failed", err
+    assert run.failures == {site: line}  # no path: the site's record stays at the site
+    assert run.failures[site] in run.message and run.failures[site] in submitted
+    code, status, _ = caia("status", run.path, "--json")
+    widget = RunWidget(run)
+    widget.refresh()
+    shown = [submitted, status, json.dumps(run.failures), run.message, json.dumps(overview.run(run)),
+             json.dumps(widget.get_state(["status", "message", "sites", "reasons"]))]
+    assert not [text for text in shown if MARKER in text]
+    assert not [p for p in run.path.rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
+    assert MARKER in (poc.kits / site / run.outcome["job_id"] / f"app_{site}" / "caia_failure.json").read_text()
 
 
 def test_the_production_target_works_with_any_admin_startup_kit(poc, tmp_path):

@@ -1,11 +1,15 @@
 """Federated runs on NVFLARE's real simulator: guard, refusals, metrics, failures."""
 
+import json
+
 import pytest
 import torch
 
-from caia_jupyter import approvals
+import corpus
+from caia_jupyter import approvals, overview
 from caia_jupyter.flare import simulator
 from caia_jupyter.kernel.widgets import RunWidget
+from caia_jupyter.runs import Run, local_failure_record
 from caia_jupyter.submit import submit
 from conftest import build_validated, make_site, set_source
 
@@ -115,27 +119,60 @@ def test_an_extra_file_in_a_deployed_app_is_refused(federation, tmp_path):
                                       "which is not part of the bundle"}
 
 
-def test_asking_for_an_unreleased_dataset_fails_at_the_site_with_a_clear_error(tmp_path):
-    def ask_for_genomes(nb):
-        set_source(nb, "dataset=tiny:samples/tiny.csv", "dataset=tiny:samples/tiny.csv dataset=genomes:samples/tiny.csv")
-        set_source(nb, 'frame = ctx.dataset("tiny")', 'frame = ctx.dataset("tiny")\n    ctx.dataset("genomes")')
-
-    built = build_validated(tmp_path / "nb", edit=ask_for_genomes)  # validation has both samples
-    made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
-    approve_all(built, made)  # the sites release tiny only
-    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
-    assert run.wait(timeout=300) == "failed"
-    assert run.failures["site-1"] == ("DatasetNotReleased: site site-1 did not release dataset 'genomes' to this "
-                                      "bundle (released: tiny); request it with %%federated dataset= and ask the "
-                                      "site's reviewers to approve it")
+MARKER = "PHI-97.25"  # built at the sites from a row value; no file of the bundle holds it
 
 
-def test_an_exception_in_train_at_a_site_fails_the_run_and_names_the_site(tmp_path):
-    built = build_validated(tmp_path / "nb", edit=lambda nb: set_source(
-        nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2':\n        raise ValueError('bad batch')\n    optimizer"))
-    made = [make_site(tmp_path / "sites", name) for name in SITES[:2]]
-    approve_all(built, made)
-    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
-    assert run.wait(timeout=300) == "failed"
-    assert run.failures == {"site-2": "ValueError: bad batch"}
-    assert run.sites["site-2"] == "failed"
+def leak_a_row_value(nb):
+    """site-1 asks for a dataset named after a row value in load_data; site-2's train fails at round 1
+    with a message quoting a row value (as an `assert` printing a row would)."""
+    set_source(nb, 'frame = ctx.dataset("tiny")',
+               'frame = ctx.dataset("tiny")\n    if ctx.site == "site-1":\n        ctx.dataset(f"PHI-{frame[\'x1\'].max()}")')
+    set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2' and ctx.round == 1:\n"
+               "        raise AssertionError(f'PHI-{x[:, 0].max().item()}')\n    optimizer")
+
+
+def what_the_researcher_sees(run, *cli_outputs) -> str:
+    widget = RunWidget(run)
+    widget.refresh()
+    files = [(run.path / name).read_text() for name in ("outcome.json", "status.json", "sites.json", "site_failures.json")
+             if (run.path / name).is_file()]
+    return "\n".join([*cli_outputs, *files, json.dumps(run.failures), run.message,
+                      json.dumps(widget.get_state(["status", "message", "sites", "reasons"])), json.dumps(overview.run(run))])
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory):
+    """A bundle that puts a row value into an exception message at site-1 and site-2, approved at
+    three sites whose data holds that value."""
+    root = tmp_path_factory.mktemp("leaky")
+    built = build_validated(root / "nb", edit=leak_a_row_value)
+    assert MARKER not in "".join(p.read_text() for p in built.path.rglob("*.py"))
+    made = {name: make_site(root / "sites", name, corpus.SAMPLE_CSV + "97.25,0.3,1\n") for name in SITES}
+    approve_all(built, made.values())
+    return built, made
+
+
+FAILED_IN = {
+    "load_data": ("site-1", "site-1 failed in load_data: the federated code asked ctx.dataset for a dataset this site "
+                  "did not release to the bundle; request it with %%federated dataset= and ask the site's reviewers "
+                  "to approve it"),
+    "train": ("site-2", "site-2 failed in train at round 1: the federated code raised an exception (details kept at the site)"),
+}
+
+
+@pytest.mark.parametrize("entry", list(FAILED_IN))
+def test_a_sites_exception_text_and_row_values_never_reach_the_researcher(leaky, entry, tmp_path, caia):
+    built, made = leaky
+    site, line = FAILED_IN[entry]
+    code, submitted, err = caia("submit", built.path, "--sites", made[site].path, made["site-3"].path, "--runs", tmp_path)
+    run = Run(next(tmp_path.iterdir()))
+    assert code == 1 and run.status == "failed", err
+    code, status, _ = caia("status", run.path, "--json")
+    assert MARKER not in what_the_researcher_sees(run, submitted, status)
+    record = local_failure_record(run.path, site)
+    assert run.failures == {site: f"{line}; full record on this machine: {record}"}
+    assert run.sites[site] == "failed"
+    assert run.failures[site] in run.message and run.failures[site] in submitted
+    assert json.loads(status)["failures"] == run.failures
+    kept = json.loads(record.read_text())  # the simulated site's owner finds the whole story where the line says
+    assert MARKER in kept["message"] and MARKER in kept["traceback"]

@@ -9,6 +9,9 @@ run directory as current as the simulator's launcher does, from the server side 
   (it fails until the job's server process is up and while it winds down; those are skipped),
 - at the end, the job's result (global model, every metric record, status) downloaded.
 
+What the server says about a site's failure is read as untrusted: only reports of the closed
+vocabulary of caia_jupyter.failures, for the run's own sites, are kept.
+
 Terminating the follower (Run.abort) aborts the job on the server first.
 """
 
@@ -23,9 +26,10 @@ import time
 import traceback
 from pathlib import Path
 
+from .. import failures
 from ..errors import FlareError
 from ..fsutil import read_json, write_json
-from ..runs import Run, finished_message, refused_message, start_launcher
+from ..runs import Run, failed_message, finished_message, refused_message, start_launcher
 from .poc import admin_session
 from .server import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STATUS
 
@@ -96,19 +100,20 @@ def follow(run_dir: Path) -> int:
                 if str(meta.get("status", "")).startswith("FINISHED"):
                     break
                 if meta.get("status") == "RUNNING":
-                    count += pull(session, job_id, count, run_dir)
+                    count += pull(session, job_id, count, run_dir, spec["sites"])
                 time.sleep(POLL)
             result = Path(session.download_job_result(job_id, destination=str(run_dir / "result")))
-        collect(result, run_dir)
+        collect(result, run_dir, spec["sites"])
         write_json(run_dir / "outcome.json", outcome(meta, run_dir, spec, aborted))
     except Exception as e:  # the server went away, the kit stopped working...
         traceback.print_exc()
-        write_json(run_dir / "outcome.json", {"status": "failed", "message": f"lost the job {job_id}: {e}"})
+        message = f"lost the NVFLARE job {job_id} ({type(e).__name__}); see {run_dir / 'launcher.log'}"
+        write_json(run_dir / "outcome.json", {"status": "failed", "message": message})
         return 1
     return 0
 
 
-def pull(session, job_id: str, since: int, run_dir: Path) -> int:
+def pull(session, job_id: str, since: int, run_dir: Path, sites: list[str]) -> int:
     """Append the records the server received since the `since`-th; returns how many arrived."""
     try:
         answer = session.do_app_command(job_id, APP_COMMAND, {"since": since})
@@ -121,8 +126,15 @@ def pull(session, job_id: str, since: int, run_dir: Path) -> int:
     if isinstance(answer, dict) and answer.get("status"):
         write_json(run_dir / STATUS, answer["status"])
     if isinstance(answer, dict) and answer.get("failures"):
-        write_json(run_dir / FAILURES, answer["failures"])
+        write_failures(answer["failures"], run_dir, sites)
     return len(records)
+
+
+def write_failures(received, run_dir: Path, sites: list[str]) -> dict[str, failures.Report]:
+    """Keep the server's failure reports of the run's own sites, each parsed strictly."""
+    reports = failures.parse_all(received, sites)
+    write_json(run_dir / FAILURES, {site: report.model_dump() for site, report in reports.items()})
+    return reports
 
 
 def admissions(meta: dict, sites: list[str]) -> dict:
@@ -140,20 +152,24 @@ def admissions(meta: dict, sites: list[str]) -> dict:
     return found
 
 
-def collect(result: Path, run_dir: Path) -> None:
+def collect(result: Path, run_dir: Path, sites: list[str]) -> None:
     """Take the server's own records (authoritative, complete) from the downloaded job result."""
-    for name in (METRICS, STATUS, GLOBAL_MODEL, FAILURES):
+    for name in (METRICS, STATUS, GLOBAL_MODEL):
         found = next(result.rglob(name), None)
         if found is not None:
             (run_dir / name).write_bytes(found.read_bytes())
+    found = next(result.rglob(FAILURES), None)
+    if found is not None:
+        write_failures(read_json(found), run_dir, sites)
 
 
 def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
     job_status = str(meta.get("status"))
     status = read_json(run_dir / STATUS)
     admitted = [s for s, a in admissions(meta, spec["sites"]).items() if a["state"] == "approved"]
-    failed = read_json(run_dir / FAILURES)
-    base = {"job_id": spec["job_id"], "job_status": job_status, "failed_sites": failed,
+    failed = failures.parse_all(read_json(run_dir / FAILURES), spec["sites"])
+    base = {"job_id": spec["job_id"], "job_status": job_status,
+            "failed_sites": {site: report.model_dump() for site, report in failed.items()},
             "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
     if aborted or job_status == "FINISHED:ABORTED":
         return {**base, "status": "aborted", "message": f"aborted (NVFLARE job {spec['job_id']})"}
@@ -162,7 +178,7 @@ def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
     if job_status == "FINISHED:COMPLETED" and status.get("phase") == "finished":
         message = finished_message(status["rounds_done"], status["sites"], spec["sites"], admitted, spec["min_clients"])
         return {**base, "status": "finished", "message": message}
-    reason = status.get("message") or "; ".join(f"{s} failed: {m}" for s, m in failed.items()) or f"NVFLARE ended the job as {job_status}"
+    reason = failed_message(failed) or status.get("message") or f"NVFLARE ended the job as {job_status}"
     return {**base, "status": "failed", "message": f"{reason} (NVFLARE job {spec['job_id']}, {job_status})"}
 
 

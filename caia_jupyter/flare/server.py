@@ -23,6 +23,7 @@ from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedA
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from .. import failures
 from ..fsutil import read_json, write_atomic, write_json
 from ..runtime import FAILURE_TAG
 
@@ -98,7 +99,7 @@ class MetricsReceiver(AnalyticsReceiver):
         self.output_dir = output_dir  # "" = the job's run directory in the server workspace
         self._file = None
         self._records: list[dict] = []
-        self._failures: dict[str, str] = {}  # site -> what it shared about its failure
+        self._failures: dict[str, dict] = {}  # site -> its failure report (caia_jupyter.failures)
         self._run_dir = None
 
     def initialize(self, fl_ctx):
@@ -118,9 +119,8 @@ class MetricsReceiver(AnalyticsReceiver):
         from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
 
         data = AnalyticsData.from_dxo(from_shareable(shareable))
-        if data is not None and data.data_type == AnalyticsDataType.TEXT and data.tag == FAILURE_TAG:
-            self._failures[record_origin] = str(data.value)
-            write_json(self._run_dir / FAILURES, self._failures)
+        if data is not None and data.tag == FAILURE_TAG:
+            self.save_failure(record_origin, data.value)
             return
         if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
             return
@@ -131,6 +131,14 @@ class MetricsReceiver(AnalyticsReceiver):
             self._records.append(record)
             self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+
+    def save_failure(self, site: str, report) -> None:
+        """Keep a site's first failure report, parsed strictly: anything but a report of the closed
+        vocabulary is kept as category "unknown", with nothing of what the site sent."""
+        if site in self._failures:
+            return
+        self._failures[site] = failures.parse(report).model_dump()
+        write_json(self._run_dir / FAILURES, self._failures)
 
     def finalize(self, fl_ctx):
         if self._file:

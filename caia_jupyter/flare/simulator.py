@@ -20,10 +20,10 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from .. import failures
 from ..errors import CaiaError
 from ..fsutil import read_json, write_json
-from ..runs import Run, finished_message, refused_message, start_launcher
-from ..runtime import FAILURE_FILE
+from ..runs import Run, failed_message, finished_message, local_failure_record, refused_message, start_launcher
 from . import tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
@@ -129,31 +129,34 @@ def launch(run_dir: Path) -> int:
     except CaiaError as e:
         write_json(run_dir / "outcome.json", {"status": "failed", "message": str(e)})
         return 1
-    except Exception as e:  # a bug or an NVFLARE failure: keep the traceback in launcher.log
+    except Exception:  # a bug or an NVFLARE failure: its text may quote a site's, so it stays in launcher.log
         traceback.print_exc()
-        write_json(run_dir / "outcome.json", {"status": "failed", "message": f"{type(e).__name__}: {e}"})
+        message = f"NVFLARE's simulator failed; see its log on this machine: {run_dir / 'launcher.log'}"
+        write_json(run_dir / "outcome.json", {"status": "failed", "message": message})
         return 1
     write_json(run_dir / "outcome.json", outcome(run_dir, code, sites, min_clients))
     return 0
 
 
 def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
-    """How the run ended, from what the guard, the server and the sites left behind."""
+    """How the run ended, from what the guard, the server and the sites left behind. Of a site's
+    failure record only its report (caia_jupyter.failures), parsed strictly, is taken."""
     admissions = read_json(run_dir / "sites.json")
     status = read_json(run_dir / "status.json")
     admitted = [s for s, a in admissions.items() if a.get("state") == "approved"]
     failed = {}
     for site in admitted:
-        failure = read_json(run_dir / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE_FILE)
-        if failure:
-            failed[site] = f"{failure['exception']}: {failure['message']}"
-    result = {"code": code, "failed_sites": failed, "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
+        record = read_json(local_failure_record(run_dir, site))
+        if record:
+            failed[site] = failures.parse(record.get("report") if isinstance(record, dict) else None)
+    result = {"code": code, "failed_sites": {site: report.model_dump() for site, report in failed.items()},
+              "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
     if admissions and len(admitted) < min_clients:
         return {**result, "status": "refused", "message": refused_message(admitted, list(sites), min_clients)}
     if code == 0 and status.get("phase") == "finished":
         message = finished_message(status["rounds_done"], admitted, list(sites), admitted, min_clients)
         return {**result, "status": "finished", "message": message}
-    reason = status.get("message") or "; ".join(f"{s} failed: {m}" for s, m in failed.items())
+    reason = failed_message(failed, run_dir) or status.get("message")
     return {**result, "status": "failed",
             "message": reason or f"the NVFLARE simulator exited with code {code}; see {run_dir / 'workspace' / 'server' / 'log.txt'}"}
 
