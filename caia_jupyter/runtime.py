@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ContractError
+from .failures import ENTRY_POINTS
 from .fileset import MODULE
 
 FAILURE_TAG = "caia.failure"  # the analytics record a site sends when its federated code fails
@@ -35,9 +36,6 @@ class EntryPoints:
     load_data: Callable
     train: Callable
     evaluate: Callable
-
-
-ENTRY_NAMES = ("build_model", "load_data", "train", "evaluate")  # EntryPoints' fields, in order
 
 
 @dataclass(frozen=True)
@@ -95,10 +93,10 @@ def load_entry_points(bundle_dir: str | Path, expected_sha256: str | None = None
     module.__file__ = str(path)
     sys.modules["federated"] = module  # as `import federated` would, for pickling by reference
     exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
-    missing = [name for name in ENTRY_NAMES if not callable(getattr(module, name, None))]
+    missing = [name for name in ENTRY_POINTS if not callable(getattr(module, name, None))]
     if missing:
         raise ContractError(f"{MODULE} does not define {', '.join(missing)}")
-    return EntryPoints(*(getattr(module, name) for name in ENTRY_NAMES))
+    return EntryPoints(**{name: getattr(module, name) for name in ENTRY_POINTS})
 
 
 def _metrics(value, name: str) -> dict[str, float]:
@@ -137,10 +135,11 @@ def run_site(runner_file: str) -> None:
 
     flare.init()
     app_dir = Path(runner_file).resolve().parents[1]
-    release = Release.read(app_dir)
-    if release.site != flare.get_site_name():
-        raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
-    entry = load_entry_points(app_dir / "custom", release.files[MODULE])
+    with failure_record(app_dir, None, round=None):
+        release = Release.read(app_dir)
+        if release.site != flare.get_site_name():
+            raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
+        entry = load_entry_points(app_dir / "custom", release.files[MODULE])
     ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
     with failure_record(app_dir, entry, round=None):
         model = build_model(entry)
@@ -170,7 +169,7 @@ def run_site(runner_file: str) -> None:
 
 
 @contextmanager
-def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
+def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
     """When the run fails at a site: keep the whole story (exception type, message, traceback) in
     the site's own app folder and log, and send the server only a report of the closed vocabulary
     of caia_jupyter.failures: the entry point, the round and a category (the researcher's own
@@ -186,7 +185,6 @@ def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
         from nvflare.apis.analytix import AnalyticsDataType
 
         from .errors import CaiaError
-        from .failures import ENTRY_POINTS
         from .fsutil import write_json
 
         caia = isinstance(e, CaiaError)
@@ -205,14 +203,13 @@ def failure_record(app_dir: Path, entry: EntryPoints, round: int | None):
         raise
 
 
-def _entry_point_running(error: Exception, entry: EntryPoints) -> str:
-    """The outermost entry point on `error`'s traceback, or "runtime" when none is (caia's own code)."""
+def _entry_point_running(error: Exception, entry: EntryPoints | None) -> str:
+    """The outermost entry point on `error`'s traceback, or "runtime" when none is (caia's own code,
+    or the module still loading when `entry` is None)."""
     import inspect
 
-    from .failures import ENTRY_POINTS
-
     codes = {}
-    for name in ENTRY_POINTS:
+    for name in ENTRY_POINTS if entry else ():
         function = inspect.unwrap(getattr(entry, name))
         codes.setdefault(getattr(function, "__code__", None), name)
     frame = error.__traceback__
