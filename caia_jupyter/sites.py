@@ -53,7 +53,7 @@ class Site:
         """Key id -> public key, for each usable `*.pub` file in trusted_keys/.
 
         A file that is not an Ed25519 public key in PEM is skipped, never an error: its reason
-        (naming the file, not where the site lies) is logged and appended to `problems` if given.
+        (naming the file, not where the site lies) is appended to `problems` if given, else logged.
         """
         keys = {}
         for file in sorted((self.path / "trusted_keys").glob("*.pub")):
@@ -63,8 +63,9 @@ class Site:
                 key = load_public_key(file)
             except SiteError:
                 reason = f"site {self.name} skips trusted_keys/{file.name}: not an Ed25519 public key in PEM"
-                log.warning(reason)
-                if problems is not None:
+                if problems is None:
+                    log.warning(reason)
+                else:
                     problems.append(reason)
                 continue
             keys[key_id(key)] = key
