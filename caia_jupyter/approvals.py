@@ -43,8 +43,8 @@ REVOCATION_FORMAT = "caia-revocation/1"
 CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_EXPIRES_IN_DAYS = 30
 MAX_FILE_BYTES = 64 * 1024  # an approval is well under 1 KiB
-_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
-_BUNDLE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_BUNDLE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 # The fields of each kind of signed statement, and the kind of value each holds.
 _APPROVAL_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "datasets": "releases",
                     "key_id": "key id", "issued_at": "time", "expires_at": "time"}
@@ -124,7 +124,7 @@ def revoke(site: Site, bundle_id: str, key_file: str | Path, reason: str = "", o
     in the site's revocations/ (or at `output`). Raises CaiaError for a malformed bundle id,
     SiteError for a key that lies inside the site directory or that the site does not trust.
     """
-    if not isinstance(bundle_id, str) or not _BUNDLE_ID.match(bundle_id):
+    if not isinstance(bundle_id, str) or not _BUNDLE_ID.fullmatch(bundle_id):
         raise CaiaError(f"{bundle_id!r} is not a bundle id; give it as `caia bundle` prints it: sha256:<64 hex digits>")
     private = signing_key(site, key_file)
     issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
@@ -310,7 +310,7 @@ def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tupl
         raise malformed("statement is not an object")
     if set(statement) != set(fields):
         missing, extra = sorted(set(fields) - set(statement)), sorted(set(statement) - set(fields))
-        raise malformed(f"statement lacks {', '.join(missing)}" if missing else f"statement has unknown fields {', '.join(extra)}")
+        raise malformed(f"statement lacks {', '.join(missing)}" if missing else f"statement has unknown fields {', '.join(extra)[:100]}")
     for name, kind in fields.items():
         value = statement[name]
         if kind == "releases":
@@ -320,9 +320,9 @@ def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tupl
             raise malformed(f"{name} is not a string")
         elif kind == "time" and _time(value) is None:
             raise malformed(f"{name} is not an ISO 8601 time with a timezone")
-        elif kind == "key id" and not _KEY_ID.match(value):
+        elif kind == "key id" and not _KEY_ID.fullmatch(value):
             raise malformed(f"{name} is not 16 hex digits")
-        elif kind == "bundle id" and not _BUNDLE_ID.match(value):
+        elif kind == "bundle id" and not _BUNDLE_ID.fullmatch(value):
             raise malformed(f"{name} is not sha256:<64 hex digits>")
     if statement["format"] != fmt:
         raise malformed(f"format is not {fmt}")

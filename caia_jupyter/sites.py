@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import schema
 from .errors import SiteError
 from .fsutil import staged_dir, write_atomic, write_json
-from .keys import key_id, load_public_key, public_pem
+from .keys import key_id, load_private_key, load_public_key, public_pem
 
 FORMAT = "caia-site/1"
 DEFAULT_MAX_APPROVAL_DAYS = 90
 LONGEST_POLICY_DAYS = 36500  # a policy beyond a century is a typo
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 log = logging.getLogger(__name__)
 
 
@@ -52,9 +52,18 @@ class Site:
     def trusted_keys(self, problems: list[str] | None = None) -> dict[str, Ed25519PublicKey]:
         """Key id -> public key, for each usable `*.pub` file in trusted_keys/.
 
-        A file that is not an Ed25519 public key in PEM is skipped, never an error: its reason
-        (naming the file, not where the site lies) is appended to `problems` if given, else logged.
+        A file that is not an Ed25519 public key in PEM is skipped, never an error, and so is a key
+        whose private half lies in the site's reviewer/ folder (where earlier versions of
+        `caia site init` put one: code approved at the site could have read it). Each reason (naming the file, not where the site
+        lies) is appended to `problems` if given, else logged.
         """
+        def skip(reason: str) -> None:
+            if problems is None:
+                log.warning(reason)
+            else:
+                problems.append(reason)
+
+        exposed = self._exposed_key_ids()
         keys = {}
         for file in sorted((self.path / "trusted_keys").glob("*.pub")):
             try:
@@ -62,14 +71,24 @@ class Site:
                     raise SiteError("not a regular file")
                 key = load_public_key(file)
             except SiteError:
-                reason = f"site {self.name} skips trusted_keys/{file.name}: not an Ed25519 public key in PEM"
-                if problems is None:
-                    log.warning(reason)
-                else:
-                    problems.append(reason)
+                skip(f"site {self.name} skips trusted_keys/{file.name}: not an Ed25519 public key in PEM")
+                continue
+            if key_id(key) in exposed:
+                skip(f"site {self.name} distrusts key {key_id(key)}: its private key lies in the site's reviewer/ folder, "
+                     f"where approved code could read it; delete reviewer/ and trust keys made with `caia reviewer init`")
                 continue
             keys[key_id(key)] = key
         return keys
+
+    def _exposed_key_ids(self) -> set[str]:
+        """Ids of private keys that earlier versions of `caia site init` left in reviewer/."""
+        exposed = set()
+        for file in (self.path / "reviewer").glob("*.key"):
+            try:
+                exposed.add(key_id(load_private_key(file).public_key()))
+            except SiteError:
+                continue
+        return exposed
 
     @property
     def approvals_dir(self) -> Path:
@@ -99,7 +118,7 @@ def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APP
     Raises SiteError for a bad name or policy, or a directory that exists and is not empty.
     """
     path = Path(path)
-    if not _SITE_NAME.match(name):
+    if not _SITE_NAME.fullmatch(name):
         raise SiteError(f"site name {name!r} must be letters, digits, '_', '.' or '-' (NVFLARE client names)")
     if not valid_days(max_approval_days):
         raise SiteError(f"--max-approval-days {max_approval_days} must be a finite number of days above 0 and at most {LONGEST_POLICY_DAYS}")
@@ -128,7 +147,7 @@ def open_site(path: str | Path) -> Site:
 
 def add_dataset(site: Site, dataset_id: str, csv_path: str | Path) -> dict:
     """Register a CSV in the site's catalog with the columns it has now."""
-    if not _SITE_NAME.match(dataset_id):
+    if not _SITE_NAME.fullmatch(dataset_id):
         raise SiteError(f"dataset id {dataset_id!r} must be letters, digits, '_', '.' or '-'")
     csv_path = Path(csv_path).resolve()
     entry = {"path": os.path.relpath(csv_path, site.path), "columns": schema.columns_of(csv_path)}

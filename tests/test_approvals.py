@@ -53,6 +53,12 @@ def test_site_init_makes_catalog_trusted_keys_approvals_revocations_and_policy_b
     assert site.trusted_keys() == {} and site.max_approval_days == 90
     assert json.loads((site.path / "site.json").read_text())["policy"] == {"max_approval_days": 90}
     assert sites.init(tmp_path / "short", "site-2", max_approval_days=7).max_approval_days == 7
+    for bad in ("bad name", "site-1\n", "../x"):
+        with pytest.raises(SiteError, match="site name"):
+            sites.init(tmp_path / "bad", bad)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SiteError, match="not empty"):
+        sites.init(site.path, "site-1")
 
 
 @pytest.mark.parametrize("creator", ["caia_site_init", "demo_make_sites", "poc_demo_sites", "poc_plain_sites"])
@@ -260,6 +266,7 @@ MALFORMED = {
     "site_is_a_number": (_replace("site", 1, resign=True), "site is not a string"),
     "key_id_is_a_list": (_replace("key_id", ["k"]), "key_id is not a string"),
     "key_id_not_hex": (_replace("key_id", "../../etc/passwd"), "key_id is not 16 hex digits"),
+    "key_id_with_a_newline": (lambda site, bid: _replace("key_id", _valid(site, bid)["statement"]["key_id"] + "\n")(site, bid), "key_id is not 16 hex digits"),
     "bundle_id_not_sha256": (_replace("bundle_id", "latest", resign=True), "bundle_id is not sha256:<64 hex digits>"),
     "missing_expires_at": (lambda site, bid: sign({k: v for k, v in statement_for(site, bid).items() if k != "expires_at"}, reviewer_key(site)), "statement lacks expires_at"),
     "unknown_statement_field": (_with_statement(conditions="none"), "statement has unknown fields conditions"),
@@ -327,6 +334,17 @@ def test_garbage_in_trusted_keys_is_skipped_with_its_reason_and_the_site_still_a
     found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + HOUR)
     assert found is not None and reasons == []
     assert site.to_json()["key_problems"] == problems
+
+
+def test_a_key_whose_private_half_lies_in_the_site_is_distrusted(site, built):
+    approve(site, built.id, {"tiny": "tiny"}, now=T0)
+    legacy = site.path / "reviewer"  # where earlier versions of `caia site init` put a reviewer's key
+    legacy.mkdir()
+    (legacy / "old.key").write_bytes(reviewer_key(site).read_bytes())
+    problems = []
+    assert site.trusted_keys(problems) == {} and "its private key lies in the site's reviewer/ folder" in problems[0]
+    found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + HOUR)
+    assert found is None and "which site site-1 does not trust" in reasons[0]
 
 
 # Revocations
