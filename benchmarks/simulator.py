@@ -72,7 +72,7 @@ def setup(workdir: Path, count: int, rounds: int):
     from caia_jupyter import approvals, bundle, validation
     from caia_jupyter.demo import make_sites
 
-    made = make_sites(workdir / "sites", count)
+    centers = make_sites(workdir / "sites", count)
     notebook = workdir / NOTEBOOK.name
     nb = nbformat.read(NOTEBOOK, as_version=4)
     for cell in nb.cells:
@@ -81,9 +81,9 @@ def setup(workdir: Path, count: int, rounds: int):
     shutil.copytree(NOTEBOOK.parent / "samples", workdir / "samples")
     built = bundle.build(notebook)
     assert validation.validate(built).passed
-    for site in made:
-        approvals.approve(site, built.id, {"breast_cancer": "breast_cancer"})
-    return built, made
+    for center in centers:
+        approvals.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
+    return built, [center.site for center in centers]
 
 
 def run_caia(workdir: Path) -> Path:

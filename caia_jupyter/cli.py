@@ -74,9 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", type=Path, required=True, help="the site directory")
     p.add_argument("--dataset", action="append", default=[], metavar="NAME[=CATALOG_ID]",
                    help="release catalog dataset CATALOG_ID (default: NAME) as the requested dataset NAME")
-    p.add_argument("--expires-in", type=float, default=30, metavar="DAYS")
-    p.add_argument("--key", type=Path, help="reviewer private key (default: the site's reviewer key)")
+    p.add_argument("--key", type=Path, required=True, metavar="KEYFILE",
+                   help="your reviewer private key (`caia reviewer init`), kept outside the site directory")
+    p.add_argument("--expires-in", type=float, metavar="DAYS",
+                   help="lifetime in days (default: 30, or the site's max_approval_days if shorter)")
     p.add_argument("-o", "--output", type=Path, help="write the approval here instead of the site's approvals/")
+
+    p = command("revoke", do_revoke, "sign a revocation of every approval of a bundle id at a site issued until now")
+    p.add_argument("bundle_id", metavar="BUNDLE_ID")
+    p.add_argument("--site", type=Path, required=True, help="the site directory")
+    p.add_argument("--key", type=Path, required=True, metavar="KEYFILE", help="your reviewer private key")
+    p.add_argument("--reason", default="", help="why, for the site's records (never shown to the researcher)")
+    p.add_argument("-o", "--output", type=Path, help="write the revocation here instead of the site's revocations/")
 
     p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it")
     p.add_argument("bundle", type=Path)
@@ -110,12 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", do_demo, "three simulated cancer centers, end to end: bundle, validate, approve, train")
     p.add_argument("--workdir", type=Path, default=Path("caia-demo"), help="demo directory (default: ./caia-demo)")
 
+    reviewer = commands.add_parser("reviewer", help="a reviewer's own key, on the reviewer's machine").add_subparsers(
+        dest="reviewer_command", required=True, metavar="REVIEWER_COMMAND")
+    p = reviewer.add_parser("init", parents=[common], help="make a reviewer key pair: KEYFILE (mode 0600) and KEYFILE.pub")
+    p.set_defaults(handler=do_reviewer_init)
+    p.add_argument("key_file", type=Path, metavar="KEYFILE")
+
     site = commands.add_parser("site", help="create and manage a site directory").add_subparsers(
         dest="site_command", required=True, metavar="SITE_COMMAND")
-    p = site.add_parser("init", parents=[common], help="create a site directory with a reviewer key pair")
+    p = site.add_parser("init", parents=[common], help="create a site directory (it holds no private key)")
     p.set_defaults(handler=do_site_init)
     p.add_argument("dir", type=Path)
     p.add_argument("--name", required=True, help="the site's NVFLARE client name, e.g. site-1")
+    p.add_argument("--max-approval-days", type=float, default=None, metavar="DAYS",
+                   help="policy: the longest lifetime of an approval at this site (default: 90)")
     p = site.add_parser("add-dataset", parents=[common], help="register a CSV in the site's data catalog")
     p.set_defaults(handler=do_site_add_dataset)
     p.add_argument("dir", type=Path)
@@ -231,17 +248,43 @@ def do_approve(args, namespace=None) -> Outcome:
     unknown = sorted(set(releases.values()) - set(site.catalog))
     if unknown:
         raise CaiaError(f"site {site.name} has no dataset {', '.join(unknown)} in its catalog; add it with `caia site add-dataset`")
-    approval = approve(site, bundle.id, releases, args.expires_in, args.key, args.output)
+    approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output)
     text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}; "
             f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
     return Outcome(approval, text, approval.to_json())
 
 
-def do_site_init(args, namespace=None) -> Outcome:
-    from .sites import init
+def do_revoke(args, namespace=None) -> Outcome:
+    from .approvals import revoke
+    from .sites import open_site
 
-    site = init(args.dir, args.name)
-    return Outcome(site, f"site {site.name} created at {site.path}", site.to_json())
+    site = open_site(args.site)
+    revocation = revoke(site, args.bundle_id, args.key, args.reason, args.output)
+    text = (f"revoked at {site.name}: every approval of this bundle issued until {revocation.to_json()['issued_at']}"
+            f"\nrevocation: {revocation.path}\n{revocation.bundle_id}")
+    return Outcome(revocation, text, revocation.to_json())
+
+
+def do_reviewer_init(args, namespace=None) -> Outcome:
+    from .keys import create_key_pair
+
+    kid, public_file = create_key_pair(args.key_file)
+    text = (f"reviewer key {kid}\n  private: {args.key_file} (mode 0600: keep it on this machine, never at a site)"
+            f"\n  public:  {public_file}\ngive the public key to each site's admin, who runs:"
+            f"\n  caia site trust SITE_DIR {public_file}")
+    return Outcome(kid, text, {"key_id": kid, "private_key": str(args.key_file), "public_key": str(public_file),
+                               "trust": f"caia site trust SITE_DIR {public_file}"})
+
+
+def do_site_init(args, namespace=None) -> Outcome:
+    from .sites import DEFAULT_MAX_APPROVAL_DAYS, init
+
+    days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
+    site = init(args.dir, args.name, days)
+    text = (f"site {site.name} created at {site.path} (approvals last at most {site.max_approval_days:g} days)"
+            f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
+            f"`caia site trust {site.path} KEYFILE.pub`")
+    return Outcome(site, text, site.to_json())
 
 
 def do_site_add_dataset(args, namespace=None) -> Outcome:
@@ -266,10 +309,13 @@ def do_site_show(args, namespace=None) -> Outcome:
     site = open_site(args.dir)
     data = site.to_json()
     data["approvals"] = sorted(p.name for p in site.approvals_dir.glob("*.json"))
+    data["revocations"] = sorted(p.name for p in site.revocations_dir.glob("*.json"))
     text = "\n".join([f"site {site.name} at {site.path}",
                       f"  datasets: {', '.join(data['datasets']) or 'none'}",
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
-                      f"  approvals: {len(data['approvals'])}"])
+                      *(f"  {problem}" for problem in data["key_problems"]),
+                      f"  approvals: {len(data['approvals'])}, revocations: {len(data['revocations'])}",
+                      f"  policy: approvals last at most {site.max_approval_days:g} days"])
     return Outcome(site, text, data)
 
 
@@ -353,8 +399,9 @@ def do_poc_up(args, namespace=None) -> Outcome:
 
     poc = up(args.workspace, args.sites, args.demo_data, say=print if not args.json else (lambda *a: None))
     data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit),
-            "site_dirs": {name: str(poc.site_dir(name)) for name in poc.site_names}}
-    return Outcome(poc, f"site directories: {poc.workspace / 'sites'}", data)
+            "site_dirs": {name: str(poc.site_dir(name)) for name in poc.site_names},
+            "reviewer_keys": {name: str(poc.reviewer_key(name)) for name in poc.site_names}}
+    return Outcome(poc, f"site directories: {poc.workspace / 'sites'}\nreviewer keys: {poc.workspace / 'reviewers'}", data)
 
 
 def do_poc_status(args, namespace=None) -> Outcome:

@@ -2,6 +2,7 @@
 
 Each center gets a site directory whose catalog holds a non-IID share of scikit-learn's
 breast cancer data (the real rows; the researcher's notebook only has synthetic samples).
+Each center's reviewer key lies in reviewers/ beside the sites, never in a site directory.
 The example notebook is bundled, validated, rendered for review and approved at every site,
 then trained across the three sites on NVFLARE's simulator. Last, the same job with one
 byte changed in transit is refused by every site's guard.
@@ -10,11 +11,12 @@ byte changed in transit is refused by every site's guard.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import approvals, bundle, review, sites, validation
+from . import approvals, bundle, keys, review, sites, validation
 from .cli import follow, run_summary
 from .errors import CaiaError
 from .flare import simulator
@@ -44,13 +46,42 @@ def prepare_workdir(workdir: Path) -> Path:
     return workdir / "notebook" / NOTEBOOK
 
 
-def make_sites(root: Path, count: int = 3, seed: int = 0) -> list[sites.Site]:
-    """`count` sites, each with a non-IID split of the breast cancer data in its catalog."""
+@dataclass(frozen=True)
+class DemoSite:
+    """A simulated center: its site directory, and its reviewer's private key, kept outside every site."""
+
+    site: sites.Site
+    reviewer_key: Path
+
+
+def add_reviewer(site: sites.Site, key_file: Path) -> Path:
+    """Make a reviewer key pair at `key_file` (refused inside a site directory) and have `site` trust it."""
+    keys.create_key_pair(key_file)
+    sites.trust(site, keys.public_key_file(key_file))
+    return key_file
+
+
+def make_sites(root: Path, count: int = 3, seed: int = 0, reviewers: Path | None = None,
+               reuse: bool = False) -> list[DemoSite]:
+    """`count` sites under `root` (site-1, site-2, ...), each with a non-IID split of the breast
+    cancer data in its catalog and one trusted reviewer, whose key is `reviewers`/<site>.key
+    (default: `root`/../reviewers, outside every site directory).
+
+    With `reuse`, sites an earlier call made under `root` are returned as they are.
+    """
     from sklearn.datasets import load_breast_cancer
 
+    root = Path(root)
+    reviewers = Path(reviewers) if reviewers is not None else root.parent / "reviewers"
+    names = [f"site-{i + 1}" for i in range(count)]
+    if reuse and all((root / name / "site.json").is_file() for name in names):
+        made = [DemoSite(sites.open_site(root / name), reviewers / f"{name}.key") for name in names]
+        missing = [str(m.reviewer_key) for m in made if not m.reviewer_key.is_file()]
+        if missing:
+            raise CaiaError(f"the demo reviewer key {missing[0]} is missing; remove {root} and run again")
+        return made
     frame = load_breast_cancer(as_frame=True).frame
     rng = np.random.default_rng(seed)
-    names = [f"site-{i + 1}" for i in range(count)]
     if count == len(CLASS_SHARES):
         shares = list(CLASS_SHARES.values())
     else:  # half an even share each, the rest skewed at random: no site is empty, none alike
@@ -69,7 +100,7 @@ def make_sites(root: Path, count: int = 3, seed: int = 0) -> list[sites.Site]:
         data.parent.mkdir()
         frame.iloc[np.sort(np.concatenate(parts[name]))].to_csv(data, index=False)
         sites.add_dataset(site, "breast_cancer", data)
-        made.append(site)
+        made.append(DemoSite(site, add_reviewer(site, reviewers / f"{name}.key")))
     return made
 
 
@@ -77,10 +108,12 @@ def main(workdir: Path, say=print) -> int:
     workdir = Path(workdir).resolve()
     notebook = prepare_workdir(workdir)
     say(f"demo directory: {workdir}")
-    demo_sites = make_sites(workdir / "sites")
+    centers = make_sites(workdir / "sites")
+    demo_sites = [center.site for center in centers]
     for site in demo_sites:
         rows = sum(1 for _ in open(site.catalog["breast_cancer"]["path"])) - 1
         say(f"  {site.name}: {rows} patients in its catalog (never leave the site)")
+    say(f"  each site's reviewer key: {workdir / 'reviewers'} (outside every site directory)")
 
     built = bundle.build(notebook)
     say(f"bundle {built.path}\n  {built.id}")
@@ -89,9 +122,10 @@ def main(workdir: Path, say=print) -> int:
         raise CaiaError(f"validation failed: {result.error}")
     say(f"validation passed in {result.record['duration_s']} s (one round on synthetic samples, fresh kernel)")
     say(f"review rendering: {review.render(built.path)}")
-    for site in demo_sites:
-        approval = approvals.approve(site, built.id, {"breast_cancer": "breast_cancer"}, expires_in_days=7)
-        say(f"  {site.name} reviewer approved (key {approval.key_id}), releasing breast_cancer")
+    for center in centers:
+        approval = approvals.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key,
+                                     expires_in_days=7)
+        say(f"  {center.site.name} reviewer approved (key {approval.key_id}), releasing breast_cancer")
 
     site_dirs = [site.path for site in demo_sites]
     say("federated training on the NVFLARE simulator (each site's guard checks the bundle first):")

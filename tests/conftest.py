@@ -9,7 +9,8 @@ import pytest
 import nbformat
 
 import corpus
-from caia_jupyter import bundle, cli, sites, validation
+from caia_jupyter import approvals, bundle, cli, sites, validation
+from caia_jupyter.demo import add_reviewer
 
 REPO = Path(__file__).resolve().parents[1]
 # Users' Python writes __pycache__ beside what it imports; so does every process the tests start.
@@ -51,12 +52,24 @@ def validated_good(tmp_path_factory):
 
 
 def make_site(root, name, csv_text=corpus.SAMPLE_CSV):
-    """A site directory whose catalog holds dataset `tiny`."""
+    """A site directory whose catalog holds dataset `tiny`, trusting one reviewer whose private key
+    is `reviewer_key(site)`, outside the site (as `caia demo` keeps its reviewers' keys)."""
     site = sites.init(root / name, name)
     data = root / name / "data.csv"
     data.write_text(csv_text)
     sites.add_dataset(site, "tiny", data)
+    add_reviewer(site, reviewer_key(site))
     return site
+
+
+def reviewer_key(site) -> Path:
+    """The demo reviewer key of a site made by `make_site` or `demo.make_sites`: <sites root>/../reviewers/<name>.key."""
+    return site.path.parent.parent / "reviewers" / f"{site.name}.key"
+
+
+def approve(site, bundle_id, releases, **options):
+    """Approve `bundle_id` at `site` as its demo reviewer (see `reviewer_key`)."""
+    return approvals.approve(site, bundle_id, releases, reviewer_key(site), **options)
 
 
 def build_validated(folder, name="good", edit=None):

@@ -54,13 +54,93 @@ def test_usage_errors_are_one_line_exit_2(caia):
 
 def test_site_commands(tmp_path, caia):
     code, out, _ = caia("site", "init", tmp_path / "s", "--name", "site-9")
-    assert code == 0 and "site site-9 created" in out
+    assert code == 0 and "site site-9 created" in out and "caia reviewer init KEYFILE" in out
+    assert not (tmp_path / "s" / "reviewer").exists() and list((tmp_path / "s" / "trusted_keys").iterdir()) == []
     (tmp_path / "d.csv").write_text("a,b\n1,x\n")
     code, out, _ = caia("site", "add-dataset", tmp_path / "s", "d1", tmp_path / "d.csv", "--json")
     assert code == 0 and json.loads(out)["columns"] == [{"name": "a", "kind": "int"}, {"name": "b", "kind": "str"}]
     code, _, err = caia("site", "add-dataset", tmp_path / "s", "d2", tmp_path / "missing.csv")
     assert code == 2 and "does not exist" in err
     code, out, _ = caia("site", "show", tmp_path / "s", "--json")
-    assert json.loads(out)["datasets"] == ["d1"]
+    assert json.loads(out)["datasets"] == ["d1"] and json.loads(out)["policy"] == {"max_approval_days": 90}
     code, _, err = caia("site", "show", tmp_path)
     assert code == 2 and "is not a caia site" in err
+
+
+def test_site_init_sets_the_longest_approval_lifetime(tmp_path, caia):
+    code, out, _ = caia("site", "init", tmp_path / "s", "--name", "site-1", "--max-approval-days", "14", "--json")
+    assert code == 0 and json.loads(out)["policy"] == {"max_approval_days": 14}
+    for days in ("0", "inf", "nan", "-3", "abc"):
+        code, out, err = caia("site", "init", tmp_path / f"bad{days}", "--name", "site-1", "--max-approval-days", days)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "max-approval-days" in err
+        assert not (tmp_path / f"bad{days}").exists()
+
+
+def test_reviewer_init_makes_a_0600_key_pair_and_says_how_a_site_trusts_it(tmp_path, caia):
+    key = tmp_path / "me" / "jane.key"
+    code, out, _ = caia("reviewer", "init", key)
+    assert code == 0 and oct(key.stat().st_mode & 0o777) == "0o600"
+    assert f"caia site trust SITE_DIR {key}.pub" in out and "reviewer key " in out
+    code, _, err = caia("reviewer", "init", key)
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err
+    code, out, _ = caia("reviewer", "init", tmp_path / "other.key", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["public_key"] == f"{tmp_path / 'other.key'}.pub" and len(data["key_id"]) == 16
+    assert data["trust"] == f"caia site trust SITE_DIR {tmp_path / 'other.key'}.pub"
+
+
+@pytest.fixture
+def reviewed(tmp_path, caia, write_notebook):
+    """A bundle, a site with dataset tiny, and a reviewer key the site trusts (outside it)."""
+    site, key = tmp_path / "site", tmp_path / "me" / "reviewer.key"
+    assert caia("site", "init", site, "--name", "site-1")[0] == 0
+    (tmp_path / "tiny.csv").write_text("x1,x2,label\n0.1,0.2,1\n")
+    assert caia("site", "add-dataset", site, "tiny", tmp_path / "tiny.csv")[0] == 0
+    assert caia("reviewer", "init", key)[0] == 0
+    assert caia("site", "trust", site, f"{key}.pub")[0] == 0
+    assert caia("bundle", write_notebook("good"), "-o", tmp_path / "bundle")[0] == 0
+    return tmp_path / "bundle", site, key
+
+
+def test_approve_needs_a_key(reviewed, caia):
+    bundle, site, _ = reviewed
+    code, _, err = caia("approve", bundle, "--site", site, "--dataset", "tiny")
+    assert code == 2 and err.count("\n") == 1 and "--key" in err and "required" in err
+
+
+@pytest.mark.parametrize("days", ["inf", "nan", "-1", "0", "1e9", "91", "abc"])
+def test_approve_refuses_a_lifetime_that_is_not_a_finite_positive_number_within_the_policy(reviewed, caia, days):
+    bundle, site, key = reviewed
+    code, out, err = caia("approve", bundle, "--site", site, "--key", key, "--dataset", "tiny", "--expires-in", days)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("caia: error: ")
+    assert "--expires-in" in err and "Traceback" not in err
+    assert list((site / "approvals").iterdir()) == []
+
+
+def test_approve_refuses_a_key_in_the_site_and_a_key_the_site_does_not_trust(reviewed, caia, tmp_path):
+    bundle, site, key = reviewed
+    inside = site / "r.key"
+    inside.write_bytes(key.read_bytes())
+    code, _, err = caia("approve", bundle, "--site", site, "--key", inside, "--dataset", "tiny")
+    assert code == 2 and err.count("\n") == 1 and "lies inside site directory" in err
+    assert caia("reviewer", "init", tmp_path / "stranger.key")[0] == 0
+    code, _, err = caia("approve", bundle, "--site", site, "--key", tmp_path / "stranger.key", "--dataset", "tiny")
+    assert code == 2 and err.count("\n") == 1 and "does not trust reviewer key" in err
+    assert list((site / "approvals").iterdir()) == []
+
+
+def test_approve_then_revoke(reviewed, caia):
+    from caia_jupyter.approvals import find_approval
+    from caia_jupyter.sites import open_site
+
+    bundle, site, key = reviewed
+    code, out, _ = caia("approve", bundle, "--site", site, "--key", key, "--dataset", "tiny", "--expires-in", "2", "--json")
+    bundle_id = json.loads(out)["bundle_id"]
+    assert code == 0 and find_approval(open_site(site), bundle_id, {"tiny"})[0] is not None
+    code, out, _ = caia("revoke", bundle_id, "--site", site, "--key", key, "--reason", "narrowing", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["bundle_id"] == bundle_id and data["reason"] == "narrowing"
+    found, reasons = find_approval(open_site(site), bundle_id, {"tiny"})
+    assert found is None and "was revoked by revocation" in reasons[0]
+    code, _, err = caia("revoke", "sha256:nope", "--site", site, "--key", key)
+    assert code == 2 and err.count("\n") == 1 and "is not a bundle id" in err

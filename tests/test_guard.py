@@ -11,13 +11,13 @@ import shutil
 
 import pytest
 
-from caia_jupyter import approvals, bundle, fileset
+from caia_jupyter import bundle, fileset
 from caia_jupyter.flare.guard import Refusal, admit
 from caia_jupyter.flare.job import build_job
 from caia_jupyter.flare.release import RELEASE
 from caia_jupyter.fsutil import read_json
 from caia_jupyter.manifest import bundle_id
-from conftest import make_site
+from conftest import approve, make_site
 import corpus
 
 EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('the unreviewed code ran')\n"
@@ -45,7 +45,7 @@ def deployed(tmp_path_factory):
     built = bundle.build(corpus.write("good", root / "nb"))
     job = build_job(built, ["site-1"], root / "job", name="caia-guard")
     site = make_site(root / "sites", "site-1")
-    approvals.approve(site, built.id, {"tiny": "tiny"})
+    approve(site, built.id, {"tiny": "tiny"})
     return built, job / "app_site-1", site
 
 
@@ -103,7 +103,7 @@ def resigned(change):
 
         edit_manifest(app, update)
         manifest = json.loads((app / "custom" / "manifest.json").read_text())
-        approvals.approve(site, bundle_id(manifest), {"tiny": "tiny"})
+        approve(site, bundle_id(manifest), {"tiny": "tiny"})
 
     return tamper
 
@@ -279,7 +279,7 @@ SITE_BREAKAGES = {
 def test_a_broken_site_directory_refuses_with_a_reason_and_no_site_path(deployed, app, tmp_path, name):
     built, _, _ = deployed
     site = make_site(tmp_path / "sites", "site-1")
-    approvals.approve(site, built.id, {"tiny": "tiny"})
+    approve(site, built.id, {"tiny": "tiny"})
     SITE_BREAKAGES[name](site)
     with pytest.raises(Refusal) as refused:
         admit(app, site.path)

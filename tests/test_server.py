@@ -8,8 +8,8 @@ from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 import corpus
-from caia_jupyter import approvals, bundle
-from conftest import make_site
+from caia_jupyter import bundle
+from conftest import approve, make_site
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
              ("runs", "POST"), ("run", "GET"), ("run", "DELETE")]
@@ -64,7 +64,7 @@ async def test_approvals_per_site_beside_the_notebook(jp_fetch, jp_root_dir, not
     first = make_site(study / "sites", "site-1")
     make_site(study / "sites", "site-2")
     state = await get(jp_fetch, "notebook", path=notebook)
-    approvals.approve(first, state["bundle_id"], {"tiny": "tiny"})
+    approve(first, state["bundle_id"], {"tiny": "tiny"})
     state = await get(jp_fetch, "notebook", path=notebook)
     assert [(s["name"], s["approval"]) for s in state["sites"]] == [("site-1", "approved"), ("site-2", "none")]
     assert state["sites"][0]["detail"] == "tiny=tiny"
@@ -120,7 +120,7 @@ async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_d
     state = await get(jp_fetch, "notebook", path=notebook)
     assert state["validation"]["state"] == "passed"
     for name in ("site-1", "site-2"):
-        approvals.approve(make_site(study / "sites", name), state["bundle_id"], {"tiny": "tiny"})
+        approve(make_site(study / "sites", name), state["bundle_id"], {"tiny": "tiny"})
     review = await post(jp_fetch, "review", {"path": notebook})
     assert (jp_root_dir / review["review"]).is_file()
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import corpus
-from caia_jupyter import approvals, overview
+from caia_jupyter import overview
 from caia_jupyter.flare import simulator
 from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.runs import Run, local_failure_record
 from caia_jupyter.submit import submit
-from conftest import build_validated, make_site, set_source
+from conftest import approve, build_validated, make_site, set_source
 
 pytestmark = pytest.mark.slow
 SITES = ("site-1", "site-2", "site-3")
@@ -27,7 +27,7 @@ def federation(tmp_path_factory):
 
 def approve_all(built, site_list):
     for site in site_list:
-        approvals.approve(site, built.id, {"tiny": "tiny"})
+        approve(site, built.id, {"tiny": "tiny"})
 
 
 def test_an_approved_bundle_trains_across_three_sites_and_every_record_arrives_once(federation):

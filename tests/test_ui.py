@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from caia_jupyter import approvals, bundle, sites
+from caia_jupyter import approvals, bundle
 from caia_jupyter.demo import make_sites
 from conftest import REPO
 
@@ -53,7 +53,7 @@ def lab(tmp_path_factory):
     example = (REPO / "example_notebooks" / NOTEBOOK).read_text()
     (root / NOTEBOOK).write_text(example.replace("rounds=5", "rounds=12"))  # long enough to watch it live
     shutil.copytree(REPO / "example_notebooks" / "samples", root / "samples")
-    make_sites(root / "sites")
+    centers = make_sites(root / "sites")
     settings = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
@@ -81,7 +81,7 @@ def lab(tmp_path_factory):
             except OSError:
                 assert time.monotonic() < deadline, "jupyter-lab did not start"
                 time.sleep(0.25)
-        yield {"url": url, "token": token, "root": root}
+        yield {"url": url, "token": token, "root": root, "centers": centers}
     finally:
         children = psutil.Process(server.pid).children(recursive=True)
         server.send_signal(signal.SIGTERM)
@@ -160,8 +160,8 @@ def test_validation_from_the_panel(page):
 def test_a_simulator_run_fills_the_charts_live(page, lab):
     panel = open_panel(page)
     bundle_id = panel.locator('[data-caia="bundle-id"]').inner_text()
-    for site_dir in sorted((lab["root"] / "sites").iterdir()):
-        approvals.approve(sites.open_site(site_dir), bundle_id, {"breast_cancer": "breast_cancer"})
+    for center in lab["centers"]:
+        approvals.approve(center.site, bundle_id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
     page.locator(".jp-NotebookPanel").first.click()  # saving needs the notebook; the panel saves it
     open_panel(page)
     panel.locator('[data-caia-action="submit"]').click()

@@ -6,6 +6,7 @@ A caia POC workspace holds:
     caia-poc.json   marks the workspace as caia's; `down` never touches one without it
     nvflare/        NVFLARE's POC workspace (`nvflare poc prepare`): startup kits, local configs
     sites/<name>/   each site's caia directory: data catalog, trusted reviewer keys, approvals
+    reviewers/      each site's demo reviewer key pair (<name>.key, <name>.key.pub): never inside a site
     home/           the HOME NVFLARE's tools see, so the user's ~/.nvflare is left alone
 
 NVFLARE's services outlive the command that starts them; `down` stops them and makes sure no
@@ -65,6 +66,10 @@ class Poc:
 
     def site_dir(self, name: str) -> Path:
         return self.workspace / "sites" / name
+
+    def reviewer_key(self, name: str) -> Path:
+        """The private key of site `name`'s demo reviewer: outside every site directory."""
+        return self.workspace / "reviewers" / f"{name}.key"
 
     def environment(self) -> dict:
         env = dict(os.environ, NVFLARE_POC_WORKSPACE=str(self.nvflare_workspace), HOME=str(self.workspace / "home"))
@@ -138,6 +143,7 @@ def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, say=print
     if prepared.returncode != 0:
         raise FlareError(f"nvflare poc prepare failed: {_tail(prepared)}")
     _create_sites(poc, names, demo_data)
+    say(f"each site's demo reviewer key: {poc.workspace / 'reviewers'}/<site>.key (outside the site directories)")
     for name in names:
         _install_guard(poc, name)
     _bound_heartbeat(poc)
@@ -221,15 +227,16 @@ def _wait_gone(poc: Poc, seconds: float) -> bool:
     return False
 
 
-def _create_sites(poc: Poc, names: list[str], demo_data: bool) -> None:
-    from ..demo import make_sites
+def _create_sites(poc: Poc, names: list[str], demo_data: bool) -> dict[str, Path]:
+    """Each site's caia directory, and a demo reviewer per site whose key lies in reviewers/,
+    outside every site directory; returns site name -> reviewer key file."""
+    from ..demo import add_reviewer, make_sites
     from ..sites import init
 
     if demo_data:
-        make_sites(poc.workspace / "sites", len(names))
-    else:
-        for name in names:
-            init(poc.site_dir(name), name)
+        made = make_sites(poc.workspace / "sites", len(names), reviewers=poc.workspace / "reviewers")
+        return {center.site.name: center.reviewer_key for center in made}
+    return {name: add_reviewer(init(poc.site_dir(name), name), poc.reviewer_key(name)) for name in names}
 
 
 def _install_guard(poc: Poc, name: str) -> None:
