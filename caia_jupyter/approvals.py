@@ -22,7 +22,6 @@ file, never the site's paths.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ApprovalRejected, CaiaError, SiteError
-from .fsutil import write_json
+from .fsutil import loads_strict, write_json
 from .keys import key_id, load_private_key, public_key_file
 from .manifest import canonical
 from .sites import Site, valid_days
@@ -287,7 +286,7 @@ def _read_signed(path: Path, where: str, fmt: str, fields: dict[str, str]) -> tu
     if len(raw) > MAX_FILE_BYTES:
         raise ApprovalRejected(f"{where} is larger than {MAX_FILE_BYTES} bytes; it is no caia statement, remove it")
     try:
-        content = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+        content = loads_strict(raw)
     except UnicodeDecodeError:
         raise ApprovalRejected(f"{where} is malformed (not UTF-8); ask the reviewer to sign it again") from None
     except RecursionError:
@@ -337,19 +336,6 @@ def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tupl
     if raw_signature is None or len(raw_signature) != 64:
         raise malformed("signature is not a base64 Ed25519 signature")
     return statement, raw_signature
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    content = {}
-    for key, value in pairs:
-        if key in content:
-            raise ValueError(f"duplicate key {key!r}")
-        content[key] = value
-    return content
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _first_line(error: Exception) -> str:

@@ -57,7 +57,8 @@ def read_json(path: Path) -> dict:
 
 def loads_strict(data: bytes | str):
     """Parse JSON refusing duplicate keys (a person reading the file and a program reading it must
-    see the same values); raises ValueError."""
+    see the same values) and NaN/Infinity (not JSON); raises ValueError (UnicodeDecodeError for
+    bytes that are not UTF-8, RecursionError for absurd nesting)."""
 
     def unique(pairs):
         found = {}
@@ -67,7 +68,10 @@ def loads_strict(data: bytes | str):
             found[key] = value
         return found
 
-    return json.loads(data, object_pairs_hook=unique)
+    def refuse_constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    return json.loads(data, object_pairs_hook=unique, parse_constant=refuse_constant)
 
 
 def write_json(path: Path, obj, mode: int | None = None) -> Path:

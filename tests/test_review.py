@@ -5,7 +5,6 @@ import json
 import re
 
 import numpy as np
-import nbformat
 import pytest
 
 from caia_jupyter import __version__, bundle, review
