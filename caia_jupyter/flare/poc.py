@@ -86,14 +86,15 @@ class Poc:
         """Every live process whose command line names this workspace (daemons first)."""
         import psutil
 
-        found = []
+        found = []  # (command line, process): read once, as a process may end meanwhile
         for proc in psutil.process_iter(["pid", "cmdline"]):
+            command = " ".join(proc.info["cmdline"] or ())
             try:
-                if str(self.nvflare_workspace) in " ".join(proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
+                if str(self.nvflare_workspace) in command and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append((command, proc))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return sorted(found, key=lambda p: "sub_start.sh" not in " ".join(p.cmdline()))
+        return [proc for command, proc in sorted(found, key=lambda pair: "sub_start.sh" not in pair[0])]
 
 
 def open_poc(workspace: str | Path) -> Poc:
