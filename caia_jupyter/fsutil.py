@@ -48,11 +48,12 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> Path
 
 
 def read_json(path: Path) -> dict:
-    """The JSON object at `path`, or {} while it does not exist (yet) or cannot be read."""
+    """The JSON object at `path`, or {} while it does not exist (yet), cannot be read or is no object."""
     try:
-        return json.loads(Path(path).read_text())
+        found = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def loads_strict(data: bytes | str):

@@ -24,6 +24,22 @@ class Record:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def parse(cls, line: bytes) -> Record | None:
+        """A record from one JSON line, or None unless it is exactly one: the file holds what the
+        server received (and, on a deployed federation, what the follower pulled), untrusted."""
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(raw, dict) or set(raw) != {"site", "round", "name", "value", "time"}:
+            return None
+        numbers = (raw["value"], raw["time"])
+        if not (isinstance(raw["site"], str) and isinstance(raw["name"], str) and type(raw["round"]) is int
+                and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
+            return None
+        return cls(raw["site"], raw["round"], raw["name"], float(raw["value"]), float(raw["time"]))
+
 
 class MetricsReader:
     """Incremental reader of a metrics JSON-lines file."""
@@ -42,7 +58,7 @@ class MetricsReader:
             return []
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
-        new = [Record(**json.loads(line)) for line in complete.splitlines() if line.strip()]
+        new = [r for r in map(Record.parse, complete.splitlines()) if r is not None]
         self._records += new
         return new
 

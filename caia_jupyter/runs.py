@@ -15,7 +15,6 @@ failure only what `failures.describe` renders from its report.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -47,7 +46,9 @@ class Run:
         self.path = Path(path).resolve()
         if not (self.path / "run.json").is_file():
             raise CaiaError(f"{self.path} is not a caia run directory (no run.json); pass a directory under runs/")
-        self.spec = json.loads((self.path / "run.json").read_text())
+        self.spec = read_json(self.path / "run.json")
+        if not isinstance(self.spec.get("rounds"), int) or not isinstance(self.spec.get("sites"), (dict, list)):
+            raise CaiaError(f"{self.path}/run.json is not a caia run description; pass a run directory caia made")
         self._process = process  # the launcher, when this process started it
         self._reader = metric_records.MetricsReader(self.path / "metrics.jsonl")
 
@@ -68,7 +69,7 @@ class Run:
     def status(self) -> str:
         """starting | running | finished | failed | refused | aborted"""
         if self.outcome:
-            return self.outcome["status"]
+            return self.outcome["status"] if self.outcome.get("status") in FINAL else "failed"
         if not self._launcher_alive():
             return "failed"
         return self._json("status.json").get("phase") and "running" or "starting"
@@ -83,12 +84,13 @@ class Run:
     @property
     def progress(self) -> tuple[int, int]:
         status = self._json("status.json")
-        return status.get("rounds_done", 0), status.get("rounds", self.spec["rounds"])
+        done, total = status.get("rounds_done"), status.get("rounds")
+        return (done if type(done) is int else 0), (total if type(total) is int else self.spec["rounds"])
 
     @property
     def sites(self) -> dict[str, str]:
         """Site -> approved | refused | running | done | failed."""
-        admissions, status, outcome = self._json("sites.json"), self._json("status.json"), self.outcome
+        admissions, status, outcome = self._admissions(), self._json("status.json"), self.outcome
         failed = self._failure_reports()
         states = {}
         for site in self.spec["sites"]:
@@ -98,7 +100,8 @@ class Run:
             elif site in failed:
                 states[site] = "failed"
             elif outcome:
-                states[site] = "done" if site in outcome.get("completed_sites", []) else "failed"
+                completed = outcome.get("completed_sites")
+                states[site] = "done" if isinstance(completed, list) and site in completed else "failed"
             elif admission == "approved":
                 states[site] = "running" if status else "approved"
             else:
@@ -107,7 +110,11 @@ class Run:
 
     @property
     def refusals(self) -> dict[str, str]:
-        return {site: a["reason"] for site, a in self._json("sites.json").items() if a.get("state") == "refused"}
+        return {site: str(a.get("reason", "")) for site, a in self._admissions().items() if a.get("state") == "refused"}
+
+    def _admissions(self) -> dict[str, dict]:
+        """sites.json: each site's admission, an object; anything else in the file is left out."""
+        return {site: a for site, a in self._json("sites.json").items() if isinstance(a, dict)}
 
     @property
     def failures(self) -> dict[str, str]:

@@ -112,6 +112,42 @@ async def test_the_run_stream_reports_a_directory_that_is_no_run(jp_ws_fetch, jp
     assert await asyncio.wait_for(socket.read_message(), timeout=30) is None
 
 
+RUN_SPEC = {"target": "simulator", "bundle_id": "sha256:" + "0" * 64, "sites": {"site-1": ""}, "rounds": 2, "min_clients": 1}
+MALFORMED_RUNS = {  # file -> content; each a run directory damaged or received from an untrusted server
+    "run-json-a-list": {"run.json": "[1]"},
+    "run-json-without-rounds": {"run.json": json.dumps({"sites": {}})},
+    "run-json-not-json": {"run.json": "{"},
+    "sites-json-entries-not-objects": {"sites.json": json.dumps({"site-1": ["refused"]})},
+    "outcome-without-status": {"outcome.json": json.dumps({"completed_sites": 5})},
+    "outcome-a-list": {"outcome.json": "[]"},
+    "status-rounds-as-text": {"status.json": json.dumps({"phase": "training", "rounds_done": "two", "rounds": [2]})},
+    "failed-sites-not-an-object": {"outcome.json": json.dumps({"status": "failed", "failed_sites": ["site-1"]})},
+    "metrics-lines-malformed": {"metrics.jsonl": '{"site": 1}\n[]\nnot json\n{"site": "site-1", "round": "0", "name": "a", "value": 1, "time": 0}\n'},
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_RUNS))
+async def test_a_malformed_run_directory_is_never_a_500(jp_fetch, jp_ws_fetch, jp_root_dir, name):
+    run = jp_root_dir / "runs" / name
+    run.mkdir(parents=True)
+    files = {"run.json": json.dumps(RUN_SPEC), **MALFORMED_RUNS[name]}
+    for file, content in files.items():
+        (run / file).write_text(content)
+    for method in ("GET", "DELETE"):
+        try:
+            response = await jp_fetch("caia", "api", "run", method=method, params={"path": f"runs/{name}"})
+            assert set(json.loads(response.body)) >= {"status", "sites", "records"}
+        except HTTPClientError as e:
+            assert 400 <= e.code < 500, (method, e.code)
+    socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": f"runs/{name}"})
+    message = json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))
+    if name.startswith("run-json"):
+        assert message["error"] == "CaiaError" and "is not a caia run description" in message["message"]
+    else:
+        assert message["sites"] == {"site-1": message["sites"]["site-1"]} and "status" in message
+    socket.close()
+
+
 @pytest.mark.slow
 async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_dir, notebook):
     study = (jp_root_dir / notebook).parent
