@@ -63,14 +63,20 @@ def listing_problems(listed: Mapping[str, Mapping]) -> list[str]:
     return problems
 
 
-def content_problems(name: str, data: bytes) -> list[str]:
-    """Why the bytes of bundle file `name` may not run at a site; [] if they may.
+def content_problems(name: str, data: bytes, entry: Mapping | None = None) -> list[str]:
+    """Why the bytes of bundle file `name` (manifest `entry`, when known) may not run at a site; [] if they may.
 
     The runner and the client config must be caia's own, byte for byte: a bundle cannot bring a
     runner of its own or a config that starts a command. Text that Python would read otherwise
-    than a person does (another encoding, invisible or bidirectional characters) is refused.
+    than a person does (another encoding, invisible or bidirectional characters) is refused. A
+    captured value must be a pickle of a plain value of the type its entry names (`captured`).
     """
     from .sourcecheck import source_problems
+
+    if role_of(name) == "captured":
+        from .captured import problems
+
+        return problems(name, data, entry.get("python_type") if entry else None)
 
     if name == RUNNER_FILE and data != RUNNER.encode():
         return [f"{RUNNER_FILE} is not caia's site runner of this version; rebuild the bundle with this caia-jupyter"]

@@ -1,8 +1,9 @@
 """Names federated cells use but do not define, and how a bundle carries them.
 
 Resolved from the researcher's kernel: a module becomes an import line, a short plain literal
-becomes source, any other value is captured with cloudpickle as an opaque file that the
-manifest flags and reviewers see called out. Functions and classes from local cells are
+becomes source, any other value is captured as a pickle file that the manifest flags and
+reviewers see called out; it may only build a plain value (numbers, dates, numpy scalars: see
+`captured`), since unpickling runs whatever a pickle names. Functions and classes from local cells are
 refused instead: reviewers must be able to read code that runs at their site. So is a value
 that looks like data (a table, an array, a tensor, a long collection, a long text): data is
 read at each site by `load_data(ctx)`, never carried in a bundle.
@@ -13,13 +14,13 @@ from __future__ import annotations
 import builtins
 import collections
 import math
+import pickle
 import symtable
 import types
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-import cloudpickle
-
+from . import captured
 from .errors import NotebookError
 
 MODULE_DUNDERS = {"__name__", "__doc__", "__file__", "__spec__", "__loader__", "__package__", "__builtins__"}
@@ -51,7 +52,7 @@ class Capture:
     kind: str  # "import" | "literal" | "opaque"
     source: str  # the line defining the name in the federated module
     type_name: str  # what the value is, for reviewers
-    payload: bytes = b""  # cloudpickle bytes of an opaque value
+    payload: bytes = b""  # the pickle of an opaque value (plain values only: see `captured`)
 
 
 def free_names(source: str) -> list[str]:
@@ -99,7 +100,7 @@ def capture(name: str, value) -> Capture:
 
     Raises NotebookError for a value that looks like data (see `data_reason`), a literal
     longer than MAX_LITERAL_CHARS, a function or class from a local cell, an opaque value
-    bigger than MAX_OPAQUE_BYTES or one cloudpickle cannot pickle.
+    bigger than MAX_OPAQUE_BYTES or one whose pickle needs more than plain constructors (see `captured`).
     """
     if isinstance(value, types.ModuleType):
         module = value.__name__
@@ -124,17 +125,21 @@ def capture(name: str, value) -> Capture:
             "so reviewers can read it"
         )
     try:
-        payload = cloudpickle.dumps(value, protocol=5)
-    except Exception as e:  # cloudpickle raises many kinds
+        payload = pickle.dumps(value, protocol=5)
+    except Exception as e:  # pickling raises many kinds
         raise NotebookError(f"cannot capture {name!r} ({type(value).__name__}) for the sites: {e}") from e
     if len(payload) > MAX_OPAQUE_BYTES:
         raise NotebookError(
             f"federated code uses {name!r}, a {type(value).__name__} that pickles to {len(payload) >> 20} MiB "
             f"(at most {MAX_OPAQUE_BYTES >> 20} MiB); {DATA_HINT}"
         )
-    kind = type(value)
+    try:
+        captured.load(payload)
+    except captured.NotPlain as e:
+        raise NotebookError(f"cannot capture {name!r} ({type(value).__name__}) for the sites: {e}; "
+                            "caia captures only plain values: define it in a %%federated cell") from None
     loader = f"{name} = _caia_load_captured({name!r})"
-    return Capture(name, "opaque", loader, f"{kind.__module__}.{kind.__qualname__}", payload)
+    return Capture(name, "opaque", loader, captured.type_name(value), payload)
 
 
 def data_reason(value) -> str | None:

@@ -27,7 +27,7 @@ class FileEntry(_Strict):
     sha256: Sha256
     size: int = Field(ge=0)
     role: Literal["module", "runner", "flare-config", "requirements", "captured"]
-    opaque: bool = Field(False, description="cloudpickle bytes reviewers cannot read")
+    opaque: bool = Field(False, description="a pickle of a plain value (caia_jupyter.captured), not source")
     python_name: str | None = Field(None, description="the name a captured value is bound to")
     python_type: str | None = Field(None, description="the type of a captured value")
 

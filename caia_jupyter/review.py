@@ -5,7 +5,7 @@ client config, and source Python reads as a person does (`sourcecheck`). The rev
 from those files alone, each read once and checked against the manifest, and it shows all of
 them: the federated module split at its cell markers with Python's tokenizer (every byte
 appears), the site runner, the NVFLARE client config with what it configures, the requirements,
-and opaque captured values by Python name, type, size and sha256. The page runs no script and
+and captured values by Python name, type, value, size and sha256. The page runs no script and
 loads nothing (a content security policy says so to the browser); long lines wrap, so nothing
 hides past the right edge.
 
@@ -29,11 +29,13 @@ import nbformat
 
 from . import __version__
 from .bundle import CELL_MARK, Bundle, require_intact
+from .captured import load as load_captured
 from .errors import BundleError
 from .fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
 from .fsutil import write_atomic
 from .sourcecheck import reveal
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
+MAX_SHOWN = 300  # characters of a captured value's repr
 EVENT_CONVERTER = "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent"
 
 # The lab template without its scripts (require.js, MathJax, mermaid, widgets), with a policy that
@@ -111,22 +113,23 @@ def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
         f"# Review of bundle {_code(bundle.id)}\n\n"
         "Every file below matches `manifest.json`, and the bundle id is the sha256 of that manifest: "
         "an approval you sign covers exactly this content. This page shows every file of the bundle in full, "
-        "except opaque captured values, shown by type, size and sha256.\n\n"
+        "except captured values, shown by type, value, size and sha256.\n\n"
         f"| | |\n|---|---|\n| rounds | {_code(job['rounds'])} |\n| min clients | {_code(job['min_clients'])} |\n"
         f"| hyperparameters (`ctx.params`) | {_code(json.dumps(job['params'], sort_keys=True))} |\n"
         f"| built with | caia-jupyter {_code(manifest['caia_version'])}, Python {_code(manifest['python'])} |"
     )]
     if opaque:
         rows = "".join(
-            f"| {_code(e.get('python_name'))} | {_code(e.get('python_type'))} | {_code(name)} | {_literal(e['size'])} "
-            f"| {_code(e['sha256'])} |\n"
+            f"| {_code(e.get('python_name'))} | {_code(e.get('python_type'))} | {_code(_shown_value(files[name]))} "
+            f"| {_code(name)} | {_literal(e['size'])} | {_code(e['sha256'])} |\n"
             for name, e in opaque.items()
         )
         cells.append(_md(
-            "## ⚠ Opaque values captured from the researcher's kernel\n\n"
-            "These are cloudpickle bytes: they cannot be read here, and loading them at your site runs whatever "
-            "code they encode. Approve only if you trust where they come from.\n\n"
-            f"| Python name | type | file | bytes | sha256 |\n|---|---|---|---|---|\n{rows}"
+            "## Values captured from the researcher's kernel\n\n"
+            "Pickles of plain values (numbers, dates, numpy scalars and dtypes, torch dtypes, a few containers): "
+            "caia checked that each builds only such a value, of the type shown, and your site loads them with a "
+            "loader that can call nothing else.\n\n"
+            f"| Python name | type | value | file | bytes | sha256 |\n|---|---|---|---|---|---|\n{rows}"
         ))
     cells.append(_md(_datasets_text(manifest["datasets"])))
     cells.append(_md("## Local validation\n\n" + _validation_text(bundle.record("validation.json"), bundle.id)))
@@ -293,6 +296,12 @@ def _describe_class(spec: dict) -> str:
         words = "⚠ Not part of caia's client config: NVFLARE loads this class at your site, and it can run any code"
     shown_args = ", ".join(f"{_code(key)} = {_code(json.dumps(value))}" for key, value in sorted(args.items()))
     return f"{_code(path)}. {words}." + (f" Arguments: {shown_args}." if shown_args else "")
+
+
+def _shown_value(data: bytes) -> str:
+    """A captured value as a reviewer reads it: its repr, cut at MAX_SHOWN characters."""
+    shown = repr(load_captured(data))
+    return shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + f"… ({len(shown)} characters)"
 
 
 def _read_listed_files(bundle: Bundle) -> dict[str, bytes]:

@@ -117,7 +117,7 @@ def test_review_shows_code_notes_datasets_files_and_validation(validated_good, t
     assert validated_good.manifest["files"]["federated.py"]["sha256"] in text
     assert "Passed" in text
     assert "local exploration" not in text  # local cells stay out
-    assert "Opaque values captured" not in text
+    assert "Values captured from" not in text
     assert "<h2" in page and "&lt;h2" not in page  # headings are headings, not escaped tags
 
 
@@ -156,12 +156,13 @@ def test_a_bundle_outside_caias_file_set_is_refused_not_rendered(tmp_path, files
     assert not (built.records / "review.html").exists()
 
 
-def test_opaque_values_are_shown_by_name_type_size_and_sha256(write_notebook, tmp_path):
+def test_captured_values_are_shown_by_name_type_value_size_and_sha256(write_notebook, tmp_path):
     built = bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
     text = text_of(review.render(built.path).read_text())
     entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
-    assert "Opaque values captured" in text
-    assert f"LEARNING_RATE numpy.float32 captured/LEARNING_RATE.pkl {entry['size']} {entry['sha256']}" in " ".join(text.split())
+    assert "Values captured from the researcher's kernel" in text
+    assert (f"LEARNING_RATE numpy.float32 {np.float32(0.5)!r} captured/LEARNING_RATE.pkl {entry['size']} {entry['sha256']}"
+            in " ".join(text.split()))
     assert "def _caia_load_captured(name):" in text  # the loader, in the module's head
 
 

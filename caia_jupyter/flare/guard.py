@@ -65,7 +65,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> R
             refuse(f"the deployed app lacks {name} of the bundle")
         if hashlib.sha256(deployed[name]).hexdigest() != entry["sha256"]:
             refuse(f"{name} differs from the bundle's manifest (tampered?)")
-        problems = content_problems(name, deployed[name])
+        problems = content_problems(name, deployed[name], entry)
         if problems:
             refuse(problems[0])
 
