@@ -27,7 +27,7 @@ MAX_ROUND = 1_000_000
 Entry = Literal["build_model", "load_data", "train", "evaluate", "runtime"]
 Category = Literal[
     "raised", "dataset_not_released", "dataset_unreadable", "schema_changed",
-    "not_a_module", "bad_num_samples", "bad_metrics", "contract", "site_error", "unknown",
+    "not_a_module", "bad_num_samples", "bad_metrics", "contract", "beyond_release", "site_error", "unknown",
 ]
 ENTRY_POINTS = ("build_model", "load_data", "train", "evaluate")
 CATEGORIES = get_args(Category)
@@ -44,6 +44,8 @@ REASONS = {
     "bad_num_samples": "train(model, data, ctx) must return a dict holding 'num_samples', a positive int",
     "bad_metrics": "metrics must be a dict of finite numbers under str names",
     "contract": "the federated code broke the entry-point contract (see the README)",
+    "beyond_release": "the server asked for more rounds or evaluations than this site's reviewers approved; "
+                      "the site stopped",
     "site_error": "caia's runtime at the site failed (details kept at the site)",
 }
 UNKNOWN_TEXT = "its failure report is not one caia can read (details kept at the site)"

@@ -123,9 +123,28 @@ def _shown(value) -> str:
     return f"a {type(value).__name__}"
 
 
+class SiteStopped(Exception):
+    """This site stopped its part of the run: the full record is kept at the site, the report sent."""
+
+
 def run_site(runner_file: str) -> None:
-    """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics."""
+    """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics.
+
+    Serves at most the approved number of train tasks (the release's rounds) and then one final
+    evaluation: the server belongs to the researcher, the limit to the site. When anything fails,
+    the site keeps the story, sends its report and returns: NVFLARE then answers the task as failed
+    with its own fixed words, and no text of the failure (nor a site path in a traceback) leaves.
+    """
     sys.dont_write_bytecode = True  # nothing the job imports from here on writes into its app
+    app_dir = Path(runner_file).resolve().parents[1]
+    try:
+        with failure_record(app_dir, None, round=None):  # whatever is not caught closer
+            _serve(app_dir)
+    except SiteStopped:
+        return
+
+
+def _serve(app_dir: Path) -> None:
     import nvflare.client as flare
     from nvflare.app_common.abstract.fl_model import FLModel
     from nvflare.client.tracking import SummaryWriter
@@ -134,12 +153,10 @@ def run_site(runner_file: str) -> None:
     from .flare.release import Release
 
     flare.init()
-    app_dir = Path(runner_file).resolve().parents[1]
-    with failure_record(app_dir, None, round=None):
-        release = Release.read(app_dir)
-        if release.site != flare.get_site_name():
-            raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
-        entry = load_entry_points(app_dir / "custom", release.files[MODULE])
+    release = Release.read(app_dir)
+    if release.site != flare.get_site_name():
+        raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
+    entry = load_entry_points(app_dir / "custom", release.files[MODULE])
     ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
     with failure_record(app_dir, entry, round=None):
         model = build_model(entry)
@@ -149,13 +166,19 @@ def run_site(runner_file: str) -> None:
     def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
         writer.add_scalars("metrics", metrics, global_step=round)
 
+    trained, evaluated = 0, False
     while flare.is_running():
         incoming = flare.receive()
         if incoming is None:
             break
-        ctx.round = incoming.current_round or 0
+        final = flare.is_evaluate()  # the final global model, after the last round
+        if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
+            raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
+                                f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
+        ctx.round = trained
         model.load_state_dict(incoming.params)
-        if flare.is_evaluate():  # the final global model, after the last round
+        if final:
+            evaluated = True
             with failure_record(app_dir, entry, ctx.round):
                 metrics = evaluate(entry, model, data, ctx)
             report(metrics, ctx.round)
@@ -163,6 +186,7 @@ def run_site(runner_file: str) -> None:
             continue
         with failure_record(app_dir, entry, ctx.round):
             result = run_round(entry, model, data, ctx)
+        trained += 1
         report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
         flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
                            meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
@@ -173,9 +197,12 @@ def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
     """When the run fails at a site: keep the whole story (exception type, message, traceback) in
     the site's own app folder and log, and send the server only a report of the closed vocabulary
     of caia_jupyter.failures: the entry point, the round and a category (the researcher's own
-    exception, or caia's reason). Then let NVFLARE handle the failure."""
+    exception, or caia's reason). Then raise SiteStopped, which `run_site` ends on: the exception
+    itself never reaches NVFLARE, which would pass its text and traceback on."""
     try:
         yield
+    except SiteStopped:
+        raise
     except Exception as e:
         import json
         import logging
@@ -199,8 +226,11 @@ def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
         except OSError:
             record = "(not written)"
         logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", report, record)
-        flare.log(key=FAILURE_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
-        raise
+        try:
+            flare.log(key=FAILURE_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
+        except Exception:  # NVFLARE's Client API is not up: the report cannot leave, the record stays
+            logging.getLogger("caia.site").error("the failure report could not be sent")
+        raise SiteStopped() from None
 
 
 def _entry_point_running(error: Exception, entry: EntryPoints | None) -> str:

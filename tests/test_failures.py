@@ -1,6 +1,7 @@
 """What a site may say about its failure: a closed vocabulary, parsed strictly wherever it is received."""
 
 import json
+import traceback
 
 import pytest
 import torch
@@ -152,9 +153,11 @@ def fail(site, round, call, **entry_points):
     app_dir, ctx, sent = site
     entry = runtime.EntryPoints(**{"build_model": build_model, "load_data": load_data, "train": train,
                                    "evaluate": evaluate, **entry_points})
-    with pytest.raises(Exception):
+    with pytest.raises(runtime.SiteStopped) as stopped:
         with runtime.failure_record(app_dir, entry, round):
             call(entry, ctx)
+    shown = "".join(traceback.format_exception(stopped.value))  # what NVFLARE would log and pass on
+    assert MARKER not in shown and "Error" not in shown.splitlines()[-1] and str(app_dir) not in shown.splitlines()[-1]
     (tag, value), = sent.sent
     assert tag == runtime.FAILURE_TAG and MARKER not in value
     return json.loads(value), json.loads((app_dir / runtime.FAILURE_FILE).read_text())

@@ -176,3 +176,19 @@ def test_a_sites_exception_text_and_row_values_never_reach_the_researcher(leaky,
     assert json.loads(status)["failures"] == run.failures
     kept = json.loads(record.read_text())  # the simulated site's owner finds the whole story where the line says
     assert MARKER in kept["message"] and MARKER in kept["traceback"]
+
+
+def test_a_site_trains_no_more_rounds_than_its_reviewers_approved(tmp_path):
+    built = build_validated(tmp_path / "nb")  # 2 rounds: what the review shows and the approval binds
+    site = make_site(tmp_path / "sites", "site-1")
+    approve(site, built.id, {"tiny": "tiny"})
+    run_dir = simulator.create_run(built, {"site-1": site.path}, tmp_path / "runs")
+    config = simulator.prepare(run_dir) / "app_server" / "config" / "config_fed_server.json"
+    server = json.loads(config.read_text())
+    server["workflows"][0]["args"]["num_rounds"] = 6  # the server app is the researcher's to change
+    config.write_text(json.dumps(server))
+    run = simulator.start(run_dir)
+    assert run.wait(timeout=300) == "failed"
+    assert sorted({r.round for r in run.records() if r.name == "train_loss"}) == [0, 1]
+    assert run.failures["site-1"].startswith("site-1 failed in caia's site runtime: the server asked for more rounds or evaluations "
+                                             "than this site's reviewers approved; the site stopped")
