@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import approvals, bundle, keys, review, sites, validation
 from .cli import follow, run_summary
-from .errors import CaiaError
-from .flare import simulator
-from .submit import submit
+from .contracts.errors import CaiaError
+from .researcher import bundle, validation
+from .reviewer import review
+from .site import approvals, keys, sites
+from .targets import simulator
+from .targets.submit import submit
 
 NOTEBOOK = "01_breast_cancer.ipynb"
 MARKER = ".caia-demo"

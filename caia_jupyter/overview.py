@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bundle as bundles
-from .approvals import find_approval
-from .errors import CaiaError
-from .runs import Run
-from .sites import open_site
+from .contracts.errors import CaiaError
+from .researcher import bundle as bundles
+from .researcher.runs import Run
+from .site.approvals import find_approval
+from .site.sites import open_site
 
 
 def site_dirs_near(notebook_path: Path, extra: list[str] = ()) -> list[Path]:

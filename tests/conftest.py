@@ -9,8 +9,10 @@ import pytest
 import nbformat
 
 import corpus
-from caia_jupyter import approvals, bundle, cli, sites, validation
+from caia_jupyter import cli
 from caia_jupyter.demo import add_reviewer
+from caia_jupyter.researcher import bundle, validation
+from caia_jupyter.site import approvals, sites
 
 REPO = Path(__file__).resolve().parents[1]
 # Users' Python writes __pycache__ beside what it imports; so does every process the tests start.

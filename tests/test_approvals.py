@@ -6,11 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from caia_jupyter import approvals, bundle, keys, sites
+from caia_jupyter.contracts.errors import ApprovalRejected, CaiaError, SiteError
+from caia_jupyter.contracts.manifest import canonical
 from caia_jupyter.demo import add_reviewer, make_sites
-from caia_jupyter.errors import ApprovalRejected, CaiaError, SiteError
-from caia_jupyter.flare import poc as pocs
-from caia_jupyter.manifest import canonical
+from caia_jupyter.researcher import bundle
+from caia_jupyter.site import approvals, keys, sites
+from caia_jupyter.targets import poc as pocs
 from conftest import approve, make_site, reviewer_key
 
 OTHER_ID = "sha256:" + "ab" * 32

@@ -7,8 +7,9 @@ import pytest
 
 import corpus
 
-from caia_jupyter import bundle, freenames, manifest
-from caia_jupyter.errors import NotebookError
+from caia_jupyter.contracts import manifest
+from caia_jupyter.contracts.errors import NotebookError
+from caia_jupyter.researcher import bundle, freenames
 
 
 def rebuild(path, out):
@@ -226,7 +227,7 @@ def test_bundling_a_dataframe_from_the_kernel_writes_no_bundle(write_notebook, t
 
 
 def test_the_build_record_holds_paths_relative_to_the_bundle_and_the_notebook(write_notebook, tmp_path):
-    from caia_jupyter import validation
+    from caia_jupyter.researcher import validation
 
     path = write_notebook("good")
     for target, notebook in [(None, "../../good.ipynb"), (tmp_path / "out" / "b", "../../work/good.ipynb")]:

@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from caia_jupyter import failures, runtime
-from caia_jupyter.context import Context
-from caia_jupyter.flare import remote
-from caia_jupyter.flare.server import FAILURES, MetricsReceiver
-from caia_jupyter.runs import Run
+from caia_jupyter.aggregator.components import FAILURES, MetricsReceiver
+from caia_jupyter.contracts import failures
+from caia_jupyter.researcher.runs import Run
+from caia_jupyter.site import runtime
+from caia_jupyter.site.context import Context
+from caia_jupyter.targets import remote
 
 MARKER = "PATIENT-4711-MARKER"
 UNKNOWN = {"entry": "runtime", "round": None, "category": "unknown"}

@@ -11,12 +11,13 @@ import shutil
 
 import pytest
 
-from caia_jupyter import bundle, fileset
-from caia_jupyter.flare.guard import Refusal, admit
-from caia_jupyter.flare.job import build_job
-from caia_jupyter.flare.release import RELEASE
-from caia_jupyter.fsutil import read_json
-from caia_jupyter.manifest import bundle_id
+from caia_jupyter.contracts import fileset
+from caia_jupyter.contracts.fsutil import read_json
+from caia_jupyter.contracts.manifest import bundle_id
+from caia_jupyter.researcher import bundle
+from caia_jupyter.site.guard import Refusal, admit
+from caia_jupyter.site.release import RELEASE
+from caia_jupyter.targets.job import build_job
 from conftest import approve, make_site
 import corpus
 

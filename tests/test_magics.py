@@ -4,9 +4,9 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import corpus
-from caia_jupyter import bundle
-from caia_jupyter.bundle import Bundle
-from caia_jupyter.context import Context
+from caia_jupyter.researcher import bundle
+from caia_jupyter.researcher.bundle import Bundle
+from caia_jupyter.site.context import Context
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import time
 import pytest
 import torch
 
-from caia_jupyter import approvals, overview, sites
-from caia_jupyter.flare import poc as pocs
-from caia_jupyter.flare import remote
+from caia_jupyter import overview
 from caia_jupyter.kernel.widgets import RunWidget
-from caia_jupyter.runs import FINAL, Run
-from caia_jupyter.submit import submit
+from caia_jupyter.researcher.runs import FINAL, Run
+from caia_jupyter.site import approvals, sites
+from caia_jupyter.targets import poc as pocs, remote
+from caia_jupyter.targets.submit import submit
 from conftest import build_validated, set_source
 import corpus
 

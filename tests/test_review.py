@@ -7,12 +7,14 @@ import re
 import numpy as np
 import pytest
 
-from caia_jupyter import __version__, bundle, review
-from caia_jupyter.bundle import MODULE_HEAD, Bundle
-from caia_jupyter.errors import BundleError
-from caia_jupyter.fileset import CLIENT_CONFIG, RUNNER
-from caia_jupyter.flare.app import client_config
-from caia_jupyter.manifest import bundle_id
+from caia_jupyter import __version__
+from caia_jupyter.contracts.client_app import client_config
+from caia_jupyter.contracts.errors import BundleError
+from caia_jupyter.contracts.fileset import CLIENT_CONFIG, RUNNER
+from caia_jupyter.contracts.manifest import bundle_id
+from caia_jupyter.researcher import bundle
+from caia_jupyter.researcher.bundle import MODULE_HEAD, Bundle
+from caia_jupyter.reviewer import review
 
 ROLES = {"federated.py": "module", "caia_runner.py": "runner", CLIENT_CONFIG: "flare-config", "requirements.txt": "requirements"}
 ENTRY_POINTS = "def build_model(): pass\ndef load_data(ctx): pass\ndef train(m, d, ctx): pass\ndef evaluate(m, d, ctx): pass\n"

@@ -8,7 +8,7 @@ from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 import corpus
-from caia_jupyter import bundle
+from caia_jupyter.researcher import bundle
 from conftest import approve, make_site
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
@@ -326,7 +326,9 @@ def core_unreachable(monkeypatch):
     def fake_core(*args, **kwargs):
         raise RuntimeError("secret-internal-marker: the core was reached")
 
-    from caia_jupyter import overview, runs, submit, validation
+    from caia_jupyter import overview
+    from caia_jupyter.researcher import runs, validation
+    from caia_jupyter.targets import submit
     for module, name in [(overview, "notebook"), (overview, "run"), (bundle, "build"), (submit, "submit"),
                          (validation, "validate"), (runs, "Run")]:
         monkeypatch.setattr(module, name, fake_core)

@@ -5,9 +5,10 @@ import tokenize
 
 import pytest
 
-from caia_jupyter import bundle, sourcecheck
-from caia_jupyter.flare.app import client_config
-from caia_jupyter.sourcecheck import source_problems
+from caia_jupyter.contracts import sourcecheck
+from caia_jupyter.contracts.client_app import client_config
+from caia_jupyter.contracts.sourcecheck import source_problems
+from caia_jupyter.researcher import bundle
 
 # name -> (bytes of the file, the line the problem is on, a fragment of the problem)
 REFUSED = {

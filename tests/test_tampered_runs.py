@@ -8,9 +8,8 @@ import shutil
 
 import pytest
 
-from caia_jupyter import approvals, sites
-from caia_jupyter.flare import poc as pocs
-from caia_jupyter.flare import remote, simulator
+from caia_jupyter.site import approvals, sites
+from caia_jupyter.targets import poc as pocs, remote, simulator
 from conftest import approve, build_validated, make_site
 from test_guard import bytecode, external_process_config
 from test_poc import poc  # noqa: F401  (a POC of this module's own, with dataset tiny at every site)

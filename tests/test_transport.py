@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from caia_jupyter import bundle, transport, validation
+from caia_jupyter.researcher import bundle, transport, validation
 
 MiB = 1 << 20
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from caia_jupyter import approvals, bundle
 from caia_jupyter.demo import make_sites
+from caia_jupyter.researcher import bundle
+from caia_jupyter.site import approvals
 from conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from caia_jupyter import bundle
+from caia_jupyter.researcher import bundle
 
 
 @pytest.fixture

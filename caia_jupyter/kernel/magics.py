@@ -13,10 +13,12 @@ from pathlib import Path
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .. import annotations, cli, notebook, schema
-from ..bundle import default_output
-from ..context import Context
-from ..errors import CaiaError
+from .. import cli
+from ..contracts import schema
+from ..contracts.errors import CaiaError
+from ..researcher import annotations, notebook
+from ..researcher.bundle import default_output
+from ..site.context import Context
 
 KERNEL_COMMANDS = {
     "context": "a local ctx on the sample data of the federated cells run so far",
