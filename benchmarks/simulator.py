@@ -69,9 +69,9 @@ def setup(workdir: Path, count: int, rounds: int):
     """Sites with non-IID splits, and the example notebook's bundle, validated and approved everywhere."""
     import nbformat
 
-    from caia_jupyter.demo import make_sites
-    from caia_jupyter.researcher import bundle, validation
-    from caia_jupyter.site import approvals
+    from caia_jupyter.researcher import compose, validation
+    from caia_jupyter.reviewer import signing
+    from caia_jupyter.targets.demo_sites import make_sites
 
     centers = make_sites(workdir / "sites", count)
     notebook = workdir / NOTEBOOK.name
@@ -80,10 +80,10 @@ def setup(workdir: Path, count: int, rounds: int):
         cell.source = cell.source.replace("rounds=5", f"rounds={rounds}")
     nbformat.write(nb, notebook)
     shutil.copytree(NOTEBOOK.parent / "samples", workdir / "samples")
-    built = bundle.build(notebook)
+    built = compose.build(notebook)
     assert validation.validate(built).passed
     for center in centers:
-        approvals.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
+        signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
     return built, [center.site for center in centers]
 
 

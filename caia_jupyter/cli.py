@@ -10,12 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
 from .contracts.errors import CaiaError
+from .contracts.version import __version__
 from .targets.poc import DEFAULT_POC
+from .terminal import Outcome, follow, run_summary
 
 
 class Parser(argparse.ArgumentParser):
@@ -23,14 +23,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise CaiaError(f"{self.prog}: {message}")
-
-
-@dataclass
-class Outcome:
-    value: object  # what the kernel's magic returns
-    text: str  # what the terminal shows; a bundle id, when there is one, is the last line
-    data: dict = field(default_factory=dict)  # what --json prints
-    exit_code: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def do_bundle(args, namespace=None) -> Outcome:
-    from .researcher.bundle import build
+    from .researcher.compose import build
 
     bundle = build(args.notebook, args.output, namespace)
     files = bundle.manifest["files"]
@@ -208,10 +200,11 @@ def do_unpack(args, namespace=None) -> Outcome:
 
 def do_validate(args, namespace=None) -> Outcome:
     from .researcher import bundle as bundles
+    from .researcher.compose import build
     from .researcher.validation import validate
 
     if args.target.suffix == ".ipynb":
-        bundle = bundles.build(args.target, args.output, namespace)
+        bundle = build(args.target, args.output, namespace)
     else:
         bundle = bundles.require_intact(args.target)
     result = validate(bundle)
@@ -236,7 +229,7 @@ def do_review(args, namespace=None) -> Outcome:
 
 def do_approve(args, namespace=None) -> Outcome:
     from .researcher.bundle import require_intact
-    from .site.approvals import approve, parse_releases
+    from .reviewer.signing import approve, parse_releases
     from .site.sites import open_site
 
     bundle = require_intact(args.bundle)
@@ -255,7 +248,7 @@ def do_approve(args, namespace=None) -> Outcome:
 
 
 def do_revoke(args, namespace=None) -> Outcome:
-    from .site.approvals import revoke
+    from .reviewer.signing import revoke
     from .site.sites import open_site
 
     site = open_site(args.site)
@@ -266,7 +259,7 @@ def do_revoke(args, namespace=None) -> Outcome:
 
 
 def do_reviewer_init(args, namespace=None) -> Outcome:
-    from .site.keys import create_key_pair
+    from .reviewer.keypair import create_key_pair
 
     kid, public_file = create_key_pair(args.key_file)
     text = (f"reviewer key {kid}\n  private: {args.key_file} (mode 0600: keep it on this machine, never at a site)"
@@ -343,55 +336,6 @@ def do_status(args, namespace=None) -> Outcome:
     if args.follow:
         follow(run)
     return run_summary(run)
-
-
-def follow(run, out=None, poll: float = 0.5) -> None:
-    """Print a run's progress until it ends: a progress bar on a terminal, a line per round, per site."""
-    import time
-
-    from .researcher.runs import FINAL
-
-    out = out or sys.stdout
-    clear = "\r\033[K" if out.isatty() else ""  # a progress bar line is there to overwrite
-    printed = -1
-    while True:
-        status = run.status
-        done, total = run.progress
-        frame = run.metrics()
-        for round in sorted(set(frame["round"])):
-            if printed < round < done or (status in FINAL and round > printed):
-                rows = frame[(frame["round"] == round) & (frame["name"] != "num_samples")]
-                cells = "  ".join(f"{site}: " + " ".join(f"{n}={v:.3f}" for n, v in sorted(zip(g["name"], g["value"])))
-                                  for site, g in rows.groupby("site"))
-                label = "final model" if round == total else f"round {round + 1}/{total}"
-                print(f"{clear}{label:>12}  {cells}", file=out, flush=True)
-                printed = round
-        if status in FINAL:
-            return
-        if clear:
-            filled = int(20 * done / max(total, 1))
-            states = " ".join(f"{site}:{state}" for site, state in run.sites.items())
-            out.write(f"{clear}[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} rounds  {status}  {states}")
-            out.flush()
-        time.sleep(poll)
-
-
-def run_summary(run) -> Outcome:
-    sites = run.sites
-    lines = [f"run {run.path}: {run.status}" + (f" ({run.message})" if run.message else "")]
-    for site, state in sites.items():
-        reason = run.refusals.get(site) or run.failures.get(site) or ""
-        lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
-    final = run.final_metrics() if run.status == "finished" else {}
-    if "global" in final:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in final["global"].items() if k != "num_samples")
-        lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
-    if run.global_model:
-        lines.append(f"global model: {run.global_model}")
-    data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
-            "refusals": run.refusals, "failures": run.failures, "final_metrics": final,
-            "global_model": str(run.global_model) if run.global_model else None}
-    return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)
 
 
 def do_poc_up(args, namespace=None) -> Outcome:

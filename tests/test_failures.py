@@ -64,7 +64,7 @@ def test_the_receiver_reads_a_report_sent_through_nvflare_analytics_and_keeps_th
     receiver._run_dir = tmp_path
 
     def send(site, text):
-        shareable = AnalyticsData(key=runtime.FAILURE_TAG, value=text, data_type=AnalyticsDataType.TEXT).to_dxo().to_shareable()
+        shareable = AnalyticsData(key=failures.FAILURE_TAG, value=text, data_type=AnalyticsDataType.TEXT).to_dxo().to_shareable()
         receiver.save(None, shareable, site)
 
     send("site-1", json.dumps({"entry": "train", "round": 2, "category": "raised"}))
@@ -157,8 +157,8 @@ def fail(site, round, call, **entry_points):
         with runtime.failure_record(app_dir, entry, round):
             call(entry, ctx)
     (tag, value), = sent.sent
-    assert tag == runtime.FAILURE_TAG and MARKER not in value
-    return json.loads(value), json.loads((app_dir / runtime.FAILURE_FILE).read_text())
+    assert tag == failures.FAILURE_TAG and MARKER not in value
+    return json.loads(value), json.loads((app_dir / failures.FAILURE_FILE).read_text())
 
 
 def test_the_researchers_exception_is_reported_by_entry_point_and_round_and_kept_whole_at_the_site(site):

@@ -25,7 +25,6 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from ..contracts import failures
 from ..contracts.fsutil import read_json, write_atomic, write_json
-from ..site.runtime import FAILURE_TAG
 
 INITIAL_MODEL = "initial_model.npz"
 GLOBAL_MODEL = "global_model.npz"
@@ -119,7 +118,7 @@ class MetricsReceiver(AnalyticsReceiver):
         from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
 
         data = AnalyticsData.from_dxo(from_shareable(shareable))
-        if data is not None and data.tag == FAILURE_TAG:
+        if data is not None and data.tag == failures.FAILURE_TAG:
             self.save_failure(record_origin, data.value)
             return
         if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):

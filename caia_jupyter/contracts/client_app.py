@@ -12,10 +12,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
-
-from .fileset import CLIENT_CONFIG
-
+CLIENT_CONFIG = "config_fed_client.json"  # NVFLARE's name for a client app's config
 TASKS = ("train", "validate")
 # Files NVFLARE itself may add to a deployed app; they carry no code of the bundle.
 FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature, in every folder
@@ -23,6 +20,7 @@ FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature
 
 def add_site_app(job, site: str) -> None:
     """The client side of a caia job: the bundle's runner under NVFLARE's Client API, metrics forwarded."""
+    from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
     from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
     from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 

@@ -8,7 +8,7 @@ A site whose run fails sends one report, and nothing else about the failure:
 
 Each category has one fixed text; the only values a rendered report holds are the site's name
 (from the run's own list of sites), the entry point and the round. The exception's type, message
-and traceback stay at the site: in its log and in its app folder (caia_jupyter.site.runtime.FAILURE_FILE).
+and traceback stay at the site: in its log and in its app folder (FAILURE_FILE).
 
 Every report read anywhere (by the server's receiver, the POC/prod follower, a `Run`) is untrusted
 input: `parse` turns anything that is not exactly a report into the category "unknown".
@@ -21,6 +21,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+FAILURE_TAG = "caia.failure"  # the analytics record a site sends, holding its report
+FAILURE_FILE = "caia_failure.json"  # the whole story of that failure, kept in the site's app folder
 MAX_REPORT = 200  # characters; a report is about 60
 MAX_ROUND = 1_000_000
 

@@ -20,9 +20,10 @@ import keyword
 import re
 from collections.abc import Mapping
 
+from .client_app import CLIENT_CONFIG, client_config
+
 MODULE = "federated.py"
 RUNNER_FILE = "caia_runner.py"
-CLIENT_CONFIG = "config_fed_client.json"
 REQUIREMENTS = "requirements.txt"
 MANIFEST = "manifest.json"
 RECORDS = "records"
@@ -75,8 +76,6 @@ def content_problems(name: str, data: bytes) -> list[str]:
     if name == RUNNER_FILE and data != RUNNER.encode():
         return [f"{RUNNER_FILE} is not caia's site runner of this version; rebuild the bundle with this caia-jupyter"]
     if name == CLIENT_CONFIG:
-        from .client_app import client_config
-
         if data != client_config():
             return [f"{CLIENT_CONFIG} is not caia's NVFLARE client config of this version (caia runs the code "
                     "in-process, never a command); rebuild the bundle with this caia-jupyter and NVFLARE"]

@@ -17,8 +17,9 @@ from .. import cli
 from ..contracts import schema
 from ..contracts.errors import CaiaError
 from ..researcher import annotations, notebook
-from ..researcher.bundle import default_output
+from ..researcher.compose import default_output
 from ..site.context import Context
+from ..terminal import follow, run_summary
 
 KERNEL_COMMANDS = {
     "context": "a local ctx on the sample data of the federated cells run so far",
@@ -118,8 +119,8 @@ def show_run(run):
 
         display(RunWidget(run).follow())
         return run
-    cli.follow(run)
-    print(cli.run_summary(run).text)
+    follow(run)
+    print(run_summary(run).text)
     return run
 
 

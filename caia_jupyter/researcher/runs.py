@@ -26,7 +26,6 @@ from pathlib import Path
 from ..contracts import failures as failure_reports
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
-from ..site.runtime import FAILURE_FILE
 from . import metrics as metric_records
 
 FINAL = ("finished", "failed", "refused", "aborted")
@@ -216,7 +215,7 @@ def finished_message(rounds_done: int, trained: list[str], sites: list[str], adm
 
 def local_failure_record(run_dir: Path, site: str) -> Path:
     """Where a site simulated on this machine keeps the full record of its failure (its app folder)."""
-    return Path(run_dir) / "workspace" / site / "simulate_job" / f"app_{site}" / FAILURE_FILE
+    return Path(run_dir) / "workspace" / site / "simulate_job" / f"app_{site}" / failure_reports.FAILURE_FILE
 
 
 def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[str, str]:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
-from .. import __version__
 from ..contracts.errors import BundleError, CaiaError, ValidationFailed
 from ..contracts.fileset import MODULE
 from ..contracts.fsutil import write_atomic, write_json
+from ..contracts.version import __version__
 from .bundle import Bundle
 
 VERSIONS_OF = ("caia-jupyter", "nvflare", "torch", "numpy", "pandas", "papermill", "ipykernel", "cloudpickle")

@@ -27,11 +27,11 @@ from typing import NamedTuple
 
 import nbformat
 
-from .. import __version__
 from ..contracts.errors import BundleError
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
 from ..contracts.fsutil import write_atomic
 from ..contracts.sourcecheck import reveal
+from ..contracts.version import __version__
 from ..researcher.bundle import CELL_MARK, Bundle, require_intact
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 EVENT_CONVERTER = "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent"

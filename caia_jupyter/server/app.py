@@ -23,8 +23,9 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from traitlets import List, Unicode
 
-from .. import __version__, overview
+from .. import overview
 from ..contracts.errors import BundleError, CaiaError, FlareError, NotebookError, ValidationFailed
+from ..contracts.version import __version__
 from ..researcher.runs import FINAL, Run
 from . import inputs
 
@@ -148,7 +149,7 @@ class ValidateHandler(CaiaHandler):
         notebook = self.notebook_to_build().path
 
         def validate():
-            from ..researcher.bundle import build
+            from ..researcher.compose import build
             from ..researcher.validation import validate as run_validation
 
             result = run_validation(build(notebook))
@@ -165,7 +166,7 @@ class ReviewHandler(CaiaHandler):
         notebook = self.notebook_to_build().path
 
         def review():
-            from ..researcher.bundle import build
+            from ..researcher.compose import build
             from ..reviewer.review import render
 
             return {"review": self.relative(render(build(notebook).path))}
@@ -181,7 +182,7 @@ class RunsHandler(CaiaHandler):
         body = self.notebook_to_build(inputs.SubmitBody)
 
         def submit():
-            from ..researcher.bundle import default_output
+            from ..researcher.compose import default_output
             from ..targets.submit import submit as start
 
             sites = [str(p) for p in self.site_dirs(body.path)] if body.target == "simulator" else body.sites

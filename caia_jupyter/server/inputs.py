@@ -17,7 +17,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstr
 from pydantic_core import PydanticCustomError
 
 from ..contracts.errors import CaiaError
-from ..researcher.bundle import RECORDS, default_output
+from ..contracts.fileset import RECORDS
+from ..researcher.compose import default_output
 
 MAX_SINCE = 2**31 - 1  # far beyond any run's record count, and exact in the panel's JavaScript numbers
 RUNS = "runs"  # beside the notebook, as the panel's submit writes them

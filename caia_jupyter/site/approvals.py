@@ -1,5 +1,5 @@
-"""Signed approvals and revocations: a site's reviewer releases datasets to one exact bundle id,
-and can take that back.
+"""Verifying signed approvals and revocations at a site: a site's reviewer releases datasets to one
+exact bundle id, and can take that back (reviewers sign them with `caia_jupyter.reviewer.signing`).
 
 An approval file holds a statement and its Ed25519 signature over the statement's canonical
 JSON:
@@ -29,21 +29,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..contracts.errors import ApprovalRejected, CaiaError, SiteError
-from ..contracts.fsutil import loads_strict, write_json
+from ..contracts.errors import ApprovalRejected, CaiaError
+from ..contracts.fsutil import loads_strict
 from ..contracts.manifest import canonical
-from .keys import key_id, load_private_key, public_key_file
-from .sites import Site, valid_days
+from .sites import Site
 
 FORMAT = "caia-approval/1"
 REVOCATION_FORMAT = "caia-revocation/1"
 CLOCK_SKEW = timedelta(minutes=5)
-DEFAULT_EXPIRES_IN_DAYS = 30
 MAX_FILE_BYTES = 64 * 1024  # an approval is well under 1 KiB
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
-_BUNDLE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+BUNDLE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 # The fields of each kind of signed statement, and the kind of value each holds.
 _APPROVAL_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "datasets": "releases",
                     "key_id": "key id", "issued_at": "time", "expires_at": "time"}
@@ -64,7 +62,7 @@ class Approval:
 
     def to_json(self) -> dict:
         return {"site": self.site, "bundle_id": self.bundle_id, "datasets": self.datasets, "key_id": self.key_id,
-                "issued_at": _iso(self.issued_at), "expires_at": _iso(self.expires_at),
+                "issued_at": iso(self.issued_at), "expires_at": iso(self.expires_at),
                 "path": str(self.path) if self.path else None}
 
 
@@ -78,79 +76,8 @@ class Revocation:
     path: Path | None = None
 
     def to_json(self) -> dict:
-        return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": _iso(self.issued_at),
+        return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
                 "reason": self.reason, "path": str(self.path) if self.path else None}
-
-
-def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str | Path,
-            expires_in_days: float | None = None, output: Path | None = None, now: datetime | None = None) -> Approval:
-    """Sign an approval with the reviewer key in `key_file` and store it in the site's approvals
-    (or at `output`).
-
-    `expires_in_days` (default: 30, or the site's policy if shorter) must be a finite positive
-    number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime, SiteError
-    for a key that lies inside the site directory or that the site does not trust. An approval
-    is issued after any revocation of the same bundle, so revoking and approving again (with
-    fewer datasets, say) works even within one second.
-    """
-    if expires_in_days is None:
-        expires_in_days = min(DEFAULT_EXPIRES_IN_DAYS, site.max_approval_days)
-    if not valid_days(expires_in_days) or expires_in_days > site.max_approval_days:
-        raise CaiaError(f"--expires-in {expires_in_days} must be a finite number of days above 0 and at most "
-                        f"{site.max_approval_days:g} (site {site.name}'s policy)")
-    private = signing_key(site, key_file)
-    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    revoked = latest_revocation(site, bundle_id)
-    if revoked is not None and revoked.issued_at >= issued:
-        issued = revoked.issued_at + timedelta(seconds=1)
-    statement = {
-        "format": FORMAT,
-        "site": site.name,
-        "bundle_id": bundle_id,
-        "datasets": dict(sorted(datasets.items())),
-        "key_id": key_id(private.public_key()),
-        "issued_at": _iso(issued),
-        "expires_at": _iso(issued + timedelta(days=expires_in_days)),
-    }
-    path = output or site.approvals_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}.json"
-    write_json(path, _signed(statement, private))
-    return _approval(statement, path)
-
-
-def revoke(site: Site, bundle_id: str, key_file: str | Path, reason: str = "", output: Path | None = None,
-           now: datetime | None = None) -> Revocation:
-    """Sign a revocation of every approval of `bundle_id` at `site` issued until now, and store it
-    in the site's revocations/ (or at `output`). Raises CaiaError for a malformed bundle id,
-    SiteError for a key that lies inside the site directory or that the site does not trust.
-    """
-    if not isinstance(bundle_id, str) or not _BUNDLE_ID.fullmatch(bundle_id):
-        raise CaiaError(f"{bundle_id!r} is not a bundle id; give it as `caia bundle` prints it: sha256:<64 hex digits>")
-    private = signing_key(site, key_file)
-    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    statement = {"format": REVOCATION_FORMAT, "site": site.name, "bundle_id": bundle_id,
-                 "key_id": key_id(private.public_key()), "issued_at": _iso(issued), "reason": reason}
-    stamp = issued.strftime("%Y%m%dT%H%M%SZ")
-    path = output or site.revocations_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}-{stamp}.json"
-    write_json(path, _signed(statement, private))
-    return _revocation(statement, path)
-
-
-def signing_key(site: Site, key_file: str | Path) -> Ed25519PrivateKey:
-    """The reviewer's private key in `key_file`, if it may sign for `site`.
-
-    Raises SiteError if the file lies inside the site directory (code approved at the site could
-    read it), is not an Ed25519 private key, or its public key is not one the site trusts.
-    """
-    key_file = Path(key_file)
-    if key_file.resolve().is_relative_to(site.path):
-        raise SiteError(f"the private key {key_file} lies inside site directory {site.path}, where approved code could "
-                        f"read it; make a reviewer key on your own machine (`caia reviewer init`) and have the site trust it")
-    private = load_private_key(key_file)
-    kid = key_id(private.public_key())
-    if kid not in site.trusted_keys():
-        raise SiteError(f"site {site.name} does not trust reviewer key {kid} ({key_file}); the site admin adds it with "
-                        f"`caia site trust {site.path} {public_key_file(key_file)}`")
-    return private
 
 
 def verify_approval(approval: dict | Path, site: Site, bundle_id: str, requested: set[str] | None = None,
@@ -208,19 +135,10 @@ def latest_revocation(site: Site, bundle_id: str) -> Revocation | None:
             log.warning("site %s skips %s", site.name, e)
             continue
         if statement["bundle_id"] == bundle_id:
-            revocation = _revocation(statement, file)
+            revocation = revocation_from(statement, file)
             if latest is None or revocation.issued_at > latest.issued_at:
                 latest = revocation
     return latest
-
-
-def parse_releases(values: list[str]) -> dict[str, str]:
-    """`--dataset NAME` or `--dataset NAME=CATALOG_ID` -> {requested name: catalog id}."""
-    releases = {}
-    for value in values:
-        name, _, catalog_id = value.partition("=")
-        releases[name] = catalog_id or name
-    return releases
 
 
 def _check_approval(statement: dict, signature: bytes, path: Path | None, site: Site, bundle_id: str,
@@ -234,13 +152,13 @@ def _check_approval(statement: dict, signature: bytes, path: Path | None, site: 
         raise ApprovalRejected(f"{where} approves bundle {statement['bundle_id']}, not {bundle_id}")
     issued, expires = _time(statement["issued_at"]), _time(statement["expires_at"])
     if expires <= issued:
-        raise ApprovalRejected(f"{where} expires ({_iso(expires)}) before it is issued ({_iso(issued)}); ask a reviewer to approve the bundle again")
+        raise ApprovalRejected(f"{where} expires ({iso(expires)}) before it is issued ({iso(issued)}); ask a reviewer to approve the bundle again")
     if expires - issued > timedelta(days=site.max_approval_days):
         raise ApprovalRejected(f"{where} is valid for {(expires - issued) / timedelta(days=1):g} days, longer than site "
                                f"{site.name}'s policy allows ({site.max_approval_days:g} days); ask a reviewer to approve it again")
     if revoked is not None and issued <= revoked.issued_at:
         raise ApprovalRejected(f"{where} was revoked by revocation {revoked.path.name if revoked.path else ''} "
-                               f"at {_iso(revoked.issued_at)}; ask a reviewer to approve the bundle again")
+                               f"at {iso(revoked.issued_at)}; ask a reviewer to approve the bundle again")
     datasets = statement["datasets"]
     try:
         catalog = site.catalog
@@ -254,10 +172,10 @@ def _check_approval(statement: dict, signature: bytes, path: Path | None, site: 
         raise ApprovalRejected(f"{where} releases {extra}, which the bundle does not request")
     now = now or datetime.now(timezone.utc)
     if expires <= now:
-        raise ApprovalRejected(f"{where} expired at {_iso(expires)}; ask a reviewer to approve the bundle again")
+        raise ApprovalRejected(f"{where} expired at {iso(expires)}; ask a reviewer to approve the bundle again")
     if issued > now + CLOCK_SKEW:
-        raise ApprovalRejected(f"{where} is issued in the future ({_iso(issued)}); check the clocks")
-    return _approval(statement, path)
+        raise ApprovalRejected(f"{where} is issued in the future ({iso(issued)}); check the clocks")
+    return approval_from(statement, path)
 
 
 def _check_signature(statement: dict, signature: bytes, keys: dict[str, Ed25519PublicKey], site: Site, where: str) -> None:
@@ -268,10 +186,6 @@ def _check_signature(statement: dict, signature: bytes, keys: dict[str, Ed25519P
         key.verify(signature, canonical(statement))
     except InvalidSignature:
         raise ApprovalRejected(f"{where} has a signature that does not match its content (altered after signing)") from None
-
-
-def _signed(statement: dict, private: Ed25519PrivateKey) -> dict:
-    return {"statement": statement, "signature": base64.b64encode(private.sign(canonical(statement))).decode()}
 
 
 def _read_signed(path: Path, where: str, fmt: str, fields: dict[str, str]) -> tuple[dict, bytes]:
@@ -321,7 +235,7 @@ def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tupl
             raise malformed(f"{name} is not an ISO 8601 time with a timezone")
         elif kind == "key id" and not _KEY_ID.fullmatch(value):
             raise malformed(f"{name} is not 16 hex digits")
-        elif kind == "bundle id" and not _BUNDLE_ID.fullmatch(value):
+        elif kind == "bundle id" and not BUNDLE_ID.fullmatch(value):
             raise malformed(f"{name} is not sha256:<64 hex digits>")
     if statement["format"] != fmt:
         raise malformed(f"format is not {fmt}")
@@ -342,17 +256,20 @@ def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
-def _approval(statement: dict, path: Path | None) -> Approval:
+def approval_from(statement: dict, path: Path | None) -> Approval:
+    """The Approval a well-formed, signed statement makes (checked or just signed)."""
     return Approval(statement["site"], statement["bundle_id"], dict(statement["datasets"]), statement["key_id"],
                     _time(statement["issued_at"]), _time(statement["expires_at"]), path)
 
 
-def _revocation(statement: dict, path: Path | None) -> Revocation:
+def revocation_from(statement: dict, path: Path | None) -> Revocation:
+    """The Revocation a well-formed, signed statement makes (checked or just signed)."""
     return Revocation(statement["site"], statement["bundle_id"], statement["key_id"], _time(statement["issued_at"]),
                       statement["reason"], path)
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
+    """`moment` in UTC as statements write times: 2026-01-31T12:00:00Z."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -1,13 +1,14 @@
-"""Reviewer keys (Ed25519): made and kept on the reviewer's own machine, never at a site.
+"""Reviewer keys (Ed25519) as a site reads them: key ids, public keys in PEM, and private keys.
 
 A site holds only its reviewers' public keys (`caia site trust`); a reviewer signs approvals
-and revocations with the private key `caia reviewer init` made.
+and revocations with the private key `caia reviewer init` made on the reviewer's own machine
+(`caia_jupyter.reviewer.keypair`). A site reads a private key only to distrust one left in its
+directory by an earlier caia.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -24,42 +25,6 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def public_key_file(key_file: Path) -> Path:
-    """Where `caia reviewer init` puts the public half of `key_file`: KEYFILE.pub."""
-    return key_file.with_name(key_file.name + ".pub")
-
-
-def create_key_pair(key_file: str | Path) -> tuple[str, Path]:
-    """Make a new Ed25519 key pair: `key_file` (private, PEM, mode 0600 from its creation) and
-    `key_file`.pub (public, PEM). Returns (key id, public key file).
-
-    Raises SiteError when either file exists (a key is never overwritten) or `key_file` lies inside
-    a caia site directory; nothing is left behind on failure.
-    """
-    key_file = Path(key_file)
-    public_file = public_key_file(key_file)
-    for folder in key_file.resolve().parents:
-        if (folder / "site.json").is_file() and (folder / "trusted_keys").is_dir():
-            raise SiteError(f"{key_file} lies inside the caia site directory {folder}, where approved code could read it; "
-                            "keep reviewer keys on your own machine")
-    for file in (key_file, public_file):
-        if os.path.lexists(file):
-            raise SiteError(f"{file} already exists; a reviewer key is never overwritten, choose another file name")
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    private = Ed25519PrivateKey.generate()
-    made = []
-    try:
-        _create(key_file, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()), 0o600)
-        made.append(key_file)
-        _create(public_file, public_pem(private.public_key()), 0o644)
-    except BaseException:
-        for file in made:
-            file.unlink(missing_ok=True)
-        raise
-    return key_id(private.public_key()), public_file
 
 
 def load_public_key(file: Path) -> Ed25519PublicKey:
@@ -82,19 +47,3 @@ def load_private_key(file: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise SiteError(f"{file} is not an Ed25519 private key; caia approvals use Ed25519")
     return key
-
-
-def _create(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` from the start; refuse an existing path (or symlink) there."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise SiteError(f"{path} already exists; a reviewer key is never overwritten, choose another file name") from None
-    except OSError as e:
-        raise SiteError(f"cannot create {path}: {e.strerror}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise

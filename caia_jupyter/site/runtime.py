@@ -23,11 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..contracts.errors import ContractError
-from ..contracts.failures import ENTRY_POINTS
+from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
-
-FAILURE_TAG = "caia.failure"  # the analytics record a site sends when its federated code fails
-FAILURE_FILE = "caia_failure.json"  # the whole story of that failure, kept in the site's app folder
 
 
 @dataclass(frozen=True)

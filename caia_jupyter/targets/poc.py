@@ -230,7 +230,7 @@ def _wait_gone(poc: Poc, seconds: float) -> bool:
 def _create_sites(poc: Poc, names: list[str], demo_data: bool) -> dict[str, Path]:
     """Each site's caia directory, and a demo reviewer per site whose key lies in reviewers/,
     outside every site directory; returns site name -> reviewer key file."""
-    from ..demo import add_reviewer, make_sites
+    from .demo_sites import add_reviewer, make_sites
     from ..site.sites import init
 
     if demo_data:
