@@ -1,7 +1,9 @@
-"""caia-jupyter's version: labextension/package.json, written into caia_jupyter/_version.py when built."""
+"""caia-jupyter's version: labextension/package.json, written into _version.py beside this module when built."""
 
 try:
-    from .._version import __version__
+    from . import _version
+
+    __version__ = _version.__version__
 except ImportError:  # a source tree never built
     from importlib.metadata import version
 

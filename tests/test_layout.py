@@ -1,0 +1,61 @@
+"""Where code runs, enforced: the import contracts in pyproject.toml, checked by import-linter."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint_imports(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`lint-imports` on the caia_jupyter package and the pyproject.toml under `root`."""
+    env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}  # wide: no wrapped lines
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--config", str(root / "pyproject.toml"), *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_import_contracts_hold():
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 4 kept, 0 broken." in result.stdout
+
+
+@pytest.fixture
+def package_copy(tmp_path) -> Path:
+    """A copy of caia_jupyter and pyproject.toml to break on purpose."""
+    shutil.copytree(REPO / "caia_jupyter", tmp_path / "caia_jupyter",
+                    ignore=shutil.ignore_patterns("__pycache__", "labextension", "*.js", "*.css"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+BREAKS = {  # what is added where -> the contract it breaks, and the import named in the report
+    "the site reads a notebook": ("site/context.py", "\n\ndef peek():\n    import nbformat\n", "site",
+                                  "caia_jupyter.site.context -> nbformat"),
+    "the site imports a widget through a contract": ("contracts/schema.py", "\nimport ipywidgets\n", "site",
+                                                     "caia_jupyter.contracts.schema -> ipywidgets"),
+    "the guard imports the researcher's bundle builder": ("site/guard.py", "\nfrom ..researcher import compose\n", "site",
+                                                          "caia_jupyter.site.guard -> caia_jupyter.researcher.compose"),
+    "the aggregator runs the site runtime": ("aggregator/components.py", "\nfrom ..site import runtime\n", "layers",
+                                             "caia_jupyter.aggregator.components -> caia_jupyter.site.runtime"),
+    "the contracts import a surface": ("contracts/errors.py", "\nfrom .. import cli\n", "layers",
+                                       "caia_jupyter.contracts.errors -> caia_jupyter.cli"),
+    "two researcher modules import each other": ("researcher/bundle.py", "\nfrom . import compose\n", "no-circles",
+                                                 ".compose -> .bundle"),
+}
+
+
+@pytest.mark.parametrize("case", BREAKS)
+def test_a_forbidden_import_breaks_its_contract(package_copy, case):
+    module, added, contract, reported = BREAKS[case]
+    with open(package_copy / "caia_jupyter" / module, "a") as f:
+        f.write(added)
+    result = lint_imports(package_copy, "--contract", contract)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 kept, 1 broken" in result.stdout and reported in result.stdout, result.stdout
+
