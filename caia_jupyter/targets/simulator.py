@@ -3,10 +3,11 @@
 `submit()` writes a run directory with the NVFLARE job in it (here, so a broken `build_model()`
 is reported at once), then starts `python -m caia_jupyter.targets.simulator RUN_DIR` in its own
 process group, so a notebook kernel stays free (and can restart) while it runs. That launcher
-never imports torch; it runs NVFLARE's `SimulatorRunner` with one addition: right
-after the simulator deploys each site's app folder, and before any of its code runs, the
-caia guard checks that folder against the site's own directory (the simulator itself never
-calls an app validator). Refused sites are left out; too few left means no run at all.
+never imports torch; it checks the NVFLARE internals it relies on (`nvflare_internals`), then
+runs NVFLARE's `SimulatorRunner` with one addition: right after the simulator deploys each site's
+app folder, and before any of its code runs, the caia guard checks that folder against the site's
+own directory (the simulator itself never calls an app validator). Refused sites are left out;
+too few left means no run at all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..contracts import failures
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
 from ..researcher.runs import Run, failed_message, finished_message, local_failure_record, refused_message, start_launcher
-from . import tuning
+from . import nvflare_internals, tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
     from ..researcher.bundle import Bundle
@@ -121,8 +122,9 @@ def launch(run_dir: Path) -> int:
                 status = ProcessExitCode.EXCEPTION
             return_dict["run_status"] = status
 
-    tuning.tune_launcher()
     try:
+        nvflare_internals.check()  # before anything of NVFLARE is changed or relied on
+        tuning.tune_launcher()
         runner = GuardedSimulatorRunner(job_folder=str(run_dir / "job"), workspace=str(run_dir / "workspace"),
                                         clients=",".join(sites), threads=len(sites))
         code = runner.run()

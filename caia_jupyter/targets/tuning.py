@@ -17,6 +17,7 @@ in the simulator alone (POC and production sites are untouched):
   before it exits. And a run may end once no metric has arrived for QUIET, not 2 s.
 
 Each simulated site also gets one CPU thread for torch (the sites share this machine's cores).
+Every NVFLARE internal changed here is checked against the installed NVFLARE first (`nvflare_internals`).
 """
 
 from __future__ import annotations
