@@ -1,6 +1,7 @@
 """Where code runs, enforced: the import contracts in pyproject.toml, checked by import-linter."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,3 +60,17 @@ def test_a_forbidden_import_breaks_its_contract(package_copy, case):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "0 kept, 1 broken" in result.stdout and reported in result.stdout, result.stdout
 
+
+def non_blank_lines(package: str) -> int:
+    """Non-blank lines of a package's .py files, as the README counts them."""
+    return sum(1 for file in (REPO / "caia_jupyter" / package).glob("*.py")
+               for line in file.read_text().splitlines() if line.strip())
+
+
+def test_the_readme_says_how_much_a_site_must_read():
+    readme = (REPO / "README.md").read_text()
+    stated = re.search(r"`caia_jupyter/site/`\s+is\s+(\d+)\s+non-blank\s+lines\s+of\s+Python,\s+and\s+the\s+contracts\s+it"
+                       r"\s+builds\s+on\s+\(`caia_jupyter/contracts/`\)\s+(\d+)\s+more", readme)
+    assert stated, "README's trust model must say how many lines caia_jupyter/site/ and contracts/ hold"
+    actual = non_blank_lines("site"), non_blank_lines("contracts")
+    assert tuple(map(int, stated.groups())) == actual, f"update the README's count to {actual}"
