@@ -15,7 +15,8 @@ from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.researcher.runs import FINAL, Run
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import sites
-from caia_jupyter.targets import poc as pocs, remote
+from caia_jupyter.targets import poc as pocs
+from caia_jupyter.targets import remote
 from caia_jupyter.targets.submit import submit
 from conftest import build_validated, set_source
 import corpus

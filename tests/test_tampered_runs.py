@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from caia_jupyter.reviewer import signing
-
 from caia_jupyter.site import sites
-from caia_jupyter.targets import poc as pocs, remote, simulator
+from caia_jupyter.targets import poc as pocs
+from caia_jupyter.targets import remote, simulator
 from conftest import approve, build_validated, make_site
 from test_guard import bytecode, external_process_config
 from test_poc import poc  # noqa: F401  (a POC of this module's own, with dataset tiny at every site)
