@@ -1,5 +1,6 @@
 """Where code runs, enforced: the import contracts in pyproject.toml, checked by import-linter."""
 
+import importlib
 import os
 import re
 import shutil
@@ -59,6 +60,36 @@ def test_a_forbidden_import_breaks_its_contract(package_copy, case):
     result = lint_imports(package_copy, "--contract", contract)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "0 kept, 1 broken" in result.stdout and reported in result.stdout, result.stdout
+
+
+def dotted_names(text: str) -> set[str]:
+    """caia_jupyter.x.y names in `text` (file names such as caia_jupyter.json left out)."""
+    return {name for name in re.findall(r"\bcaia_jupyter(?:\.[A-Za-z_]\w*)+", text) if not name.endswith(".json")}
+
+
+def test_every_dotted_name_of_caia_in_its_code_configs_and_docs_resolves():
+    """Configs, launchers, generated code and docs name caia's modules by dotted path (the sites'
+    app_validator, `python -m` launchers, the fork server's preloads, the bundle's runner, the
+    validation notebook): after a move, each must still import."""
+    files = [*(REPO / "caia_jupyter").rglob("*.py"), REPO / "README.md", *(REPO / "example_notebooks").glob("*.ipynb"),
+             *(REPO / "binder").glob("*.ipynb"), *(REPO / "benchmarks").glob("*")]
+    names = set().union(*(dotted_names(file.read_text()) for file in files if file.is_file()))
+    assert "caia_jupyter.site.guard.CaiaAppValidator" in names and "caia_jupyter.targets.simulator" in names
+    unresolved = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for split in range(len(parts), 0, -1):
+            try:
+                thing = importlib.import_module(".".join(parts[:split]))
+                break
+            except ImportError:
+                continue
+        try:
+            for part in parts[split:]:
+                thing = getattr(thing, part)
+        except AttributeError:
+            unresolved.append(name)
+    assert unresolved == []
 
 
 def non_blank_lines(package: str) -> int:
