@@ -50,7 +50,8 @@ ATTRIBUTES = (
 SOURCES = {
     _RUNNER: (f" -m {WORKER_MODULE} ", "subprocess.Popen("),  # how a worker starts: tuning.fork_workers forks it instead
     f"{_RUNNER}:SimulatorRunner": ("self.client_names =", "self.simulator_root =", "self.server =", "self.args.threads"),
-    "nvflare.private.fed.server.fed_server:FederatedServer": ("self.check_engine_frequency = ", "time.sleep(self.check_engine_frequency)"),
+    "nvflare.private.fed.server.fed_server:FederatedServer": ("self.check_engine_frequency = ",
+                                                               "time.sleep(self.check_engine_frequency)"),
     "nvflare.widgets.fed_event:FedEventRunner.__init__": ("self.queue_empty_period = queue_empty_period",),
     "nvflare.app_common.widgets.streaming:AnalyticsReceiver": ("self._save_lock = ", "with self._save_lock:\n"),
     "nvflare.apis.impl.wf_comm_server:WFCommServer._cleanup_inflight_tensor_downloads": (
