@@ -28,4 +28,4 @@ system:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 clean:
-	rm -rf $(VENV) caia_jupyter/labextension caia_jupyter/_version.py labextension/node_modules labextension/lib test-artifacts
+	rm -rf $(VENV) caia_jupyter/labextension caia_jupyter/contracts/_version.py labextension/node_modules labextension/lib test-artifacts

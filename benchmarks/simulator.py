@@ -31,7 +31,7 @@ from pathlib import Path
 import nvflare.client as flare
 import federated
 from bench_model import Model
-from caia_jupyter.context import Context
+from caia_jupyter.site.context import Context
 
 spec = json.loads((Path(__file__).parent / "bench_spec.json").read_text())
 flare.init()
@@ -69,8 +69,9 @@ def setup(workdir: Path, count: int, rounds: int):
     """Sites with non-IID splits, and the example notebook's bundle, validated and approved everywhere."""
     import nbformat
 
-    from caia_jupyter import approvals, bundle, validation
-    from caia_jupyter.demo import make_sites
+    from caia_jupyter.researcher import compose, validation
+    from caia_jupyter.reviewer import signing
+    from caia_jupyter.targets.demo_sites import make_sites
 
     centers = make_sites(workdir / "sites", count)
     notebook = workdir / NOTEBOOK.name
@@ -79,15 +80,15 @@ def setup(workdir: Path, count: int, rounds: int):
         cell.source = cell.source.replace("rounds=5", f"rounds={rounds}")
     nbformat.write(nb, notebook)
     shutil.copytree(NOTEBOOK.parent / "samples", workdir / "samples")
-    built = bundle.build(notebook)
+    built = compose.build(notebook)
     assert validation.validate(built).passed
     for center in centers:
-        approvals.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
+        signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
     return built, [center.site for center in centers]
 
 
 def run_caia(workdir: Path) -> Path:
-    from caia_jupyter.submit import submit
+    from caia_jupyter.targets.submit import submit
 
     spec = json.loads((workdir / "setup.json").read_text())
     run = submit(spec["bundle"], spec["sites"], runs_root=workdir / "runs")
@@ -125,8 +126,8 @@ def accuracy(workdir: Path, model_file: Path) -> float:
     """The final global model evaluated at every site with the notebook's own evaluate(), weighted by size."""
     import torch
 
-    from caia_jupyter.context import Context
-    from caia_jupyter.runtime import load_entry_points
+    from caia_jupyter.site.context import Context
+    from caia_jupyter.site.runtime import load_entry_points
 
     spec = json.loads((workdir / "setup.json").read_text())
     entry = load_entry_points(spec["bundle"])

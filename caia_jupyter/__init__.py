@@ -1,11 +1,6 @@
 """caia-jupyter: federated learning for cancer centers, native to JupyterLab."""
 
-try:
-    from ._version import __version__  # written at build time from labextension/package.json
-except ImportError:  # a source tree never built
-    from importlib.metadata import version
-
-    __version__ = version("caia-jupyter")
+from .contracts.version import __version__  # caia_jupyter.__version__
 
 
 def _jupyter_labextension_paths():

@@ -10,12 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .errors import CaiaError
-from .flare.poc import DEFAULT_POC
+from .contracts.errors import CaiaError
+from .contracts.version import __version__
+from .targets.poc import DEFAULT_POC
+from .terminal import Outcome, follow, run_summary
 
 
 class Parser(argparse.ArgumentParser):
@@ -23,14 +23,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise CaiaError(f"{self.prog}: {message}")
-
-
-@dataclass
-class Outcome:
-    value: object  # what the kernel's magic returns
-    text: str  # what the terminal shows; a bundle id, when there is one, is the last line
-    data: dict = field(default_factory=dict)  # what --json prints
-    exit_code: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def do_bundle(args, namespace=None) -> Outcome:
-    from .bundle import build
+    from .researcher.compose import build
 
     bundle = build(args.notebook, args.output, namespace)
     files = bundle.manifest["files"]
@@ -180,7 +172,7 @@ def do_bundle(args, namespace=None) -> Outcome:
 
 
 def do_verify(args, namespace=None) -> Outcome:
-    from .bundle import verify
+    from .researcher.bundle import verify
 
     bundle_id, problems = verify(args.bundle, args.expected_id)
     data = {"bundle_id": bundle_id, "intact": not problems, "problems": problems}
@@ -191,8 +183,8 @@ def do_verify(args, namespace=None) -> Outcome:
 
 
 def do_pack(args, namespace=None) -> Outcome:
-    from .bundle import load
-    from .transport import pack
+    from .researcher.bundle import load
+    from .researcher.transport import pack
 
     archive = pack(args.bundle, args.output)
     bundle_id = load(args.bundle).id
@@ -200,18 +192,19 @@ def do_pack(args, namespace=None) -> Outcome:
 
 
 def do_unpack(args, namespace=None) -> Outcome:
-    from .transport import unpack
+    from .researcher.transport import unpack
 
     bundle = unpack(args.archive, args.output)
     return Outcome(bundle, f"intact bundle at {bundle.path}\n{bundle.id}", {"path": str(bundle.path), "bundle_id": bundle.id})
 
 
 def do_validate(args, namespace=None) -> Outcome:
-    from . import bundle as bundles
-    from .validation import validate
+    from .researcher import bundle as bundles
+    from .researcher.compose import build
+    from .researcher.validation import validate
 
     if args.target.suffix == ".ipynb":
-        bundle = bundles.build(args.target, args.output, namespace)
+        bundle = build(args.target, args.output, namespace)
     else:
         bundle = bundles.require_intact(args.target)
     result = validate(bundle)
@@ -228,16 +221,16 @@ def do_validate(args, namespace=None) -> Outcome:
 
 
 def do_review(args, namespace=None) -> Outcome:
-    from .review import render
+    from .reviewer.review import render
 
     path = render(args.bundle, args.output)
     return Outcome(path, f"review: {path}", {"review": str(path)})
 
 
 def do_approve(args, namespace=None) -> Outcome:
-    from .approvals import approve, parse_releases
-    from .bundle import require_intact
-    from .sites import open_site
+    from .researcher.bundle import require_intact
+    from .reviewer.signing import approve, parse_releases
+    from .site.sites import open_site
 
     bundle = require_intact(args.bundle)
     site = open_site(args.site)
@@ -255,8 +248,8 @@ def do_approve(args, namespace=None) -> Outcome:
 
 
 def do_revoke(args, namespace=None) -> Outcome:
-    from .approvals import revoke
-    from .sites import open_site
+    from .reviewer.signing import revoke
+    from .site.sites import open_site
 
     site = open_site(args.site)
     revocation = revoke(site, args.bundle_id, args.key, args.reason, args.output)
@@ -266,7 +259,7 @@ def do_revoke(args, namespace=None) -> Outcome:
 
 
 def do_reviewer_init(args, namespace=None) -> Outcome:
-    from .keys import create_key_pair
+    from .reviewer.keypair import create_key_pair
 
     kid, public_file = create_key_pair(args.key_file)
     text = (f"reviewer key {kid}\n  private: {args.key_file} (mode 0600: keep it on this machine, never at a site)"
@@ -277,7 +270,7 @@ def do_reviewer_init(args, namespace=None) -> Outcome:
 
 
 def do_site_init(args, namespace=None) -> Outcome:
-    from .sites import DEFAULT_MAX_APPROVAL_DAYS, init
+    from .site.sites import DEFAULT_MAX_APPROVAL_DAYS, init
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
     site = init(args.dir, args.name, days)
@@ -288,7 +281,7 @@ def do_site_init(args, namespace=None) -> Outcome:
 
 
 def do_site_add_dataset(args, namespace=None) -> Outcome:
-    from .sites import add_dataset, open_site
+    from .site.sites import add_dataset, open_site
 
     site = open_site(args.dir)
     entry = add_dataset(site, args.dataset_id, args.csv)
@@ -296,7 +289,7 @@ def do_site_add_dataset(args, namespace=None) -> Outcome:
 
 
 def do_site_trust(args, namespace=None) -> Outcome:
-    from .sites import open_site, trust
+    from .site.sites import open_site, trust
 
     site = open_site(args.dir)
     kid = trust(site, args.public_key)
@@ -304,7 +297,7 @@ def do_site_trust(args, namespace=None) -> Outcome:
 
 
 def do_site_show(args, namespace=None) -> Outcome:
-    from .sites import open_site
+    from .site.sites import open_site
 
     site = open_site(args.dir)
     data = site.to_json()
@@ -326,7 +319,7 @@ def do_demo(args, namespace=None) -> Outcome:
 
 
 def do_submit(args, namespace=None) -> Outcome:
-    from .submit import submit
+    from .targets.submit import submit
 
     run = submit(args.bundle, args.sites, target=args.target, runs_root=args.runs, poc_workspace=args.poc_workspace,
                  startup_kit=args.startup_kit, username=args.username, round_timeout=args.round_timeout)
@@ -337,7 +330,7 @@ def do_submit(args, namespace=None) -> Outcome:
 
 
 def do_status(args, namespace=None) -> Outcome:
-    from .runs import Run
+    from .researcher.runs import Run
 
     run = Run(args.run)
     if args.follow:
@@ -345,57 +338,8 @@ def do_status(args, namespace=None) -> Outcome:
     return run_summary(run)
 
 
-def follow(run, out=None, poll: float = 0.5) -> None:
-    """Print a run's progress until it ends: a progress bar on a terminal, a line per round, per site."""
-    import time
-
-    from .runs import FINAL
-
-    out = out or sys.stdout
-    clear = "\r\033[K" if out.isatty() else ""  # a progress bar line is there to overwrite
-    printed = -1
-    while True:
-        status = run.status
-        done, total = run.progress
-        frame = run.metrics()
-        for round in sorted(set(frame["round"])):
-            if printed < round < done or (status in FINAL and round > printed):
-                rows = frame[(frame["round"] == round) & (frame["name"] != "num_samples")]
-                cells = "  ".join(f"{site}: " + " ".join(f"{n}={v:.3f}" for n, v in sorted(zip(g["name"], g["value"])))
-                                  for site, g in rows.groupby("site"))
-                label = "final model" if round == total else f"round {round + 1}/{total}"
-                print(f"{clear}{label:>12}  {cells}", file=out, flush=True)
-                printed = round
-        if status in FINAL:
-            return
-        if clear:
-            filled = int(20 * done / max(total, 1))
-            states = " ".join(f"{site}:{state}" for site, state in run.sites.items())
-            out.write(f"{clear}[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} rounds  {status}  {states}")
-            out.flush()
-        time.sleep(poll)
-
-
-def run_summary(run) -> Outcome:
-    sites = run.sites
-    lines = [f"run {run.path}: {run.status}" + (f" ({run.message})" if run.message else "")]
-    for site, state in sites.items():
-        reason = run.refusals.get(site) or run.failures.get(site) or ""
-        lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
-    final = run.final_metrics() if run.status == "finished" else {}
-    if "global" in final:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in final["global"].items() if k != "num_samples")
-        lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
-    if run.global_model:
-        lines.append(f"global model: {run.global_model}")
-    data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
-            "refusals": run.refusals, "failures": run.failures, "final_metrics": final,
-            "global_model": str(run.global_model) if run.global_model else None}
-    return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)
-
-
 def do_poc_up(args, namespace=None) -> Outcome:
-    from .flare.poc import up
+    from .targets.poc import up
 
     poc = up(args.workspace, args.sites, args.demo_data, say=print if not args.json else (lambda *a: None))
     data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit),
@@ -405,7 +349,7 @@ def do_poc_up(args, namespace=None) -> Outcome:
 
 
 def do_poc_status(args, namespace=None) -> Outcome:
-    from .flare.poc import status
+    from .targets.poc import status
 
     report = status(args.workspace)
     text = (f"POC {report['workspace']}: {'running' if report['running'] else 'stopped'}; sites {', '.join(report['sites'])}"
@@ -414,7 +358,7 @@ def do_poc_status(args, namespace=None) -> Outcome:
 
 
 def do_poc_down(args, namespace=None) -> Outcome:
-    from .flare.poc import down
+    from .targets.poc import down
 
     killed = down(args.workspace, say=print if not args.json else (lambda *a: None))
     return Outcome(killed, "", {"killed": killed})

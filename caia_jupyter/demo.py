@@ -1,8 +1,8 @@
 """`caia demo`: three simulated cancer centers, end to end, on one machine.
 
 Each center gets a site directory whose catalog holds a non-IID share of scikit-learn's
-breast cancer data (the real rows; the researcher's notebook only has synthetic samples).
-Each center's reviewer key lies in reviewers/ beside the sites, never in a site directory.
+breast cancer data, and a reviewer whose key lies outside every site directory
+(`targets.demo_sites`).
 The example notebook is bundled, validated, rendered for review and approved at every site,
 then trained across the three sites on NVFLARE's simulator. Last, the same job with one
 byte changed in transit is refused by every site's guard.
@@ -11,21 +11,18 @@ byte changed in transit is refused by every site's guard.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from . import approvals, bundle, keys, review, sites, validation
-from .cli import follow, run_summary
-from .errors import CaiaError
-from .flare import simulator
-from .submit import submit
+from .contracts.errors import CaiaError
+from .researcher import compose, validation
+from .reviewer import review, signing
+from .targets import simulator
+from .targets.demo_sites import make_sites
+from .targets.submit import submit
+from .terminal import follow, run_summary
 
 NOTEBOOK = "01_breast_cancer.ipynb"
 MARKER = ".caia-demo"
-# Share of each class (malignant, benign) that goes to each site: skewed on purpose.
-CLASS_SHARES = {"site-1": (0.60, 0.15), "site-2": (0.30, 0.35), "site-3": (0.10, 0.50)}
 
 
 def examples_dir() -> Path:
@@ -46,64 +43,6 @@ def prepare_workdir(workdir: Path) -> Path:
     return workdir / "notebook" / NOTEBOOK
 
 
-@dataclass(frozen=True)
-class DemoSite:
-    """A simulated center: its site directory, and its reviewer's private key, kept outside every site."""
-
-    site: sites.Site
-    reviewer_key: Path
-
-
-def add_reviewer(site: sites.Site, key_file: Path) -> Path:
-    """Make a reviewer key pair at `key_file` (refused inside a site directory) and have `site` trust it."""
-    keys.create_key_pair(key_file)
-    sites.trust(site, keys.public_key_file(key_file))
-    return key_file
-
-
-def make_sites(root: Path, count: int = 3, seed: int = 0, reviewers: Path | None = None,
-               reuse: bool = False) -> list[DemoSite]:
-    """`count` sites under `root` (site-1, site-2, ...), each with a non-IID split of the breast
-    cancer data in its catalog and one trusted reviewer, whose key is `reviewers`/<site>.key
-    (default: `root`/../reviewers, outside every site directory).
-
-    With `reuse`, sites an earlier call made under `root` are returned as they are.
-    """
-    from sklearn.datasets import load_breast_cancer
-
-    root = Path(root)
-    reviewers = Path(reviewers) if reviewers is not None else root.parent / "reviewers"
-    names = [f"site-{i + 1}" for i in range(count)]
-    if reuse and all((root / name / "site.json").is_file() for name in names):
-        made = [DemoSite(sites.open_site(root / name), reviewers / f"{name}.key") for name in names]
-        missing = [str(m.reviewer_key) for m in made if not m.reviewer_key.is_file()]
-        if missing:
-            raise CaiaError(f"the demo reviewer key {missing[0]} is missing; remove {root} and run again")
-        return made
-    frame = load_breast_cancer(as_frame=True).frame
-    rng = np.random.default_rng(seed)
-    if count == len(CLASS_SHARES):
-        shares = list(CLASS_SHARES.values())
-    else:  # half an even share each, the rest skewed at random: no site is empty, none alike
-        shares = (0.5 / count + 0.5 * rng.dirichlet([1.0] * count, size=2)).T
-    parts = {name: [] for name in names}
-    for label in (0, 1):
-        rows = rng.permutation(np.flatnonzero(frame["target"].to_numpy() == label))
-        weights = np.array([share[label] for share in shares], dtype=float)
-        cuts = np.round(np.cumsum(weights / weights.sum())[:-1] * len(rows)).astype(int)
-        for name, part in zip(names, np.split(rows, cuts)):
-            parts[name].append(part)
-    made = []
-    for name in names:
-        site = sites.init(root / name, name)
-        data = root / name / "data" / "breast_cancer.csv"
-        data.parent.mkdir()
-        frame.iloc[np.sort(np.concatenate(parts[name]))].to_csv(data, index=False)
-        sites.add_dataset(site, "breast_cancer", data)
-        made.append(DemoSite(site, add_reviewer(site, reviewers / f"{name}.key")))
-    return made
-
-
 def main(workdir: Path, say=print) -> int:
     workdir = Path(workdir).resolve()
     notebook = prepare_workdir(workdir)
@@ -115,7 +54,7 @@ def main(workdir: Path, say=print) -> int:
         say(f"  {site.name}: {rows} patients in its catalog (never leave the site)")
     say(f"  each site's reviewer key: {workdir / 'reviewers'} (outside every site directory)")
 
-    built = bundle.build(notebook)
+    built = compose.build(notebook)
     say(f"bundle {built.path}\n  {built.id}")
     result = validation.validate(built)
     if not result.passed:
@@ -123,7 +62,7 @@ def main(workdir: Path, say=print) -> int:
     say(f"validation passed in {result.record['duration_s']} s (one round on synthetic samples, fresh kernel)")
     say(f"review rendering: {review.render(built.path)}")
     for center in centers:
-        approval = approvals.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key,
+        approval = signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key,
                                      expires_in_days=7)
         say(f"  {center.site.name} reviewer approved (key {approval.key_id}), releasing breast_cancer")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import bundle as bundles
-from .approvals import find_approval
-from .errors import CaiaError
-from .runs import Run
-from .sites import open_site
+from .contracts.errors import CaiaError
+from .researcher import compose
+from .researcher.bundle import Bundle
+from .researcher.runs import Run
+from .site.approvals import find_approval
+from .site.sites import open_site
 
 
 def site_dirs_near(notebook_path: Path, extra: list[str] = ()) -> list[Path]:
@@ -19,9 +20,9 @@ def site_dirs_near(notebook_path: Path, extra: list[str] = ()) -> list[Path]:
 
 def notebook(notebook_path: Path, site_dirs: list[Path]) -> dict:
     """Federated cells, bundle id (as `caia bundle` computes it), validation and approvals per site."""
-    composed = bundles.compose(notebook_path)
-    built = bundles.default_output(notebook_path)
-    record = bundles.Bundle(built, composed.id, composed.manifest).record("validation.json") or {}
+    composed = compose.compose(notebook_path)
+    built = compose.default_output(notebook_path)
+    record = Bundle(built, composed.id, composed.manifest).record("validation.json") or {}
     if record.get("bundle_id") != composed.id:
         validation = {"state": "none", "summary": "not validated for this bundle id"}
     elif record.get("passed"):

@@ -9,8 +9,11 @@ import pytest
 import nbformat
 
 import corpus
-from caia_jupyter import approvals, bundle, cli, sites, validation
-from caia_jupyter.demo import add_reviewer
+from caia_jupyter import cli
+from caia_jupyter.researcher import compose, validation
+from caia_jupyter.reviewer import signing
+from caia_jupyter.site import sites
+from caia_jupyter.targets.demo_sites import add_reviewer
 
 REPO = Path(__file__).resolve().parents[1]
 # Users' Python writes __pycache__ beside what it imports; so does every process the tests start.
@@ -45,7 +48,7 @@ def caia(capsys):
 def validated_good(tmp_path_factory):
     """The good corpus notebook, bundled and validated once per session (papermill, real kernel)."""
     folder = tmp_path_factory.mktemp("validated")
-    built = bundle.build(corpus.write("good", folder))
+    built = compose.build(corpus.write("good", folder))
     result = validation.validate(built)
     assert result.passed, result.error
     return built
@@ -63,13 +66,13 @@ def make_site(root, name, csv_text=corpus.SAMPLE_CSV):
 
 
 def reviewer_key(site) -> Path:
-    """The demo reviewer key of a site made by `make_site` or `demo.make_sites`: <sites root>/../reviewers/<name>.key."""
+    """The demo reviewer key of a site made by `make_site` or `demo_sites.make_sites`: <sites root>/../reviewers/<name>.key."""
     return site.path.parent.parent / "reviewers" / f"{site.name}.key"
 
 
 def approve(site, bundle_id, releases, **options):
     """Approve `bundle_id` at `site` as its demo reviewer (see `reviewer_key`)."""
-    return approvals.approve(site, bundle_id, releases, reviewer_key(site), **options)
+    return signing.approve(site, bundle_id, releases, reviewer_key(site), **options)
 
 
 def build_validated(folder, name="good", edit=None):
@@ -79,7 +82,7 @@ def build_validated(folder, name="good", edit=None):
         nb = nbformat.read(path, as_version=4)
         edit(nb)
         nbformat.write(nb, path)
-    built = bundle.build(path)
+    built = compose.build(path)
     assert validation.validate(built).passed
     return built
 

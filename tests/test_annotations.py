@@ -1,8 +1,8 @@
 import pytest
 
-from caia_jupyter import annotations
-from caia_jupyter.annotations import DatasetRequest
-from caia_jupyter.errors import NotebookError
+from caia_jupyter.contracts.errors import NotebookError
+from caia_jupyter.researcher import annotations
+from caia_jupyter.researcher.annotations import DatasetRequest
 
 
 def test_a_plain_header_marks_a_cell_and_is_stripped_from_the_body():

@@ -6,11 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from caia_jupyter import approvals, bundle, keys, sites
-from caia_jupyter.demo import add_reviewer, make_sites
-from caia_jupyter.errors import ApprovalRejected, CaiaError, SiteError
-from caia_jupyter.flare import poc as pocs
-from caia_jupyter.manifest import canonical
+from caia_jupyter.contracts.errors import ApprovalRejected, CaiaError, SiteError
+from caia_jupyter.contracts.manifest import canonical
+from caia_jupyter.researcher import compose
+from caia_jupyter.reviewer import keypair, signing
+from caia_jupyter.site import approvals, keys, sites
+from caia_jupyter.targets import poc as pocs
+from caia_jupyter.targets.demo_sites import add_reviewer, make_sites
 from conftest import approve, make_site, reviewer_key
 
 OTHER_ID = "sha256:" + "ab" * 32
@@ -25,7 +27,7 @@ def site(tmp_path):
 
 @pytest.fixture
 def built(write_notebook, tmp_path):
-    return bundle.build(write_notebook("good"), tmp_path / "bundle")
+    return compose.build(write_notebook("good"), tmp_path / "bundle")
 
 
 def private_key_files_under(folder):
@@ -41,7 +43,7 @@ def sign(statement: dict, key_file) -> dict:
 def statement_for(site, bundle_id, issued=T0, expires=T0 + timedelta(days=7), **changes):
     kid = keys.key_id(keys.load_private_key(reviewer_key(site)).public_key())
     return {"format": "caia-approval/1", "site": site.name, "bundle_id": bundle_id, "datasets": {"tiny": "tiny"},
-            "key_id": kid, "issued_at": approvals._iso(issued), "expires_at": approvals._iso(expires), **changes}
+            "key_id": kid, "issued_at": approvals.iso(issued), "expires_at": approvals.iso(expires), **changes}
 
 
 # Sites hold no private key
@@ -80,7 +82,7 @@ def test_no_private_key_lies_under_any_site_directory(tmp_path, caia, creator):
 def test_a_reviewer_key_is_mode_0600_from_creation_and_never_overwritten(tmp_path):
     old = os.umask(0)  # the mode must not depend on the umask
     try:
-        kid, public = keys.create_key_pair(tmp_path / "me" / "jane.key")
+        kid, public = keypair.create_key_pair(tmp_path / "me" / "jane.key")
     finally:
         os.umask(old)
     private = tmp_path / "me" / "jane.key"
@@ -88,17 +90,17 @@ def test_a_reviewer_key_is_mode_0600_from_creation_and_never_overwritten(tmp_pat
     assert keys.key_id(keys.load_public_key(public)) == kid == keys.key_id(keys.load_private_key(private).public_key())
     before = private.read_bytes()
     with pytest.raises(SiteError, match="already exists"):
-        keys.create_key_pair(private)
+        keypair.create_key_pair(private)
     assert private.read_bytes() == before
     (tmp_path / "link.key").symlink_to(tmp_path / "elsewhere.key")  # a planted link is not followed
     with pytest.raises(SiteError, match="already exists"):
-        keys.create_key_pair(tmp_path / "link.key")
+        keypair.create_key_pair(tmp_path / "link.key")
     assert not (tmp_path / "elsewhere.key").exists() and not (tmp_path / "link.key.pub").exists()
 
 
 def test_a_reviewer_key_is_refused_inside_a_site_directory(site):
     with pytest.raises(SiteError, match="lies inside the caia site directory"):
-        keys.create_key_pair(site.path / "keys" / "r.key")
+        keypair.create_key_pair(site.path / "keys" / "r.key")
     assert not (site.path / "keys").exists()
 
 
@@ -107,10 +109,10 @@ def test_approve_refuses_a_key_inside_the_site_and_a_key_the_site_does_not_trust
     inside.parent.mkdir()
     inside.write_bytes(reviewer_key(site).read_bytes())
     with pytest.raises(SiteError, match="lies inside site directory .* where approved code could read it"):
-        approvals.approve(site, built.id, {"tiny": "tiny"}, inside)
-    keys.create_key_pair(tmp_path / "stranger.key")
+        signing.approve(site, built.id, {"tiny": "tiny"}, inside)
+    keypair.create_key_pair(tmp_path / "stranger.key")
     with pytest.raises(SiteError, match="site site-1 does not trust reviewer key .*`caia site trust .*stranger.key.pub`"):
-        approvals.approve(site, built.id, {"tiny": "tiny"}, tmp_path / "stranger.key")
+        signing.approve(site, built.id, {"tiny": "tiny"}, tmp_path / "stranger.key")
     assert list(site.approvals_dir.iterdir()) == []
 
 
@@ -142,7 +144,7 @@ def test_other_bundle_id_is_rejected(site, built):
 
 def test_other_site_is_rejected(site, built, tmp_path):
     other = sites.init(tmp_path / "site-2", "site-2")
-    sites.trust(other, keys.public_key_file(reviewer_key(site)))
+    sites.trust(other, keypair.public_key_file(reviewer_key(site)))
     approval = approve(site, built.id, {}, output=tmp_path / "a.json")
     with pytest.raises(ApprovalRejected, match="is for site 'site-1', not 'site-2'"):
         approvals.verify_approval(approval.path, other, built.id)
@@ -354,7 +356,7 @@ def test_revoking_rejects_earlier_approvals_and_a_later_approval_is_valid_again(
     approve(site, built.id, {"tiny": "tiny"}, now=T0)
     assert approvals.find_approval(site, built.id, {"tiny"}, now=T0 + HOUR)[0] is not None
 
-    revocation = approvals.revoke(site, built.id, reviewer_key(site), "releases too much", now=T0 + 2 * HOUR)
+    revocation = signing.revoke(site, built.id, reviewer_key(site), "releases too much", now=T0 + 2 * HOUR)
     assert revocation.path.parent == site.revocations_dir
     found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + 3 * HOUR)
     assert found is None
@@ -368,7 +370,7 @@ def test_revoking_rejects_earlier_approvals_and_a_later_approval_is_valid_again(
 
 
 def test_an_approval_made_in_the_second_of_a_revocation_is_issued_after_it(site, built):
-    approvals.revoke(site, built.id, reviewer_key(site), now=T0)
+    signing.revoke(site, built.id, reviewer_key(site), now=T0)
     approval = approve(site, built.id, {"tiny": "tiny"}, now=T0)
     assert approval.issued_at == T0 + timedelta(seconds=1)
     assert approvals.find_approval(site, built.id, {"tiny"}, now=T0 + HOUR)[0] is not None
@@ -376,13 +378,13 @@ def test_an_approval_made_in_the_second_of_a_revocation_is_issued_after_it(site,
 
 def test_a_revocation_counts_only_for_its_bundle_and_site_and_when_a_trusted_key_signed_it(site, built, tmp_path):
     approve(site, built.id, {"tiny": "tiny"}, now=T0)
-    approvals.revoke(site, OTHER_ID, reviewer_key(site), now=T0 + HOUR)
+    signing.revoke(site, OTHER_ID, reviewer_key(site), now=T0 + HOUR)
     stranger = make_site(tmp_path / "elsewhere" / "sites", "site-1")
-    approvals.revoke(stranger, built.id, reviewer_key(stranger), now=T0 + HOUR,
+    signing.revoke(stranger, built.id, reviewer_key(stranger), now=T0 + HOUR,
                      output=site.revocations_dir / "by-a-stranger.json")
     other = make_site(tmp_path / "more" / "sites", "site-2")
-    sites.trust(other, keys.public_key_file(reviewer_key(site)))
-    approvals.revoke(other, built.id, reviewer_key(site), now=T0 + HOUR, output=site.revocations_dir / "for-site-2.json")
+    sites.trust(other, keypair.public_key_file(reviewer_key(site)))
+    signing.revoke(other, built.id, reviewer_key(site), now=T0 + HOUR, output=site.revocations_dir / "for-site-2.json")
     for name, text in {"list.json": "[]", "garbage.json": "{", "dup.json": '{"statement": {}, "statement": {}}'}.items():
         (site.revocations_dir / name).write_text(text)
     found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + 2 * HOUR)
@@ -391,10 +393,10 @@ def test_a_revocation_counts_only_for_its_bundle_and_site_and_when_a_trusted_key
 
 def test_revoke_refuses_a_malformed_bundle_id_and_an_untrusted_key(site, tmp_path):
     with pytest.raises(CaiaError, match="is not a bundle id"):
-        approvals.revoke(site, "sha256:abc", reviewer_key(site))
-    keys.create_key_pair(tmp_path / "stranger.key")
+        signing.revoke(site, "sha256:abc", reviewer_key(site))
+    keypair.create_key_pair(tmp_path / "stranger.key")
     with pytest.raises(SiteError, match="does not trust reviewer key"):
-        approvals.revoke(site, OTHER_ID, tmp_path / "stranger.key")
+        signing.revoke(site, OTHER_ID, tmp_path / "stranger.key")
     assert list(site.revocations_dir.iterdir()) == []
 
 

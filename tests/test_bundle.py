@@ -7,18 +7,19 @@ import pytest
 
 import corpus
 
-from caia_jupyter import bundle, freenames, manifest
-from caia_jupyter.errors import NotebookError
+from caia_jupyter.contracts import manifest
+from caia_jupyter.contracts.errors import NotebookError
+from caia_jupyter.researcher import bundle, compose, freenames
 
 
 def rebuild(path, out):
-    return bundle.build(path, out).id
+    return compose.build(path, out).id
 
 
 def test_building_twice_gives_the_same_id_and_same_bytes(write_notebook, tmp_path):
     path = write_notebook("good")
-    first = bundle.build(path, tmp_path / "a")
-    second = bundle.build(path, tmp_path / "b")
+    first = compose.build(path, tmp_path / "a")
+    second = compose.build(path, tmp_path / "b")
     assert first.id == second.id and first.id.startswith("sha256:")
     for name in first.manifest["files"]:
         assert (first.path / name).read_bytes() == (second.path / name).read_bytes()
@@ -71,7 +72,7 @@ def test_settings_are_part_of_what_runs(write_notebook, tmp_path):
 
 
 def test_the_bundle_holds_code_only_and_the_manifest_follows_the_shipped_schema(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    built = compose.build(write_notebook("good"), tmp_path / "b")
     listed = set(built.manifest["files"])
     assert listed == {"federated.py", "caia_runner.py", "config_fed_client.json", "requirements.txt"}
     on_disk = {p.relative_to(built.path).as_posix() for p in built.path.rglob("*") if p.is_file()}
@@ -90,7 +91,7 @@ def test_the_bundle_holds_code_only_and_the_manifest_follows_the_shipped_schema(
 
 
 def test_cell_map_points_into_the_module(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    built = compose.build(write_notebook("good"), tmp_path / "b")
     lines = built.source("federated.py").splitlines()
     for cell in built.record("build.json")["cells"]:
         assert lines[cell["start"] - 1].strip() == cell["first_line"]
@@ -99,15 +100,15 @@ def test_cell_map_points_into_the_module(write_notebook, tmp_path):
 def test_free_names_come_from_the_kernel_namespace(write_notebook, tmp_path):
     path = write_notebook("free_name")
     with pytest.raises(NotebookError, match="uses 'LEARNING_RATE', which no federated cell defines.*%federated bundle"):
-        bundle.build(path, tmp_path / "b")
+        compose.build(path, tmp_path / "b")
     assert not (tmp_path / "b").exists()
-    built = bundle.build(path, tmp_path / "b", namespace={"LEARNING_RATE": 0.25})
+    built = compose.build(path, tmp_path / "b", namespace={"LEARNING_RATE": 0.25})
     assert "LEARNING_RATE = 0.25\n" in built.source("federated.py")
     assert not built.opaque_files
 
 
 def test_non_literal_values_are_captured_opaque_and_flagged(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.25)})
+    built = compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.25)})
     entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
     assert entry["opaque"] is True and entry["role"] == "captured"
     assert entry["python_name"] == "LEARNING_RATE" and entry["python_type"] == "numpy.float32"
@@ -148,20 +149,20 @@ def test_imports_of_uninstalled_or_local_modules_are_refused(write_notebook, tmp
     next(c for c in nb.cells if c.source.startswith("%%federated dataset")).source += f"import {module}\n"
     nbformat.write(nb, path)
     with pytest.raises(NotebookError, match=f"imports '{module}', {reason}"):
-        bundle.build(path, tmp_path / "b")
+        compose.build(path, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
 def test_rebuilding_with_the_same_id_keeps_records_and_a_new_id_drops_them(write_notebook, tmp_path):
     path = write_notebook("good")
-    built = bundle.build(path, tmp_path / "b")
+    built = compose.build(path, tmp_path / "b")
     (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id}))
-    bundle.build(path, tmp_path / "b")
+    compose.build(path, tmp_path / "b")
     assert (built.records / "validation.json").exists()
     nb = nbformat.read(path, as_version=4)
     nb.cells[5].source += "\n# changed\n"
     nbformat.write(nb, path)
-    bundle.build(path, tmp_path / "b")
+    compose.build(path, tmp_path / "b")
     assert not (built.records / "validation.json").exists()
 
 
@@ -221,16 +222,16 @@ def test_bundling_a_dataframe_from_the_kernel_writes_no_bundle(write_notebook, t
     import pandas as pd
 
     with pytest.raises(NotebookError, match="'LEARNING_RATE', a pandas.DataFrame from the kernel"):
-        bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": pd.DataFrame({"a": [1]})})
+        compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": pd.DataFrame({"a": [1]})})
     assert not (tmp_path / "b").exists()
 
 
 def test_the_build_record_holds_paths_relative_to_the_bundle_and_the_notebook(write_notebook, tmp_path):
-    from caia_jupyter import validation
+    from caia_jupyter.researcher import validation
 
     path = write_notebook("good")
     for target, notebook in [(None, "../../good.ipynb"), (tmp_path / "out" / "b", "../../work/good.ipynb")]:
-        built = bundle.build(path, target)
+        built = compose.build(path, target)
         text = (built.records / "build.json").read_text()
         assert str(tmp_path) not in text
         assert json.loads(text)["notebook"] == notebook and json.loads(text)["samples"] == {"tiny": "samples/tiny.csv"}
@@ -244,6 +245,6 @@ def test_a_sample_written_as_an_absolute_path_is_recorded_relative_to_the_notebo
     cell = next(c for c in nb.cells if c.source.startswith("%%federated dataset"))
     cell.source = cell.source.replace("tiny:samples/tiny.csv", f"tiny:{path.parent / 'samples' / 'tiny.csv'}")
     nbformat.write(nb, path)
-    built = bundle.build(path)
+    built = compose.build(path)
     assert built.record("build.json")["samples"] == {"tiny": "samples/tiny.csv"}
     assert str(tmp_path) not in (built.records / "build.json").read_text()

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from caia_jupyter import bundle, captured, freenames, review
-from caia_jupyter.errors import BundleError, NotebookError
-from caia_jupyter.flare.guard import Refusal, admit
-from caia_jupyter.manifest import bundle_id
+from caia_jupyter.contracts import captured
+from caia_jupyter.contracts.errors import BundleError, NotebookError
+from caia_jupyter.contracts.manifest import bundle_id
+from caia_jupyter.researcher import bundle, compose, freenames
+from caia_jupyter.reviewer import review
+from caia_jupyter.site.guard import Refusal, admit
 from conftest import approve, make_site
 import corpus
 
@@ -76,7 +78,7 @@ def test_loading_never_calls_what_a_pickle_names_beyond_the_allowed(tmp_path):
 
 def with_captured_file(folder, data: bytes, claimed_type: str):
     """A built bundle whose captured LEARNING_RATE.pkl is replaced by `data`, manifest kept consistent."""
-    built = bundle.build(corpus.write("free_name", folder), folder / "bundle", namespace={"LEARNING_RATE": np.float32(0.5)})
+    built = compose.build(corpus.write("free_name", folder), folder / "bundle", namespace={"LEARNING_RATE": np.float32(0.5)})
     (built.path / "captured" / "LEARNING_RATE.pkl").write_bytes(data)
     manifest = json.loads((built.path / "manifest.json").read_text())
     manifest["files"]["captured/LEARNING_RATE.pkl"].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data),
@@ -104,8 +106,8 @@ def test_verify_review_and_the_guard_refuse_a_captured_file_that_is_not_a_plain_
 
 def build_job_app(built, job):
     """The site app of `built` as NVFLARE deploys it, without computing initial weights."""
-    from caia_jupyter.fileset import MANIFEST
-    from caia_jupyter.flare.app import app_path
+    from caia_jupyter.contracts.client_app import app_path
+    from caia_jupyter.contracts.fileset import MANIFEST
 
     app = job / "app_site-1"
     for name in [*built.manifest["files"], MANIFEST]:

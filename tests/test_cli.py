@@ -130,8 +130,8 @@ def test_approve_refuses_a_key_in_the_site_and_a_key_the_site_does_not_trust(rev
 
 
 def test_approve_then_revoke(reviewed, caia):
-    from caia_jupyter.approvals import find_approval
-    from caia_jupyter.sites import open_site
+    from caia_jupyter.site.approvals import find_approval
+    from caia_jupyter.site.sites import open_site
 
     bundle, site, key = reviewed
     code, out, _ = caia("approve", bundle, "--site", site, "--key", key, "--dataset", "tiny", "--expires-in", "2", "--json")

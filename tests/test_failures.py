@@ -6,11 +6,12 @@ import traceback
 import pytest
 import torch
 
-from caia_jupyter import failures, runtime
-from caia_jupyter.context import Context
-from caia_jupyter.flare import remote
-from caia_jupyter.flare.server import FAILURES, MetricsReceiver
-from caia_jupyter.runs import Run
+from caia_jupyter.aggregator.components import FAILURES, MetricsReceiver
+from caia_jupyter.contracts import failures
+from caia_jupyter.researcher.runs import Run
+from caia_jupyter.site import runtime
+from caia_jupyter.site.context import Context
+from caia_jupyter.targets import remote
 
 MARKER = "PATIENT-4711-MARKER"
 UNKNOWN = {"entry": "runtime", "round": None, "category": "unknown"}
@@ -64,7 +65,7 @@ def test_the_receiver_reads_a_report_sent_through_nvflare_analytics_and_keeps_th
     receiver._run_dir = tmp_path
 
     def send(site, text):
-        shareable = AnalyticsData(key=runtime.FAILURE_TAG, value=text, data_type=AnalyticsDataType.TEXT).to_dxo().to_shareable()
+        shareable = AnalyticsData(key=failures.FAILURE_TAG, value=text, data_type=AnalyticsDataType.TEXT).to_dxo().to_shareable()
         receiver.save(None, shareable, site)
 
     send("site-1", json.dumps({"entry": "train", "round": 2, "category": "raised"}))
@@ -159,8 +160,8 @@ def fail(site, round, call, **entry_points):
     shown = "".join(traceback.format_exception(stopped.value))  # what NVFLARE would log and pass on
     assert MARKER not in shown and "Error" not in shown.splitlines()[-1] and str(app_dir) not in shown.splitlines()[-1]
     (tag, value), = sent.sent
-    assert tag == runtime.FAILURE_TAG and MARKER not in value
-    return json.loads(value), json.loads((app_dir / runtime.FAILURE_FILE).read_text())
+    assert tag == failures.FAILURE_TAG and MARKER not in value
+    return json.loads(value), json.loads((app_dir / failures.FAILURE_FILE).read_text())
 
 
 def test_the_researchers_exception_is_reported_by_entry_point_and_round_and_kept_whole_at_the_site(site):

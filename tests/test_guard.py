@@ -11,12 +11,13 @@ import shutil
 
 import pytest
 
-from caia_jupyter import bundle, fileset
-from caia_jupyter.flare.guard import Refusal, admit
-from caia_jupyter.flare.job import build_job
-from caia_jupyter.flare.release import RELEASE
-from caia_jupyter.fsutil import read_json
-from caia_jupyter.manifest import bundle_id
+from caia_jupyter.contracts import fileset
+from caia_jupyter.contracts.fsutil import read_json
+from caia_jupyter.contracts.manifest import bundle_id
+from caia_jupyter.researcher import compose
+from caia_jupyter.site.guard import Refusal, admit
+from caia_jupyter.site.release import RELEASE
+from caia_jupyter.targets.job import build_job
 from conftest import approve, make_site
 import corpus
 
@@ -42,7 +43,7 @@ EXTERNAL_PROCESS_CONFIG = external_process_config("sh -c 'touch /nonexistent/mar
 def deployed(tmp_path_factory):
     """A real NVFLARE job of the good corpus bundle (FedJob's own layout), and a site that approved it."""
     root = tmp_path_factory.mktemp("guard")
-    built = bundle.build(corpus.write("good", root / "nb"))
+    built = compose.build(corpus.write("good", root / "nb"))
     job = build_job(built, ["site-1"], root / "job", name="caia-guard")
     site = make_site(root / "sites", "site-1")
     approve(site, built.id, {"tiny": "tiny"})

@@ -4,9 +4,9 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import corpus
-from caia_jupyter import bundle
-from caia_jupyter.bundle import Bundle
-from caia_jupyter.context import Context
+from caia_jupyter.researcher import compose
+from caia_jupyter.researcher.bundle import Bundle
+from caia_jupyter.site.context import Context
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_line_magic_errors_are_one_line_usage_errors(shell, tmp_path):
 def test_bundle_defaults_to_the_kernels_notebook(shell, write_notebook, monkeypatch):
     path = write_notebook("good")
     monkeypatch.setenv("JPY_SESSION_NAME", str(path))
-    assert shell.run_line_magic("federated", "bundle").id == bundle.build(path, path.parent / "again").id
+    assert shell.run_line_magic("federated", "bundle").id == compose.build(path, path.parent / "again").id
 
 
 def test_context_gives_a_site_like_ctx_on_the_samples(shell, write_notebook):

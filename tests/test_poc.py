@@ -10,12 +10,14 @@ import time
 import pytest
 import torch
 
-from caia_jupyter import approvals, overview, sites
-from caia_jupyter.flare import poc as pocs
-from caia_jupyter.flare import remote
+from caia_jupyter import overview
 from caia_jupyter.kernel.widgets import RunWidget
-from caia_jupyter.runs import FINAL, Run
-from caia_jupyter.submit import submit
+from caia_jupyter.researcher.runs import FINAL, Run
+from caia_jupyter.reviewer import signing
+from caia_jupyter.site import sites
+from caia_jupyter.targets import poc as pocs
+from caia_jupyter.targets import remote
+from caia_jupyter.targets.submit import submit
 from conftest import build_validated, set_source
 import corpus
 
@@ -40,7 +42,7 @@ def poc(tmp_path_factory):
 
 def approve(poc, built, names, releases=None):
     for name in names:
-        approvals.approve(sites.open_site(poc.site_dir(name)), built.id, releases or {"tiny": "tiny"}, poc.reviewer_key(name))
+        signing.approve(sites.open_site(poc.site_dir(name)), built.id, releases or {"tiny": "tiny"}, poc.reviewer_key(name))
 
 
 def two_of_three(nb):

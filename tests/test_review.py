@@ -7,12 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from caia_jupyter import __version__, bundle, review
-from caia_jupyter.bundle import MODULE_HEAD, Bundle
-from caia_jupyter.errors import BundleError
-from caia_jupyter.fileset import CLIENT_CONFIG, RUNNER
-from caia_jupyter.flare.app import client_config
-from caia_jupyter.manifest import bundle_id
+from caia_jupyter import __version__
+from caia_jupyter.contracts.client_app import client_config
+from caia_jupyter.contracts.errors import BundleError
+from caia_jupyter.contracts.fileset import CLIENT_CONFIG, RUNNER
+from caia_jupyter.contracts.manifest import bundle_id
+from caia_jupyter.researcher import compose
+from caia_jupyter.researcher.bundle import Bundle
+from caia_jupyter.researcher.compose import MODULE_HEAD
+from caia_jupyter.reviewer import review
 
 ROLES = {"federated.py": "module", "caia_runner.py": "runner", CLIENT_CONFIG: "flare-config", "requirements.txt": "requirements"}
 ENTRY_POINTS = "def build_model(): pass\ndef load_data(ctx): pass\ndef train(m, d, ctx): pass\ndef evaluate(m, d, ctx): pass\n"
@@ -157,7 +160,7 @@ def test_a_bundle_outside_caias_file_set_is_refused_not_rendered(tmp_path, files
 
 
 def test_captured_values_are_shown_by_name_type_value_size_and_sha256(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
+    built = compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
     text = text_of(review.render(built.path).read_text())
     entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
     assert "Values captured from the researcher's kernel" in text
@@ -180,7 +183,7 @@ def test_the_review_refuses_source_python_reads_differently(source, problem, tmp
 
 
 def test_records_are_shown_as_plain_text_and_the_page_runs_no_script(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    built = compose.build(write_notebook("good"), tmp_path / "b")
     record = json.loads((built.records / "build.json").read_text())
     record["cells"][0]["intro"] = ("<script>alert(1)</script>\n# Not a heading\n```python\ndef train(): pass\n```\n"
                                    "[click](javascript:alert(2)) ![x](https://evil.example/x.png) $\\href{x}{y}$ \u202eevil")
@@ -199,7 +202,7 @@ def test_records_are_shown_as_plain_text_and_the_page_runs_no_script(write_noteb
 
 
 def test_malformed_records_do_not_stop_the_review(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    built = compose.build(write_notebook("good"), tmp_path / "b")
     (built.records / "build.json").write_text(json.dumps({"bundle_id": built.id, "cells": ["x", {"ordinal": "1", "intro": 3}]}))
     (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id, "passed": True, "result": "oops", "versions": []}))
     assert "Passed" in text_of(review.render(built.path).read_text())
@@ -208,7 +211,7 @@ def test_malformed_records_do_not_stop_the_review(write_notebook, tmp_path):
 
 
 def test_review_refuses_a_tampered_bundle(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("good"), tmp_path / "b")
+    built = compose.build(write_notebook("good"), tmp_path / "b")
     (built.path / "caia_runner.py").write_text("print('hi')\n")
     with pytest.raises(BundleError, match="is not intact: file caia_runner.py"):
         review.render(built.path)

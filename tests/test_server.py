@@ -8,7 +8,7 @@ from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 import corpus
-from caia_jupyter import bundle
+from caia_jupyter.researcher import compose
 from conftest import approve, make_site
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
@@ -53,7 +53,7 @@ async def test_every_endpoint_requires_authentication(jp_fetch):
 
 async def test_the_panel_sees_the_same_bundle_id_as_the_cli(jp_fetch, jp_root_dir, notebook):
     state = await get(jp_fetch, "notebook", path=notebook)
-    assert state["bundle_id"] == bundle.build(jp_root_dir / notebook).id
+    assert state["bundle_id"] == compose.build(jp_root_dir / notebook).id
     assert [c["first_line"] for c in state["cells"]][:2] == ["import torch", "def build_model():"]
     assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id"}
     assert state["job"] == {"rounds": 2, "min_clients": 1, "params": {"lr": 0.1}}
@@ -362,8 +362,10 @@ def core_unreachable(monkeypatch):
     def fake_core(*args, **kwargs):
         raise RuntimeError("secret-internal-marker: the core was reached")
 
-    from caia_jupyter import overview, runs, submit, validation
-    for module, name in [(overview, "notebook"), (overview, "run"), (bundle, "build"), (submit, "submit"),
+    from caia_jupyter import overview
+    from caia_jupyter.researcher import runs, validation
+    from caia_jupyter.targets import submit
+    for module, name in [(overview, "notebook"), (overview, "run"), (compose, "build"), (submit, "submit"),
                          (validation, "validate"), (runs, "Run")]:
         monkeypatch.setattr(module, name, fake_core)
 

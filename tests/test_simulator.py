@@ -7,10 +7,10 @@ import torch
 
 import corpus
 from caia_jupyter import overview
-from caia_jupyter.flare import simulator
 from caia_jupyter.kernel.widgets import RunWidget
-from caia_jupyter.runs import Run, local_failure_record
-from caia_jupyter.submit import submit
+from caia_jupyter.researcher.runs import Run, local_failure_record
+from caia_jupyter.targets import simulator
+from caia_jupyter.targets.submit import submit
 from conftest import approve, build_validated, make_site, set_source
 
 pytestmark = pytest.mark.slow

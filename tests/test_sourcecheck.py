@@ -5,9 +5,10 @@ import tokenize
 
 import pytest
 
-from caia_jupyter import bundle, sourcecheck
-from caia_jupyter.flare.app import client_config
-from caia_jupyter.sourcecheck import source_problems
+from caia_jupyter.contracts import fileset, sourcecheck
+from caia_jupyter.contracts.client_app import client_config
+from caia_jupyter.contracts.sourcecheck import source_problems
+from caia_jupyter.researcher import compose
 
 # name -> (bytes of the file, the line the problem is on, a fragment of the problem)
 REFUSED = {
@@ -62,8 +63,8 @@ CLEAN = {
     "coding-utf-8-declaration": b"# -*- coding: utf-8 -*-\nx = 1\n",
     "coding-utf8-spelling": b"# coding=utf8\nx = 1\n",
     "coding-declaration-on-line-3-is-not-one": b"x = 1\ny = 2\n# coding: latin-1\n",
-    "caia-module-head": bundle.MODULE_HEAD.encode(),
-    "caia-runner": bundle.RUNNER.encode(),
+    "caia-module-head": compose.MODULE_HEAD.encode(),
+    "caia-runner": fileset.RUNNER.encode(),
     "caia-client-config": client_config(),
     "requirements": b"numpy==2.1.0\ntorch==2.13.0\n",
 }

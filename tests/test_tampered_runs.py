@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
-from caia_jupyter import approvals, sites
-from caia_jupyter.flare import poc as pocs
-from caia_jupyter.flare import remote, simulator
+from caia_jupyter.reviewer import signing
+from caia_jupyter.site import sites
+from caia_jupyter.targets import poc as pocs
+from caia_jupyter.targets import remote, simulator
 from conftest import approve, build_validated, make_site
 from test_guard import bytecode, external_process_config
 from test_poc import poc  # noqa: F401  (a POC of this module's own, with dataset tiny at every site)
@@ -65,7 +66,7 @@ def test_simulated_sites_refuse_a_job_altered_in_transit(federation, tmp_path, a
 def test_poc_sites_refuse_a_job_altered_in_transit(poc, tmp_path, attack):  # noqa: F811
     built = build_validated(tmp_path / "nb")
     for name in SITES:
-        approvals.approve(sites.open_site(poc.site_dir(name)), built.id, {"tiny": "tiny"}, poc.reviewer_key(name))
+        signing.approve(sites.open_site(poc.site_dir(name)), built.id, {"tiny": "tiny"}, poc.reviewer_key(name))
     tamper, reason = ATTACKS[attack]
     marker = tmp_path / "marker"
     run_dir = remote.create_run(built, list(SITES), tmp_path / "runs", "poc", poc.admin_kit, pocs.ADMIN)

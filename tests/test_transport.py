@@ -9,14 +9,14 @@ import zipfile
 
 import pytest
 
-from caia_jupyter import bundle, transport, validation
+from caia_jupyter.researcher import bundle, compose, transport, validation
 
 MiB = 1 << 20
 
 
 @pytest.fixture
 def built(write_notebook, tmp_path):
-    return bundle.build(write_notebook("good"), tmp_path / "bundle")
+    return compose.build(write_notebook("good"), tmp_path / "bundle")
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_pack_refuses_a_bundle_unpack_would_refuse(built, tmp_path, caia, monkey
 
 @pytest.mark.slow
 def test_no_local_path_travels_in_a_validated_pack(write_notebook, tmp_path):
-    built = bundle.build(write_notebook("good"))
+    built = compose.build(write_notebook("good"))
     assert validation.validate(built).passed
     archive = transport.pack(built.path, tmp_path / "sent.zip")
     with zipfile.ZipFile(archive) as opened:

@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from caia_jupyter import approvals, bundle
-from caia_jupyter.demo import make_sites
+from caia_jupyter.researcher import bundle
+from caia_jupyter.reviewer import signing
+from caia_jupyter.targets.demo_sites import make_sites
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -161,7 +162,7 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
     panel = open_panel(page)
     bundle_id = panel.locator('[data-caia="bundle-id"]').inner_text()
     for center in lab["centers"]:
-        approvals.approve(center.site, bundle_id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
+        signing.approve(center.site, bundle_id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
     page.locator(".jp-NotebookPanel").first.click()  # saving needs the notebook; the panel saves it
     open_panel(page)
     panel.locator('[data-caia-action="submit"]').click()

@@ -26,7 +26,7 @@ def test_validation_writes_nothing_into_the_bundle_on_a_machine_that_writes_byte
     import os
     import sys
 
-    from caia_jupyter import bundle
+    from caia_jupyter.researcher import bundle
 
     assert "PYTHONDONTWRITEBYTECODE" not in os.environ and not sys.dont_write_bytecode  # as on users' machines
     assert not list(validated_good.path.rglob("__pycache__"))
@@ -60,8 +60,8 @@ def test_a_broken_contract_is_reported_plainly(write_notebook, caia):
 def test_submit_gate_requires_a_passing_record_for_the_exact_id(validated_good, tmp_path):
     import shutil
 
-    from caia_jupyter import bundle, validation
-    from caia_jupyter.errors import ValidationFailed
+    from caia_jupyter.contracts.errors import ValidationFailed
+    from caia_jupyter.researcher import bundle, validation
 
     assert validation.require_passed(validated_good)["bundle_id"] == validated_good.id
     copy = bundle.load(shutil.copytree(validated_good.path, tmp_path / "copy"))

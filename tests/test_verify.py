@@ -2,12 +2,12 @@ import json
 
 import pytest
 
-from caia_jupyter import bundle
+from caia_jupyter.researcher import bundle, compose
 
 
 @pytest.fixture
 def built(write_notebook, tmp_path):
-    return bundle.build(write_notebook("good"), tmp_path / "bundle")
+    return compose.build(write_notebook("good"), tmp_path / "bundle")
 
 
 def flip_one_byte(path, offset=None):
@@ -44,7 +44,7 @@ def test_a_flipped_byte_in_the_manifest_is_caught(built, caia):
 def test_a_flipped_byte_in_a_captured_file_is_named(write_notebook, tmp_path, caia):
     import numpy as np
 
-    built = bundle.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
+    built = compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
     flip_one_byte(built.path / "captured" / "LEARNING_RATE.pkl", offset=-2)
     code, out, _ = caia("verify", built.path)
     assert code == 1 and "file captured/LEARNING_RATE.pkl: sha256" in out

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from caia_jupyter.kernel.widgets import RunWidget
-from caia_jupyter.runs import Run
+from caia_jupyter.researcher.runs import Run
 
 
 @pytest.fixture

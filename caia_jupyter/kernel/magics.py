@@ -13,10 +13,13 @@ from pathlib import Path
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .. import annotations, cli, notebook, schema
-from ..bundle import default_output
-from ..context import Context
-from ..errors import CaiaError
+from .. import cli
+from ..contracts import schema
+from ..contracts.errors import CaiaError
+from ..researcher import annotations, notebook
+from ..researcher.compose import default_output
+from ..site.context import Context
+from ..terminal import follow, run_summary
 
 KERNEL_COMMANDS = {
     "context": "a local ctx on the sample data of the federated cells run so far",
@@ -116,8 +119,8 @@ def show_run(run):
 
         display(RunWidget(run).follow())
         return run
-    cli.follow(run)
-    print(cli.run_summary(run).text)
+    follow(run)
+    print(run_summary(run).text)
     return run
 
 

@@ -14,7 +14,7 @@ import anywidget
 import traitlets
 
 from .. import overview
-from ..runs import FINAL, Run
+from ..researcher.runs import FINAL, Run
 
 STATIC = Path(__file__).parent / "static"
 

@@ -23,9 +23,10 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from traitlets import List, Unicode
 
-from .. import __version__, overview
-from ..errors import BundleError, CaiaError, FlareError, NotebookError, ValidationFailed
-from ..runs import FINAL, Run
+from .. import overview
+from ..contracts.errors import BundleError, CaiaError, FlareError, NotebookError, ValidationFailed
+from ..contracts.version import __version__
+from ..researcher.runs import FINAL, Run
 from . import inputs
 
 # Error -> HTTP status: bad input is the client's (4xx); a remote NVFLARE failing is 502. The first match wins.
@@ -148,8 +149,8 @@ class ValidateHandler(CaiaHandler):
         notebook = self.notebook_to_build().path
 
         def validate():
-            from ..bundle import build
-            from ..validation import validate as run_validation
+            from ..researcher.compose import build
+            from ..researcher.validation import validate as run_validation
 
             result = run_validation(build(notebook))
             return {"bundle_id": result.bundle_id, "passed": result.passed, "summary": result.error or "passed",
@@ -165,8 +166,8 @@ class ReviewHandler(CaiaHandler):
         notebook = self.notebook_to_build().path
 
         def review():
-            from ..bundle import build
-            from ..review import render
+            from ..researcher.compose import build
+            from ..reviewer.review import render
 
             return {"review": self.relative(render(build(notebook).path))}
 
@@ -181,8 +182,8 @@ class RunsHandler(CaiaHandler):
         body = self.notebook_to_build(inputs.SubmitBody)
 
         def submit():
-            from ..bundle import default_output
-            from ..submit import submit as start
+            from ..researcher.compose import default_output
+            from ..targets.submit import submit as start
 
             sites = [str(p) for p in self.site_dirs(body.path)] if body.target == "simulator" else body.sites
             run = start(default_output(body.path), sites, target=body.target, runs_root=body.path.parent / inputs.RUNS,
@@ -206,7 +207,7 @@ class RunHandler(CaiaHandler):
         run = self.query(inputs.PathQuery).path
 
         def abort():
-            from ..runs import Run
+            from ..researcher.runs import Run
 
             Run(run).abort()
             return overview.run(run)

@@ -16,8 +16,9 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstr
                       ValidationInfo, model_validator)
 from pydantic_core import PydanticCustomError
 
-from ..bundle import RECORDS, default_output
-from ..errors import CaiaError
+from ..contracts.errors import CaiaError
+from ..contracts.fileset import RECORDS
+from ..researcher.compose import default_output
 
 MAX_SINCE = 2**31 - 1  # far beyond any run's record count, and exact in the panel's JavaScript numbers
 RUNS = "runs"  # beside the notebook, as the panel's submit writes them

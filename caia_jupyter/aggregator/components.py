@@ -1,0 +1,144 @@
+"""Server-side NVFLARE components of a caia job. They run no researcher code.
+
+`CaiaFedAvg` starts from initial weights (an .npz of arrays, loaded without pickle), runs FedAvg
+weighted by each site's `num_samples`, saves the global model each round (.npz), and finally asks
+every site to evaluate the final global model. The server handles numpy arrays only: NVFLARE
+converts them to and from torch tensors at each site. `MetricsReceiver` appends every metric record,
+(site, round, name, value, time), to a JSON-lines file; `status.json` tells where the run is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.fl_constant import FLMetaKey
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+from nvflare.app_common.widgets.streaming import AnalyticsReceiver
+from nvflare.app_common.workflows.model_controller import ModelController
+
+from ..contracts import failures
+from ..contracts.fsutil import read_json, write_atomic, write_json
+
+INITIAL_MODEL = "initial_model.npz"
+GLOBAL_MODEL = "global_model.npz"
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
+FAILURES = "site_failures.json"
+APP_COMMAND = "caia"
+
+
+class CaiaFedAvg(ModelController):
+    def __init__(self, num_rounds: int, min_clients: int, round_timeout: int = 0, output_dir: str = ""):
+        super().__init__(persistor_id="")
+        self.num_rounds = num_rounds
+        self.min_clients = min_clients
+        self.round_timeout = round_timeout
+        self.output_dir = output_dir  # "" = the job's run directory in the server workspace
+
+    def run(self) -> None:
+        custom = Path(self.engine.get_workspace().get_app_custom_dir(self.fl_ctx.get_job_id()))
+        with np.load(custom / INITIAL_MODEL, allow_pickle=False) as arrays:
+            params = dict(arrays)
+        sites = sorted(c.name for c in self.engine.get_clients())
+        self._status("training", 0, sites)
+        for round in range(self.num_rounds):
+            model = FLModel(params=params, current_round=round, total_rounds=self.num_rounds)
+            results = self.send_model_and_wait(task_name="train", data=model, targets=sites, timeout=self.round_timeout)
+            reported = sorted(r.meta.get("client_name", "?") for r in results)
+            if self.abort_signal.triggered:
+                return self._status("aborted", round, reported, "the run was aborted")
+            if len(results) < self.min_clients:
+                message = (f"round {round}: {len(results)} of {len(sites)} sites returned results "
+                           f"({', '.join(reported) or 'none'}); min_clients is {self.min_clients}")
+                self._status("failed", round, reported, message)
+                return self.panic(message)
+            params = self._average(results, round)
+            save_arrays(params, self._output(GLOBAL_MODEL))
+            self._status("training", round + 1, reported)
+        final = FLModel(params=params, current_round=self.num_rounds, total_rounds=self.num_rounds)
+        results = self.send_model_and_wait(task_name="validate", data=final, targets=sites, timeout=self.round_timeout)
+        self._status("finished", self.num_rounds, sorted(r.meta.get("client_name", "?") for r in results))
+
+    def _average(self, results: list[FLModel], round: int) -> dict:
+        helper = WeightedAggregationHelper()
+        for result in results:
+            weight = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+            helper.add(data=result.params, weight=weight, contributor_name=result.meta.get("client_name", "?"), contribution_round=round)
+        return helper.get_result()
+
+    def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "") -> None:
+        status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,
+                  "message": message, "time": time.time()}
+        write_json(self._output(STATUS), status)
+
+    def _output(self, name: str) -> Path:
+        return Path(self.output_dir or self.get_run_dir()) / name
+
+
+def save_arrays(params: dict, path: Path) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **params)
+    write_atomic(path, buffer.getvalue())
+
+
+class MetricsReceiver(AnalyticsReceiver):
+    """Appends every scalar a site logs (its round as the step) to metrics.jsonl, and answers the
+    researcher's live pulls on a deployed server: app command `caia`, {"since": n} -> the records
+    from the n-th on and the run's status."""
+
+    def __init__(self, output_dir: str = ""):
+        super().__init__()
+        self.output_dir = output_dir  # "" = the job's run directory in the server workspace
+        self._file = None
+        self._records: list[dict] = []
+        self._failures: dict[str, dict] = {}  # site -> its failure report (caia_jupyter.contracts.failures)
+        self._run_dir = None
+
+    def initialize(self, fl_ctx):
+        engine = fl_ctx.get_engine()
+        self._run_dir = Path(self.output_dir or engine.get_workspace().get_run_dir(fl_ctx.get_job_id()))
+        self._file = open(self._run_dir / METRICS, "a", encoding="utf-8")
+        if hasattr(engine, "register_app_command"):  # a deployed server (the simulator has no admin commands)
+            engine.register_app_command(APP_COMMAND, self._answer)
+
+    def _answer(self, topic, command, fl_ctx) -> dict:
+        since = command.get("since", 0) if isinstance(command, dict) else 0
+        with self._save_lock:
+            records = self._records[since:]
+        return {"since": since, "records": records, "status": read_json(self._run_dir / STATUS), "failures": dict(self._failures)}
+
+    def save(self, fl_ctx, shareable, record_origin: str):
+        from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
+
+        data = AnalyticsData.from_dxo(from_shareable(shareable))
+        if data is not None and data.tag == failures.FAILURE_TAG:
+            self.save_failure(record_origin, data.value)
+            return
+        if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
+            return
+        values = data.value if data.data_type == AnalyticsDataType.SCALARS else {data.tag: data.value}
+        now = time.time()
+        for name, value in values.items():
+            record = {"site": record_origin, "round": int(data.step or 0), "name": name, "value": float(value), "time": now}
+            self._records.append(record)
+            self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def save_failure(self, site: str, report) -> None:
+        """Keep a site's first failure report, parsed strictly: anything but a report of the closed
+        vocabulary is kept as category "unknown", with nothing of what the site sent."""
+        if site in self._failures:
+            return
+        self._failures[site] = failures.parse(report).model_dump()
+        write_json(self._run_dir / FAILURES, self._failures)
+
+    def finalize(self, fl_ctx):
+        if self._file:
+            self._file.close()

@@ -1,0 +1,47 @@
+"""The NVFLARE client app a bundle becomes at a site, and the way back.
+
+A bundle carries its NVFLARE client config (`config_fed_client.json`, covered by the id):
+the app a site deploys is the bundle's files under `custom/` plus that config under
+`config/`, so the guard can recompute the bundle id from exactly what was deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from functools import cache
+from pathlib import Path
+
+CLIENT_CONFIG = "config_fed_client.json"  # NVFLARE's name for a client app's config
+TASKS = ("train", "validate")
+# Files NVFLARE itself may add to a deployed app; they carry no code of the bundle.
+FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature, in every folder
+
+
+def add_site_app(job, site: str) -> None:
+    """The client side of a caia job: the bundle's runner under NVFLARE's Client API, metrics forwarded."""
+    from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
+    from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
+    from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+
+    executor = ClientAPIExecutor(task_script_path="caia_runner.py", execution_mode="in_process", params_exchange_format="pytorch")
+    job.to(executor, site, tasks=list(TASKS))
+    job.to(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), site, id="event_to_fed")
+
+
+@cache
+def client_config() -> bytes:
+    """The client config NVFLARE's FedJob API writes for `add_site_app`, as bundle bytes."""
+    from nvflare.job_config.api import FedJob
+
+    job = FedJob(name="caia")
+    add_site_app(job, "site")
+    with tempfile.TemporaryDirectory() as out:
+        job.export_job(out)
+        config = json.loads((Path(out) / "caia" / "app_site" / "config" / CLIENT_CONFIG).read_text())
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def app_path(bundle_path: str) -> str:
+    """Where a bundle file lives in a deployed NVFLARE app."""
+    return f"config/{CLIENT_CONFIG}" if bundle_path == CLIENT_CONFIG else f"custom/{bundle_path}"

@@ -1,0 +1,73 @@
+"""The bundle manifest: every file with its sha256 and size, datasets, job settings.
+
+The bundle id is `sha256:` + the digest of the canonical manifest (sorted keys, fixed
+separators, UTF-8). `manifest.schema.json` beside this module is generated from `Manifest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from .schema import KINDS
+
+FORMAT = "caia-bundle/1"
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Kind = Literal[KINDS]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    sha256: Sha256
+    size: int = Field(ge=0)
+    role: Literal["module", "runner", "flare-config", "requirements", "captured"]
+    opaque: bool = Field(False, description="a pickle of a plain value (caia_jupyter.contracts.captured), not source")
+    python_name: str | None = Field(None, description="the name a captured value is bound to")
+    python_type: str | None = Field(None, description="the type of a captured value")
+
+
+class Column(_Strict):
+    name: str
+    kind: Kind
+
+
+class DatasetSpec(_Strict):
+    columns: list[Column] = Field(description="expected columns, in the order sites hand them to the code")
+
+
+class JobSettings(_Strict):
+    rounds: int = Field(ge=1)
+    min_clients: int = Field(ge=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="ctx.params at every site")
+
+
+class Manifest(_Strict):
+    format: Literal["caia-bundle/1"]
+    caia_version: str
+    python: str = Field(description="major.minor of the Python the bundle was built and validated with")
+    module: Literal["federated.py"] = "federated.py"
+    runner: Literal["caia_runner.py"] = "caia_runner.py"
+    files: dict[str, FileEntry]
+    datasets: dict[str, DatasetSpec]
+    job: JobSettings
+
+
+def canonical(manifest: dict) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def bundle_id(manifest: dict) -> str:
+    return "sha256:" + hashlib.sha256(canonical(manifest)).hexdigest()
+
+
+def json_schema() -> dict:
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://caia-jupyter.org/schemas/manifest-1.json"
+    return schema

@@ -1,1 +1,0 @@
-"""NVIDIA FLARE: bundle -> job, the site guard, the server components, and run targets."""

@@ -1,0 +1,257 @@
+"""A federated run, seen from the researcher's side: one directory, one handle.
+
+    run.json       what was submitted: bundle id, target, sites, settings
+    sites.json     each site's admission by its guard: approved, or refused with the reason
+    status.json    the server's progress: phase, rounds done, sites that reported
+    metrics.jsonl  every (site, round, name, value, time) record
+    global_model.npz the latest global model, as the server keeps it (numpy arrays)
+    global_model.pt  the same as a torch state dict, written when the run ends
+    outcome.json   how the run ended (written last); a failed site's report in the closed
+                   vocabulary of caia_jupyter.contracts.failures
+
+Every surface (CLI, widget, server extension) reads a run through `Run`, and tells about a site's
+failure only what `failures.describe` renders from its report.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..contracts import failures as failure_reports
+from ..contracts.errors import CaiaError
+from ..contracts.fsutil import read_json, write_atomic, write_json
+from . import metrics as metric_records
+
+FINAL = ("finished", "failed", "refused", "aborted")
+
+
+def start_launcher(run_dir: Path, module: str) -> "Run":
+    """Start `python -m MODULE RUN_DIR`, the process that keeps the run directory current, in its
+    own process group (a kernel can restart meanwhile; `Run.abort` stops the whole group)."""
+    with open(run_dir / "launcher.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", module, str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=run_dir)
+    (run_dir / "launcher.pid").write_text(str(process.pid))
+    return Run(run_dir, process)
+
+
+class Run:
+    def __init__(self, path: str | Path, process=None):
+        self.path = Path(path).resolve()
+        if not (self.path / "run.json").is_file():
+            raise CaiaError(f"{self.path} is not a caia run directory (no run.json); pass a directory under runs/")
+        self.spec = read_json(self.path / "run.json")
+        if not isinstance(self.spec.get("rounds"), int) or not isinstance(self.spec.get("sites"), (dict, list)):
+            raise CaiaError(f"{self.path}/run.json is not a caia run description; pass a run directory caia made")
+        self._process = process  # the launcher, when this process started it
+        self._reader = metric_records.MetricsReader(self.path / "metrics.jsonl")
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return f"<Run {self.path.name}: {self.status}, round {done}/{total}>"
+
+    # -- what the run says about itself ------------------------------------------------
+
+    def _json(self, name: str) -> dict:
+        return read_json(self.path / name)
+
+    @property
+    def outcome(self) -> dict:
+        return self._json("outcome.json")
+
+    @property
+    def status(self) -> str:
+        """starting | running | finished | failed | refused | aborted"""
+        if self.outcome:
+            return self.outcome["status"] if self.outcome.get("status") in FINAL else "failed"
+        if not self._launcher_alive():
+            return "failed"
+        return self._json("status.json").get("phase") and "running" or "starting"
+
+    @property
+    def message(self) -> str:
+        """Why the run ended as it did (empty while it runs or when it finished cleanly)."""
+        if not self.outcome and self.status == "failed":
+            return "the run's launcher is gone without recording an outcome; see launcher.log"
+        return self.outcome.get("message", "")
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        status = self._json("status.json")
+        done, total = status.get("rounds_done"), status.get("rounds")
+        return (done if type(done) is int else 0), (total if type(total) is int else self.spec["rounds"])
+
+    @property
+    def sites(self) -> dict[str, str]:
+        """Site -> approved | refused | running | done | failed."""
+        admissions, status, outcome = self._admissions(), self._json("status.json"), self.outcome
+        failed = self._failure_reports()
+        states = {}
+        for site in self.spec["sites"]:
+            admission = admissions.get(site, {}).get("state")
+            if admission == "refused":
+                states[site] = "refused"
+            elif site in failed:
+                states[site] = "failed"
+            elif outcome:
+                completed = outcome.get("completed_sites")
+                states[site] = "done" if isinstance(completed, list) and site in completed else "failed"
+            elif admission == "approved":
+                states[site] = "running" if status else "approved"
+            else:
+                states[site] = "waiting"
+        return states
+
+    @property
+    def refusals(self) -> dict[str, str]:
+        return {site: str(a.get("reason", "")) for site, a in self._admissions().items() if a.get("state") == "refused"}
+
+    def _admissions(self) -> dict[str, dict]:
+        """sites.json: each site's admission, an object; anything else in the file is left out."""
+        return {site: a for site, a in self._json("sites.json").items() if isinstance(a, dict)}
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Site -> why it failed, one line of the closed vocabulary of caia_jupyter.contracts.failures (on the
+        simulator, plus where the site's full record lies on this machine)."""
+        local = self.path if self.spec.get("target") == "simulator" else None
+        return describe_failures(self._failure_reports(), local)
+
+    def _failure_reports(self) -> dict[str, failure_reports.Report]:
+        return failure_reports.parse_all(self.outcome.get("failed_sites"), self.spec["sites"])
+
+    @property
+    def global_model(self) -> Path | None:
+        """The final global model as a torch state dict file, once the run has ended."""
+        path = self.path / "global_model.pt"
+        if not path.is_file() and self.status in FINAL:
+            export_global_model(self.path)  # the server keeps arrays (it never imports torch)
+        return path if path.is_file() else None
+
+    def records(self) -> list[metric_records.Record]:
+        """Every metric record so far, in the order the server received them."""
+        self._reader.poll()
+        return self._reader.records
+
+    def metrics(self):
+        """Every metric record so far, as a pandas DataFrame (site, round, name, value, time)."""
+        return metric_records.frame(sorted(self.records(), key=lambda r: (r.site, r.round, r.time)))
+
+    def table(self, name: str):
+        """One metric as a DataFrame: a row per round, a column per site."""
+        frame = self.metrics()
+        frame = frame[frame["name"] == name]
+        return frame.pivot_table(index="round", columns="site", values="value", aggfunc="last")
+
+    def final_metrics(self) -> dict[str, dict[str, float]]:
+        """Each site's evaluation of the final global model, plus "global": their mean weighted by num_samples."""
+        frame = self.metrics()
+        final = frame[frame["round"] == self.spec["rounds"]]
+        per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
+        sizes = frame[frame["name"] == "num_samples"].groupby("site")["value"].last().to_dict()
+        weights = {site: sizes.get(site, 1.0) for site in per_site}
+        total = sum(weights.values())
+        names = set.intersection(*(set(m) for m in per_site.values())) if per_site else set()
+        if total:
+            per_site["global"] = {n: sum(per_site[s][n] * w for s, w in weights.items()) / total for n in sorted(names)}
+        return per_site
+
+    # -- control -------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> str:
+        """Block until the run ends (or `timeout` seconds pass); returns the status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.status not in FINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(poll)
+        if self._process is not None and self.status in FINAL:
+            self._process.wait()
+        return self.status
+
+    def abort(self) -> str:
+        """Stop the run and every process it started."""
+        pid = self._launcher_pid()
+        if pid and self._launcher_alive():
+            try:
+                os.killpg(pid, signal.SIGTERM)  # the launcher leads its own process group
+            except ProcessLookupError:
+                pass
+            self.wait(timeout=30, poll=0.2)
+        if not self.outcome:
+            write_json(self.path / "outcome.json", {"status": "aborted", "message": "aborted by the researcher"})
+        return self.status
+
+    def _launcher_pid(self) -> int | None:
+        try:
+            return int((self.path / "launcher.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _launcher_alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        pid = self._launcher_pid()
+        if not pid:
+            return False
+        try:
+            import psutil
+
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except Exception:  # psutil.NoSuchProcess, AccessDenied
+            return False
+
+
+def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:
+    """Why a run did not start: too few sites admitted its bundle."""
+    refused = ", ".join(s for s in sites if s not in admitted)
+    return (f"{len(admitted)} of {len(sites)} sites admitted the bundle (refused: {refused}); "
+            f"min_clients is {min_clients}, so the run did not start")
+
+
+def finished_message(rounds_done: int, trained: list[str], sites: list[str], admitted: list[str], min_clients: int) -> str:
+    refused = [s for s in sites if s not in admitted]
+    note = f"; continued without {', '.join(refused)} (min_clients {min_clients})" if refused else ""
+    return f"{rounds_done} rounds with {', '.join(trained)}{note}"
+
+
+def local_failure_record(run_dir: Path, site: str) -> Path:
+    """Where a site simulated on this machine keeps the full record of its failure (its app folder)."""
+    return Path(run_dir) / "workspace" / site / "simulate_job" / f"app_{site}" / failure_reports.FAILURE_FILE
+
+
+def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[str, str]:
+    """{site: report} -> {site: its one line}; with `simulator_run`, each line also says where the
+    simulated site's full record lies (a path of this machine, never of a real site)."""
+    texts = {}
+    for site, report in reports.items():
+        record = local_failure_record(simulator_run, site) if simulator_run else None
+        texts[site] = failure_reports.describe(site, report, record if record and record.is_file() else None)
+    return texts
+
+
+def failed_message(reports: dict, simulator_run: Path | None = None) -> str:
+    """Why a run failed, as far as its sites' failure reports tell ("" when none did)."""
+    return "; ".join(describe_failures(reports, simulator_run).values())
+
+
+def export_global_model(run_dir: Path) -> Path | None:
+    """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict)."""
+    import io
+
+    import numpy as np
+    import torch
+
+    source = Path(run_dir) / "global_model.npz"
+    if not source.is_file():
+        return None
+    with np.load(source, allow_pickle=False) as arrays:
+        state = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_atomic(Path(run_dir) / "global_model.pt", buffer.getvalue())

@@ -1,0 +1,252 @@
+"""Local validation: run a bundle, in a fresh kernel via papermill, as a site will run it.
+
+The validation notebook imports the bundle's own runner and runs one round (evaluate the
+initial model, train, evaluate again) on the researcher's synthetic samples. The result is
+`records/validation.json`, bound to the bundle id, beside the executed notebook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+
+from ..contracts.errors import BundleError, CaiaError, ValidationFailed
+from ..contracts.fileset import MODULE
+from ..contracts.fsutil import write_atomic, write_json
+from ..contracts.version import __version__
+from .bundle import Bundle
+
+VERSIONS_OF = ("caia-jupyter", "nvflare", "torch", "numpy", "pandas", "papermill", "ipykernel", "cloudpickle")
+
+SETUP = """\
+from caia_jupyter.researcher.validation import Stages
+from caia_jupyter.site.context import Context
+
+stages = Stages(report_path, module_path=f"{bundle_dir}/federated.py")"""
+
+STEPS = [
+    ("import", 'with stages.run("import"):\n    from caia_jupyter.site import runtime\n    entry = runtime.load_entry_points(bundle_dir, module_sha256)'),
+    ("context", 'with stages.run("context"):\n    ctx = Context("local-validation", params, datasets, rounds=1)\n    ctx'),
+    ("build_model", 'with stages.run("build_model"):\n    model = runtime.build_model(entry)\n    model'),
+    ("load_data", 'with stages.run("load_data"):\n    data = entry.load_data(ctx)'),
+    ("round", 'with stages.run("round"):\n    result = runtime.run_round(entry, model, data, ctx)\n    result'),
+    ("evaluate", 'with stages.run("evaluate"):\n    final = runtime.evaluate(entry, model, data, ctx)\n    stages.finish(result, final)\n    final'),
+]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    bundle_id: str
+    passed: bool
+    record_path: Path
+    notebook_path: Path
+    record: dict
+
+    @property
+    def error(self) -> str | None:
+        return self.record.get("error", {}).get("summary")
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """The validation kernel talks over local sockets (IPC), never TCP, even on loopback."""
+
+    transport = "ipc"
+
+
+def validation_notebook(bundle: Bundle):
+    import nbformat  # here, not at the top: its schema validator takes ~1 s to import
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell(
+        f"# Local validation of bundle `{bundle.id}`\n\nOne round of the bundle's own site runner on "
+        "synthetic sample data, in a fresh kernel: evaluate the initial model, train, evaluate again."
+    ))
+    params = nbformat.v4.new_code_cell('bundle_dir = ""\nmodule_sha256 = ""\nreport_path = ""\nparams = {}\ndatasets = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells.append(params)
+    nb.cells.append(nbformat.v4.new_code_cell(SETUP))
+    nb.cells += [nbformat.v4.new_code_cell(source) for _, source in STEPS]
+    for index, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{index}"
+    return nb
+
+
+def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -> ValidationResult:
+    """Run the validation notebook; write records/validation.json and records/validation.ipynb."""
+    import nbformat
+    import papermill
+
+    build = bundle.record("build.json")
+    if not build or build.get("bundle_id") != bundle.id:
+        raise BundleError(f"bundle {bundle.path} has no build record for its id; rebuild it with `caia bundle`")
+    samples = sample_paths(bundle, build)
+
+    started = datetime.now(timezone.utc)
+    clock = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="caia-validate-") as work:
+        work = Path(work)
+        source, executed, report = work / "validation.ipynb", work / "executed.ipynb", work / "report.json"
+        # The kernel works in `work` and sees the bundle and the samples there under relative
+        # names, so the executed notebook, a record that travels in packs, holds no local path.
+        (work / "bundle").symlink_to(bundle.path.resolve(), target_is_directory=True)
+        (work / "samples").mkdir()
+        datasets = {}
+        for name, sample in samples.items():
+            (work / "samples" / f"{name}.csv").symlink_to(sample)
+            datasets[name] = {"path": f"samples/{name}.csv", "columns": bundle.manifest["datasets"][name]["columns"]}
+        nbformat.write(validation_notebook(bundle), source)
+        failure = None
+        try:
+            papermill.execute_notebook(
+                str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
+                kernel_manager_class=LocalKernelManager,
+                parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
+                            "report_path": report.name,
+                            "params": bundle.manifest["job"]["params"], "datasets": datasets},
+                execution_timeout=timeout, log_output=False,
+            )
+        except papermill.PapermillExecutionError as e:
+            failure = e
+        duration = time.monotonic() - clock
+        if not executed.is_file():
+            raise CaiaError(f"the validation kernel produced no notebook for {bundle.path}; check that ipykernel works")
+        executed_nb = nbformat.read(executed, as_version=4)
+        for key in ("input_path", "output_path"):  # papermill's temporary paths
+            executed_nb.metadata.get("papermill", {}).pop(key, None)
+        executed_bytes = nbformat.writes(executed_nb).encode()
+        stages = json.loads(report.read_text()) if report.is_file() else {}
+
+    record = {
+        "bundle_id": bundle.id,
+        "passed": failure is None and stages.get("passed", False),
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(duration, 2),
+        "executed_notebook": "validation.ipynb",
+        "executed_notebook_sha256": hashlib.sha256(executed_bytes).hexdigest(),
+        "versions": versions(),
+        "datasets": {name: _sha256(sample) for name, sample in samples.items()},
+    }
+    if record["passed"]:
+        record["result"] = stages["result"]
+    else:
+        record["error"] = describe_failure(stages.get("error"), failure, build.get("cells", []))
+    bundle.records.mkdir(exist_ok=True)
+    notebook_path = write_atomic(bundle.records / "validation.ipynb", executed_bytes)
+    record_path = write_json(bundle.records / "validation.json", record)
+    return ValidationResult(bundle.id, record["passed"], record_path, notebook_path, record)
+
+
+def sample_paths(bundle: Bundle, build: dict) -> dict[str, Path]:
+    """Dataset name -> its sample CSV here, from the build record's relative paths.
+
+    The record gives the notebook relative to the bundle folder and each sample relative to
+    the notebook's folder. Raises BundleError when the record is malformed or a sample is gone.
+    """
+    notebook, samples = build.get("notebook"), build.get("samples")
+    if not isinstance(notebook, str) or not isinstance(samples, dict):
+        raise BundleError(f"bundle {bundle.path} has a malformed build record; rebuild it with `caia bundle`")
+    folder = (bundle.path.resolve() / notebook).parent
+    found = {}
+    for name in bundle.manifest["datasets"]:
+        written = samples.get(name)
+        found[name] = folder / written if isinstance(written, str) else None
+        if found[name] is None or not found[name].is_file():
+            where = found[name] or "not in the build record"
+            raise BundleError(f"sample of dataset {name!r} is gone ({where}); restore it and rebuild the bundle")
+    return found
+
+
+def require_passed(bundle: Bundle) -> dict:
+    """The passing validation record of exactly this bundle id, or a one-line refusal."""
+    record = bundle.record("validation.json")
+    if not record or record.get("bundle_id") != bundle.id:
+        raise ValidationFailed(f"bundle {bundle.short_id} has not been validated; run `caia validate` on it first")
+    if not record.get("passed"):
+        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {record.get('error', {}).get('summary')}")
+    return record
+
+
+def describe_failure(error: dict | None, failure, cells: list[dict]) -> dict:
+    """Name the federated cell (index, first line) and the exception, as papermill names a cell."""
+    if not error:
+        ename = getattr(failure, "ename", "Error")
+        evalue = getattr(failure, "evalue", str(failure))
+        return {"stage": "setup", "exception": ename, "message": evalue, "summary": f"{ename}: {evalue}"}
+    cell = next((c for c in cells if error.get("line") and c["start"] <= error["line"] <= c["end"]), None)
+    where = f"stage {error['stage']}"
+    if cell:
+        line = error["line"] - cell["start"] + 1
+        where = (
+            f"federated cell {cell['ordinal']} (notebook cell {cell['notebook_index'] + 1}: "
+            f"{cell['first_line']!r}) line {line}, in {error['function']}"
+        )
+        error = {**error, "cell": cell["ordinal"], "notebook_cell": cell["notebook_index"] + 1, "cell_line": line}
+    return {**error, "summary": f"{where}: {error['exception']}: {error['message']}"}
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for dist in VERSIONS_OF:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    found["caia-jupyter"] = __version__
+    return found
+
+
+class Stages:
+    """Inside the validation kernel: run steps and report how the first failure happened."""
+
+    def __init__(self, report_path: str, module_path: str):
+        self.report_path = Path(report_path)
+        self.module_path = str(Path(module_path).resolve())
+
+    @contextmanager
+    def run(self, stage: str):
+        try:
+            yield
+        except BaseException as e:
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if str(Path(f.filename).resolve()) == self.module_path]
+            last = frames[-1] if frames else None
+            self._write({
+                "passed": False,
+                "error": {
+                    "stage": stage,
+                    "exception": type(e).__name__,
+                    "message": str(e).splitlines()[0] if str(e) else "",
+                    "line": last.lineno if last else None,
+                    "function": last.name if last else None,
+                },
+            })
+            raise
+
+    def finish(self, result, final_metrics: dict) -> None:
+        self._write({
+            "passed": True,
+            "result": {
+                "num_samples": result.num_samples,
+                "initial_evaluation": result.eval_metrics,
+                "train": result.train_metrics,
+                "final_evaluation": final_metrics,
+            },
+        })
+
+    def _write(self, report: dict) -> None:
+        self.report_path.write_text(json.dumps(report))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,394 @@
+"""What a site's reviewer reads before signing: every file of the bundle, rendered with nbconvert.
+
+Only an intact bundle is reviewed: exactly caia's file set (`fileset`), caia's own runner and
+client config, and source Python reads as a person does (`sourcecheck`). The review is made
+from those files alone, each read once and checked against the manifest, and it shows all of
+them: the federated module split at its cell markers with Python's tokenizer (every byte
+appears), the site runner, the NVFLARE client config with what it configures, the requirements,
+and captured values by Python name, type, value, size and sha256. The page runs no script and
+loads nothing (a content security policy says so to the browser); long lines wrap, so nothing
+hides past the right edge.
+
+The researcher's notes and the validation result come from records/, which nothing hashes:
+they are labelled as not covered by the bundle id and shown as plain text, never as markup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import re
+import string
+import tokenize
+from pathlib import Path
+from typing import NamedTuple
+
+import nbformat
+
+from ..contracts.captured import load as load_captured
+from ..contracts.errors import BundleError
+from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
+from ..contracts.fsutil import write_atomic
+from ..contracts.sourcecheck import reveal
+from ..contracts.version import __version__
+from ..researcher.bundle import CELL_MARK, Bundle, require_intact
+CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
+MAX_SHOWN = 300  # characters of a captured value's repr
+EVENT_CONVERTER = "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent"
+
+# The lab template without its scripts (require.js, MathJax, mermaid, widgets), with a policy that
+# forbids scripts and remote loads, and with code that wraps instead of being cut at the edge.
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block extra_css -%}
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:">
+<style type="text/css">
+.jp-InputArea, .jp-InputArea-editor { overflow: visible !important; }
+.jp-Notebook pre { white-space: pre-wrap !important; overflow-wrap: anywhere !important; }
+.jp-Notebook code { overflow-wrap: anywhere; }
+</style>
+{%- endblock extra_css -%}
+"""
+_HTML_TAGS = ["a", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "ol",
+              "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"]
+
+
+class ModulePart(NamedTuple):
+    """A run of federated.py: kind "docstring", "head" (before the first cell) or "cell" (with its ordinal)."""
+
+    kind: str
+    text: str
+    ordinal: int | None = None
+
+
+def render(bundle_path: str | Path, output: str | Path | None = None) -> Path:
+    """Render review.html of an intact bundle (default: records/review.html); returns its path.
+
+    Raises BundleError if the bundle is not intact or holds source Python would read
+    differently from what the review shows.
+    """
+    bundle = require_intact(bundle_path)
+    page = to_html(review_notebook(bundle), f"Review {bundle.short_id}")
+    return write_atomic(Path(output) if output else bundle.records / "review.html", page)
+
+
+def to_html(nb: nbformat.NotebookNode, title: str) -> str:
+    """The review notebook as one static HTML page: sanitized, no script, nothing loaded from elsewhere."""
+    import bleach
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    def clean_html(html) -> str:
+        html = html.decode() if isinstance(html, bytes) else str(html)
+        return bleach.clean(html, tags=_HTML_TAGS, attributes={"*": ["class", "id"], "a": ["href"]}, protocols=[])
+
+    exporter = HTMLExporter(
+        template_name="lab", extra_loaders=[DictLoader({"caia_review.html.j2": _TEMPLATE})],
+        template_file="caia_review.html.j2", filters={"clean_html": clean_html},
+        sanitize_html=True, exclude_input_prompt=True, exclude_output_prompt=True,
+    )
+    html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    return html
+
+
+def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
+    """The review as a notebook: markdown explanations and every listed file (see the module doc).
+
+    `bundle` is intact (see `render`). Code cells showing a file carry `metadata.caia.file`; the
+    cells of federated.py, in order, concatenate back to the file exactly. Raises BundleError
+    for a file that changed since it was checked.
+    """
+    manifest = bundle.manifest
+    files = _read_listed_files(bundle)
+    opaque = {name: entry for name, entry in manifest["files"].items() if role_of(name) == "captured"}
+    texts = {name: data.decode("utf-8") for name, data in files.items() if name not in opaque}
+    job = manifest["job"]
+
+    cells = [_md(
+        f"# Review of bundle {_code(bundle.id)}\n\n"
+        "Every file below matches `manifest.json`, and the bundle id is the sha256 of that manifest: "
+        "an approval you sign covers exactly this content. This page shows every file of the bundle in full, "
+        "except captured values, shown by type, value, size and sha256.\n\n"
+        f"| | |\n|---|---|\n| rounds | {_code(job['rounds'])} |\n| min clients | {_code(job['min_clients'])} |\n"
+        f"| hyperparameters (`ctx.params`) | {_code(json.dumps(job['params'], sort_keys=True))} |\n"
+        f"| built with | caia-jupyter {_code(manifest['caia_version'])}, Python {_code(manifest['python'])} |"
+    )]
+    if opaque:
+        rows = "".join(
+            f"| {_code(e.get('python_name'))} | {_code(e.get('python_type'))} | {_code(_shown_value(files[name]))} "
+            f"| {_code(name)} | {_literal(e['size'])} | {_code(e['sha256'])} |\n"
+            for name, e in opaque.items()
+        )
+        cells.append(_md(
+            "## Values captured from the researcher's kernel\n\n"
+            "Pickles of plain values (numbers, dates, numpy scalars and dtypes, torch dtypes, a few containers): "
+            "caia checked that each builds only such a value, of the type shown, and your site loads them with a "
+            "loader that can call nothing else.\n\n"
+            f"| Python name | type | value | file | bytes | sha256 |\n|---|---|---|---|---|---|\n{rows}"
+        ))
+    cells.append(_md(_datasets_text(manifest["datasets"])))
+    cells.append(_md("## Local validation\n\n" + _validation_text(bundle.record("validation.json"), bundle.id)))
+    rows = "".join(
+        f"| {_code(name)} | {_literal(e['role'])}{' (opaque)' if name in opaque else ''} | {_literal(e['size'])} "
+        f"| {_code(e['sha256'])} |\n"
+        for name, e in manifest["files"].items()
+    )
+    cells.append(_md(f"## Files\n\n| file | role | bytes | sha256 |\n|---|---|---|---|\n{rows}"))
+
+    cells += _module_cells(texts[MODULE], _intros(bundle))
+    cells += _runner_cells(texts[RUNNER_FILE])
+    cells += _client_config_cells(texts[CLIENT_CONFIG])
+    requirements = texts[REQUIREMENTS]
+    cells.append(_md(
+        f"## Requirements\n\n`{REQUIREMENTS}`: the distributions the federated code imports, pinned to the versions "
+        f"it was built with{' (none)' if not requirements.strip() else ''}.\n\n{_fenced(requirements, 'text')}"
+    ))
+
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def split_module(source: str) -> list[ModulePart]:
+    """federated.py -> its parts in order; "".join(part.text for part in parts) == source.
+
+    Python's tokenizer finds them, never a pattern over the text: the module docstring only
+    when the file starts with a plain string statement alone on its lines (it takes the blank
+    lines after it); a cell from each marker (CELL_MARK, e.g. "# ---- federated cell 3 ----")
+    that is a comment alone on its line, at column 0, outside brackets, to the next; the head
+    is what lies between. A source the tokenizer cannot read is one head part.
+    """
+    lines = io.StringIO(source).readlines()  # the lines the tokenizer reads
+    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        tokens = []
+
+    def start_of(row: int) -> int:  # offset where 1-based row begins
+        return starts[min(row, len(lines) + 1) - 1]
+
+    bounds = [(0, "head", None)]
+    docstring_rows = _docstring_rows(tokens)
+    if docstring_rows:
+        bounds = [(0, "docstring", None), (start_of(docstring_rows + 1), "head", None)]
+    depth = 0
+    for token in tokens:
+        if token.type == tokenize.OP and token.string in ("(", "[", "{"):
+            depth += 1
+        elif token.type == tokenize.OP and token.string in (")", "]", "}"):
+            depth -= 1
+        elif token.type == tokenize.COMMENT and depth == 0 and token.start[1] == 0 and token.line.rstrip("\r\n") == token.string:
+            ordinal = _marker_ordinal(token.string)
+            if ordinal is not None:
+                bounds.append((start_of(token.start[0]), "cell", ordinal))
+    bounds.append((len(source), "", None))
+    return [
+        ModulePart(kind, source[begin:end], ordinal)
+        for (begin, kind, ordinal), (end, _, _) in itertools.pairwise(bounds)
+        if end > begin
+    ]
+
+
+def _docstring_rows(tokens: list[tokenize.TokenInfo]) -> int | None:
+    """Last row of the module docstring and the blank lines after it, or None if there is none."""
+    if len(tokens) < 2:
+        return None
+    first, second = tokens[0], tokens[1]
+    prefix = first.string[: len(first.string) - len(first.string.lstrip("rRuUbBfF"))]
+    if first.type != tokenize.STRING or first.start != (1, 0) or set(prefix.lower()) & {"b", "f"}:
+        return None
+    if second.type != tokenize.NEWLINE:  # `"""doc"""; import os`, `"""doc""" + x`, `"""doc"""  # note`
+        return None
+    last = second.start[0]
+    for token in tokens[2:]:
+        if token.type != tokenize.NL or token.line.strip():
+            break
+        last = token.start[0]
+    return last
+
+
+def _marker_ordinal(comment: str) -> int | None:
+    before, after = CELL_MARK.split("{}")
+    number = comment[len(before):len(comment) - len(after)]
+    if comment.startswith(before) and comment.endswith(after) and number.isascii() and number.isdigit() and number[0] != "0":
+        return int(number)
+    return None
+
+
+def _module_cells(source: str, intros: dict[int, str]) -> list:
+    cells = [_md(
+        "## Federated code\n\n`federated.py`, every byte of it, exactly as it runs at your site: the notebook's "
+        "`%%federated` cells in order, after the values captured from the researcher's kernel."
+    )]
+    for part in split_module(source):
+        if part.kind == "docstring":
+            cells.append(_md("### Module docstring"))
+        elif part.kind == "head":
+            cells.append(_md(
+                "### Before the first cell\n\ncaia-jupyter writes here the values captured from the researcher's "
+                "kernel (and the function that loads opaque ones). Anything else here runs too."
+            ))
+        else:
+            note = intros.get(part.ordinal, "").strip()
+            cells.append(_md(f"### Federated cell {part.ordinal}" + (
+                f"\n\n*The researcher's notes (not covered by the bundle id):*\n\n{_quote(note)}" if note else "")))
+        cells.append(_code_cell(MODULE, part.text))
+    return cells
+
+
+def _runner_cells(source: str) -> list:
+    return [
+        _md(f"## Site runner\n\n`{RUNNER_FILE}`, the script NVFLARE runs at your site. It is, byte for byte, the runner "
+            f"caia-jupyter {__version__} writes (your site's guard admits no other): it hands the federated code above "
+            "to the caia runtime installed at your site."),
+        _code_cell(RUNNER_FILE, source),
+    ]
+
+
+def _client_config_cells(source: str) -> list:
+    return [_md(
+        f"## NVFLARE client config\n\n`{CLIENT_CONFIG}`: NVFLARE reads it to set up this job at your site. "
+        f"It configures:\n\n{_describe_client_config(json.loads(source))}\n\n"
+        f"This file is, byte for byte, the client config caia-jupyter {__version__} writes; your site's caia guard "
+        f"admits only that file.\n\nThe file, in full:\n\n{_fenced(source, 'json')}"
+    )]
+
+
+def _describe_client_config(config) -> str:
+    """Plain words for what a client config sets up, one bullet per part."""
+    lines = []
+    for entry in _as_list(config.get("executors")):
+        entry = _as_dict(entry)
+        executor = _as_dict(entry.get("executor"))
+        tasks = ", ".join(_code(task) for task in _as_list(entry.get("tasks"))) or "no task"
+        lines.append(f"- an **executor** for {tasks}: {_describe_class(executor)}")
+    for component in _as_list(config.get("components")):
+        component = _as_dict(component)
+        lines.append(f"- a **component** {_code(component.get('id'))}: {_describe_class(component)}")
+    for key, what in (("task_data_filters", "task data filters"), ("task_result_filters", "task result filters")):
+        entries = _as_list(config.get(key))
+        classes = [item for entry in entries for item in _as_list(_as_dict(entry).get("filters"))]
+        lines.append(f"- {what}: none" if not entries else
+                     f"- ⚠ {what}: " + "; ".join(_describe_class(_as_dict(item)) for item in classes))
+    for key in sorted(set(config) - {"executors", "components", "task_data_filters", "task_result_filters", "format_version"}):
+        lines.append(f"- ⚠ a setting caia does not write, {_code(key)}: {_code(json.dumps(config[key]))}")
+    return "\n".join(lines)
+
+
+def _describe_class(spec: dict) -> str:
+    path, args = spec.get("path") or spec.get("name"), _as_dict(spec.get("args"))
+    if path == CLIENT_API_EXECUTOR:
+        script, mode = args.get("task_script_path"), args.get("execution_mode")
+        how = ("inside the site's job process (in-process: NVFLARE starts no other program for it)" if mode == "in_process" else
+               f"⚠ in execution mode {_code(mode)}: NVFLARE starts it as a separate command")
+        words = f"NVFLARE's Client API executor. It runs {_code(script)} {how}, and exchanges the model weights with it"
+    elif path == EVENT_CONVERTER:
+        events = ", ".join(_code(event) for event in _as_list(args.get("events_to_convert")))
+        words = f"It forwards the events it names ({events}) from your site to the server: the metrics the code logs"
+    else:
+        words = "⚠ Not part of caia's client config: NVFLARE loads this class at your site, and it can run any code"
+    shown_args = ", ".join(f"{_code(key)} = {_code(json.dumps(value))}" for key, value in sorted(args.items()))
+    return f"{_code(path)}. {words}." + (f" Arguments: {shown_args}." if shown_args else "")
+
+
+def _shown_value(data: bytes) -> str:
+    """A captured value as a reviewer reads it: its repr, cut at MAX_SHOWN characters."""
+    shown = repr(load_captured(data))
+    return shown if len(shown) <= MAX_SHOWN else shown[:MAX_SHOWN] + f"… ({len(shown)} characters)"
+
+
+def _read_listed_files(bundle: Bundle) -> dict[str, bytes]:
+    """Every file the manifest lists, read once; each must still match its sha256 and size."""
+    files = {}
+    for name, entry in bundle.manifest["files"].items():
+        try:
+            data = (bundle.path / name).read_bytes()
+        except OSError as e:
+            raise BundleError(f"bundle {bundle.path}: cannot read {name} ({e.strerror}); run `caia verify {bundle.path}`") from e
+        if hashlib.sha256(data).hexdigest() != entry["sha256"] or len(data) != entry["size"]:
+            raise BundleError(f"bundle {bundle.path}: file {name} does not match manifest.json; run `caia verify {bundle.path}`")
+        files[name] = data
+    return files
+
+
+def _intros(bundle: Bundle) -> dict[int, str]:
+    """The researcher's notes above each cell, from records/build.json of this very bundle id."""
+    build = bundle.record("build.json")
+    if not isinstance(build, dict) or build.get("bundle_id") != bundle.id:
+        return {}
+    cells = [c for c in _as_list(build.get("cells")) if isinstance(c, dict)]
+    return {c["ordinal"]: c["intro"] for c in cells if isinstance(c.get("ordinal"), int) and isinstance(c.get("intro"), str)}
+
+
+def _datasets_text(datasets: dict) -> str:
+    sections = ["## Datasets requested\n"]
+    for name, spec in datasets.items():
+        rows = "".join(f"| {_code(c['name'])} | {c['kind']} |\n" for c in spec["columns"])
+        sections.append(f"### {_code(name)}\n\n| column | kind |\n|---|---|\n{rows}")
+    if not datasets:
+        sections.append("None: this bundle asks for no site data.")
+    return "\n".join(sections)
+
+
+def _validation_text(record, bundle_id: str) -> str:
+    note = "*Reported by the researcher's machine; not covered by the bundle id.*"
+    if not isinstance(record, dict) or record.get("bundle_id") != bundle_id:
+        return f"**Not validated.** No validation record for this bundle id.\n\n{note}"
+    if record.get("passed") is not True:
+        return f"**Failed:** {_literal(_as_dict(record.get('error')).get('summary'))}\n\n{note}"
+    result = _as_dict(record.get("result"))
+    versions = ", ".join(f"{_literal(k)} {_literal(v)}" for k, v in _as_dict(record.get("versions")).items())
+    return (
+        f"**Passed** on {_literal(record.get('started_at'))} in {_literal(record.get('duration_s'))} s: one round on "
+        f"synthetic samples ({_literal(result.get('num_samples'))} examples); metrics after training: "
+        f"{_code(json.dumps(result.get('final_evaluation')))}.\n\nVersions: {versions}.\n\n{note}"
+    )
+
+
+def _md(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_markdown_cell(text)
+
+
+def _code_cell(name: str, text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_code_cell(text, metadata={"caia": {"file": name}})
+
+
+def _literal(value) -> str:
+    """Untrusted text as markdown that renders exactly as that text, on one line: no markup, no HTML.
+
+    Hidden characters are shown as [U+XXXX]; every ASCII punctuation character becomes a
+    character reference, which markdown never reads as syntax (a table's | included).
+    """
+    text = " ".join(reveal(str(value)).splitlines())
+    return "".join(f"&#{ord(c)};" if c in string.punctuation else c for c in text)
+
+
+def _code(value) -> str:
+    return f"<code>{_literal(value)}</code>"
+
+
+def _quote(text: str) -> str:
+    """Untrusted multi-line text as a markdown quote of plain paragraphs."""
+    return "\n>\n".join(f"> {_literal(line.strip())}" for line in reveal(text).splitlines() if line.strip())
+
+
+def _fenced(text: str, language: str) -> str:
+    """`text` as a fenced code block, whatever backticks it holds."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}{'' if text.endswith(chr(10)) else chr(10)}{fence}"
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {}

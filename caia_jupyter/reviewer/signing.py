@@ -1,0 +1,110 @@
+"""Signing approvals and revocations, on a reviewer's own machine, with the reviewer's private key.
+
+A reviewer of a site signs an approval of one bundle id, releasing datasets of the site's catalog
+to it for a limited time, or a revocation of every approval of a bundle id issued until now. The
+statements and how a site checks them are `caia_jupyter.site.approvals`; the key pair is made by
+`keypair.create_key_pair` and never lies in a site directory.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..contracts.errors import CaiaError, SiteError
+from ..contracts.fsutil import write_json
+from ..contracts.manifest import canonical
+from ..site.approvals import (BUNDLE_ID, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from, iso,
+                              latest_revocation, revocation_from)
+from ..site.keys import key_id, load_private_key
+from ..site.sites import Site, valid_days
+from .keypair import public_key_file
+
+DEFAULT_EXPIRES_IN_DAYS = 30
+
+
+def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str | Path,
+            expires_in_days: float | None = None, output: Path | None = None, now: datetime | None = None) -> Approval:
+    """Sign an approval with the reviewer key in `key_file` and store it in the site's approvals
+    (or at `output`).
+
+    `expires_in_days` (default: 30, or the site's policy if shorter) must be a finite positive
+    number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime, SiteError
+    for a key that lies inside the site directory or that the site does not trust. An approval
+    is issued after any revocation of the same bundle, so revoking and approving again (with
+    fewer datasets, say) works even within one second.
+    """
+    if expires_in_days is None:
+        expires_in_days = min(DEFAULT_EXPIRES_IN_DAYS, site.max_approval_days)
+    if not valid_days(expires_in_days) or expires_in_days > site.max_approval_days:
+        raise CaiaError(f"--expires-in {expires_in_days} must be a finite number of days above 0 and at most "
+                        f"{site.max_approval_days:g} (site {site.name}'s policy)")
+    private = signing_key(site, key_file)
+    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    revoked = latest_revocation(site, bundle_id)
+    if revoked is not None and revoked.issued_at >= issued:
+        issued = revoked.issued_at + timedelta(seconds=1)
+    statement = {
+        "format": FORMAT,
+        "site": site.name,
+        "bundle_id": bundle_id,
+        "datasets": dict(sorted(datasets.items())),
+        "key_id": key_id(private.public_key()),
+        "issued_at": iso(issued),
+        "expires_at": iso(issued + timedelta(days=expires_in_days)),
+    }
+    path = output or site.approvals_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}.json"
+    write_json(path, _signed(statement, private))
+    return approval_from(statement, path)
+
+
+def revoke(site: Site, bundle_id: str, key_file: str | Path, reason: str = "", output: Path | None = None,
+           now: datetime | None = None) -> Revocation:
+    """Sign a revocation of every approval of `bundle_id` at `site` issued until now, and store it
+    in the site's revocations/ (or at `output`). Raises CaiaError for a malformed bundle id,
+    SiteError for a key that lies inside the site directory or that the site does not trust.
+    """
+    if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
+        raise CaiaError(f"{bundle_id!r} is not a bundle id; give it as `caia bundle` prints it: sha256:<64 hex digits>")
+    private = signing_key(site, key_file)
+    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    statement = {"format": REVOCATION_FORMAT, "site": site.name, "bundle_id": bundle_id,
+                 "key_id": key_id(private.public_key()), "issued_at": iso(issued), "reason": reason}
+    stamp = issued.strftime("%Y%m%dT%H%M%SZ")
+    path = output or site.revocations_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}-{stamp}.json"
+    write_json(path, _signed(statement, private))
+    return revocation_from(statement, path)
+
+
+def signing_key(site: Site, key_file: str | Path) -> Ed25519PrivateKey:
+    """The reviewer's private key in `key_file`, if it may sign for `site`.
+
+    Raises SiteError if the file lies inside the site directory (code approved at the site could
+    read it), is not an Ed25519 private key, or its public key is not one the site trusts.
+    """
+    key_file = Path(key_file)
+    if key_file.resolve().is_relative_to(site.path):
+        raise SiteError(f"the private key {key_file} lies inside site directory {site.path}, where approved code could "
+                        f"read it; make a reviewer key on your own machine (`caia reviewer init`) and have the site trust it")
+    private = load_private_key(key_file)
+    kid = key_id(private.public_key())
+    if kid not in site.trusted_keys():
+        raise SiteError(f"site {site.name} does not trust reviewer key {kid} ({key_file}); the site admin adds it with "
+                        f"`caia site trust {site.path} {public_key_file(key_file)}`")
+    return private
+
+
+def parse_releases(values: list[str]) -> dict[str, str]:
+    """`--dataset NAME` or `--dataset NAME=CATALOG_ID` -> {requested name: catalog id}."""
+    releases = {}
+    for value in values:
+        name, _, catalog_id = value.partition("=")
+        releases[name] = catalog_id or name
+    return releases
+
+
+def _signed(statement: dict, private: Ed25519PrivateKey) -> dict:
+    return {"statement": statement, "signature": base64.b64encode(private.sign(canonical(statement))).decode()}

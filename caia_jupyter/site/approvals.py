@@ -1,0 +1,285 @@
+"""Verifying signed approvals and revocations at a site: a site's reviewer releases datasets to one
+exact bundle id, and can take that back (reviewers sign them with `caia_jupyter.reviewer.signing`).
+
+An approval file holds a statement and its Ed25519 signature over the statement's canonical
+JSON:
+
+    {"statement": {"format": "caia-approval/1", "site", "bundle_id", "datasets": {name: catalog id},
+                   "key_id", "issued_at", "expires_at"},
+     "signature": base64}
+
+A revocation file (in the site's revocations/) has the same shape, with the statement
+{"format": "caia-revocation/1", "site", "bundle_id", "key_id", "issued_at", "reason"}: every
+approval of that bundle id at that site issued at or before it no longer counts.
+
+A site accepts an approval only if one of its own trusted keys signed it, for this site and
+this bundle id, releasing datasets in its catalog that the bundle requests, issued before it
+expires, for no longer than the site's policy allows, not revoked and not expired. Every file
+is untrusted input: anything malformed is a rejection with a one-line reason that names the
+file, never the site's paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..contracts.errors import ApprovalRejected, CaiaError
+from ..contracts.fsutil import loads_strict
+from ..contracts.manifest import canonical
+from .sites import Site
+
+FORMAT = "caia-approval/1"
+REVOCATION_FORMAT = "caia-revocation/1"
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_FILE_BYTES = 64 * 1024  # an approval is well under 1 KiB
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+BUNDLE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+# The fields of each kind of signed statement, and the kind of value each holds.
+_APPROVAL_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "datasets": "releases",
+                    "key_id": "key id", "issued_at": "time", "expires_at": "time"}
+_REVOCATION_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "key_id": "key id",
+                      "issued_at": "time", "reason": "text"}
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Approval:
+    site: str
+    bundle_id: str
+    datasets: dict[str, str]  # requested dataset name -> catalog dataset id
+    key_id: str
+    issued_at: datetime
+    expires_at: datetime
+    path: Path | None = None
+
+    def to_json(self) -> dict:
+        return {"site": self.site, "bundle_id": self.bundle_id, "datasets": self.datasets, "key_id": self.key_id,
+                "issued_at": iso(self.issued_at), "expires_at": iso(self.expires_at),
+                "path": str(self.path) if self.path else None}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    site: str
+    bundle_id: str
+    key_id: str
+    issued_at: datetime  # approvals of bundle_id issued at or before this no longer count
+    reason: str
+    path: Path | None = None
+
+    def to_json(self) -> dict:
+        return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
+                "reason": self.reason, "path": str(self.path) if self.path else None}
+
+
+def verify_approval(approval: dict | Path, site: Site, bundle_id: str, requested: set[str] | None = None,
+                    now: datetime | None = None) -> Approval:
+    """Check an approval (a file, or its parsed content) for `bundle_id` at `site`.
+
+    Checks its shape (no duplicate JSON keys, every field of the right type), trusted key,
+    signature, site, bundle id, lifetime (expiry after issue, within the site's policy),
+    revocations, released datasets (in the catalog; a subset of `requested` when given) and
+    expiry at `now`. Raises ApprovalRejected with a one-line reason, for any defect.
+    """
+    path = approval if isinstance(approval, Path) else None
+    where = f"approval {path.name}" if path else "approval"
+    statement, signature = (_read_signed(path, where, FORMAT, _APPROVAL_FIELDS) if path
+                            else _parse_signed(approval, where, FORMAT, _APPROVAL_FIELDS))
+    return _check_approval(statement, signature, path, site, bundle_id, requested, now,
+                           site.trusted_keys(), latest_revocation(site, bundle_id))
+
+
+def find_approval(site: Site, bundle_id: str, requested: set[str] | None = None,
+                  now: datetime | None = None) -> tuple[Approval | None, list[str]]:
+    """The first valid approval of `bundle_id` in the site's approvals/, and why others were
+    rejected: first the approvals of this bundle id, then files that are no approval at all.
+    Approvals of other bundle ids are no reason. Never raises for a malformed file."""
+    reasons, malformed = [], []
+    keys, revoked = site.trusted_keys(), latest_revocation(site, bundle_id)
+    for file in sorted(site.approvals_dir.glob("*.json")):
+        where = f"approval {file.name}"
+        try:
+            statement, signature = _read_signed(file, where, FORMAT, _APPROVAL_FIELDS)
+        except ApprovalRejected as e:
+            malformed.append(str(e))
+            continue
+        if statement["bundle_id"] != bundle_id:
+            continue
+        try:
+            return _check_approval(statement, signature, file, site, bundle_id, requested, now, keys, revoked), reasons + malformed
+        except ApprovalRejected as e:
+            reasons.append(str(e))
+    return None, reasons + malformed
+
+
+def latest_revocation(site: Site, bundle_id: str) -> Revocation | None:
+    """The latest valid revocation of `bundle_id` at `site`: signed by a key the site trusts, for
+    this site. Malformed or untrusted revocation files are skipped (and logged), never raised."""
+    keys, latest = site.trusted_keys(), None
+    for file in sorted(site.revocations_dir.glob("*.json")):
+        where = f"revocation {file.name}"
+        try:
+            statement, signature = _read_signed(file, where, REVOCATION_FORMAT, _REVOCATION_FIELDS)
+            _check_signature(statement, signature, keys, site, where)
+            if statement["site"] != site.name:
+                raise ApprovalRejected(f"{where} is for site {statement['site']!r}, not {site.name!r}")
+        except ApprovalRejected as e:
+            log.warning("site %s skips %s", site.name, e)
+            continue
+        if statement["bundle_id"] == bundle_id:
+            revocation = revocation_from(statement, file)
+            if latest is None or revocation.issued_at > latest.issued_at:
+                latest = revocation
+    return latest
+
+
+def _check_approval(statement: dict, signature: bytes, path: Path | None, site: Site, bundle_id: str,
+                    requested: set[str] | None, now: datetime | None, keys: dict[str, Ed25519PublicKey],
+                    revoked: Revocation | None) -> Approval:
+    where = f"approval {path.name}" if path else "approval"
+    _check_signature(statement, signature, keys, site, where)
+    if statement["site"] != site.name:
+        raise ApprovalRejected(f"{where} is for site {statement['site']!r}, not {site.name!r}")
+    if statement["bundle_id"] != bundle_id:
+        raise ApprovalRejected(f"{where} approves bundle {statement['bundle_id']}, not {bundle_id}")
+    issued, expires = _time(statement["issued_at"]), _time(statement["expires_at"])
+    if expires <= issued:
+        raise ApprovalRejected(f"{where} expires ({iso(expires)}) before it is issued ({iso(issued)}); ask a reviewer to approve the bundle again")
+    if expires - issued > timedelta(days=site.max_approval_days):
+        raise ApprovalRejected(f"{where} is valid for {(expires - issued) / timedelta(days=1):g} days, longer than site "
+                               f"{site.name}'s policy allows ({site.max_approval_days:g} days); ask a reviewer to approve it again")
+    if revoked is not None and issued <= revoked.issued_at:
+        raise ApprovalRejected(f"{where} was revoked by revocation {revoked.path.name if revoked.path else ''} "
+                               f"at {iso(revoked.issued_at)}; ask a reviewer to approve the bundle again")
+    datasets = statement["datasets"]
+    try:
+        catalog = site.catalog
+    except CaiaError:
+        raise ApprovalRejected(f"site {site.name}'s catalog is unreadable; the site admin checks its catalog.json") from None
+    unknown = sorted(set(datasets.values()) - set(catalog))
+    if unknown:
+        raise ApprovalRejected(f"{where} releases {', '.join(unknown)}, not in site {site.name}'s catalog")
+    if requested is not None and set(datasets) - requested:
+        extra = ", ".join(sorted(set(datasets) - requested))
+        raise ApprovalRejected(f"{where} releases {extra}, which the bundle does not request")
+    now = now or datetime.now(timezone.utc)
+    if expires <= now:
+        raise ApprovalRejected(f"{where} expired at {iso(expires)}; ask a reviewer to approve the bundle again")
+    if issued > now + CLOCK_SKEW:
+        raise ApprovalRejected(f"{where} is issued in the future ({iso(issued)}); check the clocks")
+    return approval_from(statement, path)
+
+
+def _check_signature(statement: dict, signature: bytes, keys: dict[str, Ed25519PublicKey], site: Site, where: str) -> None:
+    key = keys.get(statement["key_id"])
+    if key is None:
+        raise ApprovalRejected(f"{where} is signed by key {statement['key_id']}, which site {site.name} does not trust")
+    try:
+        key.verify(signature, canonical(statement))
+    except InvalidSignature:
+        raise ApprovalRejected(f"{where} has a signature that does not match its content (altered after signing)") from None
+
+
+def _read_signed(path: Path, where: str, fmt: str, fields: dict[str, str]) -> tuple[dict, bytes]:
+    """Read and check a signed statement file; ApprovalRejected(one line, no site path) otherwise."""
+    try:
+        if not path.is_file():
+            raise ApprovalRejected(f"{where} is missing or not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ApprovalRejected(f"{where} is unreadable ({e.strerror or type(e).__name__}); check its permissions") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ApprovalRejected(f"{where} is larger than {MAX_FILE_BYTES} bytes; it is no caia statement, remove it")
+    try:
+        content = loads_strict(raw)
+    except UnicodeDecodeError:
+        raise ApprovalRejected(f"{where} is malformed (not UTF-8); ask the reviewer to sign it again") from None
+    except RecursionError:
+        raise ApprovalRejected(f"{where} is malformed (nested too deeply); ask the reviewer to sign it again") from None
+    except ValueError as e:
+        raise ApprovalRejected(f"{where} is malformed ({_first_line(e)}); ask the reviewer to sign it again") from None
+    return _parse_signed(content, where, fmt, fields)
+
+
+def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tuple[dict, bytes]:
+    """Check the shape of a signed statement: every field present, of its kind, and nothing else."""
+
+    def malformed(why: str):
+        return ApprovalRejected(f"{where} is malformed ({why}); ask the reviewer to sign it again")
+
+    if not isinstance(content, dict) or set(content) != {"statement", "signature"}:
+        raise malformed("not an object with exactly 'statement' and 'signature'")
+    statement, signature = content["statement"], content["signature"]
+    if not isinstance(statement, dict):
+        raise malformed("statement is not an object")
+    if set(statement) != set(fields):
+        missing, extra = sorted(set(fields) - set(statement)), sorted(set(statement) - set(fields))
+        raise malformed(f"statement lacks {', '.join(missing)}" if missing else f"statement has unknown fields {', '.join(extra)[:100]}")
+    for name, kind in fields.items():
+        value = statement[name]
+        if kind == "releases":
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise malformed(f"{name} is not an object of dataset names to catalog ids")
+        elif not isinstance(value, str):
+            raise malformed(f"{name} is not a string")
+        elif kind == "time" and _time(value) is None:
+            raise malformed(f"{name} is not an ISO 8601 time with a timezone")
+        elif kind == "key id" and not _KEY_ID.fullmatch(value):
+            raise malformed(f"{name} is not 16 hex digits")
+        elif kind == "bundle id" and not BUNDLE_ID.fullmatch(value):
+            raise malformed(f"{name} is not sha256:<64 hex digits>")
+    if statement["format"] != fmt:
+        raise malformed(f"format is not {fmt}")
+    try:
+        canonical(statement)
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") cannot have been signed
+        raise malformed("statement holds text that is not valid Unicode") from None
+    try:
+        raw_signature = base64.b64decode(signature, validate=True) if isinstance(signature, str) else None
+    except ValueError:  # binascii.Error, or a signature that is not ASCII
+        raw_signature = None
+    if raw_signature is None or len(raw_signature) != 64:
+        raise malformed("signature is not a base64 Ed25519 signature")
+    return statement, raw_signature
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
+def approval_from(statement: dict, path: Path | None) -> Approval:
+    """The Approval a well-formed, signed statement makes (checked or just signed)."""
+    return Approval(statement["site"], statement["bundle_id"], dict(statement["datasets"]), statement["key_id"],
+                    _time(statement["issued_at"]), _time(statement["expires_at"]), path)
+
+
+def revocation_from(statement: dict, path: Path | None) -> Revocation:
+    """The Revocation a well-formed, signed statement makes (checked or just signed)."""
+    return Revocation(statement["site"], statement["bundle_id"], statement["key_id"], _time(statement["issued_at"]),
+                      statement["reason"], path)
+
+
+def iso(moment: datetime) -> str:
+    """`moment` in UTC as statements write times: 2026-01-31T12:00:00Z."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(text: str) -> datetime | None:
+    """An ISO 8601 time with a timezone, or None."""
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            return None
+        moment.astimezone(timezone.utc)  # year 1 at +01:00 has no UTC time
+        return moment
+    except (ValueError, OverflowError):
+        return None

@@ -1,0 +1,164 @@
+"""The site guard: nothing runs at a site unless its own reviewers approved exactly that code.
+
+`admit(app_dir, site_dir)` checks a deployed NVFLARE app as an exact allow-list of caia's file
+set (`fileset`): each bundle file at its one place in the app (`app_path`), NVFLARE's own
+signature files only as plain files in the app's folders, and nothing else: any other file,
+folder, link, `__pycache__`, `.pyc`, `.pth` or second client config refuses the bundle, naming
+its path in the app. Then it recomputes the bundle id from those bytes, finds an approval of it
+signed by one of the site's trusted reviewer keys, checks each released dataset against the
+requested schema, and writes the release (`caia_release.json`) that the runtime and `ctx` read.
+
+A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
+never a site path or a data value; what the site's admin needs goes to the site's log. Admission
+never crashes: whatever is wrong at the site, the answer is that site's refusal.
+NVFLARE calls `admit` through `CaiaAppValidator` (a site's `app_validator`); the simulator target
+calls it for every simulated site before any of that site's code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from nvflare.apis.app_validation import AppValidator
+
+from ..contracts import schema
+from ..contracts.client_app import FLARE_FILES, app_path
+from ..contracts.errors import CaiaError
+from ..contracts.fileset import MANIFEST, content_problems, listing_problems
+from ..contracts.fsutil import loads_strict, write_json
+from ..contracts.manifest import Manifest, bundle_id
+from .approvals import find_approval
+from .release import RELEASE, Release
+from .sites import Site, open_site
+
+log = logging.getLogger(__name__)
+
+
+class Refusal(CaiaError):
+    """A site refuses to run a deployed app; the message is safe to show the researcher."""
+
+
+def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> Release:
+    """The release of a deployed app at `site`, or Refusal. Raises nothing else for a bad app;
+    a broken site directory may raise (admit turns that into a refusal)."""
+    app_dir = Path(app_dir)
+    manifest, bid = _deployed_manifest(app_dir, site)
+
+    def refuse(reason: str, detail: str = ""):
+        if detail:
+            log.warning("caia guard, %s, bundle %s: %s", site.name, bid, detail)
+        raise Refusal(f"{site.name} refused bundle {bid}: {reason}")
+
+    listed = manifest["files"]
+    problems = listing_problems(listed)
+    if problems:
+        refuse(problems[0])
+    deployed = _deployed_files(app_dir, {app_path(name): name for name in [*listed, MANIFEST]}, refuse)
+    for name, entry in listed.items():
+        if name not in deployed:
+            refuse(f"the deployed app lacks {name} of the bundle")
+        if hashlib.sha256(deployed[name]).hexdigest() != entry["sha256"]:
+            refuse(f"{name} differs from the bundle's manifest (tampered?)")
+        problems = content_problems(name, deployed[name], entry)
+        if problems:
+            refuse(problems[0])
+
+    requested = set(manifest["datasets"])
+    approval, reasons = find_approval(site, bid, requested, now)
+    if approval is None:
+        refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id")
+
+    released, catalog = {}, site.catalog
+    for name, catalog_id in approval.datasets.items():
+        path = catalog[catalog_id]["path"]
+        try:
+            actual = schema.columns_of(path)
+        except CaiaError as e:
+            refuse(f"released dataset {catalog_id} cannot be read at this site", str(e))
+        wanted = manifest["datasets"][name]["columns"]
+        problems = schema.mismatches(wanted, actual)
+        if problems:
+            refuse(f"released dataset {catalog_id} does not fit the requested schema of {name!r}: {'; '.join(problems)}")
+        released[name] = {"path": path, "columns": wanted}
+    job = manifest["job"]
+    return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
+                   {name: entry["sha256"] for name, entry in listed.items()})
+
+
+def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None) -> Release:
+    """Check a deployed app for the site at `site_dir`; on success write its release into the app.
+
+    Raises Refusal, and only Refusal, when the site does not run it.
+    """
+    try:
+        site = open_site(site_dir)
+    except Exception as e:
+        log.error("caia guard: the site directory %s is unusable: %s", site_dir, e)
+        raise Refusal("this site's caia guard is misconfigured, so it refuses every job (the site's log says why)") from e
+    try:
+        release = check_app(app_dir, site, now)
+        write_json(Path(app_dir) / RELEASE, asdict(release))
+    except Refusal:
+        raise
+    except Exception as e:  # a malformed file at the site: this site refuses, the federation goes on
+        log.exception("caia guard, %s: could not check the app at %s", site.name, app_dir)
+        raise Refusal(f"{site.name} refused the job: its guard could not check it (the site's log says why)") from e
+    return release
+
+
+def _deployed_manifest(app_dir: Path, site: Site) -> tuple[dict, str]:
+    file = app_dir / app_path(MANIFEST)
+    try:
+        if not stat.S_ISREG(file.lstat().st_mode):
+            raise ValueError("not a plain file")
+        manifest = loads_strict(file.read_bytes())
+        Manifest.model_validate(manifest)
+    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        log.warning("caia guard, %s: %s is not a caia manifest: %s", site.name, file, e)
+        raise Refusal(f"{site.name} refused the job: it is not a caia bundle ({app_path(MANIFEST)} is missing or invalid); "
+                      "submit it with `caia submit`") from e
+    return manifest, bundle_id(manifest)
+
+
+def _deployed_files(app_dir: Path, expected: dict[str, str], refuse) -> dict[str, bytes]:
+    """Bundle path -> bytes of every expected app file; any path not allowed refuses (links never followed)."""
+    folders = {"."} | {str(PurePosixPath(path).parent) for path in expected}
+    found = {}
+    for folder, dirs, files in os.walk(app_dir):
+        here = Path(folder).relative_to(app_dir)
+        for name in sorted(dirs + files):
+            relative = (here / name).as_posix()
+            mode = (Path(folder) / name).lstat().st_mode
+            if stat.S_ISDIR(mode):
+                if relative not in folders:
+                    refuse(f"the deployed app holds the folder {relative}/, which is not part of the bundle")
+            elif not stat.S_ISREG(mode):
+                refuse(f"the deployed app holds {relative}, which is not a plain file")
+            elif name in FLARE_FILES:
+                continue  # NVFLARE's job signature, one in every folder of a signed app
+            elif relative not in expected:
+                refuse(f"the deployed app holds {relative}, which is not part of the bundle")
+            else:
+                found[expected[relative]] = (Path(folder) / name).read_bytes()
+    return found
+
+
+class CaiaAppValidator(AppValidator):
+    """NVFLARE `app_validator` for a site's local/resources.json: {"path": this class, "args": {"site_dir": ...}}."""
+
+    def __init__(self, site_dir: str):
+        super().__init__()
+        self.site_dir = site_dir
+
+    def validate(self, app_folder: str) -> tuple[str, dict]:
+        try:
+            admit(app_folder, self.site_dir)
+        except Refusal as e:
+            return str(e), {}
+        return "", {}

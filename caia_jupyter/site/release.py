@@ -1,0 +1,33 @@
+"""The release: what a site's guard let an approved bundle see, written into its app folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contracts.errors import SiteError
+
+RELEASE = "caia_release.json"  # in the deployed app folder, outside custom/ and config/
+
+
+@dataclass(frozen=True)
+class Release:
+    """The only source of `ctx` at a site."""
+
+    site: str
+    bundle_id: str
+    datasets: dict  # requested name -> {"path": CSV at the site, "columns": requested schema}
+    params: dict
+    rounds: int
+    approval: str
+    files: dict  # bundle path -> sha256 the guard admitted; the runtime loads nothing else
+
+    @classmethod
+    def read(cls, app_dir: str | Path) -> Release:
+        try:
+            return cls(**json.loads((Path(app_dir) / RELEASE).read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise SiteError(
+                f"this app was not admitted by the caia site guard ({RELEASE}: {e}); install the guard at the site"
+            ) from e

@@ -1,0 +1,247 @@
+"""Runs a bundle's entry points, the same way at a site and in local validation.
+
+The federated-code contract:
+
+    build_model() -> torch.nn.Module
+    load_data(ctx) -> data            # anything; passed back to train and evaluate
+    train(model, data, ctx) -> dict   # one round of local training, in place;
+                                      # {"num_samples": int, other metrics: float}
+    evaluate(model, data, ctx) -> dict  # {metric: float}
+
+`num_samples` weighs the site's update in FedAvg and is not reported as a metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import types
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contracts.errors import ContractError
+from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
+from ..contracts.fileset import MODULE
+
+
+@dataclass(frozen=True)
+class EntryPoints:
+    build_model: Callable
+    load_data: Callable
+    train: Callable
+    evaluate: Callable
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    num_samples: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+
+
+def build_model(entry: EntryPoints):
+    import torch
+
+    model = entry.build_model()
+    if not isinstance(model, torch.nn.Module):
+        raise ContractError(f"build_model() must return a torch.nn.Module, not {type(model).__name__}",
+                            failure="not_a_module", entry="build_model")
+    return model
+
+
+def run_round(entry: EntryPoints, model, data, ctx) -> RoundResult:
+    """One round at a site: evaluate the incoming global model on local data, then train on it."""
+    eval_metrics = _metrics(entry.evaluate(model, data, ctx), "evaluate")
+    trained = entry.train(model, data, ctx)
+    if not isinstance(trained, dict) or "num_samples" not in trained:
+        raise ContractError(
+            "train(model, data, ctx) must return a dict with 'num_samples' (examples trained on) "
+            f"and numeric metrics, not {_shown(trained)}", failure="bad_num_samples", entry="train"
+        )
+    trained = dict(trained)
+    num_samples = trained.pop("num_samples")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ContractError(f"train() returned num_samples={num_samples!r}; it must be a positive int",
+                            failure="bad_num_samples", entry="train")
+    return RoundResult(num_samples, _metrics(trained, "train"), eval_metrics)
+
+
+def evaluate(entry: EntryPoints, model, data, ctx) -> dict[str, float]:
+    return _metrics(entry.evaluate(model, data, ctx), "evaluate")
+
+
+def load_entry_points(bundle_dir: str | Path, expected_sha256: str | None = None) -> EntryPoints:
+    """Load a bundle's federated.py from its source bytes and return its entry points.
+
+    The module is compiled from the bytes read here, after checking them against
+    `expected_sha256` (the hash the site's guard admitted, or the manifest's) when given: no
+    `__pycache__` is read or written, so a bundle folder stays exactly as approved (read-only
+    works) and no shadowing `.pyc` can run instead of the reviewed source.
+    Raises ContractError if the bytes differ or an entry point is missing.
+    """
+    path = Path(bundle_dir).resolve() / MODULE
+    source = path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(source).hexdigest() != expected_sha256:
+        raise ContractError(f"{MODULE} is not the file the site admitted; the run stops here")
+    module = types.ModuleType("federated")
+    module.__file__ = str(path)
+    sys.modules["federated"] = module  # as `import federated` would, for pickling by reference
+    exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
+    missing = [name for name in ENTRY_POINTS if not callable(getattr(module, name, None))]
+    if missing:
+        raise ContractError(f"{MODULE} does not define {', '.join(missing)}")
+    return EntryPoints(**{name: getattr(module, name) for name in ENTRY_POINTS})
+
+
+def _metrics(value, name: str) -> dict[str, float]:
+    call = f"{name}(model, data, ctx)"
+
+    def broken(message: str):
+        return ContractError(message, failure="bad_metrics", entry=name)
+
+    if not isinstance(value, dict):
+        raise broken(f"{call} must return a dict of numeric metrics, not {_shown(value)}")
+    out = {}
+    for key, number in value.items():
+        try:
+            number = float(number)
+        except (TypeError, ValueError):
+            raise broken(f"{call} returned metric {key!r} = {_shown(number)}; metrics must be numbers") from None
+        if not isinstance(key, str) or not math.isfinite(number):
+            raise broken(f"{call} returned metric {key!r} = {number}; names must be str and values finite")
+        out[key] = number
+    return out
+
+
+def _shown(value) -> str:
+    return f"a {type(value).__name__}"
+
+
+class SiteStopped(Exception):
+    """This site stopped its part of the run: the full record is kept at the site, the report sent."""
+
+
+def run_site(runner_file: str) -> None:
+    """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics.
+
+    Serves at most the approved number of train tasks (the release's rounds) and then one final
+    evaluation: the server belongs to the researcher, the limit to the site. When anything fails,
+    the site keeps the story, sends its report and returns: NVFLARE then answers the task as failed
+    with its own fixed words, and no text of the failure (nor a site path in a traceback) leaves.
+    """
+    sys.dont_write_bytecode = True  # nothing the job imports from here on writes into its app
+    app_dir = Path(runner_file).resolve().parents[1]
+    try:
+        with failure_record(app_dir, None, round=None):  # whatever is not caught closer
+            _serve(app_dir)
+    except SiteStopped:
+        return
+
+
+def _serve(app_dir: Path) -> None:
+    import nvflare.client as flare
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.client.tracking import SummaryWriter
+
+    from .context import Context
+    from .release import Release
+
+    flare.init()
+    release = Release.read(app_dir)
+    if release.site != flare.get_site_name():
+        raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
+    entry = load_entry_points(app_dir / "custom", release.files[MODULE])
+    ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
+    with failure_record(app_dir, entry, round=None):
+        model = build_model(entry)
+        data = entry.load_data(ctx)
+    writer = SummaryWriter()
+
+    def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
+        writer.add_scalars("metrics", metrics, global_step=round)
+
+    trained, evaluated = 0, False
+    while flare.is_running():
+        incoming = flare.receive()
+        if incoming is None:
+            break
+        final = flare.is_evaluate()  # the final global model, after the last round
+        if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
+            raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
+                                f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
+        ctx.round = trained
+        model.load_state_dict(incoming.params)
+        if final:
+            evaluated = True
+            with failure_record(app_dir, entry, ctx.round):
+                metrics = evaluate(entry, model, data, ctx)
+            report(metrics, ctx.round)
+            flare.send(FLModel(metrics=metrics))
+            continue
+        with failure_record(app_dir, entry, ctx.round):
+            result = run_round(entry, model, data, ctx)
+        trained += 1
+        report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
+        flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
+                           meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
+
+
+@contextmanager
+def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
+    """When the run fails at a site: keep the whole story (exception type, message, traceback) in
+    the site's own app folder and log, and send the server only a report of the closed vocabulary
+    of caia_jupyter.contracts.failures: the entry point, the round and a category (the researcher's own
+    exception, or caia's reason). Then raise SiteStopped, which `run_site` ends on: the exception
+    itself never reaches NVFLARE, which would pass its text and traceback on."""
+    try:
+        yield
+    except SiteStopped:
+        raise
+    except Exception as e:
+        import json
+        import logging
+        import traceback
+
+        import nvflare.client as flare
+        from nvflare.apis.analytix import AnalyticsDataType
+
+        from ..contracts.errors import CaiaError
+        from ..contracts.fsutil import write_json
+
+        caia = isinstance(e, CaiaError)
+        where = getattr(e, "entry", None) if caia else None
+        where = where if where in ENTRY_POINTS else _entry_point_running(e, entry)
+        category = e.failure if caia else ("raised" if where != "runtime" else "site_error")
+        report = {"entry": where, "round": round, "category": category}
+        record = app_dir / FAILURE_FILE
+        try:
+            write_json(record, {"report": report, "exception": type(e).__name__, "message": str(e),
+                                "traceback": traceback.format_exc()})
+        except OSError:
+            record = "(not written)"
+        logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", report, record)
+        try:
+            flare.log(key=FAILURE_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
+        except Exception:  # NVFLARE's Client API is not up: the report cannot leave, the record stays
+            logging.getLogger("caia.site").error("the failure report could not be sent")
+        raise SiteStopped() from None
+
+
+def _entry_point_running(error: Exception, entry: EntryPoints | None) -> str:
+    """The outermost entry point on `error`'s traceback, or "runtime" when none is (caia's own code,
+    or the module still loading when `entry` is None)."""
+    import inspect
+
+    codes = {}
+    for name in ENTRY_POINTS if entry else ():
+        function = inspect.unwrap(getattr(entry, name))
+        codes.setdefault(getattr(function, "__code__", None), name)
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code in codes:
+            return codes[frame.tb_frame.f_code]
+        frame = frame.tb_next
+    return "runtime"

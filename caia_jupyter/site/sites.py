@@ -1,0 +1,174 @@
+"""A site directory: what one cancer center keeps on its side of the firewall.
+
+    site.json        the site's name and policy ({"max_approval_days": longest approval lifetime})
+    catalog.json     dataset id -> CSV path (relative to the site directory) and columns
+    trusted_keys/    public keys of this site's reviewers (<key id>.pub); the only keys it trusts
+    approvals/       signed approvals, one file per bundle and reviewer key
+    revocations/     signed revocations of approvals
+
+No private key lives here: code approved at the site could read it. Reviewers keep their keys
+on their own machines (`caia reviewer init`); the site trusts the public halves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..contracts import schema
+from ..contracts.errors import SiteError
+from ..contracts.fsutil import staged_dir, write_atomic, write_json
+from .keys import key_id, load_private_key, load_public_key, public_pem
+
+FORMAT = "caia-site/1"
+DEFAULT_MAX_APPROVAL_DAYS = 90
+LONGEST_POLICY_DAYS = 36500  # a policy beyond a century is a typo
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    name: str
+    max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS  # policy: the longest lifetime of an approval
+
+    @property
+    def catalog(self) -> dict[str, dict]:
+        """Dataset id -> {"path": absolute CSV path, "columns": its schema when registered}."""
+        raw = _read_json(self.path / "catalog.json", "catalog")
+        datasets = raw.get("datasets") if isinstance(raw, dict) else None
+        if not isinstance(datasets, dict):
+            raise SiteError(f"{self.path}/catalog.json has no 'datasets' object; recreate it with `caia site add-dataset`")
+        return {name: {**spec, "path": str((self.path / spec["path"]).resolve())} for name, spec in datasets.items()}
+
+    def trusted_keys(self, problems: list[str] | None = None) -> dict[str, Ed25519PublicKey]:
+        """Key id -> public key, for each usable `*.pub` file in trusted_keys/.
+
+        A file that is not an Ed25519 public key in PEM is skipped, never an error, and so is a key
+        whose private half lies in the site's reviewer/ folder (where earlier versions of
+        `caia site init` put one: code approved at the site could have read it). Each reason (naming the file, not where the site
+        lies) is appended to `problems` if given, else logged.
+        """
+        def skip(reason: str) -> None:
+            if problems is None:
+                log.warning(reason)
+            else:
+                problems.append(reason)
+
+        exposed = self._exposed_key_ids()
+        keys = {}
+        for file in sorted((self.path / "trusted_keys").glob("*.pub")):
+            try:
+                if not file.is_file():
+                    raise SiteError("not a regular file")
+                key = load_public_key(file)
+            except SiteError:
+                skip(f"site {self.name} skips trusted_keys/{file.name}: not an Ed25519 public key in PEM")
+                continue
+            if key_id(key) in exposed:
+                skip(f"site {self.name} distrusts key {key_id(key)}: its private key lies in the site's reviewer/ folder, "
+                     f"where approved code could read it; delete reviewer/ and trust keys made with `caia reviewer init`")
+                continue
+            keys[key_id(key)] = key
+        return keys
+
+    def _exposed_key_ids(self) -> set[str]:
+        """Ids of private keys that earlier versions of `caia site init` left in reviewer/."""
+        exposed = set()
+        for file in (self.path / "reviewer").glob("*.key"):
+            try:
+                exposed.add(key_id(load_private_key(file).public_key()))
+            except SiteError:
+                continue
+        return exposed
+
+    @property
+    def approvals_dir(self) -> Path:
+        return self.path / "approvals"
+
+    @property
+    def revocations_dir(self) -> Path:
+        return self.path / "revocations"
+
+    def to_json(self) -> dict:
+        problems = []
+        keys = sorted(self.trusted_keys(problems))
+        return {"name": self.name, "path": str(self.path), "datasets": sorted(self.catalog), "trusted_keys": keys,
+                "key_problems": problems, "policy": {"max_approval_days": self.max_approval_days}}
+
+
+def valid_days(value) -> bool:
+    """A finite, positive number of days, at most LONGEST_POLICY_DAYS (bool is no number here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 < value <= LONGEST_POLICY_DAYS)
+
+
+def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS) -> Site:
+    """Create a site directory: an empty catalog, no trusted keys yet, empty approvals and
+    revocations, and the policy. Creates no key: reviewers make theirs (`caia reviewer init`).
+
+    Raises SiteError for a bad name or policy, or a directory that exists and is not empty.
+    """
+    path = Path(path)
+    if not _SITE_NAME.fullmatch(name):
+        raise SiteError(f"site name {name!r} must be letters, digits, '_', '.' or '-' (NVFLARE client names)")
+    if not valid_days(max_approval_days):
+        raise SiteError(f"--max-approval-days {max_approval_days} must be a finite number of days above 0 and at most {LONGEST_POLICY_DAYS}")
+    if path.exists() and any(path.iterdir()):
+        raise SiteError(f"{path} already exists and is not empty; choose a new directory")
+    with staged_dir(path) as stage:
+        write_json(stage / "site.json", {"format": FORMAT, "name": name, "policy": {"max_approval_days": max_approval_days}})
+        write_json(stage / "catalog.json", {"datasets": {}})
+        for folder in ("trusted_keys", "approvals", "revocations"):
+            (stage / folder).mkdir()
+    return open_site(path)
+
+
+def open_site(path: str | Path) -> Site:
+    path = Path(path)
+    meta = _read_json(path / "site.json", "site description")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("name"), str):
+        raise SiteError(f"{path}/site.json is not a caia site description; create the site with `caia site init`")
+    policy = meta.get("policy", {})
+    days = policy.get("max_approval_days", DEFAULT_MAX_APPROVAL_DAYS) if isinstance(policy, dict) else None
+    if not valid_days(days):
+        raise SiteError(f"site {meta['name']}: site.json's policy.max_approval_days must be a number of days above 0 "
+                        f"and at most {LONGEST_POLICY_DAYS}")
+    return Site(path.resolve(), meta["name"], days)
+
+
+def add_dataset(site: Site, dataset_id: str, csv_path: str | Path) -> dict:
+    """Register a CSV in the site's catalog with the columns it has now."""
+    if not _SITE_NAME.fullmatch(dataset_id):
+        raise SiteError(f"dataset id {dataset_id!r} must be letters, digits, '_', '.' or '-'")
+    csv_path = Path(csv_path).resolve()
+    entry = {"path": os.path.relpath(csv_path, site.path), "columns": schema.columns_of(csv_path)}
+    raw = _read_json(site.path / "catalog.json", "catalog")
+    raw.setdefault("datasets", {})[dataset_id] = entry
+    write_json(site.path / "catalog.json", raw)
+    return entry
+
+
+def trust(site: Site, public_key_file: str | Path) -> str:
+    """Add a reviewer's public key to the keys this site trusts; returns its key id."""
+    key = load_public_key(Path(public_key_file))
+    kid = key_id(key)
+    write_atomic(site.path / "trusted_keys" / f"{kid}.pub", public_pem(key))
+    return kid
+
+
+def _read_json(file: Path, what: str):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SiteError(f"{file.parent} is not a caia site: no {file.name}; create it with `caia site init`") from None
+    except (OSError, ValueError) as e:
+        raise SiteError(f"{file} ({what}) is unreadable: {e}") from e

@@ -1,0 +1,67 @@
+"""Bundle -> NVFLARE job folder, with NVFLARE's FedJob API.
+
+The server app holds only caia's components and the initial weights (computed here, on the
+researcher's machine, by the bundle's own `build_model()`); each site's app is the bundle:
+its files under custom/ and its client config under config/, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..aggregator.components import INITIAL_MODEL, CaiaFedAvg, MetricsReceiver, save_arrays
+from ..contracts.client_app import add_site_app, app_path
+from ..contracts.errors import FlareError
+from ..contracts.fileset import CLIENT_CONFIG, MANIFEST, MODULE
+from ..researcher.bundle import Bundle
+
+
+def initial_weights(bundle: Bundle, destination: Path) -> Path:
+    """Save `build_model().state_dict()` of the bundle's own code as the first global model."""
+    from ..site.runtime import build_model, load_entry_points
+
+    model = build_model(load_entry_points(bundle.path, bundle.manifest["files"][MODULE]["sha256"]))
+    save_arrays({name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}, destination)
+    return destination
+
+
+def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, output_dir: str = "",
+              round_timeout: int = 0, server_config: dict | None = None) -> Path:
+    """Write the NVFLARE job for `bundle` at `sites` to `destination`; returns the job folder.
+
+    `output_dir` is where the server writes metrics, status and the global model (default:
+    the job's run directory in the server's workspace).
+    """
+    from nvflare.job_config.api import FedJob
+
+    settings = bundle.manifest["job"]
+    job = FedJob(name=name, min_clients=settings["min_clients"])
+    job.to_server(CaiaFedAvg(settings["rounds"], settings["min_clients"], round_timeout, output_dir), id="controller")
+    job.to_server(MetricsReceiver(output_dir), id="caia_metrics")
+    if server_config:
+        job.to_server(server_config)
+    for site in sites:
+        add_site_app(job, site)
+    with tempfile.TemporaryDirectory() as staging:
+        job.export_job(staging)
+        folder = Path(staging) / name
+        server_custom = folder / "app_server" / "custom"
+        server_custom.mkdir(parents=True, exist_ok=True)
+        initial_weights(bundle, server_custom / INITIAL_MODEL)
+        expected = json.loads(bundle.source(CLIENT_CONFIG))
+        for site in sites:
+            app = folder / f"app_{site}"
+            if json.loads((app / "config" / CLIENT_CONFIG).read_text()) != expected:
+                raise FlareError(f"this NVFLARE writes a different client config than bundle {bundle.short_id} carries; "
+                                 "rebuild the bundle with this caia-jupyter and NVFLARE")
+            for file in [*bundle.manifest["files"], MANIFEST]:
+                target = app / app_path(file)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(bundle.path / file, target)
+        if destination.exists():
+            shutil.rmtree(destination)
+        shutil.copytree(folder, destination)
+    return destination

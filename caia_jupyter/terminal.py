@@ -1,0 +1,65 @@
+"""What a command shows on a terminal: its outcome, and a run followed round by round.
+
+The CLI, the kernel's `%federated` (in a non-interactive kernel) and `caia demo` show runs alike.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outcome:
+    value: object  # what the kernel's magic returns
+    text: str  # what the terminal shows; a bundle id, when there is one, is the last line
+    data: dict = field(default_factory=dict)  # what --json prints
+    exit_code: int = 0
+
+
+def follow(run, out=None, poll: float = 0.5) -> None:
+    """Print a run's progress until it ends: a progress bar on a terminal, a line per round, per site."""
+    from .researcher.runs import FINAL  # here: the CLI starts without pandas
+
+    out = out or sys.stdout
+    clear = "\r\033[K" if out.isatty() else ""  # a progress bar line is there to overwrite
+    printed = -1
+    while True:
+        status = run.status
+        done, total = run.progress
+        frame = run.metrics()
+        for round in sorted(set(frame["round"])):
+            if printed < round < done or (status in FINAL and round > printed):
+                rows = frame[(frame["round"] == round) & (frame["name"] != "num_samples")]
+                cells = "  ".join(f"{site}: " + " ".join(f"{n}={v:.3f}" for n, v in sorted(zip(g["name"], g["value"])))
+                                  for site, g in rows.groupby("site"))
+                label = "final model" if round == total else f"round {round + 1}/{total}"
+                print(f"{clear}{label:>12}  {cells}", file=out, flush=True)
+                printed = round
+        if status in FINAL:
+            return
+        if clear:
+            filled = int(20 * done / max(total, 1))
+            states = " ".join(f"{site}:{state}" for site, state in run.sites.items())
+            out.write(f"{clear}[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} rounds  {status}  {states}")
+            out.flush()
+        time.sleep(poll)
+
+
+def run_summary(run) -> Outcome:
+    sites = run.sites
+    lines = [f"run {run.path}: {run.status}" + (f" ({run.message})" if run.message else "")]
+    for site, state in sites.items():
+        reason = run.refusals.get(site) or run.failures.get(site) or ""
+        lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
+    final = run.final_metrics() if run.status == "finished" else {}
+    if "global" in final:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in final["global"].items() if k != "num_samples")
+        lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
+    if run.global_model:
+        lines.append(f"global model: {run.global_model}")
+    data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
+            "refusals": run.refusals, "failures": run.failures, "final_metrics": final,
+            "global_model": str(run.global_model) if run.global_model else None}
+    return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)
