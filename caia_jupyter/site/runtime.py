@@ -163,11 +163,15 @@ def _serve(app_dir: Path) -> None:
     def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
         writer.add_scalars("metrics", metrics, global_step=round)
 
+    def next_task():
+        """The next task, or None once NVFLARE ends the job (its in-process API raises to say it aborts)."""
+        try:
+            return flare.receive() if flare.is_running() else None
+        except RuntimeError:  # the job is stopping elsewhere: nothing failed here, nothing to report
+            return None
+
     trained, evaluated = 0, False
-    while flare.is_running():
-        incoming = flare.receive()
-        if incoming is None:
-            break
+    while (incoming := next_task()) is not None:
         final = flare.is_evaluate()  # the final global model, after the last round
         if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
             raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
