@@ -208,6 +208,12 @@ LAYOUTS = {  # readable name -> (tamper(app, site), what the refusal must say)
         "config_fed_client.json is not caia's NVFLARE client config"),
     "approved-module-that-is-not-utf8": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_bytes() + b"# \xff\n")),
                                          "federated.py line"),
+    "approved-module-with-a-lookalike-name": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_text()
+                                                                       + "\n\ndef tr\u0430in(model, data, ctx):\n    return {}\n")),
+                                              "name 'tr\u0430in' is not ASCII"),
+    "approved-module-with-right-to-left-letters": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_text()
+                                                                            + "x = ['\u05d0', 0.001, 1000.0, '\u05d1'][1]\n")),
+                                                   "right-to-left character U+05D0"),
     "approved-extra-module-listed": (resigned(listing("helper.py")), "helper.py is not a bundle file"),
     "approved-sitecustomize-listed": (resigned(listing("sitecustomize.py")), "sitecustomize.py is not a bundle file"),
     "approved-captured-name-escaping": (resigned(listing("captured/../x.pkl", "captured")), "captured/../x.pkl is not a bundle file"),

@@ -69,8 +69,9 @@ def content_problems(name: str, data: bytes, entry: Mapping | None = None) -> li
 
     The runner and the client config must be caia's own, byte for byte: a bundle cannot bring a
     runner of its own or a config that starts a command. Text that Python would read otherwise
-    than a person does (another encoding, invisible or bidirectional characters) is refused. A
-    captured value must be a pickle of a plain value of the type its entry names (`captured`).
+    than a person does (another encoding, invisible, bidirectional or right-to-left characters,
+    names that are not ASCII in federated.py) is refused. A captured value must be a pickle of a
+    plain value of the type its entry names (`captured`).
     """
     from .sourcecheck import source_problems
 
@@ -87,5 +88,5 @@ def content_problems(name: str, data: bytes, entry: Mapping | None = None) -> li
                     "in-process, never a command); rebuild the bundle with this caia-jupyter and NVFLARE"]
         return []
     if name in (MODULE, REQUIREMENTS):
-        return source_problems(name, data)
+        return source_problems(name, data, python=name == MODULE)
     return []
