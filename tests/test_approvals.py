@@ -156,6 +156,18 @@ def test_dataset_not_in_catalog_is_rejected(site, built):
         approvals.verify_approval(approval.path, site, built.id)
 
 
+@pytest.mark.parametrize("entry", [["data.csv"], "data.csv", {}, {"path": 5}, {"path": ""}, {"path": "data\0.csv"}],
+                         ids=["a-list", "a-text", "no-path", "path-a-number", "path-empty", "path-with-a-null-byte"])
+def test_a_malformed_catalog_entry_is_a_one_line_site_error_and_the_approval_is_rejected(site, built, entry):
+    approval = approve(site, built.id, {"tiny": "tiny"})
+    (site.path / "catalog.json").write_text(json.dumps({"datasets": {"tiny": entry}}))
+    with pytest.raises(SiteError, match=r"catalog.json: dataset 'tiny' is not an object with a 'path' text; register it again") as error:
+        site.catalog
+    assert "\n" not in str(error.value)
+    with pytest.raises(ApprovalRejected, match="site site-1's catalog is unreadable"):
+        approvals.verify_approval(approval.path, site, built.id)
+
+
 def test_dataset_the_bundle_does_not_request_is_rejected(site, built):
     approval = approve(site, built.id, {"other": "tiny"})
     with pytest.raises(ApprovalRejected, match="releases other, which the bundle does not request"):

@@ -40,11 +40,9 @@ class Bundle:
         return self.path / RECORDS
 
     def record(self, name: str) -> dict | None:
-        """A JSON record beside the bundle, or None if absent or unreadable."""
-        try:
-            return json.loads((self.records / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        """A JSON object record beside the bundle (untrusted), or None if absent, unreadable or
+        not an object."""
+        return _read_json(self.records / name)
 
     @property
     def opaque_files(self) -> dict[str, dict]:
@@ -128,7 +126,8 @@ def require_intact(path: str | Path, expected_id: str | None = None) -> Bundle:
 
 
 def read_build_record(path: str | Path) -> dict | None:
-    """The build record of the bundle folder at `path` (records/build.json), or None if absent or unreadable."""
+    """The build record of the bundle folder at `path` (records/build.json), or None if absent,
+    unreadable or not a JSON object."""
     return _read_json(Path(path) / RECORDS / "build.json")
 
 
@@ -179,11 +178,13 @@ def _present_files(path: Path) -> tuple[dict[str, bytes], list[str]]:
     return present, odd
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in a record file, or None if absent, unreadable or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return content if isinstance(content, dict) else None
 
 
 def _dotted(loc) -> str:

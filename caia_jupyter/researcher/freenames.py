@@ -56,8 +56,13 @@ class Capture:
 
 
 def free_names(source: str) -> list[str]:
-    """Global names `source` reads but never binds (builtins excluded), sorted."""
-    top = symtable.symtable(source, "federated", "exec")
+    """Global names `source` reads but never binds (builtins excluded), sorted. Raises
+    NotebookError for source Python cannot compile (cells that compile alone may not together)."""
+    try:
+        top = symtable.symtable(source, "federated", "exec")
+    except SyntaxError as e:
+        raise NotebookError(f"the federated cells, joined in order, are not valid Python at line {e.lineno}: {e.msg}; "
+                            "fix the cell that holds it") from e
     if any(sym.get_name() == "*" for sym in top.get_symbols()):
         raise NotebookError("a federated cell uses `import *`; import names explicitly so reviewers see them")
     defined = {sym.get_name() for sym in top.get_symbols() if sym.is_local()}
