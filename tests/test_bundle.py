@@ -267,3 +267,14 @@ def test_a_build_record_that_is_no_object_is_ignored_by_rebuilding_and_verifying
     assert built.record("validation.json") is None
     assert bundle.verify(built.path) == (built.id, [])
     assert compose.build(write_notebook("good"), tmp_path / "b").id == built.id
+
+
+@pytest.mark.parametrize("module_name", ['numpy as np\nimport os; os.environ["CAIA_INJECTED"] = "1"  #', "numpy; import os",
+                                         "numpy.", "class", "n\u00fcmpy", ""])
+def test_a_module_whose_name_is_no_dotted_name_is_refused_not_written_as_an_import(module_name):
+    import types
+
+    with pytest.raises(NotebookError, match=r"^federated code uses 'np', a module whose name .* is not a dotted Python name; "
+                                            r"import the module in a %%federated cell$") as refused:
+        freenames.capture("np", types.ModuleType(module_name))
+    assert "\n" not in str(refused.value)

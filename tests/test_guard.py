@@ -118,6 +118,12 @@ def listing(name, role="module"):
     return change
 
 
+def listing_opaque(app, name):
+    data = (app / "custom" / name).read_bytes()
+    edit_manifest(app, lambda m: m["files"].update({name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                                            "role": "captured", "opaque": True}}))
+
+
 def plain(change):
     return lambda app, site: change(app)
 
@@ -215,6 +221,9 @@ LAYOUTS = {  # readable name -> (tamper(app, site), what the refusal must say)
     "approved-module-with-right-to-left-letters": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_text()
                                                                             + "x = ['\u05d0', 0.001, 1000.0, '\u05d1'][1]\n")),
                                                    "right-to-left character U+05D0"),
+    "approved-captured-name-ending-in-a-newline": (resigned(lambda a: (write(a, "custom/captured/x.pkl\n", b"\x80\x05N."),
+                                                                        listing_opaque(a, "captured/x.pkl\n"))),
+                                                   "'captured/x.pkl\\n' is not a bundle file"),
     "approved-extra-module-listed": (resigned(listing("helper.py")), "helper.py is not a bundle file"),
     "approved-sitecustomize-listed": (resigned(listing("sitecustomize.py")), "sitecustomize.py is not a bundle file"),
     "approved-captured-name-escaping": (resigned(listing("captured/../x.pkl", "captured")), "captured/../x.pkl is not a bundle file"),
