@@ -253,7 +253,7 @@ def do_revoke(args, namespace=None) -> Outcome:
 
     site = open_site(args.site)
     revocation = revoke(site, args.bundle_id, args.key, args.reason, args.output)
-    text = (f"revoked at {site.name}: every approval of this bundle issued until {revocation.to_json()['issued_at']}"
+    text = (f"revoked at {site.name}: every approval of this bundle issued until {revocation.to_json()['covers_until']}"
             f"\nrevocation: {revocation.path}\n{revocation.bundle_id}")
     return Outcome(revocation, text, revocation.to_json())
 

@@ -25,10 +25,11 @@ def notebook(notebook_path: Path, site_dirs: list[Path]) -> dict:
     record = Bundle(built, composed.id, composed.manifest).record("validation.json") or {}
     if record.get("bundle_id") != composed.id:
         validation = {"state": "none", "summary": "not validated for this bundle id"}
-    elif record.get("passed"):
+    elif record.get("passed") is True:
         validation = {"state": "passed", "summary": f"passed in {record.get('duration_s')} s", "at": record.get("started_at")}
     else:
-        validation = {"state": "failed", "summary": record.get("error", {}).get("summary", "failed")}
+        error = record.get("error")
+        validation = {"state": "failed", "summary": str(error.get("summary", "failed")) if isinstance(error, dict) else "failed"}
     sites = []
     for directory in site_dirs:
         try:

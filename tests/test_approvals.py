@@ -156,6 +156,18 @@ def test_dataset_not_in_catalog_is_rejected(site, built):
         approvals.verify_approval(approval.path, site, built.id)
 
 
+@pytest.mark.parametrize("entry", [["data.csv"], "data.csv", {}, {"path": 5}, {"path": ""}, {"path": "data\0.csv"}],
+                         ids=["a-list", "a-text", "no-path", "path-a-number", "path-empty", "path-with-a-null-byte"])
+def test_a_malformed_catalog_entry_is_a_one_line_site_error_and_the_approval_is_rejected(site, built, entry):
+    approval = approve(site, built.id, {"tiny": "tiny"})
+    (site.path / "catalog.json").write_text(json.dumps({"datasets": {"tiny": entry}}))
+    with pytest.raises(SiteError, match=r"catalog.json: dataset 'tiny' is not an object with a 'path' text; register it again") as error:
+        site.catalog
+    assert "\n" not in str(error.value)
+    with pytest.raises(ApprovalRejected, match="site site-1's catalog is unreadable"):
+        approvals.verify_approval(approval.path, site, built.id)
+
+
 def test_dataset_the_bundle_does_not_request_is_rejected(site, built):
     approval = approve(site, built.id, {"other": "tiny"})
     with pytest.raises(ApprovalRejected, match="releases other, which the bundle does not request"):
@@ -369,19 +381,42 @@ def test_revoking_rejects_earlier_approvals_and_a_later_approval_is_valid_again(
     assert found is not None and found.datasets == {} and found.issued_at == T0 + 4 * HOUR
 
 
-def test_an_approval_made_in_the_second_of_a_revocation_is_issued_after_it(site, built):
-    signing.revoke(site, built.id, reviewer_key(site), now=T0)
+def test_an_approval_made_right_after_a_revocation_is_issued_after_what_it_covers(site, built):
+    revocation = signing.revoke(site, built.id, reviewer_key(site), now=T0)
+    assert revocation.covers_until == T0 + approvals.CLOCK_SKEW
     approval = approve(site, built.id, {"tiny": "tiny"}, now=T0)
-    assert approval.issued_at == T0 + timedelta(seconds=1)
-    assert approvals.find_approval(site, built.id, {"tiny"}, now=T0 + HOUR)[0] is not None
+    assert approval.issued_at == T0 + approvals.CLOCK_SKEW + timedelta(seconds=1)
+    assert approvals.find_approval(site, built.id, {"tiny"}, now=T0 + timedelta(seconds=1))[0] is not None
 
 
-def test_a_revocation_counts_only_for_its_bundle_and_site_and_when_a_trusted_key_signed_it(site, built, tmp_path):
+def test_an_approval_from_a_fast_clock_does_not_outlive_a_later_revocation(site, built):
+    approve(site, built.id, {"tiny": "tiny"}, now=T0 + timedelta(minutes=4))  # the approver's clock runs 4 minutes fast
+    revocation = signing.revoke(site, built.id, reviewer_key(site), now=T0 + timedelta(minutes=1))
+    found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + timedelta(minutes=2))
+    assert found is None and f"was revoked by revocation {revocation.path.name}" in reasons[0]
+
+
+def test_a_revocation_is_dated_no_earlier_than_an_approval_from_a_clock_far_ahead(site, built):
+    approve(site, built.id, {"tiny": "tiny"}, now=T0 + HOUR)  # the approver's clock runs an hour fast
+    revocation = signing.revoke(site, built.id, reviewer_key(site), now=T0 + timedelta(minutes=1))
+    assert revocation.issued_at == T0 + HOUR
+    found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + 2 * HOUR)
+    assert found is None and "was revoked" in reasons[0]
+
+
+def test_a_revocation_counts_after_the_site_stops_trusting_its_signer(site, built, tmp_path):
+    approve(site, built.id, {"tiny": "tiny"}, now=T0)
+    officer = tmp_path / "officer" / "b.key"
+    add_reviewer(site, officer)
+    revocation = signing.revoke(site, built.id, officer, reason="exfiltrates data", now=T0 + HOUR)
+    (site.path / "trusted_keys" / f"{revocation.key_id}.pub").unlink()  # the officer left; nobody touched revocations/
+    found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + 2 * HOUR)
+    assert found is None and "was revoked" in reasons[0]
+
+
+def test_a_revocation_counts_for_its_bundle_and_site_only_whoever_signed_it(site, built, tmp_path):
     approve(site, built.id, {"tiny": "tiny"}, now=T0)
     signing.revoke(site, OTHER_ID, reviewer_key(site), now=T0 + HOUR)
-    stranger = make_site(tmp_path / "elsewhere" / "sites", "site-1")
-    signing.revoke(stranger, built.id, reviewer_key(stranger), now=T0 + HOUR,
-                     output=site.revocations_dir / "by-a-stranger.json")
     other = make_site(tmp_path / "more" / "sites", "site-2")
     sites.trust(other, keypair.public_key_file(reviewer_key(site)))
     signing.revoke(other, built.id, reviewer_key(site), now=T0 + HOUR, output=site.revocations_dir / "for-site-2.json")
@@ -389,6 +424,21 @@ def test_a_revocation_counts_only_for_its_bundle_and_site_and_when_a_trusted_key
         (site.revocations_dir / name).write_text(text)
     found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + 2 * HOUR)
     assert found is not None and reasons == []
+
+    stranger = make_site(tmp_path / "elsewhere" / "sites", "site-1")  # a key this site never trusted
+    signing.revoke(stranger, built.id, reviewer_key(stranger), now=T0 + HOUR, output=site.revocations_dir / "by-a-stranger.json")
+    found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + 2 * HOUR)
+    assert found is None and "was revoked by revocation by-a-stranger.json" in reasons[0]
+
+
+def test_a_revocation_dated_far_ahead_stops_approvals_without_a_crash(site, built):
+    approve(site, built.id, {"tiny": "tiny"}, now=T0)
+    far = datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc)
+    signing.revoke(site, built.id, reviewer_key(site), now=far)
+    found, reasons = approvals.find_approval(site, built.id, {"tiny"}, now=T0 + HOUR)
+    assert found is None and "was revoked" in reasons[0]
+    with pytest.raises(CaiaError, match="more than 5 minutes ahead of this machine's clock"):
+        approve(site, built.id, {"tiny": "tiny"}, now=T0 + HOUR)
 
 
 def test_revoke_refuses_a_malformed_bundle_id_and_an_untrusted_key(site, tmp_path):

@@ -248,3 +248,33 @@ def test_a_sample_written_as_an_absolute_path_is_recorded_relative_to_the_notebo
     built = compose.build(path)
     assert built.record("build.json")["samples"] == {"tiny": "samples/tiny.csv"}
     assert str(tmp_path) not in (built.records / "build.json").read_text()
+
+
+def test_cells_python_compiles_alone_but_not_joined_are_refused_in_one_line(write_notebook, tmp_path):
+    path = write_notebook("good")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell("%%federated\nG = 1\n"), nbformat.v4.new_code_cell("%%federated\nglobal G\n")]
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match=r"^the federated cells, joined in order, are not valid Python at line \d+: "
+                                            r"name 'G' is assigned to before global declaration; fix the cell that holds it$"):
+        compose.build(path, tmp_path / "b")
+
+
+def test_a_build_record_that_is_no_object_is_ignored_by_rebuilding_and_verifying(write_notebook, tmp_path):
+    built = compose.build(write_notebook("good"), tmp_path / "b")
+    (built.records / "build.json").write_text("[1]")
+    (built.records / "validation.json").write_text("[1]")
+    assert built.record("validation.json") is None
+    assert bundle.verify(built.path) == (built.id, [])
+    assert compose.build(write_notebook("good"), tmp_path / "b").id == built.id
+
+
+@pytest.mark.parametrize("module_name", ['numpy as np\nimport os; os.environ["CAIA_INJECTED"] = "1"  #', "numpy; import os",
+                                         "numpy.", "class", "n\u00fcmpy", ""])
+def test_a_module_whose_name_is_no_dotted_name_is_refused_not_written_as_an_import(module_name):
+    import types
+
+    with pytest.raises(NotebookError, match=r"^federated code uses 'np', a module whose name .* is not a dotted Python name; "
+                                            r"import the module in a %%federated cell$") as refused:
+        freenames.capture("np", types.ModuleType(module_name))
+    assert "\n" not in str(refused.value)

@@ -15,8 +15,9 @@ from caia_jupyter.contracts import fileset
 from caia_jupyter.contracts.fsutil import read_json
 from caia_jupyter.contracts.manifest import bundle_id
 from caia_jupyter.researcher import compose
-from caia_jupyter.site.guard import Refusal, admit
+from caia_jupyter.site.guard import MISCONFIGURED, Refusal, admit
 from caia_jupyter.site.release import RELEASE
+from caia_jupyter.targets import remote
 from caia_jupyter.targets.job import build_job
 from conftest import approve, make_site
 import corpus
@@ -117,6 +118,12 @@ def listing(name, role="module"):
     return change
 
 
+def listing_opaque(app, name):
+    data = (app / "custom" / name).read_bytes()
+    edit_manifest(app, lambda m: m["files"].update({name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                                            "role": "captured", "opaque": True}}))
+
+
 def plain(change):
     return lambda app, site: change(app)
 
@@ -208,6 +215,15 @@ LAYOUTS = {  # readable name -> (tamper(app, site), what the refusal must say)
         "config_fed_client.json is not caia's NVFLARE client config"),
     "approved-module-that-is-not-utf8": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_bytes() + b"# \xff\n")),
                                          "federated.py line"),
+    "approved-module-with-a-lookalike-name": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_text()
+                                                                       + "\n\ndef tr\u0430in(model, data, ctx):\n    return {}\n")),
+                                              "name 'tr\u0430in' is not ASCII"),
+    "approved-module-with-right-to-left-letters": (resigned(lambda a: write(a, "custom/federated.py", (a / "custom" / "federated.py").read_text()
+                                                                            + "x = ['\u05d0', 0.001, 1000.0, '\u05d1'][1]\n")),
+                                                   "right-to-left character U+05D0"),
+    "approved-captured-name-ending-in-a-newline": (resigned(lambda a: (write(a, "custom/captured/x.pkl\n", b"\x80\x05N."),
+                                                                        listing_opaque(a, "captured/x.pkl\n"))),
+                                                   "'captured/x.pkl\\n' is not a bundle file"),
     "approved-extra-module-listed": (resigned(listing("helper.py")), "helper.py is not a bundle file"),
     "approved-sitecustomize-listed": (resigned(listing("sitecustomize.py")), "sitecustomize.py is not a bundle file"),
     "approved-captured-name-escaping": (resigned(listing("captured/../x.pkl", "captured")), "captured/../x.pkl is not a bundle file"),
@@ -286,3 +302,79 @@ def test_a_broken_site_directory_refuses_with_a_reason_and_no_site_path(deployed
         admit(app, site.path)
     assert str(tmp_path) not in str(refused.value)
     assert not (app / RELEASE).exists()
+
+
+# -- what of a site's deploy detail reaches the researcher on a deployed federation -----------------
+
+BUNDLE = "sha256:" + "ab" * 32
+UNDEPLOYED = "site-1 could not deploy the job (NVFLARE's reason is kept at the site)"
+DEPLOY_DETAILS = {  # readable name -> (site-1's deploy detail, the reason the researcher sees)
+    "caias-refusal": (f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id",
+                      f"site-1 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id"),
+    "caias-refusal-naming-paths-inside-the-app": (
+        f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: the deployed app holds the folder custom/__pycache__/, which is not part of the bundle",
+        f"site-1 refused bundle {BUNDLE}: the deployed app holds the folder custom/__pycache__/, which is not part of the bundle"),
+    "caias-refusal-of-the-job": ("NVFLARE_ERROR: site-1 refused the job: its guard could not check it (the site's log says why)",
+                                 "site-1 refused the job: its guard could not check it (the site's log says why)"),
+    "caias-misconfigured-guard": (f"NVFLARE_ERROR: {MISCONFIGURED}", f"site-1 refused the job: {MISCONFIGURED}"),
+    "nvflare-exception-naming-the-sites-workspace": (
+        "exception_occurred: exception [Errno 36] File name too long: '/srv/hospital-a/secure-enclave/nvflare/site-1/"
+        "0a1b2c3d/app_site-1/custom/dddd/x.py' when deploying app app_site-1", UNDEPLOYED),
+    "nvflare-error-that-is-not-caias": ("NVFLARE_ERROR: privacy scope 'x' is not allowed", UNDEPLOYED),
+    "caias-wording-for-another-site": (f"NVFLARE_ERROR: site-2 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id",
+                                       UNDEPLOYED),
+    "caias-wording-without-nvflares-prefix": (f"site-1 refused bundle {BUNDLE}: no reviewer approved it", UNDEPLOYED),
+    "caias-wording-holding-an-absolute-path": (f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: cannot read '/data/site-1/patients.csv'",
+                                               UNDEPLOYED),
+    "caias-wording-holding-a-home-path": ("NVFLARE_ERROR: site-1 refused the job: see ~/caia/site-1/site.json", UNDEPLOYED),
+    "caias-wording-holding-a-windows-path": ("NVFLARE_ERROR: site-1 refused the job: see D:\\caia\\site.json", UNDEPLOYED),
+    "caias-wording-with-a-short-bundle-id": ("NVFLARE_ERROR: site-1 refused bundle sha256:abc: no reviewer", UNDEPLOYED),
+    "caias-wording-too-long": (f"NVFLARE_ERROR: site-1 refused the job: {'x' * 3000}", UNDEPLOYED),
+    "caias-wording-with-a-control-character": ("NVFLARE_ERROR: site-1 refused the job: a\x1b[8m hidden", UNDEPLOYED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOY_DETAILS))
+def test_only_caias_own_refusal_for_that_site_reaches_the_researcher(name):
+    detail, shown = DEPLOY_DETAILS[name]
+    found = remote.admissions({"job_deploy_detail": ["server: OK", f"site-1: {detail}"]}, ["site-1"])
+    assert found == {"site-1": {"state": "refused", "reason": shown}}
+
+
+def test_an_nvflare_deploy_error_naming_the_sites_workspace_is_not_passed_on(tmp_path):
+    """NVFLARE's AppDeployer fails on an app path that fits the site's staging folder but not its
+    workspace, and its admin reply names the workspace (NVFLARE_SECURE_LOGGING unset, its default)."""
+    import io
+    import tempfile
+    import zipfile
+
+    from nvflare.apis.workspace import Workspace
+    from nvflare.private.fed.utils.app_deployer import AppDeployer
+    from nvflare.security.logging import secure_format_exception
+
+    workspace = tmp_path / "hospital-a" / "secure-enclave" / "nvflare" / "site-1"
+    for folder in ("startup", "local"):
+        (workspace / folder).mkdir(parents=True)
+    job_id = "0a1b2c3d-0000-4000-8000-000000000000"
+    app_dir = Workspace(str(workspace), "site-1").get_app_dir(job_id)
+    parts, left = [], 4100 - len(app_dir) - len("custom/") - len("/x.py")
+    while left > 0:
+        parts.append("d" * min(200, max(left - 1, 1)))
+        left -= len(parts[-1]) + 1
+    assert len(tempfile.gettempdir()) + 16 + len("custom/" + "/".join(parts) + "/x.py") < 4000
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("config/config_fed_client.json", "{}")
+        z.writestr("custom/" + "/".join(parts) + "/x.py", "x = 1\n")
+    with pytest.raises(Exception) as failed:
+        AppDeployer().deploy(Workspace(str(workspace), "site-1"), job_id, {"name": "j"}, "app_site-1", buffer.getvalue(), None)
+    detail = f"site-1: exception_occurred: {secure_format_exception(failed.value)}"  # nvflare/private/fed/client/admin.py
+    assert str(workspace) in detail
+
+    reason = remote.admissions({"job_deploy_detail": ["server: OK", detail]}, ["site-1"])["site-1"]["reason"]
+    assert reason == UNDEPLOYED
+
+
+def test_a_site_that_deployed_is_approved_and_other_sites_lines_are_ignored():
+    detail = ["server: OK", "site-1: OK", f"site-9: NVFLARE_ERROR: site-9 refused bundle {BUNDLE}: x", "not a site line"]
+    assert remote.admissions({"job_deploy_detail": detail}, ["site-1", "site-2"]) == {"site-1": {"state": "approved"}}

@@ -2,7 +2,10 @@
 
 import asyncio
 import json
+import os
+import subprocess
 
+import nbformat
 import pytest
 from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
@@ -123,6 +126,8 @@ MALFORMED_RUNS = {  # file -> content; each a run directory damaged or received 
     "status-rounds-as-text": {"status.json": json.dumps({"phase": "training", "rounds_done": "two", "rounds": [2]})},
     "failed-sites-not-an-object": {"outcome.json": json.dumps({"status": "failed", "failed_sites": ["site-1"]})},
     "metrics-lines-malformed": {"metrics.jsonl": '{"site": 1}\n[]\nnot json\n{"site": "site-1", "round": "0", "name": "a", "value": 1, "time": 0}\n'},
+    "metrics-record-with-an-extra-field": {"metrics.jsonl": json.dumps({"site": "site-1", "round": 0, "name": "loss", "value": 1.0,
+                                                                        "time": 0.0, "note": "from the server"}) + "\n"},
 }
 
 
@@ -460,3 +465,66 @@ async def test_output_folders_linked_inside_the_root_are_used(jp_fetch, jp_root_
     review = await post(jp_fetch, "review", {"path": notebook})
     assert review["review"] == "elsewhere/good/records/review.html"
     assert (jp_root_dir / review["review"]).is_file()
+
+
+# -- files under the root that the core reads: a malformed one is a 4xx or left out, never a 500 ----------
+
+
+def edit_notebook(path, edit):
+    nb = nbformat.read(path, as_version=4)
+    edit(nb)
+    nbformat.write(nb, path)
+
+
+async def test_a_federated_cell_python_cannot_compile_is_a_400_naming_the_cell(jp_fetch, jp_root_dir, notebook):
+    edit_notebook(jp_root_dir / notebook, lambda nb: nb.cells.append(nbformat.v4.new_code_cell("%%federated\nnonlocal x\n")))
+    code, body = await status_of(jp_fetch, "notebook", "GET", {"path": notebook})
+    assert code == 400 and body["error"] == "NotebookError"
+    assert body["message"].startswith("federated cell 6 (notebook cell 11) line 1: SyntaxError:") and "nonlocal declaration not allowed at module level" in body["message"]
+
+
+async def test_a_malformed_catalog_entry_at_an_approving_site_is_that_sites_rejection(jp_fetch, jp_root_dir, notebook):
+    site = make_site((jp_root_dir / notebook).parent / "sites", "site-1")
+    approve(site, compose.compose(jp_root_dir / notebook).id, {"tiny": "tiny"})
+    (site.path / "catalog.json").write_text(json.dumps({"datasets": {"tiny": ["data.csv"]}}))
+    state = await get(jp_fetch, "notebook", path=notebook)
+    assert [(s["name"], s["approval"]) for s in state["sites"]] == [("site-1", "rejected")]
+    assert "catalog is unreadable" in state["sites"][0]["detail"] and str(site.path) not in state["sites"][0]["detail"]
+
+
+@pytest.mark.parametrize("record", ["[1]", '"passed"', json.dumps({"bundle_id": "sha256:x", "passed": False, "error": ["x"]})])
+async def test_a_validation_record_that_is_no_object_reads_as_not_validated(jp_fetch, jp_root_dir, notebook, record):
+    built = compose.build(jp_root_dir / notebook)
+    (built.records / "validation.json").write_text(record)
+    (built.records / "build.json").write_text("[1]")
+    state = await get(jp_fetch, "notebook", path=notebook)
+    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id"}
+    code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
+    assert code == 409 and "has not been validated" in body["message"]
+
+
+async def test_a_failed_validation_record_with_a_malformed_error_is_shown_as_failed(jp_fetch, jp_root_dir, notebook):
+    built = compose.build(jp_root_dir / notebook)
+    (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id, "passed": False, "error": ["x"]}))
+    state = await get(jp_fetch, "notebook", path=notebook)
+    assert state["validation"] == {"state": "failed", "summary": "failed"}
+    code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
+    assert code == 409 and "failed validation" in body["message"]
+
+
+async def test_abort_signals_no_process_that_is_not_caias_launcher_of_that_run(jp_fetch, jp_root_dir, notebook):
+    """A run folder from elsewhere (a shared drive, a repository) names any process in launcher.pid."""
+    victim = subprocess.Popen(["sleep", "120"], start_new_session=True)  # stands for any process of the user
+    try:
+        run = jp_root_dir / "runs" / "copied"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps(RUN_SPEC))
+        (run / "launcher.pid").write_text(str(victim.pid))
+        code, body = await status_of(jp_fetch, "run", "DELETE", {"path": "runs/copied"})
+        assert code == 400 and body["message"] == "no caia process runs for copied, so there is nothing to abort"
+        assert victim.poll() is None and not (run / "outcome.json").exists()
+        (run / "launcher.pid").write_text(str(os.getpid()))  # a Python process, but no launcher of this run
+        assert (await status_of(jp_fetch, "run", "DELETE", {"path": "runs/copied"}))[0] == 400
+    finally:
+        victim.kill()
+        victim.wait()

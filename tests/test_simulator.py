@@ -192,3 +192,26 @@ def test_a_site_trains_no_more_rounds_than_its_reviewers_approved(tmp_path):
     assert sorted({r.round for r in run.records() if r.name == "train_loss"}) == [0, 1]
     assert run.failures["site-1"].startswith("site-1 failed in caia's site runtime: the server asked for more rounds or evaluations "
                                              "than this site's reviewers approved; the site stopped")
+
+
+def test_aborting_from_another_handle_stops_caias_launcher_and_every_process_it_started(federation, tmp_path):
+    import psutil
+
+    root, built, made = federation
+    approve_all(built, made.values())
+    started = submit(built.path, [s.path for s in made.values()], runs_root=tmp_path / "runs")
+    launcher = started._process.pid
+    assert Run(started.path).abort() == "aborted"  # as the panel does: a handle that did not start it
+    started._process.wait(timeout=30)
+    assert json.loads((started.path / "outcome.json").read_text())["status"] == "aborted"
+    left = [p for p in psutil.process_iter() if _group_of(p) == launcher]
+    assert left == [], left
+
+
+def _group_of(process):
+    import os
+
+    try:
+        return os.getpgid(process.pid)
+    except OSError:
+        return None

@@ -3,12 +3,16 @@ import io
 import time
 import tokenize
 
+import nbformat
 import pytest
 
+import corpus
 from caia_jupyter.contracts import fileset, sourcecheck
 from caia_jupyter.contracts.client_app import client_config
+from caia_jupyter.contracts.errors import NotebookError
 from caia_jupyter.contracts.sourcecheck import source_problems
 from caia_jupyter.researcher import compose
+from conftest import set_source
 
 # name -> (bytes of the file, the line the problem is on, a fragment of the problem)
 REFUSED = {
@@ -48,13 +52,33 @@ REFUSED = {
     "paragraph-separator": ("x = 1\n# a\u2029b\n".encode(), 2, "U+2029 (PARAGRAPH SEPARATOR)"),
     "private-use-character": ("# \ue000\n".encode(), 1, "private-use code point U+E000"),
     "noncharacter": ("s = '\uffff'\n".encode(), 1, "unassigned code point U+FFFF"),
+    # Names: Python folds them with NFKC, so a name that is not ASCII may not be the name it looks like.
+    "cyrillic-a-makes-a-decoy-train": ("def train(m, d, c):\n    pass\n\n\ndef tr\u0430in(m, d, c):\n    pass\n".encode(), 5,
+                                       "name 'tr\u0430in' is not ASCII (U+0430 (CYRILLIC SMALL LETTER A))"),
+    "fullwidth-letters-rebind-train": ("_log_round = print\n\uff54\uff52\uff41\uff49\uff4e = _log_round\n".encode(), 2,
+                                       "U+FF54 (FULLWIDTH LATIN SMALL LETTER T), which Python reads as 'train'"),
+    "german-name": ('größe = "Größe"  # Größe in mm\n'.encode(), 1, "name 'größe' is not ASCII"),
+    "name-in-an-f-string-expression": ('f"{(\uff54\uff52\uff41\uff49\uff4e := print)} Größe"\n'.encode(), 1,
+                                       "which Python reads as 'train'"),
+    "name-in-a-multi-line-f-string": ("x = f'''Größe\n{\nt\u0430il}'''\n".encode(), 3, "name 't\u0430il' is not ASCII"),
+    "name-character-the-3-11-tokenizer-splits-off": ("x\u2118 = 1\n".encode(), 1, "U+2118 (SCRIPT CAPITAL P)"),
+    "attribute-name": ("import os\nos.\uff53ystem('id')\n".encode(), 2, "which Python reads as 'system'"),
+    # Right-to-left letters reorder how the line around them is drawn, with no control character.
+    "hebrew-letters-reorder-a-list": ("noise = ['\u05d0', 0.001, 1000.0, '\u05d1'][1]\n".encode(), 1,
+                                      "right-to-left character U+05D0 (HEBREW LETTER ALEF): the line around it may be drawn "
+                                      "in another order than it is read; write it as \\u05d0 in a string"),
+    "arabic-word-in-a-comment": ("x = 1\n# \u0645\u0631\u062d\u0628\u0627 1, 2\n".encode(), 2, "U+0645 (ARABIC LETTER MEEM)"),
+    "arabic-indic-digits": ("# \u0661\u0662\n".encode(), 1, "right-to-left character U+0661 (ARABIC-INDIC DIGIT ONE)"),
 }
 
 CLEAN = {
     "empty-file": b"",
     "plain-ascii-module": b'"""Doc."""\nimport os\n\n\ndef f(x):\n\treturn x + 1\n',
     "french-words-in-strings-and-comments": "# taille de la tumeur\nlabel = 'tumeur bénigne'\n".encode(),
-    "german-name-and-string": 'größe = "Größe"  # Größe in mm\n'.encode(),
+    "german-string-and-comment": 'size = "Größe"  # Größe in mm\n'.encode(),
+    "accents-in-an-f-string-and-its-nested-string": 'label = f"Größe {sizes[\'bénigne\']:>{width}} é"\n'.encode(),
+    "cyrillic-and-greek-text-in-strings": "words = ['\u0430\u0431\u0432', '\u03b1\u03b2\u03b3']  # \u0430\n".encode(),
+    "hebrew-as-escapes-in-a-string": b"label = '\\u05d0\\u05d1'\n",
     "emoji-in-a-comment": "# 🎉 done\n".encode(),
     "emoji-with-presentation-selector": "# ⚠️ careful, ❤️ it\n".encode(),
     "japanese-comment": "# 腫瘍のサイズ\nsize = 1\n".encode(),
@@ -128,3 +152,44 @@ def test_a_large_source_is_checked_quickly():
 def test_reveal_shows_hidden_characters_and_keeps_line_ends():
     assert sourcecheck.reveal("a\u202eb\r\nc\td\u200b") == "a[U+202E]b\r\nc\td[U+200B]"
     assert sourcecheck.reveal("tumeur 🎉 ❤️") == "tumeur 🎉 ❤️"
+
+
+def notebook_with(tmp_path, old: str, new: str):
+    """The good corpus notebook with `old` replaced by `new` in its federated cells."""
+    path = corpus.write("good", tmp_path / "nb")
+    nb = nbformat.read(path, as_version=4)
+    set_source(nb, old, new)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_decoy_train_spelled_with_a_cyrillic_letter_is_not_bundled(tmp_path):
+    decoy = "\n\ndef tr\u0430in(model, data, ctx):  # final version, replaces the draft above\n    return {}\n"
+    path = notebook_with(tmp_path, "def evaluate(", decoy.lstrip("\n") + "\n\ndef evaluate(")
+    with pytest.raises(NotebookError, match=r"^federated cell \d+ \(notebook cell \d+\) line 1: name 'tr\u0430in' is not ASCII "
+                                            r"\(U\+0430 \(CYRILLIC SMALL LETTER A\)\).*use ASCII letters, digits and _ in names$"):
+        compose.build(path)
+
+
+def test_fullwidth_letters_that_rebind_train_are_not_bundled(tmp_path):
+    path = notebook_with(tmp_path, "def evaluate(", "\uff54\uff52\uff41\uff49\uff4e = print\n\n\ndef evaluate(")
+    with pytest.raises(NotebookError, match="which Python reads as 'train'"):
+        compose.build(path)
+
+
+def test_right_to_left_letters_that_reorder_a_line_are_not_bundled(tmp_path):
+    line = "    noise_multiplier = ['\u05d0', 0.001, 1000.0, '\u05d1'][1]  # DP noise\n"
+    path = notebook_with(tmp_path, "    x, y = data\n    optimizer", "    x, y = data\n" + line + "    optimizer")
+    with pytest.raises(NotebookError, match=r"line 3: right-to-left character U\+05D0 \(HEBREW LETTER ALEF\).*write it as \\u05d0"):
+        compose.build(path)
+
+
+def test_requirements_are_checked_for_right_to_left_letters_but_hold_no_names():
+    assert source_problems("requirements.txt", "torch==2.13.0  # \u05d0\n".encode(), python=False) == [
+        "requirements.txt line 1: right-to-left character U+05D0 (HEBREW LETTER ALEF): the line around it may be drawn "
+        "in another order than it is read; remove it"]
+    assert source_problems("requirements.txt", "größe==1.0\n".encode(), python=False) == []
+
+
+def test_a_right_to_left_line_is_reported_once():
+    assert len(source_problems("x.py", "# \u05d0\u05d1\u05d2 \u0627\u0628\n".encode())) == 1

@@ -3,6 +3,7 @@
 import io
 import stat
 import struct
+import time
 import tracemalloc
 import warnings
 import zipfile
@@ -147,6 +148,9 @@ def test_unpack_limits_the_total_size_and_the_number_of_entries(packed, tmp_path
     ("records in capitals", [("bundle/RECORDS/review.html", b"<script>")], "'bundle/RECORDS/review.html' is not a record"),
     ("symbolic link", [(zipfile.ZipInfo("bundle/records/validation.ipynb"), b"/etc/passwd")], "symbolic link in entry"),
     ("lzma", [(zipfile.ZipInfo("bundle/x.py"), b"")], "compression other than deflate"),
+    ("long name", [("bundle/" + "/".join(["d" * 250] * 5) + "/x.py", b"")], "a name of 1266 characters (at most 1024)"),
+    ("long part", [("bundle/" + "x" * 256, b"")], "a file or folder name longer than 255 characters"),
+    ("deep path", [("bundle/" + "a/" * 8 + "x.py", b"")], "a path 10 levels deep (at most 8)"),
 ])
 def test_unpack_refuses_unsafe_archives_in_one_line_writing_nothing(packed, tmp_path, caia, case, extra, expected):
     _, entries = packed
@@ -156,6 +160,23 @@ def test_unpack_refuses_unsafe_archives_in_one_line_writing_nothing(packed, tmp_
         extra[0][0].compress_type = zipfile.ZIP_LZMA
     err = refused_in_one_line(caia, write_zip(tmp_path / "forged.zip", entries, extra), tmp_path / "out")
     assert expected in err
+
+
+def test_unpack_refuses_one_long_deep_entry_name_quickly_in_bounded_memory(tmp_path, caia):
+    archive = tmp_path / "deep.zip"
+    with zipfile.ZipFile(archive, "w") as z:  # ~32,000 levels: every parent folder of it would take ~1 GB
+        z.writestr("top/" + "a/" * 32_000 + "f", b"")
+    assert archive.stat().st_size < 200_000
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        err = refused_in_one_line(caia, archive, tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "a name of 64005 characters (at most 1024) in entry 'top/a/a/" in err and len(err) < 400
+    assert peak < 8 * MiB and time.perf_counter() - start < 5
+    assert not (tmp_path / "out").exists()
 
 
 def test_unpack_refuses_an_empty_entry_name(packed, tmp_path, caia):

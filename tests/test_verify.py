@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from caia_jupyter.contracts import fileset
 from caia_jupyter.researcher import bundle, compose
 
 
@@ -159,3 +160,27 @@ def test_unpack_refuses_tampered_or_escaping_archives(built, tmp_path, caia):
             target.writestr(name, data + b"# changed\n" if name.endswith("federated.py") else data)
     code, _, err = caia("unpack", tmp_path / "bad.zip", "-o", tmp_path / "y")
     assert code == 2 and "is not intact: file federated.py" in err and not (tmp_path / "y").exists()
+
+
+def test_a_lone_surrogate_in_a_received_manifest_is_one_line_in_verify_and_review(built, caia):
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    manifest["job"]["params"]["note"] = "\ud800"
+    (built.path / "manifest.json").write_text(json.dumps(manifest))  # ASCII JSON: "\ud800", valid JSON, no text
+    code, out, _ = caia("verify", built.path)
+    assert code == 1 and "holds text that is not valid Unicode (a lone surrogate)" in out
+    code, out, err = caia("review", built.path)
+    assert code == 2 and err.count("\n") == 1 and "holds text that is not valid Unicode" in err
+
+
+def test_a_manifest_with_a_duplicate_key_is_refused_by_verify_and_review_as_by_the_guard(built, caia):
+    text = (built.path / "manifest.json").read_text()
+    (built.path / "manifest.json").write_text(text.replace('"lr": 0.1', '"lr": 0.1, "lr": 0.1', 1))
+    code, out, _ = caia("verify", built.path)
+    assert code == 1 and "is not valid JSON (duplicate key 'lr')" in out
+    code, _, err = caia("review", built.path)
+    assert code == 2 and err.count("\n") == 1 and "duplicate key 'lr'" in err
+
+
+@pytest.mark.parametrize("name", ["captured/x.pkl\n", "captured/x.pkl\nx", "captured/x.pkl/", "xcaptured/x.pkl"])
+def test_only_a_whole_captured_name_is_a_bundle_file(name):
+    assert fileset.role_of("captured/x.pkl") == "captured" and fileset.role_of(name) is None

@@ -4,13 +4,16 @@
 weighted by each site's `num_samples`, saves the global model each round (.npz), and finally asks
 every site to evaluate the final global model. The server handles numpy arrays only: NVFLARE
 converts them to and from torch tensors at each site. `MetricsReceiver` appends every metric record,
-(site, round, name, value, time), to a JSON-lines file; `status.json` tells where the run is.
+(site, round, name, value, time), to a JSON-lines file, dropping one whose name is not a metric name
+(`contracts.metric_names`) or whose value is not a finite number; `status.json` tells where the run is.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from ..contracts import failures
 from ..contracts.fsutil import read_json, write_atomic, write_json
+from ..contracts.metric_names import valid_name
 
 INITIAL_MODEL = "initial_model.npz"
 GLOBAL_MODEL = "global_model.npz"
@@ -32,6 +36,7 @@ METRICS = "metrics.jsonl"
 STATUS = "status.json"
 FAILURES = "site_failures.json"
 APP_COMMAND = "caia"
+log = logging.getLogger(__name__)
 
 
 class CaiaFedAvg(ModelController):
@@ -124,12 +129,18 @@ class MetricsReceiver(AnalyticsReceiver):
         if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
             return
         values = data.value if data.data_type == AnalyticsDataType.SCALARS else {data.tag: data.value}
-        now = time.time()
+        now, dropped = time.time(), 0
         for name, value in values.items():
+            if not (valid_name(name) and _finite_number(value)):  # sent by code at the site: untrusted
+                dropped += 1
+                continue
             record = {"site": record_origin, "round": int(data.step or 0), "name": name, "value": float(value), "time": now}
             self._records.append(record)
             self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if dropped:  # the names are not logged: they may be anything
+            log.warning("caia dropped %d metric record(s) from %s: a name that is not a metric name or a value that is "
+                        "not a finite number", dropped, record_origin)
 
     def save_failure(self, site: str, report) -> None:
         """Keep a site's first failure report, parsed strictly: anything but a report of the closed
@@ -142,3 +153,10 @@ class MetricsReceiver(AnalyticsReceiver):
     def finalize(self, fl_ctx):
         if self._file:
             self._file.close()
+
+
+def _finite_number(value) -> bool:
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

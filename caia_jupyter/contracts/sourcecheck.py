@@ -24,14 +24,24 @@ Refused, and why:
 - Unicode's other default-ignorable code points, drawn as nothing: Hangul fillers (which
   Python accepts as names, so `ㅤ = os.system` reads as nothing), variation selectors and the
   combining grapheme joiner (which make two names that look the same differ); only an emoji
-  presentation selector (U+FE0E/U+FE0F) right after a symbol, as in "❤️", is allowed.
+  presentation selector (U+FE0E/U+FE0F) right after a symbol, as in "❤️", is allowed;
+- right-to-left letters and digits (Unicode bidirectional class R, AL or AN: Hebrew, Arabic,
+  Syriac...), even with no control character: the bidirectional algorithm then draws the
+  neighbouring code right to left too, so `['\\u05d0', 0.001, 1000.0, '\\u05d1'][1]` shows 1000.0
+  where Python reads 0.001; in Python source they are written as \\u escapes in strings.
+In Python source (`python=True`), also:
+- a name (identifier) that is not ASCII, found with Python's tokenizer, f-string expressions
+  included: Python folds names with NFKC, so `ｔｒａｉｎ` is `train`, while a Cyrillic `а` makes
+  `trаin` a name other than the `train` it looks like.
 Non-ASCII letters, accents and emoji in strings and comments ("tumeur", "Größe", "🎉") pass.
 """
 
 from __future__ import annotations
 
+import ast
 import bisect
 import codecs
+import io
 import re
 import tokenize
 import unicodedata
@@ -51,14 +61,18 @@ _CONTROL_NAMES = {
 }
 _SUSPECT = re.compile(r"[^\t\n\x20-\x7e]")  # printable ASCII, tab and line feed are always fine
 _LINE_END = re.compile(r"\r\n|\r|\n")  # where Python and editors end a line
+RIGHT_TO_LEFT = frozenset({"R", "AL", "AN"})  # unicodedata.bidirectional classes drawn right to left
+_NOT_CODE = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+_MASK = "\u2603"  # a character Python accepts in strings and comments only
 MAX_PROBLEMS = 50
 
 
-def source_problems(name: str, data: bytes) -> list[str]:
+def source_problems(name: str, data: bytes, python: bool = True) -> list[str]:
     """Problems that make `data` (the bytes of file `name`) read differently by Python and people.
 
-    Returns one-line messages "<name> line <n>: <what>; <fix>" in line order (at most
-    MAX_PROBLEMS, then one line saying there are more), or [] when the file is clean.
+    `python`: `data` is Python source, whose names must be ASCII too (False for other text, such
+    as requirements.txt). Returns one-line messages "<name> line <n>: <what>; <fix>" in line order
+    (at most MAX_PROBLEMS, then one line saying there are more), or [] when the file is clean.
     Pure and stdlib-only; linear in the size of `data`.
     """
     found: list[tuple[int, str]] = []
@@ -75,12 +89,19 @@ def source_problems(name: str, data: bytes) -> list[str]:
                                   "UTF-8 shown here; remove the declaration (files are UTF-8)"))
     for offset in undecodable:
         found.append((line_of(offset), "bytes that are not UTF-8; save the file as UTF-8"))
+    right_to_left_lines = set()
     for match in _SUSPECT.finditer(text):
         why = _why_hidden(text, match.start())
+        if why is None and unicodedata.bidirectional(match.group()) in RIGHT_TO_LEFT:
+            number = line_of(match.start())
+            why = None if number in right_to_left_lines else _right_to_left(match.group(), python)
+            right_to_left_lines.add(number)
         if why:
             found.append((line_of(match.start()), why))
             if len(found) > 20 * MAX_PROBLEMS:  # enough to show; a binary file would take long
                 break
+    if python and not undecodable:
+        found += _name_problems(text)
 
     problems = list(dict.fromkeys(f"{name} line {number}: {what}" for number, what in sorted(found, key=lambda f: f[0])))
     if len(problems) > MAX_PROBLEMS:
@@ -116,6 +137,90 @@ def _why_hidden(text: str, offset: int) -> str | None:
         kind = "private-use" if category == "Co" else "unassigned"
         return f"{kind} code point U+{code:04X}: nobody can see what it is; remove it"
     return None
+
+
+def _right_to_left(char: str, python: bool) -> str:
+    escape = f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
+    fix = f"write it as {escape} in a string" if python else "remove it"
+    return f"right-to-left character {_label(char)}: the line around it may be drawn in another order than it is read; {fix}"
+
+
+def _name_problems(text: str) -> list[tuple[int, str]]:
+    """(line, problem) for each name in Python source `text` that is not ASCII.
+
+    Names are found with Python's tokenizer; in Python 3.11 an f-string is one token, so names in
+    its expressions are found by `_fstring_names`. Source the tokenizer cannot read stops the
+    search there: Python cannot compile it either.
+    """
+    if text.isascii():
+        return []
+    found = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.string.isascii() or token.type == tokenize.COMMENT:
+                continue
+            line = token.start[0]
+            if token.type == tokenize.STRING:
+                found += [(line + lines, _name_problem(name)) for lines, name in _fstring_names(token.string)]
+            elif token.type not in _NOT_CODE and ("a" + token.string).isidentifier():
+                found.append((line, _name_problem(token.string)))  # a NAME, or a name character 3.11's tokenizer misses
+            if len(found) > 20 * MAX_PROBLEMS:
+                break
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return found
+
+
+def _fstring_names(token: str) -> list[tuple[int, str]]:
+    """(lines into the token, name) for each name that is not ASCII in the expressions of an
+    f-string token: a non-ASCII run whose masking makes the token unparsable is code, not text."""
+    prefix = token[:next((i for i, c in enumerate(token) if c in "'\""), 0)]
+    if "f" not in prefix.lower() or not _parses(token):
+        return []
+    runs = _name_runs(token)
+    if _parses(_masked(token, runs)):
+        return []
+    names = [(token.count("\n", 0, start), token[start:end]) for start, end in runs[:MAX_PROBLEMS]
+             if not _parses(_masked(token, [(start, end)]))]
+    return names or [(0, token[runs[0][0]:runs[0][1]])]
+
+
+def _parses(expression: str) -> bool:
+    try:
+        ast.parse(expression, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+def _masked(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with every non-ASCII character in `spans` replaced by _MASK (same length)."""
+    pieces, last = [], 0
+    for start, end in spans:
+        pieces += [text[last:start], "".join(c if c.isascii() else _MASK for c in text[start:end])]
+        last = end
+    return "".join(pieces) + text[last:]
+
+
+def _name_runs(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of identifier characters in `text` that is not all ASCII."""
+    runs, start = [], None
+    for index, char in enumerate(text + " "):
+        if ("a" + char).isidentifier():
+            start = index if start is None else start
+        elif start is not None:
+            if not text[start:index].isascii():
+                runs.append((start, index))
+            start = None
+    return runs
+
+
+def _name_problem(name: str) -> str:
+    first = next(c for c in name if not c.isascii())
+    folded = unicodedata.normalize("NFKC", name)
+    reads = f", which Python reads as {reveal(folded)!r}" if folded != name else ""
+    return (f"name {reveal(name)!r} is not ASCII ({_label(first)}{reads}): such a name can look like another name, or "
+            "be another name than it looks (Python folds names with NFKC); use ASCII letters, digits and _ in names")
 
 
 def _label(char: str) -> str:

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from ..contracts.errors import BundleError
 from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, content_problems, listing_problems
-from ..contracts.manifest import Manifest, bundle_id
+from ..contracts.fsutil import loads_strict
+from ..contracts.manifest import Manifest, bundle_id, canonical
 
 CELL_MARK = "# ---- federated cell {} ----"  # composing writes it above each cell; the review splits there
 
@@ -40,11 +41,9 @@ class Bundle:
         return self.path / RECORDS
 
     def record(self, name: str) -> dict | None:
-        """A JSON record beside the bundle, or None if absent or unreadable."""
-        try:
-            return json.loads((self.records / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        """A JSON object record beside the bundle (untrusted), or None if absent, unreadable or
+        not an object."""
+        return _read_json(self.records / name)
 
     @property
     def opaque_files(self) -> dict[str, dict]:
@@ -128,7 +127,8 @@ def require_intact(path: str | Path, expected_id: str | None = None) -> Bundle:
 
 
 def read_build_record(path: str | Path) -> dict | None:
-    """The build record of the bundle folder at `path` (records/build.json), or None if absent or unreadable."""
+    """The build record of the bundle folder at `path` (records/build.json), or None if absent,
+    unreadable or not a JSON object."""
     return _read_json(Path(path) / RECORDS / "build.json")
 
 
@@ -137,11 +137,19 @@ def _read_manifest(path: Path) -> dict:
     if not file.is_file():
         raise BundleError(f"{path} is not a bundle (no manifest.json); build and validate it with `caia validate NOTEBOOK`")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{file} is not valid JSON ({e}); rebuild the bundle") from e
+        manifest = loads_strict(file.read_bytes())  # as the site's guard reads it: no duplicate key, no NaN
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{file} is not valid JSON ({type(e).__name__}); rebuild the bundle") from e
+    except ValueError as e:
+        raise BundleError(f"{file} is not valid JSON ({' '.join(str(e).split())[:200]}); rebuild the bundle") from e
+    except OSError as e:
+        raise BundleError(f"cannot read {file} ({e.strerror}); a bundle holds plain, readable files") from e
     if not isinstance(manifest, dict):
         raise BundleError(f"{file} is not a JSON object; rebuild the bundle")
+    try:
+        canonical(manifest)
+    except UnicodeEncodeError as e:  # a lone surrogate: "\ud800" is valid JSON but no text; the id cannot cover it
+        raise BundleError(f"{file} holds text that is not valid Unicode (a lone surrogate); rebuild the bundle") from e
     return manifest
 
 
@@ -179,11 +187,13 @@ def _present_files(path: Path) -> tuple[dict[str, bytes], list[str]]:
     return present, odd
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in a record file, or None if absent, unreadable or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return content if isinstance(content, dict) else None
 
 
 def _dotted(loc) -> str:

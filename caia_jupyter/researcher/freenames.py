@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import builtins
 import collections
+import keyword
 import math
 import pickle
+import re
 import symtable
 import types
 from collections.abc import Mapping, Set
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from ..contracts import captured
 from ..contracts.errors import NotebookError
 
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # an ASCII dotted module name
 MODULE_DUNDERS = {"__name__", "__doc__", "__file__", "__spec__", "__loader__", "__package__", "__builtins__"}
 KERNEL_ONLY = {"get_ipython", "display", "In", "Out", "exit", "quit", "_ih", "_oh", "_dh"}
 MAX_LITERAL_CHARS = 10_000  # longer source is not a setting a reviewer reads; it is refused
@@ -56,8 +59,13 @@ class Capture:
 
 
 def free_names(source: str) -> list[str]:
-    """Global names `source` reads but never binds (builtins excluded), sorted."""
-    top = symtable.symtable(source, "federated", "exec")
+    """Global names `source` reads but never binds (builtins excluded), sorted. Raises
+    NotebookError for source Python cannot compile (cells that compile alone may not together)."""
+    try:
+        top = symtable.symtable(source, "federated", "exec")
+    except SyntaxError as e:
+        raise NotebookError(f"the federated cells, joined in order, are not valid Python at line {e.lineno}: {e.msg}; "
+                            "fix the cell that holds it") from e
     if any(sym.get_name() == "*" for sym in top.get_symbols()):
         raise NotebookError("a federated cell uses `import *`; import names explicitly so reviewers see them")
     defined = {sym.get_name() for sym in top.get_symbols() if sym.is_local()}
@@ -98,12 +106,17 @@ def resolve(names: list[str], namespace: Mapping | None) -> list[Capture]:
 def capture(name: str, value) -> Capture:
     """How the bundle carries kernel value `value` of free name `name`.
 
-    Raises NotebookError for a value that looks like data (see `data_reason`), a literal
+    Raises NotebookError for a module whose __name__ is not a dotted ASCII name (it would be
+    written into an import line), a value that looks like data (see `data_reason`), a literal
     longer than MAX_LITERAL_CHARS, a function or class from a local cell, an opaque value
     bigger than MAX_OPAQUE_BYTES or one whose pickle needs more than plain constructors (see `captured`).
     """
     if isinstance(value, types.ModuleType):
         module = value.__name__
+        if not isinstance(module, str) or not _DOTTED.fullmatch(module) or any(map(keyword.iskeyword, module.split("."))):
+            shown = repr(module)[:100] if isinstance(module, str) else f"a {type(module).__name__}"
+            raise NotebookError(f"federated code uses {name!r}, a module whose name {shown} is not a dotted Python name; "
+                                "import the module in a %%federated cell")
         line = f"import {module}" if module == name else f"import {module} as {name}"
         if "." in module and module.rsplit(".", 1)[1] == name:
             line = f"from {module.rsplit('.', 1)[0]} import {name}"

@@ -2,6 +2,7 @@
 
 The server's receiver appends records as JSON lines; `MetricsReader.poll()` returns the
 records that arrived since the last call, however the file grows (partial lines wait).
+A record whose metric name is not a short identifier (`contracts.metric_names`) is left out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from ..contracts.metric_names import valid_name
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,9 @@ class Record:
 
     @classmethod
     def parse(cls, line: bytes) -> Record | None:
-        """A record from one JSON line, or None unless it is exactly one: the file holds what the
-        server received (and, on a deployed federation, what the follower pulled), untrusted."""
+        """A record from one JSON line, or None unless it is exactly one, its name a metric name
+        (`metric_names.NAME`): the file holds what the server received (and, on a deployed
+        federation, what the follower pulled), untrusted."""
         try:
             raw = json.loads(line)
         except ValueError:
@@ -35,7 +39,7 @@ class Record:
         if not isinstance(raw, dict) or set(raw) != {"site", "round", "name", "value", "time"}:
             return None
         numbers = (raw["value"], raw["time"])
-        if not (isinstance(raw["site"], str) and isinstance(raw["name"], str) and type(raw["round"]) is int
+        if not (isinstance(raw["site"], str) and valid_name(raw["name"]) and type(raw["round"]) is int
                 and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
             return None
         return cls(raw["site"], raw["round"], raw["name"], float(raw["value"]), float(raw["time"]))

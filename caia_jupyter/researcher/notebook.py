@@ -6,7 +6,6 @@ metadata never reach a bundle, so re-running a notebook cannot change its bundle
 
 from __future__ import annotations
 
-import ast
 import json
 import warnings
 from dataclasses import dataclass
@@ -82,7 +81,8 @@ def read(path: str | Path) -> FederatedNotebook:
 
 
 def check_source(source: str, label: str) -> None:
-    """Refuse code a site could not run: IPython-only syntax and Python syntax errors."""
+    """Refuse code a site could not run: IPython-only syntax and Python syntax errors, including
+    those only the compiler finds (`nonlocal` or `return` outside a function)."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     plain = _ensure_newline(source)
@@ -96,9 +96,13 @@ def check_source(source: str, label: str) -> None:
             "move it to a local cell"
         )
     try:
-        ast.parse(plain, filename=label)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings are for Python to show when the code runs
+            compile(plain, label, "exec", dont_inherit=True)
     except SyntaxError as e:
         raise NotebookError(f"{label} line {e.lineno}: SyntaxError: {e.msg}; fix the cell") from e
+    except (ValueError, MemoryError, RecursionError) as e:  # a null byte; an expression nested too deeply
+        raise NotebookError(f"{label}: Python cannot compile it ({type(e).__name__}); fix the cell") from e
 
 
 def _ensure_newline(text: str) -> str:

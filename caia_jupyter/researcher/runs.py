@@ -28,6 +28,8 @@ from ..contracts.fsutil import read_json, write_atomic, write_json
 from . import metrics as metric_records
 
 FINAL = ("finished", "failed", "refused", "aborted")
+# The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
+LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")
 
 
 def start_launcher(run_dir: Path, module: str) -> "Run":
@@ -175,14 +177,24 @@ class Run:
         return self.status
 
     def abort(self) -> str:
-        """Stop the run and every process it started."""
-        pid = self._launcher_pid()
-        if pid and self._launcher_alive():
-            try:
-                os.killpg(pid, signal.SIGTERM)  # the launcher leads its own process group
-            except ProcessLookupError:
-                pass
-            self.wait(timeout=30, poll=0.2)
+        """Stop the run and every process it started; returns the status (unchanged if it ended).
+
+        launcher.pid is a file of the run folder, which may come from anywhere: only a process
+        that is caia's launcher of this very run directory is signalled. Raises CaiaError, writing
+        nothing, when none runs for a run that has not ended."""
+        if self.outcome:
+            return self.status
+        launcher = self._launcher()
+        if launcher is None:
+            raise CaiaError(f"no caia process runs for {self.path.name}, so there is nothing to abort")
+        try:
+            if os.getpgid(launcher.pid) == launcher.pid:
+                os.killpg(launcher.pid, signal.SIGTERM)  # the launcher leads its own process group
+            else:
+                launcher.terminate()
+        except (ProcessLookupError, OSError):
+            pass
+        self.wait(timeout=30, poll=0.2)
         if not self.outcome:
             write_json(self.path / "outcome.json", {"status": "aborted", "message": "aborted by the researcher"})
         return self.status
@@ -193,18 +205,31 @@ class Run:
         except (OSError, ValueError):
             return None
 
+    def _launcher(self):
+        """The psutil.Process of caia's launcher of this run directory, running, or None: the pid in
+        launcher.pid counts only if that process's command line is `python -m <LAUNCHERS> RUN_DIR`
+        for this very directory."""
+        import psutil
+
+        pid = self._launcher_pid()
+        if not pid or pid <= 0:
+            return None
+        try:
+            process = psutil.Process(pid)
+            args = process.cmdline()
+            if (process.status() == psutil.STATUS_ZOMBIE or len(args) != 4 or not Path(args[0]).name.startswith("python")
+                    or args[1] != "-m" or args[2] not in LAUNCHERS):
+                return None
+            if (Path(process.cwd()) / args[3]).resolve() != self.path:
+                return None
+        except (psutil.Error, OSError, ValueError):  # gone, not ours to read, a path that cannot resolve
+            return None
+        return process
+
     def _launcher_alive(self) -> bool:
         if self._process is not None:
             return self._process.poll() is None
-        pid = self._launcher_pid()
-        if not pid:
-            return False
-        try:
-            import psutil
-
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except Exception:  # psutil.NoSuchProcess, AccessDenied
-            return False
+        return self._launcher() is not None
 
 
 def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:

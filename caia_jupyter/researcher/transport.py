@@ -34,6 +34,11 @@ MAX_UNPACKED_BYTES = 64 << 20
 MAX_EXPANSION_RATIO = 100
 RATIO_GRACE_BYTES = 1 << 20
 MAX_ENTRIES = 256
+# A bundle is at most 3 levels deep (top/records/x, top/captured/x.pkl) with short names; these
+# bounds, checked before anything else about a name, keep one name's cost small.
+MAX_NAME_CHARS = 1024
+MAX_PART_CHARS = 255
+MAX_DEPTH = 8
 CHUNK_BYTES = 1 << 16
 ZIP_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, RuntimeError, zipfile.BadZipFile, zlib.error)
 
@@ -134,7 +139,8 @@ def _checked_entries(infos: list[zipfile.ZipInfo], refused: str) -> tuple[str, l
         parts = info.filename.removesuffix("/").split("/")
         problem = _name_problem(info, parts)
         if problem:
-            raise BundleError(f"{refused}: {problem} in entry {info.filename!r}")
+            shown = info.filename if len(info.filename) <= 100 else info.filename[:100] + "…"
+            raise BundleError(f"{refused}: {problem} in entry {shown!r}")
         key = unicodedata.normalize("NFC", "/".join(parts)).casefold()  # one file on every file system
         inside = key.partition("/")[2]
         if inside.split("/")[0] == RECORDS and inside not in ({RECORDS} if info.is_dir() else travelling):
@@ -163,6 +169,12 @@ def _name_problem(info: zipfile.ZipInfo, parts: list[str]) -> str | None:
     mode = info.external_attr >> 16
     if not info.filename:
         return "empty name"
+    if len(info.filename) > MAX_NAME_CHARS:
+        return f"a name of {len(info.filename)} characters (at most {MAX_NAME_CHARS})"
+    if len(parts) > MAX_DEPTH:
+        return f"a path {len(parts)} levels deep (at most {MAX_DEPTH})"
+    if any(len(part) > MAX_PART_CHARS for part in parts):
+        return f"a file or folder name longer than {MAX_PART_CHARS} characters"
     if any(ord(c) < 32 or c == "\x7f" for c in info.filename):
         return "control character"
     if "\\" in info.filename:

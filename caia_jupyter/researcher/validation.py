@@ -173,8 +173,10 @@ def require_passed(bundle: Bundle) -> dict:
     record = bundle.record("validation.json")
     if not record or record.get("bundle_id") != bundle.id:
         raise ValidationFailed(f"bundle {bundle.short_id} has not been validated; run `caia validate` on it first")
-    if not record.get("passed"):
-        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {record.get('error', {}).get('summary')}")
+    if record.get("passed") is not True:
+        error = record.get("error")
+        summary = error.get("summary") if isinstance(error, dict) else None
+        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {summary}")
     return record
 
 

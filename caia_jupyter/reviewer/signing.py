@@ -1,7 +1,8 @@
 """Signing approvals and revocations, on a reviewer's own machine, with the reviewer's private key.
 
 A reviewer of a site signs an approval of one bundle id, releasing datasets of the site's catalog
-to it for a limited time, or a revocation of every approval of a bundle id issued until now. The
+to it for a limited time, or a revocation of every approval of a bundle id issued until now
+(and within the clock skew a site allows after it). The
 statements and how a site checks them are `caia_jupyter.site.approvals`; the key pair is made by
 `keypair.create_key_pair` and never lies in a site directory.
 """
@@ -17,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fsutil import write_json
 from ..contracts.manifest import canonical
-from ..site.approvals import (BUNDLE_ID, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from, iso,
-                              latest_revocation, revocation_from)
+from ..site.approvals import (BUNDLE_ID, CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
+                              approval_times, iso, latest_revocation, revocation_from)
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, valid_days
 from .keypair import public_key_file
@@ -34,8 +35,9 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     `expires_in_days` (default: 30, or the site's policy if shorter) must be a finite positive
     number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime, SiteError
     for a key that lies inside the site directory or that the site does not trust. An approval
-    is issued after any revocation of the same bundle, so revoking and approving again (with
-    fewer datasets, say) works even within one second.
+    is issued after what any revocation of the same bundle covers (`Revocation.covers_until`), so
+    revoking and approving again (with fewer datasets, say) works at once; CaiaError if that
+    revocation is dated further ahead of this machine's clock than a site accepts.
     """
     if expires_in_days is None:
         expires_in_days = min(DEFAULT_EXPIRES_IN_DAYS, site.max_approval_days)
@@ -45,8 +47,13 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     private = signing_key(site, key_file)
     issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     revoked = latest_revocation(site, bundle_id)
-    if revoked is not None and revoked.issued_at >= issued:
-        issued = revoked.issued_at + timedelta(seconds=1)
+    if revoked is not None and revoked.covers_until >= issued:
+        if revoked.issued_at > issued + CLOCK_SKEW:
+            name = revoked.path.name if revoked.path else "revocation"
+            raise CaiaError(f"revocation {name} of this bundle at site {site.name} is dated {iso(revoked.issued_at)}, more "
+                            f"than {CLOCK_SKEW / timedelta(minutes=1):g} minutes ahead of this machine's clock "
+                            f"({iso(issued)}); check the clocks, then approve again")
+        issued = revoked.covers_until.replace(microsecond=0) + timedelta(seconds=1)
     statement = {
         "format": FORMAT,
         "site": site.name,
@@ -64,13 +71,15 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
 def revoke(site: Site, bundle_id: str, key_file: str | Path, reason: str = "", output: Path | None = None,
            now: datetime | None = None) -> Revocation:
     """Sign a revocation of every approval of `bundle_id` at `site` issued until now, and store it
-    in the site's revocations/ (or at `output`). Raises CaiaError for a malformed bundle id,
-    SiteError for a key that lies inside the site directory or that the site does not trust.
+    in the site's revocations/ (or at `output`). It is dated now, or as late as the latest approval
+    of that bundle the site holds if that one comes from a clock ahead of this one, so it covers
+    that approval too. Raises CaiaError for a malformed bundle id, SiteError for a key that lies
+    inside the site directory or that the site does not trust.
     """
     if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
         raise CaiaError(f"{bundle_id!r} is not a bundle id; give it as `caia bundle` prints it: sha256:<64 hex digits>")
     private = signing_key(site, key_file)
-    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    issued = max([(now or datetime.now(timezone.utc)).replace(microsecond=0), *approval_times(site, bundle_id)])
     statement = {"format": REVOCATION_FORMAT, "site": site.name, "bundle_id": bundle_id,
                  "key_id": key_id(private.public_key()), "issued_at": iso(issued), "reason": reason}
     stamp = issued.strftime("%Y%m%dT%H%M%SZ")

@@ -10,7 +10,10 @@ JSON:
 
 A revocation file (in the site's revocations/) has the same shape, with the statement
 {"format": "caia-revocation/1", "site", "bundle_id", "key_id", "issued_at", "reason"}: every
-approval of that bundle id at that site issued at or before it no longer counts.
+approval of that bundle id at that site issued at or before its time plus CLOCK_SKEW no longer
+counts (a reviewer's clock may run that far ahead). A well-formed revocation counts whoever
+signed it, a key the site no longer trusts included: it can only take authority away, and only
+the site's admin puts files in revocations/.
 
 A site accepts an approval only if one of its own trusted keys signed it, for this site and
 this bundle id, releasing datasets in its catalog that the bundle requests, issued before it
@@ -71,13 +74,20 @@ class Revocation:
     site: str
     bundle_id: str
     key_id: str
-    issued_at: datetime  # approvals of bundle_id issued at or before this no longer count
+    issued_at: datetime
     reason: str
     path: Path | None = None
 
+    @property
+    def covers_until(self) -> datetime:
+        """Approvals of bundle_id issued at or before this no longer count: the revocation's time
+        plus the clock skew a site accepts, so an approval from a fast clock cannot outlive it."""
+        moment, last = self.issued_at.astimezone(timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
+        return last if moment > last - CLOCK_SKEW else moment + CLOCK_SKEW
+
     def to_json(self) -> dict:
         return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
-                "reason": self.reason, "path": str(self.path) if self.path else None}
+                "covers_until": iso(self.covers_until), "reason": self.reason, "path": str(self.path) if self.path else None}
 
 
 def verify_approval(approval: dict | Path, site: Site, bundle_id: str, requested: set[str] | None = None,
@@ -121,24 +131,45 @@ def find_approval(site: Site, bundle_id: str, requested: set[str] | None = None,
 
 
 def latest_revocation(site: Site, bundle_id: str) -> Revocation | None:
-    """The latest valid revocation of `bundle_id` at `site`: signed by a key the site trusts, for
-    this site. Malformed or untrusted revocation files are skipped (and logged), never raised."""
+    """The latest well-formed revocation of `bundle_id` for `site` in its revocations/, whoever
+    signed it: a revocation only takes authority away and only the site's admin puts it there, so
+    one whose signer the site no longer trusts (a reviewer who left) still counts; that, or a
+    signature that does not match, is logged. Malformed files and revocations for another site are
+    skipped (and logged), never raised."""
     keys, latest = site.trusted_keys(), None
     for file in sorted(site.revocations_dir.glob("*.json")):
         where = f"revocation {file.name}"
         try:
             statement, signature = _read_signed(file, where, REVOCATION_FORMAT, _REVOCATION_FIELDS)
-            _check_signature(statement, signature, keys, site, where)
             if statement["site"] != site.name:
                 raise ApprovalRejected(f"{where} is for site {statement['site']!r}, not {site.name!r}")
         except ApprovalRejected as e:
             log.warning("site %s skips %s", site.name, e)
             continue
         if statement["bundle_id"] == bundle_id:
+            try:
+                _check_signature(statement, signature, keys, site, where)
+            except ApprovalRejected as e:
+                log.warning("site %s counts %s all the same: %s", site.name, where, e)
             revocation = revocation_from(statement, file)
             if latest is None or revocation.issued_at > latest.issued_at:
                 latest = revocation
     return latest
+
+
+def approval_times(site: Site, bundle_id: str) -> list[datetime]:
+    """When each approval of `bundle_id` at `site` in its approvals/ that a trusted key signed says
+    it was issued (UTC); malformed and untrusted files are left out."""
+    keys, times = site.trusted_keys(), []
+    for file in sorted(site.approvals_dir.glob("*.json")):
+        try:
+            statement, signature = _read_signed(file, f"approval {file.name}", FORMAT, _APPROVAL_FIELDS)
+            _check_signature(statement, signature, keys, site, file.name)
+        except ApprovalRejected:
+            continue
+        if statement["site"] == site.name and statement["bundle_id"] == bundle_id:
+            times.append(_time(statement["issued_at"]).astimezone(timezone.utc))
+    return times
 
 
 def _check_approval(statement: dict, signature: bytes, path: Path | None, site: Site, bundle_id: str,
@@ -156,7 +187,7 @@ def _check_approval(statement: dict, signature: bytes, path: Path | None, site: 
     if expires - issued > timedelta(days=site.max_approval_days):
         raise ApprovalRejected(f"{where} is valid for {(expires - issued) / timedelta(days=1):g} days, longer than site "
                                f"{site.name}'s policy allows ({site.max_approval_days:g} days); ask a reviewer to approve it again")
-    if revoked is not None and issued <= revoked.issued_at:
+    if revoked is not None and issued <= revoked.covers_until:
         raise ApprovalRejected(f"{where} was revoked by revocation {revoked.path.name if revoked.path else ''} "
                                f"at {iso(revoked.issued_at)}; ask a reviewer to approve the bundle again")
     datasets = statement["datasets"]

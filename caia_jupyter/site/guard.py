@@ -38,6 +38,8 @@ from .release import RELEASE, Release
 from .sites import Site, open_site
 
 log = logging.getLogger(__name__)
+# The refusal of a site whose own caia directory is unusable (its name is unknown then).
+MISCONFIGURED = "this site's caia guard is misconfigured, so it refuses every job (the site's log says why)"
 
 
 class Refusal(CaiaError):
@@ -100,7 +102,7 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
         site = open_site(site_dir)
     except Exception as e:
         log.error("caia guard: the site directory %s is unusable: %s", site_dir, e)
-        raise Refusal("this site's caia guard is misconfigured, so it refuses every job (the site's log says why)") from e
+        raise Refusal(MISCONFIGURED) from e
     try:
         release = check_app(app_dir, site, now)
         write_json(Path(app_dir) / RELEASE, asdict(release))

@@ -42,12 +42,22 @@ class Site:
 
     @property
     def catalog(self) -> dict[str, dict]:
-        """Dataset id -> {"path": absolute CSV path, "columns": its schema when registered}."""
+        """Dataset id -> {"path": absolute CSV path, "columns": its schema when registered}.
+
+        Raises SiteError (one line) for a catalog that is unreadable or holds an entry that is not
+        an object with a "path" text."""
         raw = _read_json(self.path / "catalog.json", "catalog")
         datasets = raw.get("datasets") if isinstance(raw, dict) else None
         if not isinstance(datasets, dict):
             raise SiteError(f"{self.path}/catalog.json has no 'datasets' object; recreate it with `caia site add-dataset`")
-        return {name: {**spec, "path": str((self.path / spec["path"]).resolve())} for name, spec in datasets.items()}
+        catalog = {}
+        for name, spec in datasets.items():
+            path = spec.get("path") if isinstance(spec, dict) else None
+            if not isinstance(path, str) or not path or "\0" in path:
+                raise SiteError(f"{self.path}/catalog.json: dataset {name!r} is not an object with a 'path' text; "
+                                f"register it again with `caia site add-dataset`")
+            catalog[name] = {**spec, "path": str((self.path / path).resolve())}
+        return catalog
 
     def trusted_keys(self, problems: list[str] | None = None) -> dict[str, Ed25519PublicKey]:
         """Key id -> public key, for each usable `*.pub` file in trusted_keys/.

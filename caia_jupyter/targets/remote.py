@@ -31,6 +31,7 @@ from ..contracts import failures
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import read_json, write_json
 from ..researcher.runs import Run, failed_message, finished_message, refused_message, start_launcher
+from ..site.guard import MISCONFIGURED
 from .poc import admin_session
 
 # How long a deployed job waits for a site that stopped answering before going on without it.
@@ -38,6 +39,11 @@ SERVER_CONFIG = {"dead_client_grace_period": 10, "dead_client_check_lead_time": 
 ROUND_TIMEOUT = 600  # seconds; a round never waits longer for a site that hangs
 POLL = 0.5
 _DEPLOY = re.compile(r"^(?P<site>[^:]+): (?P<detail>.*)$")
+# A site's refusal as caia's guard words it (guard.Refusal), after NVFLARE's "NVFLARE_ERROR: ".
+_CAIA_REFUSAL = re.compile(r"NVFLARE_ERROR: (?P<site>[^ ]+) (?:refused bundle sha256:[0-9a-f]{64}|refused the job): (?P<why>.+)")
+# Text that looks like a path outside the app: absolute, home-relative, Windows, a URL.
+_OUTSIDE_PATH = re.compile(r"""(?:^|[\s'"(\[{<=,;:])[/~]|\\|[A-Za-z]:/|://""")
+MAX_REASON_CHARS = 2000
 
 
 def submit(bundle, sites: list[str], runs_root: Path, target: str, admin_kit: Path, username: str,
@@ -138,17 +144,33 @@ def write_failures(received, run_dir: Path, sites: list[str]) -> dict[str, failu
 
 
 def admissions(meta: dict, sites: list[str]) -> dict:
-    """Each site's deployment, from NVFLARE's deploy detail ("site-2: NVFLARE_ERROR: <why>")."""
+    """Each site's deployment, from NVFLARE's deploy detail ("site-2: NVFLARE_ERROR: <why>"):
+    site -> {"state": "approved"} or {"state": "refused", "reason": text the researcher may see}.
+
+    The detail is the site's text, whatever failed there. A reason is passed on only when it is a
+    refusal of caia's guard worded for that very site (`<site> refused bundle sha256:<hex>: <why>`,
+    `<site> refused the job: <why>`, or the guard's MISCONFIGURED text), on one line, short, naming
+    no path outside the app; anything else (an exception while NVFLARE deployed, which may name the
+    site's folders) becomes "<site> could not deploy the job (NVFLARE's reason is kept at the site)".
+    """
     found = {}
     for line in meta.get("job_deploy_detail", []) or []:
         match = _DEPLOY.match(str(line))
         if not match or match["site"] not in sites:
             continue
-        detail = match["detail"]
-        if detail.strip() == "OK":
-            found[match["site"]] = {"state": "approved"}
+        site, detail = match["site"], match["detail"].strip()
+        if detail == "OK":
+            found[site] = {"state": "approved"}
+            continue
+        refusal = _CAIA_REFUSAL.fullmatch(detail)
+        if detail == f"NVFLARE_ERROR: {MISCONFIGURED}":
+            reason = f"{site} refused the job: {MISCONFIGURED}"
+        elif (refusal and refusal["site"] == site and len(detail) <= MAX_REASON_CHARS and detail.isprintable()
+              and not _OUTSIDE_PATH.search(refusal["why"])):
+            reason = detail.removeprefix("NVFLARE_ERROR: ")
         else:
-            found[match["site"]] = {"state": "refused", "reason": detail.removeprefix("NVFLARE_ERROR: ").strip()}
+            reason = f"{site} could not deploy the job (NVFLARE's reason is kept at the site)"
+        found[site] = {"state": "refused", "reason": reason}
     return found
 
 
