@@ -54,3 +54,14 @@ def test_a_record_read_back_with_a_name_that_is_no_metric_name_is_left_out(tmp_p
     (tmp_path / METRICS).write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert Record.parse(json.dumps(lines[1]).encode()) is None
     assert MetricsReader(tmp_path / METRICS).poll() == [Record("site-1", 0, "loss", 1.0, 0.0)]
+
+
+@pytest.mark.parametrize("name", ["acc_PHI-97.25", "loss per class", "", "x" * 65, "größe"])
+def test_the_site_refuses_a_metric_name_that_is_not_a_short_identifier_before_it_leaves(name):
+    from caia_jupyter.contracts.errors import ContractError
+    from caia_jupyter.site import runtime
+
+    with pytest.raises(ContractError, match="names must be identifiers") as refused:
+        runtime._metrics({name: 1.0}, "train")
+    assert refused.value.failure == "bad_metrics"
+    assert runtime._metrics({"val_loss": 0.5}, "evaluate") == {"val_loss": 0.5}

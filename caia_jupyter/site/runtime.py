@@ -25,6 +25,7 @@ from pathlib import Path
 from ..contracts.errors import ContractError
 from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
+from ..contracts.metric_names import valid_name
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,9 @@ def _metrics(value, name: str) -> dict[str, float]:
             number = float(number)
         except (TypeError, ValueError):
             raise broken(f"{call} returned metric {key!r} = {_shown(number)}; metrics must be numbers") from None
-        if not isinstance(key, str) or not math.isfinite(number):
-            raise broken(f"{call} returned metric {key!r} = {number}; names must be str and values finite")
+        if not valid_name(key) or not math.isfinite(number):
+            raise broken(f"{call} returned metric {key!r} = {number}; names must be identifiers of at most 64 "
+                         "ASCII letters, digits and _, and values finite")
         out[key] = number
     return out
 
