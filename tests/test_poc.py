@@ -10,8 +10,6 @@ import time
 import pytest
 import torch
 
-from caia_jupyter import overview
-from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.researcher.runs import FINAL, Run
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import sites
@@ -19,6 +17,7 @@ from caia_jupyter.targets import poc as pocs
 from caia_jupyter.targets import remote
 from caia_jupyter.targets.submit import submit
 from conftest import build_validated, set_source
+from leaks import FAILED_IN, MARKER, leak_a_row_value, what_the_researcher_sees
 import corpus
 
 pytestmark = pytest.mark.slow
@@ -97,24 +96,6 @@ def test_a_tampered_job_is_refused_by_every_site(poc, tmp_path):
                             for name in SITES}
 
 
-MARKER = "PHI-97.25"  # built at the sites from a row value; no file of the bundle holds it
-FAILED_IN = {
-    "load_data": ("site-1", "site-1 failed in load_data: the federated code asked ctx.dataset for a dataset this site "
-                  "did not release to the bundle; request it with %%federated dataset= and ask the site's reviewers "
-                  "to approve it"),
-    "train": ("site-2", "site-2 failed in train at round 1: the federated code raised an exception (details kept at the site)"),
-}
-
-
-def leak_a_row_value(nb):
-    """site-1 asks for a dataset named after a row value in load_data; site-2's train fails at round 1
-    with a message quoting a row value (as an `assert` printing a row would)."""
-    set_source(nb, 'frame = ctx.dataset("tiny")',
-               'frame = ctx.dataset("tiny")\n    if ctx.site == "site-1":\n        ctx.dataset(f"PHI-{frame[\'x1\'].max()}")')
-    set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2' and ctx.round == 1:\n"
-               "        raise AssertionError(f'PHI-{x[:, 0].max().item()}')\n    optimizer")
-
-
 @pytest.mark.parametrize("entry", list(FAILED_IN))
 def test_a_sites_exception_text_and_row_values_never_reach_the_researcher(poc, tmp_path, caia, entry):
     site, line = FAILED_IN[entry]
@@ -131,11 +112,7 @@ def test_a_sites_exception_text_and_row_values_never_reach_the_researcher(poc, t
     assert run.failures == {site: line}  # no path: the site's record stays at the site
     assert run.failures[site] in run.message and run.failures[site] in submitted
     code, status, _ = caia("status", run.path, "--json")
-    widget = RunWidget(run)
-    widget.refresh()
-    shown = [submitted, status, json.dumps(run.failures), run.message, json.dumps(overview.run(run)),
-             json.dumps(widget.get_state(["status", "message", "sites", "reasons"]))]
-    assert not [text for text in shown if MARKER in text]
+    assert MARKER not in what_the_researcher_sees(run, submitted, status)
     assert not [p for p in run.path.rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
     assert MARKER in (poc.kits / site / run.outcome["job_id"] / f"app_{site}" / "caia_failure.json").read_text()
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import corpus
-from caia_jupyter import overview
 from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.researcher.runs import Run, local_failure_record
 from caia_jupyter.targets import simulator
 from caia_jupyter.targets.submit import submit
 from conftest import approve, build_validated, make_site, set_source
+from leaks import FAILED_IN, MARKER, leak_a_row_value, what_the_researcher_sees
 
 pytestmark = pytest.mark.slow
 SITES = ("site-1", "site-2", "site-3")
@@ -119,27 +119,6 @@ def test_an_extra_file_in_a_deployed_app_is_refused(federation, tmp_path):
                                       "which is not part of the bundle"}
 
 
-MARKER = "PHI-97.25"  # built at the sites from a row value; no file of the bundle holds it
-
-
-def leak_a_row_value(nb):
-    """site-1 asks for a dataset named after a row value in load_data; site-2's train fails at round 1
-    with a message quoting a row value (as an `assert` printing a row would)."""
-    set_source(nb, 'frame = ctx.dataset("tiny")',
-               'frame = ctx.dataset("tiny")\n    if ctx.site == "site-1":\n        ctx.dataset(f"PHI-{frame[\'x1\'].max()}")')
-    set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2' and ctx.round == 1:\n"
-               "        raise AssertionError(f'PHI-{x[:, 0].max().item()}')\n    optimizer")
-
-
-def what_the_researcher_sees(run, *cli_outputs) -> str:
-    widget = RunWidget(run)
-    widget.refresh()
-    files = [(run.path / name).read_text() for name in ("outcome.json", "status.json", "sites.json", "site_failures.json")
-             if (run.path / name).is_file()]
-    return "\n".join([*cli_outputs, *files, json.dumps(run.failures), run.message,
-                      json.dumps(widget.get_state(["status", "message", "sites", "reasons"])), json.dumps(overview.run(run))])
-
-
 @pytest.fixture(scope="module")
 def leaky(tmp_path_factory):
     """A bundle that puts a row value into an exception message at site-1 and site-2, approved at
@@ -150,14 +129,6 @@ def leaky(tmp_path_factory):
     made = {name: make_site(root / "sites", name, corpus.SAMPLE_CSV + "97.25,0.3,1\n") for name in SITES}
     approve_all(built, made.values())
     return built, made
-
-
-FAILED_IN = {
-    "load_data": ("site-1", "site-1 failed in load_data: the federated code asked ctx.dataset for a dataset this site "
-                  "did not release to the bundle; request it with %%federated dataset= and ask the site's reviewers "
-                  "to approve it"),
-    "train": ("site-2", "site-2 failed in train at round 1: the federated code raised an exception (details kept at the site)"),
-}
 
 
 @pytest.mark.parametrize("entry", list(FAILED_IN))
