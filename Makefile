@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+IS_311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 EXTENSION := labextension/package.json labextension/yarn.lock $(wildcard labextension/src/*.ts labextension/style/*)
 
 .PHONY: demo test system clean
@@ -18,7 +19,8 @@ test: $(STAMP) system
 
 $(STAMP): pyproject.toml $(EXTENSION)
 	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a .venv of another Python is made anew; caia-jupyter runs on Python 3.11
+	@$(BIN)/python $(IS_311) 2>/dev/null || { $(PYTHON) $(IS_311) || { echo "caia-jupyter needs Python 3.11: make PYTHON=python3.11 ..."; exit 2; }; rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)

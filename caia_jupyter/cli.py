@@ -172,9 +172,18 @@ def do_bundle(args, namespace=None) -> Outcome:
 
 
 def do_verify(args, namespace=None) -> Outcome:
+    import re
+
+    from .contracts.manifest import BUNDLE_ID
     from .researcher.bundle import verify
 
-    bundle_id, problems = verify(args.bundle, args.expected_id)
+    expected = args.expected_id
+    if expected is not None and not BUNDLE_ID.fullmatch(expected):
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise CaiaError(f"--id {expected!r} is not a whole bundle id; give all of it, as `caia bundle` prints it: "
+                            "sha256:<64 hex digits>")
+        expected = f"sha256:{expected}"
+    bundle_id, problems = verify(args.bundle, expected)
     data = {"bundle_id": bundle_id, "intact": not problems, "problems": problems}
     if problems:
         text = f"NOT INTACT: {args.bundle}\n" + "\n".join(f"  {p}" for p in problems)

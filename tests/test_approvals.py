@@ -111,7 +111,7 @@ def test_approve_refuses_a_key_inside_the_site_and_a_key_the_site_does_not_trust
     with pytest.raises(SiteError, match="lies inside site directory .* where approved code could read it"):
         signing.approve(site, built.id, {"tiny": "tiny"}, inside)
     keypair.create_key_pair(tmp_path / "stranger.key")
-    with pytest.raises(SiteError, match="site site-1 does not trust reviewer key .*`caia site trust .*stranger.key.pub`"):
+    with pytest.raises(SiteError, match="site site-1 does not trust reviewer key .*use your own key, whose public half the site.s admin trusted"):
         signing.approve(site, built.id, {"tiny": "tiny"}, tmp_path / "stranger.key")
     assert list(site.approvals_dir.iterdir()) == []
 

@@ -184,3 +184,10 @@ def test_a_manifest_with_a_duplicate_key_is_refused_by_verify_and_review_as_by_t
 @pytest.mark.parametrize("name", ["captured/x.pkl\n", "captured/x.pkl\nx", "captured/x.pkl/", "xcaptured/x.pkl"])
 def test_only_a_whole_captured_name_is_a_bundle_file(name):
     assert fileset.role_of("captured/x.pkl") == "captured" and fileset.role_of(name) is None
+
+
+def test_verify_takes_the_whole_id_with_or_without_its_prefix_and_refuses_a_short_one(built, caia):
+    assert caia("verify", built.path, "--id", built.id)[0] == 0
+    assert caia("verify", built.path, "--id", built.id.removeprefix("sha256:"))[0] == 0
+    code, _, err = caia("verify", built.path, "--id", built.short_id)
+    assert code == 2 and "is not a whole bundle id" in err and "NOT INTACT" not in err

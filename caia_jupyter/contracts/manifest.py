@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from .schema import KINDS
 
 FORMAT = "caia-bundle/1"
+BUNDLE_ID = re.compile(r"sha256:[0-9a-f]{64}")  # every id `bundle_id` returns, and nothing else
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Kind = Literal[KINDS]
 

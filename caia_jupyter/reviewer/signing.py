@@ -17,12 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fsutil import write_json
-from ..contracts.manifest import canonical
-from ..site.approvals import (BUNDLE_ID, CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
+from ..contracts.manifest import BUNDLE_ID, canonical
+from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
                               approval_times, iso, latest_revocation, revocation_from)
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, valid_days
-from .keypair import public_key_file
 
 DEFAULT_EXPIRES_IN_DAYS = 30
 
@@ -101,8 +100,8 @@ def signing_key(site: Site, key_file: str | Path) -> Ed25519PrivateKey:
     private = load_private_key(key_file)
     kid = key_id(private.public_key())
     if kid not in site.trusted_keys():
-        raise SiteError(f"site {site.name} does not trust reviewer key {kid} ({key_file}); the site admin adds it with "
-                        f"`caia site trust {site.path} {public_key_file(key_file)}`")
+        raise SiteError(f"site {site.name} does not trust reviewer key {kid} ({key_file}); use your own key, whose "
+                        "public half the site's admin trusted after checking with you (`caia site trust`)")
     return private
 
 

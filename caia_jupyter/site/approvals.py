@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..contracts.errors import ApprovalRejected, CaiaError
 from ..contracts.fsutil import loads_strict
-from ..contracts.manifest import canonical
+from ..contracts.manifest import BUNDLE_ID, canonical
 from .sites import Site
 
 FORMAT = "caia-approval/1"
@@ -44,7 +44,6 @@ REVOCATION_FORMAT = "caia-revocation/1"
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_FILE_BYTES = 64 * 1024  # an approval is well under 1 KiB
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
-BUNDLE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 # The fields of each kind of signed statement, and the kind of value each holds.
 _APPROVAL_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "datasets": "releases",
                     "key_id": "key id", "issued_at": "time", "expires_at": "time"}
