@@ -20,7 +20,9 @@ import keyword
 import re
 from collections.abc import Mapping
 
+from .captured import problems as captured_problems
 from .client_app import CLIENT_CONFIG, client_config
+from .sourcecheck import source_problems
 
 MODULE = "federated.py"
 RUNNER_FILE = "caia_runner.py"
@@ -73,13 +75,8 @@ def content_problems(name: str, data: bytes, entry: Mapping | None = None) -> li
     names that are not ASCII in federated.py) is refused. A captured value must be a pickle of a
     plain value of the type its entry names (`captured`).
     """
-    from .sourcecheck import source_problems
-
     if role_of(name) == "captured":
-        from .captured import problems
-
-        return problems(name, data, entry.get("python_type") if entry else None)
-
+        return captured_problems(name, data, entry.get("python_type") if entry else None)
     if name == RUNNER_FILE and data != RUNNER.encode():
         return [f"{RUNNER_FILE} is not caia's site runner of this version; rebuild the bundle with this caia-jupyter"]
     if name == CLIENT_CONFIG:

@@ -50,8 +50,8 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> Path
 def read_json(path: Path) -> dict:
     """The JSON object at `path`, or {} while it does not exist (yet), cannot be read or is no object."""
     try:
-        found = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurd nesting in a file received
         return {}
     return found if isinstance(found, dict) else {}
 

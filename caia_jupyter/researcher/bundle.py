@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ..contracts.errors import BundleError
 from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, content_problems, listing_problems
-from ..contracts.fsutil import loads_strict
+from ..contracts.fsutil import loads_strict, read_json
 from ..contracts.manifest import Manifest, bundle_id, canonical
 
 CELL_MARK = "# ---- federated cell {} ----"  # composing writes it above each cell; the review splits there
@@ -43,7 +43,7 @@ class Bundle:
     def record(self, name: str) -> dict | None:
         """A JSON object record beside the bundle (untrusted), or None if absent, unreadable or
         not an object."""
-        return _read_json(self.records / name)
+        return read_json(self.records / name) or None
 
     @property
     def opaque_files(self) -> dict[str, dict]:
@@ -129,7 +129,7 @@ def require_intact(path: str | Path, expected_id: str | None = None) -> Bundle:
 def read_build_record(path: str | Path) -> dict | None:
     """The build record of the bundle folder at `path` (records/build.json), or None if absent,
     unreadable or not a JSON object."""
-    return _read_json(Path(path) / RECORDS / "build.json")
+    return read_json(Path(path) / RECORDS / "build.json") or None
 
 
 def _read_manifest(path: Path) -> dict:
@@ -185,15 +185,6 @@ def _present_files(path: Path) -> tuple[dict[str, bytes], list[str]]:
             else:
                 odd.append(f"{shown} is not a plain file; bundles hold plain files")
     return present, odd
-
-
-def _read_json(path: Path) -> dict | None:
-    """The JSON object in a record file, or None if absent, unreadable or not an object."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return content if isinstance(content, dict) else None
 
 
 def _dotted(loc) -> str:
