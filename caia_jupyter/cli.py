@@ -125,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the site's NVFLARE client name, e.g. site-1")
     p.add_argument("--max-approval-days", type=float, default=None, metavar="DAYS",
                    help="policy: the longest lifetime of an approval at this site (default: 90)")
-    p = site.add_parser("add-dataset", parents=[common], help="register a CSV in the site's data catalog")
+    p = site.add_parser("add-dataset", parents=[common],
+                        help="register a table (CSV or Parquet) in the site's data catalog")
     p.set_defaults(handler=do_site_add_dataset)
     p.add_argument("dir", type=Path)
     p.add_argument("dataset_id")
-    p.add_argument("csv", type=Path)
+    p.add_argument("table", type=Path, metavar="CSV|PARQUET")
+    p.add_argument("--replace", action="store_true", help="point an existing dataset id at this file")
     p = site.add_parser("trust", parents=[common], help="trust another reviewer's public key")
     p.set_defaults(handler=do_site_trust)
     p.add_argument("dir", type=Path)
@@ -237,9 +239,10 @@ def do_review(args, namespace=None) -> Outcome:
 
 
 def do_approve(args, namespace=None) -> Outcome:
+    from .contracts.schema import mismatches
     from .researcher.bundle import require_intact
     from .reviewer.signing import approve, parse_releases
-    from .site.sites import open_site
+    from .site.sites import open_site, read_dataset
 
     bundle = require_intact(args.bundle)
     site = open_site(args.site)
@@ -250,6 +253,11 @@ def do_approve(args, namespace=None) -> Outcome:
     unknown = sorted(set(releases.values()) - set(site.catalog))
     if unknown:
         raise CaiaError(f"site {site.name} has no dataset {', '.join(unknown)} in its catalog; add it with `caia site add-dataset`")
+    for name, catalog_id in releases.items():  # the guard's own check: sign nothing a site would refuse
+        problems = mismatches(bundle.manifest["datasets"][name]["columns"], read_dataset(site, catalog_id)[0])
+        if problems:
+            raise CaiaError(f"site {site.name}'s dataset {catalog_id} does not fit {name!r} as the bundle requests it: "
+                            f"{problems[0]}; nothing was signed")
     approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output)
     text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}; "
             f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
@@ -290,11 +298,16 @@ def do_site_init(args, namespace=None) -> Outcome:
 
 
 def do_site_add_dataset(args, namespace=None) -> Outcome:
+    from .contracts.schema import describe
     from .site.sites import add_dataset, open_site
 
     site = open_site(args.dir)
-    entry = add_dataset(site, args.dataset_id, args.csv)
-    return Outcome(entry, f"{site.name}: dataset {args.dataset_id} with {len(entry['columns'])} columns", entry)
+    entry = add_dataset(site, args.dataset_id, args.table, args.replace)
+    notes = entry["notes"]
+    columns = ", ".join(f"{c['name']} ({c['kind']}{': ' + notes[c['name']] if c['name'] in notes else ''})"
+                        for c in entry["columns"])
+    text = f"{site.name}: dataset {args.dataset_id}, {describe(entry['read'])}, {len(entry['columns'])} columns: {columns}"
+    return Outcome(entry, text, entry)
 
 
 def do_site_trust(args, namespace=None) -> Outcome:

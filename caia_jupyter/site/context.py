@@ -22,7 +22,8 @@ class Context:
         self.params = MappingProxyType(dict(params))
         self.rounds = rounds
         self.round = round
-        self._datasets = datasets  # name -> {"path": csv, "columns": [{"name", "kind"}, ...]}
+        # name -> {"path": table, "read": how (schema.detect; detected when absent), "columns": [{"name", "kind"}, ...]}
+        self._datasets = datasets
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -30,7 +31,8 @@ class Context:
         return tuple(sorted(self._datasets))
 
     def dataset(self, name: str) -> pd.DataFrame:
-        """The released dataset `name`, restricted to the requested columns.
+        """The released dataset `name`: a pandas DataFrame of the requested columns, in their order,
+        with every row of the table (read whole, as the site's guard read it).
 
         Raises DatasetNotReleased (not released here) or SiteError (its file cannot be read, or
         no longer matches the approved schema); at a site only their category reaches the researcher.
@@ -43,10 +45,10 @@ class Context:
             )
         spec = self._datasets[name]
         try:
-            frame = schema.read_table(spec["path"])
+            frame = schema.read_table(spec["path"], spec.get("read"))
         except SiteError as e:
             raise SiteError(f"site {self.site} dataset {name!r}: {e}", failure="dataset_unreadable") from e
-        problems = schema.mismatches(spec["columns"], schema.schema_of(frame))
+        problems = schema.mismatches(spec["columns"], frame)
         if problems:
             raise SiteError(f"site {self.site} dataset {name!r} no longer matches the approved schema: {problems[0]}",
                             failure="schema_changed")

@@ -5,8 +5,9 @@ set (`fileset`): each bundle file at its one place in the app (`app_path`), NVFL
 signature files only as plain files in the app's folders, and nothing else: any other file,
 folder, link, `__pycache__`, `.pyc`, `.pth` or second client config refuses the bundle, naming
 its path in the app. Then it recomputes the bundle id from those bytes, finds an approval of it
-signed by one of the site's trusted reviewer keys, checks each released dataset against the
-requested schema, and writes the release (`caia_release.json`) that the runtime and `ctx` read.
+signed by one of the site's trusted reviewer keys, checks each released dataset (its whole table,
+read as the catalog records) against the requested schema, and writes the release
+(`caia_release.json`) that the runtime and `ctx` read.
 
 A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
 never a site path or a data value; what the site's admin needs goes to the site's log. Admission
@@ -35,7 +36,7 @@ from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from .approvals import find_approval
 from .release import RELEASE, Release
-from .sites import Site, open_site
+from .sites import Site, open_site, read_dataset
 
 log = logging.getLogger(__name__)
 # The refusal of a site whose own caia directory is unusable (its name is unknown then).
@@ -76,18 +77,18 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> R
     if approval is None:
         refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id")
 
-    released, catalog = {}, site.catalog
+    released = {}
     for name, catalog_id in approval.datasets.items():
-        path = catalog[catalog_id]["path"]
         try:
-            actual = schema.columns_of(path)
+            frame, source = read_dataset(site, catalog_id)
         except CaiaError as e:
             refuse(f"released dataset {catalog_id} cannot be read at this site", str(e))
         wanted = manifest["datasets"][name]["columns"]
-        problems = schema.mismatches(wanted, actual)
+        problems = schema.mismatches(wanted, frame)
         if problems:
             refuse(f"released dataset {catalog_id} does not fit the requested schema of {name!r}: {'; '.join(problems)}")
-        released[name] = {"path": path, "columns": wanted}
+        # ctx.dataset reads the table the way it was read here
+        released[name] = {**source, "columns": wanted}
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
                    {name: entry["sha256"] for name, entry in listed.items()})

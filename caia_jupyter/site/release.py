@@ -17,7 +17,7 @@ class Release:
 
     site: str
     bundle_id: str
-    datasets: dict  # requested name -> {"path": CSV at the site, "columns": requested schema}
+    datasets: dict  # requested name -> {"path": table at the site, "read": how (schema.detect), "columns": requested schema}
     params: dict
     rounds: int
     approval: str

@@ -1,7 +1,8 @@
 """A site directory: what one cancer center keeps on its side of the firewall.
 
     site.json        the site's name and policy ({"max_approval_days": longest approval lifetime})
-    catalog.json     dataset id -> CSV path (relative to the site directory) and columns
+    catalog.json     dataset id -> table path (CSV or Parquet, relative to the site directory), how it
+                     is read (separator, decimal mark, encoding: `schema.detect`) and its columns
     trusted_keys/    public keys of this site's reviewers (<key id>.pub); the only keys it trusts
     approvals/       signed approvals, one file per bundle and reviewer key
     revocations/     signed revocations of approvals
@@ -20,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..contracts import schema
@@ -42,7 +44,8 @@ class Site:
 
     @property
     def catalog(self) -> dict[str, dict]:
-        """Dataset id -> {"path": absolute CSV path, "columns": its schema when registered}.
+        """Dataset id -> {"path": absolute table path, "read": how it is read (absent in catalogs
+        written before it was recorded), "columns": its schema when registered}.
 
         Raises SiteError (one line) for a catalog that is unreadable or holds an entry that is not
         an object with a "path" text."""
@@ -155,16 +158,45 @@ def open_site(path: str | Path) -> Site:
     return Site(path.resolve(), meta["name"], days)
 
 
-def add_dataset(site: Site, dataset_id: str, csv_path: str | Path) -> dict:
-    """Register a CSV in the site's catalog with the columns it has now."""
+def add_dataset(site: Site, dataset_id: str, table: str | Path, replace: bool = False) -> dict:
+    """Register a table (CSV or Parquet) in the site's catalog as `dataset_id`; returns its entry:
+    {"path": relative to the site, "read": how it is read (`schema.detect`), "columns": its schema,
+    "notes": {column: what its kind hides, e.g. "integers with missing values"}}.
+
+    Every later read of the dataset (admission, `ctx.dataset`) reads it the way recorded here.
+    Raises SiteError (one line; the catalog unchanged) for a bad id, a missing file, a table
+    `schema.read_table` refuses (not UTF-8, no rows, an ambiguous separator...), or an id that
+    already names another file unless `replace`.
+    """
     if not _SITE_NAME.fullmatch(dataset_id):
         raise SiteError(f"dataset id {dataset_id!r} must be letters, digits, '_', '.' or '-'")
-    csv_path = Path(csv_path).resolve()
-    entry = {"path": os.path.relpath(csv_path, site.path), "columns": schema.columns_of(csv_path)}
+    path = Path(table).resolve()
+    if not path.is_file():
+        raise SiteError(f"{table} does not exist or is not a file; give the path of the CSV or Parquet table to register")
+    registered = site.catalog.get(dataset_id)
+    if registered and Path(registered["path"]) != path and not replace:
+        raise SiteError(f"site {site.name} already has dataset {dataset_id} at {registered['path']}; choose another id, "
+                        f"or add --replace to point {dataset_id} at {table}")
+    read = schema.detect(path)
+    frame = schema.read_table(path, read)
+    entry = {"path": os.path.relpath(path, site.path), "read": read, "columns": schema.schema_of(frame),
+             "notes": schema.notes_of(frame)}
     raw = _read_json(site.path / "catalog.json", "catalog")
     raw.setdefault("datasets", {})[dataset_id] = entry
     write_json(site.path / "catalog.json", raw)
     return entry
+
+
+def read_dataset(site: Site, dataset_id: str) -> tuple[pd.DataFrame, dict]:
+    """The whole table of catalog dataset `dataset_id`, and where and how it was read:
+    {"path": absolute path, "read": as recorded at `add-dataset` (detected now for an entry that
+    predates the record)}. Raises SiteError for an id not in the catalog or a table that cannot be read."""
+    catalog = site.catalog
+    if dataset_id not in catalog:
+        raise SiteError(f"site {site.name} has no dataset {dataset_id} in its catalog; add it with `caia site add-dataset`")
+    path = catalog[dataset_id]["path"]
+    source = {"path": path, "read": catalog[dataset_id].get("read") or schema.detect(path)}
+    return schema.read_table(path, source["read"]), source
 
 
 def trust(site: Site, public_key_file: str | Path) -> str:
