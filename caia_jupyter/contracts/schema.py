@@ -80,10 +80,13 @@ def read_table(path: str | Path, read: dict | None = None) -> pd.DataFrame:
     or has no rows.
     """
     path = Path(path)
+    _exists(path)
     read = detect(path) if read is None else _checked(path, read)
     try:
-        if read["format"] == "parquet":
-            frame = pd.read_parquet(path)
+        if read["format"] == "parquet":  # the Parquet schema's own types, not dtypes pandas wrote beside them
+            import pyarrow.parquet
+
+            frame = pyarrow.parquet.read_table(path).to_pandas(ignore_metadata=True)
         else:  # low_memory=False: pandas infers each column's type from all its rows at once
             frame = pd.read_csv(path, sep=read["separator"], decimal=read["decimal"], encoding=read["encoding"],
                                 compression=read["compression"], low_memory=False)
@@ -160,9 +163,13 @@ def _whole_with_missing(series: pd.Series) -> bool:
     return len(present) < len(series) and len(present) > 0 and bool((present == present.round()).all())
 
 
-def _head(path: Path) -> bytes:
+def _exists(path: Path) -> None:
     if not path.is_file():
         raise SiteError(f"dataset file {path} does not exist")
+
+
+def _head(path: Path) -> bytes:
+    _exists(path)
     try:
         with path.open("rb") as file:
             return _read_head(path, file)
