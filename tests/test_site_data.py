@@ -4,6 +4,7 @@ column kinds read from the whole file, the same way everywhere."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -120,6 +121,23 @@ def test_tab_export_with_decimal_commas(tmp_path):
     table = tmp_path / "t.tsv"
     table.write_text("size\tlabel\n1,5\t0\n2,25\t1\n")
     assert schema.read_table(table)["size"].tolist() == [1.5, 2.25]
+
+
+def test_gzipped_semicolon_export(tmp_path):
+    table = tmp_path / "t.csv.gz"
+    with gzip.open(table, "wt", encoding="utf-8") as file:
+        file.write("size;label\n1,5;0\n2,25;1\n")
+    read = schema.detect(table)
+    assert read["compression"] == "gzip" and read["separator"] == ";" and read["decimal"] == ","
+    assert schema.read_table(table, read)["size"].tolist() == [1.5, 2.25]
+
+
+def test_a_ragged_row_is_refused_in_one_line_naming_the_way_it_was_read(tmp_path):
+    table = tmp_path / "ragged.csv"
+    table.write_text("a;b\n" + "1;2\n" * 20_000 + "5;6;7\n")  # past the head that decides the separator
+    with pytest.raises(SiteError, match=r"is not readable CSV \(';'-separated, decimal '\.', UTF-8\): .*line 20002") as refused:
+        schema.read_table(table)
+    assert "\n" not in str(refused.value)
 
 
 def test_one_column_table_reads_as_one_column(tmp_path):

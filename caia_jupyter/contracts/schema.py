@@ -94,7 +94,8 @@ def read_table(path: str | Path, read: dict | None = None) -> pd.DataFrame:
         raise _not_utf8(path, e) from None
     except (ValueError, OSError, pd.errors.ParserError) as e:  # pyarrow's errors are ValueError or OSError
         what = "Parquet" if read["format"] == "parquet" else f"CSV ({describe(read)})"
-        raise SiteError(f"dataset file {path} is not readable {what}: {str(e).strip().splitlines()[0]}") from e
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SiteError(f"dataset file {path} is not readable {what}: {reason}") from e
     if len(frame.index) == 0:
         what = "Parquet file" if read["format"] == "parquet" else "CSV"
         raise SiteError(f"dataset file {path}: the {what} has a header but no rows; export the table with its rows")
