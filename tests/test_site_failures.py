@@ -183,3 +183,77 @@ def test_case_16_with_min_clients_3_ends_failed_naming_the_site_that_left(case_s
     assert run.metrics()[lambda f: f["round"] > 0].empty  # no round after the one site-3 left in
     code, status, _ = caia("status", run.path, "--json")
     assert LEAK not in what_the_researcher_sees(run, submitted, status)
+
+
+@pytest.mark.slow
+def test_a_site_that_fails_in_a_later_round_is_not_asked_again(tmp_path):
+    from conftest import build_validated, make_site, set_source
+    from caia_jupyter.targets.submit import submit
+
+    def fail_at_site_2_round_1(nb):
+        set_source(nb, "rounds=2 min_clients=1", "rounds=3 min_clients=2")
+        set_source(nb, "    x, y = data\n    optimizer",
+                   "    x, y = data\n    if ctx.site == 'site-2' and ctx.round == 1:\n        raise ValueError(ctx.site)\n    optimizer")
+
+    built = build_validated(tmp_path / "nb", edit=fail_at_site_2_round_1)
+    made = [make_site(tmp_path / "sites", name) for name in SITES]
+    for site in made:
+        approve(site, built.id, {"tiny": "tiny"})
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished", run.message
+    assert run.sites == {"site-1": "done", "site-2": "failed", "site-3": "done"}
+    assert json.loads((run.path / "status.json").read_text())["left"] == {"site-2": 1}
+    assert run.failures["site-2"].startswith("site-2 failed in train at round 1: the federated code raised an exception")
+    assert run.message.startswith("3 rounds with site-1, site-3; continued without site-2 (min_clients 2); "
+                                  "site-2 left at round 1: site-2 failed in train at round 1")
+    frame = run.metrics()
+    assert set(frame[frame["site"] == "site-2"]["round"]) == {0}  # round 0 only: nothing asked of it after round 1
+    assert set(frame[frame["round"] == 3]["site"]) == {"site-1", "site-3"}  # the final evaluation
+
+
+# -- case 16 on a real NVFLARE POC (server, three site processes, admin kit on loopback) --------------
+
+
+@pytest.fixture(scope="module")
+def case_poc(tmp_path_factory):
+    """A POC whose three sites hold case 16's exports as dataset `nodules`: (Poc, site -> (Site, catalog entry))."""
+    from caia_jupyter.targets import poc as pocs
+
+    workspace = tmp_path_factory.mktemp("poc") / "ws"
+    started = pocs.up(workspace, sites=3, say=lambda *a: None)
+    try:
+        made = {}
+        for name in SITES:
+            site = sites.open_site(started.site_dir(name))
+            made[name] = (site, sites.add_dataset(site, "nodules", CASE / "site_data" / f"{name}.csv"))
+        yield started, made
+    finally:
+        pocs.down(workspace, say=lambda *a: None)
+        assert started.processes() == [], "caia poc down left NVFLARE processes behind"
+
+
+@pytest.mark.slow
+def test_case_16_on_a_poc_finishes_with_the_other_two_and_keeps_site_3s_message_there(case_poc, tmp_path, caia):
+    from caia_jupyter.reviewer import signing
+
+    poc, made = case_poc
+    built = build_case(tmp_path / "case", min_clients=2)
+    for name, (site, _) in made.items():
+        signing.approve(site, built.id, {"nodules": "nodules"}, poc.reviewer_key(name))
+    code, submitted, err = caia("submit", built.path, "--target", "poc", "--poc-workspace", poc.workspace,
+                                "--runs", tmp_path / "runs")
+    run = Run(next((tmp_path / "runs").iterdir()))
+    assert code == 0 and run.status == "finished", (err, run.message)
+    assert run.sites == {"site-1": "done", "site-2": "done", "site-3": "failed"}
+    assert run.failures == {"site-3": LINE}  # no path: the site's record stays at the site
+    assert run.message == f"2 rounds with site-1, site-2; continued without site-3 (min_clients 2); site-3 left at round 0: {LINE}"
+    assert set(run.metrics()["site"]) == {"site-1", "site-2"}
+    expected = local_fedavg(built, made, ["site-1", "site-2"], rounds=2)
+    got = torch.load(run.global_model, weights_only=True)
+    for name in expected:
+        torch.testing.assert_close(got[name].double(), expected[name], rtol=1e-5, atol=1e-6)
+    code, status, _ = caia("status", run.path, "--json")
+    assert LEAK not in what_the_researcher_sees(run, submitted, status)
+    assert not [p for p in run.path.rglob("*") if p.is_file() and LEAK.encode() in p.read_bytes()]
+    kept = poc.kits / "site-3" / run.outcome["job_id"] / "app_site-3" / "caia_failure.json"
+    assert LEAK in json.loads(kept.read_text())["message"]
