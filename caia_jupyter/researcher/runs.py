@@ -269,9 +269,9 @@ def finished_message(status: dict, sites: list[str], min_clients: int, reasons: 
 def ended_message(status: dict, reasons: dict[str, str]) -> str:
     """Why a run that began ended without finishing: the server's reason, each site that left the
     run and each other site's failure line (`reasons`) ("" when nothing tells)."""
-    left = _left(status)
-    told = (status.get("message") or "") + departures(status, reasons)
-    return "; ".join(filter(None, [told.removeprefix("; "), *(line for site, line in reasons.items() if site not in left)]))
+    told = ((status.get("message") or "") + departures(status, reasons)).removeprefix("; ")
+    others = [line for site, line in reasons.items() if site not in _left(status)]
+    return "; ".join(part for part in [told, *others] if part)
 
 
 def departures(status: dict, reasons: dict[str, str]) -> str:
