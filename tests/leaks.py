@@ -20,7 +20,9 @@ FAILED_IN = {  # entry point -> (the site that fails there, the one line the res
 
 def leak_a_row_value(nb):
     """site-1 asks for a dataset named after a row value in load_data; site-2's train fails at round 1
-    with a message quoting a row value (as an `assert` printing a row would)."""
+    with a message quoting a row value (as an `assert` printing a row would). min_clients=2, so with
+    two sites given the failing one ends the run."""
+    set_source(nb, "min_clients=1", "min_clients=2")
     set_source(nb, 'frame = ctx.dataset("tiny")',
                'frame = ctx.dataset("tiny")\n    if ctx.site == "site-1":\n        ctx.dataset(f"PHI-{frame[\'x1\'].max()}")')
     set_source(nb, "    x, y = data\n    optimizer", "    x, y = data\n    if ctx.site == 'site-2' and ctx.round == 1:\n"

@@ -2,7 +2,9 @@
 
 `CaiaFedAvg` starts from initial weights (an .npz of arrays, loaded without pickle), runs FedAvg
 weighted by each site's `num_samples`, saves the global model each round (.npz), and finally asks
-every site to evaluate the final global model. The server handles numpy arrays only: NVFLARE
+every site to evaluate the final global model. A site that returns no result in a round (its code
+failed, or it timed out) leaves the run: later rounds go on without it while at least `min_clients`
+sites remain, and `status.json` records it under "left" with that round. The server handles numpy arrays only: NVFLARE
 converts them to and from torch tensors at each site. `MetricsReceiver` appends every metric record,
 (site, round, name, value, time), to a JSON-lines file, dropping one whose name is not a metric name
 (`contracts.metric_names`) or whose value is not a finite number; `status.json` tells where the run is.
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 class CaiaFedAvg(ModelController):
     def __init__(self, num_rounds: int, min_clients: int, round_timeout: int = 0, output_dir: str = ""):
-        super().__init__(persistor_id="")
+        super().__init__(persistor_id="", ignore_result_error=True)
         self.num_rounds = num_rounds
         self.min_clients = min_clients
         self.round_timeout = round_timeout
@@ -52,24 +54,25 @@ class CaiaFedAvg(ModelController):
         with np.load(custom / INITIAL_MODEL, allow_pickle=False) as arrays:
             params = dict(arrays)
         sites = sorted(c.name for c in self.engine.get_clients())
+        left: dict[str, int] = {}  # site -> the round it returned no result in; it is not asked again
         self._status("training", 0, sites)
         for round in range(self.num_rounds):
             model = FLModel(params=params, current_round=round, total_rounds=self.num_rounds)
             results = self.send_model_and_wait(task_name="train", data=model, targets=sites, timeout=self.round_timeout)
-            reported = sorted(r.meta.get("client_name", "?") for r in results)
             if self.abort_signal.triggered:
-                return self._status("aborted", round, reported, "the run was aborted")
-            if len(results) < self.min_clients:
-                message = (f"round {round}: {len(results)} of {len(sites)} sites returned results "
-                           f"({', '.join(reported) or 'none'}); min_clients is {self.min_clients}")
-                self._status("failed", round, reported, message)
+                return self._status("aborted", round, sites, "the run was aborted", left)
+            sites = remaining(sites, results, round, left)
+            if len(sites) < self.min_clients:
+                message = (f"round {round}: {len(sites)} of {len(sites) + len(left)} sites returned results "
+                           f"({', '.join(sites) or 'none'}); min_clients is {self.min_clients}")
+                self._status("failed", round, sites, message, left)
                 return self.panic(message)
             params = self._average(results, round)
             save_arrays(params, self._output(GLOBAL_MODEL))
-            self._status("training", round + 1, reported)
+            self._status("training", round + 1, sites, left=left)
         final = FLModel(params=params, current_round=self.num_rounds, total_rounds=self.num_rounds)
         results = self.send_model_and_wait(task_name="validate", data=final, targets=sites, timeout=self.round_timeout)
-        self._status("finished", self.num_rounds, sorted(r.meta.get("client_name", "?") for r in results))
+        self._status("finished", self.num_rounds, remaining(sites, results, self.num_rounds, left), left=left)
 
     def _average(self, results: list[FLModel], round: int) -> dict:
         helper = WeightedAggregationHelper()
@@ -78,13 +81,22 @@ class CaiaFedAvg(ModelController):
             helper.add(data=result.params, weight=weight, contributor_name=result.meta.get("client_name", "?"), contribution_round=round)
         return helper.get_result()
 
-    def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "") -> None:
+    def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "", left: dict | None = None) -> None:
         status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,
-                  "message": message, "time": time.time()}
+                  "left": dict(left or {}), "message": message, "time": time.time()}
         write_json(self._output(STATUS), status)
 
     def _output(self, name: str) -> Path:
         return Path(self.output_dir or self.get_run_dir()) / name
+
+
+def remaining(sites: list[str], results: list[FLModel], round: int, left: dict[str, int]) -> list[str]:
+    """The `sites` that returned a result in `round`; each other one is added to `left` (site -> round).
+    send_model_and_wait waits for every site it targets; with ignore_result_error=True a failed task
+    (a site whose code failed answers EXECUTION_EXCEPTION) is dropped rather than stopping the job."""
+    answered = {r.meta.get("client_name") for r in results}
+    left.update({site: round for site in sites if site not in answered})
+    return [site for site in sites if site in answered]
 
 
 def save_arrays(params: dict, path: Path) -> None:

@@ -2,7 +2,7 @@
 
     run.json       what was submitted: bundle id, target, sites, settings
     sites.json     each site's admission by its guard: approved, or refused with the reason
-    status.json    the server's progress: phase, rounds done, sites that reported
+    status.json    the server's progress: phase, rounds done, sites still in the run, sites that left it (round)
     metrics.jsonl  every (site, round, name, value, time) record
     global_model.npz the latest global model, as the server keeps it (numpy arrays)
     global_model.pt  the same as a torch state dict, written when the run ends
@@ -28,6 +28,7 @@ from ..contracts.fsutil import read_json, write_atomic, write_json
 from . import metrics as metric_records
 
 FINAL = ("finished", "failed", "refused", "aborted")
+SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
 LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")
 
@@ -90,24 +91,9 @@ class Run:
 
     @property
     def sites(self) -> dict[str, str]:
-        """Site -> approved | refused | running | done | failed."""
-        admissions, status, outcome = self._admissions(), self._json("status.json"), self.outcome
-        failed = self._failure_reports()
-        states = {}
-        for site in self.spec["sites"]:
-            admission = admissions.get(site, {}).get("state")
-            if admission == "refused":
-                states[site] = "refused"
-            elif site in failed:
-                states[site] = "failed"
-            elif outcome:
-                completed = outcome.get("completed_sites")
-                states[site] = "done" if isinstance(completed, list) and site in completed else "failed"
-            elif admission == "approved":
-                states[site] = "running" if status else "approved"
-            else:
-                states[site] = "waiting"
-        return states
+        """Site -> its state, each from what that site did (see `site_states`)."""
+        return site_states(self.spec["sites"], self._admissions(), self._json("status.json"), self.outcome,
+                           set(self._failure_reports()))
 
     @property
     def refusals(self) -> dict[str, str]:
@@ -125,7 +111,9 @@ class Run:
         return describe_failures(self._failure_reports(), local)
 
     def _failure_reports(self) -> dict[str, failure_reports.Report]:
-        return failure_reports.parse_all(self.outcome.get("failed_sites"), self.spec["sites"])
+        """The outcome's reports once the run ended; before, those the server has received so far."""
+        received = self.outcome.get("failed_sites") if self.outcome else self._json(SITE_FAILURES)
+        return failure_reports.parse_all(received, self.spec["sites"])
 
     @property
     def global_model(self) -> Path | None:
@@ -232,6 +220,36 @@ class Run:
         return self._launcher() is not None
 
 
+def site_states(sites, admissions: dict, status: dict, outcome: dict, failed: set[str]) -> dict[str, str]:
+    """Each site's state, from its admission (sites.json), the server's status.json, the run's
+    outcome and the sites that sent a failure report: site -> one of
+
+        waiting      not deployed yet            approved     admitted, the run not begun
+        refused      its guard refused the bundle
+        running      in the run                  done         in the run until it finished
+        failed       its code failed, or it returned no result in a round (it left the run)
+        not started  admitted, but too few sites were, so the run never began
+        stopped      admitted, healthy, and the run ended without finishing (other sites failed, or an abort)
+    """
+    left = _left(status)
+    completed = outcome.get("completed_sites") if isinstance(outcome.get("completed_sites"), list) else []
+    states = {}
+    for site in sites:
+        admission = admissions.get(site, {}).get("state")
+        if admission == "refused":
+            states[site] = "refused"
+        elif site in failed or site in left:
+            states[site] = "failed"
+        elif outcome:
+            states[site] = ("done" if site in completed else "not started" if outcome.get("status") == "refused"
+                            else "stopped")
+        elif admission == "approved":
+            states[site] = "running" if status else "approved"
+        else:
+            states[site] = "waiting"
+    return states
+
+
 def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:
     """Why a run did not start: too few sites admitted its bundle."""
     refused = ", ".join(s for s in sites if s not in admitted)
@@ -239,10 +257,32 @@ def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> 
             f"min_clients is {min_clients}, so the run did not start")
 
 
-def finished_message(rounds_done: int, trained: list[str], sites: list[str], admitted: list[str], min_clients: int) -> str:
-    refused = [s for s in sites if s not in admitted]
-    note = f"; continued without {', '.join(refused)} (min_clients {min_clients})" if refused else ""
-    return f"{rounds_done} rounds with {', '.join(trained)}{note}"
+def finished_message(status: dict, sites: list[str], min_clients: int, reasons: dict[str, str]) -> str:
+    """How a run finished: its rounds, the sites it finished with, and each site it continued
+    without, refused or left (`reasons`: site -> its failure line, as `describe_failures` gives)."""
+    trained = status.get("sites", [])
+    gone = [s for s in sites if s not in trained]
+    note = f"; continued without {', '.join(gone)} (min_clients {min_clients})" if gone else ""
+    return f"{status['rounds_done']} rounds with {', '.join(trained)}{note}{departures(status, reasons)}"
+
+
+def ended_message(status: dict, reasons: dict[str, str]) -> str:
+    """Why a run that began ended without finishing: the server's reason, each site that left the
+    run and each other site's failure line (`reasons`) ("" when nothing tells)."""
+    told = ((status.get("message") or "") + departures(status, reasons)).removeprefix("; ")
+    others = [line for site, line in reasons.items() if site not in _left(status)]
+    return "; ".join(part for part in [told, *others] if part)
+
+
+def departures(status: dict, reasons: dict[str, str]) -> str:
+    """"; SITE left at round N: its failure line" for each site that left the run (status.json's "left")."""
+    return "".join(f"; {site} left at round {round}: {reasons.get(site, 'it returned no result')}"
+                   for site, round in _left(status).items())
+
+
+def _left(status: dict) -> dict:
+    """status.json's "left": site -> the round it left the run in."""
+    return status.get("left") if isinstance(status.get("left"), dict) else {}
 
 
 def local_failure_record(run_dir: Path, site: str) -> Path:
@@ -258,11 +298,6 @@ def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[
         record = local_failure_record(simulator_run, site) if simulator_run else None
         texts[site] = failure_reports.describe(site, report, record if record and record.is_file() else None)
     return texts
-
-
-def failed_message(reports: dict, simulator_run: Path | None = None) -> str:
-    """Why a run failed, as far as its sites' failure reports tell ("" when none did)."""
-    return "; ".join(describe_failures(reports, simulator_run).values())
 
 
 def export_global_model(run_dir: Path) -> Path | None:

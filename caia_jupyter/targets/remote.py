@@ -30,7 +30,7 @@ from ..aggregator.components import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS
 from ..contracts import failures
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import read_json, write_json
-from ..researcher.runs import Run, failed_message, finished_message, refused_message, start_launcher
+from ..researcher.runs import Run, describe_failures, ended_message, finished_message, refused_message, start_launcher
 from ..site.guard import MISCONFIGURED
 from .poc import admin_session
 
@@ -197,10 +197,10 @@ def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
         return {**base, "status": "aborted", "message": f"aborted (NVFLARE job {spec['job_id']})"}
     if job_status == "FINISHED:FAILED_TO_RUN" and len(admitted) < len(spec["sites"]):
         return {**base, "status": "refused", "message": refused_message(admitted, spec["sites"], spec["min_clients"])}
+    reasons = describe_failures(failed)
     if job_status == "FINISHED:COMPLETED" and status.get("phase") == "finished":
-        message = finished_message(status["rounds_done"], status["sites"], spec["sites"], admitted, spec["min_clients"])
-        return {**base, "status": "finished", "message": message}
-    reason = failed_message(failed) or status.get("message") or f"NVFLARE ended the job as {job_status}"
+        return {**base, "status": "finished", "message": finished_message(status, spec["sites"], spec["min_clients"], reasons)}
+    reason = ended_message(status, reasons) or f"NVFLARE ended the job as {job_status}"
     return {**base, "status": "failed", "message": f"{reason} (NVFLARE job {spec['job_id']}, {job_status})"}
 
 

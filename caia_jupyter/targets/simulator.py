@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from ..contracts import failures
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
-from ..researcher.runs import Run, failed_message, finished_message, local_failure_record, refused_message, start_launcher
+from ..researcher.runs import (Run, describe_failures, ended_message, finished_message, local_failure_record, refused_message,
+                               start_launcher)
 from . import nvflare_internals, tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
@@ -155,10 +156,10 @@ def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
               "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
     if admissions and len(admitted) < min_clients:
         return {**result, "status": "refused", "message": refused_message(admitted, list(sites), min_clients)}
+    reasons = describe_failures(failed, run_dir)
     if code == 0 and status.get("phase") == "finished":
-        message = finished_message(status["rounds_done"], admitted, list(sites), admitted, min_clients)
-        return {**result, "status": "finished", "message": message}
-    reason = failed_message(failed, run_dir) or status.get("message")
+        return {**result, "status": "finished", "message": finished_message(status, list(sites), min_clients, reasons)}
+    reason = ended_message(status, reasons)
     return {**result, "status": "failed",
             "message": reason or f"the NVFLARE simulator exited with code {code}; see {run_dir / 'workspace' / 'server' / 'log.txt'}"}
 
