@@ -33,7 +33,7 @@ def test_a_federated_cell_runs_in_the_kernel_and_is_recorded(shell):
 def test_ipython_syntax_in_a_federated_cell_is_refused_before_running(shell, capsys):
     error = run(shell, "%%federated\nRAN = True\n!ls\n")
     assert type(error).__name__ == "UsageError"
-    assert "line 2 uses IPython syntax ('!ls'), which cannot run at a site" in str(error)
+    assert "line 3 uses IPython syntax ('!ls'), which cannot run at a site" in str(error)  # as JupyterLab numbers it
     assert "RAN" not in shell.user_ns
 
 
