@@ -6,10 +6,14 @@ that names a line gives the line JupyterLab shows (from 1, the %%federated line 
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
+import papermill
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -17,6 +21,9 @@ import corpus
 from caia_jupyter.contracts.errors import NotebookError
 from caia_jupyter.contracts.fileset import MODULE
 from caia_jupyter.researcher import annotations, compose, notebook, validation
+from caia_jupyter.reviewer import signing
+from caia_jupyter.site import sites
+from caia_jupyter.targets.demo_sites import add_reviewer
 
 CASES = Path(__file__).parent / "cases"
 CRLF = CASES / "06-crlf-cell-source"
@@ -220,3 +227,68 @@ def test_cells_that_compile_alone_but_not_joined_name_the_cell_and_line(tmp_path
     assert str(error.value) == ("the federated cells, joined in order, are not valid Python at federated cell 7 "
                                 "(notebook cell 12) line 3: name 'G' is assigned to before global declaration; "
                                 "fix the cell that holds it")
+
+
+# ---- the README's every python block, in order, is one notebook that runs ----
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_cells() -> list[str]:
+    """The README's fenced ```python blocks, in order: the cells of one notebook."""
+    return re.findall(r"^```python\n(.*?)^```$", README.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)
+
+
+def readme_notebook(folder: Path) -> Path:
+    """The README's cells as `readme.ipynb` in `folder`, with the sample its %%federated line names."""
+    (folder / "samples").mkdir(parents=True)
+    shutil.copy(CRLF / "samples" / "tumours.csv", folder / "samples" / "tumours.csv")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source.rstrip("\n")) for source in readme_cells()])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "readme.ipynb")
+    return folder / "readme.ipynb"
+
+
+def test_the_readme_python_blocks_are_the_cells_of_one_notebook_that_bundles(tmp_path):
+    cells = readme_cells()
+    assert cells[0] == "%load_ext caia_jupyter\n" and any(c.startswith("run = %federated submit") for c in cells)
+    composed = compose.compose(readme_notebook(tmp_path / "readme"))
+    assert [c.ordinal for c in composed.notebook.cells] == [1]
+    assert composed.manifest["job"] == {"rounds": 3, "min_clients": 2, "params": {"lr": 0.1}}
+
+
+def readme_sites(folder: Path, bundle_id: str) -> None:
+    """sites/site-1..3 as the README's submit names them, each with a `tumours` export of its own
+    and a reviewer (key in reviewers/, outside the sites) who approved `bundle_id`."""
+    rng = np.random.default_rng(11)
+    for number in (1, 2, 3):
+        name = f"site-{number}"
+        site = sites.init(folder / "sites" / name, name)
+        size = rng.uniform(0.5, 4.0, 30 + 10 * number)
+        density = rng.uniform(0.0, 1.0, size.size)
+        frame = pd.DataFrame({"size": size.round(2), "density": density.round(2),
+                              "malignant": (size + density > 2.6).astype(int)})
+        frame.to_csv(folder / f"{name}.csv", index=False)
+        sites.add_dataset(site, "tumours", folder / f"{name}.csv")
+        key = add_reviewer(site, folder / "reviewers" / f"{name}.key")
+        signing.approve(site, bundle_id, {"tumours": "tumours"}, key)
+
+
+@pytest.mark.slow
+def test_the_readme_runs_as_written_under_papermill_against_three_simulated_sites(tmp_path):
+    folder = tmp_path / "readme"
+    path = readme_notebook(folder)
+    # The sites' reviewers read and approve the bundle this notebook will build (its id is its content).
+    readme_sites(folder, compose.compose(path).id)
+    executed = folder / "readme.executed.ipynb"
+    # PAPERMILL_INPUT_PATH is what `papermill --inject-input-path readme.ipynb ...` gives the kernel.
+    papermill.execute_notebook(str(path), str(executed), cwd=str(folder), kernel_name="python3", progress_bar=False,
+                               parameters={"PAPERMILL_INPUT_PATH": "readme.ipynb"}, execution_timeout=600)
+    outputs = "\n".join(o.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
+                        for o in cell.get("outputs", []))
+    assert "validation passed" in outputs
+    assert "finished (3 rounds with site-1, site-2, site-3)" in outputs
+    assert (folder / "bundles" / "readme" / "records" / "review.html").is_file()
+    [run] = list((folder / "runs").iterdir())
+    assert json.loads((run / "outcome.json").read_text())["status"] == "finished"
+    assert (run / "global_model.pt").is_file()
