@@ -108,6 +108,8 @@ LAYOUTS = {
     "crlf": "%%federated\r\nX = 1\r\n",
     "cr": "%%federated\rX = 1\r",
     "whitespace-only line": "%%federated\nX = 1\n    \nZ = 3\n",
+    "tab after the magic": "%%federated\trounds=2\nX = 1\n",
+    "a longer magic name": "%%federatedx\nX = 1\n",
 }
 
 
@@ -131,7 +133,7 @@ def test_caia_reads_a_cell_as_ipython_runs_it(layout, shell):
         found = notebook.split_cell(source, "notebook cell 1")
     except NotebookError as e:
         assert failed is not None, f"caia refuses a cell IPython runs: {e}"
-        assert "%%federated must be its first line" in str(e)
+        assert str(e).startswith("notebook cell 1") and "%%federated" in str(e)
         return
     assert failed is None
     if found is None:
@@ -292,3 +294,13 @@ def test_the_readme_runs_as_written_under_papermill_against_three_simulated_site
     [run] = list((folder / "runs").iterdir())
     assert json.loads((run / "outcome.json").read_text())["status"] == "finished"
     assert (run / "global_model.pt").is_file()
+
+
+def test_option_values_may_be_any_left_to_right_text_but_hidden_characters_in_them_are_refused(tmp_path):
+    def header(text):
+        return lambda cells: setattr(train_cell(cells), "source", train_cell(cells).source.replace("%%federated\n", text))
+
+    composed = compose.compose(write_cells(tmp_path / "a", header("%%federated param.label=tumeur_bénigne\n")))
+    assert composed.manifest["job"]["params"]["label"] == "tumeur_bénigne"
+    with pytest.raises(NotebookError, match=r"^federated cell 4 \(notebook cell 8\) line 2: bidirectional control"):
+        compose.compose(write_cells(tmp_path / "b", header("\n%%federated param.label=a\u202eb\n")))

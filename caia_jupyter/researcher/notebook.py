@@ -66,7 +66,11 @@ def read(path: str | Path) -> FederatedNotebook:
             if found is not None:
                 header, body, offset = found
                 fc = FederatedCell(len(cells) + 1, index, header, body, "\n\n".join(intro), offset)
-                problems = source_problems(fc.label, text.encode())  # the whole cell: lines as JupyterLab numbers them
+                # The lines above the body are text (option values may be any left-to-right text), the
+                # body is Python; padded so that lines are numbered as JupyterLab numbers them.
+                above = "\n".join(text.split("\n")[:offset])
+                problems = source_problems(fc.label, above.encode(), python=False)
+                problems += source_problems(fc.label, ("\n" * offset + body).encode())
                 if problems:
                     raise NotebookError(problems[0])
                 check_source(fc.source, fc.label, offset)
@@ -142,8 +146,8 @@ def split_cell(source: str, where: str) -> tuple[annotations.Header, str, int] |
     name, line, body = call
     offset = text.count("\n") - body.count("\n")
     if name != "federated":
-        raise NotebookError(f"{where} line {offset}: IPython reads the magic as %%{name!r}, not %%federated; "
-                            "separate its options with spaces")
+        raise NotebookError(f"{where} line {offset}: IPython reads the cell magic as %%{name!r}, which does not exist; "
+                            "write %%federated, then a space before each option")
     try:
         header = annotations.parse_options(line)
     except NotebookError as e:
