@@ -5,18 +5,6 @@ from caia_jupyter.researcher import annotations
 from caia_jupyter.researcher.annotations import DatasetRequest
 
 
-def test_a_plain_header_marks_a_cell_and_is_stripped_from_the_body():
-    header, body = annotations.split_cell("\n%%federated\nx = 1\n")
-    assert header == annotations.Header()
-    assert body == "x = 1\n"
-
-
-def test_local_cells_have_no_header():
-    assert annotations.split_cell("x = 1\n%%federated\n") == (None, "x = 1\n%%federated\n")
-    assert annotations.split_cell("%%federatedx\n")[0] is None
-    assert annotations.split_cell("")[0] is None
-
-
 def test_options_are_parsed():
     header = annotations.parse_options(" dataset=ct:samples/ct.csv dataset=labs rounds=4 min_clients=2 param.lr=0.01 param.opt=adam")
     assert header.datasets == (DatasetRequest("ct", "samples/ct.csv"), DatasetRequest("labs", None))

@@ -255,8 +255,9 @@ def test_cells_python_compiles_alone_but_not_joined_are_refused_in_one_line(writ
     nb = nbformat.read(path, as_version=4)
     nb.cells += [nbformat.v4.new_code_cell("%%federated\nG = 1\n"), nbformat.v4.new_code_cell("%%federated\nglobal G\n")]
     nbformat.write(nb, path)
-    with pytest.raises(NotebookError, match=r"^the federated cells, joined in order, are not valid Python at line \d+: "
-                                            r"name 'G' is assigned to before global declaration; fix the cell that holds it$"):
+    with pytest.raises(NotebookError, match=r"^the federated cells, joined in order, are not valid Python at federated cell 7 "
+                                            r"\(notebook cell 12\) line 2: name 'G' is assigned to before global declaration; "
+                                            r"fix the cell that holds it$"):
         compose.build(path, tmp_path / "b")
 
 

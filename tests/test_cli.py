@@ -7,9 +7,9 @@ import pytest
     ("not_json", "is not a notebook: not valid JSON"),
     ("nbformat_invalid", "is not a valid notebook:"),
     ("no_federated_cells", "has no federated cells; start the cells meant for the sites with %%federated"),
-    ("syntax_error", "federated cell 2 (notebook cell 6) line 1: SyntaxError"),
-    ("magic_inside", "federated cell 3 (notebook cell 7) line 2 uses IPython syntax ('%time frame = ctx.dataset(\"tiny\")')"),
-    ("shell_inside", "line 4 uses IPython syntax ('!pip install torch')"),
+    ("syntax_error", "federated cell 2 (notebook cell 6) line 2: SyntaxError"),
+    ("magic_inside", "federated cell 3 (notebook cell 7) line 3 uses IPython syntax ('%time frame = ctx.dataset(\"tiny\")')"),
+    ("shell_inside", "line 5 uses IPython syntax ('!pip install torch')"),
     ("missing_evaluate", "federated cells do not define evaluate(model, data, ctx)"),
     ("free_name", "uses 'LEARNING_RATE', which no federated cell defines"),
 ])

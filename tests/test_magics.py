@@ -33,7 +33,7 @@ def test_a_federated_cell_runs_in_the_kernel_and_is_recorded(shell):
 def test_ipython_syntax_in_a_federated_cell_is_refused_before_running(shell, capsys):
     error = run(shell, "%%federated\nRAN = True\n!ls\n")
     assert type(error).__name__ == "UsageError"
-    assert "line 2 uses IPython syntax ('!ls'), which cannot run at a site" in str(error)
+    assert "line 3 uses IPython syntax ('!ls'), which cannot run at a site" in str(error)  # as JupyterLab numbers it
     assert "RAN" not in shell.user_ns
 
 
@@ -92,3 +92,22 @@ def test_context_gives_a_site_like_ctx_on_the_samples(shell, write_notebook):
     assert shell.user_ns["r"]["num_samples"] == 24
     with pytest.raises(Exception, match="did not release dataset 'genomes'"):
         ctx.dataset("genomes")
+
+
+def test_a_comment_after_a_line_magic_is_no_argument(shell, write_notebook, monkeypatch):
+    path = write_notebook("good")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    assert run(shell, "b = %federated bundle            # or: caia bundle my.ipynb") is None
+    assert shell.user_ns["b"].path == path.parent / "bundles" / "good"
+
+
+def test_under_papermill_the_injected_input_path_names_the_notebook(shell, write_notebook):
+    path = write_notebook("good")
+    shell.user_ns["PAPERMILL_INPUT_PATH"] = str(path)  # papermill --inject-input-path
+    assert shell.run_line_magic("federated", "bundle").path == path.parent / "bundles" / "good"
+
+
+def test_submit_without_a_bundle_takes_the_one_last_built_in_the_kernel(shell, write_notebook, tmp_path):
+    built = shell.run_line_magic("federated", f"bundle {write_notebook('good')} -o {tmp_path / 'elsewhere'}")
+    error = run(shell, f"%federated submit --sites {tmp_path / 'site-1'}")
+    assert type(error).__name__ == "UsageError" and f"bundle {built.short_id} has not been validated" in str(error)

@@ -480,7 +480,7 @@ async def test_a_federated_cell_python_cannot_compile_is_a_400_naming_the_cell(j
     edit_notebook(jp_root_dir / notebook, lambda nb: nb.cells.append(nbformat.v4.new_code_cell("%%federated\nnonlocal x\n")))
     code, body = await status_of(jp_fetch, "notebook", "GET", {"path": notebook})
     assert code == 400 and body["error"] == "NotebookError"
-    assert body["message"].startswith("federated cell 6 (notebook cell 11) line 1: SyntaxError:") and "nonlocal declaration not allowed at module level" in body["message"]
+    assert body["message"].startswith("federated cell 6 (notebook cell 11) line 2: SyntaxError:") and "nonlocal declaration not allowed at module level" in body["message"]
 
 
 async def test_a_malformed_catalog_entry_at_an_approving_site_is_that_sites_rejection(jp_fetch, jp_root_dir, notebook):

@@ -166,7 +166,7 @@ def notebook_with(tmp_path, old: str, new: str):
 def test_a_decoy_train_spelled_with_a_cyrillic_letter_is_not_bundled(tmp_path):
     decoy = "\n\ndef tr\u0430in(model, data, ctx):  # final version, replaces the draft above\n    return {}\n"
     path = notebook_with(tmp_path, "def evaluate(", decoy.lstrip("\n") + "\n\ndef evaluate(")
-    with pytest.raises(NotebookError, match=r"^federated cell \d+ \(notebook cell \d+\) line 1: name 'tr\u0430in' is not ASCII "
+    with pytest.raises(NotebookError, match=r"^federated cell \d+ \(notebook cell \d+\) line 2: name 'tr\u0430in' is not ASCII "
                                             r"\(U\+0430 \(CYRILLIC SMALL LETTER A\)\).*use ASCII letters, digits and _ in names$"):
         compose.build(path)
 
@@ -180,7 +180,7 @@ def test_fullwidth_letters_that_rebind_train_are_not_bundled(tmp_path):
 def test_right_to_left_letters_that_reorder_a_line_are_not_bundled(tmp_path):
     line = "    noise_multiplier = ['\u05d0', 0.001, 1000.0, '\u05d1'][1]  # DP noise\n"
     path = notebook_with(tmp_path, "    x, y = data\n    optimizer", "    x, y = data\n" + line + "    optimizer")
-    with pytest.raises(NotebookError, match=r"line 3: right-to-left character U\+05D0 \(HEBREW LETTER ALEF\).*write it as \\u05d0"):
+    with pytest.raises(NotebookError, match=r"line 4: right-to-left character U\+05D0 \(HEBREW LETTER ALEF\).*write it as \\u05d0"):
         compose.build(path)
 
 

@@ -38,7 +38,7 @@ def test_a_failing_train_names_the_cell_and_the_exception(write_notebook, caia):
     code, out, err = caia("validate", path)
     assert code == 1
     first = out.splitlines()[0]
-    assert first.startswith("validation FAILED: federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 3, in train")
+    assert first.startswith("validation FAILED: federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 4, in train")
     assert first.endswith("RuntimeError: boom in train")
     record = json.loads((path.parent / "bundles" / "train_raises" / "records" / "validation.json").read_text())
     assert record["passed"] is False and record["error"]["exception"] == "RuntimeError"

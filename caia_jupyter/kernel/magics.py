@@ -2,6 +2,8 @@
 
 Errors are one-line UsageErrors; the line magic prints what the CLI prints and returns
 the result object (a Bundle, a ValidationResult, a Run, ...) for the next cell to use.
+`bundle` and `validate` default to this kernel's notebook, `submit` to the bundle last built
+or validated in this kernel (else the notebook's default bundle folder).
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ class FederatedMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self.cells: dict[str, annotations.Header] = {}  # source -> header, in the order first run
+        self.bundle: Path | None = None  # the bundle `%federated bundle` or `validate` last wrote in this kernel
 
     @cell_magic
     def federated(self, line: str, cell: str):
         """Run a cell meant for the sites (and record it). Options: see `%federated help`."""
         try:
             header = annotations.parse_options(line)
-            notebook.check_source(cell, "this %%federated cell")
+            notebook.check_source(cell, "this %%federated cell", line_offset=1)  # line 1 is the %%federated line
         except CaiaError as e:
             raise UsageError(str(e)) from None
         self.cells.pop(cell, None)
@@ -53,13 +56,16 @@ class FederatedMagics(Magics):
     @line_magic("federated")
     def federated_line(self, line: str):
         """%federated COMMAND [ARGS]: the caia CLI in the kernel; `%federated help` lists commands."""
-        tokens = shlex.split(line)
+        try:
+            tokens = shlex.split(line, comments=True)  # IPython hands a line magic its trailing `# comment` too
+        except ValueError as e:
+            raise UsageError(f"%federated {line.strip()}: {e}; quote values with spaces") from None
         if not tokens or tokens[0] in KERNEL_COMMANDS:
             return getattr(self, f"_{tokens[0] if tokens else 'help'}")()
         if tokens[0] in ("bundle", "validate") and not any(t.endswith(".ipynb") or os.path.isdir(t) for t in tokens[1:]):
             tokens.insert(1, str(current_notebook(self.shell.user_ns)))
         if tokens[0] == "submit" and (len(tokens) == 1 or tokens[1].startswith("-")):
-            tokens.insert(1, str(default_output(current_notebook(self.shell.user_ns))))
+            tokens.insert(1, str(self.bundle or default_output(current_notebook(self.shell.user_ns))))
         try:
             args = cli.build_parser().parse_args(tokens)
             if tokens[0] in ("submit", "status"):
@@ -71,6 +77,10 @@ class FederatedMagics(Magics):
             return None
         if tokens[0] in ("submit", "status"):
             return show_run(outcome.value)
+        if tokens[0] == "bundle":
+            self.bundle = outcome.value.path
+        elif tokens[0] == "validate":
+            self.bundle = outcome.value.record_path.parents[1]  # <bundle>/records/validation.json
         print(outcome.text)
         if outcome.exit_code:
             raise UsageError(outcome.text.splitlines()[0])
@@ -103,10 +113,12 @@ class FederatedMagics(Magics):
 
 
 def current_notebook(user_ns) -> Path:
-    """The notebook this kernel belongs to, as JupyterLab tells the kernel."""
-    session = os.environ.get("JPY_SESSION_NAME") or user_ns.get("__session__")
+    """The notebook this kernel belongs to, as JupyterLab tells the kernel, or papermill run with
+    `--inject-input-path` (its PAPERMILL_INPUT_PATH parameter). Raises UsageError naming the fixes."""
+    session = os.environ.get("JPY_SESSION_NAME") or user_ns.get("__session__") or user_ns.get("PAPERMILL_INPUT_PATH")
     if not session or not str(session).endswith(".ipynb"):
-        raise UsageError("this kernel does not know its notebook; name it, e.g. %federated bundle my.ipynb")
+        raise UsageError("this kernel does not know its notebook; name it, e.g. %federated bundle my.ipynb, "
+                         "or run papermill with --inject-input-path")
     return Path(session)
 
 

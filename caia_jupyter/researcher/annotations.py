@@ -55,18 +55,6 @@ class Settings:
     params: dict
 
 
-def split_cell(source: str) -> tuple[Header | None, str]:
-    """Return (header, body) of a code cell; header is None for a local cell."""
-    lines = source.splitlines(keepends=True)
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None:
-        return None, source
-    head = lines[first].strip()
-    if head != MAGIC and not head.startswith(MAGIC + " "):
-        return None, source
-    return parse_options(head[len(MAGIC):]), "".join(lines[first + 1 :])
-
-
 def parse_options(text: str) -> Header:
     """Parse what follows `%%federated` on the header line."""
     try:

@@ -27,7 +27,6 @@ from ..contracts.errors import NotebookError
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, RECORDS, REQUIREMENTS, RUNNER, RUNNER_FILE, content_problems, role_of
 from ..contracts.fsutil import staged_dir, write_json
 from ..contracts.manifest import FORMAT, Manifest, bundle_id
-from ..contracts.sourcecheck import source_problems
 from ..contracts.version import __version__
 from . import freenames, notebook
 from .bundle import CELL_MARK, Bundle, read_build_record
@@ -93,14 +92,10 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
 
 def compose(notebook_path: str | Path, namespace: Mapping | None = None) -> Composed:
     """Everything `build` writes, computed without writing (the panel's preview uses it too)."""
-    nb = notebook.read(notebook_path)
-    for cell in nb.cells:  # named by cell first: a person finds the line there
-        problems = source_problems(f"federated cell {cell.ordinal} (notebook cell {cell.index + 1})", cell.source.encode())
-        if problems:
-            raise NotebookError(problems[0])
+    nb = notebook.read(notebook_path)  # checks each cell, naming it: a person finds the line there
     cells_source, cell_map = _cells_source(nb)
     check_entry_points(cells_source)
-    captures = freenames.resolve(freenames.free_names(cells_source), namespace)
+    captures = freenames.resolve(freenames.free_names(cells_source, lambda line: cell_line(cell_map, line)), namespace)
     module, offset = _module_source(captures, cells_source)
     for cell in cell_map:
         cell["start"] += offset
@@ -215,11 +210,22 @@ def _cells_source(nb: notebook.FederatedNotebook) -> tuple[str, list[dict]]:
             "first_line": cell.first_line,
             "start": line + 1,
             "end": line + count - 1,
+            "cell_line": cell.line_offset + 1,  # the notebook cell's line of "start", as JupyterLab numbers it
             "intro": cell.intro,
         })
         parts.append(block)
         line += count + 1
     return "\n".join(parts), cell_map
+
+
+def cell_line(cell_map: list[dict], line: int) -> str:
+    """Where line `line` of the module (or of the joined cells, before `compose` shifts the map)
+    is in the notebook: "federated cell 2 (notebook cell 4) line 3", the line as JupyterLab numbers it."""
+    for cell in cell_map:
+        if cell["start"] <= line <= cell["end"]:
+            number = line - cell["start"] + cell.get("cell_line", 2)  # records of caia before "cell_line": line 2
+            return f"federated cell {cell['ordinal']} (notebook cell {cell['notebook_index'] + 1}) line {number}"
+    return f"line {line} of the joined cells"
 
 
 def _module_source(captures: list[freenames.Capture], cells_source: str) -> tuple[str, int]:

@@ -19,7 +19,7 @@ import pickle
 import re
 import symtable
 import types
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 
 from ..contracts import captured
@@ -58,14 +58,15 @@ class Capture:
     payload: bytes = b""  # the pickle of an opaque value (plain values only: see `captured`)
 
 
-def free_names(source: str) -> list[str]:
+def free_names(source: str, locate: Callable[[int], str] = "line {}".format) -> list[str]:
     """Global names `source` reads but never binds (builtins excluded), sorted. Raises
-    NotebookError for source Python cannot compile (cells that compile alone may not together)."""
+    NotebookError for source Python cannot compile (cells that compile alone may not together),
+    naming where with `locate(line of source)`."""
     try:
         top = symtable.symtable(source, "federated", "exec")
     except SyntaxError as e:
-        raise NotebookError(f"the federated cells, joined in order, are not valid Python at line {e.lineno}: {e.msg}; "
-                            "fix the cell that holds it") from e
+        raise NotebookError(f"the federated cells, joined in order, are not valid Python at {locate(e.lineno or 1)}: "
+                            f"{e.msg}; fix the cell that holds it") from e
     if any(sym.get_name() == "*" for sym in top.get_symbols()):
         raise NotebookError("a federated cell uses `import *`; import names explicitly so reviewers see them")
     defined = {sym.get_name() for sym in top.get_symbols() if sym.is_local()}

@@ -1,17 +1,22 @@
 """Read a saved notebook and take out its federated cells, in order.
 
-Only the source of `%%federated` code cells matters: outputs, execution counts and
-metadata never reach a bundle, so re-running a notebook cannot change its bundle id.
+Only the source of `%%federated` code cells matters, with its line endings made "\n":
+outputs, execution counts, metadata, cell ids and how the file ends its lines never reach a
+bundle, so re-running or re-saving a notebook cannot change its bundle id.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..contracts.errors import NotebookError
+from ..contracts.sourcecheck import source_problems
 from . import annotations
 
 
@@ -20,8 +25,9 @@ class FederatedCell:
     ordinal: int  # 1-based among federated cells
     index: int  # 0-based among all cells of the notebook
     header: annotations.Header
-    source: str  # the cell without its %%federated line
+    source: str  # the code IPython hands to %%federated: the cell below its %%federated line, "\n" line ends
     intro: str  # markdown cells right above it, shown to reviewers
+    line_offset: int = 1  # lines of the notebook cell above `source` (the %%federated line, blank lines above it)
 
     @property
     def label(self) -> str:
@@ -40,36 +46,34 @@ class FederatedNotebook:
 
 
 def read(path: str | Path) -> FederatedNotebook:
-    """Read, validate and check the federated cells of the notebook at `path`."""
-    import nbformat  # here, not at the top: its schema validator takes ~1 s to import
+    """Read, validate and check the federated cells of the notebook at `path`.
 
+    Reads nbformat 4.0 to 4.5, with or without cell ids (duplicates too: ids never reach a
+    bundle), `source` as a string or a list of lines. Raises NotebookError naming the notebook,
+    or the cell and its line as JupyterLab numbers it (from 1, the %%federated line included).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise NotebookError(f"notebook {path} does not exist; save it first or check the path")
-    try:
-        text = path.read_text(encoding="utf-8")
-        json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NotebookError(f"{path} is not a notebook: not valid JSON ({e}); open and re-save it in Jupyter") from e
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nbformat warns about missing cell ids, which do not matter here
-            nb = nbformat.reads(text, as_version=4)
-            nbformat.validate(nb)
-    except (nbformat.ValidationError, nbformat.reader.NotJSONError, ValueError, KeyError, AttributeError, TypeError) as e:
-        reason = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
-        raise NotebookError(f"{path} is not a valid notebook: {reason}; re-save it in Jupyter") from e
-
+    nb = _load(path)
     cells, intro = [], []
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            intro.append(cell.source)
+            intro.append(normalise_newlines(cell.source))
             continue
         if cell.cell_type == "code":
-            header, body = annotations.split_cell(cell.source)
-            if header is not None:
-                fc = FederatedCell(len(cells) + 1, index, header, _ensure_newline(body), "\n\n".join(intro))
-                check_source(fc.source, fc.label)
+            where = f"notebook cell {index + 1}"
+            text = normalise_newlines(cell.source)
+            found = split_cell(text, where)
+            if found is not None:
+                header, body, offset = found
+                fc = FederatedCell(len(cells) + 1, index, header, body, "\n\n".join(intro), offset)
+                # The lines above the body are text (option values may be any left-to-right text), the
+                # body is Python; padded so that lines are numbered as JupyterLab numbers them.
+                above = "\n".join(text.split("\n")[:offset])
+                problems = source_problems(fc.label, above.encode(), python=False)
+                problems += source_problems(fc.label, ("\n" * offset + body).encode())
+                if problems:
+                    raise NotebookError(problems[0])
+                check_source(fc.source, fc.label, offset)
                 cells.append(fc)
         intro = []
     if not cells:
@@ -80,27 +84,126 @@ def read(path: str | Path) -> FederatedNotebook:
     return FederatedNotebook(path, tuple(cells), settings)
 
 
-def check_source(source: str, label: str) -> None:
-    """Refuse code a site could not run: IPython-only syntax and Python syntax errors, including
-    those only the compiler finds (`nonlocal` or `return` outside a function)."""
+def _load(path: Path):
+    import nbformat  # here, not at the top: its schema validator takes ~1 s to import
+
+    if not path.is_file():
+        raise NotebookError(f"notebook {path} does not exist; save it first or check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotebookError(f"{path} is not a notebook: not valid JSON ({e}); open and re-save it in Jupyter") from e
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nbformat warns about missing or duplicate cell ids
+            nb = nbformat.reads(text, as_version=4)
+            if nb.nbformat_minor < 5:
+                # Tools write cell ids into older minors too; their schema has none. Ids never
+                # reach a bundle (nor do the ids nbformat makes up for 4.5 cells without one).
+                for cell in nb.cells:
+                    cell.pop("id", None)
+            nbformat.validate(nb)
+    except (nbformat.ValidationError, nbformat.reader.NotJSONError, ValueError, KeyError, AttributeError, TypeError) as e:
+        reason = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
+        raise NotebookError(f"{path} is not a valid notebook: {reason}; re-save it in Jupyter") from e
+    return nb
+
+
+def normalise_newlines(text: str) -> str:
+    """`text` with every CRLF and lone CR made LF: line endings are how a file was saved, not code."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def split_cell(source: str, where: str) -> tuple[annotations.Header, str, int] | None:
+    """(header, body, line offset) of a `%%federated` code cell, None for a local cell.
+
+    A cell is federated exactly when IPython runs it as the `%%federated` cell magic: IPython's
+    own input transformer decides (it skips blank lines above the magic and removes indentation
+    common to every line), and `body` is what it hands to the magic. `offset` counts the lines
+    of the cell above `body`. A `%%federated` IPython would not run as a cell magic (below a
+    comment or code, or indented alone) fails in the kernel: NotebookError naming `where`.
+    """
     from IPython.core.inputtransformer2 import TransformerManager
 
-    plain = _ensure_newline(source)
+    text = _ensure_newline(normalise_newlines(source))
+    try:
+        transformed = TransformerManager().transform_cell(text)
+    except SyntaxError as e:
+        if "%%federated" not in text:
+            return None  # a local cell IPython rejects: the kernel says so, it is not ours to bundle
+        raise NotebookError(f"{where}: IPython cannot read this cell ({e.msg}); fix it") from None
+    call = _cell_magic_call(transformed)
+    if call is None or not call[0].startswith("federated"):
+        if _MISPLACED_MAGIC.search(transformed):
+            first = next(line for line in text.splitlines() if line.strip())
+            how = "it is indented" if first.lstrip().startswith("%%federated") else "lines are above it"
+            raise NotebookError(
+                f"{where}: %%federated must be its first line, unindented ({how}: IPython does not run it as a "
+                "cell magic and the cell fails in the kernel); start the cell with %%federated"
+            )
+        return None
+    name, line, body = call
+    offset = text.count("\n") - body.count("\n")
+    if name != "federated":
+        raise NotebookError(f"{where} line {offset}: IPython reads the cell magic as %%{name!r}, which does not exist; "
+                            "write %%federated, then a space before each option")
+    try:
+        header = annotations.parse_options(line)
+    except NotebookError as e:
+        raise NotebookError(f"{where} line {offset}: {e}") from None
+    return header, body, offset
+
+
+# What IPython makes of "%%federated" that does not open a cell: a call of a line magic named "%federated".
+_MISPLACED_MAGIC = re.compile(r"get_ipython\(\)\.run_line_magic\('%federated\b")
+
+
+def _cell_magic_call(transformed: str) -> tuple[str, str, str] | None:
+    """(magic name, its line, body) when IPython turned a cell into one cell-magic call."""
+    try:
+        tree = ast.parse(transformed)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
+        return None
+    call = tree.body[0].value
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "run_cell_magic"
+            and len(call.args) == 3 and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)):
+        return None
+    return tuple(a.value for a in call.args)
+
+
+def check_source(source: str, label: str, line_offset: int = 0) -> None:
+    """Refuse code a site could not run: IPython-only syntax and Python syntax errors, including
+    those only the compiler finds (`nonlocal` or `return` outside a function).
+
+    `line_offset`: lines of the notebook cell above `source`, so that messages give the line
+    JupyterLab shows. Raises NotebookError "<label> line <n>: ...".
+    """
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    plain = _ensure_newline(normalise_newlines(source))
     transformed = TransformerManager().transform_cell(plain)
-    if transformed != plain:
-        for number, (ours, theirs) in enumerate(zip(plain.splitlines(), transformed.splitlines()), 1):
-            if ours != theirs:
-                break
-        raise NotebookError(
-            f"{label} line {number} uses IPython syntax ({ours.strip()!r}), which cannot run at a site; "
-            "move it to a local cell"
-        )
+    # IPython also drops blank lines at the top, removes indentation common to all lines and blanks
+    # whitespace-only lines: none is IPython syntax (Python reports an indentation), so lines are
+    # compared from the first that is not blank, stripped.
+    lines = plain.splitlines()
+    blank = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    pairs = itertools.zip_longest(lines[blank:], transformed.splitlines(), fillvalue="")
+    for number, (ours, theirs) in enumerate(pairs, 1 + blank + line_offset):
+        if ours.strip() != theirs.strip():
+            raise NotebookError(
+                f"{label} line {number} uses IPython syntax ({ours.strip()!r}), which cannot run at a site; "
+                "move it to a local cell"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarnings are for Python to show when the code runs
             compile(plain, label, "exec", dont_inherit=True)
     except SyntaxError as e:
-        raise NotebookError(f"{label} line {e.lineno}: SyntaxError: {e.msg}; fix the cell") from e
+        where = f" line {e.lineno + line_offset}" if e.lineno else ""
+        raise NotebookError(f"{label}{where}: {type(e).__name__}: {e.msg}; fix the cell") from e
     except (ValueError, MemoryError, RecursionError) as e:  # a null byte; an expression nested too deeply
         raise NotebookError(f"{label}: Python cannot compile it ({type(e).__name__}); fix the cell") from e
 

@@ -189,7 +189,7 @@ def describe_failure(error: dict | None, failure, cells: list[dict]) -> dict:
     cell = next((c for c in cells if error.get("line") and c["start"] <= error["line"] <= c["end"]), None)
     where = f"stage {error['stage']}"
     if cell:
-        line = error["line"] - cell["start"] + 1
+        line = error["line"] - cell["start"] + cell.get("cell_line", 2)  # as JupyterLab numbers the cell's lines
         where = (
             f"federated cell {cell['ordinal']} (notebook cell {cell['notebook_index'] + 1}: "
             f"{cell['first_line']!r}) line {line}, in {error['function']}"
