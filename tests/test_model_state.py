@@ -6,6 +6,7 @@ entries back in their own dtype, integers rounded half to even, bools a weighted
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -407,3 +408,35 @@ def test_a_mixed_dtype_model_with_tensor_results_comes_back_in_its_own_dtypes(tm
         assert torch.allclose(state[name].double(), value.double(), atol=1e-2 if value.dtype in (torch.float16, torch.bfloat16) else 1e-6), name
     frame = run.metrics()
     assert {"accuracy", "train_loss", "num_samples"} <= set(frame["name"]) and frame["value"].notna().all()
+
+
+@pytest.mark.slow
+def test_case_03_validation_refuses_a_non_tensor_state_entry_in_one_line_naming_it_and_submit_never_starts(tmp_path, caia):
+    case = copy_case("03-non-tensor-state-entry", tmp_path)
+    code, out, err = caia("validate", case / "extra_state_model.ipynb")
+    assert code == 1
+    where, _, summary = out.splitlines()[0].partition(", in build_model: ")
+    assert where.startswith("validation FAILED: federated cell 1 (notebook cell 3: ") and re.search(r" line \d+$", where)
+    assert summary == ("ContractError: the model's state_dict() entry '_extra_state' is a dict, not a tensor; caia averages "
+                       "tensors of float16, bfloat16, float32, float64, uint8, int8, int16, int32, int64, bool only: keep "
+                       "anything else out of state_dict() (e.g. as a plain attribute)")
+    assert "Traceback" not in out + err
+    code, out, err = caia("submit", case / "bundles" / "extra_state_model", "--sites", tmp_path, "--runs", tmp_path / "runs")
+    assert code != 0 and "failed validation" in err and "Traceback" not in out + err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_validation_names_the_cell_and_the_metric_a_train_returns_that_is_not_a_number(write_notebook, caia):
+    import nbformat
+
+    path = write_notebook("good")
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "def train" in c.source)
+    cell.source = cell.source.replace('"train_loss": loss.item()', '"train_loss": [loss.item()]')
+    nbformat.write(nb, path)
+    code, out, _ = caia("validate", path)
+    assert code == 1
+    assert out.splitlines()[0] == (
+        "validation FAILED: federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 1, in train: "
+        "ContractError: train(model, data, ctx) returned metric 'train_loss' = a list; a metric must be a number: "
+        "an int, a float, a numpy scalar or a 0-d tensor")

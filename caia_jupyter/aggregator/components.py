@@ -105,9 +105,9 @@ def model_dtypes(path: Path, params: dict) -> dict[str, str]:
     """The dtype of each entry of the initial model `params`, from the map beside it (a job made
     without one: the arrays' own dtypes). Raises ValueError when the map does not fit `params`."""
     found = weights.read_dtypes(read_json(path)) if path.is_file() else {k: a.dtype.name for k, a in params.items()}
-    if list(found) != list(params) or any(weights.carrier(found[k]) != a.dtype for k, a in params.items()):
+    if found.keys() != params.keys() or any(weights.carrier(found[k]) != a.dtype for k, a in params.items()):
         raise ValueError(f"{path.name} does not fit the initial model's arrays")
-    return found
+    return {name: found[name] for name in params}  # in the model's order (a JSON map may be sorted)
 
 
 def unusable(update, weight, reference: dict) -> str | None:

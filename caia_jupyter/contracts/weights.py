@@ -26,7 +26,7 @@ import numpy as np
 FLOATS = ("float16", "bfloat16", "float32", "float64")
 INTEGERS = ("uint8", "int8", "int16", "int32", "int64")
 SUPPORTED = (*FLOATS, *INTEGERS, "bool")
-DTYPES_FILE = "model_dtypes.json"  # {entry: dtype name}, in state_dict order
+DTYPES_FILE = "model_dtypes.json"  # {entry: dtype name}
 
 
 def carrier(dtype: str) -> np.dtype:
