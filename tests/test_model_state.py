@@ -20,6 +20,7 @@ from caia_jupyter.contracts.errors import ContractError
 from caia_jupyter.contracts.fsutil import write_json
 from caia_jupyter.researcher.runs import Run, export_global_model
 from caia_jupyter.site import runtime
+from caia_jupyter.terminal import run_summary
 from nvflare.app_common.abstract.fl_model import FLModel
 
 CASES = Path(__file__).parent / "cases"
@@ -242,6 +243,9 @@ def test_the_run_names_each_left_out_update_and_each_missing_metric_and_nothing_
         "site-3's accuracy at round 1 was not a finite number; it is recorded as missing",
     ]
     assert run.final_metrics() == {"site-1": {"accuracy": 0.75}, "global": {"accuracy": 0.75}}
+    shown = run_summary(run)
+    assert [line for line in shown.text.splitlines() if "note:" in line] == [f"  note: {note}" for note in run.notes]
+    assert shown.data["notes"] == run.notes
     assert set(failures.EXCLUDED) == {"no_examples", "non_finite_weights", "malformed_update"}
 
 

@@ -55,4 +55,3 @@ def to_tensors(arrays: dict, dtypes: dict[str, str]) -> dict:
         tensor = torch.tensor(np.asarray(array))
         state[name] = tensor.to(getattr(torch, dtypes[name])) if name in dtypes else tensor
     return state
-
