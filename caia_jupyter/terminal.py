@@ -53,6 +53,7 @@ def run_summary(run) -> Outcome:
     for site, state in sites.items():
         reason = run.refusals.get(site) or run.failures.get(site) or ""
         lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
+    lines += [f"  note: {note}" for note in run.notes]
     final = run.final_metrics() if run.status == "finished" else {}
     if "global" in final:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in final["global"].items() if k != "num_samples")
@@ -60,6 +61,6 @@ def run_summary(run) -> Outcome:
     if run.global_model:
         lines.append(f"global model: {run.global_model}")
     data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
-            "refusals": run.refusals, "failures": run.failures, "final_metrics": final,
+            "refusals": run.refusals, "failures": run.failures, "notes": run.notes, "final_metrics": final,
             "global_model": str(run.global_model) if run.global_model else None}
     return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)

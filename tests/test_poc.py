@@ -64,7 +64,8 @@ def test_an_approved_bundle_runs_across_three_real_sites_with_live_metrics(poc, 
     assert len(keys) == len(set(keys)) and set(frame["site"]) == set(SITES)
     assert sorted(frame[(frame.site == "site-1") & (frame.name == "accuracy")]["round"]) == [0, 1, 2, 3, 4]
     state = torch.load(run.global_model, weights_only=True)
-    assert state["weight"].shape == (2, 2)
+    assert state["weight"].shape == (2, 2) and state["weight"].dtype == torch.float32
+    assert json.loads((run.path / "model_dtypes.json").read_text()) == {"bias": "float32", "weight": "float32"}
 
 
 def test_a_site_without_approval_refuses_with_the_bundle_id_and_approving_later_needs_no_restart(poc, tmp_path):

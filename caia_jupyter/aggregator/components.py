@@ -1,13 +1,17 @@
 """Server-side NVFLARE components of a caia job. They run no researcher code.
 
-`CaiaFedAvg` starts from initial weights (an .npz of arrays, loaded without pickle), runs FedAvg
-weighted by each site's `num_samples`, saves the global model each round (.npz), and finally asks
-every site to evaluate the final global model. A site that returns no result in a round (its code
-failed, or it timed out) leaves the run: later rounds go on without it while at least `min_clients`
-sites remain, and `status.json` records it under "left" with that round. The server handles numpy arrays only: NVFLARE
-converts them to and from torch tensors at each site. `MetricsReceiver` appends every metric record,
-(site, round, name, value, time), to a JSON-lines file, dropping one whose name is not a metric name
-(`contracts.metric_names`) or whose value is not a finite number; `status.json` tells where the run is.
+`CaiaFedAvg` starts from initial weights (an .npz of arrays, loaded without pickle, and the map of
+their dtypes), runs FedAvg weighted by each site's `num_samples` by the rule of `contracts.weights`,
+saves the global model each round (.npz), and finally asks every site to evaluate the final global
+model. The server handles numpy arrays only: caia converts them to and from torch at each site. A
+site that returns no result in a round (its code failed, or it timed out) leaves the run: later
+rounds go on without it while at least `min_clients` sites remain, and `status.json` records it
+under "left" with that round. A site's update is untrusted: one with no examples, non-finite
+weights, or weights that do not fit the global model is left out of that round's average, and
+`status.json` says so ("excluded"). `MetricsReceiver` appends every metric record, (site, round,
+name, value, time), to a JSON-lines file, dropping one whose name is not a metric name
+(`contracts.metric_names`) or whose value is not a number; a value that is not finite is recorded
+as missing (null), which every surface flags.
 """
 
 from __future__ import annotations
@@ -24,11 +28,10 @@ import numpy as np
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel
-from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from ..contracts import failures
+from ..contracts import failures, weights
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from ..contracts.metric_names import valid_name
 
@@ -48,11 +51,15 @@ class CaiaFedAvg(ModelController):
         self.min_clients = min_clients
         self.round_timeout = round_timeout
         self.output_dir = output_dir  # "" = the job's run directory in the server workspace
+        self._dtypes: dict[str, str] = {}  # entry -> its torch dtype (contracts.weights)
+        self._excluded: list[dict] = []  # {"site", "round", "reason"}: updates left out of an average
 
     def run(self) -> None:
         custom = Path(self.engine.get_workspace().get_app_custom_dir(self.fl_ctx.get_job_id()))
         with np.load(custom / INITIAL_MODEL, allow_pickle=False) as arrays:
             params = dict(arrays)
+        self._dtypes = model_dtypes(custom / weights.DTYPES_FILE, params)
+        write_json(self._output(weights.DTYPES_FILE), self._dtypes)
         sites = sorted(c.name for c in self.engine.get_clients())
         left: dict[str, int] = {}  # site -> the round it returned no result in; it is not asked again
         self._status("training", 0, sites)
@@ -67,23 +74,31 @@ class CaiaFedAvg(ModelController):
                            f"({', '.join(sites) or 'none'}); min_clients is {self.min_clients}")
                 self._status("failed", round, sites, message, left)
                 return self.panic(message)
-            params = self._average(results, round)
+            params = self._average(results, round, params)
             save_arrays(params, self._output(GLOBAL_MODEL))
             self._status("training", round + 1, sites, left=left)
         final = FLModel(params=params, current_round=self.num_rounds, total_rounds=self.num_rounds)
         results = self.send_model_and_wait(task_name="validate", data=final, targets=sites, timeout=self.round_timeout)
         self._status("finished", self.num_rounds, remaining(sites, results, self.num_rounds, left), left=left)
 
-    def _average(self, results: list[FLModel], round: int) -> dict:
-        helper = WeightedAggregationHelper()
+    def _average(self, results: list[FLModel], round: int, params: dict) -> dict:
+        """The next global model: `weights.average` of this round's usable updates. An unusable one
+        (`unusable`) is left out and recorded; with none usable, the global model `params` stays."""
+        kept = []
         for result in results:
-            weight = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND, 1)
-            helper.add(data=result.params, weight=weight, contributor_name=result.meta.get("client_name", "?"), contribution_round=round)
-        return helper.get_result()
+            weight = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
+            reason = unusable(result.params, weight, params)
+            if reason:
+                site = result.meta.get("client_name", "?")
+                self._excluded.append({"site": site, "round": round, "reason": reason})
+                log.warning("caia left %s's update of round %d out of the average: %s", site, round, reason)
+            else:
+                kept.append((result.params, weight))
+        return weights.average(kept, self._dtypes) if kept else params
 
     def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "", left: dict | None = None) -> None:
         status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,
-                  "left": dict(left or {}), "message": message, "time": time.time()}
+                  "left": dict(left or {}), "message": message, "excluded": self._excluded, "time": time.time()}
         write_json(self._output(STATUS), status)
 
     def _output(self, name: str) -> Path:
@@ -97,6 +112,30 @@ def remaining(sites: list[str], results: list[FLModel], round: int, left: dict[s
     answered = {r.meta.get("client_name") for r in results}
     left.update({site: round for site in sites if site not in answered})
     return [site for site in sites if site in answered]
+
+
+def model_dtypes(path: Path, params: dict) -> dict[str, str]:
+    """The dtype of each entry of the initial model `params`, from the map beside it (a job made
+    without one: the arrays' own dtypes). Raises ValueError when the map does not fit `params`."""
+    found = weights.read_dtypes(read_json(path)) if path.is_file() else {k: a.dtype.name for k, a in params.items()}
+    if found.keys() != params.keys() or any(weights.carrier(found[k]) != a.dtype for k, a in params.items()):
+        raise ValueError(f"{path.name} does not fit the initial model's arrays")
+    return {name: found[name] for name in params}  # in the model's order (a JSON map may be sorted)
+
+
+def unusable(update, weight, reference: dict) -> str | None:
+    """Why a site's update (`update` {entry: array}, its `num_samples` `weight`) cannot enter an
+    average with global model `reference`: a key of `failures.EXCLUDED`, or None when it can."""
+    if type(weight) is int and weight == 0:
+        return "no_examples"
+    if type(weight) is not int or not 0 < weight < 2**53 or not isinstance(update, dict) or update.keys() != reference.keys():
+        return "malformed_update"
+    for name, array in update.items():
+        if not isinstance(array, np.ndarray) or array.shape != reference[name].shape or array.dtype.kind not in "biuf":
+            return "malformed_update"
+    if not all(np.isfinite(array).all() for array in update.values() if array.dtype.kind == "f"):
+        return "non_finite_weights"
+    return None
 
 
 def save_arrays(params: dict, path: Path) -> None:
@@ -143,16 +182,17 @@ class MetricsReceiver(AnalyticsReceiver):
         values = data.value if data.data_type == AnalyticsDataType.SCALARS else {data.tag: data.value}
         now, dropped = time.time(), 0
         for name, value in values.items():
-            if not (valid_name(name) and _finite_number(value)):  # sent by code at the site: untrusted
+            if not (valid_name(name) and _number(value)):  # sent by code at the site: untrusted
                 dropped += 1
                 continue
-            record = {"site": record_origin, "round": int(data.step or 0), "name": name, "value": float(value), "time": now}
+            value = float(value) if _finite(value) else None  # not finite: recorded as missing
+            record = {"site": record_origin, "round": int(data.step or 0), "name": name, "value": value, "time": now}
             self._records.append(record)
             self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if dropped:  # the names are not logged: they may be anything
             log.warning("caia dropped %d metric record(s) from %s: a name that is not a metric name or a value that is "
-                        "not a finite number", dropped, record_origin)
+                        "not a number", dropped, record_origin)
 
     def save_failure(self, site: str, report) -> None:
         """Keep a site's first failure report, parsed strictly: anything but a report of the closed
@@ -167,8 +207,12 @@ class MetricsReceiver(AnalyticsReceiver):
             self._file.close()
 
 
-def _finite_number(value) -> bool:
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
     try:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return math.isfinite(value)
     except OverflowError:  # an int too large for a float
         return False

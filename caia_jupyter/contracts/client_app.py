@@ -19,12 +19,14 @@ FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature
 
 
 def add_site_app(job, site: str) -> None:
-    """The client side of a caia job: the bundle's runner under NVFLARE's Client API, metrics forwarded."""
+    """The client side of a caia job: the bundle's runner under NVFLARE's Client API, metrics forwarded.
+    Weights travel as numpy arrays both ways: caia converts them at the site (`contracts.tensors`),
+    as NVFLARE's own torch conversion cannot (bfloat16) and would pass non-tensor entries on."""
     from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
     from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
     from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 
-    executor = ClientAPIExecutor(task_script_path="caia_runner.py", execution_mode="in_process", params_exchange_format="pytorch")
+    executor = ClientAPIExecutor(task_script_path="caia_runner.py", execution_mode="in_process", params_exchange_format="numpy")
     job.to(executor, site, tasks=list(TASKS))
     job.to(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), site, id="event_to_fed")
 

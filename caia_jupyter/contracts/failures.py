@@ -29,7 +29,8 @@ MAX_ROUND = 1_000_000
 Entry = Literal["build_model", "load_data", "train", "evaluate", "runtime"]
 Category = Literal[
     "raised", "dataset_not_released", "dataset_unreadable", "schema_changed",
-    "not_a_module", "bad_num_samples", "bad_metrics", "contract", "beyond_release", "site_error", "unknown",
+    "not_a_module", "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "beyond_release", "site_error",
+    "unknown",
 ]
 ENTRY_POINTS = ("build_model", "load_data", "train", "evaluate")
 CATEGORIES = get_args(Category)
@@ -43,14 +44,26 @@ REASONS = {
     "schema_changed": "a dataset released to the bundle no longer matches the schema its reviewers approved; "
                       "the site must fix its data or approve again",
     "not_a_module": "build_model() must return a torch.nn.Module",
-    "bad_num_samples": "train(model, data, ctx) must return a dict holding 'num_samples', a positive int",
-    "bad_metrics": "metrics must be a dict of finite numbers under str names",
+    "bad_num_samples": "train(model, data, ctx) must return a dict holding 'num_samples', an integer >= 0",
+    "bad_metrics": "metrics must be a dict of numbers (int, float, numpy scalars or 0-d tensors) under metric names",
+    "unsupported_state": "the model's state_dict() holds an entry caia cannot average (not a tensor, or a tensor "
+                         "that is not float, integer or bool)",
     "contract": "the federated code broke the entry-point contract (see the README)",
     "beyond_release": "the server asked for more rounds or evaluations than this site's reviewers approved; "
                       "the site stopped",
     "site_error": "caia's runtime at the site failed (details kept at the site)",
 }
 UNKNOWN_TEXT = "its failure report is not one caia can read (details kept at the site)"
+
+
+# Why the server left a site's update of one round out of the global model (status.json "excluded"),
+# after "SITE's update of round N was left out of the average: ". The site keeps running.
+EXCLUDED = {
+    "no_examples": "it trained on no examples (num_samples 0: no rows, or none left after load_data)",
+    "non_finite_weights": "its weights hold NaN or infinite values",
+    "malformed_update": "its weights or num_samples do not fit the global model",
+}
+NON_FINITE_METRIC = "{site}'s {name} at round {round} was not a finite number; it is recorded as missing"
 
 
 class Report(BaseModel):
@@ -81,6 +94,11 @@ def parse_all(value, sites) -> dict[str, Report]:
     if not isinstance(value, dict):
         return {}
     return {site: parse(report) for site, report in value.items() if site in sites}
+
+
+def describe_excluded(site: str, round: int, reason: str) -> str:
+    """The one line the researcher reads about one left-out update (`reason` a key of EXCLUDED)."""
+    return f"{site}'s update of round {round} was left out of the average: {EXCLUDED[reason]}"
 
 
 def describe(site: str, report: Report, local_record: Path | None = None) -> str:

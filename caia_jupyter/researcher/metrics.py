@@ -2,7 +2,8 @@
 
 The server's receiver appends records as JSON lines; `MetricsReader.poll()` returns the
 records that arrived since the last call, however the file grows (partial lines wait).
-A record whose metric name is not a short identifier (`contracts.metric_names`) is left out.
+A record whose metric name is not a short identifier (`contracts.metric_names`) is left out. A
+value of None is a metric the site sent that was not a finite number: recorded as missing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Record:
     site: str
     round: int
     name: str
-    value: float
+    value: float | None  # None: not a finite number at the site, recorded as missing
     time: float
 
     def to_json(self) -> dict:
@@ -38,11 +39,12 @@ class Record:
             return None
         if not isinstance(raw, dict) or set(raw) != {"site", "round", "name", "value", "time"}:
             return None
-        numbers = (raw["value"], raw["time"])
+        numbers = (raw["time"],) if raw["value"] is None else (raw["value"], raw["time"])
         if not (isinstance(raw["site"], str) and valid_name(raw["name"]) and type(raw["round"]) is int
                 and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
             return None
-        return cls(raw["site"], raw["round"], raw["name"], float(raw["value"]), float(raw["time"]))
+        value = None if raw["value"] is None else float(raw["value"])
+        return cls(raw["site"], raw["round"], raw["name"], value, float(raw["time"]))
 
 
 class MetricsReader:
@@ -73,5 +75,6 @@ class MetricsReader:
 
 
 def frame(records: list[Record]) -> pd.DataFrame:
+    """The records as a DataFrame (site, round, name, value, time); a missing value is NaN."""
     columns = ["site", "round", "name", "value", "time"]
     return pd.DataFrame([r.to_json() for r in records], columns=columns)

@@ -2,10 +2,12 @@
 
     run.json       what was submitted: bundle id, target, sites, settings
     sites.json     each site's admission by its guard: approved, or refused with the reason
-    status.json    the server's progress: phase, rounds done, sites still in the run, sites that left it (round)
-    metrics.jsonl  every (site, round, name, value, time) record
+    status.json    the server's progress: phase, rounds done, sites still in the run, sites that left
+                   it (round), site updates left out of an average ("excluded")
+    metrics.jsonl  every (site, round, name, value, time) record (value null: not finite at the site)
     global_model.npz the latest global model, as the server keeps it (numpy arrays)
-    global_model.pt  the same as a torch state dict, written when the run ends
+    model_dtypes.json each entry's torch dtype (caia_jupyter.contracts.weights)
+    global_model.pt  the same as a torch state dict, every entry in its dtype, written when the run ends
     outcome.json   how the run ended (written last); a failed site's report in the closed
                    vocabulary of caia_jupyter.contracts.failures
 
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..contracts import failures as failure_reports
+from ..contracts import weights
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from . import metrics as metric_records
@@ -123,6 +126,18 @@ class Run:
             export_global_model(self.path)  # the server keeps arrays (it never imports torch)
         return path if path.is_file() else None
 
+    @property
+    def notes(self) -> list[str]:
+        """What the run left out, one line each: a site's update left out of a round's average (why,
+        in the fixed words of `failures.EXCLUDED`), a metric a site sent that was not finite."""
+        excluded = self._json("status.json").get("excluded")
+        lines = [failure_reports.describe_excluded(e["site"], e["round"], e["reason"])
+                 for e in (excluded if isinstance(excluded, list) else [])
+                 if isinstance(e, dict) and e.get("site") in self.spec["sites"] and type(e.get("round")) is int
+                 and e.get("reason") in failure_reports.EXCLUDED]
+        return lines + [failure_reports.NON_FINITE_METRIC.format(site=r.site, name=r.name, round=r.round)
+                        for r in self.records() if r.value is None and r.site in self.spec["sites"]]
+
     def records(self) -> list[metric_records.Record]:
         """Every metric record so far, in the order the server received them."""
         self._reader.poll()
@@ -140,7 +155,7 @@ class Run:
 
     def final_metrics(self) -> dict[str, dict[str, float]]:
         """Each site's evaluation of the final global model, plus "global": their mean weighted by num_samples."""
-        frame = self.metrics()
+        frame = self.metrics().dropna(subset=["value"])  # a missing value counts for no site
         final = frame[frame["round"] == self.spec["rounds"]]
         per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
         sizes = frame[frame["name"] == "num_samples"].groupby("site")["value"].last().to_dict()
@@ -301,17 +316,24 @@ def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[
 
 
 def export_global_model(run_dir: Path) -> Path | None:
-    """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict)."""
+    """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict, each entry
+    in the dtype of `build_model().state_dict()` that model_dtypes.json records)."""
     import io
 
     import numpy as np
     import torch
 
+    from ..contracts.tensors import to_tensors
+
     source = Path(run_dir) / "global_model.npz"
     if not source.is_file():
         return None
+    try:
+        dtypes = weights.read_dtypes(read_json(Path(run_dir) / weights.DTYPES_FILE))
+    except ValueError:  # a run without the map: each array keeps its dtype
+        dtypes = {}
     with np.load(source, allow_pickle=False) as arrays:
-        state = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+        state = to_tensors({name: arrays[name] for name in arrays.files}, dtypes)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return write_atomic(Path(run_dir) / "global_model.pt", buffer.getvalue())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import platform
 import tempfile
 import time
@@ -223,14 +224,15 @@ class Stages:
         except BaseException as e:
             frames = [f for f in traceback.extract_tb(e.__traceback__) if str(Path(f.filename).resolve()) == self.module_path]
             last = frames[-1] if frames else None
+            line, function = (last.lineno, last.name) if last else _entry_point_line(e)
             self._write({
                 "passed": False,
                 "error": {
                     "stage": stage,
                     "exception": type(e).__name__,
                     "message": str(e).splitlines()[0] if str(e) else "",
-                    "line": last.lineno if last else None,
-                    "function": last.name if last else None,
+                    "line": line,
+                    "function": function,
                 },
             })
             raise
@@ -240,14 +242,31 @@ class Stages:
             "passed": True,
             "result": {
                 "num_samples": result.num_samples,
-                "initial_evaluation": result.eval_metrics,
-                "train": result.train_metrics,
-                "final_evaluation": final_metrics,
+                "initial_evaluation": _finite_or_none(result.eval_metrics),
+                "train": _finite_or_none(result.train_metrics),
+                "final_evaluation": _finite_or_none(final_metrics),
             },
         })
 
     def _write(self, report: dict) -> None:
         self.report_path.write_text(json.dumps(report))
+
+
+def _entry_point_line(error: BaseException) -> tuple[int | None, str | None]:
+    """(first line, name) of the entry point a caia ContractError is about (what it returned was
+    wrong, so none of its lines is on the traceback); (None, None) for any other error."""
+    import sys
+
+    from ..contracts.errors import ContractError
+
+    name = getattr(error, "entry", None) if isinstance(error, ContractError) else None
+    code = getattr(getattr(sys.modules.get("federated"), name or "", None), "__code__", None)
+    return (code.co_firstlineno, name) if code else (None, None)
+
+
+def _finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics as JSON holds them: a value that is not finite becomes None (missing, as in a run)."""
+    return {name: value if math.isfinite(value) else None for name, value in metrics.items()}
 
 
 def _sha256(path: Path) -> str:

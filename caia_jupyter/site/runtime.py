@@ -5,10 +5,14 @@ The federated-code contract:
     build_model() -> torch.nn.Module
     load_data(ctx) -> data            # anything; passed back to train and evaluate
     train(model, data, ctx) -> dict   # one round of local training, in place;
-                                      # {"num_samples": int, other metrics: float}
-    evaluate(model, data, ctx) -> dict  # {metric: float}
+                                      # {"num_samples": int >= 0, other metrics: number}
+    evaluate(model, data, ctx) -> dict  # {metric: number}
 
-`num_samples` weighs the site's update in FedAvg and is not reported as a metric.
+A number is an int, a float, a numpy scalar or a 0-d tensor (numpy or torch); `num_samples` is an
+integer one (a bool is neither). `num_samples` weighs the site's update in FedAvg and is not
+reported as a metric; 0 says the site has nothing to contribute this round (the server leaves its
+update out). A metric that is not finite is sent as it is: the server records it as missing.
+The model's state_dict travels as `contracts.tensors` converts it (refusing what caia cannot average).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import sys
 import types
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contracts.errors import ContractError
 from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
 from ..contracts.metric_names import valid_name
+from ..contracts.tensors import dtypes_of, to_arrays, to_tensors
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class RoundResult:
     num_samples: int
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
+    weights: dict = field(default_factory=dict, repr=False)  # {entry: numpy array}, as it travels
 
 
 def build_model(entry: EntryPoints):
@@ -50,6 +56,7 @@ def build_model(entry: EntryPoints):
     if not isinstance(model, torch.nn.Module):
         raise ContractError(f"build_model() must return a torch.nn.Module, not {type(model).__name__}",
                             failure="not_a_module", entry="build_model")
+    dtypes_of(model.state_dict(), "build_model")  # refuses what caia cannot average, naming it
     return model
 
 
@@ -63,11 +70,13 @@ def run_round(entry: EntryPoints, model, data, ctx) -> RoundResult:
             f"and numeric metrics, not {_shown(trained)}", failure="bad_num_samples", entry="train"
         )
     trained = dict(trained)
-    num_samples = trained.pop("num_samples")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ContractError(f"train() returned num_samples={num_samples!r}; it must be a positive int",
-                            failure="bad_num_samples", entry="train")
-    return RoundResult(num_samples, _metrics(trained, "train"), eval_metrics)
+    returned = trained.pop("num_samples")
+    num_samples = _scalar(returned)
+    if not isinstance(num_samples, int) or num_samples < 0:
+        shown = num_samples if isinstance(num_samples, (int, float)) else _shown(returned)
+        raise ContractError(f"train(model, data, ctx) returned num_samples = {shown}; it must be an integer >= 0 "
+                            "(an int, a numpy integer or a 0-d integer tensor)", failure="bad_num_samples", entry="train")
+    return RoundResult(num_samples, _metrics(trained, "train"), eval_metrics, to_arrays(model.state_dict(), "train"))
 
 
 def evaluate(entry: EntryPoints, model, data, ctx) -> dict[str, float]:
@@ -106,19 +115,37 @@ def _metrics(value, name: str) -> dict[str, float]:
     if not isinstance(value, dict):
         raise broken(f"{call} must return a dict of numeric metrics, not {_shown(value)}")
     out = {}
-    for key, number in value.items():
+    for key, returned in value.items():
+        if not valid_name(key):
+            raise broken(f"{call} returned a metric named {key!r}; names must be identifiers of at most 64 ASCII "
+                         "letters, digits and _")
+        number = _scalar(returned)
+        if number is None:
+            raise broken(f"{call} returned metric {key!r} = {_shown(returned)}; a metric must be a number: an int, "
+                         "a float, a numpy scalar or a 0-d tensor")
         try:
-            number = float(number)
-        except (TypeError, ValueError):
-            raise broken(f"{call} returned metric {key!r} = {_shown(number)}; metrics must be numbers") from None
-        if not valid_name(key) or not math.isfinite(number):
-            raise broken(f"{call} returned metric {key!r} = {number}; names must be identifiers of at most 64 "
-                         "ASCII letters, digits and _, and values finite")
-        out[key] = number
+            out[key] = float(number)
+        except OverflowError:  # an int too large for a float: not finite, as the server will record it
+            out[key] = math.inf
     return out
 
 
+def _scalar(value) -> int | float | None:
+    """The Python int or float that `value` holds: an int, a float, a numpy scalar, or a 0-d numpy
+    array or torch tensor of an integer or floating dtype; None for anything else (a bool too)."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.item() if value.ndim == 0 else None
+    elif isinstance(value, np.generic):
+        value = value.item()
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _shown(value) -> str:
+    if type(value).__name__ in ("Tensor", "ndarray"):  # a value of many numbers: its shape tells which
+        return f"a {type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
     return f"a {type(value).__name__}"
 
 
@@ -179,7 +206,7 @@ def _serve(app_dir: Path) -> None:
             raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
                                 f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
         ctx.round = trained
-        model.load_state_dict(incoming.params)
+        model.load_state_dict(to_tensors(incoming.params, dtypes_of(model.state_dict(), "runtime")))
         if final:
             evaluated = True
             with failure_record(app_dir, entry, ctx.round):
@@ -191,7 +218,7 @@ def _serve(app_dir: Path) -> None:
             result = run_round(entry, model, data, ctx)
         trained += 1
         report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
-        flare.send(FLModel(params=model.state_dict(), metrics=result.eval_metrics,
+        flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
                            meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
 
 

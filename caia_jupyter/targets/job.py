@@ -16,15 +16,22 @@ from ..aggregator.components import INITIAL_MODEL, CaiaFedAvg, MetricsReceiver, 
 from ..contracts.client_app import add_site_app, app_path
 from ..contracts.errors import FlareError
 from ..contracts.fileset import CLIENT_CONFIG, MANIFEST, MODULE
+from ..contracts.fsutil import write_json
+from ..contracts.weights import DTYPES_FILE
 from ..researcher.bundle import Bundle
 
 
 def initial_weights(bundle: Bundle, destination: Path) -> Path:
-    """Save `build_model().state_dict()` of the bundle's own code as the first global model."""
+    """Save `build_model().state_dict()` of the bundle's own code as the first global model, and
+    beside it (DTYPES_FILE) each entry's dtype, which the global model keeps (`contracts.weights`).
+    Raises ContractError, one line naming the entry, for a state_dict caia cannot average."""
+    from ..contracts.tensors import dtypes_of, to_arrays
     from ..site.runtime import build_model, load_entry_points
 
-    model = build_model(load_entry_points(bundle.path, bundle.manifest["files"][MODULE]["sha256"]))
-    save_arrays({name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}, destination)
+    state = build_model(load_entry_points(bundle.path, bundle.manifest["files"][MODULE]["sha256"])).state_dict()
+    dtypes = dtypes_of(state, "build_model")
+    save_arrays(to_arrays(state, "build_model"), destination)
+    write_json(destination.parent / DTYPES_FILE, dtypes)
     return destination
 
 

@@ -30,6 +30,7 @@ from ..aggregator.components import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS
 from ..contracts import failures
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import read_json, write_json
+from ..contracts.weights import DTYPES_FILE
 from ..researcher.runs import Run, describe_failures, ended_message, finished_message, refused_message, start_launcher
 from ..site.guard import MISCONFIGURED
 from .poc import admin_session
@@ -176,7 +177,7 @@ def admissions(meta: dict, sites: list[str]) -> dict:
 
 def collect(result: Path, run_dir: Path, sites: list[str]) -> None:
     """Take the server's own records (authoritative, complete) from the downloaded job result."""
-    for name in (METRICS, STATUS, GLOBAL_MODEL):
+    for name in (METRICS, STATUS, GLOBAL_MODEL, DTYPES_FILE):
         found = next(result.rglob(name), None)
         if found is not None:
             (run_dir / name).write_bytes(found.read_bytes())

@@ -32,7 +32,7 @@ export interface IRunState {
   rounds: number;
   sites: Record<string, string>;
   reasons: Record<string, string>;
-  records: [string, number, string, number][];
+  records: [string, number, string, number | null][]; // null: a value not finite at the site
   since: number;
   count: number;
 }

@@ -17,14 +17,14 @@ export function colorOf(sites: string[], site: string): string {
 
 export function drawCharts(
   container: HTMLElement,
-  records: [string, number, string, number][],
+  records: [string, number, string, number | null][],
   sites: string[],
   rounds: number
 ): void {
   const byMetric = new Map<string, Map<string, [number, number][]>>();
   for (const [site, round, name, value] of records) {
-    if (name === 'num_samples') {
-      continue;
+    if (name === 'num_samples' || value === null) {
+      continue; // null: a value that was not finite at the site, recorded as missing
     }
     const series = byMetric.get(name) ?? new Map<string, [number, number][]>();
     byMetric.set(name, series);

@@ -188,7 +188,7 @@ export class FederatedPanel extends Widget {
   private notebook: NotebookPanel | null = null;
   private notebookError = false; // the message shows why the notebook cannot be bundled
   private socket: WebSocket | null = null;
-  private records: [string, number, string, number][] = [];
+  private records: [string, number, string, number | null][] = [];
   private heading = element('h2');
   private message = element('div', { class: 'caia-message' });
   private summary = element('div', { 'data-caia': 'summary' });

@@ -77,7 +77,7 @@ function render({ model, el }) {
     }));
     const byMetric = {};
     for (const [site, round, name, value] of model.get("records")) {
-      if (name === "num_samples") continue;
+      if (name === "num_samples" || value === null) continue;  // null: not finite at the site, missing
       ((byMetric[name] ??= {})[site] ??= []).push([round, value]);
     }
     charts.replaceChildren(...Object.keys(byMetric).sort().map((name) => chart(name, byMetric[name], model.get("rounds"), colorOf)));
