@@ -25,6 +25,7 @@ from pathlib import Path
 from ..contracts import failures as failure_reports
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
+from .wording import plural
 from . import metrics as metric_records
 
 FINAL = ("finished", "failed", "refused", "aborted")
@@ -235,14 +236,14 @@ class Run:
 def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:
     """Why a run did not start: too few sites admitted its bundle."""
     refused = ", ".join(s for s in sites if s not in admitted)
-    return (f"{len(admitted)} of {len(sites)} sites admitted the bundle (refused: {refused}); "
+    return (f"{len(admitted)} of {plural(len(sites), 'site')} admitted the bundle (refused: {refused}); "
             f"min_clients is {min_clients}, so the run did not start")
 
 
 def finished_message(rounds_done: int, trained: list[str], sites: list[str], admitted: list[str], min_clients: int) -> str:
     refused = [s for s in sites if s not in admitted]
     note = f"; continued without {', '.join(refused)} (min_clients {min_clients})" if refused else ""
-    return f"{rounds_done} rounds with {', '.join(trained)}{note}"
+    return f"{plural(rounds_done, 'round')} with {', '.join(trained)}{note}"
 
 
 def local_failure_record(run_dir: Path, site: str) -> Path:
