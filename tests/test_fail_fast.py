@@ -13,12 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from caia_jupyter.contracts.errors import CaiaError
+from caia_jupyter.researcher import bundle as bundles, compose, validation
+from caia_jupyter.researcher.runs import finished_message, refused_message
 from caia_jupyter.researcher.wording import metric, plural
 from caia_jupyter.reviewer import signing
-from caia_jupyter.researcher import bundle as bundles, compose
-from caia_jupyter.researcher.runs import finished_message, refused_message
 from caia_jupyter.site import guard, sites
 from caia_jupyter.targets.job import build_job
+from caia_jupyter.targets.submit import check_sites, submit
 from caia_jupyter.terminal import follow
 from conftest import approve, make_site, reviewer_key, set_source
 
@@ -45,16 +47,27 @@ def one_line_error(err: str) -> str:
     return err
 
 
+@pytest.fixture(scope="module")
+def validated_14(tmp_path_factory):
+    """Case 14's notebook bundled and validated as its researcher would (papermill, real kernel), once."""
+    work = shutil.copytree(CASE_14, tmp_path_factory.mktemp("case14") / "case")
+    built = compose.build(work / "single_site.ipynb")
+    assert validation.validate(built).passed
+    return built
+
+
 @pytest.fixture
-def case_14(tmp_path, caia):
-    """Case 14 as a researcher and one site have it: the notebook bundled, site-1 with its export."""
-    work = shutil.copytree(CASE_14, tmp_path / "case")
-    code, _, err = caia("bundle", work / "single_site.ipynb", "-o", tmp_path / "bundle")
-    assert code == 0, err
-    site = tmp_path / "sites" / "site-1"
+def case_14(validated_14, tmp_path, caia):
+    """Case 14's validated bundle, and site-1 with its export, approved by its reviewer."""
+    bundle = shutil.copytree(validated_14.path, tmp_path / "bundle")
+    site, key = tmp_path / "sites" / "site-1", tmp_path / "reviewer.key"
     assert caia("site", "init", site, "--name", "site-1")[0] == 0
-    assert caia("site", "add-dataset", site, "tumours", work / "site_data" / "site-1.csv")[0] == 0
-    return tmp_path / "bundle", site
+    assert caia("site", "add-dataset", site, "tumours", CASE_14 / "site_data" / "site-1.csv")[0] == 0
+    assert caia("reviewer", "init", key)[0] == 0
+    assert caia("site", "trust", site, f"{key}.pub")[0] == 0
+    code, _, err = caia("approve", bundle, "--site", site, "--key", key, "--dataset", "tumours")
+    assert code == 0, err
+    return bundle, site
 
 
 def assert_refused_at_once(code, err, runs):
@@ -69,40 +82,33 @@ def assert_refused_at_once(code, err, runs):
 # -- case 14: one site given, min_clients left at 2 ------------------------------------------------
 
 
-def test_case_14_submit_refuses_one_site_when_min_clients_is_2_before_anything_starts(case_14, caia, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("detach", [[], ["--detach"]])
+def test_case_14_submit_refuses_one_site_when_min_clients_is_2_before_anything_starts(case_14, caia, tmp_path, detach):
     bundle, site = case_14
     assert bundles.load(bundle).manifest["job"]["min_clients"] == 2  # left at its default
-    code, out, err = caia("submit", bundle, "--sites", site, "--runs", tmp_path / "runs")
+    code, out, err = caia("submit", bundle, "--sites", site, "--runs", tmp_path / "runs", *detach)
     assert out == ""
     assert_refused_at_once(code, err, tmp_path / "runs")
 
 
 @pytest.mark.slow
-def test_case_14_validated_and_approved_is_still_refused_at_once(case_14, caia, tmp_path):
-    bundle, site = case_14
-    code, _, err = caia("validate", bundle)
-    assert code == 0, err
-    key = tmp_path / "reviewer.key"
-    assert caia("reviewer", "init", key)[0] == 0
-    assert caia("site", "trust", site, f"{key}.pub")[0] == 0
-    code, _, err = caia("approve", bundle, "--site", site, "--key", key, "--dataset", "tumours")
-    assert code == 0, err
-    code, out, err = caia("submit", bundle, "--sites", site, "--runs", tmp_path / "runs", "--detach")
-    assert out == ""
-    assert_refused_at_once(code, err, tmp_path / "runs")
-
-
 def test_the_panel_and_the_kernel_submit_through_the_same_check(case_14, tmp_path):
-    from caia_jupyter.contracts.errors import CaiaError
-    from caia_jupyter.targets.submit import submit
-
     bundle, site = case_14
     with pytest.raises(CaiaError, match=r"min_clients is 2 but 1 site given \(site-1\)") as error:
-        submit(bundle, [site], runs_root=tmp_path / "runs")
+        submit(bundle, [site], runs_root=tmp_path / "runs")  # what %federated submit and the panel's POST call
     assert error.value.exit_code == 2 and not (tmp_path / "runs").exists()
     with pytest.raises(CaiaError, match=r"min_clients is 2 but 1 site given \(hospital-a\)"):
         submit(bundle, ["hospital-a", "hospital-a"], target="prod", startup_kit=tmp_path / "kit", username="me",
                runs_root=tmp_path / "runs")  # a name given twice is one site
+    assert not (tmp_path / "runs").exists() and nvflare_processes() == []
+
+
+def test_check_sites_counts_distinct_sites_against_min_clients(tmp_path):
+    built = compose.build(shutil.copytree(CASE_14, tmp_path / "case") / "single_site.ipynb")  # min_clients=2
+    with pytest.raises(CaiaError, match=r"^min_clients is 2 but 1 site given \(site-1\); give at least 2 sites"):
+        check_sites(built, ["site-1", "site-1"])
+    check_sites(built, ["site-1", "site-2"])
 
 
 # -- site names NVFLARE cannot use -----------------------------------------------------------------
@@ -127,14 +133,21 @@ def test_site_init_takes_the_names_nvflare_takes(tmp_path, name):
     assert sites.init(tmp_path / "s", name).name == name
 
 
-def test_submit_refuses_a_site_whose_name_nvflare_cannot_use(tmp_path, caia, write_notebook):
+def test_check_sites_refuses_a_name_nvflare_cannot_use(tmp_path, write_notebook):
     built = compose.build(write_notebook("good"), tmp_path / "bundle")
+    with pytest.raises(CaiaError, match=r"^site name 'site\.2' cannot be an NVFLARE client name"):
+        check_sites(built, ["site-1", "site.2"])
+
+
+@pytest.mark.slow
+def test_submit_refuses_a_site_whose_name_nvflare_cannot_use(tmp_path, caia, validated_good):
+    bundle = shutil.copytree(validated_good.path, tmp_path / "bundle")
     site = make_site(tmp_path / "sites", "site-1")
     meta = json.loads((site.path / "site.json").read_text())
     (site.path / "site.json").write_text(json.dumps({**meta, "name": "site.1"}))  # made before the rule, or by hand
-    code, _, err = caia("submit", built.path, "--sites", site.path, "--runs", tmp_path / "runs")
+    code, _, err = caia("submit", bundle, "--sites", site.path, "--runs", tmp_path / "runs")
     assert code == 2 and "site name 'site.1' cannot be an NVFLARE client name" in one_line_error(err)
-    code, _, err = caia("submit", built.path, "--target", "prod", "--startup-kit", tmp_path, "--username", "me",
+    code, _, err = caia("submit", bundle, "--target", "prod", "--startup-kit", tmp_path, "--username", "me",
                         "--sites", "a.b", "--runs", tmp_path / "runs")
     assert code == 2 and "site name 'a.b' cannot be an NVFLARE client name" in one_line_error(err)
     assert not (tmp_path / "runs").exists() and nvflare_processes() == []

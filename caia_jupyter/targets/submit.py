@@ -26,6 +26,7 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
     bundle's `min_clients`.
     """
     bundle = bundles.require_intact(bundle_path)
+    require_passed(bundle)
     if target == "simulator":
         from .simulator import submit as simulate
 
@@ -37,7 +38,7 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
             if site.name in named:
                 raise CaiaError(f"two site directories are named {site.name}: {named[site.name]} and {site.path}")
             named[site.name] = site.path
-        ready(bundle, list(named))
+        check_sites(bundle, list(named))
         return simulate(bundle, named, Path(runs_root))
 
     from . import remote
@@ -51,7 +52,7 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
         unknown = sorted(set(names) - set(poc.site_names))
         if unknown:
             raise CaiaError(f"the POC has no site {', '.join(unknown)}; its sites are {', '.join(poc.site_names)}")
-        ready(bundle, names)
+        check_sites(bundle, names)
         return remote.submit(bundle, names, Path(runs_root), "poc", poc.admin_kit, ADMIN, **timeout)
     if target == "prod":
         if not startup_kit or not username:
@@ -59,14 +60,14 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
         if not sites:
             raise CaiaError("--sites is required with --target prod: the site names to run at")
         names = [str(s) for s in sites]
-        ready(bundle, names)
+        check_sites(bundle, names)
         return remote.submit(bundle, names, Path(runs_root), "prod", Path(startup_kit), username, **timeout)
     raise CaiaError(f"unknown target {target!r}; use simulator, poc or prod")
 
 
-def ready(bundle: bundles.Bundle, names: list[str]) -> None:
-    """Refuse, in one line, a run that could never start: a site name NVFLARE cannot use, fewer
-    distinct sites than the bundle's `min_clients`, a bundle that has not passed validation."""
+def check_sites(bundle: bundles.Bundle, names: list[str]) -> None:
+    """Refuse, in one line (CaiaError), sites a run of `bundle` could never start with: a name NVFLARE
+    cannot use as a client name, or fewer distinct sites than the bundle's `min_clients`."""
     for name in names:
         check_site_name(name)
     sites = sorted(set(names))
@@ -75,4 +76,3 @@ def ready(bundle: bundles.Bundle, names: list[str]) -> None:
         raise CaiaError(f"min_clients is {need} but {plural(len(sites), 'site')} given ({', '.join(sites)}); give at least "
                         f"{plural(need, 'site')} with --sites, or set min_clients={len(sites)} in the %%federated header "
                         "and bundle again")
-    require_passed(bundle)
