@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 from .contracts.errors import CaiaError
-from .researcher.wording import plural
 from .researcher import compose, validation
+from .researcher.wording import plural
 from .reviewer import review, signing
 from .targets import simulator
 from .targets.demo_sites import make_sites

@@ -318,3 +318,19 @@ def test_the_readme_states_these_exit_codes():
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "Errors and refusals are one line on stderr with exit code 2 and nothing half-written" in readme
     assert "`submit` and `status` when the run ended `failed`, `refused` or `aborted`" in readme
+
+
+def test_a_run_shows_rounds_done_as_a_count(tmp_path):
+    from caia_jupyter.researcher.runs import Run
+
+    assert repr(Run(write_run(tmp_path / "run", "finished", rounds=1))).endswith(": finished, 1/1 round done>")
+
+
+def test_cli_counts_read_in_the_singular_for_one(tmp_path, caia):
+    code, out, _ = caia("site", "init", tmp_path / "s", "--name", "site-1", "--max-approval-days", "1")
+    assert code == 0 and "(approvals last at most 1 day)" in out
+    (tmp_path / "one.csv").write_text("age\n61\n")
+    code, out, _ = caia("site", "add-dataset", tmp_path / "s", "ages", tmp_path / "one.csv")
+    assert code == 0 and out.strip() == "site-1: dataset ages with 1 column"
+    code, out, _ = caia("site", "show", tmp_path / "s")
+    assert code == 0 and "policy: approvals last at most 1 day" in out

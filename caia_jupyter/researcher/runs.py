@@ -25,8 +25,8 @@ from pathlib import Path
 from ..contracts import failures as failure_reports
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
-from .wording import plural
 from . import metrics as metric_records
+from .wording import plural
 
 FINAL = ("finished", "failed", "refused", "aborted")
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
@@ -56,7 +56,7 @@ class Run:
 
     def __repr__(self) -> str:
         done, total = self.progress
-        return f"<Run {self.path.name}: {self.status}, round {done}/{total}>"
+        return f"<Run {self.path.name}: {self.status}, {done}/{plural(total, 'round')} done>"
 
     # -- what the run says about itself ------------------------------------------------
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from ..contracts import failures
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
-from ..researcher.wording import plural
 from ..researcher.runs import Run, failed_message, finished_message, local_failure_record, refused_message, start_launcher
+from ..researcher.wording import plural
 from . import nvflare_internals, tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..contracts.errors import CaiaError
-from ..researcher.wording import plural
 from ..researcher import bundle as bundles
 from ..researcher.runs import Run
 from ..researcher.validation import require_passed
+from ..researcher.wording import plural
 from ..site.sites import check_site_name, open_site
 
 
