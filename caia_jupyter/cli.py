@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .contracts.errors import CaiaError
 from .contracts.version import __version__
+from .researcher.wording import metric, plural
 from .targets.poc import DEFAULT_POC
 from .terminal import Outcome, follow, run_summary
 
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, handler, help):
-        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        # argparse %-formats a help (not a description): "%%federated" must reach it as "%%%%federated"
+        sub = commands.add_parser(name, parents=[common], help=help.replace("%", "%%"), description=help)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -167,8 +169,8 @@ def do_bundle(args, namespace=None) -> Outcome:
     bundle = build(args.notebook, args.output, namespace)
     files = bundle.manifest["files"]
     lines = [f"bundle {bundle.path}"]
-    lines += [f"  {name}  {e['size']} bytes{'  OPAQUE ' + e['python_type'] if e.get('opaque') else ''}" for name, e in files.items()]
-    lines += [f"  dataset {name}: {len(spec['columns'])} columns" for name, spec in bundle.manifest["datasets"].items()]
+    lines += [f"  {name}  {plural(e['size'], 'byte')}{'  OPAQUE ' + e['python_type'] if e.get('opaque') else ''}" for name, e in files.items()]
+    lines += [f"  dataset {name}: {plural(len(spec['columns']), 'column')}" for name, spec in bundle.manifest["datasets"].items()]
     lines.append(bundle.id)
     return Outcome(bundle, "\n".join(lines), {"bundle_id": bundle.id, "path": str(bundle.path), "manifest": bundle.manifest})
 
@@ -225,8 +227,8 @@ def do_validate(args, namespace=None) -> Outcome:
         text = f"validation FAILED: {result.error}\nexecuted notebook: {result.notebook_path}\n{bundle.id}"
         return Outcome(result, text, data, exit_code=1)
     metrics = record["result"]["final_evaluation"]
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-    text = (f"validation passed in {record['duration_s']} s: one round on {record['result']['num_samples']} sample rows; "
+    shown = ", ".join(f"{k}={metric(v)}" for k, v in metrics.items())
+    text = (f"validation passed in {record['duration_s']} s: one round on {plural(record['result']['num_samples'], 'sample row')}; "
             f"{shown}\nrecord: {result.record_path}\n{bundle.id}")
     return Outcome(result, text, data)
 
@@ -239,26 +241,14 @@ def do_review(args, namespace=None) -> Outcome:
 
 
 def do_approve(args, namespace=None) -> Outcome:
-    from .contracts.schema import mismatches
     from .researcher.bundle import require_intact
     from .reviewer.signing import approve, parse_releases
-    from .site.sites import open_site, read_dataset
+    from .site.sites import open_site
 
     bundle = require_intact(args.bundle)
     site = open_site(args.site)
     releases = parse_releases(args.dataset)
-    requested = set(bundle.manifest["datasets"])
-    if set(releases) - requested:
-        raise CaiaError(f"bundle does not request {', '.join(sorted(set(releases) - requested))}; it requests {', '.join(sorted(requested)) or 'no datasets'}")
-    unknown = sorted(set(releases.values()) - set(site.catalog))
-    if unknown:
-        raise CaiaError(f"site {site.name} has no dataset {', '.join(unknown)} in its catalog; add it with `caia site add-dataset`")
-    for name, catalog_id in releases.items():  # the guard's own check: sign nothing a site would refuse
-        problems = mismatches(bundle.manifest["datasets"][name]["columns"], read_dataset(site, catalog_id)[0])
-        if problems:
-            raise CaiaError(f"site {site.name}'s dataset {catalog_id} does not fit {name!r} as the bundle requests it: "
-                            f"{problems[0]}; nothing was signed")
-    approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output)
+    approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output, bundle=bundle)
     text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}; "
             f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
     return Outcome(approval, text, approval.to_json())
@@ -291,7 +281,7 @@ def do_site_init(args, namespace=None) -> Outcome:
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
     site = init(args.dir, args.name, days)
-    text = (f"site {site.name} created at {site.path} (approvals last at most {site.max_approval_days:g} days)"
+    text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())
@@ -306,7 +296,7 @@ def do_site_add_dataset(args, namespace=None) -> Outcome:
     notes = entry["notes"]
     columns = ", ".join(f"{c['name']} ({c['kind']}{': ' + notes[c['name']] if c['name'] in notes else ''})"
                         for c in entry["columns"])
-    text = f"{site.name}: dataset {args.dataset_id}, {describe(entry['read'])}, {len(entry['columns'])} columns: {columns}"
+    text = f"{site.name}: dataset {args.dataset_id}, {describe(entry['read'])}, {plural(len(entry['columns']), 'column')}: {columns}"
     return Outcome(entry, text, entry)
 
 
@@ -330,7 +320,7 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
                       *(f"  {problem}" for problem in data["key_problems"]),
                       f"  approvals: {len(data['approvals'])}, revocations: {len(data['revocations'])}",
-                      f"  policy: approvals last at most {site.max_approval_days:g} days"])
+                      f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}"])
     return Outcome(site, text, data)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .contracts.errors import CaiaError
 from .researcher import compose, validation
+from .researcher.wording import plural
 from .reviewer import review, signing
 from .targets import simulator
 from .targets.demo_sites import make_sites
@@ -62,8 +63,8 @@ def main(workdir: Path, say=print) -> int:
     say(f"validation passed in {result.record['duration_s']} s (one round on synthetic samples, fresh kernel)")
     say(f"review rendering: {review.render(built.path)}")
     for center in centers:
-        approval = signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key,
-                                     expires_in_days=7)
+        releases = {"breast_cancer": "breast_cancer"}
+        approval = signing.approve(center.site, built.id, releases, center.reviewer_key, expires_in_days=7, bundle=built)
         say(f"  {center.site.name} reviewer approved (key {approval.key_id}), releasing breast_cancer")
 
     site_dirs = [site.path for site in demo_sites]
@@ -86,7 +87,7 @@ def main(workdir: Path, say=print) -> int:
         say(f"  {reason}")
     if refused.status != "refused" or len(refused.refusals) != len(demo_sites):
         raise CaiaError(f"expected every site to refuse the tampered job, got {refused.status}: {refused.message}")
-    say(f"tampered job refused by all {len(demo_sites)} sites; nothing of it ran.")
+    say(f"tampered job refused by all {plural(len(demo_sites), 'site')}; nothing of it ran.")
     say(built.id)
     return 0
 

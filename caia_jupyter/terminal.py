@@ -9,6 +9,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .researcher.wording import metric, plural
+
 
 @dataclass
 class Outcome:
@@ -32,9 +34,9 @@ def follow(run, out=None, poll: float = 0.5) -> None:
         for round in sorted(set(frame["round"])):
             if printed < round < done or (status in FINAL and round > printed):
                 rows = frame[(frame["round"] == round) & (frame["name"] != "num_samples")]
-                cells = "  ".join(f"{site}: " + " ".join(f"{n}={v:.3f}" for n, v in sorted(zip(g["name"], g["value"])))
+                cells = "  ".join(f"{site}: " + " ".join(f"{n}={metric(v)}" for n, v in sorted(zip(g["name"], g["value"])))
                                   for site, g in rows.groupby("site"))
-                label = "final model" if round == total else f"round {round + 1}/{total}"
+                label = "final model" if round == total else f"round {round}"  # as ctx.round and the tables count
                 print(f"{clear}{label:>12}  {cells}", file=out, flush=True)
                 printed = round
         if status in FINAL:
@@ -42,7 +44,7 @@ def follow(run, out=None, poll: float = 0.5) -> None:
         if clear:
             filled = int(20 * done / max(total, 1))
             states = " ".join(f"{site}:{state}" for site, state in run.sites.items())
-            out.write(f"{clear}[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} rounds  {status}  {states}")
+            out.write(f"{clear}[{'#' * filled}{'.' * (20 - filled)}] {done}/{plural(total, 'round')}  {status}  {states}")
             out.flush()
         time.sleep(poll)
 
@@ -56,7 +58,7 @@ def run_summary(run) -> Outcome:
     lines += [f"  note: {note}" for note in run.notes]
     final = run.final_metrics() if run.status == "finished" else {}
     if "global" in final:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in final["global"].items() if k != "num_samples")
+        shown = ", ".join(f"{k}={metric(v)}" for k, v in final["global"].items() if k != "num_samples")
         lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
     if run.global_model:
         lines.append(f"global model: {run.global_model}")

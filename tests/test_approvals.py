@@ -1,6 +1,7 @@
 import base64
 import json
 import os
+import shutil
 import stat
 from datetime import datetime, timedelta, timezone
 
@@ -8,7 +9,7 @@ import pytest
 
 from caia_jupyter.contracts.errors import ApprovalRejected, CaiaError, SiteError
 from caia_jupyter.contracts.manifest import canonical
-from caia_jupyter.researcher import compose
+from caia_jupyter.researcher import bundle as bundles, compose
 from caia_jupyter.reviewer import keypair, signing
 from caia_jupyter.site import approvals, keys, sites
 from caia_jupyter.targets import poc as pocs
@@ -450,14 +451,16 @@ def test_revoke_refuses_a_malformed_bundle_id_and_an_untrusted_key(site, tmp_pat
     assert list(site.revocations_dir.iterdir()) == []
 
 
-def test_cli_approve_checks_the_bundle_and_catalog(site, built, caia):
+@pytest.mark.slow
+def test_cli_approve_checks_the_bundle_and_catalog(site, validated_good, caia, tmp_path):
+    built = bundles.load(shutil.copytree(validated_good.path, tmp_path / "validated"))
     key = reviewer_key(site)
     code, out, _ = caia("approve", built.path, "--site", site.path, "--key", key, "--dataset", "tiny")
     assert code == 0 and out.strip().splitlines()[-1] == built.id
     code, _, err = caia("approve", built.path, "--site", site.path, "--key", key, "--dataset", "tiny=genomes")
-    assert code == 2 and "no dataset genomes in its catalog" in err
+    assert code == 2 and "has no dataset genomes in its catalog; add it with `caia site add-dataset`" in err
     code, _, err = caia("approve", built.path, "--site", site.path, "--key", key, "--dataset", "imaging")
-    assert code == 2 and "bundle does not request imaging" in err
+    assert code == 2 and "the bundle does not request imaging; it requests tiny" in err
     (built.path / "federated.py").write_text("tampered\n")
     before = sorted(site.approvals_dir.iterdir())
     code, _, err = caia("approve", built.path, "--site", site.path, "--key", key, "--dataset", "tiny")

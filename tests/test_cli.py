@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -129,11 +130,13 @@ def test_approve_refuses_a_key_in_the_site_and_a_key_the_site_does_not_trust(rev
     assert list((site / "approvals").iterdir()) == []
 
 
-def test_approve_then_revoke(reviewed, caia):
+@pytest.mark.slow
+def test_approve_then_revoke(reviewed, caia, validated_good, tmp_path):
     from caia_jupyter.site.approvals import find_approval
     from caia_jupyter.site.sites import open_site
 
-    bundle, site, key = reviewed
+    _, site, key = reviewed
+    bundle = shutil.copytree(validated_good.path, tmp_path / "validated")  # approve signs only a validated bundle
     code, out, _ = caia("approve", bundle, "--site", site, "--key", key, "--dataset", "tiny", "--expires-in", "2", "--json")
     bundle_id = json.loads(out)["bundle_id"]
     assert code == 0 and find_approval(open_site(site), bundle_id, {"tiny"})[0] is not None

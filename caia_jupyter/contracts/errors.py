@@ -33,9 +33,8 @@ class BundleError(CaiaError):
 
 
 class ValidationFailed(CaiaError):
-    """Local validation of a bundle failed."""
-
-    exit_code = 1
+    """A bundle has not passed local validation, so it is not submitted or approved (exit 2, as
+    every refusal; `caia validate` itself exits 1 when validation fails)."""
 
 
 class SiteError(CaiaError):

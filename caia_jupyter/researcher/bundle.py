@@ -22,6 +22,7 @@ from ..contracts.errors import BundleError
 from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, read_json
 from ..contracts.manifest import Manifest, bundle_id, canonical
+from .wording import plural
 
 CELL_MARK = "# ---- federated cell {} ----"  # composing writes it above each cell; the review splits there
 
@@ -99,7 +100,7 @@ def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None
         data = present[name]
         digest = hashlib.sha256(data).hexdigest()
         if entry.get("size") != len(data):
-            problems.append(f"file {name}: size {len(data)} bytes, manifest says {entry.get('size')}")
+            problems.append(f"file {name}: size {plural(len(data), 'byte')}, manifest says {entry.get('size')}")
         if entry.get("sha256") != digest:
             problems.append(f"file {name}: sha256 {digest[:16]}…, manifest says {str(entry.get('sha256'))[:16]}…")
         else:

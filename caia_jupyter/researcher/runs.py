@@ -29,6 +29,7 @@ from ..contracts import weights
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from . import metrics as metric_records
+from .wording import plural
 
 FINAL = ("finished", "failed", "refused", "aborted")
 SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
@@ -59,7 +60,7 @@ class Run:
 
     def __repr__(self) -> str:
         done, total = self.progress
-        return f"<Run {self.path.name}: {self.status}, round {done}/{total}>"
+        return f"<Run {self.path.name}: {self.status}, {done}/{plural(total, 'round')} done>"
 
     # -- what the run says about itself ------------------------------------------------
 
@@ -268,7 +269,7 @@ def site_states(sites, admissions: dict, status: dict, outcome: dict, failed: se
 def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:
     """Why a run did not start: too few sites admitted its bundle."""
     refused = ", ".join(s for s in sites if s not in admitted)
-    return (f"{len(admitted)} of {len(sites)} sites admitted the bundle (refused: {refused}); "
+    return (f"{len(admitted)} of {plural(len(sites), 'site')} admitted the bundle (refused: {refused}); "
             f"min_clients is {min_clients}, so the run did not start")
 
 
@@ -278,7 +279,7 @@ def finished_message(status: dict, sites: list[str], min_clients: int, reasons: 
     trained = status.get("sites", [])
     gone = [s for s in sites if s not in trained]
     note = f"; continued without {', '.join(gone)} (min_clients {min_clients})" if gone else ""
-    return f"{status['rounds_done']} rounds with {', '.join(trained)}{note}{departures(status, reasons)}"
+    return f"{plural(status['rounds_done'], 'round')} with {', '.join(trained)}{note}{departures(status, reasons)}"
 
 
 def ended_message(status: dict, reasons: dict[str, str]) -> str:

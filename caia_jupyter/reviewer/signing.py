@@ -12,24 +12,45 @@ from __future__ import annotations
 import base64
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fsutil import write_json
 from ..contracts.manifest import BUNDLE_ID, canonical
+from ..researcher.validation import require_passed
 from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
                               approval_times, iso, latest_revocation, revocation_from)
+from ..site.guard import Unfit, release_of
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, valid_days
+
+if TYPE_CHECKING:
+    from ..researcher.bundle import Bundle
 
 DEFAULT_EXPIRES_IN_DAYS = 30
 
 
+def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str]) -> None:
+    """Refuse, before anything is signed, a release `site` would not admit: `bundle` must have passed
+    validation, and `releases` (requested name -> catalog id) must pass the very check the site's
+    guard makes at admission (`guard.release_of`). Raises CaiaError in one line naming the bundle,
+    or the dataset and the column."""
+    try:
+        release_of(site, bundle.manifest["datasets"], releases)
+    except Unfit as e:
+        detail = f" ({e.detail})" if e.detail else ""  # the reviewer works at the site: its details may show
+        raise CaiaError(f"site {site.name} would refuse this release: {e}{detail}{'; ' + e.fix if e.fix else ''}") from e
+    require_passed(bundle)
+
+
 def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str | Path,
-            expires_in_days: float | None = None, output: Path | None = None, now: datetime | None = None) -> Approval:
+            expires_in_days: float | None = None, output: Path | None = None, now: datetime | None = None,
+            bundle: Bundle | None = None) -> Approval:
     """Sign an approval with the reviewer key in `key_file` and store it in the site's approvals
-    (or at `output`).
+    (or at `output`). Given the `bundle` itself (as `caia approve` gives it), first refuse what the
+    site would not admit (`check_admissible`).
 
     `expires_in_days` (default: 30, or the site's policy if shorter) must be a finite positive
     number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime, SiteError
@@ -44,6 +65,10 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
         raise CaiaError(f"--expires-in {expires_in_days} must be a finite number of days above 0 and at most "
                         f"{site.max_approval_days:g} (site {site.name}'s policy)")
     private = signing_key(site, key_file)
+    if bundle is not None:
+        if bundle.id != bundle_id:
+            raise CaiaError(f"bundle {bundle.short_id} is not the bundle {bundle_id} to approve")
+        check_admissible(site, bundle, datasets)
     issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     revoked = latest_revocation(site, bundle_id)
     if revoked is not None and revoked.covers_until >= issued:

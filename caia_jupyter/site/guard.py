@@ -47,6 +47,47 @@ class Refusal(CaiaError):
     """A site refuses to run a deployed app; the message is safe to show the researcher."""
 
 
+class Unfit(CaiaError):
+    """A release a site does not admit: the message is safe to show the researcher; `detail` (the
+    site's own words) and `fix` are for the site's reviewers and admin."""
+
+    def __init__(self, reason: str, detail: str = "", fix: str = ""):
+        super().__init__(reason)
+        self.detail, self.fix = detail, fix
+
+
+def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str]) -> dict[str, dict]:
+    """What `site` releases to a bundle requesting `requested` (its manifest's "datasets": name ->
+    {"columns": schema}) under `releases` (requested name -> catalog id): name -> {"path": absolute
+    path, "read": how the table is read (`schema.detect`), "columns": the requested schema}. Admission and `caia approve` both check with this,
+    so a reviewer cannot sign what the guard would refuse.
+
+    Raises Unfit (one line naming the dataset and, for a schema that does not fit, the column) for
+    no release when datasets are requested, a name the bundle does not request, a catalog id the
+    site lacks, a file that cannot be read or a missing column or one of another kind.
+    """
+    if requested and not releases:
+        raise Unfit(f"the bundle requests {', '.join(sorted(requested))} and no dataset is released to it",
+                    fix="release each with --dataset NAME=CATALOG_ID")
+    extra = sorted(set(releases) - set(requested))
+    if extra:
+        raise Unfit(f"the bundle does not request {', '.join(extra)}; it requests {', '.join(sorted(requested)) or 'no datasets'}")
+    released = {}
+    for name, catalog_id in releases.items():
+        if catalog_id not in site.catalog:
+            raise Unfit(f"the site has no dataset {catalog_id} in its catalog", fix="add it with `caia site add-dataset`")
+        try:
+            frame, source = read_dataset(site, catalog_id)
+        except CaiaError as e:
+            raise Unfit(f"released dataset {catalog_id} cannot be read at this site", str(e)) from e
+        wanted = requested[name]["columns"]
+        problems = schema.mismatches(wanted, frame)
+        if problems:
+            raise Unfit(f"released dataset {catalog_id} does not fit the requested schema of {name!r}: {'; '.join(problems)}")
+        released[name] = {**source, "columns": wanted}  # ctx.dataset reads the table as it was read here
+    return released
+
+
 def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> Release:
     """The release of a deployed app at `site`, or Refusal. Raises nothing else for a bad app;
     a broken site directory may raise (admit turns that into a refusal)."""
@@ -77,18 +118,10 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> R
     if approval is None:
         refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id")
 
-    released = {}
-    for name, catalog_id in approval.datasets.items():
-        try:
-            frame, source = read_dataset(site, catalog_id)
-        except CaiaError as e:
-            refuse(f"released dataset {catalog_id} cannot be read at this site", str(e))
-        wanted = manifest["datasets"][name]["columns"]
-        problems = schema.mismatches(wanted, frame)
-        if problems:
-            refuse(f"released dataset {catalog_id} does not fit the requested schema of {name!r}: {'; '.join(problems)}")
-        # ctx.dataset reads the table the way it was read here
-        released[name] = {**source, "columns": wanted}
+    try:
+        released = release_of(site, manifest["datasets"], approval.datasets)
+    except Unfit as e:
+        refuse(str(e), e.detail)
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
                    {name: entry["sha256"] for name, entry in listed.items()})

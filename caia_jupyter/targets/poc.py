@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import write_json
+from ..researcher.wording import plural
 
 DEFAULT_POC = Path.home() / ".caia" / "poc"
 MARKER = "caia-poc.json"
@@ -157,7 +158,7 @@ def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, say=print
     except BaseException:
         down(poc.workspace, say=lambda *a: None)
         raise
-    say(f"POC up: {len(names)} sites connected; admin kit {poc.admin_kit}")
+    say(f"POC up: {plural(len(names), 'site')} connected; admin kit {poc.admin_kit}")
     return poc
 
 

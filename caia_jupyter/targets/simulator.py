@@ -26,6 +26,7 @@ from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
 from ..researcher.runs import (Run, describe_failures, ended_message, finished_message, local_failure_record, refused_message,
                                start_launcher)
+from ..researcher.wording import plural
 from . import nvflare_internals, tuning
 
 if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, jsonschema: ~1 s)
@@ -105,7 +106,7 @@ def launch(run_dir: Path) -> int:
             self.client_names = [s for s in self.client_names if admissions[s]["state"] == "approved"]
             self.args.threads = max(len(self.client_names), 1)  # one long-lived worker per site, no respawns
             if len(self.client_names) < min_clients:
-                raise RuntimeError(f"only {len(self.client_names)} of {len(sites)} sites admitted the bundle")
+                raise RuntimeError(f"only {len(self.client_names)} of {plural(len(sites), 'site')} admitted the bundle")
 
         def setup(self):
             tuning.fork_workers(simulator_runner)

@@ -8,7 +8,8 @@ from ..contracts.errors import CaiaError
 from ..researcher import bundle as bundles
 from ..researcher.runs import Run
 from ..researcher.validation import require_passed
-from ..site.sites import open_site
+from ..researcher.wording import plural
+from ..site.sites import check_site_name, open_site
 
 
 def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, target: str = "simulator",
@@ -19,6 +20,10 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
     simulator: `sites` are site directories on this machine.
     poc: `sites` are site names of the POC at `poc_workspace` (default: all of them).
     prod: `sites` are site names of the federation `startup_kit` (an admin kit) reaches as `username`.
+
+    Before anything starts (no run directory, no NVFLARE process), raises CaiaError (exit 2) for a
+    bundle not intact or not validated, a site name NVFLARE cannot use, or fewer sites than the
+    bundle's `min_clients`.
     """
     bundle = bundles.require_intact(bundle_path)
     require_passed(bundle)
@@ -33,6 +38,7 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
             if site.name in named:
                 raise CaiaError(f"two site directories are named {site.name}: {named[site.name]} and {site.path}")
             named[site.name] = site.path
+        check_sites(bundle, list(named))
         return simulate(bundle, named, Path(runs_root))
 
     from . import remote
@@ -46,11 +52,27 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
         unknown = sorted(set(names) - set(poc.site_names))
         if unknown:
             raise CaiaError(f"the POC has no site {', '.join(unknown)}; its sites are {', '.join(poc.site_names)}")
+        check_sites(bundle, names)
         return remote.submit(bundle, names, Path(runs_root), "poc", poc.admin_kit, ADMIN, **timeout)
     if target == "prod":
         if not startup_kit or not username:
             raise CaiaError("--target prod needs --startup-kit DIR (your admin kit) and --username NAME")
         if not sites:
             raise CaiaError("--sites is required with --target prod: the site names to run at")
-        return remote.submit(bundle, [str(s) for s in sites], Path(runs_root), "prod", Path(startup_kit), username, **timeout)
+        names = [str(s) for s in sites]
+        check_sites(bundle, names)
+        return remote.submit(bundle, names, Path(runs_root), "prod", Path(startup_kit), username, **timeout)
     raise CaiaError(f"unknown target {target!r}; use simulator, poc or prod")
+
+
+def check_sites(bundle: bundles.Bundle, names: list[str]) -> None:
+    """Refuse, in one line (CaiaError), sites a run of `bundle` could never start with: a name NVFLARE
+    cannot use as a client name, or fewer distinct sites than the bundle's `min_clients`."""
+    for name in names:
+        check_site_name(name)
+    sites = sorted(set(names))
+    need = bundle.manifest["job"]["min_clients"]
+    if len(sites) < need:
+        raise CaiaError(f"min_clients is {need} but {plural(len(sites), 'site')} given ({', '.join(sites)}); give at least "
+                        f"{plural(need, 'site')} with --sites, or set min_clients={len(sites)} in the %%federated header "
+                        "and bundle again")

@@ -94,7 +94,7 @@ export class FederatedPanel extends Widget {
       approval.className = `caia-${site.approval}`;
       row.insertCell().textContent = site.detail;
     }
-    const job = `${state.job.rounds} rounds, min_clients ${state.job.min_clients}, datasets: ${state.datasets.join(', ') || 'none'}`;
+    const job = `${state.job.rounds} ${state.job.rounds === 1 ? 'round' : 'rounds'}, min_clients ${state.job.min_clients}, datasets: ${state.datasets.join(', ') || 'none'}`;
     this.summary.append(
       element('h3', {}, 'Bundle'), id, element('p', {}, job),
       element('h3', {}, 'Validation'), validation,
@@ -176,7 +176,7 @@ export class FederatedPanel extends Widget {
     const charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
     drawCharts(charts, this.records, sites, state.rounds);
     this.runView.replaceChildren(element('h3', {}, 'Run'), status, progress,
-      element('span', {}, ` round ${state.rounds_done} of ${state.rounds}`), table, charts);
+      element('span', {}, ` ${state.rounds_done} of ${state.rounds} ${state.rounds === 1 ? 'round' : 'rounds'} done`), table, charts);
   }
 
   private say(text: string, error = false): void {

@@ -1,0 +1,15 @@
+"""How every surface words counts and metric values, so they read the same everywhere."""
+
+from __future__ import annotations
+
+
+def plural(count: int | float, noun: str, many: str | None = None) -> str:
+    """`count` and its noun, singular only for 1: "1 round", "0 sites", "1.5 days", "2 entries"
+    (many="entries"). A float is shown as `:g` shows it."""
+    shown = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{shown} {noun if count == 1 else many or noun + 's'}"
+
+
+def metric(value: float) -> str:
+    """A metric value with 4 significant digits: 0.00075 stays 0.00075, 0.912345 is 0.9123, 12345.6 is 1.235e+04."""
+    return f"{value:.4g}"
