@@ -219,7 +219,7 @@ def test_plurals():
     assert [plural(n, "round") for n in (0, 1, 2)] == ["0 rounds", "1 round", "2 rounds"]
     assert plural(1, "site") == "1 site" and plural(1.0, "day") == "1 day" and plural(1.5, "day") == "1.5 days"
     assert plural(3, "entry", "entries") == "3 entries"
-    assert finished_message(1, ["site-1"], ["site-1"], ["site-1"], 1) == "1 round with site-1"
+    assert finished_message({"rounds_done": 1, "sites": ["site-1"]}, ["site-1"], 1, {}) == "1 round with site-1"
     assert refused_message([], ["site-1"], 1).startswith("0 of 1 site admitted the bundle (refused: site-1)")
 
 
@@ -331,6 +331,6 @@ def test_cli_counts_read_in_the_singular_for_one(tmp_path, caia):
     assert code == 0 and "(approvals last at most 1 day)" in out
     (tmp_path / "one.csv").write_text("age\n61\n")
     code, out, _ = caia("site", "add-dataset", tmp_path / "s", "ages", tmp_path / "one.csv")
-    assert code == 0 and out.strip() == "site-1: dataset ages with 1 column"
+    assert code == 0 and out.strip() == "site-1: dataset ages, ','-separated, decimal '.', UTF-8, 1 column: age (int)"
     code, out, _ = caia("site", "show", tmp_path / "s")
     assert code == 0 and "policy: approvals last at most 1 day" in out

@@ -41,7 +41,8 @@ def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str]) -> No
         release_of(site, bundle.manifest["datasets"], releases)
     except Unfit as e:
         detail = f" ({e.detail})" if e.detail else ""  # the reviewer works at the site: its details may show
-        raise CaiaError(f"site {site.name} would refuse this release: {e}{detail}{'; ' + e.fix if e.fix else ''}") from e
+        raise CaiaError(f"site {site.name} would refuse this release: {e}{detail}{'; ' + e.fix if e.fix else ''}; "
+                        "nothing was signed") from e
     require_passed(bundle)
 
 
