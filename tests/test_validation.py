@@ -71,3 +71,19 @@ def test_submit_gate_requires_a_passing_record_for_the_exact_id(validated_good, 
     (copy.records / "validation.json").write_text(json.dumps(record))
     with pytest.raises(ValidationFailed, match="has not been validated"):
         validation.require_passed(copy)
+
+
+def test_two_validations_at_once_in_one_process_both_pass(tmp_path):
+    """The Jupyter server validates in a thread pool; papermill changes the process's working folder."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import corpus
+    from caia_jupyter.researcher import compose, validation
+
+    built = [compose.build(corpus.write("good", tmp_path / name)) for name in ("a", "b")]
+    before = os.getcwd()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(validation.validate, built))
+    assert [r.passed for r in results] == [True, True], [r.error for r in results]
+    assert os.getcwd() == before

@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -28,6 +29,10 @@ from ..contracts.fsutil import write_atomic, write_json
 from ..contracts.version import __version__
 from .bundle import Bundle
 
+# papermill runs a notebook in its `cwd` by changing the whole process's working directory, and the
+# kernel's IPC sockets are named relative to it: one validation at a time in a process (the Jupyter
+# server validates in a thread pool), each in its own temporary folder.
+_ONE_AT_A_TIME = threading.Lock()
 VERSIONS_OF = ("caia-jupyter", "nvflare", "torch", "numpy", "pandas", "papermill", "ipykernel", "cloudpickle")
 
 SETUP = """\
@@ -109,17 +114,18 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
             datasets[name] = {"path": f"samples/{name}.csv", "columns": bundle.manifest["datasets"][name]["columns"]}
         nbformat.write(validation_notebook(bundle), source)
         failure = None
-        try:
-            papermill.execute_notebook(
-                str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
-                kernel_manager_class=LocalKernelManager,
-                parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
-                            "report_path": report.name,
-                            "params": bundle.manifest["job"]["params"], "datasets": datasets},
-                execution_timeout=timeout, log_output=False,
-            )
-        except papermill.PapermillExecutionError as e:
-            failure = e
+        with _ONE_AT_A_TIME:
+            try:
+                papermill.execute_notebook(
+                    str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
+                    kernel_manager_class=LocalKernelManager,
+                    parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
+                                "report_path": report.name,
+                                "params": bundle.manifest["job"]["params"], "datasets": datasets},
+                    execution_timeout=timeout, log_output=False,
+                )
+            except papermill.PapermillExecutionError as e:
+                failure = e
         duration = time.monotonic() - clock
         if not executed.is_file():
             raise CaiaError(f"the validation kernel produced no notebook for {bundle.path}; check that ipykernel works")
