@@ -146,6 +146,116 @@ def test_one_column_table_reads_as_one_column(tmp_path):
     assert schema.columns_of(table) == [{"name": "age", "kind": "int"}]
 
 
+
+@pytest.mark.parametrize("text", ["age,size\n61,2.5,\n70,3.1,\n", "age;size\n61;2,5;\n70;3,1;\n",
+                                  "age|size\n61|2.5|\n70|3.1|\n"])
+def test_rows_ending_in_a_separator_keep_their_columns(tmp_path, text):
+    """Some exports end every row with a separator: the values stay under their names."""
+    site = new_site(tmp_path)
+    table = tmp_path / "trailing.csv"
+    table.write_text(text)
+    entry = sites.add_dataset(site, "t", table)
+    assert entry["columns"] == [{"name": "age", "kind": "int"}, {"name": "size", "kind": "float"}]
+    frame, _ = sites.read_dataset(site, "t")
+    assert frame["age"].tolist() == [61, 70] and frame["size"].tolist() == [2.5, 3.1]
+
+
+def test_a_one_column_file_of_decimal_commas_is_refused_as_ambiguous(tmp_path, caia):
+    site = new_site(tmp_path)
+    table = tmp_path / "weight.csv"
+    table.write_text("weight\n1,5\n2,5\n")
+    code, out, err = caia("site", "add-dataset", site.path, "w", table)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"dataset file {table} has one column, but its rows hold ','" in err
+    assert "decimal comma or two values; write decimals as 1.5" in err
+    assert catalog_file(site)["datasets"] == {}
+
+
+def test_a_value_beyond_the_header_is_refused_not_dropped(tmp_path):
+    table = tmp_path / "extra.csv"
+    table.write_text("a,b\n1,2,\n3,4,5\n")  # the first row's empty extra value is a trailing separator; 5 is not
+    with pytest.raises(SiteError, match="has rows with more values than its header names; name every column"):
+        schema.read_table(table)
+
+
+def test_decimal_commas_only_past_the_head_make_a_float_column(tmp_path):
+    table = tmp_path / "late_comma.csv"
+    table.write_text("size;label\n" + "1;2\n" * 20_000 + "1,5;2\n")  # the head shows only whole numbers
+    read = schema.detect(table)
+    assert read["decimal"] == ","
+    frame = schema.read_table(table, read)
+    assert schema.schema_of(frame) == [{"name": "size", "kind": "float"}, {"name": "label", "kind": "int"}]
+    assert frame["size"].iloc[-1] == 1.5
+
+
+@pytest.mark.parametrize("first, later", [("1,5", "1.5"), ("1.5", "1,5")])
+def test_both_decimal_marks_are_refused_wherever_the_second_one_is(tmp_path, first, later):
+    table = tmp_path / "both_late.csv"
+    table.write_text("size;label\n" + f"{first};2\n" * 20_000 + f"{later};2\n")
+    with pytest.raises(SiteError, match=r"both as 1,5 and as 1\.5; export it with one decimal mark"):
+        schema.read_table(table)
+
+
+def test_a_file_that_gained_decimal_commas_since_it_was_registered_is_refused(tmp_path):
+    site = new_site(tmp_path)
+    table = tmp_path / "t.csv"
+    table.write_text("code;label\nA7;1\n")
+    sites.add_dataset(site, "t", table)
+    ctx = context(site, "t", [{"name": "code", "kind": "str"}], name="t")
+    table.write_text("code;label\nA7;1\n1,5;2\n")
+    with pytest.raises(SiteError, match=r"writes decimal numbers as 1,5 but is recorded to be read with decimal '\.'; "
+                                        r"register it again with `caia site add-dataset --replace`") as changed:
+        ctx.dataset("t")
+    assert changed.value.failure == "dataset_unreadable"
+
+
+def test_a_table_wider_than_the_sniffed_head_registers(tmp_path):
+    site = new_site(tmp_path)
+    table = tmp_path / "genes.csv"
+    names = [f"gene_{i:05d}" for i in range(12_000)]  # a header line of 132 KB
+    table.write_text(";".join(names) + "\n" + ";".join("1,5" for _ in names) + "\n")
+    entry = sites.add_dataset(site, "genes", table)
+    assert entry["read"]["separator"] == ";" and entry["read"]["decimal"] == ","
+    assert entry["columns"] == [{"name": name, "kind": "float"} for name in names]
+
+
+def test_a_truncated_gzip_export_is_refused_in_one_line_everywhere(tmp_path, caia):
+    rows = "".join(f"{i * 0.37 % 1:.6f},{i * 7919 % 10007}\n" for i in range(60_000))
+    whole = gzip.compress(("size,label\n" + rows).encode())
+    table = tmp_path / "t.csv.gz"
+    table.write_bytes(whole[:len(whole) // 2])  # the head decompresses; the end of the stream is missing
+    site = new_site(tmp_path)
+    code, out, err = caia("site", "add-dataset", site.path, "t", table)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"dataset file {table} is not readable CSV (','-separated" in err
+    assert "Compressed file ended before the end-of-stream marker" in err
+    assert catalog_file(site)["datasets"] == {}
+    table.write_bytes(whole)
+    sites.add_dataset(site, "t", table)
+    ctx = context(site, "t", [{"name": "size", "kind": "float"}], name="t")
+    table.write_bytes(whole[:len(whole) // 2])  # cut short after admission
+    with pytest.raises(SiteError, match="is not readable CSV") as cut:
+        ctx.dataset("t")
+    assert cut.value.failure == "dataset_unreadable"
+
+
+def test_a_csv_whose_first_column_is_named_par1_is_a_csv(tmp_path):
+    table = tmp_path / "genes.csv"
+    table.write_text("PAR1,age\n1,2\n3,4\n")
+    assert schema.detect(table)["format"] == "csv"
+    assert schema.columns_of(table) == [{"name": "PAR1", "kind": "int"}, {"name": "age", "kind": "int"}]
+
+
+def test_parquet_is_known_by_its_magic_at_both_ends_or_by_its_name(tmp_path):
+    data = tmp_path / "export.bin"
+    pd.DataFrame({"a": range(100)}).to_parquet(data)
+    assert schema.detect(data) == {"format": "parquet"}
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data.read_bytes()[:200])  # a copy cut short: still Parquet, refused as such
+    with pytest.raises(SiteError, match="is not readable Parquet"):
+        schema.read_table(cut)
+
+
 # encodings
 
 def test_utf8_with_byte_order_mark_reads_clean_column_names(tmp_path):

@@ -10,7 +10,9 @@ Every table is read by `read_table`, whole, the same way everywhere (a site's ca
 a column with a blank in its last row is float wherever it is read. How to read a file (`detect`)
 is decided from its bytes: Parquet, or CSV text in UTF-8 (with or without a byte order mark), with
 `,` `;` tab or `|` between columns and `.` or `,` as decimal mark; a site records it at
-`add-dataset` so that every later read of that dataset is the same read.
+`add-dataset` so that every later read of that dataset is the same read. The separator comes from
+the file's head; the decimal mark holds for the whole file (`read_table` refuses a file that also
+writes numbers the other way, wherever they are).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import codecs
 import csv
 import gzip
 import re
+import warnings
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -29,77 +33,138 @@ KINDS = ("bool", "int", "float", "datetime", "str")
 SEPARATORS = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
 DECIMALS = (".", ",")
 ENCODINGS = ("utf-8", "utf-8-sig")  # UTF-8, and UTF-8 that starts with a byte order mark
-SNIFF_BYTES = 64 * 1024  # the head of a CSV that decides its separator and decimal mark
+SNIFF_BYTES = 64 * 1024  # the head of a CSV that decides its separator (and its decimal mark, checked on the whole file)
+SNIFF_LINES = 20  # ... extended to this many lines, so a wide table's head holds its header and rows
+PARQUET_MAGIC = b"PAR1"  # at the start and at the end of every Parquet file
+PARQUET_SUFFIXES = (".parquet", ".pq")
 INT_WITH_MISSING = "integers with missing values"
 _COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
 _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+")
 
 
 def detect(path: str | Path) -> dict:
-    """How to read the table at `path`, from its bytes (never from its name).
+    """How to read the table at `path`, from its bytes: Parquet by its magic bytes at both ends
+    (or a name ending .parquet or .pq), else CSV.
 
     Returns {"format": "parquet"} or {"format": "csv", "separator": one of SEPARATORS,
     "decimal": "." or ",", "encoding": "utf-8" or "utf-8-sig", "compression": None or "gzip"}.
+    The separator is decided from the head (at least SNIFF_BYTES and SNIFF_LINES lines), the
+    decimal mark from the whole file: a `;`, tab or `|` file with no decimal comma in its head is
+    read whole to find any later one.
     Raises SiteError (one line naming what was found and the fix) for a missing or empty file,
     a spreadsheet, text that is not UTF-8, or a CSV whose separator or decimal mark is ambiguous.
     """
     path = Path(path)
-    head = _head(path)
-    if head.startswith(b"PAR1"):
+    if _is_parquet(path):
         return {"format": "parquet"}
+    head, whole = _head(path, open)
     if head.startswith(b"PK\x03\x04"):
         raise SiteError(f"dataset file {path} is a ZIP archive (an Excel workbook?); save the sheet as CSV (UTF-8) or Parquet")
     compression = None
     if head.startswith(b"\x1f\x8b"):
         compression = "gzip"
-        with gzip.open(path) as file:
-            head = _read_head(path, file)
+        head, whole = _head(path, gzip.open)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise SiteError(f"dataset file {path} is UTF-16 text; re-save it as UTF-8, e.g. "
                         f"`iconv -f utf-16 -t utf-8 {path} > {_utf8_name(path)}`")
     encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
     try:
-        text = codecs.getincrementaldecoder(encoding)().decode(head, final=len(head) < SNIFF_BYTES)
+        text = codecs.getincrementaldecoder(encoding)().decode(head, final=whole)
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from None
     lines = [line for line in text.splitlines() if line.strip()]
-    if len(head) >= SNIFF_BYTES:
+    if not whole:
         lines = lines[:-1]  # the last line may be cut
     if not lines:
         raise SiteError(f"dataset file {path} is empty; export the table with a header row and its rows")
     separator = _separator(path, lines)
-    return {"format": "csv", "separator": separator, "decimal": _decimal(path, lines[1:], separator),
+    read = {"format": "csv", "separator": separator, "decimal": _decimal(path, lines[1:], separator),
             "encoding": encoding, "compression": compression}
+    if not whole and separator != "," and read["decimal"] == "." and _marks(_read(path, read))[0]:
+        read["decimal"] = ","  # decimal commas past the head: read_table now refuses any 1.5 as well
+    return read
 
 
 def read_table(path: str | Path, read: dict | None = None) -> pd.DataFrame:
     """The whole table at `path` (at least one row), read as `read` says (a `detect` result;
     default: `detect(path)`).
 
-    Raises SiteError (one line) for a file that is missing, cannot be read that way, is not UTF-8,
-    or has no rows.
+    Raises SiteError (one line) for a file that is missing, cannot be read that way (cut short,
+    corrupt, not UTF-8, rows with more values than the header names), has no rows, or writes
+    decimal numbers both as 1,5 and as 1.5 (or as 1,5 where `read` says decimal '.').
     """
     path = Path(path)
     _exists(path)
     read = detect(path) if read is None else _checked(path, read)
-    try:
-        if read["format"] == "parquet":  # the Parquet schema's own types, not dtypes pandas wrote beside them
-            import pyarrow.parquet
-
-            frame = pyarrow.parquet.read_table(path).to_pandas(ignore_metadata=True)
-        else:  # low_memory=False: pandas infers each column's type from all its rows at once
-            frame = pd.read_csv(path, sep=read["separator"], decimal=read["decimal"], encoding=read["encoding"],
-                                compression=read["compression"], low_memory=False)
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, e) from None
-    except (ValueError, OSError, pd.errors.ParserError) as e:  # pyarrow's errors are ValueError or OSError
-        what = "Parquet" if read["format"] == "parquet" else f"CSV ({describe(read)})"
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SiteError(f"dataset file {path} is not readable {what}: {reason}") from e
+    frame = _read(path, read)
+    if read["format"] == "csv" and read["separator"] != ",":
+        comma, point = _marks(frame)
+        if point and (comma or read["decimal"] == ","):
+            raise SiteError(f"dataset file {path} writes decimal numbers both as 1,5 and as 1.5; "
+                            "export it with one decimal mark")
+        if comma and read["decimal"] == ".":
+            raise SiteError(f"dataset file {path} writes decimal numbers as 1,5 but is recorded to be read with "
+                            "decimal '.'; register it again with `caia site add-dataset --replace`")
     if len(frame.index) == 0:
         what = "Parquet file" if read["format"] == "parquet" else "CSV"
         raise SiteError(f"dataset file {path}: the {what} has a header but no rows; export the table with its rows")
     return frame
+
+
+def _read(path: Path, read: dict) -> pd.DataFrame:
+    """The table at `path` read as `read` says, as pandas types it; every failure to read it is a
+    one-line SiteError, whatever the layer that failed (gzip, zlib, the CSV parser, pyarrow)."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        if read["format"] == "parquet":  # the Parquet schema's own types, not dtypes pandas wrote beside them
+            return pyarrow.parquet.read_table(path).to_pandas(ignore_metadata=True)
+        with warnings.catch_warnings():
+            # index_col=False: a row ending in a separator is not shifted under a first-column index; pandas drops
+            # such empty last values, and warns only when a dropped value is not empty: that is refused
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # low_memory=False: pandas infers each column's type from all its rows at once
+            return pd.read_csv(path, index_col=False, low_memory=False, **_csv_options(read))
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
+    except pd.errors.ParserWarning:
+        raise _longer_rows(path, read) from None
+    except (ValueError, OSError, EOFError, zlib.error, pyarrow.ArrowException) as e:
+        what = "Parquet" if read["format"] == "parquet" else f"CSV ({describe(read)})"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SiteError(f"dataset file {path} is not readable {what}: {reason}") from e
+
+
+def _csv_options(read: dict) -> dict:
+    return {"sep": read["separator"], "decimal": read["decimal"], "encoding": read["encoding"],
+            "compression": read["compression"]}
+
+
+def _longer_rows(path: Path, read: dict) -> SiteError:
+    """Rows with more values than the header names: for one column of `1,5`, a decimal comma or two values?"""
+    try:
+        names = len(pd.read_csv(path, nrows=0, **_csv_options(read)).columns)
+    except (ValueError, OSError, EOFError, zlib.error):
+        names = 0
+    if names == 1:
+        return SiteError(f"dataset file {path} has one column, but its rows hold {SEPARATORS[read['separator']]}: "
+                         "a value like 1,5 may be a decimal comma or two values; write decimals as 1.5, "
+                         "or name every column in the header")
+    return SiteError(f"dataset file {path} ({describe(read)}) has rows with more values than its header names; "
+                     "name every column in the header, or remove the extra values")
+
+
+def _marks(frame: pd.DataFrame) -> tuple[bool, bool]:
+    """Whether text cells of `frame` are numbers written 1,5 and written 1.5. A number written with
+    the mark the table was read with is read as a number, so a mark found here is one the read missed."""
+    comma = point = False
+    for name in frame.columns:
+        if kind_of(frame[name].dtype) == "str":
+            cells = frame[name].dropna().astype(str).str.strip()
+            comma = comma or bool(cells.str.fullmatch(_COMMA_NUMBER.pattern).any())
+            point = point or bool(cells.str.fullmatch(_POINT_NUMBER.pattern).any())
+    return comma, point
 
 
 def describe(read: dict) -> str:
@@ -169,28 +234,49 @@ def _exists(path: Path) -> None:
         raise SiteError(f"dataset file {path} does not exist")
 
 
-def _head(path: Path) -> bytes:
+def _is_parquet(path: Path) -> bool:
+    """Parquet by its name, or by its magic bytes at both ends (a CSV may start with a column named PAR1)."""
     _exists(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
     try:
         with path.open("rb") as file:
-            return _read_head(path, file)
+            if file.read(len(PARQUET_MAGIC)) != PARQUET_MAGIC or path.stat().st_size < 3 * len(PARQUET_MAGIC):
+                return False
+            file.seek(-len(PARQUET_MAGIC), 2)
+            return file.read() == PARQUET_MAGIC
     except OSError as e:
         raise SiteError(f"dataset file {path} cannot be read: {e.strerror or e}") from e
 
 
-def _read_head(path: Path, file) -> bytes:
+def _head(path: Path, opener) -> tuple[bytes, bool]:
+    """The first SNIFF_BYTES of the file (`opener`: open or gzip.open), extended until they hold
+    SNIFF_LINES lines; and whether that is the whole file."""
     try:
-        return file.read(SNIFF_BYTES)
-    except (OSError, EOFError) as e:
-        raise SiteError(f"dataset file {path} cannot be read: {e}") from e
+        with opener(path, "rb") as file:
+            head, size = b"", SNIFF_BYTES
+            while True:
+                chunk = file.read(size)
+                head += chunk
+                if len(chunk) < size:
+                    return head, True
+                if max(head.count(b"\n"), head.count(b"\r")) > SNIFF_LINES:
+                    return head, False
+                size = len(head)  # doubling: a wide header is read in a few reads
+    except (OSError, EOFError, zlib.error) as e:
+        raise SiteError(f"dataset file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
 
 
 def _separator(path: Path, lines: list[str]) -> str:
-    """The column separator of a CSV's first lines, by csv.Sniffer among SEPARATORS; ',' for one column."""
-    try:
-        separator = csv.Sniffer().sniff("\n".join(lines), delimiters="".join(SEPARATORS)).delimiter
-    except csv.Error:  # one column, or lines that disagree
-        separator = ","
+    """The column separator of a CSV's first lines, by csv.Sniffer among SEPARATORS; ',' for one column.
+    Rows that end in a separator (as some exports write them) are sniffed without it."""
+    separator = ","  # one column, or lines that disagree
+    for sample in (lines, [line[:-1] if line[-1:] in SEPARATORS else line for line in lines]):
+        try:
+            separator = csv.Sniffer().sniff("\n".join(sample), delimiters="".join(SEPARATORS)).delimiter
+            break
+        except csv.Error:
+            continue
     header = next(csv.reader([lines[0]], delimiter=separator))
     found = [name for mark, name in SEPARATORS.items() if len(header) == 1 and mark in header[0]]
     if found:
