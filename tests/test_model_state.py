@@ -33,6 +33,7 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64,
 
 def expected_entry(values: list[torch.Tensor], counts: list[int], dtype) -> torch.Tensor:
     """The documented rule, computed here independently of caia's code."""
+    counts = [int(n) for n in counts]  # e.g. the 0-d tensors train returned
     total = sum(counts)
     if not dtype.is_floating_point:  # exact, in fractions; Python's round() rounds half to even
         exact = [sum(Fraction(int(x)) * n for x, n in zip(xs, counts)) / total
