@@ -15,6 +15,11 @@ def test_options_are_parsed():
 @pytest.mark.parametrize("options, fragment", [
     ("rounds=0", "at least 1"),
     ("rounds=two", "whole number"),
+    # str.isdigit() admits these, int() refuses them: each a one-line refusal naming the option
+    ("rounds=\u00b2", "%%federated rounds='\u00b2' must be a whole number of at least 1"),
+    ("min_clients=\u00b3", "%%federated min_clients='\u00b3' must be a whole number of at least 1"),
+    ("rounds=\u2082", "%%federated rounds='\u2082' must be a whole number"),
+    ("min_clients=\u0663", "%%federated min_clients='\u0663' must be a whole number"),  # Arabic-Indic 3: int() takes it
     ("epochs=3", "unknown %%federated option 'epochs'"),
     ("dataset", "not KEY=VALUE"),
     ("dataset=bad/name", "dataset name"),

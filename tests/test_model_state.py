@@ -1,20 +1,21 @@
 """A model's state_dict travels faithfully, results accept what torch and numpy users return, and
 an update with nothing to contribute (or not fit to be averaged) never changes the global model.
 
-The rule (caia_jupyter.contracts.weights): weighted by num_samples, computed in float64; floating
-entries back in their own dtype, integers rounded half to even, bools a weighted majority."""
+The rule (caia_jupyter.contracts.weights): weighted by num_samples; floating entries computed in float64
+and back in their own dtype, integers exactly and rounded half to even, bools a weighted majority."""
 
 import json
 import random
 import re
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from caia_jupyter.aggregator.components import GLOBAL_MODEL, STATUS, CaiaFedAvg, save_arrays
+from caia_jupyter.aggregator.components import GLOBAL_MODEL, STATUS, CaiaFedAvg, save_arrays, unusable
 from caia_jupyter.contracts import failures, tensors, weights
 from caia_jupyter.contracts.errors import ContractError
 from caia_jupyter.contracts.fsutil import write_json
@@ -24,31 +25,50 @@ from caia_jupyter.terminal import run_summary
 from nvflare.app_common.abstract.fl_model import FLModel
 
 CASES = Path(__file__).parent / "cases"
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64,
+          torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
 
 
 # -- the rule, entry by entry --------------------------------------------------------------------
 
 def expected_entry(values: list[torch.Tensor], counts: list[int], dtype) -> torch.Tensor:
     """The documented rule, computed here independently of caia's code."""
-    mean = sum(v.double() * n for v, n in zip(values, counts)) / sum(counts)
-    if dtype == torch.bool:
-        return mean >= 0.5
-    if not dtype.is_floating_point:
-        return torch.round(mean).to(dtype)  # torch.round rounds half to even
+    counts = [int(n) for n in counts]  # e.g. the 0-d tensors train returned
+    total = sum(counts)
+    if not dtype.is_floating_point:  # exact, in fractions; Python's round() rounds half to even
+        exact = [sum(Fraction(int(x)) * n for x, n in zip(xs, counts)) / total
+                 for xs in zip(*(v.flatten().tolist() for v in values))]
+        rounded = [x >= Fraction(1, 2) if dtype == torch.bool else round(x) for x in exact]
+        return torch.tensor(rounded, dtype=dtype).reshape(values[0].shape)
+    stacked = torch.stack([v.double() for v in values])
+    mean = sum(v.double() * (n / total) for v, n in zip(values, counts))
+    mean = torch.minimum(torch.maximum(mean, stacked.min(0).values), stacked.max(0).values)
     if dtype == torch.float16:  # round to nearest from float64 at once
         return torch.from_numpy(mean.numpy().astype(np.float16))
     return mean.to(torch.float32).to(dtype) if dtype == torch.bfloat16 else mean.to(dtype)
+
+
+def extremes(dtype) -> list:
+    """The values at a dtype's limits."""
+    if dtype.is_floating_point:
+        big = torch.finfo(dtype).max
+        return [big, -big, torch.finfo(dtype).tiny, 0.0]
+    info = torch.iinfo(dtype)
+    return [info.min, info.min + 1, info.max - 1, info.max]
 
 
 def random_entry(rng: random.Random, dtype, shape) -> torch.Tensor:
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
     if dtype == torch.bool:
         return torch.rand(shape, generator=generator) < 0.5
+    if rng.random() < 0.3:  # the dtype's limits, where a float64 detour overflows or wraps
+        limits = torch.tensor(extremes(dtype), dtype=dtype)
+        return limits[torch.randint(0, len(limits), shape, generator=generator)]
     if dtype.is_floating_point:
         return (torch.randn(shape, generator=generator, dtype=torch.float64) * 10 ** rng.randint(-3, 3)).to(dtype)
-    high = 256 if dtype == torch.uint8 else rng.choice([6, 1000, 2**40])  # small values: many .5 ties
-    low = 0 if dtype == torch.uint8 else -high
+    info = torch.iinfo(dtype)
+    high = min(info.max, rng.choice([6, 1000, 2**40]))  # small values: many .5 ties
+    low = max(info.min, -high)
     return torch.randint(low, high, shape, generator=generator, dtype=torch.int64).to(dtype)
 
 
@@ -68,11 +88,12 @@ def one_round(tmp_path: Path, initial: dict, updates: list[tuple[dict, int]]) ->
 
 def test_for_random_state_dicts_of_mixed_dtypes_the_global_model_follows_the_rule_entry_by_entry(tmp_path):
     rng = random.Random(20261130)
-    for example in range(60):
+    for example in range(80):
         entries = {f"layer{i}.{rng.choice(['weight', 'bias', 'buffer'])}": (rng.choice(DTYPES), tuple(rng.choices([1, 2, 3, 5], k=rng.randint(0, 3))))
                    for i in range(rng.randint(1, 8))}
         sites = [{name: random_entry(rng, dtype, shape) for name, (dtype, shape) in entries.items()} for _ in range(3)]
-        counts = rng.choice([[1, 1], [3, 3], [rng.randint(1, 500), rng.randint(1, 500)]])  # equal counts: ties
+        counts = rng.choice([[1, 1], [3, 3], [rng.randint(1, 500), rng.randint(1, 500)],  # equal counts: ties
+                             [rng.randint(1, weights.MAX_NUM_SAMPLES), weights.MAX_NUM_SAMPLES]])
         folder = tmp_path / str(example)
         folder.mkdir()
         global_model = one_round(folder, sites[0], list(zip(sites[1:], counts)))
@@ -81,6 +102,18 @@ def test_for_random_state_dicts_of_mixed_dtypes_the_global_model_follows_the_rul
             expected = expected_entry([sites[1][name], sites[2][name]], counts, dtype)
             assert global_model[name].dtype == dtype and global_model[name].shape == shape, name
             assert torch.equal(global_model[name], expected), (example, name, global_model[name], expected)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.bool])
+def test_values_at_a_dtypes_limits_stay_unchanged_and_their_mean_stays_in_range(tmp_path, dtype):
+    (tmp_path / "same").mkdir(), (tmp_path / "mixed").mkdir()
+    limits = torch.tensor(extremes(dtype), dtype=dtype)
+    same = one_round(tmp_path / "same", {"x": limits}, [({"x": limits}, 7), ({"x": limits.clone()}, 5), ({"x": limits.clone()}, 11)])
+    assert same["x"].dtype == dtype and torch.equal(same["x"], limits)
+    low, high = torch.full((2,), limits.min().item(), dtype=dtype), torch.full((2,), limits.max().item(), dtype=dtype)
+    mixed = one_round(tmp_path / "mixed", {"x": low}, [({"x": low}, 1), ({"x": high}, 1)])["x"]
+    expected = round((Fraction(low[0].item()) + Fraction(high[0].item())) / 2) if not dtype.is_floating_point else 0.0
+    assert mixed.tolist() == [expected, expected]
 
 
 def test_an_integer_counter_stays_an_integer_and_the_model_loads_strictly(tmp_path):
@@ -153,13 +186,25 @@ def test_num_samples_is_any_integer_scalar_torch_and_numpy_users_return(count):
 @pytest.mark.parametrize("count, shown", [
     (24.0, "24.0"), (-1, "-1"), (True, "a bool"), ("24", "a str"), (torch.tensor(24.0), "24.0"),
     (torch.tensor([24]), "a Tensor of shape (1,) and dtype torch.int64"), (None, "a NoneType"),
+    (2**53, "9007199254740992"), (np.int64(2**62), "4611686018427387904"), (torch.tensor(2**53), "9007199254740992"),
 ])
 def test_num_samples_that_is_not_an_integer_count_is_refused_naming_train(count, shown):
     with pytest.raises(ContractError) as refused:
         runtime.run_round(entry_points({"num_samples": count}), torch.nn.Linear(2, 2), None, None)
-    assert str(refused.value) == (f"train(model, data, ctx) returned num_samples = {shown}; it must be an integer >= 0 "
-                                  "(an int, a numpy integer or a 0-d integer tensor)")
+    assert str(refused.value) == (f"train(model, data, ctx) returned num_samples = {shown}; it must be an integer from 0 to "
+                                  "9007199254740991 (an int, a numpy integer or a 0-d integer tensor)")
     assert (refused.value.failure, refused.value.entry) == ("bad_num_samples", "train")
+
+
+def test_the_site_and_the_server_accept_the_same_num_samples():
+    model = torch.nn.Linear(2, 2)
+    reference = tensors.to_arrays(model.state_dict())
+    dtypes = tensors.dtypes_of(model.state_dict())
+    largest = runtime.run_round(entry_points({"num_samples": weights.MAX_NUM_SAMPLES}), model, None, None)
+    assert unusable(largest.weights, largest.num_samples, reference, dtypes) is None
+    with pytest.raises(ContractError):
+        runtime.run_round(entry_points({"num_samples": weights.MAX_NUM_SAMPLES + 1}), model, None, None)
+    assert unusable(largest.weights, weights.MAX_NUM_SAMPLES + 1, reference, dtypes) == "malformed_update"
 
 
 def test_metrics_are_any_real_scalar_torch_and_numpy_users_return():
@@ -190,9 +235,9 @@ def test_a_non_finite_metric_leaves_the_site_as_it_is_and_the_receiver_records_i
 
 # -- the server: untrusted updates -----------------------------------------------------------------
 
-def server_round(tmp_path, updates: list[tuple[str, dict, object]], initial: dict) -> tuple[dict, dict]:
+def server_round(tmp_path, updates: list[tuple[str, dict, object]], initial: dict, dtypes: dict | None = None) -> tuple[dict, dict]:
     server = CaiaFedAvg(num_rounds=1, min_clients=1, output_dir=str(tmp_path))
-    server._dtypes = {k: v.dtype.name for k, v in initial.items()}
+    server._dtypes = dtypes or {k: v.dtype.name for k, v in initial.items()}
     results = [FLModel(params=params, meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": n}) for site, params, n in updates]
     params = server._average(results, 0, initial)
     server._status("training", 1, [site for site, _, _ in updates])
@@ -213,11 +258,27 @@ GOOD = {"w": np.ones((2, 2), np.float32), "n": np.array(4)}
     ({"w": np.ones((2, 2), np.float32), "n": np.array(4), "x": np.array(1)}, 10, "malformed_update"),
     ({"w": np.array([["a", "b"], ["c", "d"]]), "n": np.array(4)}, 10, "malformed_update"),
     (GOOD, -3, "malformed_update"), (GOOD, 2.5, "malformed_update"), (GOOD, True, "malformed_update"), (GOOD, None, "malformed_update"),
+    (GOOD, 2**53, "malformed_update"),
+    # finite, but not in the entry's dtype: float64 1e300 for a float32 entry, floats or int32 for an int64 entry
+    ({"w": np.full((2, 2), 1e300), "n": np.array(4)}, 10, "malformed_update"),
+    ({"w": np.ones((2, 2), np.float32), "n": np.array(1e30)}, 10, "malformed_update"),
+    ({"w": np.ones((2, 2), np.float32), "n": np.array(4, np.int32)}, 10, "malformed_update"),
+    ({"w": np.ones((2, 2), np.float32), "n": np.array(4, ">i8")}, 10, "malformed_update"),
 ])
 def test_an_update_unfit_to_average_is_left_out_of_that_round_and_the_status_says_why(tmp_path, bad, count, reason):
     params, status = server_round(tmp_path, [("site-1", GOOD, 3), ("site-2", bad, count)], INITIAL)
     assert np.array_equal(params["w"], GOOD["w"]) and params["n"] == 4 and params["n"].dtype == np.int64
     assert status["excluded"] == [{"site": "site-2", "round": 0, "reason": reason}]
+
+
+def test_a_bfloat16_entry_beyond_bfloat16s_range_is_not_finite_and_left_out(tmp_path):
+    initial = {"w": np.zeros(2, np.float32)}  # a bfloat16 entry travels as float32
+    largest = float(torch.finfo(torch.bfloat16).max)
+    beyond = {"w": np.array([np.finfo(np.float32).max, 0], np.float32)}  # finite in float32, inf in bfloat16
+    at_limit = {"w": np.array([largest, -largest], np.float32)}
+    params, status = server_round(tmp_path, [("site-1", at_limit, 3), ("site-2", beyond, 4)], initial, {"w": "bfloat16"})
+    assert status["excluded"] == [{"site": "site-2", "round": 0, "reason": "non_finite_weights"}]
+    assert torch.tensor(params["w"]).to(torch.bfloat16).tolist() == [largest, -largest]
 
 
 def test_with_no_usable_update_the_global_model_stays_as_it_was(tmp_path):

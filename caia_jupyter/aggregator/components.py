@@ -87,7 +87,7 @@ class CaiaFedAvg(ModelController):
         kept = []
         for result in results:
             weight = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
-            reason = unusable(result.params, weight, params)
+            reason = unusable(result.params, weight, params, self._dtypes)
             if reason:
                 site = result.meta.get("client_name", "?")
                 self._excluded.append({"site": site, "round": round, "reason": reason})
@@ -123,17 +123,21 @@ def model_dtypes(path: Path, params: dict) -> dict[str, str]:
     return {name: found[name] for name in params}  # in the model's order (a JSON map may be sorted)
 
 
-def unusable(update, weight, reference: dict) -> str | None:
+def unusable(update, weight, reference: dict, dtypes: dict[str, str]) -> str | None:
     """Why a site's update (`update` {entry: array}, its `num_samples` `weight`) cannot enter an
-    average with global model `reference`: a key of `failures.EXCLUDED`, or None when it can."""
+    average with global model `reference` {entry: array} of entry dtypes `dtypes` {entry: name}: a key
+    of `failures.EXCLUDED`, or None when it can. It fits when every entry is an array of the global
+    model's shape in the entry's carrier dtype and `weight` an int in 1..MAX_NUM_SAMPLES; then floating
+    values must be finite in the entry's own dtype, so the average is too (`contracts.weights`)."""
     if type(weight) is int and weight == 0:
         return "no_examples"
-    if type(weight) is not int or not 0 < weight < 2**53 or not isinstance(update, dict) or update.keys() != reference.keys():
+    if type(weight) is not int or not 0 < weight <= weights.MAX_NUM_SAMPLES or not isinstance(update, dict) \
+            or update.keys() != reference.keys():
         return "malformed_update"
     for name, array in update.items():
-        if not isinstance(array, np.ndarray) or array.shape != reference[name].shape or array.dtype.kind not in "biuf":
+        if not isinstance(array, np.ndarray) or array.shape != reference[name].shape or array.dtype != weights.carrier(dtypes[name]):
             return "malformed_update"
-    if not all(np.isfinite(array).all() for array in update.values() if array.dtype.kind == "f"):
+    if not all(weights.finite(array, dtypes[name]) for name, array in update.items()):
         return "non_finite_weights"
     return None
 

@@ -21,6 +21,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .weights import MAX_NUM_SAMPLES
+
 FAILURE_TAG = "caia.failure"  # the analytics record a site sends, holding its report
 FAILURE_FILE = "caia_failure.json"  # the whole story of that failure, kept in the site's app folder
 MAX_REPORT = 200  # characters; a report is about 60
@@ -44,7 +46,7 @@ REASONS = {
     "schema_changed": "a dataset released to the bundle no longer matches the schema its reviewers approved; "
                       "the site must fix its data or approve again",
     "not_a_module": "build_model() must return a torch.nn.Module",
-    "bad_num_samples": "train(model, data, ctx) must return a dict holding 'num_samples', an integer >= 0",
+    "bad_num_samples": f"train(model, data, ctx) must return a dict holding 'num_samples', an integer from 0 to {MAX_NUM_SAMPLES}",
     "bad_metrics": "metrics must be a dict of numbers (int, float, numpy scalars or 0-d tensors) under metric names",
     "unsupported_state": "the model's state_dict() holds an entry caia cannot average (not a tensor, or a tensor "
                          "that is not float, integer or bool)",
@@ -60,7 +62,7 @@ UNKNOWN_TEXT = "its failure report is not one caia can read (details kept at the
 # after "SITE's update of round N was left out of the average: ". The site keeps running.
 EXCLUDED = {
     "no_examples": "it trained on no examples (num_samples 0: no rows, or none left after load_data)",
-    "non_finite_weights": "its weights hold NaN or infinite values",
+    "non_finite_weights": "its weights hold NaN or values infinite in their dtype",
     "malformed_update": "its weights or num_samples do not fit the global model",
 }
 NON_FINITE_METRIC = "{site}'s {name} at round {round} was not a finite number; it is recorded as missing"

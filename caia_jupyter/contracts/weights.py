@@ -6,14 +6,21 @@ is the one in `build_model().state_dict()`, recorded when `caia submit` makes th
 ({entry: dtype name}, `DTYPES_FILE`); it travels with the job's initial model, and the global
 model returns every entry in it (`global_model.pt` loads with `load_state_dict(strict=True)`).
 
-The rule, over the updates kept in a round, each weighted by its site's `num_samples` w_i:
-mean = sum(w_i * x_i) / sum(w_i), computed in float64, then
+The rule, over the updates kept in a round, each weighted by its site's `num_samples` w_i (an
+integer, 1 <= w_i <= MAX_NUM_SAMPLES; W = sum(w_i)), the weighted mean being sum(w_i * x_i) / W:
 
-- floating entries (float16, bfloat16, float32, float64): the mean cast to the entry's dtype
-  (round to nearest even; bfloat16 through its float32 carrier, as torch casts);
+- floating entries (float16, bfloat16, float32, float64): sum((w_i / W) * x_i) computed in float64,
+  clipped to [min_i x_i, max_i x_i] (where the exact mean lies: float rounding never takes it out,
+  so equal values stay unchanged and the mean of finite values is finite, even at float64's
+  limits), cast to the entry's dtype (round to nearest even; bfloat16 through its float32 carrier,
+  as torch casts);
 - integer entries (uint8, int8, int16, int32, int64; e.g. BatchNorm's `num_batches_tracked`): the
-  mean rounded half to even, in the entry's dtype (exact while the values stay below 2**53);
-- bool entries: True where the weighted mean is >= 0.5 (a weighted majority; a tie is True).
+  exact weighted mean (Python integers), rounded half to even, in the entry's dtype: always within
+  its range, and equal values stay unchanged;
+- bool entries: True where the exact weighted mean is >= 1/2 (a weighted majority; a tie is True).
+
+The server averages only updates that fit (`aggregator.components.unusable`): every entry in its
+carrier dtype and shape, floating values finite in the entry's own dtype (`finite`).
 
 Any other entry (not a tensor; a complex, quantized or sparse tensor) is refused when the model is
 built, naming the entry: at validation first, so nothing new fails at a site.
@@ -27,6 +34,8 @@ FLOATS = ("float16", "bfloat16", "float32", "float64")
 INTEGERS = ("uint8", "int8", "int16", "int32", "int64")
 SUPPORTED = (*FLOATS, *INTEGERS, "bool")
 DTYPES_FILE = "model_dtypes.json"  # {entry: dtype name}
+BFLOAT16_MAX = (2 - 2**-7) * 2.0**127  # the largest finite bfloat16, 3.39e38
+MAX_NUM_SAMPLES = 2**53 - 1  # the largest num_samples: exact as a float (it is also reported as a metric)
 
 
 def carrier(dtype: str) -> np.dtype:
@@ -35,19 +44,37 @@ def carrier(dtype: str) -> np.dtype:
 
 
 def average(updates: list[tuple[dict[str, np.ndarray], int]], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
-    """FedAvg of `updates`, [(arrays {entry: array}, num_samples > 0)], by the rule above; returns
+    """FedAvg of `updates`, [(arrays {entry: array}, num_samples: int > 0)], by the rule above; returns
     {entry: array in its carrier dtype}, in the order of `dtypes`. Every update must hold every
-    entry of `dtypes` in the same shape (the server checks that first: updates are untrusted)."""
-    total = float(sum(weight for _, weight in updates))
+    entry of `dtypes` in its carrier dtype and shape (the server checks that first: updates are untrusted)."""
+    total = sum(int(weight) for _, weight in updates)
     out = {}
     for name, dtype in dtypes.items():
-        mean = np.asarray(sum(np.asarray(arrays[name], np.float64) * float(weight) for arrays, weight in updates) / total)
-        if dtype == "bool":
-            mean = mean >= 0.5
-        elif dtype in INTEGERS:
-            mean = np.rint(mean)
-        out[name] = np.asarray(mean, dtype=carrier(dtype))
+        values = [np.asarray(arrays[name]) for arrays, _ in updates]
+        if dtype in FLOATS:
+            mean = sum(np.asarray(value, np.float64) * (int(weight) / total) for value, (_, weight) in zip(values, updates))
+            stacked = np.stack(values)
+            mean = np.clip(mean, stacked.min(axis=0), stacked.max(axis=0))
+        else:  # exact: Python integers in object arrays
+            weighted = sum(value.astype(object) * int(weight) for value, (_, weight) in zip(values, updates))
+            weighted = np.asarray(weighted, dtype=object)
+            if dtype == "bool":
+                mean = 2 * weighted >= total
+            else:
+                quotient, remainder = weighted // total, weighted % total  # 0 <= remainder < total
+                mean = quotient + ((2 * remainder > total) | ((2 * remainder == total) & (quotient % 2 == 1)))
+        out[name] = np.asarray(mean).astype(carrier(dtype))
     return out
+
+
+def finite(array: np.ndarray, dtype: str) -> bool:
+    """Whether every value of `array` (an entry in its carrier dtype) is finite in the entry's dtype
+    `dtype` (a name in SUPPORTED): not NaN, not infinite, and for bfloat16 (carried as float32) within
+    bfloat16's range, so the global model never turns infinite when torch casts it back."""
+    if dtype not in FLOATS:
+        return True
+    bound = BFLOAT16_MAX if dtype == "bfloat16" else np.finfo(array.dtype).max
+    return bool(np.all(np.abs(array) <= bound))  # False for NaN too
 
 
 def read_dtypes(value) -> dict[str, str]:

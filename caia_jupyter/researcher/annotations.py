@@ -78,7 +78,7 @@ def parse_options(text: str) -> Header:
         elif key in ("rounds", "min_clients"):
             if key in numbers:
                 raise NotebookError(f"%%federated option {key} is given twice on one line")
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:  # str.isdigit alone admits '²'
                 raise NotebookError(f"%%federated {key}={value!r} must be a whole number of at least 1")
             numbers[key] = int(value)
         elif key.startswith("param.") and _NAME.match(key[6:]):

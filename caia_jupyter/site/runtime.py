@@ -5,7 +5,7 @@ The federated-code contract:
     build_model() -> torch.nn.Module
     load_data(ctx) -> data            # anything; passed back to train and evaluate
     train(model, data, ctx) -> dict   # one round of local training, in place;
-                                      # {"num_samples": int >= 0, other metrics: number}
+                                      # {"num_samples": int 0..2**53-1, other metrics: number}
     evaluate(model, data, ctx) -> dict  # {metric: number}
 
 A number is an int, a float, a numpy scalar or a 0-d tensor (numpy or torch); `num_samples` is an
@@ -31,6 +31,7 @@ from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
 from ..contracts.metric_names import valid_name
 from ..contracts.tensors import dtypes_of, to_arrays, to_tensors
+from ..contracts.weights import MAX_NUM_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,11 @@ def run_round(entry: EntryPoints, model, data, ctx) -> RoundResult:
     trained = dict(trained)
     returned = trained.pop("num_samples")
     num_samples = _scalar(returned)
-    if not isinstance(num_samples, int) or num_samples < 0:
+    if not isinstance(num_samples, int) or not 0 <= num_samples <= MAX_NUM_SAMPLES:  # the bound the server applies
         shown = num_samples if isinstance(num_samples, (int, float)) else _shown(returned)
-        raise ContractError(f"train(model, data, ctx) returned num_samples = {shown}; it must be an integer >= 0 "
-                            "(an int, a numpy integer or a 0-d integer tensor)", failure="bad_num_samples", entry="train")
+        raise ContractError(f"train(model, data, ctx) returned num_samples = {shown}; it must be an integer from 0 to "
+                            f"{MAX_NUM_SAMPLES} (an int, a numpy integer or a 0-d integer tensor)",
+                            failure="bad_num_samples", entry="train")
     return RoundResult(num_samples, _metrics(trained, "train"), eval_metrics, to_arrays(model.state_dict(), "train"))
 
 
