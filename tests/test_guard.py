@@ -203,7 +203,7 @@ LAYOUTS = {  # readable name -> (tamper(app, site), what the refusal must say)
     "runner-byte-flipped": (plain(flip("custom/caia_runner.py")), "caia_runner.py differs from the bundle's manifest"),
     "requirements-byte-flipped": (plain(flip("custom/requirements.txt")), "requirements.txt differs from the bundle's manifest"),
     "manifest-setting-edited": (plain(lambda a: edit_manifest(a, lambda m: m["job"].update(rounds=99))),
-                                "no reviewer of this site approved this bundle id"),
+                                "no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)"),
     "manifest-not-json": (plain(lambda a: write(a, "custom/manifest.json", "{not json")), "not a caia bundle"),
     "manifest-with-a-duplicate-key": (plain(lambda a: write(a, "custom/manifest.json", (a / "custom" / "manifest.json").read_text()
                                                            .replace('{', '{"format": "caia-bundle/1", ', 1))), "not a caia bundle"),
@@ -309,8 +309,8 @@ def test_a_broken_site_directory_refuses_with_a_reason_and_no_site_path(deployed
 BUNDLE = "sha256:" + "ab" * 32
 UNDEPLOYED = "site-1 could not deploy the job (NVFLARE's reason is kept at the site)"
 DEPLOY_DETAILS = {  # readable name -> (site-1's deploy detail, the reason the researcher sees)
-    "caias-refusal": (f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id",
-                      f"site-1 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id"),
+    "caias-refusal": (f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)",
+                      f"site-1 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)"),
     "caias-refusal-naming-paths-inside-the-app": (
         f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: the deployed app holds the folder custom/__pycache__/, which is not part of the bundle",
         f"site-1 refused bundle {BUNDLE}: the deployed app holds the folder custom/__pycache__/, which is not part of the bundle"),
@@ -321,7 +321,7 @@ DEPLOY_DETAILS = {  # readable name -> (site-1's deploy detail, the reason the r
         "exception_occurred: exception [Errno 36] File name too long: '/srv/hospital-a/secure-enclave/nvflare/site-1/"
         "0a1b2c3d/app_site-1/custom/dddd/x.py' when deploying app app_site-1", UNDEPLOYED),
     "nvflare-error-that-is-not-caias": ("NVFLARE_ERROR: privacy scope 'x' is not allowed", UNDEPLOYED),
-    "caias-wording-for-another-site": (f"NVFLARE_ERROR: site-2 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id",
+    "caias-wording-for-another-site": (f"NVFLARE_ERROR: site-2 refused bundle {BUNDLE}: no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)",
                                        UNDEPLOYED),
     "caias-wording-without-nvflares-prefix": (f"site-1 refused bundle {BUNDLE}: no reviewer approved it", UNDEPLOYED),
     "caias-wording-holding-an-absolute-path": (f"NVFLARE_ERROR: site-1 refused bundle {BUNDLE}: cannot read '/data/site-1/patients.csv'",

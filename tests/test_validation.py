@@ -54,7 +54,7 @@ def test_a_broken_contract_is_reported_plainly(write_notebook, caia):
     nbformat.write(nb, path)
     code, out, _ = caia("validate", path)
     assert code == 1
-    assert ("federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 1, in train: ContractError: "
+    assert ("federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 2, in train: ContractError: "
             "train(model, data, ctx) must return a dict with 'num_samples'") in out
 
 

@@ -116,7 +116,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> R
     requested = set(manifest["datasets"])
     approval, reasons = find_approval(site, bid, requested, now)
     if approval is None:
-        refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id")
+        refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)")
 
     try:
         released = release_of(site, manifest["datasets"], approval.datasets)
