@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -349,6 +352,19 @@ def test_validate_exits_1_when_the_bundle_fails(tmp_path, caia, write_notebook):
 def test_status_exits_1_when_the_run_did_not_finish(tmp_path, caia, status, code):
     run = write_run(tmp_path / "run", status)
     assert caia("status", run)[0] == code
+
+
+def test_python_m_caia_jupyter_cli_runs_the_cli_with_its_exit_codes(tmp_path):
+    def run(*args):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.run([sys.executable, "-m", "caia_jupyter.cli", *map(str, args)], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+
+    done = run("site", "init", tmp_path / "s", "--name", "site-1")
+    assert done.returncode == 0 and (tmp_path / "s" / "site.json").is_file()
+    done = run("site", "init", tmp_path / "t", "--name", "server")
+    assert done.returncode == 2 and one_line_error(done.stderr).startswith("caia: error: site name 'server'")
+    assert not (tmp_path / "t").exists()
 
 
 def test_help_names_the_cell_magic_as_written(capsys):
