@@ -374,3 +374,7 @@ def do_poc_down(args, namespace=None) -> Outcome:
 
     killed = down(args.workspace, say=print if not args.json else (lambda *a: None))
     return Outcome(killed, "", {"killed": killed})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -139,6 +142,41 @@ def test_check_sites_refuses_a_name_nvflare_cannot_use(tmp_path, write_notebook)
         check_sites(built, ["site-1", "site.2"])
 
 
+LONGEST = "a" * 251  # NVFLARE writes a folder app_<name>; a folder name holds 255 bytes
+RESERVED_OR_LONG = {
+    "server": "NVFLARE reserves 'server' (in any case) for its server; choose another name",
+    "Server": "NVFLARE reserves 'server' (in any case) for its server; choose another name",
+    LONGEST + "a": f"it has {len(LONGEST) + 1} characters, NVFLARE's site folders allow at most {len(LONGEST)}",
+}
+
+
+@pytest.mark.parametrize("name", RESERVED_OR_LONG)
+def test_site_init_refuses_the_server_s_name_and_a_name_too_long_for_a_folder(caia, tmp_path, name):
+    code, out, err = caia("site", "init", tmp_path / "s", "--name", name)
+    assert code == 2 and out == ""
+    assert one_line_error(err).startswith(f"caia: error: site name {name!r} cannot be an NVFLARE client name: {RESERVED_OR_LONG[name]}")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", RESERVED_OR_LONG)
+def test_check_sites_refuses_the_server_s_name_and_a_name_too_long_for_a_folder(tmp_path, write_notebook, name):
+    built = compose.build(write_notebook("good"), tmp_path / "bundle")
+    with pytest.raises(CaiaError, match=f"^site name {re.escape(repr(name))} cannot be an NVFLARE client name: "
+                                        f"{re.escape(RESERVED_OR_LONG[name])}"):
+        check_sites(built, ["site-1", name])
+
+
+def test_the_rules_are_nvflare_s_own_limits(tmp_path, write_notebook):
+    """What NVFLARE does with the names the rules refuse, and the longest it takes."""
+    built = compose.build(write_notebook("good"), tmp_path / "bundle")
+    with pytest.raises(ValueError, match="can only be assigned to server"):  # a client named as the server
+        build_job(built, ["site-1", "server"], tmp_path / "job-server", name="caia-names")
+    with pytest.raises(OSError, match="File name too long"):
+        build_job(built, ["site-1", LONGEST + "a"], tmp_path / "job-long", name="caia-names")
+    assert (build_job(built, ["site-1", LONGEST], tmp_path / "job", name="caia-names") / f"app_{LONGEST}").is_dir()
+    assert sites.init(tmp_path / "s", LONGEST).name == LONGEST
+
+
 @pytest.mark.slow
 def test_submit_refuses_a_site_whose_name_nvflare_cannot_use(tmp_path, caia, validated_good):
     bundle = shutil.copytree(validated_good.path, tmp_path / "bundle")
@@ -150,6 +188,18 @@ def test_submit_refuses_a_site_whose_name_nvflare_cannot_use(tmp_path, caia, val
     code, _, err = caia("submit", bundle, "--target", "prod", "--startup-kit", tmp_path, "--username", "me",
                         "--sites", "a.b", "--runs", tmp_path / "runs")
     assert code == 2 and "site name 'a.b' cannot be an NVFLARE client name" in one_line_error(err)
+    assert not (tmp_path / "runs").exists() and nvflare_processes() == []
+
+
+@pytest.mark.slow
+def test_submit_refuses_a_site_named_as_nvflare_s_server(tmp_path, caia, validated_good):
+    bundle = shutil.copytree(validated_good.path, tmp_path / "bundle")
+    site = make_site(tmp_path / "sites", "site-1")
+    make_site(tmp_path / "sites", "site-2")
+    meta = json.loads((site.path / "site.json").read_text())
+    (site.path / "site.json").write_text(json.dumps({**meta, "name": "server"}))  # made before the rule, or by hand
+    code, _, err = caia("submit", bundle, "--sites", site.path, tmp_path / "sites" / "site-2", "--runs", tmp_path / "runs")
+    assert code == 2 and "site name 'server' cannot be an NVFLARE client name: NVFLARE reserves" in one_line_error(err)
     assert not (tmp_path / "runs").exists() and nvflare_processes() == []
 
 
@@ -302,6 +352,19 @@ def test_validate_exits_1_when_the_bundle_fails(tmp_path, caia, write_notebook):
 def test_status_exits_1_when_the_run_did_not_finish(tmp_path, caia, status, code):
     run = write_run(tmp_path / "run", status)
     assert caia("status", run)[0] == code
+
+
+def test_python_m_caia_jupyter_cli_runs_the_cli_with_its_exit_codes(tmp_path):
+    def run(*args):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.run([sys.executable, "-m", "caia_jupyter.cli", *map(str, args)], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+
+    done = run("site", "init", tmp_path / "s", "--name", "site-1")
+    assert done.returncode == 0 and (tmp_path / "s" / "site.json").is_file()
+    done = run("site", "init", tmp_path / "t", "--name", "server")
+    assert done.returncode == 2 and one_line_error(done.stderr).startswith("caia: error: site name 'server'")
+    assert not (tmp_path / "t").exists()
 
 
 def test_help_names_the_cell_magic_as_written(capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import itertools
 import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +120,11 @@ def split_cell(source: str, where: str) -> tuple[annotations.Header, str, int] |
     A cell is federated exactly when IPython runs it as the `%%federated` cell magic: IPython's
     own input transformer decides (it skips blank lines above the magic and removes indentation
     common to every line), and `body` is what it hands to the magic. `offset` counts the lines
-    of the cell above `body`. A `%%federated` IPython would not run as a cell magic (below a
-    comment or code, or indented alone) fails in the kernel: NotebookError naming `where`.
+    of the cell above `body`. Raises NotebookError naming `where` for a `%%federated` that is
+    not the cell's first line but that IPython reads as a magic: below a comment or code, or
+    indented alone (it fails in the kernel), or in the text of another magic such as `%%time`
+    (caia refuses it whatever that magic does with its text: a cell is bundled only when
+    `%%federated` opens it); and for a cell holding `%%federated` that IPython cannot read.
     """
     from IPython.core.inputtransformer2 import TransformerManager
 
@@ -130,18 +132,12 @@ def split_cell(source: str, where: str) -> tuple[annotations.Header, str, int] |
     try:
         transformed = TransformerManager().transform_cell(text)
     except SyntaxError as e:
-        if "%%federated" not in text:
+        if annotations.MAGIC not in text:
             return None  # a local cell IPython rejects: the kernel says so, it is not ours to bundle
         raise NotebookError(f"{where}: IPython cannot read this cell ({e.msg}); fix it") from None
     call = _cell_magic_call(transformed)
     if call is None or not call[0].startswith("federated"):
-        if _MISPLACED_MAGIC.search(transformed):
-            first = next(line for line in text.splitlines() if line.strip())
-            how = "it is indented" if first.lstrip().startswith("%%federated") else "lines are above it"
-            raise NotebookError(
-                f"{where}: %%federated must be its first line, unindented ({how}: IPython does not run it as a "
-                "cell magic and the cell fails in the kernel); start the cell with %%federated"
-            )
+        _refuse_stray_magic(text, transformed, where)
         return None
     name, line, body = call
     offset = text.count("\n") - body.count("\n")
@@ -155,8 +151,66 @@ def split_cell(source: str, where: str) -> tuple[annotations.Header, str, int] |
     return header, body, offset
 
 
-# What IPython makes of "%%federated" that does not open a cell: a call of a line magic named "%federated".
-_MISPLACED_MAGIC = re.compile(r"get_ipython\(\)\.run_line_magic\('%federated\b")
+def _refuse_stray_magic(text: str, transformed: str, where: str) -> None:
+    """Raise NotebookError when IPython reads `%%federated` in a cell that does not start with it
+    (`transformed` is IPython's reading of `text`), or cannot read a cell that holds it."""
+    stray = next(_stray_magics(transformed, None), False)
+    if stray is not False:
+        if stray is not None:
+            how = f"it is inside {stray}, and only a cell that %%federated opens is bundled"
+        else:
+            first = next(line for line in text.splitlines() if line.strip())
+            indented = first.lstrip().startswith(annotations.MAGIC)
+            how = (f"{'it is indented' if indented else 'lines are above it'}: IPython does not run it as a "
+                   "cell magic and the cell fails in the kernel")
+        raise NotebookError(
+            f"{where}: %%federated must be its first line, unindented ({how}); start the cell with %%federated"
+        )
+    if annotations.MAGIC in text:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compile(transformed, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        except (SyntaxError, ValueError) as e:  # e.g. a byte-order mark before %%federated
+            reason = e.msg if isinstance(e, SyntaxError) else str(e)
+            raise NotebookError(f"{where}: IPython cannot read this cell ({reason}); fix it") from None
+
+
+def _stray_magics(transformed: str, outer: str | None):
+    """For each place IPython would run `%%federated` in code it turned into `transformed`,
+    other than as the whole cell's magic: the outermost magic whose text holds it ("%%time"),
+    or None when it sits in the cell itself (IPython reads it there as a line magic that does not
+    exist). The text of any other magic is read the same way, recursively."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    # IPython writes each magic call on a line of its own: read line by line, so that the magics
+    # of code Python cannot parse as a whole (an indented line magic) still show.
+    for code in transformed.splitlines():
+        try:
+            nodes = list(ast.walk(ast.parse(code.strip())))
+        except SyntaxError:
+            continue
+        for method, name, line, *body in filter(None, map(_magic_call, nodes)):
+            if (method, name) in (("run_line_magic", "%federated"), ("run_cell_magic", "federated")):
+                yield outer
+            elif name != "federated":  # the %federated line magic (`%federated submit`) is local code
+                try:
+                    inner = TransformerManager().transform_cell(_ensure_newline(body[0] if body else line))
+                except SyntaxError:
+                    continue
+                yield from _stray_magics(inner, outer or f"{'%%' if body else '%'}{name}")
+
+
+def _magic_call(node: ast.AST) -> tuple[str, ...] | None:
+    """(method, magic name, its line[, body]) when `node` is IPython's call of a magic with literal text."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("run_line_magic", "run_cell_magic")):
+        return None
+    args = node.args
+    if len(args) != (3 if node.func.attr == "run_cell_magic" else 2) or not all(
+            isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+        return None
+    return (node.func.attr, *(a.value for a in args))
 
 
 def _cell_magic_call(transformed: str) -> tuple[str, str, str] | None:
@@ -167,11 +221,8 @@ def _cell_magic_call(transformed: str) -> tuple[str, str, str] | None:
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
         return None
-    call = tree.body[0].value
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "run_cell_magic"
-            and len(call.args) == 3 and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)):
-        return None
-    return tuple(a.value for a in call.args)
+    call = _magic_call(tree.body[0].value)
+    return call[1:] if call is not None and call[0] == "run_cell_magic" else None
 
 
 def check_source(source: str, label: str, line_offset: int = 0) -> None:

@@ -144,16 +144,30 @@ def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APP
     return open_site(path)
 
 
+# NVFLARE makes a folder "app_<name>" for each site; a folder name holds at most 255 bytes.
+LONGEST_SITE_NAME = 255 - len("app_")
+
+
 def check_site_name(name: str) -> None:
     """Raise SiteError (one line naming `name` and the rule) unless NVFLARE can use `name` as a
-    client name. The rule is NVFLARE's own client-name pattern (`nvflare.apis.utils.format_check`),
-    matched in full: its own check would let a trailing newline through."""
-    from nvflare.apis.utils.format_check import type_pattern_mapping  # here: ~0.2 s, for init and submit only
+    client name: NVFLARE's own client-name pattern (`nvflare.apis.utils.format_check`, matched in
+    full: its own check would let a trailing newline through), not the name NVFLARE gives its server,
+    and at most LONGEST_SITE_NAME characters (the pattern admits ASCII only: one byte each)."""
+    from nvflare.apis.job_def import SERVER_SITE_NAME  # here: ~0.2 s, for init and submit only
+    from nvflare.apis.utils.format_check import type_pattern_mapping
 
     rule = type_pattern_mapping["client"]
     if not isinstance(name, str) or not re.fullmatch(rule, name):
         raise SiteError(f"site name {name!r} cannot be an NVFLARE client name: use only letters, digits, '-' and '_' "
                         f"(NVFLARE's rule {rule})")
+    # A client named as the server gets the server's app in a job; any case: on a case-insensitive
+    # file system "Server" is the server's folder. (NVFLARE's other reserved target, "@ALL", fails the pattern.)
+    if name.lower() == SERVER_SITE_NAME:
+        raise SiteError(f"site name {name!r} cannot be an NVFLARE client name: NVFLARE reserves "
+                        f"{SERVER_SITE_NAME!r} (in any case) for its server; choose another name")
+    if len(name) > LONGEST_SITE_NAME:
+        raise SiteError(f"site name {name!r} cannot be an NVFLARE client name: it has {len(name)} characters, "
+                        f"NVFLARE's site folders allow at most {LONGEST_SITE_NAME}; choose a shorter name")
 
 
 def open_site(path: str | Path) -> Site:
