@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,8 @@ class Parser(argparse.ArgumentParser):
     """Raises usage errors so the CLI and the line magic report them the same way."""
 
     def error(self, message):
-        raise CaiaError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("caia").strip()  # `main` prints "caia: error:" before it
+        raise CaiaError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         p.add_argument("--workspace", type=Path, default=DEFAULT_POC)
 
-    p = command("status", do_status, "show a run: status, sites, per-round metrics")
+    p = command("status", do_status, "show a run: status, each site's state, notes and final metrics")
     p.add_argument("run", type=Path, metavar="RUN_DIR")
     p.add_argument("--follow", action="store_true", help="keep following until the run ends")
 
@@ -159,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("caia: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(outcome.data, indent=2, default=str) if args.json else outcome.text)
+    try:
+        print(json.dumps(outcome.data, indent=2, default=str) if args.json else outcome.text, flush=True)
+    except BrokenPipeError:  # `caia ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
     return outcome.exit_code
 
 

@@ -51,6 +51,22 @@ def test_usage_errors_are_one_line_exit_2(caia):
     assert code == 2 and err.count("\n") == 1 and "required" in err
     code, _, err = caia("frobnicate")
     assert code == 2 and "invalid choice" in err
+    code, _, err = caia("--json", "site", "show", ".")
+    assert err == "caia: error: unrecognized arguments: --json\n"  # --json belongs after the command
+    code, _, err = caia("site", "init")
+    assert err.startswith("caia: error: site init: the following arguments are required")
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path, caia):
+    import subprocess
+    import sys
+
+    caia("site", "init", tmp_path / "s", "--name", "site-1")
+    header = ",".join(f"c{i}" for i in range(3000))
+    (tmp_path / "wide.csv").write_text(f"{header}\n{','.join('1' * 3000)}\n")  # 100 kB of JSON: more than a pipe holds
+    command = f"{sys.executable} -m caia_jupyter.cli site add-dataset {tmp_path / 's'} d {tmp_path / 'wide.csv'} --json | head -c 10"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert done.stdout == '{\n  "path"' and done.stderr == ""
 
 
 def test_site_commands(tmp_path, caia):
@@ -66,11 +82,15 @@ def test_site_commands(tmp_path, caia):
     assert json.loads(out)["datasets"] == ["d1"] and json.loads(out)["policy"] == {"max_approval_days": 90}
     code, _, err = caia("site", "show", tmp_path)
     assert code == 2 and "is not a caia site" in err
+    code, _, err = caia("site", "trust", tmp_path / "s", tmp_path / "jane.key.pub")
+    assert code == 2 and err == f"caia: error: {tmp_path / 'jane.key.pub'} does not exist; give the .pub file `caia reviewer init` made beside the private key\n"
 
 
 def test_site_init_sets_the_longest_approval_lifetime(tmp_path, caia):
     code, out, _ = caia("site", "init", tmp_path / "s", "--name", "site-1", "--max-approval-days", "14", "--json")
     assert code == 0 and json.loads(out)["policy"] == {"max_approval_days": 14}
+    code, _, err = caia("site", "init", tmp_path / "zero", "--name", "site-1", "--max-approval-days", "0")
+    assert err.startswith("caia: error: --max-approval-days 0 must be")  # as typed, not 0.0
     for days in ("0", "inf", "nan", "-3", "abc"):
         code, out, err = caia("site", "init", tmp_path / f"bad{days}", "--name", "site-1", "--max-approval-days", days)
         assert code == 2 and out == "" and err.count("\n") == 1 and "max-approval-days" in err

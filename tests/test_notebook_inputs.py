@@ -75,7 +75,7 @@ def test_validating_the_cr_variant_names_the_cell_and_line_of_the_failure(tmp_pa
 
 # ---- case 07: %%federated where IPython runs it as a cell magic, and nowhere else ----
 
-@pytest.mark.parametrize("variant, why", [("comment_above", "lines are above it"), ("indented_magic", "it is indented")])
+@pytest.mark.parametrize("variant, why", [("comment_above", "a line is above it"), ("indented_magic", "it is indented")])
 def test_a_magic_ipython_would_not_run_is_an_error_naming_the_cell_and_nothing_is_written(variant, why, tmp_path):
     folder = copy_case(COMMENT, tmp_path)
     with pytest.raises(NotebookError) as error:

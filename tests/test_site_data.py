@@ -394,7 +394,7 @@ def test_parquet_round_trip_with_kinds(tmp_path, caia):
 def test_empty_parquet_is_refused(tmp_path):
     table = tmp_path / "none.parquet"
     pd.DataFrame({"a": pd.array([], dtype="int64")}).to_parquet(table)
-    with pytest.raises(SiteError, match="the Parquet file has a header but no rows"):
+    with pytest.raises(SiteError, match="the Parquet file has columns but no rows"):
         schema.read_table(table)
 
 

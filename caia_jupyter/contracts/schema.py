@@ -106,8 +106,8 @@ def read_table(path: str | Path, read: dict | None = None) -> pd.DataFrame:
             raise SiteError(f"dataset file {path} writes decimal numbers as 1,5 but is recorded to be read with "
                             "decimal '.'; register it again with `caia site add-dataset --replace`")
     if len(frame.index) == 0:
-        what = "Parquet file" if read["format"] == "parquet" else "CSV"
-        raise SiteError(f"dataset file {path}: the {what} has a header but no rows; export the table with its rows")
+        what = "the Parquet file has columns" if read["format"] == "parquet" else "the CSV has a header"
+        raise SiteError(f"dataset file {path}: {what} but no rows; export the table with its rows")
     return frame
 
 
@@ -311,7 +311,8 @@ def _checked(path: Path, read) -> dict:
 
 def _not_utf8(path: Path, error: UnicodeDecodeError) -> SiteError:
     byte = error.object[error.start:error.start + 1].hex()
-    return SiteError(f"dataset file {path} is not UTF-8 text (byte 0x{byte}, as Latin-1 or Windows-1252 write é); "
+    return SiteError(f"dataset file {path} is not UTF-8 text (byte 0x{byte}, as Latin-1 or Windows-1252 write "
+                     f"{bytes.fromhex(byte).decode('cp1252', 'replace')!r}); "
                      f"re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > {_utf8_name(path)}`")
 
 

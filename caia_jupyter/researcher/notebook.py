@@ -161,7 +161,7 @@ def _refuse_stray_magic(text: str, transformed: str, where: str) -> None:
         else:
             first = next(line for line in text.splitlines() if line.strip())
             indented = first.lstrip().startswith(annotations.MAGIC)
-            how = (f"{'it is indented' if indented else 'lines are above it'}: IPython does not run it as a "
+            how = (f"{'it is indented' if indented else 'a line is above it'}: IPython does not run it as a "
                    "cell magic and the cell fails in the kernel")
         raise NotebookError(
             f"{where}: %%federated must be its first line, unindented ({how}); start the cell with %%federated"

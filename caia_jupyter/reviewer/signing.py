@@ -24,7 +24,7 @@ from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, R
                               approval_times, iso, latest_revocation, revocation_from)
 from ..site.guard import Unfit, release_of
 from ..site.keys import key_id, load_private_key
-from ..site.sites import Site, valid_days
+from ..site.sites import Site, shown_days, valid_days
 
 if TYPE_CHECKING:
     from ..researcher.bundle import Bundle
@@ -63,7 +63,7 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     if expires_in_days is None:
         expires_in_days = min(DEFAULT_EXPIRES_IN_DAYS, site.max_approval_days)
     if not valid_days(expires_in_days) or expires_in_days > site.max_approval_days:
-        raise CaiaError(f"--expires-in {expires_in_days} must be a finite number of days above 0 and at most "
+        raise CaiaError(f"--expires-in {shown_days(expires_in_days)} must be a finite number of days above 0 and at most "
                         f"{site.max_approval_days:g} (site {site.name}'s policy)")
     private = signing_key(site, key_file)
     if bundle is not None:

@@ -29,6 +29,8 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
 
 def load_public_key(file: Path) -> Ed25519PublicKey:
     """The Ed25519 public key in PEM file `file`; SiteError naming the file otherwise."""
+    if not Path(file).is_file():
+        raise SiteError(f"{file} does not exist; give the .pub file `caia reviewer init` made beside the private key")
     try:
         key = serialization.load_pem_public_key(Path(file).read_bytes())
     except (OSError, ValueError, TypeError) as e:

@@ -124,6 +124,11 @@ def valid_days(value) -> bool:
             and 0 < value <= LONGEST_POLICY_DAYS)
 
 
+def shown_days(value) -> str:
+    """A number of days as the user typed it (200, not 200.0); anything else as its repr."""
+    return format(value, "g") if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
 def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS) -> Site:
     """Create a site directory: an empty catalog, no trusted keys yet, empty approvals and
     revocations, and the policy. Creates no key: reviewers make theirs (`caia reviewer init`).
@@ -133,7 +138,7 @@ def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APP
     path = Path(path)
     check_site_name(name)
     if not valid_days(max_approval_days):
-        raise SiteError(f"--max-approval-days {max_approval_days} must be a finite number of days above 0 and at most {LONGEST_POLICY_DAYS}")
+        raise SiteError(f"--max-approval-days {shown_days(max_approval_days)} must be a finite number of days above 0 and at most {LONGEST_POLICY_DAYS}")
     if path.exists() and any(path.iterdir()):
         raise SiteError(f"{path} already exists and is not empty; choose a new directory")
     with staged_dir(path) as stage:

@@ -36,7 +36,8 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
         for directory in sites:
             site = open_site(directory)
             if site.name in named:
-                raise CaiaError(f"two site directories are named {site.name}: {named[site.name]} and {site.path}")
+                raise CaiaError(f"{site.path} is given twice" if site.path == named[site.name] else
+                                f"two site directories are named {site.name}: {named[site.name]} and {site.path}")
             named[site.name] = site.path
         check_sites(bundle, list(named))
         return simulate(bundle, named, Path(runs_root))
@@ -75,4 +76,4 @@ def check_sites(bundle: bundles.Bundle, names: list[str]) -> None:
     if len(sites) < need:
         raise CaiaError(f"min_clients is {need} but {plural(len(sites), 'site')} given ({', '.join(sites)}); give at least "
                         f"{plural(need, 'site')} with --sites, or set min_clients={len(sites)} in the %%federated header "
-                        "and bundle again")
+                        "and bundle and validate again")
