@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("caia: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(outcome.data, indent=2, default=str) if args.json else outcome.text)
+    print(json.dumps(outcome.data, indent=2, default=str, allow_nan=False) if args.json else outcome.text)
     return outcome.exit_code
 
 
