@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print("caia: interrupted", file=sys.stderr)
         return 130
     try:
-        print(json.dumps(outcome.data, indent=2, default=str) if args.json else outcome.text, flush=True)
+        print(json.dumps(outcome.data, indent=2, default=str, allow_nan=False) if args.json else outcome.text, flush=True)
     except BrokenPipeError:  # `caia ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
     return outcome.exit_code

@@ -53,10 +53,11 @@ def notebook(notebook_path: Path, site_dirs: list[Path]) -> dict:
 
 
 def run(run: Run | Path, since: int = 0) -> dict:
-    """A run's state and its metric records from the `since`-th on."""
+    """A run's state and its metric records from the `since`-th on ([site, round, name, value], value a
+    finite float or None: missing), with its notes (`Run.notes`: updates left out, metrics missing)."""
     handle = run if isinstance(run, Run) else Run(run)
     records = [[r.site, r.round, r.name, r.value] for r in handle.records()[since:]]
     done, total = handle.progress
     return {"status": handle.status, "message": handle.message, "rounds_done": done, "rounds": total,
-            "sites": handle.sites, "reasons": {**handle.refusals, **handle.failures},
+            "sites": handle.sites, "reasons": {**handle.refusals, **handle.failures}, "notes": handle.notes,
             "since": since, "records": records, "count": since + len(records)}

@@ -57,7 +57,7 @@ def run_summary(run) -> Outcome:
         lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
     lines += [f"  note: {note}" for note in run.notes]
     final = run.final_metrics() if run.status == "finished" else {}
-    if "global" in final:
+    if final.get("global"):
         shown = ", ".join(f"{k}={metric(v)}" for k, v in final["global"].items() if k != "num_samples")
         lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
     if run.global_model:

@@ -13,12 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 from caia_jupyter.contracts.errors import CaiaError
 from caia_jupyter.researcher import bundle as bundles, compose, validation
-from caia_jupyter.researcher.runs import finished_message, refused_message
+from caia_jupyter.researcher.runs import Status, finished_message, refused_message
 from caia_jupyter.researcher.wording import metric, plural
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import guard, sites
@@ -269,12 +270,16 @@ def test_plurals():
     assert [plural(n, "round") for n in (0, 1, 2)] == ["0 rounds", "1 round", "2 rounds"]
     assert plural(1, "site") == "1 site" and plural(1.0, "day") == "1 day" and plural(1.5, "day") == "1.5 days"
     assert plural(3, "entry", "entries") == "3 entries"
-    assert finished_message({"rounds_done": 1, "sites": ["site-1"]}, ["site-1"], 1, {}) == "1 round with site-1"
+    assert finished_message(Status.parse({"rounds_done": 1, "sites": ["site-1"]}, ["site-1"]), ["site-1"], 1, {}) == "1 round with site-1"
     assert refused_message([], ["site-1"], 1).startswith("0 of 1 site admitted the bundle (refused: site-1)")
 
 
 def test_metrics_keep_four_significant_digits():
     assert [metric(v) for v in (0.00075, 0.912345, 1.0, 12345.6, 3e-07)] == ["0.00075", "0.9123", "1", "1.235e+04", "3e-07"]
+
+
+def test_a_missing_metric_reads_as_missing():
+    assert [metric(v) for v in (None, float("nan"), float("inf"), np.float64("nan"))] == ["missing"] * 4
 
 
 def test_no_surface_prints_a_number_with_fixed_decimals():
@@ -311,6 +316,22 @@ def test_a_run_prints_rounds_as_the_tables_number_them_and_metrics_with_their_di
     assert set(run.metrics()["round"]) == {0, 1}  # the table numbers them alike: 0, then `rounds` for the final model
     code, out_text, _ = caia("status", run.path)
     assert code == 0 and "final global model: accuracy=0.9123" in out_text
+
+
+def test_a_run_follows_and_shows_missing_metrics_as_missing(tmp_path, caia):
+    from caia_jupyter.researcher.runs import Run
+
+    every_value_missing = write_run(tmp_path / "none", "finished", rounds=1, records=[
+        ("site-1", 1, "accuracy", None), ("site-1", 1, "num_samples", None)])
+    some_missing = write_run(tmp_path / "some", "finished", rounds=1, records=[
+        ("site-1", 0, "loss", 0.5), ("site-1", 0, "lr", None), ("site-1", 1, "accuracy", None)])
+    for folder, expected in ((every_value_missing, ["final model  site-1: accuracy=missing"]),
+                             (some_missing, ["round 0  site-1: loss=0.5 lr=missing", "final model  site-1: accuracy=missing"])):
+        out = io.StringIO()
+        follow(Run(folder), out)
+        assert [line.strip() for line in out.getvalue().splitlines()] == expected
+        code, shown, err = caia("status", folder)
+        assert (code, err) == (0, "") and "note: site-1's accuracy at round 1 was not a finite number" in shown
 
 
 # -- exit codes, as the README promises them ---------------------------------------------------------
@@ -397,3 +418,15 @@ def test_cli_counts_read_in_the_singular_for_one(tmp_path, caia):
     assert code == 0 and out.strip() == "site-1: dataset ages, ','-separated, decimal '.', UTF-8, 1 column: age (int)"
     code, out, _ = caia("site", "show", tmp_path / "s")
     assert code == 0 and "policy: approvals last at most 1 day" in out
+
+
+def test_status_json_is_valid_json_whatever_the_metrics_hold(tmp_path, caia):
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    folder = write_run(tmp_path / "run", "finished", rounds=1, records=[
+        ("site-1", 1, "loss", float("nan")), ("site-1", 1, "acc", 1e308), ("site-1", 1, "num_samples", 1e308)])
+    code, out, err = caia("status", folder, "--json")
+    shown = json.loads(out, parse_constant=refuse)
+    assert (code, err) == (0, "") and shown["final_metrics"] == {"site-1": {"acc": 1e308, "num_samples": 1e308}, "global": {}}
+    assert shown["notes"] == ["site-1's loss at round 1 was not a finite number; it is recorded as missing"]

@@ -66,3 +66,16 @@ def test_the_site_refuses_a_metric_name_that_is_not_a_short_identifier_before_it
         runtime._metrics({name: 1.0}, "train")
     assert refused.value.failure == "bad_metrics"
     assert runtime._metrics({"val_loss": 0.5}, "evaluate") == {"val_loss": 0.5}
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", '"0.9"', "true", "null", "[1]", "1" + "0" * 400, "1e999"])
+def test_a_value_read_that_is_not_a_finite_number_is_missing(tmp_path, value):
+    """Whatever wrote metrics.jsonl: every value read is a finite float or None, so it is valid JSON."""
+    (tmp_path / METRICS).write_text('{"site": "site-1", "round": 0, "name": "loss", "value": %s, "time": 1}\n' % value)
+    assert MetricsReader(tmp_path / METRICS).poll() == [Record("site-1", 0, "loss", None, 1.0)]
+
+
+@pytest.mark.parametrize("time", ["NaN", "Infinity", '"1"', "true", "null"])
+def test_a_record_whose_time_is_not_a_finite_number_is_left_out(tmp_path, time):
+    (tmp_path / METRICS).write_text('{"site": "site-1", "round": 0, "name": "loss", "value": 1, "time": %s}\n' % time)
+    assert MetricsReader(tmp_path / METRICS).poll() == []

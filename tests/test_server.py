@@ -153,6 +153,38 @@ async def test_a_malformed_run_directory_is_never_a_500(jp_fetch, jp_ws_fetch, j
     socket.close()
 
 
+def strict_json(text):
+    """JSON as a browser's JSON.parse reads it: NaN or Infinity is no JSON."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_a_run_is_valid_json_with_its_notes_whatever_its_files_hold(jp_fetch, jp_ws_fetch, jp_root_dir):
+    run = jp_root_dir / "runs" / "forged"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({**RUN_SPEC, "sites": {"site-1": "", "site-2": ""}}))
+    (run / "outcome.json").write_text(json.dumps({"status": "finished", "message": "", "completed_sites": ["site-1", "site-2"]}))
+    (run / "status.json").write_text(json.dumps({"phase": "finished", "excluded": [
+        {"site": ["site-1"], "round": 1, "reason": "no_examples"}, {"site": "site-2", "round": 1, "reason": "no_examples"}]}))
+    line = '{"site": "%s", "round": 2, "name": "%s", "value": %s, "time": 1}\n'
+    (run / "metrics.jsonl").write_text(line % ("site-1", "acc", "NaN") + line % ("site-2", "acc", "Infinity")
+                                       + line % ("site-1", "num_samples", "1e308") + line % ("site-2", "num_samples", "1e308")
+                                       + line % ("site-9", "acc", "0.5"))
+    notes = ["site-2's update of round 1 was left out of the average: it trained on no examples (num_samples 0: no rows, "
+             "or none left after load_data)",
+             "site-1's acc at round 2 was not a finite number; it is recorded as missing",
+             "site-2's acc at round 2 was not a finite number; it is recorded as missing"]
+    response = await jp_fetch("caia", "api", "run", params={"path": "runs/forged"})
+    state = strict_json(response.body)
+    assert state["notes"] == notes
+    assert state["records"] == [["site-1", 2, "acc", None], ["site-2", 2, "acc", None],
+                                ["site-1", 2, "num_samples", 1e308], ["site-2", 2, "num_samples", 1e308]]
+    socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "runs/forged"})
+    assert strict_json(await asyncio.wait_for(socket.read_message(), timeout=30))["notes"] == notes
+    socket.close()
+
+
 @pytest.mark.slow
 async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_dir, notebook):
     study = (jp_root_dir / notebook).parent

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from caia_jupyter.researcher import compose, validation
-from caia_jupyter.researcher.runs import Run, ended_message, finished_message, local_failure_record, site_states
+from caia_jupyter.researcher.runs import Run, Status, ended_message, finished_message, local_failure_record, site_states
 from caia_jupyter.site import runtime, sites
 from caia_jupyter.site.context import Context
 from caia_jupyter.targets.demo_sites import add_reviewer
@@ -48,35 +48,82 @@ ADMITTED = {site: {"state": "approved"} for site in SITES}
 ], ids=["admitted", "running", "one left", "one reported", "finished without one", "ended below min_clients",
         "aborted", "launcher lost"])
 def test_a_sites_state_is_what_that_site_did(status, outcome, failed, expected):
-    assert site_states(SITES, ADMITTED, status, outcome, failed) == expected
+    assert site_states(SITES, ADMITTED, Status.parse(status, SITES), outcome, failed) == expected
 
 
 def test_a_refused_run_shows_the_refusing_site_refused_and_the_others_not_started():
     admissions = {"site-1": {"state": "approved"}, "site-2": {"state": "refused", "reason": "no approval"}}
     outcome = {"status": "refused", "completed_sites": [], "failed_sites": {}}
-    assert site_states(["site-1", "site-2", "site-3"], admissions, {}, outcome, set()) == {
+    assert site_states(["site-1", "site-2", "site-3"], admissions, Status(), outcome, set()) == {
         "site-1": "not started", "site-2": "refused", "site-3": "not started"}
-    assert site_states(["site-1", "site-2"], {}, {}, {}, set()) == {"site-1": "waiting", "site-2": "waiting"}
+    assert site_states(["site-1", "site-2"], {}, Status(), {}, set()) == {"site-1": "waiting", "site-2": "waiting"}
 
 
 def test_a_finished_run_says_whom_it_continued_without_and_why():
     status = {"phase": "finished", "rounds_done": 2, "sites": ["site-1", "site-2"], "left": {"site-3": 0}}
-    assert finished_message(status, list(SITES), 2, {"site-3": LINE}) == (
+    assert finished_message(Status.parse(status, SITES), list(SITES), 2, {"site-3": LINE}) == (
         f"2 rounds with site-1, site-2; continued without site-3 (min_clients 2); site-3 left at round 0: {LINE}")
     status["left"] = {"site-3": 1}  # no report came (a timeout, or the report was lost)
-    assert finished_message(status, list(SITES), 2, {}).endswith("; site-3 left at round 1: it returned no result")
+    assert finished_message(Status.parse(status, SITES), list(SITES), 2, {}).endswith(
+        "; site-3 left at round 1: it returned no result")
     status = {"phase": "finished", "rounds_done": 2, "sites": list(SITES), "left": {}}
-    assert finished_message(status, list(SITES), 2, {}) == "2 rounds with site-1, site-2, site-3"
+    assert finished_message(Status.parse(status, SITES), list(SITES), 2, {}) == "2 rounds with site-1, site-2, site-3"
 
 
 def test_a_run_that_ended_names_each_site_that_left_and_each_other_report():
     status = {"phase": "failed", "message": "round 0: 2 of 3 sites returned results (site-1, site-2); min_clients is 3",
               "left": {"site-3": 0}}
-    assert ended_message(status, {"site-3": LINE}) == f"{status['message']}; site-3 left at round 0: {LINE}"
+    assert ended_message(Status.parse(status, SITES), {"site-3": LINE}) == f"{status['message']}; site-3 left at round 0: {LINE}"
     aborted = {"phase": "aborted", "message": "the run was aborted", "left": {}}
-    assert ended_message(aborted, {"site-3": LINE}) == f"the run was aborted; {LINE}"
-    assert ended_message({}, {"site-3": LINE}) == LINE
-    assert ended_message({}, {}) == ""
+    assert ended_message(Status.parse(aborted, SITES), {"site-3": LINE}) == f"the run was aborted; {LINE}"
+    assert ended_message(Status(), {"site-3": LINE}) == LINE
+    assert ended_message(Status(), {}) == ""
+
+
+# A status.json received from a server, or altered on disk: every field of the wrong shape.
+FORGED_STATUS = {"phase": ["finished"], "rounds_done": "2", "rounds": -1, "sites": [1, ["site-1"], "site-9", "site-2", "site-2"],
+                 "left": {"site-2\nINJECT": 0, "site-9": 1, "site-3": "round 1\nEVIL", "site-1": True, "site-3 ": 2},
+                 "excluded": [{"site": ["site-1"], "round": 1, "reason": "no_examples"},
+                              {"site": {"a": 1}, "round": 1, "reason": "no_examples"},
+                              {"site": "site-1", "round": 1, "reason": ["x"]}, {"site": "site-1", "round": 1, "reason": {}},
+                              {"site": "site-1", "round": -1, "reason": "no_examples"},
+                              {"site": "site-1", "round": 1.0, "reason": "no_examples"}, "site-1",
+                              {"site": "site-3", "round": 1, "reason": "no_examples"}],
+                 "message": "the server\nINJECT: ended"}
+
+
+def test_a_forged_status_keeps_only_the_runs_own_sites_int_rounds_and_known_reasons():
+    for sites in (SITES, dict.fromkeys(SITES, "/x")):  # run.json lists its sites, or maps them to folders
+        status = Status.parse(FORGED_STATUS, sites)
+        assert status == Status(phase="", rounds_done=0, rounds=None, sites=("site-2",), left={},
+                                excluded=(("site-3", 1, "no_examples"),), message="the server INJECT: ended")
+    for raw in (None, [], "x", {"sites": "site-1", "left": ["site-1"], "excluded": "abc"}):
+        assert Status.parse(raw, SITES) == Status()
+
+
+def test_the_launchers_messages_read_any_status_without_failing():
+    for raw in ({"phase": "finished", "sites": [1, 2], "rounds_done": 2}, {"phase": "finished", "sites": ["site-1"]},
+                {"phase": "finished", "rounds_done": 2, "sites": "site-1", "left": {"site-2\nINJECT": "x"}}, FORGED_STATUS):
+        status = Status.parse(raw, SITES)
+        for message in (finished_message(status, list(SITES), 1, {}), ended_message(status, {})):
+            assert "\n" not in message and "INJECT" not in message.replace("the server INJECT", "")
+    assert finished_message(Status.parse({"sites": ["site-1"]}, SITES), list(SITES), 1, {}) == (
+        "0 rounds with site-1; continued without site-2, site-3 (min_clients 1)")
+
+
+def test_a_run_with_a_forged_status_shows_its_sites_and_notes(tmp_path, caia):
+    (tmp_path / "run.json").write_text(json.dumps({"sites": {s: "/x" for s in SITES}, "rounds": 2, "min_clients": 1}))
+    (tmp_path / "sites.json").write_text(json.dumps(ADMITTED))
+    (tmp_path / "status.json").write_text(json.dumps(FORGED_STATUS))
+    (tmp_path / "outcome.json").write_text(json.dumps({"status": "finished", "message": "2 rounds", "completed_sites": ["site-2"]}))
+    run = Run(tmp_path)
+    assert run.sites == {"site-1": "stopped", "site-2": "done", "site-3": "stopped"}
+    assert run.notes == ["site-3's update of round 1 was left out of the average: it trained on no examples "
+                         "(num_samples 0: no rows, or none left after load_data)"]
+    code, out, err = caia("status", tmp_path, "--json")
+    assert (code, err) == (0, "") and json.loads(out)["notes"] == run.notes
+    code, out, err = caia("status", tmp_path)
+    assert code == 0 and f"  note: {run.notes[0]}" in out.splitlines()
 
 
 def test_a_run_shows_a_failure_report_while_it_runs(tmp_path):

@@ -78,3 +78,17 @@ def test_a_run_whose_launcher_vanished_reads_as_failed(recorded_run):
     run = Run(recorded_run)
     assert run.status == "failed"  # pid 999999999 does not exist and no outcome was written
     assert "launcher is gone" in run.message
+
+
+def test_the_widget_shows_the_runs_notes_and_only_its_own_sites_records(recorded_run):
+    append(recorded_run, ("site-1", 0, "accuracy", None), ("site-1", 0, "loss", 0.9), ("site-9", 0, "loss", 0.1))
+    status = json.loads((recorded_run / "status.json").read_text())
+    status["excluded"] = [{"site": "site-1", "round": 0, "reason": "non_finite_weights"},
+                          {"site": ["site-1"], "round": 0, "reason": "no_examples"}]
+    (recorded_run / "status.json").write_text(json.dumps(status))
+    widget = RunWidget(Run(recorded_run))
+    widget.refresh()
+    assert widget.notes == ["site-1's update of round 0 was left out of the average: its weights hold NaN or infinite values",
+                            "site-1's accuracy at round 0 was not a finite number; it is recorded as missing"]
+    assert widget.records == [["site-1", 0, "accuracy", None], ["site-1", 0, "loss", 0.9]]
+    assert "notes" in widget.get_state()

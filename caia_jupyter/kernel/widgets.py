@@ -1,4 +1,5 @@
-"""The live run widget: progress, per-site status, per-round curves of every metric.
+"""The live run widget: progress, per-site status, per-round curves of every metric, and the run's
+notes (a metric recorded as missing, an update left out of an average).
 
 A background thread reads the run's state as the panel does (`overview.run`) and pushes what changed
 in one batch (`hold_sync`) every half second; the JavaScript view redraws in place. The
@@ -30,6 +31,7 @@ class RunWidget(anywidget.AnyWidget):
     rounds = traitlets.Int(0).tag(sync=True)
     sites = traitlets.Dict().tag(sync=True)
     reasons = traitlets.Dict().tag(sync=True)
+    notes = traitlets.List().tag(sync=True)  # what the run left out, one line each (`Run.notes`)
     records = traitlets.List().tag(sync=True)  # [site, round, name, value]
 
     def __init__(self, run: Run, **kwargs):
@@ -44,7 +46,7 @@ class RunWidget(anywidget.AnyWidget):
         with self.hold_sync():
             self.status, self.message = state["status"], state["message"]
             self.rounds_done, self.rounds = state["rounds_done"], state["rounds"]
-            self.sites, self.reasons = state["sites"], state["reasons"]
+            self.sites, self.reasons, self.notes = state["sites"], state["reasons"], state["notes"]
             if state["records"]:
                 self.records = self.records + state["records"]
 

@@ -3,12 +3,15 @@
 The server's receiver appends records as JSON lines; `MetricsReader.poll()` returns the
 records that arrived since the last call, however the file grows (partial lines wait).
 A record whose metric name is not a short identifier (`contracts.metric_names`) is left out. A
-value of None is a metric the site sent that was not a finite number: recorded as missing.
+value of None is a metric the site sent that was not a finite number: recorded as missing; so is
+any value read that is not a finite number (NaN or Infinity tokens, text, a bool), whatever wrote
+the file, so every value read is a finite float or None and every surface emits valid JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,12 +42,22 @@ class Record:
             return None
         if not isinstance(raw, dict) or set(raw) != {"site", "round", "name", "value", "time"}:
             return None
-        numbers = (raw["time"],) if raw["value"] is None else (raw["value"], raw["time"])
+        time = finite(raw["time"])
         if not (isinstance(raw["site"], str) and valid_name(raw["name"]) and type(raw["round"]) is int
-                and all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
+                and time is not None):
             return None
-        value = None if raw["value"] is None else float(raw["value"])
-        return cls(raw["site"], raw["round"], raw["name"], value, float(raw["time"]))
+        return cls(raw["site"], raw["round"], raw["name"], finite(raw["value"]), time)
+
+
+def finite(value) -> float | None:
+    """`value` as a float if it is a finite number (an int or a float, not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        return None
+    return number if math.isfinite(number) else None
 
 
 class MetricsReader:

@@ -17,11 +17,13 @@ failure only what `failures.describe` renders from its report.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contracts import failures as failure_reports
@@ -78,7 +80,7 @@ class Run:
             return self.outcome["status"] if self.outcome.get("status") in FINAL else "failed"
         if not self._launcher_alive():
             return "failed"
-        return self._json("status.json").get("phase") and "running" or "starting"
+        return "running" if self.server_status.phase else "starting"
 
     @property
     def message(self) -> str:
@@ -88,15 +90,19 @@ class Run:
         return self.outcome.get("message", "")
 
     @property
+    def server_status(self) -> Status:
+        """status.json, read strictly (`Status.parse`)."""
+        return Status.parse(self._json("status.json"), self.spec["sites"])
+
+    @property
     def progress(self) -> tuple[int, int]:
-        status = self._json("status.json")
-        done, total = status.get("rounds_done"), status.get("rounds")
-        return (done if type(done) is int else 0), (total if type(total) is int else self.spec["rounds"])
+        status = self.server_status
+        return status.rounds_done, (status.rounds if status.rounds is not None else self.spec["rounds"])
 
     @property
     def sites(self) -> dict[str, str]:
         """Site -> its state, each from what that site did (see `site_states`)."""
-        return site_states(self.spec["sites"], self._admissions(), self._json("status.json"), self.outcome,
+        return site_states(self.spec["sites"], self._admissions(), self.server_status, self.outcome,
                            set(self._failure_reports()))
 
     @property
@@ -131,18 +137,14 @@ class Run:
     def notes(self) -> list[str]:
         """What the run left out, one line each: a site's update left out of a round's average (why,
         in the fixed words of `failures.EXCLUDED`), a metric a site sent that was not finite."""
-        excluded = self._json("status.json").get("excluded")
-        lines = [failure_reports.describe_excluded(e["site"], e["round"], e["reason"])
-                 for e in (excluded if isinstance(excluded, list) else [])
-                 if isinstance(e, dict) and e.get("site") in self.spec["sites"] and type(e.get("round")) is int
-                 and e.get("reason") in failure_reports.EXCLUDED]
+        lines = [failure_reports.describe_excluded(site, round, reason) for site, round, reason in self.server_status.excluded]
         return lines + [failure_reports.NON_FINITE_METRIC.format(site=r.site, name=r.name, round=r.round)
-                        for r in self.records() if r.value is None and r.site in self.spec["sites"]]
+                        for r in self.records() if r.value is None]
 
     def records(self) -> list[metric_records.Record]:
-        """Every metric record so far, in the order the server received them."""
+        """Every metric record so far of the run's own sites, in the order the server received them."""
         self._reader.poll()
-        return self._reader.records
+        return [r for r in self._reader.records if r.site in self.spec["sites"]]
 
     def metrics(self):
         """Every metric record so far, as a pandas DataFrame (site, round, name, value, time)."""
@@ -155,16 +157,19 @@ class Run:
         return frame.pivot_table(index="round", columns="site", values="value", aggfunc="last")
 
     def final_metrics(self) -> dict[str, dict[str, float]]:
-        """Each site's evaluation of the final global model, plus "global": their mean weighted by num_samples."""
+        """Each site's evaluation of the final global model, plus "global": their mean weighted by
+        num_samples (a site without a usable num_samples, finite and not negative, counts 1). Every
+        value is finite: a mean that overflows is left out."""
         frame = self.metrics().dropna(subset=["value"])  # a missing value counts for no site
         final = frame[frame["round"] == self.spec["rounds"]]
         per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
         sizes = frame[frame["name"] == "num_samples"].groupby("site")["value"].last().to_dict()
-        weights = {site: sizes.get(site, 1.0) for site in per_site}
+        weights = {site: sizes[site] if sizes.get(site, -1) >= 0 else 1.0 for site in per_site}
         total = sum(weights.values())
         names = set.intersection(*(set(m) for m in per_site.values())) if per_site else set()
-        if total:
-            per_site["global"] = {n: sum(per_site[s][n] * w for s, w in weights.items()) / total for n in sorted(names)}
+        if total and math.isfinite(total):
+            means = {n: sum(per_site[s][n] * w for s, w in weights.items()) / total for n in sorted(names)}
+            per_site["global"] = {n: v for n, v in means.items() if math.isfinite(v)}
         return per_site
 
     # -- control -------------------------------------------------------------------------
@@ -236,8 +241,62 @@ class Run:
         return self._launcher() is not None
 
 
-def site_states(sites, admissions: dict, status: dict, outcome: dict, failed: set[str]) -> dict[str, str]:
-    """Each site's state, from its admission (sites.json), the server's status.json, the run's
+@dataclass(frozen=True)
+class Status:
+    """status.json, the server's progress, read strictly: a file received from a server (or altered
+    on disk) is untrusted, so each field keeps only what has its shape, and an entry about a site
+    that is not one of the run's own is dropped.
+
+    phase        "" (no status yet), or the server's word: training | finished | failed | aborted
+    rounds_done  rounds done, an int >= 0 (0 when not one)
+    rounds       the run's rounds as the server counts them, or None
+    sites        the run's own sites still in it, in the server's order
+    left         site -> the round it left the run in (an int >= 0)
+    excluded     (site, round, reason): an update left out of an average, reason a key of
+                 `failures.EXCLUDED`
+    message      the server's reason for ending, on one line
+    """
+
+    phase: str = ""
+    rounds_done: int = 0
+    rounds: int | None = None
+    sites: tuple[str, ...] = ()
+    left: dict[str, int] = field(default_factory=dict)
+    excluded: tuple[tuple[str, int, str], ...] = ()
+    message: str = ""
+
+    @classmethod
+    def parse(cls, raw, sites) -> Status:
+        """The status from status.json's object `raw` ({} or anything else: no status yet) for a
+        run of `sites` (names, or a mapping by name). Never raises."""
+        if not isinstance(raw, dict):
+            return cls()
+
+        def own(site) -> bool:
+            return isinstance(site, str) and site in sites
+
+        def count(value) -> bool:
+            return type(value) is int and 0 <= value <= failure_reports.MAX_ROUND
+
+        listed = raw.get("sites") if isinstance(raw.get("sites"), list) else []
+        left = raw.get("left") if isinstance(raw.get("left"), dict) else {}
+        excluded = raw.get("excluded") if isinstance(raw.get("excluded"), list) else []
+        phase, message = raw.get("phase"), raw.get("message")
+        return cls(
+            phase=phase if isinstance(phase, str) else "",
+            rounds_done=raw.get("rounds_done") if count(raw.get("rounds_done")) else 0,
+            rounds=raw.get("rounds") if count(raw.get("rounds")) else None,
+            sites=tuple(dict.fromkeys(s for s in listed if own(s))),
+            left={site: round for site, round in left.items() if own(site) and count(round)},
+            excluded=tuple((e["site"], e["round"], e["reason"]) for e in excluded
+                           if isinstance(e, dict) and own(e.get("site")) and count(e.get("round"))
+                           and isinstance(e.get("reason"), str) and e["reason"] in failure_reports.EXCLUDED),
+            message=" ".join(message.split()) if isinstance(message, str) else "",
+        )
+
+
+def site_states(sites, admissions: dict, status: Status, outcome: dict, failed: set[str]) -> dict[str, str]:
+    """Each site's state, from its admission (sites.json), the server's status (`Status`), the run's
     outcome and the sites that sent a failure report: site -> one of
 
         waiting      not deployed yet            approved     admitted, the run not begun
@@ -247,20 +306,19 @@ def site_states(sites, admissions: dict, status: dict, outcome: dict, failed: se
         not started  admitted, but too few sites were, so the run never began
         stopped      admitted, healthy, and the run ended without finishing (other sites failed, or an abort)
     """
-    left = _left(status)
     completed = outcome.get("completed_sites") if isinstance(outcome.get("completed_sites"), list) else []
     states = {}
     for site in sites:
         admission = admissions.get(site, {}).get("state")
         if admission == "refused":
             states[site] = "refused"
-        elif site in failed or site in left:
+        elif site in failed or site in status.left:
             states[site] = "failed"
         elif outcome:
             states[site] = ("done" if site in completed else "not started" if outcome.get("status") == "refused"
                             else "stopped")
         elif admission == "approved":
-            states[site] = "running" if status else "approved"
+            states[site] = "running" if status.phase else "approved"
         else:
             states[site] = "waiting"
     return states
@@ -273,32 +331,26 @@ def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> 
             f"min_clients is {min_clients}, so the run did not start")
 
 
-def finished_message(status: dict, sites: list[str], min_clients: int, reasons: dict[str, str]) -> str:
+def finished_message(status: Status, sites: list[str], min_clients: int, reasons: dict[str, str]) -> str:
     """How a run finished: its rounds, the sites it finished with, and each site it continued
     without, refused or left (`reasons`: site -> its failure line, as `describe_failures` gives)."""
-    trained = status.get("sites", [])
-    gone = [s for s in sites if s not in trained]
+    gone = [s for s in sites if s not in status.sites]
     note = f"; continued without {', '.join(gone)} (min_clients {min_clients})" if gone else ""
-    return f"{plural(status['rounds_done'], 'round')} with {', '.join(trained)}{note}{departures(status, reasons)}"
+    return f"{plural(status.rounds_done, 'round')} with {', '.join(status.sites)}{note}{departures(status, reasons)}"
 
 
-def ended_message(status: dict, reasons: dict[str, str]) -> str:
+def ended_message(status: Status, reasons: dict[str, str]) -> str:
     """Why a run that began ended without finishing: the server's reason, each site that left the
     run and each other site's failure line (`reasons`) ("" when nothing tells)."""
-    told = ((status.get("message") or "") + departures(status, reasons)).removeprefix("; ")
-    others = [line for site, line in reasons.items() if site not in _left(status)]
+    told = (status.message + departures(status, reasons)).removeprefix("; ")
+    others = [line for site, line in reasons.items() if site not in status.left]
     return "; ".join(part for part in [told, *others] if part)
 
 
-def departures(status: dict, reasons: dict[str, str]) -> str:
-    """"; SITE left at round N: its failure line" for each site that left the run (status.json's "left")."""
+def departures(status: Status, reasons: dict[str, str]) -> str:
+    """"; SITE left at round N: its failure line" for each site that left the run (`Status.left`)."""
     return "".join(f"; {site} left at round {round}: {reasons.get(site, 'it returned no result')}"
-                   for site, round in _left(status).items())
-
-
-def _left(status: dict) -> dict:
-    """status.json's "left": site -> the round it left the run in."""
-    return status.get("left") if isinstance(status.get("left"), dict) else {}
+                   for site, round in status.left.items())
 
 
 def local_failure_record(run_dir: Path, site: str) -> Path:

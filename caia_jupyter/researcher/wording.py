@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def plural(count: int | float, noun: str, many: str | None = None) -> str:
     """`count` and its noun, singular only for 1: "1 round", "0 sites", "1.5 days", "2 entries"
@@ -10,6 +12,10 @@ def plural(count: int | float, noun: str, many: str | None = None) -> str:
     return f"{shown} {noun if count == 1 else many or noun + 's'}"
 
 
-def metric(value: float) -> str:
-    """A metric value with 4 significant digits: 0.00075 stays 0.00075, 0.912345 is 0.9123, 12345.6 is 1.235e+04."""
-    return f"{value:.4g}"
+MISSING = "missing"
+
+
+def metric(value: float | None) -> str:
+    """A metric value with 4 significant digits: 0.00075 stays 0.00075, 0.912345 is 0.9123, 12345.6 is 1.235e+04;
+    None or a value that is not finite (NaN: missing in a DataFrame) is "missing"."""
+    return f"{value:.4g}" if value is not None and math.isfinite(value) else MISSING

@@ -120,7 +120,7 @@ class CaiaHandler(CaiaMixin, ExtensionHandlerMixin, APIHandler):
     async def reply(self, work, *args) -> None:
         """Run core work off the event loop and answer with its JSON (an error goes to `write_error`)."""
         result = await asyncio.get_running_loop().run_in_executor(None, work, *args)
-        self.finish(json.dumps(result))
+        self.finish(json.dumps(result, allow_nan=False))  # NaN is no JSON: a bug, a 500, never such a reply
 
     def site_dirs(self, notebook: Path) -> list[Path]:
         return overview.site_dirs_near(notebook, self.extensionapp.site_dirs)
@@ -240,10 +240,10 @@ class RunStreamHandler(CaiaMixin, ExtensionHandlerMixin, WebSocketHandler, Jupyt
             while True:
                 state = await loop.run_in_executor(None, overview.run, run, count)
                 count = state["count"]
-                digest = json.dumps({k: v for k, v in state.items() if k not in ("since", "count")})
+                digest = json.dumps({k: v for k, v in state.items() if k not in ("since", "count")}, allow_nan=False)
                 if digest != last:
                     last = digest
-                    await self.write_message(json.dumps(state))
+                    await self.write_message(json.dumps(state, allow_nan=False))
                 if state["status"] in FINAL:
                     return self.close()
                 await asyncio.sleep(0.5)

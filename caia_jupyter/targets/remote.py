@@ -31,7 +31,8 @@ from ..contracts import failures
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import read_json, write_json
 from ..contracts.weights import DTYPES_FILE
-from ..researcher.runs import Run, describe_failures, ended_message, finished_message, refused_message, start_launcher
+from ..researcher.runs import (Run, Status, describe_failures, ended_message, finished_message, refused_message,
+                               start_launcher)
 from ..site.guard import MISCONFIGURED
 from .poc import admin_session
 
@@ -188,18 +189,18 @@ def collect(result: Path, run_dir: Path, sites: list[str]) -> None:
 
 def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
     job_status = str(meta.get("status"))
-    status = read_json(run_dir / STATUS)
+    status = Status.parse(read_json(run_dir / STATUS), spec["sites"])
     admitted = [s for s, a in admissions(meta, spec["sites"]).items() if a["state"] == "approved"]
     failed = failures.parse_all(read_json(run_dir / FAILURES), spec["sites"])
     base = {"job_id": spec["job_id"], "job_status": job_status,
             "failed_sites": {site: report.model_dump() for site, report in failed.items()},
-            "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
+            "completed_sites": list(status.sites) if status.phase == "finished" else []}
     if aborted or job_status == "FINISHED:ABORTED":
         return {**base, "status": "aborted", "message": f"aborted (NVFLARE job {spec['job_id']})"}
     if job_status == "FINISHED:FAILED_TO_RUN" and len(admitted) < len(spec["sites"]):
         return {**base, "status": "refused", "message": refused_message(admitted, spec["sites"], spec["min_clients"])}
     reasons = describe_failures(failed)
-    if job_status == "FINISHED:COMPLETED" and status.get("phase") == "finished":
+    if job_status == "FINISHED:COMPLETED" and status.phase == "finished":
         return {**base, "status": "finished", "message": finished_message(status, spec["sites"], spec["min_clients"], reasons)}
     reason = ended_message(status, reasons) or f"NVFLARE ended the job as {job_status}"
     return {**base, "status": "failed", "message": f"{reason} (NVFLARE job {spec['job_id']}, {job_status})"}

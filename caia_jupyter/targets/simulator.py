@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from ..contracts import failures
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
-from ..researcher.runs import (Run, describe_failures, ended_message, finished_message, local_failure_record, refused_message,
-                               start_launcher)
+from ..researcher.runs import (Run, Status, describe_failures, ended_message, finished_message, local_failure_record,
+                               refused_message, start_launcher)
 from ..researcher.wording import plural
 from . import nvflare_internals, tuning
 
@@ -146,7 +146,7 @@ def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
     """How the run ended, from what the guard, the server and the sites left behind. Of a site's
     failure record only its report (caia_jupyter.contracts.failures), parsed strictly, is taken."""
     admissions = read_json(run_dir / "sites.json")
-    status = read_json(run_dir / "status.json")
+    status = Status.parse(read_json(run_dir / "status.json"), sites)
     admitted = [s for s, a in admissions.items() if a.get("state") == "approved"]
     failed = {}
     for site in admitted:
@@ -154,11 +154,11 @@ def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
         if record:
             failed[site] = failures.parse(record.get("report") if isinstance(record, dict) else None)
     result = {"code": code, "failed_sites": {site: report.model_dump() for site, report in failed.items()},
-              "completed_sites": status.get("sites", []) if status.get("phase") == "finished" else []}
+              "completed_sites": list(status.sites) if status.phase == "finished" else []}
     if admissions and len(admitted) < min_clients:
         return {**result, "status": "refused", "message": refused_message(admitted, list(sites), min_clients)}
     reasons = describe_failures(failed, run_dir)
-    if code == 0 and status.get("phase") == "finished":
+    if code == 0 and status.phase == "finished":
         return {**result, "status": "finished", "message": finished_message(status, list(sites), min_clients, reasons)}
     reason = ended_message(status, reasons)
     return {**result, "status": "failed",

@@ -32,6 +32,7 @@ export interface IRunState {
   rounds: number;
   sites: Record<string, string>;
   reasons: Record<string, string>;
+  notes: string[]; // what the run left out: updates left out of an average, metrics recorded as missing
   records: [string, number, string, number | null][]; // null: a value not finite at the site
   since: number;
   count: number;

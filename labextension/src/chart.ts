@@ -24,7 +24,7 @@ export function drawCharts(
   const byMetric = new Map<string, Map<string, [number, number][]>>();
   for (const [site, round, name, value] of records) {
     if (name === 'num_samples' || value === null) {
-      continue; // null: a value that was not finite at the site, recorded as missing
+      continue; // null: a value recorded as missing, told in the run's notes
     }
     const series = byMetric.get(name) ?? new Map<string, [number, number][]>();
     byMetric.set(name, series);

@@ -175,8 +175,11 @@ export class FederatedPanel extends Widget {
     }
     const charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
     drawCharts(charts, this.records, sites, state.rounds);
+    const notes = element('ul', { 'data-caia': 'run-notes', class: 'caia-notes' });
+    notes.append(...state.notes.map(note => element('li', {}, note)));
     this.runView.replaceChildren(element('h3', {}, 'Run'), status, progress,
-      element('span', {}, ` ${state.rounds_done} of ${state.rounds} ${state.rounds === 1 ? 'round' : 'rounds'} done`), table, charts);
+      element('span', {}, ` ${state.rounds_done} of ${state.rounds} ${state.rounds === 1 ? 'round' : 'rounds'} done`), table, charts,
+      notes);
   }
 
   private say(text: string, error = false): void {

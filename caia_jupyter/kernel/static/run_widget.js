@@ -40,13 +40,15 @@ function render({ model, el }) {
   const label = document.createElement("span");
   const sites = document.createElement("table");
   const charts = document.createElement("div");
+  const notes = document.createElement("ul");  // what the run left out (missing metrics, updates left out)
   head.className = "caia-head";
   sites.className = "caia-sites";
   charts.className = "caia-charts";
+  notes.className = "caia-notes";
   const progress = document.createElement("div");
   progress.className = "caia-progress";
   progress.append(bar, label);
-  el.append(head, progress, sites, charts);
+  el.append(head, progress, sites, charts, notes);
 
   function draw() {
     const status = model.get("status");
@@ -77,12 +79,17 @@ function render({ model, el }) {
     }));
     const byMetric = {};
     for (const [site, round, name, value] of model.get("records")) {
-      if (name === "num_samples" || value === null) continue;  // null: not finite at the site, missing
+      if (name === "num_samples" || value === null) continue;  // null: missing, told in the notes
       ((byMetric[name] ??= {})[site] ??= []).push([round, value]);
     }
     charts.replaceChildren(...Object.keys(byMetric).sort().map((name) => chart(name, byMetric[name], model.get("rounds"), colorOf)));
+    notes.replaceChildren(...model.get("notes").map((note) => {
+      const item = document.createElement("li");
+      item.textContent = note;
+      return item;
+    }));
   }
-  for (const trait of ["status", "message", "rounds_done", "rounds", "sites", "reasons", "records", "title"]) {
+  for (const trait of ["status", "message", "rounds_done", "rounds", "sites", "reasons", "notes", "records", "title"]) {
     model.on(`change:${trait}`, draw);
   }
   draw();
