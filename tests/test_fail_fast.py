@@ -275,7 +275,9 @@ def test_plurals():
 
 
 def test_metrics_keep_four_significant_digits():
-    assert [metric(v) for v in (0.00075, 0.912345, 1.0, 12345.6, 3e-07)] == ["0.00075", "0.9123", "1", "1.235e+04", "3e-07"]
+    assert [metric(v) for v in (0.00075, 0.912345, 1.0, 12345.6, 123456.7, -98765.4, 3e-07, 2e20)] == [
+        "0.00075", "0.9123", "1", "12346", "123457", "-98765", "3e-07", "2e+20"]
+    assert metric(99999.6) == "99999.6"  # never 1e+05
 
 
 def test_a_missing_metric_reads_as_missing():

@@ -45,5 +45,5 @@ def test_the_workshop_notebook_shows_a_refusal_then_a_full_run(tmp_path):
     shutil.copy(REPO / "binder" / "workshop.ipynb", tmp_path)
     text = text_of(execute(tmp_path / "workshop.ipynb", tmp_path))
     assert "site-3: refused: site-3 refused bundle sha256:" in text
-    assert "finished (3 rounds with site-1, site-2; continued without site-3 (min_clients 2))" in text
+    assert "finished (3 rounds with site-1, site-2; without site-3, which refused the bundle (min_clients 2))" in text
     assert "finished (3 rounds with site-1, site-2, site-3)" in text

@@ -75,7 +75,7 @@ def test_a_site_without_approval_refuses_with_the_bundle_id_and_approving_later_
     assert run.wait(timeout=300) == "finished", run.message
     assert run.refusals == {"site-2": f"site-2 refused bundle {built.id}: no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)"}
     assert run.sites == {"site-1": "done", "site-2": "refused", "site-3": "done"}
-    assert "continued without site-2 (min_clients 2)" in run.message
+    assert "without site-2, which refused the bundle (min_clients 2)" in run.message
 
     approve(poc, built, ["site-2"])  # the site keeps running; its guard reads approvals at each deployment
     again = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")

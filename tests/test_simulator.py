@@ -65,7 +65,7 @@ def test_a_site_without_approval_refuses_and_the_run_continues_with_min_clients(
     assert run.wait(timeout=300) == "finished", run.message
     assert run.sites == {"site-1": "done", "site-2": "done", "site-3": "refused"}
     assert run.refusals["site-3"] == f"site-3 refused bundle {built.id}: no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)"
-    assert "continued without site-3 (min_clients 1)" in run.message
+    assert "without site-3, which refused the bundle (min_clients 1)" in run.message
     assert set(run.metrics()["site"]) == {"site-1", "site-2"}
 
 

@@ -108,7 +108,7 @@ def test_the_launchers_messages_read_any_status_without_failing():
         for message in (finished_message(status, list(SITES), 1, {}), ended_message(status, {})):
             assert "\n" not in message and "INJECT" not in message.replace("the server INJECT", "")
     assert finished_message(Status.parse({"sites": ["site-1"]}, SITES), list(SITES), 1, {}) == (
-        "0 rounds with site-1; continued without site-2, site-3 (min_clients 1)")
+        "0 rounds with site-1; without site-2, site-3, which refused the bundle (min_clients 1)")
 
 
 def test_a_run_with_a_forged_status_shows_its_sites_and_notes(tmp_path, caia):

@@ -88,7 +88,7 @@ def test_the_widget_shows_the_runs_notes_and_only_its_own_sites_records(recorded
     (recorded_run / "status.json").write_text(json.dumps(status))
     widget = RunWidget(Run(recorded_run))
     widget.refresh()
-    assert widget.notes == ["site-1's update of round 0 was left out of the average: its weights hold NaN or infinite values",
+    assert widget.notes == ["site-1's update of round 0 was left out of the average: its weights hold NaN or values infinite in their dtype",
                             "site-1's accuracy at round 0 was not a finite number; it is recorded as missing"]
     assert widget.records == [["site-1", 0, "accuracy", None], ["site-1", 0, "loss", 0.9]]
     assert "notes" in widget.get_state()

@@ -332,11 +332,16 @@ def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> 
 
 
 def finished_message(status: Status, sites: list[str], min_clients: int, reasons: dict[str, str]) -> str:
-    """How a run finished: its rounds, the sites it finished with, and each site it continued
-    without, refused or left (`reasons`: site -> its failure line, as `describe_failures` gives)."""
-    gone = [s for s in sites if s not in status.sites]
-    note = f"; continued without {', '.join(gone)} (min_clients {min_clients})" if gone else ""
-    return f"{plural(status.rounds_done, 'round')} with {', '.join(status.sites)}{note}{departures(status, reasons)}"
+    """How a run finished: its rounds, the sites it finished with, the sites that refused the
+    bundle, and each site that left the run (`reasons`: site -> its failure line, as
+    `describe_failures` gives)."""
+    refused = [s for s in sites if s not in status.sites and s not in status.left]
+    parts = [f"{plural(status.rounds_done, 'round')} with {', '.join(status.sites)}"]
+    if refused:
+        parts.append(f"without {', '.join(refused)}, which refused the bundle (min_clients {min_clients})")
+    if status.left:
+        parts.append(f"continued without {', '.join(status.left)} (min_clients {min_clients})")
+    return "; ".join(parts) + departures(status, reasons)
 
 
 def ended_message(status: Status, reasons: dict[str, str]) -> str:

@@ -16,6 +16,10 @@ MISSING = "missing"
 
 
 def metric(value: float | None) -> str:
-    """A metric value with 4 significant digits: 0.00075 stays 0.00075, 0.912345 is 0.9123, 12345.6 is 1.235e+04;
+    """A metric value with 4 significant digits, and every digit of its whole part below 1e15:
+    0.00075 stays 0.00075, 0.912345 is 0.9123, 123456.7 is 123457 (a count never reads 1.235e+05);
     None or a value that is not finite (NaN: missing in a DataFrame) is "missing"."""
-    return f"{value:.4g}" if value is not None and math.isfinite(value) else MISSING
+    if value is None or not math.isfinite(value):
+        return MISSING
+    whole = len(str(round(abs(value)))) if abs(value) < 1e15 else 0
+    return f"{value:.{max(4, whole)}g}"
