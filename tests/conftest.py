@@ -33,6 +33,19 @@ def write_notebook(tmp_path):
 
 
 @pytest.fixture
+def shell(tmp_path, monkeypatch):
+    """An IPython shell with caia's magics loaded, working in tmp_path."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.chdir(tmp_path)
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "caia_jupyter")
+    yield shell
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture
 def caia(capsys):
     """Run the `caia` CLI in-process: returns (exit code, stdout, stderr)."""
 

@@ -1,22 +1,11 @@
 """The magics in an in-process IPython shell (no kernel, no Jupyter)."""
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 import corpus
 from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.bundle import Bundle
 from caia_jupyter.site.context import Context
-
-
-@pytest.fixture
-def shell(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "caia_jupyter")
-    yield shell
-    InteractiveShell.clear_instance()
 
 
 def run(shell, source):

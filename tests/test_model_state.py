@@ -6,7 +6,6 @@ and back in their own dtype, integers exactly and rounded half to even, bools a 
 
 import json
 import random
-import re
 import shutil
 from fractions import Fraction
 from pathlib import Path

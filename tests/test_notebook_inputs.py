@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 import corpus
 from caia_jupyter.contracts.errors import NotebookError
@@ -148,16 +147,6 @@ LAYOUTS = {
     "the %federated line magic after %time": "%time %federated help\n",
     "a byte-order mark before the magic": "\ufeff%%federated\nX = 1\n",
 }
-
-
-@pytest.fixture
-def shell(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "caia_jupyter")
-    yield shell
-    InteractiveShell.clear_instance()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

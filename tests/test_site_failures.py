@@ -93,8 +93,8 @@ FORGED_STATUS = {"phase": ["finished"], "rounds_done": "2", "rounds": -1, "sites
 
 
 def test_a_forged_status_keeps_only_the_runs_own_sites_int_rounds_and_known_reasons():
-    for sites in (SITES, dict.fromkeys(SITES, "/x")):  # run.json lists its sites, or maps them to folders
-        status = Status.parse(FORGED_STATUS, sites)
+    for listed in (SITES, dict.fromkeys(SITES, "/x")):  # run.json lists its sites, or maps them to folders
+        status = Status.parse(FORGED_STATUS, listed)
         assert status == Status(phase="", rounds_done=0, rounds=None, sites=("site-2",), left={},
                                 excluded=(("site-3", 1, "no_examples"),), message="the server INJECT: ended")
     for raw in (None, [], "x", {"sites": "site-1", "left": ["site-1"], "excluded": "abc"}):
@@ -187,14 +187,20 @@ def local_fedavg(built, made, names, rounds: int) -> dict:
     return state
 
 
-@pytest.mark.slow
-def test_case_16_one_site_fails_and_the_run_finishes_with_the_other_two(case_sites, tmp_path, caia):
-    built = build_case(tmp_path / "case", min_clients=2)
+def run_case(case_sites, tmp_path, caia, min_clients):
+    """Case 16 bundled with `min_clients`, approved at its three sites and submitted with the CLI:
+    (bundle, run, exit code, stdout, stderr)."""
+    built = build_case(tmp_path / "case", min_clients=min_clients)
     for site, _ in case_sites.values():
         approve(site, built.id, {"nodules": "nodules"})
     code, submitted, err = caia("submit", built.path, "--sites", *[s.path for s, _ in case_sites.values()],
                                 "--runs", tmp_path / "runs")
-    run = Run(next((tmp_path / "runs").iterdir()))
+    return built, Run(next((tmp_path / "runs").iterdir())), code, submitted, err
+
+
+@pytest.mark.slow
+def test_case_16_one_site_fails_and_the_run_finishes_with_the_other_two(case_sites, tmp_path, caia):
+    built, run, code, submitted, err = run_case(case_sites, tmp_path, caia, min_clients=2)
     assert code == 0 and run.status == "finished", (err, run.message)
     line = f"{LINE}; full record on this machine: {local_failure_record(run.path, 'site-3')}"
     assert run.sites == {"site-1": "done", "site-2": "done", "site-3": "failed"}
@@ -216,12 +222,7 @@ def test_case_16_one_site_fails_and_the_run_finishes_with_the_other_two(case_sit
 
 @pytest.mark.slow
 def test_case_16_with_min_clients_3_ends_failed_naming_the_site_that_left(case_sites, tmp_path, caia):
-    built = build_case(tmp_path / "case", min_clients=3)
-    for site, _ in case_sites.values():
-        approve(site, built.id, {"nodules": "nodules"})
-    code, submitted, err = caia("submit", built.path, "--sites", *[s.path for s, _ in case_sites.values()],
-                                "--runs", tmp_path / "runs")
-    run = Run(next((tmp_path / "runs").iterdir()))
+    _, run, code, submitted, err = run_case(case_sites, tmp_path, caia, min_clients=3)
     assert code == 1 and run.status == "failed", err
     line = f"{LINE}; full record on this machine: {local_failure_record(run.path, 'site-3')}"
     assert run.message == ("round 0: 2 of 3 sites returned results (site-1, site-2); min_clients is 3; "
