@@ -432,3 +432,14 @@ def test_status_json_is_valid_json_whatever_the_metrics_hold(tmp_path, caia):
     shown = json.loads(out, parse_constant=refuse)
     assert (code, err) == (0, "") and shown["final_metrics"] == {"site-1": {"acc": 1e308, "num_samples": 1e308}, "global": {}}
     assert shown["notes"] == ["site-1's loss at round 1 was not a finite number; it is recorded as missing"]
+
+
+def test_a_folder_that_is_not_an_admin_startup_kit_is_named_before_any_connection(tmp_path):
+    from caia_jupyter.contracts.errors import FlareError
+    from caia_jupyter.targets.poc import admin_session
+
+    with pytest.raises(FlareError) as refused:
+        with admin_session(tmp_path / "kits" / "me@example.org"):
+            pass
+    assert str(refused.value) == (f"{tmp_path / 'kits' / 'me@example.org'} is not an NVFLARE admin startup kit (it has no "
+                                  "startup/ folder); give the folder your federation's project admin provisioned for you")

@@ -111,6 +111,9 @@ def admin_session(admin_kit: Path, username: str = ADMIN, timeout: float = 10.0)
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
     logging.getLogger("nvflare").setLevel(logging.CRITICAL)  # its connection chatter is not for the researcher
+    if not (Path(admin_kit) / "startup").is_dir():
+        raise FlareError(f"{admin_kit} is not an NVFLARE admin startup kit (it has no startup/ folder); give the "
+                         "folder your federation's project admin provisioned for you")
     try:
         with redirect_stdout(io.StringIO()):  # "Connecting to FLARE ..."
             session = new_secure_session(username, str(admin_kit), timeout=timeout)
