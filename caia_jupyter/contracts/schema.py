@@ -21,6 +21,7 @@ import codecs
 import csv
 import gzip
 import re
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -38,6 +39,9 @@ SNIFF_LINES = 20  # ... extended to this many lines, so a wide table's head hold
 PARQUET_MAGIC = b"PAR1"  # at the start and at the end of every Parquet file
 PARQUET_SUFFIXES = (".parquet", ".pq")
 INT_WITH_MISSING = "integers with missing values"
+# Python's warning filters belong to the whole process: one CSV read at a time turns pandas'
+# warning about dropped values into a refusal (the Jupyter server reads in a thread pool).
+_WARNINGS_ARE_GLOBAL = threading.Lock()
 _COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
 _POINT_NUMBER = re.compile(r"[+-]?\d*\.\d+")
 
@@ -120,7 +124,7 @@ def _read(path: Path, read: dict) -> pd.DataFrame:
     try:
         if read["format"] == "parquet":  # the Parquet schema's own types, not dtypes pandas wrote beside them
             return pyarrow.parquet.read_table(path).to_pandas(ignore_metadata=True)
-        with warnings.catch_warnings():
+        with _WARNINGS_ARE_GLOBAL, warnings.catch_warnings():
             # index_col=False: a row ending in a separator is not shifted under a first-column index; pandas drops
             # such empty last values, and warns only when a dropped value is not empty: that is refused
             warnings.simplefilter("error", pd.errors.ParserWarning)
