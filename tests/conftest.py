@@ -24,10 +24,10 @@ pytest_plugins = ("pytest_jupyter.jupyter_server",)  # jp_fetch: the server exte
 
 @pytest.fixture
 def write_notebook(tmp_path):
-    """Write a corpus notebook by name into a fresh folder; returns its path."""
+    """Write a corpus notebook by name (edited by `edit(nb)`) into a fresh folder; returns its path."""
 
-    def write(name: str = "good") -> Path:
-        return corpus.write(name, tmp_path / "work")
+    def write(name: str = "good", edit=None) -> Path:
+        return write_corpus(name, tmp_path / "work", edit)
 
     return write
 
@@ -88,14 +88,19 @@ def approve(site, bundle_id, releases, **options):
     return signing.approve(site, bundle_id, releases, reviewer_key(site), **options)
 
 
-def build_validated(folder, name="good", edit=None):
-    """A corpus notebook (edited by `edit(nb)`), bundled and validated."""
+def write_corpus(name, folder, edit=None) -> Path:
+    """Write corpus notebook `name` into `folder`, edited by `edit(nb)` when given; returns its path."""
     path = corpus.write(name, folder)
     if edit:
         nb = nbformat.read(path, as_version=4)
         edit(nb)
         nbformat.write(nb, path)
-    built = compose.build(path)
+    return path
+
+
+def build_validated(folder, name="good", edit=None):
+    """A corpus notebook (edited by `edit(nb)`), bundled and validated."""
+    built = compose.build(write_corpus(name, folder, edit))
     assert validation.validate(built).passed
     return built
 

@@ -330,6 +330,8 @@ def case_sites(root: Path, csvs: dict[str, Path]):
 
 
 def run_case(case: Path, notebook: str, csvs: dict[str, Path], tmp_path: Path):
+    """Bundle, validate, approve at a site per CSV of `csvs` and run `notebook` of `case` on the
+    simulator: (bundle, finished run, its global model as a torch state dict)."""
     from caia_jupyter.researcher import compose, validation
     from caia_jupyter.targets.submit import submit
     from conftest import approve
@@ -341,7 +343,7 @@ def run_case(case: Path, notebook: str, csvs: dict[str, Path], tmp_path: Path):
         approve(site, built.id, {"tumours": "tumours"})
     run = submit(built.path, [s.path for s in made.values()], runs_root=tmp_path / "runs")
     assert run.wait(timeout=300) == "finished", run.message
-    return built, run
+    return built, run, torch.load(run.global_model, weights_only=True)
 
 
 def local_fedavg(built, csvs: dict[str, Path], rounds: int) -> dict:
@@ -369,8 +371,7 @@ def local_fedavg(built, csvs: dict[str, Path], rounds: int) -> dict:
 def test_case_01_batchnorm_keeps_its_integer_counter_and_dtypes_and_averages_running_stats(tmp_path):
     case = copy_case("01-batchnorm-integer-buffer", tmp_path)
     csvs = {name: case / "site_data" / f"{name}.csv" for name in ("site-1", "site-2")}
-    built, run = run_case(case, "bn_model.ipynb", csvs, tmp_path)
-    state = torch.load(run.global_model, weights_only=True)
+    built, run, state = run_case(case, "bn_model.ipynb", csvs, tmp_path)
     model = runtime.load_entry_points(built.path).build_model()
     assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in model.state_dict().items()}
     assert state["1.num_batches_tracked"].dtype == torch.int64 and state["1.num_batches_tracked"].item() == 2
@@ -385,8 +386,7 @@ def test_case_01_batchnorm_keeps_its_integer_counter_and_dtypes_and_averages_run
 def test_case_04_a_site_whose_rows_are_all_filtered_out_is_named_and_never_changes_the_average(tmp_path):
     case = copy_case("04-site-with-no-usable-rows", tmp_path)
     csvs = {name: case / "site_data" / f"{name}.csv" for name in ("site-1", "site-3")}
-    built, run = run_case(case, "eligibility_filter.ipynb", csvs, tmp_path)
-    state = torch.load(run.global_model, weights_only=True)
+    built, run, state = run_case(case, "eligibility_filter.ipynb", csvs, tmp_path)
     assert all(torch.isfinite(v).all() for v in state.values())
     expected = local_fedavg(built, {"site-1": csvs["site-1"]}, rounds=2)  # site-3 contributes nothing
     assert all(torch.allclose(state[k], expected[k], atol=1e-6) for k in expected)
@@ -458,8 +458,7 @@ def test_a_mixed_dtype_model_with_tensor_results_comes_back_in_its_own_dtypes(tm
     nb.cells = [nbformat.v4.new_code_cell("%load_ext caia_jupyter"), nbformat.v4.new_code_cell(MIXED)]
     nbformat.write(nb, case / "mixed.ipynb")
     csvs = {name: case / "site_data" / f"{name}.csv" for name in ("site-1", "site-2")}
-    built, run = run_case(case, "mixed.ipynb", csvs, tmp_path)
-    state = torch.load(run.global_model, weights_only=True)
+    built, run, state = run_case(case, "mixed.ipynb", csvs, tmp_path)
     model = runtime.load_entry_points(built.path).build_model()
     assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in model.state_dict().items()}
     assert {state["scale"].dtype, state["head.weight"].dtype, state["ema"].dtype} == {torch.bfloat16, torch.float64, torch.float16}
@@ -491,13 +490,9 @@ def test_case_03_validation_refuses_a_non_tensor_state_entry_in_one_line_naming_
 
 @pytest.mark.slow
 def test_validation_names_the_cell_and_the_metric_a_train_returns_that_is_not_a_number(write_notebook, caia):
-    import nbformat
+    from conftest import set_source
 
-    path = write_notebook("good")
-    nb = nbformat.read(path, as_version=4)
-    cell = next(c for c in nb.cells if "def train" in c.source)
-    cell.source = cell.source.replace('"train_loss": loss.item()', '"train_loss": [loss.item()]')
-    nbformat.write(nb, path)
+    path = write_notebook("good", edit=lambda nb: set_source(nb, '"train_loss": loss.item()', '"train_loss": [loss.item()]'))
     code, out, _ = caia("validate", path)
     assert code == 1
     assert out.splitlines()[0] == (

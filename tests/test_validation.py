@@ -6,6 +6,8 @@ import json
 import nbformat
 import pytest
 
+from conftest import set_source
+
 pytestmark = pytest.mark.slow
 
 
@@ -47,11 +49,7 @@ def test_a_failing_train_names_the_cell_and_the_exception(write_notebook, caia):
 
 
 def test_a_broken_contract_is_reported_plainly(write_notebook, caia):
-    path = write_notebook("good")
-    nb = nbformat.read(path, as_version=4)
-    cell = next(c for c in nb.cells if "def train" in c.source)
-    cell.source = cell.source.replace('{"num_samples": len(x), "train_loss": loss.item()}', "loss.item()")
-    nbformat.write(nb, path)
+    path = write_notebook("good", edit=lambda nb: set_source(nb, '{"num_samples": len(x), "train_loss": loss.item()}', "loss.item()"))
     code, out, _ = caia("validate", path)
     assert code == 1
     assert ("federated cell 4 (notebook cell 8: 'def train(model, data, ctx):') line 2, in train: ContractError: "
