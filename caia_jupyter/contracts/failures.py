@@ -32,6 +32,7 @@ Entry = Literal["build_model", "load_data", "train", "evaluate", "runtime"]
 Category = Literal[
     "raised", "dataset_not_released", "dataset_unreadable", "schema_changed",
     "not_a_module", "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "beyond_release", "site_error",
+    "sandbox_read", "sandbox_write", "sandbox_network", "sandbox_program", "sandbox_signal", "exited",
     "unknown",
 ]
 ENTRY_POINTS = ("build_model", "load_data", "train", "evaluate")
@@ -54,6 +55,13 @@ REASONS = {
     "beyond_release": "the server asked for more rounds or evaluations than this site's reviewers approved; "
                       "the site stopped",
     "site_error": "caia's runtime at the site failed (details kept at the site)",
+    # What the site's sandbox stopped (the attempted path, port or program is kept at the site); the site stops.
+    "sandbox_read": "the federated code tried to read a file outside its release; the site stopped its part of the run",
+    "sandbox_write": "the federated code tried to write outside its scratch folder; the site stopped its part of the run",
+    "sandbox_network": "the federated code tried to open a network connection; the site stopped its part of the run",
+    "sandbox_program": "the federated code tried to start a program; the site stopped its part of the run",
+    "sandbox_signal": "the federated code tried to signal a process outside its sandbox; the site stopped its part of the run",
+    "exited": "the federated code's process ended without answering (details kept at the site)",
 }
 UNKNOWN_TEXT = "its failure report is not one caia can read (details kept at the site)"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MappingProxyType
 
 import pandas as pd
@@ -17,13 +18,16 @@ class Context:
     `dataset(name)` returns a released dataset restricted to the requested columns.
     """
 
-    def __init__(self, site: str, params: dict, datasets: dict[str, dict], rounds: int = 1, round: int = 0):
+    def __init__(self, site: str, params: dict, datasets: dict[str, dict], rounds: int = 1, round: int = 0,
+                 reader: Callable[[str, dict], pd.DataFrame] | None = None):
         self.site = site
         self.params = MappingProxyType(dict(params))
         self.rounds = rounds
         self.round = round
         # name -> {"path": table, "read": how (schema.detect; detected when absent), "columns": [{"name", "kind"}, ...]}
         self._datasets = datasets
+        # (name, spec) -> the released frame; in the sandbox, a per-run copy the site's runtime made
+        self._read = reader or (lambda name, spec: read_released(self.site, name, spec))
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -43,16 +47,23 @@ class Context:
                 f"site {self.site} did not release dataset {name!r} to this bundle (released: {released}); "
                 "request it with %%federated dataset= and ask the site's reviewers to approve it"
             )
-        spec = self._datasets[name]
-        try:
-            frame = schema.read_table(spec["path"], spec.get("read"))
-        except SiteError as e:
-            raise SiteError(f"site {self.site} dataset {name!r}: {e}", failure="dataset_unreadable") from e
-        problems = schema.mismatches(spec["columns"], frame)
-        if problems:
-            raise SiteError(f"site {self.site} dataset {name!r} no longer matches the approved schema: {problems[0]}",
-                            failure="schema_changed")
-        return frame[[column["name"] for column in spec["columns"]]].copy()
+        return self._read(name, self._datasets[name])
 
     def __repr__(self) -> str:
         return f"Context(site={self.site!r}, round={self.round}/{self.rounds}, datasets={list(self.datasets)})"
+
+
+def read_released(site: str, name: str, spec: dict) -> pd.DataFrame:
+    """Released dataset `name` at `site` ({"path", "read", "columns"} of the release): the whole table,
+    read as the site's guard read it, checked against the approved schema and cut to its columns.
+
+    Raises SiteError with failure "dataset_unreadable" or "schema_changed"."""
+    try:
+        frame = schema.read_table(spec["path"], spec.get("read"))
+    except SiteError as e:
+        raise SiteError(f"site {site} dataset {name!r}: {e}", failure="dataset_unreadable") from e
+    problems = schema.mismatches(spec["columns"], frame)
+    if problems:
+        raise SiteError(f"site {site} dataset {name!r} no longer matches the approved schema: {problems[0]}",
+                        failure="schema_changed")
+    return frame[[column["name"] for column in spec["columns"]]].copy()

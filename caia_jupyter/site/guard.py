@@ -36,6 +36,7 @@ from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from .approvals import find_approval
 from .release import RELEASE, Release
+from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,10 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str])
     return released
 
 
-def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> Release:
-    """The release of a deployed app at `site`, or Refusal. Raises nothing else for a bad app;
-    a broken site directory may raise (admit turns that into a refusal)."""
+def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sandbox: str = "required") -> Release:
+    """The release of a deployed app at `site`, or Refusal. `sandbox` is the policy of a site whose
+    site.json sets none (`sandbox.POLICIES`). Raises nothing else for a bad app; a broken site
+    directory may raise (admit turns that into a refusal)."""
     app_dir = Path(app_dir)
     manifest, bid = _deployed_manifest(app_dir, site)
 
@@ -122,13 +124,18 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None) -> R
         released = release_of(site, manifest["datasets"], approval.datasets)
     except Unfit as e:
         refuse(str(e), e.detail)
+    try:
+        placed = placement(site.sandbox or sandbox)
+    except SandboxRequired as e:
+        refuse(str(e))
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
-                   {name: entry["sha256"] for name, entry in listed.items()})
+                   {name: entry["sha256"] for name, entry in listed.items()}, placed)
 
 
-def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None) -> Release:
+def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required") -> Release:
     """Check a deployed app for the site at `site_dir`; on success write its release into the app.
+    `sandbox`: the policy of a site that sets none ("required" at POC and production sites).
 
     Raises Refusal, and only Refusal, when the site does not run it.
     """
@@ -138,7 +145,7 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
         log.error("caia guard: the site directory %s is unusable: %s", site_dir, e)
         raise Refusal(MISCONFIGURED) from e
     try:
-        release = check_app(app_dir, site, now)
+        release = check_app(app_dir, site, now, sandbox)
         write_json(Path(app_dir) / RELEASE, asdict(release))
     except Refusal:
         raise

@@ -22,6 +22,7 @@ class Release:
     rounds: int
     approval: str
     files: dict  # bundle path -> sha256 the guard admitted; the runtime loads nothing else
+    sandbox: str  # where the code runs: "landlock", "process" (no kernel support; policy preferred) or "off" (`sandbox`)
 
     @classmethod
     def read(cls, app_dir: str | Path) -> Release:

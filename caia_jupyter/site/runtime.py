@@ -25,6 +25,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from ..contracts.errors import ContractError
 from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
@@ -155,13 +156,66 @@ class SiteStopped(Exception):
     """This site stopped its part of the run: the full record is kept at the site, the report sent."""
 
 
+class Failed(Exception):
+    """The bundle's run failed at this site. `report` is what may leave (contracts.failures: entry
+    point, round, category); `record` the whole story (exception, message, traceback, or what the
+    sandbox stopped), which stays at the site."""
+
+    def __init__(self, report: dict, record: dict):
+        super().__init__(report["category"])
+        self.report, self.record = report, record
+
+
+class LocalCode:
+    """One site's run of the bundle's entry points in this process: its module, model, data and `ctx`.
+
+    Each step raises Failed, never anything else, when it fails. The site's runtime uses it directly
+    (sandbox policy "off") or inside the sandboxed process (`confined`), which relays the same steps.
+    Weights come and go as `contracts.tensors` arrays ({entry: numpy array}).
+    """
+
+    def __init__(self, bundle_dir: str | Path, module_sha256: str, ctx):
+        self.bundle_dir, self.module_sha256, self.ctx = Path(bundle_dir), module_sha256, ctx
+        self.entry = self.model = self.data = None
+
+    def start(self) -> None:
+        """Load federated.py (checked against `module_sha256`), build the model, load the data."""
+        with failing(None, None):
+            self.entry = load_entry_points(self.bundle_dir, self.module_sha256)
+        with failing(self.entry, None):
+            self.model = build_model(self.entry)
+            self.data = self.entry.load_data(self.ctx)
+
+    def round(self, weights: dict, round: int) -> RoundResult:
+        """Round `round` (from 0): evaluate the global `weights`, then train on them."""
+        self._load(weights, round)
+        with failing(self.entry, round):
+            return run_round(self.entry, self.model, self.data, self.ctx)
+
+    def evaluate(self, weights: dict, round: int) -> dict[str, float]:
+        """The final evaluation of the global `weights`, after `round` rounds."""
+        self._load(weights, round)
+        with failing(self.entry, round):
+            return evaluate(self.entry, self.model, self.data, self.ctx)
+
+    def close(self) -> None:
+        """Nothing to release in this process."""
+
+    def _load(self, weights: dict, round: int) -> None:
+        self.ctx.round = round
+        with failing(None, round):
+            self.model.load_state_dict(to_tensors(weights, dtypes_of(self.model.state_dict(), "runtime")))
+
+
 def run_site(runner_file: str) -> None:
     """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics.
 
     Serves at most the approved number of train tasks (the release's rounds) and then one final
-    evaluation: the server belongs to the researcher, the limit to the site. When anything fails,
-    the site keeps the story, sends its report and returns: NVFLARE then answers the task as failed
-    with its own fixed words, and no text of the failure (nor a site path in a traceback) leaves.
+    evaluation: the server belongs to the researcher, the limit to the site. The bundle's code runs
+    as the release says: in a sandboxed process of its own (`sandbox`), or in this one (policy "off").
+    When anything fails, the site keeps the story, sends its report and returns: NVFLARE then answers
+    the task as failed with its own fixed words, and no text of the failure (nor a site path in a
+    traceback) leaves.
     """
     sys.dont_write_bytecode = True  # nothing the job imports from here on writes into its app
     app_dir = Path(runner_file).resolve().parents[1]
@@ -177,18 +231,13 @@ def _serve(app_dir: Path) -> None:
     from nvflare.app_common.abstract.fl_model import FLModel
     from nvflare.client.tracking import SummaryWriter
 
-    from .context import Context
     from .release import Release
 
     flare.init()
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():
         raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
-    entry = load_entry_points(app_dir / "custom", release.files[MODULE])
-    ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
-    with failure_record(app_dir, entry, round=None):
-        model = build_model(entry)
-        data = entry.load_data(ctx)
+    code = _code_of(app_dir, release)
     writer = SummaryWriter()
 
     def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
@@ -201,82 +250,113 @@ def _serve(app_dir: Path) -> None:
         except RuntimeError:  # the job is stopping elsewhere: nothing failed here, nothing to report
             return None
 
-    trained, evaluated = 0, False
-    while (incoming := next_task()) is not None:
-        final = flare.is_evaluate()  # the final global model, after the last round
-        if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
-            raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
-                                f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
-        ctx.round = trained
-        model.load_state_dict(to_tensors(incoming.params, dtypes_of(model.state_dict(), "runtime")))
-        if final:
-            evaluated = True
-            with failure_record(app_dir, entry, ctx.round):
-                metrics = evaluate(entry, model, data, ctx)
-            report(metrics, ctx.round)
-            flare.send(FLModel(metrics=metrics))
-            continue
-        with failure_record(app_dir, entry, ctx.round):
-            result = run_round(entry, model, data, ctx)
-        trained += 1
-        report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, ctx.round)
-        flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
-                           meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
+    try:
+        code.start()
+        trained, evaluated = 0, False
+        while (incoming := next_task()) is not None:
+            final = flare.is_evaluate()  # the final global model, after the last round
+            if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
+                raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
+                                    f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
+            if final:
+                evaluated = True
+                metrics = code.evaluate(incoming.params, trained)
+                report(metrics, trained)
+                flare.send(FLModel(metrics=metrics))
+                continue
+            result = code.round(incoming.params, trained)
+            report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, trained)
+            trained += 1
+            flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
+                               meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
+    finally:
+        code.close()
+
+
+def _code_of(app_dir: Path, release):
+    """Where the bundle's code runs at this site, as the guard decided (`Release.sandbox`)."""
+    from .context import Context
+
+    if release.sandbox == "off":
+        ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
+        return LocalCode(app_dir / "custom", release.files[MODULE], ctx)
+    from .sandbox import Sandbox
+
+    return Sandbox(app_dir, release)
 
 
 @contextmanager
-def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
-    """When the run fails at a site: keep the whole story (exception type, message, traceback) in
-    the site's own app folder and log, and send the server only a report of the closed vocabulary
-    of caia_jupyter.contracts.failures: the entry point, the round and a category (the researcher's own
-    exception, or caia's reason). Then raise SiteStopped, which `run_site` ends on: the exception
-    itself never reaches NVFLARE, which would pass its text and traceback on."""
+def failing(entry: EntryPoints | None, round: int | None):
+    """Turn any exception raised inside into Failed: a report of the closed vocabulary of
+    caia_jupyter.contracts.failures (the entry point, the round and a category: the researcher's
+    own exception, or caia's reason) and the whole story (exception type, message, traceback)."""
     try:
         yield
-    except SiteStopped:
+    except Failed:
         raise
     except Exception as e:
-        import json
-        import logging
         import traceback
 
-        import nvflare.client as flare
-        from nvflare.apis.analytix import AnalyticsDataType
-
         from ..contracts.errors import CaiaError
-        from ..contracts.fsutil import write_json
 
         caia = isinstance(e, CaiaError)
         where = getattr(e, "entry", None) if caia else None
         where = where if where in ENTRY_POINTS else _entry_point_running(e, entry)
         category = e.failure if caia else ("raised" if where != "runtime" else "site_error")
-        report = {"entry": where, "round": round, "category": category}
-        record = app_dir / FAILURE_FILE
-        try:
-            write_json(record, {"report": report, "exception": type(e).__name__, "message": str(e),
-                                "traceback": traceback.format_exc()})
-        except OSError:
-            record = "(not written)"
-        logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", report, record)
-        try:
-            flare.log(key=FAILURE_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
-        except Exception:  # NVFLARE's Client API is not up: the report cannot leave, the record stays
-            logging.getLogger("caia.site").error("the failure report could not be sent")
-        raise SiteStopped() from None
+        raise Failed({"entry": where, "round": round, "category": category},
+                     {"exception": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}) from None
+
+
+def stop(app_dir: Path, failed: Failed) -> NoReturn:
+    """Keep `failed`'s whole story in the site's app folder (FAILURE_FILE) and log, send the server
+    only its report, and raise SiteStopped, which `run_site` ends on: the exception itself never
+    reaches NVFLARE, which would pass its text and traceback on."""
+    import json
+    import logging
+
+    import nvflare.client as flare
+    from nvflare.apis.analytix import AnalyticsDataType
+
+    from ..contracts.fsutil import write_json
+
+    record = app_dir / FAILURE_FILE
+    try:
+        write_json(record, {"report": failed.report, **failed.record})
+    except OSError:
+        record = "(not written)"
+    logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", failed.report, record)
+    try:
+        flare.log(key=FAILURE_TAG, value=json.dumps(failed.report), data_type=AnalyticsDataType.TEXT)
+    except Exception:  # NVFLARE's Client API is not up: the report cannot leave, the record stays
+        logging.getLogger("caia.site").error("the failure report could not be sent")
+    raise SiteStopped() from None
+
+
+@contextmanager
+def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
+    """When the run fails at a site, inside or in a step raising Failed: `stop` with its story."""
+    try:
+        with failing(entry, round):
+            yield
+    except Failed as failed:
+        stop(app_dir, failed)
 
 
 def _entry_point_running(error: Exception, entry: EntryPoints | None) -> str:
     """The outermost entry point on `error`'s traceback, or "runtime" when none is (caia's own code,
     or the module still loading when `entry` is None)."""
+    codes, frame = [], error.__traceback__
+    while frame is not None:
+        codes.append(frame.tb_frame.f_code)
+        frame = frame.tb_next
+    return outermost_entry(codes, entry) if entry else "runtime"
+
+
+def outermost_entry(codes, entry: EntryPoints) -> str:
+    """The first of `codes` (code objects, outermost first) that is one of `entry`'s entry points, or "runtime"."""
     import inspect
 
-    codes = {}
-    for name in ENTRY_POINTS if entry else ():
-        function = inspect.unwrap(getattr(entry, name))
-        codes.setdefault(getattr(function, "__code__", None), name)
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code in codes:
-            return codes[frame.tb_frame.f_code]
-        frame = frame.tb_next
-    return "runtime"
+    names = {}
+    for name in ENTRY_POINTS:
+        names.setdefault(getattr(inspect.unwrap(getattr(entry, name)), "__code__", None), name)
+    return next((names[code] for code in codes if code in names), "runtime")

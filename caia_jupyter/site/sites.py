@@ -1,6 +1,7 @@
 """A site directory: what one cancer center keeps on its side of the firewall.
 
-    site.json        the site's name and policy ({"max_approval_days": longest approval lifetime})
+    site.json        the site's name and policy ({"max_approval_days": longest approval lifetime,
+                     "sandbox": "required" | "preferred" | "off", where approved code runs: `sandbox`})
     catalog.json     dataset id -> table path (CSV or Parquet, relative to the site directory), how it
                      is read (separator, decimal mark, encoding: `schema.detect`) and its columns
     trusted_keys/    public keys of this site's reviewers (<key id>.pub); the only keys it trusts
@@ -31,6 +32,7 @@ from .keys import key_id, load_private_key, load_public_key, public_pem
 
 FORMAT = "caia-site/1"
 DEFAULT_MAX_APPROVAL_DAYS = 90
+SANDBOX_POLICIES = ("required", "preferred", "off")  # where approved code runs (`sandbox`)
 LONGEST_POLICY_DAYS = 36500  # a policy beyond a century is a typo
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class Site:
     path: Path
     name: str
     max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS  # policy: the longest lifetime of an approval
+    sandbox: str | None = None  # policy: SANDBOX_POLICIES; None: the target's default (simulator preferred, else required)
 
     @property
     def catalog(self) -> dict[str, dict]:
@@ -115,7 +118,12 @@ class Site:
         problems = []
         keys = sorted(self.trusted_keys(problems))
         return {"name": self.name, "path": str(self.path), "datasets": sorted(self.catalog), "trusted_keys": keys,
-                "key_problems": problems, "policy": {"max_approval_days": self.max_approval_days}}
+                "key_problems": problems, "policy": self.policy}
+
+    @property
+    def policy(self) -> dict:
+        """The policy as site.json holds it."""
+        return {"max_approval_days": self.max_approval_days, **({"sandbox": self.sandbox} if self.sandbox else {})}
 
 
 def valid_days(value) -> bool:
@@ -129,9 +137,11 @@ def shown_days(value) -> str:
     return format(value, "g") if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
 
 
-def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS) -> Site:
+def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS,
+         sandbox: str | None = None) -> Site:
     """Create a site directory: an empty catalog, no trusted keys yet, empty approvals and
-    revocations, and the policy. Creates no key: reviewers make theirs (`caia reviewer init`).
+    revocations, and the policy (`sandbox` None: the target's default). Creates no key: reviewers
+    make theirs (`caia reviewer init`).
 
     Raises SiteError for a bad name or policy, or a directory that exists and is not empty.
     """
@@ -139,10 +149,12 @@ def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APP
     check_site_name(name)
     if not valid_days(max_approval_days):
         raise SiteError(f"--max-approval-days {shown_days(max_approval_days)} must be a finite number of days above 0 and at most {LONGEST_POLICY_DAYS}")
+    _check_sandbox(sandbox, "--sandbox")
     if path.exists() and any(path.iterdir()):
         raise SiteError(f"{path} already exists and is not empty; choose a new directory")
     with staged_dir(path) as stage:
-        write_json(stage / "site.json", {"format": FORMAT, "name": name, "policy": {"max_approval_days": max_approval_days}})
+        write_json(stage / "site.json", {"format": FORMAT, "name": name,
+                                         "policy": Site(path, name, max_approval_days, sandbox).policy})
         write_json(stage / "catalog.json", {"datasets": {}})
         for folder in ("trusted_keys", "approvals", "revocations"):
             (stage / folder).mkdir()
@@ -185,7 +197,24 @@ def open_site(path: str | Path) -> Site:
     if not valid_days(days):
         raise SiteError(f"site {meta['name']}: site.json's policy.max_approval_days must be a number of days above 0 "
                         f"and at most {LONGEST_POLICY_DAYS}")
-    return Site(path.resolve(), meta["name"], days)
+    sandbox = policy.get("sandbox")
+    _check_sandbox(sandbox, f"site {meta['name']}: site.json's policy.sandbox")
+    return Site(path.resolve(), meta["name"], days, sandbox)
+
+
+def set_sandbox(site: Site, sandbox: str) -> Site:
+    """Set the site's sandbox policy in its site.json; returns the site as it now is.
+    Raises SiteError for a policy that is not one of `SANDBOX_POLICIES`."""
+    _check_sandbox(sandbox, "--sandbox")
+    meta = _read_json(site.path / "site.json", "site description")
+    meta["policy"] = {**meta.get("policy", {}), "sandbox": sandbox}
+    write_json(site.path / "site.json", meta)
+    return open_site(site.path)
+
+
+def _check_sandbox(value, what: str) -> None:
+    if value is not None and value not in SANDBOX_POLICIES:
+        raise SiteError(f"{what} {value!r} must be one of {', '.join(SANDBOX_POLICIES)}")
 
 
 def add_dataset(site: Site, dataset_id: str, table: str | Path, replace: bool = False) -> dict:

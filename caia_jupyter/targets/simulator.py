@@ -98,8 +98,8 @@ def launch(run_dir: Path) -> int:
             admissions = {}
             for site in list(self.client_names):
                 try:
-                    release = admit(get_simulator_app_root(self.simulator_root, site), sites[site])
-                    admissions[site] = {"state": "approved", "datasets": sorted(release.datasets)}
+                    release = admit(get_simulator_app_root(self.simulator_root, site), sites[site], sandbox="preferred")
+                    admissions[site] = {"state": "approved", "datasets": sorted(release.datasets), "sandbox": release.sandbox}
                 except Refusal as e:
                     admissions[site] = {"state": "refused", "reason": str(e)}
             write_json(run_dir / "sites.json", admissions)

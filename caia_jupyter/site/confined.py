@@ -1,0 +1,197 @@
+"""The sandboxed process a site runs approved code in: `python -m caia_jupyter.site.confined FD`.
+
+Started by `sandbox.Sandbox` in the run's scratch folder, with FD its end of a socket pair. First,
+while it is still one thread (Landlock restricts the calling thread and the threads it starts
+later; numpy's BLAS starts threads at import), it restricts itself for good (`landlock.restrict`):
+it may read the Python installation, the system's shared libraries, the CPU description torch
+reads, the run's app/ and data/ folders, and write only scratch/; it can start no program, open
+no socket, and (as the kernel allows) signal no process outside itself. Then it imports what the
+code needs (torch, pandas, numpy) and installs an audit hook (PEP 578) that
+reports, with its target, every attempt Python makes beyond those bounds: the site records it and
+stops the run. The hook only records; the kernel enforces (code that bypasses Python's audit
+events is still refused by the kernel).
+
+Then it serves the site's runtime one step at a time (`runtime.LocalCode`), sending back results,
+its failure (report and whole story), or a request for a released dataset (`ctx.dataset`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import sysconfig
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import caia_jupyter
+
+from . import landlock, wire
+
+APP, DATA, SCRATCH = "app", "data", "scratch"  # the run's folders (`sandbox`)
+# Read-only besides the Python installation: shared libraries the imports load, the randomness and
+# CPU description torch reads when it loads.
+SYSTEM = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache", "/dev/urandom", "/proc/cpuinfo",
+          "/sys/devices/system/cpu"]
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_WRITE_EVENTS = {"os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.symlink", "os.link", "os.truncate",
+                 "os.chmod", "os.chown", "os.utime", "os.chflags", "os.lchflags"}
+_PROGRAM_EVENTS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.startfile", "pty.spawn"}
+_NETWORK_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
+                   "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"}
+
+
+def python_roots() -> list[str]:
+    """The folders of this Python installation (standard library, site-packages, other sys.path
+    folders) and of caia_jupyter itself: what the code may read besides its run's folders."""
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    roots = {sysconfig.get_paths()[n] for n in names}
+    roots |= {sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})[n] for n in names}
+    caia_parent = str(Path(caia_jupyter.__file__).resolve().parents[1])
+    roots |= {p for p in sys.path if p and p != caia_parent}  # our PYTHONPATH: only the package below
+    roots.add(str(Path(caia_jupyter.__file__).resolve().parent))
+    return sorted(r for r in roots if os.path.isdir(r))
+
+
+class Watch:
+    """The audit hook: report what the code attempts beyond the sandbox's bounds, and refuse it.
+
+    `read` and `write` are the folders (and files) it may read, and read and write."""
+
+    def __init__(self, send, read: list[str], write: list[str], where):
+        self.send, self.where = send, where
+        self.write = [os.path.realpath(p) for p in write]
+        self.read = self.write + [os.path.realpath(p) for p in read]
+        self.busy = threading.local()
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if getattr(self.busy, "on", False):
+            return
+        what = target = None
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            flags, mode = args[2], args[1]
+            writes = (isinstance(flags, int) and flags & _WRITE_FLAGS) or (isinstance(mode, str) and set(mode) & set("wax+"))
+            what = "write" if writes and not self._within(args[0], self.write) else (
+                "read" if not self._within(args[0], self.read) else None)
+            target = args[0]
+        elif event in ("os.listdir", "os.scandir", "glob.glob") and isinstance(args[0], (str, bytes, os.PathLike)):
+            what, target = ("read" if not self._within(args[0], self.read) else None), args[0]
+        elif event in _WRITE_EVENTS and isinstance(args[0], (str, bytes, os.PathLike)):
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))] if event in ("os.rename", "os.link", "os.symlink") else [args[0]]
+            outside = [p for p in paths if not self._within(p, self.write)]
+            what, target = ("write", outside[0]) if outside else (None, None)
+        elif event in _PROGRAM_EVENTS:
+            what, target = "program", args[:2]
+        elif event in _NETWORK_EVENTS:
+            what, target = "network", args[1:]
+        elif event in ("os.kill", "os.killpg") and not _own(args[0], event):
+            what, target = "signal", args[0]
+        if what:
+            self.report(what, target)
+            raise PermissionError(errno.EACCES, f"the site's sandbox does not allow this ({what})")
+
+    def report(self, what: str, target) -> None:
+        self.busy.on = True
+        try:
+            self.send({"kind": "stopped", "what": what, "entry": self.where(), "target": os.fsdecode(target)
+                       if isinstance(target, (str, bytes, os.PathLike)) else repr(target)})
+        finally:
+            self.busy.on = False
+
+    @staticmethod
+    def _within(path, roots: list[str]) -> bool:
+        self_path = os.path.realpath(os.fsdecode(path))
+        return any(self_path == root or self_path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _own(pid, event: str) -> bool:
+    """Whether signalling `pid` stays inside the sandbox: this process, or a child it started."""
+    if not isinstance(pid, int) or pid <= 0 or event == "os.killpg":
+        return False
+    if pid == os.getpid():
+        return True
+    try:  # raises ChildProcessError unless pid is a child of this process; changes nothing
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+
+
+def serve(conn: Connection) -> None:
+    """Restrict this process, then run the steps the site's runtime asks for until it closes."""
+    root = Path.cwd().parent  # the run's folder; this process starts in its scratch/
+    start, _ = wire.receive(conn)
+    lock = threading.Lock()  # the code may start threads, and the audit hook sends from any of them
+
+    def send(header: dict, arrays: dict | None = None) -> None:
+        with lock:
+            wire.send(conn, header, arrays)
+
+    read, write = [*python_roots(), *SYSTEM, str(root / APP), str(root / DATA)], [str(root / SCRATCH), os.devnull]
+    try:
+        landlock.restrict(read=read, write=write)
+    except Exception as e:  # caia's own failure: the site's log keeps it
+        send({"kind": "failed", "report": {"entry": "runtime", "round": None, "category": "site_error"},
+                         "record": {"exception": type(e).__name__, "message": f"the sandbox could not be set up: {e}"}})
+        return
+    import pandas as pd
+    import torch
+    import torch._dynamo  # noqa: F401  (the compiler stack torch's optimizers load on first use)
+    import torch.optim  # noqa: F401
+
+    from ..contracts.errors import SiteError
+    from ..contracts.failures import CATEGORIES
+    from .context import Context
+    from .runtime import Failed, LocalCode, outermost_entry
+
+    if start.get("threads"):
+        torch.set_num_threads(start["threads"])
+    code = None
+
+    def where() -> str:
+        """The entry point running now (the outermost on this stack), or "runtime"."""
+        if code is None or code.entry is None:
+            return "runtime"
+        frames, frame = [], sys._getframe(1)
+        while frame is not None:
+            frames.append(frame.f_code)
+            frame = frame.f_back
+        return outermost_entry(reversed(frames), code.entry)
+
+    sys.addaudithook(Watch(send, read, write, where))
+
+    def read_copy(name: str, spec: dict) -> pd.DataFrame:
+        send({"kind": "dataset", "name": name})
+        answer, _ = wire.receive(conn)
+        if "file" not in answer:
+            failure = answer.get("failure")
+            raise SiteError(f"site {start['site']} could not release dataset {name!r} ({failure})",
+                            failure=failure if failure in CATEGORIES else "site_error")
+        return pd.read_pickle(root / DATA / answer["file"])
+
+    ctx = Context(start["site"], start["params"], {name: {"columns": columns} for name, columns in start["datasets"].items()},
+                  rounds=start["rounds"], reader=read_copy)
+    code = LocalCode(root / APP, start["module_sha256"], ctx)
+    try:
+        code.start()
+        send({"kind": "ready"})
+        while True:
+            request, weights = wire.receive(conn)
+            if request.get("op") == "round":
+                result = code.round(weights, request["round"])
+                send({"kind": "result", "num_samples": result.num_samples, "train": result.train_metrics,
+                                 "eval": result.eval_metrics}, result.weights)
+            elif request.get("op") == "evaluate":
+                send({"kind": "metrics", "metrics": code.evaluate(weights, request["round"])})
+            else:
+                return
+    except Failed as failed:
+        send({"kind": "failed", "report": failed.report, "record": failed.record})
+    except EOFError:
+        return
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))

@@ -1,0 +1,228 @@
+"""The site's side of the sandbox: approved code runs in a process of its own, fenced in by the kernel.
+
+A site's policy (site.json `policy.sandbox`, one of `sites.SANDBOX_POLICIES`) says where approved code runs:
+
+    required   in a sandboxed process, restricted with Linux Landlock; where the kernel has no
+               Landlock the site refuses the bundle (the default of POC and production sites)
+    preferred  the same, and where the kernel has no Landlock, in that process without the
+               kernel's restrictions, with a warning (the default of simulated sites)
+    off        in NVFLARE's own client job process, as caia did before the sandbox
+
+For each run, `Sandbox` makes a folder of its own (in the system's temporary folder):
+
+    app/       copies of the admitted bundle files the code reads (federated.py, captured/), checked
+               against the hashes the guard admitted
+    data/      one copy per released dataset the code asks `ctx.dataset` for, holding exactly the
+               approved columns, made when it is asked for
+    scratch/   the process's working folder, $HOME and $TMPDIR: the only place it may write
+
+and starts `python -m caia_jupyter.site.confined` there: a fixed command, never one from the bundle,
+with a minimal environment and no inherited file but its end of a socket pair. That process
+restricts itself (`confined`) before it reads the bundle, then runs the entry points one step at a
+time as this side asks (`runtime.LocalCode`). Everything it sends is untrusted (`wire`). The folder
+is removed when the run ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import caia_jupyter
+
+from ..contracts.errors import CaiaError, SiteError
+from ..contracts.failures import ENTRY_POINTS
+from ..contracts.fileset import CAPTURED_DIR, MODULE
+from ..contracts.weights import MAX_NUM_SAMPLES
+from . import landlock, wire
+from .confined import APP, DATA, SCRATCH
+from .context import read_released
+from .runtime import Failed, RoundResult, _metrics, failing
+
+# What the sandboxed process reports it stopped (`confined`): the failure category of each.
+STOPPED = {"read": "sandbox_read", "write": "sandbox_write", "network": "sandbox_network",
+           "program": "sandbox_program", "signal": "sandbox_signal"}
+GRACE = 5  # seconds a sandboxed process has to end after its run, before it is killed
+PASSED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", landlock.ABI_ENV)  # also read by the sandboxed process
+log = logging.getLogger("caia.site")
+
+
+class SandboxRequired(SiteError):
+    """The site's policy requires the sandbox and this machine's kernel cannot give it."""
+
+
+def placement(policy: str) -> str:
+    """Where a site with sandbox `policy` runs approved code on this machine: "landlock" (a process
+    of its own, restricted by the kernel), "process" (a process of its own, without the kernel's
+    restrictions: policy "preferred" on a kernel without Landlock) or "off" (NVFLARE's job process).
+
+    Raises SandboxRequired (one line) for "required" on a kernel without Landlock."""
+    if policy == "off":
+        return "off"
+    if landlock.abi_version() >= 1:
+        return "landlock"
+    if policy == "required":
+        raise SandboxRequired("its policy requires the sandbox and this machine's kernel has no Linux Landlock; run the "
+                              "site on Linux 5.13 or later with Landlock enabled (see `caia site show`), or set its "
+                              "sandbox policy to preferred")
+    return "process"
+
+
+class Sandbox:
+    """A site's run of the bundle in a sandboxed process, with `runtime.LocalCode`'s steps.
+
+    Every step raises `runtime.Failed`, never anything else, when the run cannot go on: the code
+    failed, the sandbox stopped it (category sandbox_*), or its process ended or broke the protocol.
+    """
+
+    def __init__(self, app_dir: Path, release):
+        self.app_dir, self.release = Path(app_dir), release
+        self.root = self.process = self.conn = None
+        self.at_round = None
+        self.copies = 0
+
+    def start(self) -> None:
+        """Make the run's folder, start the sandboxed process, and let it load the module, build the
+        model and load the data."""
+        with failing(None, None):
+            self.root = Path(tempfile.mkdtemp(prefix="caia-sandbox-"))
+            for folder in (APP, DATA, SCRATCH):
+                (self.root / folder).mkdir()
+            self._copy_app()
+            self._spawn()
+        release = self.release
+        self._call({"op": "start", "site": release.site, "params": release.params, "rounds": release.rounds,
+                    "datasets": {name: spec["columns"] for name, spec in release.datasets.items()},
+                    "module_sha256": release.files[MODULE], "threads": _torch_threads()}, "ready")
+
+    def round(self, weights: dict, round: int) -> RoundResult:
+        """Round `round`: the sandboxed process evaluates `weights`, trains, and answers; its answer is checked here."""
+        header, arrays = self._call({"op": "round", "round": round}, "result", weights, round)
+        with failing(None, round):
+            num_samples = header.get("num_samples")
+            if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 <= num_samples <= MAX_NUM_SAMPLES:
+                raise CaiaError("the sandboxed process sent a bad num_samples", failure="bad_num_samples", entry="train")
+            return RoundResult(num_samples, _metrics(header.get("train"), "train"), _metrics(header.get("eval"), "evaluate"),
+                               arrays)
+
+    def evaluate(self, weights: dict, round: int) -> dict[str, float]:
+        """The final evaluation of `weights` in the sandboxed process."""
+        header, _ = self._call({"op": "evaluate", "round": round}, "metrics", weights, round)
+        with failing(None, round):
+            return _metrics(header.get("metrics"), "evaluate")
+
+    def close(self) -> None:
+        """End the sandboxed process (killed after GRACE seconds) and remove the run's folder."""
+        if self.conn is not None:
+            try:
+                wire.send(self.conn, {"op": "close"})
+            except OSError:
+                pass
+            self.conn.close()
+        if self.process is not None:
+            try:
+                self.process.wait(GRACE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _copy_app(self) -> None:
+        """Copy the bundle files the code reads, each checked against the hash the guard admitted."""
+        for name, sha256 in self.release.files.items():
+            if name != MODULE and not name.startswith(f"{CAPTURED_DIR}/"):
+                continue
+            data = (self.app_dir / "custom" / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise SiteError(f"{name} is not the file the site admitted; the run stops here")
+            target = self.root / APP / name
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(data)
+
+    def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(self.root / SCRATCH), "TMPDIR": str(self.root / SCRATCH),
+               "PYTHONPATH": str(Path(caia_jupyter.__file__).resolve().parents[1]),
+               **{name: os.environ[name] for name in PASSED_ENV if name in os.environ}}
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-s", "-P", "-m", "caia_jupyter.site.confined", str(theirs.fileno())],
+                cwd=self.root / SCRATCH, env=env, stdin=subprocess.DEVNULL, close_fds=True, pass_fds=[theirs.fileno()])
+        self.conn = Connection(ours.detach())
+
+    def _call(self, request: dict, answer: str, weights: dict | None = None, round: int | None = None):
+        """Send `request`, serve what the process asks meanwhile, and return its `answer` (header, arrays)."""
+        self.at_round = round
+        try:
+            wire.send(self.conn, request, weights)
+            while True:
+                header, arrays = wire.receive(self.conn)
+                kind = header.get("kind")
+                if kind == answer:
+                    return header, arrays
+                if kind == "dataset":
+                    self._release_copy(header.get("name"))
+                elif kind == "stopped":
+                    self._stopped(header)
+                elif kind == "failed":
+                    self._failed(header)
+                else:
+                    raise wire.WireError(f"unexpected message {str(kind)[:40]!r}")
+        except (EOFError, OSError):
+            self._end({"entry": "runtime", "round": round, "category": "exited"},
+                      {"message": "the sandboxed process ended without answering", "exit_code": self.process.poll()})
+        except wire.WireError as e:
+            self._end({"entry": "runtime", "round": round, "category": "site_error"},
+                      {"message": f"the sandboxed process broke the protocol: {e}"})
+
+    def _release_copy(self, name) -> None:
+        """Copy released dataset `name` (the approved columns, read as the guard read them) into data/
+        and tell the process its file; or tell it the failure category (the site's log has the story)."""
+        spec = self.release.datasets.get(name) if isinstance(name, str) else None
+        if spec is None:
+            wire.send(self.conn, {"kind": "dataset", "failure": "dataset_not_released"})
+            return
+        try:
+            frame = read_released(self.release.site, name, spec)
+        except SiteError as e:
+            log.error("dataset %s could not be released to the sandboxed process: %s", name, e)
+            wire.send(self.conn, {"kind": "dataset", "failure": e.failure})
+            return
+        self.copies += 1
+        file = f"{self.copies}.pkl"
+        frame.to_pickle(self.root / DATA / file)  # pickle keeps every dtype exactly; only this side writes it
+        wire.send(self.conn, {"kind": "dataset", "file": file})
+
+    def _stopped(self, header: dict) -> None:
+        what, entry = header.get("what"), header.get("entry")
+        self._end({"entry": entry if entry in ENTRY_POINTS else "runtime", "round": self.at_round,
+                   "category": STOPPED.get(what, "unknown")},
+                  {"sandbox": str(what)[:40], "attempt": str(header.get("target"))[:4096]})
+
+    def _failed(self, header: dict) -> None:
+        from ..contracts import failures
+
+        record = header.get("record")
+        self._end(failures.parse(header.get("report")).model_dump(),
+                  {key: str(value)[:100_000] for key, value in record.items()} if isinstance(record, dict) else {})
+
+    def _end(self, report: dict, record: dict):
+        """Kill the process at once (it may still be running the code), and fail the run here."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        raise Failed(report, record)
+
+
+def _torch_threads() -> int | None:
+    """This process's torch thread count, for the sandboxed process to use the same (None: torch not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch else None

@@ -1,0 +1,76 @@
+"""Messages between a site's runtime and its sandboxed process: a JSON header and numeric arrays.
+
+One message is one frame of a `multiprocessing.connection.Connection` (length-prefixed bytes):
+
+    4 bytes    n, the header's length (big-endian)
+    n bytes    the header: a JSON object; "arrays": [[name, numpy dtype str, shape], ...] when it carries any
+    the rest   the arrays' raw bytes (C order), one after the other, exactly as many as the list says
+
+No pickle crosses: what the sandboxed process sends is untrusted, so `receive` accepts only a JSON
+object and arrays of bool, integer and floating dtypes, and raises WireError for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+MAX_HEADER = 4 * 2**20  # bytes; a header holds metrics, a failure record or a list of array names
+_KINDS = "biuf"  # numpy dtype kinds an array may have: bool, signed and unsigned integers, floats
+
+
+class WireError(Exception):
+    """A message that is not a header and arrays as this module writes them."""
+
+
+def send(conn, header: dict, arrays: dict | None = None) -> None:
+    """Send `header` (JSON-able; NaN and infinities allowed) and `arrays` ({name: numpy array}) as one frame."""
+    import numpy as np  # here: the sandboxed process reads its first message before it may import anything
+
+    arrays = {name: np.ascontiguousarray(array) for name, array in (arrays or {}).items()}
+    if arrays:
+        header = {**header, "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
+    head = json.dumps(header).encode()
+    conn.send_bytes(b"".join([len(head).to_bytes(4, "big"), head, *(a.tobytes() for a in arrays.values())]))
+
+
+def receive(conn) -> tuple[dict, dict]:
+    """The next message: (header, {name: read-only numpy array}). Raises EOFError when the other end
+    has closed, WireError for a malformed message."""
+    frame = memoryview(conn.recv_bytes())
+    size = int.from_bytes(frame[:4], "big")
+    if len(frame) < 4 or size > min(MAX_HEADER, len(frame) - 4):
+        raise WireError("the header's length does not fit the message")
+    try:
+        header = json.loads(bytes(frame[4:4 + size]))
+    except ValueError as e:
+        raise WireError(f"the header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise WireError("the header is not a JSON object")
+    import numpy as np
+
+    arrays, offset = {}, 4 + size
+    for item in header.pop("arrays", []) if isinstance(header.get("arrays", []), list) else [None]:
+        name, dtype, shape = _array_spec(item)
+        length = dtype.itemsize * math.prod(shape)
+        if name in arrays or offset + length > len(frame):
+            raise WireError(f"array {name!r} is repeated or longer than the message")
+        arrays[name] = np.frombuffer(frame[offset:offset + length], dtype=dtype).reshape(shape)
+        offset += length
+    if offset != len(frame):
+        raise WireError("the message holds bytes its header does not list")
+    return header, arrays
+
+
+def _array_spec(item) -> tuple:
+    import numpy as np
+
+    try:
+        name, dtype, shape = item
+        dtype = np.dtype(dtype)
+        if (isinstance(name, str) and dtype.kind in _KINDS and not dtype.fields and isinstance(shape, list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+            return name, dtype, tuple(shape)
+    except (TypeError, ValueError):
+        pass
+    raise WireError(f"{str(item)[:80]} is not [name, numeric dtype, shape]")
