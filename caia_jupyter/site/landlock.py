@@ -144,8 +144,10 @@ def _add_path_rules(ruleset: int, paths: Iterable[str | Path], allowed: int) -> 
     for path in paths:
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as error:
+            raise SandboxUnavailable(f"cannot open {path} to give it to Landlock: {error.strerror}") from None
         try:
             access = allowed if stat.S_ISDIR(os.fstat(fd).st_mode) else allowed & _FS_FILE
             rule = _PathBeneathAttr(access, fd)
