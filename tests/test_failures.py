@@ -9,7 +9,7 @@ import torch
 from caia_jupyter.aggregator.components import FAILURES, MetricsReceiver
 from caia_jupyter.contracts import failures
 from caia_jupyter.researcher.runs import Run
-from caia_jupyter.site import runtime
+from caia_jupyter.site import flare_client, runtime
 from caia_jupyter.site.context import Context
 from caia_jupyter.targets import remote
 
@@ -154,8 +154,8 @@ def fail(site, round, call, **entry_points):
     app_dir, ctx, sent = site
     entry = runtime.EntryPoints(**{"build_model": build_model, "load_data": load_data, "train": train,
                                    "evaluate": evaluate, **entry_points})
-    with pytest.raises(runtime.SiteStopped) as stopped:
-        with runtime.failure_record(app_dir, entry, round):
+    with pytest.raises(flare_client.SiteStopped) as stopped:
+        with flare_client.failure_record(app_dir, entry, round):
             call(entry, ctx)
     shown = "".join(traceback.format_exception(stopped.value))  # what NVFLARE would log and pass on
     assert MARKER not in shown and "Error" not in shown.splitlines()[-1] and str(app_dir) not in shown.splitlines()[-1]

@@ -39,10 +39,10 @@ NVFLARE runs this script at every site (Client API). The caia runtime installed 
 loads federated.py from its source, checked against the hash the site's guard admitted.
 """
 
-from caia_jupyter.site import runtime
+from caia_jupyter.site import flare_client
 
 if __name__ == "__main__":
-    runtime.run_site(__file__)
+    flare_client.run_site(__file__)
 '''
 
 

@@ -25,8 +25,6 @@ import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import caia_jupyter
-
 from . import landlock, wire
 
 APP, DATA, SCRATCH = "app", "data", "scratch"  # the run's folders (`sandbox`)
@@ -49,9 +47,9 @@ def python_roots() -> list[str]:
     names = ("stdlib", "platstdlib", "purelib", "platlib")
     roots = {sysconfig.get_paths()[n] for n in names}
     roots |= {sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})[n] for n in names}
-    caia_parent = str(Path(caia_jupyter.__file__).resolve().parents[1])
-    roots |= {p for p in sys.path if p and p != caia_parent}  # our PYTHONPATH: only the package below
-    roots.add(str(Path(caia_jupyter.__file__).resolve().parent))
+    package = Path(__file__).resolve().parents[1]  # caia_jupyter
+    roots |= {p for p in sys.path if p and p != str(package.parent)}  # the sandbox's PYTHONPATH: only the package
+    roots.add(str(package))
     return sorted(r for r in roots if os.path.isdir(r))
 
 

@@ -25,10 +25,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 from ..contracts.errors import ContractError
-from ..contracts.failures import ENTRY_POINTS, FAILURE_FILE, FAILURE_TAG
+from ..contracts.failures import ENTRY_POINTS
 from ..contracts.fileset import MODULE
 from ..contracts.metric_names import valid_name
 from ..contracts.tensors import dtypes_of, to_arrays, to_tensors
@@ -152,10 +151,6 @@ def _shown(value) -> str:
     return f"a {type(value).__name__}"
 
 
-class SiteStopped(Exception):
-    """This site stopped its part of the run: the full record is kept at the site, the report sent."""
-
-
 class Failed(Exception):
     """The bundle's run failed at this site. `report` is what may leave (contracts.failures: entry
     point, round, category); `record` the whole story (exception, message, traceback, or what the
@@ -170,7 +165,7 @@ class LocalCode:
     """One site's run of the bundle's entry points in this process: its module, model, data and `ctx`.
 
     Each step raises Failed, never anything else, when it fails. The site's runtime uses it directly
-    (sandbox policy "off") or inside the sandboxed process (`confined`), which relays the same steps.
+    (sandbox policy "off") or inside the sandboxed process (`confined`), whose `sandbox.Sandbox` has the same steps.
     Weights come and go as `contracts.tensors` arrays ({entry: numpy array}).
     """
 
@@ -207,84 +202,6 @@ class LocalCode:
             self.model.load_state_dict(to_tensors(weights, dtypes_of(self.model.state_dict(), "runtime")))
 
 
-def run_site(runner_file: str) -> None:
-    """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics.
-
-    Serves at most the approved number of train tasks (the release's rounds) and then one final
-    evaluation: the server belongs to the researcher, the limit to the site. The bundle's code runs
-    as the release says: in a sandboxed process of its own (`sandbox`), or in this one (policy "off").
-    When anything fails, the site keeps the story, sends its report and returns: NVFLARE then answers
-    the task as failed with its own fixed words, and no text of the failure (nor a site path in a
-    traceback) leaves.
-    """
-    sys.dont_write_bytecode = True  # nothing the job imports from here on writes into its app
-    app_dir = Path(runner_file).resolve().parents[1]
-    try:
-        with failure_record(app_dir, None, round=None):  # whatever is not caught closer
-            _serve(app_dir)
-    except SiteStopped:
-        return
-
-
-def _serve(app_dir: Path) -> None:
-    import nvflare.client as flare
-    from nvflare.app_common.abstract.fl_model import FLModel
-    from nvflare.client.tracking import SummaryWriter
-
-    from .release import Release
-
-    flare.init()
-    release = Release.read(app_dir)
-    if release.site != flare.get_site_name():
-        raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
-    code = _code_of(app_dir, release)
-    writer = SummaryWriter()
-
-    def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
-        writer.add_scalars("metrics", metrics, global_step=round)
-
-    def next_task():
-        """The next task, or None once NVFLARE ends the job (its in-process API raises to say it aborts)."""
-        try:
-            return flare.receive() if flare.is_running() else None
-        except RuntimeError:  # the job is stopping elsewhere: nothing failed here, nothing to report
-            return None
-
-    try:
-        code.start()
-        trained, evaluated = 0, False
-        while (incoming := next_task()) is not None:
-            final = flare.is_evaluate()  # the final global model, after the last round
-            if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
-                raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
-                                    f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
-            if final:
-                evaluated = True
-                metrics = code.evaluate(incoming.params, trained)
-                report(metrics, trained)
-                flare.send(FLModel(metrics=metrics))
-                continue
-            result = code.round(incoming.params, trained)
-            report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, trained)
-            trained += 1
-            flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
-                               meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
-    finally:
-        code.close()
-
-
-def _code_of(app_dir: Path, release):
-    """Where the bundle's code runs at this site, as the guard decided (`Release.sandbox`)."""
-    from .context import Context
-
-    if release.sandbox == "off":
-        ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
-        return LocalCode(app_dir / "custom", release.files[MODULE], ctx)
-    from .sandbox import Sandbox
-
-    return Sandbox(app_dir, release)
-
-
 @contextmanager
 def failing(entry: EntryPoints | None, round: int | None):
     """Turn any exception raised inside into Failed: a report of the closed vocabulary of
@@ -305,41 +222,6 @@ def failing(entry: EntryPoints | None, round: int | None):
         category = e.failure if caia else ("raised" if where != "runtime" else "site_error")
         raise Failed({"entry": where, "round": round, "category": category},
                      {"exception": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}) from None
-
-
-def stop(app_dir: Path, failed: Failed) -> NoReturn:
-    """Keep `failed`'s whole story in the site's app folder (FAILURE_FILE) and log, send the server
-    only its report, and raise SiteStopped, which `run_site` ends on: the exception itself never
-    reaches NVFLARE, which would pass its text and traceback on."""
-    import json
-    import logging
-
-    import nvflare.client as flare
-    from nvflare.apis.analytix import AnalyticsDataType
-
-    from ..contracts.fsutil import write_json
-
-    record = app_dir / FAILURE_FILE
-    try:
-        write_json(record, {"report": failed.report, **failed.record})
-    except OSError:
-        record = "(not written)"
-    logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", failed.report, record)
-    try:
-        flare.log(key=FAILURE_TAG, value=json.dumps(failed.report), data_type=AnalyticsDataType.TEXT)
-    except Exception:  # NVFLARE's Client API is not up: the report cannot leave, the record stays
-        logging.getLogger("caia.site").error("the failure report could not be sent")
-    raise SiteStopped() from None
-
-
-@contextmanager
-def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
-    """When the run fails at a site, inside or in a step raising Failed: `stop` with its story."""
-    try:
-        with failing(entry, round):
-            yield
-    except Failed as failed:
-        stop(app_dir, failed)
 
 
 def _entry_point_running(error: Exception, entry: EntryPoints | None) -> str:

@@ -36,8 +36,6 @@ import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import caia_jupyter
-
 from ..contracts.errors import CaiaError, SiteError
 from ..contracts.failures import ENTRY_POINTS
 from ..contracts.fileset import CAPTURED_DIR, MODULE
@@ -151,7 +149,7 @@ class Sandbox:
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(self.root / SCRATCH), "TMPDIR": str(self.root / SCRATCH),
-               "PYTHONPATH": str(Path(caia_jupyter.__file__).resolve().parents[1]),
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # the folder caia_jupyter is in
                **{name: os.environ[name] for name in PASSED_ENV if name in os.environ}}
         with theirs:
             self.process = subprocess.Popen(

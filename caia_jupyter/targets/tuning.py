@@ -36,7 +36,7 @@ WORKER_MODULE = "nvflare.private.fed.app.simulator.simulator_worker"
 # What every worker imports before its first round: NVFLARE's worker and Client API, caia's
 # runtime, torch (with the compiler stack its optimizers load on first use) and pandas.
 PRELOAD = [WORKER_MODULE, "nvflare.client", "nvflare.client.tracking", "nvflare.app_common.executors.client_api.in_process_backend",
-           "caia_jupyter.site.runtime", "caia_jupyter.site.context", "torch", "torch.optim", "torch._dynamo", "pandas"]
+           "caia_jupyter.site.flare_client", "caia_jupyter.site.context", "torch", "torch.optim", "torch._dynamo", "pandas"]
 
 
 def short_sleeps(namespace: dict) -> None:

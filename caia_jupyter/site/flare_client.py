@@ -1,0 +1,132 @@
+"""The NVFLARE Client API loop at a site: what a bundle's `caia_runner.py` starts.
+
+Every round it hands the global weights to the bundle's code and sends back its weights and
+metrics; the code runs where the site's release says (`sandbox`). Whatever fails, the site keeps
+the whole story and sends only a report of the closed vocabulary (`contracts.failures`).
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+from ..contracts.errors import ContractError
+from ..contracts.failures import FAILURE_FILE, FAILURE_TAG
+from ..contracts.fileset import MODULE
+from .context import Context
+from .release import Release
+from .runtime import EntryPoints, Failed, LocalCode, failing
+from .sandbox import Sandbox
+
+
+class SiteStopped(Exception):
+    """This site stopped its part of the run: the full record is kept at the site, the report sent."""
+
+
+def run_site(runner_file: str) -> None:
+    """The NVFLARE Client API loop at a site: every round evaluate, train, send weights and metrics.
+
+    Serves at most the approved number of train tasks (the release's rounds) and then one final
+    evaluation: the server belongs to the researcher, the limit to the site. The bundle's code runs
+    as the release says: in a sandboxed process of its own (`sandbox`), or in this one (policy "off").
+    When anything fails, the site keeps the story, sends its report and returns: NVFLARE then answers
+    the task as failed with its own fixed words, and no text of the failure (nor a site path in a
+    traceback) leaves.
+    """
+    sys.dont_write_bytecode = True  # nothing the job imports from here on writes into its app
+    app_dir = Path(runner_file).resolve().parents[1]
+    try:
+        with failure_record(app_dir, None, round=None):  # whatever is not caught closer
+            _serve(app_dir)
+    except SiteStopped:
+        return
+
+
+def _serve(app_dir: Path) -> None:
+    import nvflare.client as flare
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.client.tracking import SummaryWriter
+
+    flare.init()
+    release = Release.read(app_dir)
+    if release.site != flare.get_site_name():
+        raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
+    code = _code_of(app_dir, release)
+    writer = SummaryWriter()
+
+    def report(metrics: dict, round: int):  # one message per round, whatever the number of metrics
+        writer.add_scalars("metrics", metrics, global_step=round)
+
+    def next_task():
+        """The next task, or None once NVFLARE ends the job (its in-process API raises to say it aborts)."""
+        try:
+            return flare.receive() if flare.is_running() else None
+        except RuntimeError:  # the job is stopping elsewhere: nothing failed here, nothing to report
+            return None
+
+    try:
+        code.start()
+        trained, evaluated = 0, False
+        while (incoming := next_task()) is not None:
+            final = flare.is_evaluate()  # the final global model, after the last round
+            if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
+                raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
+                                    f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
+            if final:
+                evaluated = True
+                metrics = code.evaluate(incoming.params, trained)
+                report(metrics, trained)
+                flare.send(FLModel(metrics=metrics))
+                continue
+            result = code.round(incoming.params, trained)
+            report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, trained)
+            trained += 1
+            flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
+                               meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
+    finally:
+        code.close()
+
+
+def _code_of(app_dir: Path, release: Release) -> LocalCode | Sandbox:
+    """Where the bundle's code runs at this site, as the guard decided (`Release.sandbox`)."""
+    if release.sandbox == "off":
+        ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
+        return LocalCode(app_dir / "custom", release.files[MODULE], ctx)
+    return Sandbox(app_dir, release)
+
+
+def stop(app_dir: Path, failed: Failed) -> NoReturn:
+    """Keep `failed`'s whole story in the site's app folder (FAILURE_FILE) and log, send the server
+    only its report, and raise SiteStopped, which `run_site` ends on: the exception itself never
+    reaches NVFLARE, which would pass its text and traceback on."""
+    import json
+    import logging
+
+    import nvflare.client as flare
+    from nvflare.apis.analytix import AnalyticsDataType
+
+    from ..contracts.fsutil import write_json
+
+    record = app_dir / FAILURE_FILE
+    try:
+        write_json(record, {"report": failed.report, **failed.record})
+    except OSError:
+        record = "(not written)"
+    logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", failed.report, record)
+    try:
+        flare.log(key=FAILURE_TAG, value=json.dumps(failed.report), data_type=AnalyticsDataType.TEXT)
+    except Exception:  # NVFLARE's Client API is not up: the report cannot leave, the record stays
+        logging.getLogger("caia.site").error("the failure report could not be sent")
+    raise SiteStopped() from None
+
+
+@contextmanager
+def failure_record(app_dir: Path, entry: EntryPoints | None, round: int | None):
+    """When the run fails at a site, inside or in a step raising Failed: `stop` with its story."""
+    try:
+        with failing(entry, round):
+            yield
+    except Failed as failed:
+        stop(app_dir, failed)
