@@ -25,7 +25,7 @@ class WireError(Exception):
 
 def send(conn, header: dict, arrays: dict | None = None) -> None:
     """Send `header` (JSON-able; NaN and infinities allowed) and `arrays` ({name: numpy array}) as one frame."""
-    import numpy as np  # here: the sandboxed process reads its first message before it may import anything
+    import numpy as np
 
     arrays = {name: np.ascontiguousarray(array) for name, array in (arrays or {}).items()}
     if arrays:
@@ -47,10 +47,10 @@ def receive(conn) -> tuple[dict, dict]:
         raise WireError(f"the header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise WireError("the header is not a JSON object")
-    import numpy as np
-
     arrays, offset = {}, 4 + size
     for item in header.pop("arrays", []) if isinstance(header.get("arrays", []), list) else [None]:
+        import numpy as np  # only for arrays: the sandboxed process's first message must not load numpy
+
         name, dtype, shape = _array_spec(item)
         length = dtype.itemsize * math.prod(shape)
         if name in arrays or offset + length > len(frame):
