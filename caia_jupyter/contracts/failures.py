@@ -73,6 +73,8 @@ EXCLUDED = {
     "non_finite_weights": "its weights hold NaN or values infinite in their dtype",
     "malformed_update": "its weights or num_samples do not fit the global model",
 }
+UNCONFINED = ("{site} ran the federated code without the kernel's sandbox: this machine's kernel has no Linux "
+              "Landlock and the site's sandbox policy is preferred (`caia site show` tells what a kernel supports)")
 NON_FINITE_METRIC = "{site}'s {name} at round {round} was not a finite number; it is recorded as missing"
 
 

@@ -135,9 +135,13 @@ class Run:
 
     @property
     def notes(self) -> list[str]:
-        """What the run left out, one line each: a site's update left out of a round's average (why,
-        in the fixed words of `failures.EXCLUDED`), a metric a site sent that was not finite."""
-        lines = [failure_reports.describe_excluded(site, round, reason) for site, round, reason in self.server_status.excluded]
+        """What the run left out, one line each: a simulated site that ran the code without the
+        kernel's sandbox (`site.sandbox`: its policy preferred, this machine's kernel without Landlock),
+        a site's update left out of a round's average (why, in the fixed words of `failures.EXCLUDED`),
+        a metric a site sent that was not finite."""
+        lines = [failure_reports.UNCONFINED.format(site=site) for site, a in self._admissions().items()
+                 if site in self.spec["sites"] and a.get("sandbox") == "process"]
+        lines += [failure_reports.describe_excluded(site, round, reason) for site, round, reason in self.server_status.excluded]
         return lines + [failure_reports.NON_FINITE_METRIC.format(site=r.site, name=r.name, round=r.round)
                         for r in self.records() if r.value is None]
 
