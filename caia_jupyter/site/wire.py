@@ -27,7 +27,8 @@ def send(conn, header: dict, arrays: dict | None = None) -> None:
     """Send `header` (JSON-able; NaN and infinities allowed) and `arrays` ({name: numpy array}) as one frame."""
     import numpy as np
 
-    arrays = {name: np.ascontiguousarray(array) for name, array in (arrays or {}).items()}
+    # asarray, not ascontiguousarray: that one makes a 0-d array (a BatchNorm's num_batches_tracked) 1-d
+    arrays = {name: np.asarray(array, order="C") for name, array in (arrays or {}).items()}
     if arrays:
         header = {**header, "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
     head = json.dumps(header).encode()
@@ -43,7 +44,7 @@ def receive(conn) -> tuple[dict, dict]:
         raise WireError("the header's length does not fit the message")
     try:
         header = json.loads(bytes(frame[4:4 + size]))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise WireError(f"the header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise WireError("the header is not a JSON object")
