@@ -320,7 +320,7 @@ def test_signals(bounds):
 def test_other_events_are_allowed(bounds):
     watch, send, *_ = bounds
     for event, args in [("import", ("json", None, [], [], [])), ("exec", (compile("", "x", "exec"),)),
-                        ("os.fork", ()), ("compile", (b"", "x")), ("os.listdir", (None,))]:
+                        ("os.fork", ()), ("compile", (b"", "x"))]:
         assert verdict(watch, send, event, args) is None, event
 
 
@@ -398,7 +398,7 @@ def test_confined_restricts_itself_before_numpy_or_torch_load_and_while_one_thre
 
 def make_app(folder: Path, source: str) -> tuple[Path, Release]:
     """An admitted app folder holding `source` as federated.py, and its release (no datasets)."""
-    (folder / "custom").mkdir(parents=True)
+    (folder / "custom").mkdir(parents=True, exist_ok=True)
     data = textwrap.dedent(source).encode()
     (folder / "custom" / "federated.py").write_bytes(data)
     return folder, Release(site="site-1", bundle_id="b" * 64, datasets={}, params={}, rounds=2, approval="a",
@@ -409,7 +409,8 @@ def make_app(folder: Path, source: str) -> tuple[Path, Release]:
 def fake_child(tmp_path, monkeypatch):
     """Start `script` (Python run with its end of the socket pair, fd in argv[1]) instead of the
     sandboxed process, with the command, folder, environment and descriptors `Sandbox` gives it.
-    Returns a Sandbox ready to start, and the list of commands it asked for."""
+    `fake_child(script)` writes the script and returns a Sandbox of a minimal app, ready to start;
+    `fake_child.commands` lists the commands the Sandbox asked for."""
     real_popen = subprocess.Popen
     commands = []
 
@@ -465,7 +466,7 @@ def test_child_gets_a_fixed_command_a_minimal_environment_and_one_descriptor(fak
     assert "CAIA_TEST_PARENT_SECRET" not in env and env["OMP_NUM_THREADS"] == "3"
     assert env["HOME"] == env["TMPDIR"] == seen["cwd"] == str(root / "scratch")
     assert env["PYTHONPATH"] == str(REPO)
-    # stdin, stdout, stderr, its end of the pair (the fd it was given), and the listing's own descriptor
+    # stdin (/dev/null), stdout and stderr (the site's), its end of the pair, and the listing's own descriptor
     assert int(fake_child.commands[0][-1]) in seen["fds"] and len(seen["fds"]) == 5, seen["fds"]
     assert seen["start"]["op"] == "start" and seen["start"]["site"] == "site-1" and seen["start"]["datasets"] == {}
 
@@ -665,3 +666,54 @@ def test_real_process_ending_in_train_is_exited(tmp_path):
     assert raised.value.report == {"entry": "runtime", "round": 0, "category": "exited"}
     assert box.process.returncode == 7
     assert not box.root.exists()
+
+
+@pytest.fixture
+def released_app(tmp_path):
+    """An app whose release holds dataset "tiny": columns a and b of a table that also has a column secret."""
+    from caia_jupyter.contracts import schema
+
+    table = tmp_path / "site" / "tiny.csv"
+    table.parent.mkdir()
+    table.write_text("a,b,secret\n1,0.5,x\n2,1.5,y\n")
+    read = schema.detect(table)
+    columns = [column for column in schema.columns_of(table, read) if column["name"] in ("a", "b")]
+    app, release = make_app(tmp_path / "app", "def build_model(): pass\n")
+    return app, Release(**{**release.__dict__, "datasets": {"tiny": {"path": str(table), "read": read, "columns": columns}}})
+
+
+ASK_THREE_TIMES = """
+    import json, pickle
+    answers = []
+    for _ in range(3):
+        wire.send(conn, {'kind': 'dataset', 'name': 'tiny'})
+        answers.append(wire.receive(conn)[0])
+    frame = pickle.load(open(os.path.join('..', 'data', answers[0]['file']), 'rb'))
+    open(SEEN, 'w').write(json.dumps({'answers': answers, 'columns': list(frame.columns), 'rows': frame.values.tolist(),
+                                      'data': sorted(os.listdir(os.path.join('..', 'data')))}))
+    wire.send(conn, {'kind': 'ready'})
+    wire.receive(conn)
+"""
+
+
+def test_a_released_dataset_is_copied_with_exactly_its_approved_columns(fake_child, released_app, tmp_path, monkeypatch):
+    seen = tmp_path / "seen.json"
+    fake_child(f"SEEN = {str(seen)!r}\n" + textwrap.dedent(ASK_THREE_TIMES))
+    box = sandbox.Sandbox(*released_app)
+    box.start()
+    box.close()
+    seen = json.loads(seen.read_text())
+    assert seen["columns"] == ["a", "b"] and seen["rows"] == [[1, 0.5], [2, 1.5]]
+    assert all("file" in answer for answer in seen["answers"])
+    assert not box.root.exists()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Sandbox._release_copy writes a new copy in data/ for every ctx.dataset call and "
+                   "keeps them all until close: code calling ctx.dataset in a loop fills the site's disk")
+def test_asking_for_a_dataset_again_makes_no_new_copy(fake_child, released_app, tmp_path):
+    seen = tmp_path / "seen.json"
+    fake_child(f"SEEN = {str(seen)!r}\n" + textwrap.dedent(ASK_THREE_TIMES))
+    box = sandbox.Sandbox(*released_app)
+    box.start()
+    box.close()
+    assert len(json.loads(seen.read_text())["data"]) == 1
