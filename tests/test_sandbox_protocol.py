@@ -412,11 +412,12 @@ def fake_child(tmp_path, monkeypatch):
     `fake_child(script)` writes the script and returns a Sandbox of a minimal app, ready to start;
     `fake_child.commands` lists the commands the Sandbox asked for."""
     real_popen = subprocess.Popen
-    commands = []
+    commands, started = [], []
 
     def fake_popen(args, **kwargs):
         commands.append(list(args))
-        return real_popen([sys.executable, str(tmp_path / "fake_child.py"), args[-1]], **kwargs)
+        started.append(real_popen([sys.executable, str(tmp_path / "fake_child.py"), args[-1]], **kwargs))
+        return started[-1]
 
     def make(script: str) -> sandbox.Sandbox:
         (tmp_path / "fake_child.py").write_text(
@@ -427,7 +428,10 @@ def fake_child(tmp_path, monkeypatch):
         return sandbox.Sandbox(app, release)
 
     make.commands = commands
-    return make
+    yield make
+    for process in started:  # a test that failed early leaves no process behind
+        process.kill()
+        process.wait()
 
 
 WEIGHTS = {"w": np.ones((2, 3), np.float32)}
@@ -436,9 +440,11 @@ READY = "wire.send(conn, {'kind': 'ready'})\nrequest, weights = wire.receive(con
 
 def failure(box: sandbox.Sandbox, step) -> Failed:
     """The Failed that `step(box)` raises; the run's folder is gone after close()."""
-    with pytest.raises(Failed) as raised:
-        step(box)
-    box.close()
+    try:
+        with pytest.raises(Failed) as raised:
+            step(box)
+    finally:
+        box.close()
     assert box.root is not None and not box.root.exists()
     assert box.process.poll() is not None
     return raised.value
