@@ -117,10 +117,26 @@ def _own(pid, event: str) -> bool:
         return False
 
 
+def preforked(theirs, ours) -> None:
+    """A process `sandbox.prefork` forked ahead: keep only its socket, wait for its run, serve it."""
+    ours.close()
+    fd = theirs.detach()
+    os.closerange(3, fd)  # nothing its parent held stays open here
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+    os.environ.clear()
+    try:
+        serve(Connection(fd))
+    except EOFError:  # its parent ended without a run for it
+        pass
+
+
 def serve(conn: Connection) -> None:
     """Restrict this process, then run the steps the site's runtime asks for until it closes."""
-    root = Path.cwd().parent  # the run's folder; this process starts in its scratch/
     start, _ = wire.receive(conn)
+    root = Path(start["root"])  # the run's folder (`sandbox`)
+    os.chdir(root / SCRATCH)
+    os.environ.clear()
+    os.environ.update(start["env"])
     lock = threading.Lock()  # the code may start threads, and the audit hook sends from any of them
 
     def send(header: dict, arrays: dict | None = None) -> None:
