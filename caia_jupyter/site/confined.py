@@ -42,15 +42,19 @@ _NETWORK_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.se
 
 
 def python_roots() -> list[str]:
-    """The folders of this Python installation (standard library, site-packages, other sys.path
-    folders) and of caia_jupyter itself: what the code may read besides its run's folders."""
+    """The folders of this Python installation (standard library and site-packages, of the
+    environment and of the Python it is made from, and the folders their .pth files add) and of
+    caia_jupyter itself: what the code may read besides its run's folders and SYSTEM. Not sys.path
+    as such: it may hold the folder a process was started in."""
     names = ("stdlib", "platstdlib", "purelib", "platlib")
     roots = {sysconfig.get_paths()[n] for n in names}
     roots |= {sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})[n] for n in names}
-    package = Path(__file__).resolve().parents[1]  # caia_jupyter
-    roots |= {p for p in sys.path if p and p != str(package.parent)}  # the sandbox's PYTHONPATH: only the package
-    roots.add(str(package))
-    return sorted(r for r in roots if os.path.isdir(r))
+    for packages in [sysconfig.get_paths()[n] for n in ("purelib", "platlib")]:
+        for pth in Path(packages).glob("*.pth"):
+            lines = pth.read_text(errors="replace").splitlines()
+            roots |= {os.path.join(packages, line.strip()) for line in lines if line.strip() and not line.startswith(("#", "import"))}
+    roots.add(str(Path(__file__).resolve().parents[1]))  # caia_jupyter
+    return sorted({os.path.realpath(r) for r in roots if os.path.isdir(r)})
 
 
 class Watch:
