@@ -149,7 +149,9 @@ def serve(conn: Connection) -> None:
 
     read, write = [*python_roots(), *SYSTEM, str(root / APP), str(root / DATA)], [str(root / SCRATCH), os.devnull]
     try:
-        landlock.restrict(read=read, write=write)
+        enforced = landlock.restrict(read=read, write=write)
+        if start.get("landlock") and not enforced["filesystem"]:  # the guard admitted the bundle to a sandbox
+            raise landlock.SandboxUnavailable("the kernel's Landlock restrictions were not applied")
     except Exception as e:  # caia's own failure: the site's log keeps it
         send({"kind": "failed", "report": {"entry": "runtime", "round": None, "category": "site_error"},
                          "record": {"exception": type(e).__name__, "message": f"the sandbox could not be set up: {e}"}})

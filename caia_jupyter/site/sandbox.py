@@ -106,7 +106,8 @@ class Sandbox:
             self._copy_app()
             self._spawn()
         release = self.release
-        self._call({"op": "start", "root": str(self.root), "env": self._env(), "site": release.site, "params": release.params, "rounds": release.rounds,
+        self._call({"op": "start", "root": str(self.root), "env": self._env(), "landlock": release.sandbox == "landlock",
+                    "site": release.site, "params": release.params, "rounds": release.rounds,
                     "datasets": {name: spec["columns"] for name, spec in release.datasets.items()},
                     "module_sha256": release.files[MODULE], "threads": _torch_threads()}, "ready")
 
