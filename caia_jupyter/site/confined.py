@@ -60,12 +60,11 @@ def python_roots() -> list[str]:
 class Watch:
     """The audit hook: report what the code attempts beyond the sandbox's bounds, and refuse it.
 
-    `read` and `write` are the folders (and files) it may read, and read and write."""
+    `read` and `write` are the folders (and files) it may read, and read and write: resolved paths."""
 
     def __init__(self, send, read: list[str], write: list[str], where):
         self.send, self.where = send, where
-        self.write = [os.path.realpath(p) for p in write]
-        self.read = self.write + [os.path.realpath(p) for p in read]
+        self.write, self.read = write, write + read
         self.busy = threading.local()
 
     def __call__(self, event: str, args: tuple) -> None:
@@ -75,14 +74,14 @@ class Watch:
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             flags, mode = args[2], args[1]
             writes = (isinstance(flags, int) and flags & _WRITE_FLAGS) or (isinstance(mode, str) and set(mode) & set("wax+"))
-            what = "write" if writes and not self._within(args[0], self.write) else (
-                "read" if not self._within(args[0], self.read) else None)
+            what = "write" if writes and not self.within(args[0], self.write) else (
+                "read" if not self.within(args[0], self.read) else None)
             target = args[0]
         elif event in ("os.listdir", "os.scandir", "glob.glob") and isinstance(args[0], (str, bytes, os.PathLike)):
-            what, target = ("read" if not self._within(args[0], self.read) else None), args[0]
+            what, target = ("read" if not self.within(args[0], self.read) else None), args[0]
         elif event in _WRITE_EVENTS and isinstance(args[0], (str, bytes, os.PathLike)):
             paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))] if event in ("os.rename", "os.link", "os.symlink") else [args[0]]
-            outside = [p for p in paths if not self._within(p, self.write)]
+            outside = [p for p in paths if not self.within(p, self.write)]
             what, target = ("write", outside[0]) if outside else (None, None)
         elif event in _PROGRAM_EVENTS:
             what, target = "program", args[:2]
@@ -103,9 +102,10 @@ class Watch:
             self.busy.on = False
 
     @staticmethod
-    def _within(path, roots: list[str]) -> bool:
-        self_path = os.path.realpath(os.fsdecode(path))
-        return any(self_path == root or self_path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+    def within(path, roots: list[str]) -> bool:
+        """Whether `path` (resolved: links followed, relative to the working folder) lies in one of `roots`."""
+        path = os.path.realpath(os.fsdecode(path))
+        return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 def _own(pid, event: str) -> bool:
@@ -147,7 +147,11 @@ def serve(conn: Connection) -> None:
         with lock:
             wire.send(conn, header, arrays)
 
-    read, write = [*python_roots(), *SYSTEM, str(root / APP), str(root / DATA)], [str(root / SCRATCH), os.devnull]
+    read = [os.path.realpath(p) for p in [*python_roots(), *SYSTEM, root / APP, root / DATA]]
+    write = [os.path.realpath(p) for p in [root / SCRATCH, os.devnull]]
+    # Imports look only where the process may read (a started-in folder on sys.path would be a read outside)
+    sys.path[:] = [p for p in sys.path if p and Watch.within(p, read)]
+    sys.path_importer_cache.clear()
     try:
         enforced = landlock.restrict(read=read, write=write)
         if start.get("landlock") and not enforced["filesystem"]:  # the guard admitted the bundle to a sandbox
