@@ -300,8 +300,8 @@ def do_site_init(args, namespace=None) -> Outcome:
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
     site = init(args.dir, args.name, days, sandbox=args.sandbox)
-    text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')}; "
-            f"sandbox {site.sandbox or UNSET_SANDBOX})"
+    text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
+            f"\nsandbox {site.sandbox or UNSET_SANDBOX}"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())
