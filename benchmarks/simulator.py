@@ -1,6 +1,8 @@
-"""Same training, two ways: a hand-written NVFLARE FedAvgRecipe + SimEnv job (NVFLARE defaults)
-versus `caia submit` on the simulator. Reports wall time, peak memory of each process tree and the
-final global model's accuracy, evaluated the same way for both.
+"""Same training, three ways: a hand-written NVFLARE FedAvgRecipe + SimEnv job (NVFLARE defaults),
+`caia submit` on the simulator with every site's sandbox off (the code runs in NVFLARE's job
+process), and `caia submit` with the sandbox (the sites' default: a sandboxed process per site,
+restricted with Landlock). Reports wall time, peak memory of each process tree and the final
+global model's accuracy, evaluated the same way for all.
 
     .venv/bin/python benchmarks/simulator.py --sites 3 --rounds 5
     .venv/bin/python benchmarks/simulator.py --sites 8 16 --rounds 5
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"baseline": None, "in-process": "off", "sandboxed": "preferred"}  # variant -> every site's sandbox policy
 NOTEBOOK = REPO / "example_notebooks" / "01_breast_cancer.ipynb"
 
 BASELINE_CLIENT = '''
@@ -87,10 +90,13 @@ def setup(workdir: Path, count: int, rounds: int):
     return built, [center.site for center in centers]
 
 
-def run_caia(workdir: Path) -> Path:
+def run_caia(workdir: Path, sandbox: str) -> Path:
+    from caia_jupyter.site import sites
     from caia_jupyter.targets.submit import submit
 
     spec = json.loads((workdir / "setup.json").read_text())
+    for site in spec["sites"]:
+        sites.set_sandbox(sites.open_site(site), sandbox)
     run = submit(spec["bundle"], spec["sites"], runs_root=workdir / "runs")
     assert run.wait() == "finished", run.message
     return run.global_model
@@ -190,7 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[3])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--child", choices=["setup", "baseline", "caia"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["setup", *VARIANTS], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -198,7 +204,7 @@ def main() -> int:
         write_setup(args.workdir, args.sites[0], args.rounds)
         return 0
     if args.child:  # run one variant, print its result as the last line
-        model = (run_caia if args.child == "caia" else run_baseline)(args.workdir)
+        model = run_baseline(args.workdir) if args.child == "baseline" else run_caia(args.workdir, VARIANTS[args.child])
         print(json.dumps({"final_accuracy": round(accuracy(args.workdir, model), 4)}))
         return 0
 
@@ -208,20 +214,20 @@ def main() -> int:
             workdir = Path(tmp)
             child = [sys.executable, __file__, "--workdir", str(workdir), "--sites", str(count), "--rounds", str(args.rounds)]
             subprocess.run([*child, "--child", "setup"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            results = {variant: measure([*child, "--child", variant]) for variant in ("baseline", "caia")}
-            b, c = results["baseline"], results["caia"]
-            rows.append((count, b, c))
-            print(json.dumps({"sites": count, "rounds": args.rounds, "baseline": b, "caia": c}), flush=True)
+            results = {variant: measure([*child, "--child", variant]) for variant in VARIANTS}
+            rows.append((count, results))
+            print(json.dumps({"sites": count, "rounds": args.rounds, **results}), flush=True)
     print()
-    print("| sites x rounds | baseline wall | caia wall | ratio | baseline peak RSS / PSS | caia peak RSS / PSS | final accuracy baseline / caia |")
-    print("|---|---|---|---|---|---|---|")
-    for count, b, c in rows:
-        wall = lambda r: f"{r['wall_s']} s" if r["wall_s"] else r["note"]
-        ratio = f"{c['wall_s'] / b['wall_s']:.2f}" if b["wall_s"] and c["wall_s"] else "-"
-        score = lambda r: f"{r['final_accuracy']:.4f}" if r["final_accuracy"] is not None else "-"
-        print(f"| {count} x {args.rounds} | {wall(b)} | {wall(c)} | {ratio} | "
-              f"{b['peak_rss_mb']} / {b['peak_pss_mb']} MB | {c['peak_rss_mb']} / {c['peak_pss_mb']} MB | "
-              f"{score(b)} / {score(c)} |")
+    print("| sites x rounds | baseline wall | caia in-process wall | caia sandboxed wall | sandboxed / in-process | "
+          "sandboxed / baseline | peak PSS baseline / in-process / sandboxed | final accuracy baseline / in-process / sandboxed |")
+    print("|---|---|---|---|---|---|---|---|")
+    for count, r in rows:
+        b, i, c = r["baseline"], r["in-process"], r["sandboxed"]
+        wall = lambda x: f"{x['wall_s']} s" if x["wall_s"] else x["note"]
+        ratio = lambda x, y: f"{x['wall_s'] / y['wall_s']:.2f}" if x["wall_s"] and y["wall_s"] else "-"
+        score = lambda x: f"{x['final_accuracy']:.4f}" if x["final_accuracy"] is not None else "-"
+        print(f"| {count} x {args.rounds} | {wall(b)} | {wall(i)} | {wall(c)} | **{ratio(c, i)}** | **{ratio(c, b)}** | "
+              f"{b['peak_pss_mb']} / {i['peak_pss_mb']} / {c['peak_pss_mb']} MB | {score(b)} / {score(i)} / {score(c)} |")
     return 0
 
 

@@ -20,6 +20,14 @@ from .targets.poc import DEFAULT_POC
 from .terminal import Outcome, follow, run_summary
 
 
+# `caia site init/policy --sandbox`: the values of `sites.SANDBOX_POLICIES` (checked there; the CLI starts without pandas)
+SANDBOX_CHOICES = "required|preferred|off"
+SANDBOX_HELP = ("required: in a process restricted with Linux Landlock, refusing to run where the kernel has none; "
+                "preferred: the same, unrestricted with a warning where it has none; off: in NVFLARE's job process "
+                "(default: required at POC and production sites, preferred in the simulator)")
+UNSET_SANDBOX = "not set: required at POC and production sites, preferred in the simulator"
+
+
 class Parser(argparse.ArgumentParser):
     """Raises usage errors so the CLI and the line magic report them the same way."""
 
@@ -129,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the site's NVFLARE client name, e.g. site-1")
     p.add_argument("--max-approval-days", type=float, default=None, metavar="DAYS",
                    help="policy: the longest lifetime of an approval at this site (default: 90)")
+    p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"policy: where approved code runs ({SANDBOX_HELP})")
+    p = site.add_parser("policy", parents=[common], help="set a site's policy and show it")
+    p.set_defaults(handler=do_site_policy)
+    p.add_argument("dir", type=Path)
+    p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, required=True, help=f"where approved code runs: {SANDBOX_HELP}")
     p = site.add_parser("add-dataset", parents=[common],
                         help="register a table (CSV or Parquet) in the site's data catalog")
     p.set_defaults(handler=do_site_add_dataset)
@@ -140,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=do_site_trust)
     p.add_argument("dir", type=Path)
     p.add_argument("public_key", type=Path)
-    p = site.add_parser("show", parents=[common], help="show a site's datasets, keys and approvals")
+    p = site.add_parser("show", parents=[common],
+                        help="show a site's datasets, keys, approvals, policy and what this machine's kernel can sandbox")
     p.set_defaults(handler=do_site_show)
     p.add_argument("dir", type=Path)
     return parser
@@ -285,8 +299,9 @@ def do_site_init(args, namespace=None) -> Outcome:
     from .site.sites import DEFAULT_MAX_APPROVAL_DAYS, init
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
-    site = init(args.dir, args.name, days)
+    site = init(args.dir, args.name, days, sandbox=args.sandbox)
     text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
+            f"\nsandbox {site.sandbox or UNSET_SANDBOX}"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())
@@ -313,20 +328,67 @@ def do_site_trust(args, namespace=None) -> Outcome:
     return Outcome(kid, f"{site.name} now trusts reviewer key {kid}", {"key_id": kid})
 
 
+def do_site_policy(args, namespace=None) -> Outcome:
+    from .site.sites import open_site, set_sandbox
+
+    site = set_sandbox(open_site(args.dir), args.sandbox)
+    report = sandbox_report(site)
+    text = "\n".join([f"site {site.name}: sandbox {site.sandbox}", *report["lines"]])
+    return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"]})
+
+
 def do_site_show(args, namespace=None) -> Outcome:
     from .site.sites import open_site
 
     site = open_site(args.dir)
+    report = sandbox_report(site)
     data = site.to_json()
     data["approvals"] = sorted(p.name for p in site.approvals_dir.glob("*.json"))
     data["revocations"] = sorted(p.name for p in site.revocations_dir.glob("*.json"))
+    data["kernel"], data["refusal"] = report["kernel"], report["refusal"]
     text = "\n".join([f"site {site.name} at {site.path}",
                       f"  datasets: {', '.join(data['datasets']) or 'none'}",
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
                       *(f"  {problem}" for problem in data["key_problems"]),
                       f"  approvals: {len(data['approvals'])}, revocations: {len(data['revocations'])}",
-                      f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}"])
+                      f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}; "
+                      f"sandbox {site.sandbox or UNSET_SANDBOX}",
+                      *(f"  {line}" for line in report["lines"])])
     return Outcome(site, text, data)
+
+
+def sandbox_report(site) -> dict:
+    """What this machine's kernel can enforce and what the site's sandbox policy makes of it here:
+    {"kernel": `landlock.support()`, "refusal": the one-line reason the site, run at a POC or in
+    production, refuses every bundle on this machine, or None; "lines": what a terminal shows}."""
+    from .site import landlock
+    from .site.sandbox import SandboxRequired, placement
+
+    kernel = landlock.support()
+    lines, refusal = [kernel_line(kernel)], None
+    try:
+        placed = placement(site.sandbox or "required")  # unset: required at POC and production sites
+    except SandboxRequired as e:
+        refusal = str(e)
+        lines.append(f"here the site refuses every bundle: {e}" if site.sandbox else
+                     "here the site refuses every bundle at a POC or in production (their default policy, required, "
+                     "needs Linux Landlock); the simulator runs it without the kernel's sandbox, with a warning")
+    else:
+        if placed == "off":
+            lines.append("the site runs approved code in NVFLARE's job process, without the sandbox")
+        elif placed == "process":
+            lines.append("here the site runs approved code in a process of its own without the kernel's "
+                         "restrictions, with a warning")
+    return {"kernel": kernel, "refusal": refusal, "lines": lines}
+
+
+def kernel_line(kernel: Mapping) -> str:
+    """`landlock.support()` as one line: "kernel sandbox: Landlock ABI 7 (files, TCP, ...); sockets closed by seccomp"."""
+    if not kernel["filesystem"]:
+        return "kernel sandbox: no Linux Landlock (it needs Linux 5.13 or later with Landlock enabled)"
+    covers = ["files"] + ["TCP"] * kernel["tcp"] + ["signals and abstract UNIX sockets"] * kernel["scoping"]
+    sockets = "sockets closed by seccomp" if kernel["sockets"] else "sockets left open (no seccomp filter here)"
+    return f"kernel sandbox: Landlock ABI {kernel['landlock_abi']} ({', '.join(covers)}); {sockets}"
 
 
 def do_demo(args, namespace=None) -> Outcome:

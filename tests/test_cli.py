@@ -97,6 +97,68 @@ def test_site_init_sets_the_longest_approval_lifetime(tmp_path, caia):
         assert not (tmp_path / f"bad{days}").exists()
 
 
+def test_site_init_and_policy_set_the_sandbox_policy_and_show_tells_it(tmp_path, caia):
+    code, out, _ = caia("site", "init", tmp_path / "s", "--name", "site-1", "--sandbox", "off", "--json")
+    assert code == 0 and json.loads(out)["policy"] == {"max_approval_days": 90, "sandbox": "off"}
+    code, out, _ = caia("site", "show", tmp_path / "s")
+    assert "sandbox off" in out and "the site runs approved code in NVFLARE's job process" in out
+    code, out, _ = caia("site", "policy", tmp_path / "s", "--sandbox", "preferred")
+    assert code == 0 and out.startswith("site site-1: sandbox preferred\n")
+    assert json.loads((tmp_path / "s" / "site.json").read_text())["policy"]["sandbox"] == "preferred"
+    code, out, err = caia("site", "policy", tmp_path / "s", "--sandbox", "strict")
+    assert (code, out) == (2, "") and err == "caia: error: --sandbox 'strict' must be one of required, preferred, off\n"
+    assert json.loads((tmp_path / "s" / "site.json").read_text())["policy"]["sandbox"] == "preferred"
+    code, _, err = caia("site", "init", tmp_path / "t", "--name", "site-2", "--sandbox", "maybe")
+    assert code == 2 and err.count("\n") == 1 and "--sandbox 'maybe'" in err and not (tmp_path / "t").exists()
+    code, _, err = caia("site", "policy", tmp_path / "s")
+    assert code == 2 and "--sandbox" in err and err.count("\n") == 1
+
+
+def test_site_show_reports_the_kernel_and_an_unset_policy(tmp_path, caia):
+    from caia_jupyter.site import landlock
+
+    caia("site", "init", tmp_path / "s", "--name", "site-1")
+    code, out, _ = caia("site", "show", tmp_path / "s")
+    assert "sandbox not set: required at POC and production sites, preferred in the simulator" in out
+    kernel = landlock.support()
+    if kernel["landlock_abi"] >= 6:  # this machine kind's kernel offers ABI 7
+        assert f"kernel sandbox: Landlock ABI {kernel['landlock_abi']} (files, TCP, signals and abstract UNIX sockets)" in out
+        assert "refuses" not in out
+    data = json.loads(caia("site", "show", tmp_path / "s", "--json")[1])
+    assert data["kernel"] == kernel and "sandbox" not in data["policy"]
+
+
+def test_site_show_says_a_required_site_refuses_on_a_kernel_without_landlock(tmp_path, caia, monkeypatch):
+    monkeypatch.setenv("CAIA_LANDLOCK_ABI", "0")
+    caia("site", "init", tmp_path / "s", "--name", "site-1", "--sandbox", "required")
+    code, out, _ = caia("site", "show", tmp_path / "s")
+    assert code == 0 and "  kernel sandbox: no Linux Landlock" in out
+    assert ("  here the site refuses every bundle: its policy requires the sandbox and this machine's kernel has no "
+            "Linux Landlock") in out
+    data = json.loads(caia("site", "show", tmp_path / "s", "--json")[1])
+    assert data["kernel"]["landlock_abi"] == 0 and not data["kernel"]["filesystem"]
+    assert data["refusal"].startswith("its policy requires the sandbox")
+    code, out, _ = caia("site", "policy", tmp_path / "s", "--sandbox", "preferred", "--json")
+    assert json.loads(out)["refusal"] is None and json.loads(out)["policy"]["sandbox"] == "preferred"
+    code, out, _ = caia("site", "show", tmp_path / "s")
+    assert "refuses" not in out and "without the kernel's restrictions, with a warning" in out
+    caia("site", "init", tmp_path / "u", "--name", "site-2")
+    code, out, _ = caia("site", "show", tmp_path / "u")
+    assert "refuses every bundle at a POC or in production" in out and "the simulator runs it" in out
+
+
+def test_kernel_line_names_what_each_landlock_abi_enforces():
+    from caia_jupyter.cli import kernel_line
+    from caia_jupyter.site.landlock import _enforced
+
+    assert kernel_line(_enforced(7, True)) == ("kernel sandbox: Landlock ABI 7 (files, TCP, signals and abstract UNIX "
+                                               "sockets); sockets closed by seccomp")
+    assert kernel_line(_enforced(4, False)) == ("kernel sandbox: Landlock ABI 4 (files, TCP); sockets left open "
+                                                "(no seccomp filter here)")
+    assert kernel_line(_enforced(1, True)) == "kernel sandbox: Landlock ABI 1 (files); sockets closed by seccomp"
+    assert kernel_line(_enforced(0, True)).startswith("kernel sandbox: no Linux Landlock")
+
+
 def test_reviewer_init_makes_a_0600_key_pair_and_says_how_a_site_trusts_it(tmp_path, caia):
     key = tmp_path / "me" / "jane.key"
     code, out, _ = caia("reviewer", "init", key)

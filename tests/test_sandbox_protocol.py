@@ -383,8 +383,9 @@ def test_confined_restricts_itself_before_numpy_or_torch_load_and_while_one_thre
 
     conn = Connection(ours.detach())
     try:
-        wire.send(conn, {"op": "start", "site": "site-1", "params": {}, "rounds": 1, "datasets": {},
-                         "module_sha256": "0" * 64, "threads": None})
+        wire.send(conn, {"op": "start", "root": str(tmp_path), "env": {"PATH": os.defpath}, "landlock": True,
+                         "site": "site-1", "params": {}, "rounds": 1, "datasets": {}, "module_sha256": "0" * 64,
+                         "threads": None})
         header, _ = wire.receive(conn)
     finally:
         conn.close()
@@ -690,13 +691,14 @@ def released_app(tmp_path):
 
 ASK_THREE_TIMES = """
     import json, pickle
-    answers = []
+    answers, data = [], []
     for _ in range(3):
         wire.send(conn, {'kind': 'dataset', 'name': 'tiny'})
         answers.append(wire.receive(conn)[0])
-    frame = pickle.load(open(os.path.join('..', 'data', answers[0]['file']), 'rb'))
+        data.append(sorted(os.listdir(os.path.join('..', 'data'))))
+        frame = pickle.load(open(os.path.join('..', 'data', answers[-1]['file']), 'rb'))
     open(SEEN, 'w').write(json.dumps({'answers': answers, 'columns': list(frame.columns), 'rows': frame.values.tolist(),
-                                      'data': sorted(os.listdir(os.path.join('..', 'data')))}))
+                                      'data': data}))
     wire.send(conn, {'kind': 'ready'})
     wire.receive(conn)
 """
@@ -714,12 +716,10 @@ def test_a_released_dataset_is_copied_with_exactly_its_approved_columns(fake_chi
     assert not box.root.exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Sandbox._release_copy writes a new copy in data/ for every ctx.dataset call and "
-                   "keeps them all until close: code calling ctx.dataset in a loop fills the site's disk")
-def test_asking_for_a_dataset_again_makes_no_new_copy(fake_child, released_app, tmp_path):
+def test_a_dataset_copy_is_deleted_once_read(fake_child, released_app, tmp_path):
     seen = tmp_path / "seen.json"
     fake_child(f"SEEN = {str(seen)!r}\n" + textwrap.dedent(ASK_THREE_TIMES))
     box = sandbox.Sandbox(*released_app)
     box.start()
     box.close()
-    assert len(json.loads(seen.read_text())["data"]) == 1
+    assert [len(files) for files in json.loads(seen.read_text())["data"]] == [1, 1, 1]

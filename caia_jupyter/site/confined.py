@@ -42,26 +42,29 @@ _NETWORK_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.se
 
 
 def python_roots() -> list[str]:
-    """The folders of this Python installation (standard library, site-packages, other sys.path
-    folders) and of caia_jupyter itself: what the code may read besides its run's folders."""
+    """The folders of this Python installation (standard library and site-packages, of the
+    environment and of the Python it is made from, and the folders their .pth files add) and of
+    caia_jupyter itself: what the code may read besides its run's folders and SYSTEM. Not sys.path
+    as such: it may hold the folder a process was started in."""
     names = ("stdlib", "platstdlib", "purelib", "platlib")
     roots = {sysconfig.get_paths()[n] for n in names}
     roots |= {sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})[n] for n in names}
-    package = Path(__file__).resolve().parents[1]  # caia_jupyter
-    roots |= {p for p in sys.path if p and p != str(package.parent)}  # the sandbox's PYTHONPATH: only the package
-    roots.add(str(package))
-    return sorted(r for r in roots if os.path.isdir(r))
+    for packages in [sysconfig.get_paths()[n] for n in ("purelib", "platlib")]:
+        for pth in Path(packages).glob("*.pth"):
+            lines = pth.read_text(errors="replace").splitlines()
+            roots |= {os.path.join(packages, line.strip()) for line in lines if line.strip() and not line.startswith(("#", "import"))}
+    roots.add(str(Path(__file__).resolve().parents[1]))  # caia_jupyter
+    return sorted({os.path.realpath(r) for r in roots if os.path.isdir(r)})
 
 
 class Watch:
     """The audit hook: report what the code attempts beyond the sandbox's bounds, and refuse it.
 
-    `read` and `write` are the folders (and files) it may read, and read and write."""
+    `read` and `write` are the folders (and files) it may read, and read and write: resolved paths."""
 
     def __init__(self, send, read: list[str], write: list[str], where):
         self.send, self.where = send, where
-        self.write = [os.path.realpath(p) for p in write]
-        self.read = self.write + [os.path.realpath(p) for p in read]
+        self.write, self.read = write, write + read
         self.busy = threading.local()
 
     def __call__(self, event: str, args: tuple) -> None:
@@ -71,14 +74,14 @@ class Watch:
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             flags, mode = args[2], args[1]
             writes = (isinstance(flags, int) and flags & _WRITE_FLAGS) or (isinstance(mode, str) and set(mode) & set("wax+"))
-            what = "write" if writes and not self._within(args[0], self.write) else (
-                "read" if not self._within(args[0], self.read) else None)
+            what = "write" if writes and not self.within(args[0], self.write) else (
+                "read" if not self.within(args[0], self.read) else None)
             target = args[0]
         elif event in ("os.listdir", "os.scandir", "glob.glob") and isinstance(args[0], (str, bytes, os.PathLike)):
-            what, target = ("read" if not self._within(args[0], self.read) else None), args[0]
+            what, target = ("read" if not self.within(args[0], self.read) else None), args[0]
         elif event in _WRITE_EVENTS and isinstance(args[0], (str, bytes, os.PathLike)):
             paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))] if event in ("os.rename", "os.link", "os.symlink") else [args[0]]
-            outside = [p for p in paths if not self._within(p, self.write)]
+            outside = [p for p in paths if not self.within(p, self.write)]
             what, target = ("write", outside[0]) if outside else (None, None)
         elif event in _PROGRAM_EVENTS:
             what, target = "program", args[:2]
@@ -99,9 +102,10 @@ class Watch:
             self.busy.on = False
 
     @staticmethod
-    def _within(path, roots: list[str]) -> bool:
-        self_path = os.path.realpath(os.fsdecode(path))
-        return any(self_path == root or self_path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+    def within(path, roots: list[str]) -> bool:
+        """Whether `path` (resolved: links followed, relative to the working folder) lies in one of `roots`."""
+        path = os.path.realpath(os.fsdecode(path))
+        return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 def _own(pid, event: str) -> bool:
@@ -117,19 +121,41 @@ def _own(pid, event: str) -> bool:
         return False
 
 
+def preforked(theirs, ours) -> None:
+    """A process `sandbox.prefork` forked ahead: keep only its socket, wait for its run, serve it."""
+    ours.close()
+    fd = theirs.detach()
+    os.closerange(3, fd)  # nothing its parent held stays open here
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+    os.environ.clear()
+    try:
+        serve(Connection(fd))
+    except EOFError:  # its parent ended without a run for it
+        pass
+
+
 def serve(conn: Connection) -> None:
     """Restrict this process, then run the steps the site's runtime asks for until it closes."""
-    root = Path.cwd().parent  # the run's folder; this process starts in its scratch/
     start, _ = wire.receive(conn)
+    root = Path(start["root"])  # the run's folder (`sandbox`)
+    os.chdir(root / SCRATCH)
+    os.environ.clear()
+    os.environ.update(start["env"])
     lock = threading.Lock()  # the code may start threads, and the audit hook sends from any of them
 
     def send(header: dict, arrays: dict | None = None) -> None:
         with lock:
             wire.send(conn, header, arrays)
 
-    read, write = [*python_roots(), *SYSTEM, str(root / APP), str(root / DATA)], [str(root / SCRATCH), os.devnull]
+    read = [os.path.realpath(p) for p in [*python_roots(), *SYSTEM, root / APP, root / DATA]]
+    write = [os.path.realpath(p) for p in [root / SCRATCH, os.devnull]]
+    # Imports look only where the process may read (a started-in folder on sys.path would be a read outside)
+    sys.path[:] = [p for p in sys.path if p and Watch.within(p, read)]
+    sys.path_importer_cache.clear()
     try:
-        landlock.restrict(read=read, write=write)
+        enforced = landlock.restrict(read=read, write=write)
+        if start.get("landlock") and not enforced["filesystem"]:  # the guard admitted the bundle to a sandbox
+            raise landlock.SandboxUnavailable("the kernel's Landlock restrictions were not applied")
     except Exception as e:  # caia's own failure: the site's log keeps it
         send({"kind": "failed", "report": {"entry": "runtime", "round": None, "category": "site_error"},
                          "record": {"exception": type(e).__name__, "message": f"the sandbox could not be set up: {e}"}})

@@ -12,21 +12,25 @@ For each run, `Sandbox` makes a folder of its own (in the system's temporary fol
 
     app/       copies of the admitted bundle files the code reads (federated.py, captured/), checked
                against the hashes the guard admitted
-    data/      one copy per released dataset the code asks `ctx.dataset` for, holding exactly the
-               approved columns, made when it is asked for
+    data/      a copy of a released dataset the code asks `ctx.dataset` for, holding exactly the
+               approved columns; made when asked for, deleted once the process has read it (its
+               next message)
     scratch/   the process's working folder, $HOME and $TMPDIR: the only place it may write
 
 and starts `python -m caia_jupyter.site.confined` there: a fixed command, never one from the bundle,
-with a minimal environment and no inherited file but its end of a socket pair. That process
+with a minimal environment and no inherited file but its end of a socket pair. (In the simulator,
+where speed matters and the sites are the researcher's own machine, the site worker instead forks
+that process ahead, `prefork`, from its preloaded state: it then imports nothing.) That process
 restricts itself (`confined`) before it reads the bundle, then runs the entry points one step at a
 time as this side asks (`runtime.LocalCode`). Everything it sends is untrusted (`wire`). The folder
-is removed when the run ends.
+is removed when the run ends, or by the next run at this machine if its process was killed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
 import socket
@@ -41,6 +45,7 @@ from ..contracts.failures import ENTRY_POINTS
 from ..contracts.fileset import CAPTURED_DIR, MODULE
 from ..contracts.weights import MAX_NUM_SAMPLES
 from . import landlock, wire
+from . import confined
 from .confined import APP, DATA, SCRATCH
 from .context import read_released
 from .runtime import Failed, RoundResult, _metrics, failing
@@ -48,9 +53,11 @@ from .runtime import Failed, RoundResult, _metrics, failing
 # What the sandboxed process reports it stopped (`confined`): the failure category of each.
 STOPPED = {"read": "sandbox_read", "write": "sandbox_write", "network": "sandbox_network",
            "program": "sandbox_program", "signal": "sandbox_signal"}
+PREFIX = "caia-sandbox-"  # a run's folder: PREFIX<pid of the process that made it>-<random>
 GRACE = 5  # seconds a sandboxed process has to end after its run, before it is killed
 PASSED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", landlock.ABI_ENV)  # also read by the sandboxed process
 log = logging.getLogger("caia.site")
+_preforked: list = []  # [(ForkedProcess, Connection)]: the sandboxed process `prefork` made for this process
 
 
 class SandboxRequired(SiteError):
@@ -86,18 +93,21 @@ class Sandbox:
         self.root = self.process = self.conn = None
         self.at_round = None
         self.copies = 0
+        self.unread = None  # the data copy the process is reading
 
     def start(self) -> None:
         """Make the run's folder, start the sandboxed process, and let it load the module, build the
         model and load the data."""
         with failing(None, None):
-            self.root = Path(tempfile.mkdtemp(prefix="caia-sandbox-"))
+            _sweep()
+            self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
             for folder in (APP, DATA, SCRATCH):
                 (self.root / folder).mkdir()
             self._copy_app()
             self._spawn()
         release = self.release
-        self._call({"op": "start", "site": release.site, "params": release.params, "rounds": release.rounds,
+        self._call({"op": "start", "root": str(self.root), "env": self._env(), "landlock": release.sandbox == "landlock",
+                    "site": release.site, "params": release.params, "rounds": release.rounds,
                     "datasets": {name: spec["columns"] for name, spec in release.datasets.items()},
                     "module_sha256": release.files[MODULE], "threads": _torch_threads()}, "ready")
 
@@ -147,15 +157,22 @@ class Sandbox:
             target.write_bytes(data)
 
     def _spawn(self) -> None:
+        if _preforked:
+            self.process, self.conn = _preforked.pop()
+            return
         ours, theirs = socket.socketpair()
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(self.root / SCRATCH), "TMPDIR": str(self.root / SCRATCH),
-               "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # the folder caia_jupyter is in
-               **{name: os.environ[name] for name in PASSED_ENV if name in os.environ}}
         with theirs:
             self.process = subprocess.Popen(
                 [sys.executable, "-s", "-P", "-m", "caia_jupyter.site.confined", str(theirs.fileno())],
-                cwd=self.root / SCRATCH, env=env, stdin=subprocess.DEVNULL, close_fds=True, pass_fds=[theirs.fileno()])
+                cwd=self.root / SCRATCH, env=self._env(), stdin=subprocess.DEVNULL, close_fds=True, pass_fds=[theirs.fileno()])
         self.conn = Connection(ours.detach())
+
+    def _env(self) -> dict[str, str]:
+        """The sandboxed process's whole environment."""
+        scratch = str(self.root / SCRATCH)
+        return {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": scratch, "TMPDIR": scratch,
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # the folder caia_jupyter is in
+                **{name: os.environ[name] for name in PASSED_ENV if name in os.environ}}
 
     def _call(self, request: dict, answer: str, weights: dict | None = None, round: int | None = None):
         """Send `request`, serve what the process asks meanwhile, and return its `answer` (header, arrays)."""
@@ -164,6 +181,8 @@ class Sandbox:
             wire.send(self.conn, request, weights)
             while True:
                 header, arrays = wire.receive(self.conn)
+                if self.unread:  # any message after it says the process has read it
+                    self.unread = self.unread.unlink()
                 kind = header.get("kind")
                 if kind == answer:
                     return header, arrays
@@ -197,7 +216,8 @@ class Sandbox:
             return
         self.copies += 1
         file = f"{self.copies}.pkl"
-        frame.to_pickle(self.root / DATA / file)  # pickle keeps every dtype exactly; only this side writes it
+        self.unread = self.root / DATA / file
+        frame.to_pickle(self.unread)  # pickle keeps every dtype exactly; only this side writes it
         wire.send(self.conn, {"kind": "dataset", "file": file})
 
     def _stopped(self, header: dict) -> None:
@@ -218,6 +238,55 @@ class Sandbox:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
         raise Failed(report, record)
+
+
+def _sweep() -> None:
+    """Remove the run folders (data copies, scratch) that processes which no longer run left behind."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        pid = folder.name.removeprefix(PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.stat().st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def prefork() -> None:
+    """Fork now the process this process's next `Sandbox` will run its code in; it waits, holding
+    nothing but its end of a socket pair, until then (or ends when this process does).
+
+    Call it while this process has one thread (Landlock restricts only the thread that asks, and a
+    fork keeps only the calling thread), and before it holds anything of a site: the simulator's
+    site worker calls it first thing, having imported torch and pandas from its fork server."""
+    ours, theirs = socket.socketpair()
+    process = multiprocessing.get_context("fork").Process(target=confined.preforked, args=(theirs, ours), daemon=True,
+                                                          name="caia-sandbox")
+    process.start()
+    theirs.close()
+    _preforked.append((ForkedProcess(process), Connection(ours.detach())))
+
+
+class ForkedProcess:
+    """The part of `subprocess.Popen` caia uses, for a `multiprocessing.Process` forked by this one."""
+
+    def __init__(self, process: multiprocessing.Process):
+        self._process, self.pid = process, process.pid
+
+    @property
+    def returncode(self):
+        return self._process.exitcode
+
+    def poll(self):
+        return self._process.exitcode
+
+    def wait(self, timeout=None):
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout)
+        return self._process.exitcode
+
+    def terminate(self):
+        self._process.terminate()
+
+    def kill(self):
+        self._process.kill()
 
 
 def _torch_threads() -> int | None:

@@ -8,7 +8,9 @@ in the simulator alone (POC and production sites are untouched):
 - Starting a worker. NVFLARE starts each site's worker as a fresh `python -m simulator_worker`,
   and every one of them imports NVFLARE, torch and pandas again (about 4 s of CPU each). caia
   forks the workers instead from a fork server that imported those once, while the simulator
-  was deploying; each worker then runs NVFLARE's worker as a fresh process would.
+  was deploying; each worker then runs NVFLARE's worker as a fresh process would. Each worker
+  first forks, while it is still one thread, the process its sandbox will use (`sandbox.prefork`),
+  so the site's sandboxed process imports nothing either.
 - Fixed waits meant for real networks, shortened to STEP: in the launcher, the 1 s sleeps of
   `simulator_runner` (server start, client start, worker connect), the 3 s shutdown grace and
   server status poll, the server cell's 0.5 s message batching, and a torch import at the end of
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
+
+from ..site.sandbox import ForkedProcess
 
 STEP = 0.05  # seconds: the longest fixed wait left in a simulated run
 QUIET = 0.25  # seconds without a metric after which a simulated run may end (NVFLARE waits 2 s)
@@ -72,32 +76,6 @@ def tune_launcher() -> None:
     sys.modules["nvflare.app_opt.pt.tensor_downloader"] = None
 
 
-class ForkedWorker:
-    """The part of `subprocess.Popen` the simulator uses, for a worker forked by the fork server."""
-
-    def __init__(self, process: multiprocessing.Process):
-        self._process, self.pid = process, process.pid
-
-    @property
-    def returncode(self):
-        return self._process.exitcode
-
-    def poll(self):
-        return self._process.exitcode
-
-    def wait(self, timeout=None):
-        self._process.join(timeout)
-        if self._process.exitcode is None:
-            raise subprocess.TimeoutExpired(WORKER_MODULE, timeout)
-        return self._process.exitcode
-
-    def terminate(self):
-        self._process.terminate()
-
-    def kill(self):
-        self._process.kill()
-
-
 def fork_workers(runner_module) -> None:
     """Make `runner_module` (NVFLARE's simulator_runner) fork its site workers from a fork server
     that has imported PRELOAD, with the command line, environment, working directory and new
@@ -119,7 +97,7 @@ def fork_workers(runner_module) -> None:
         argv = args[args.index(WORKER_MODULE) + 1:]
         process = forks.Process(target=run_worker, args=(argv, env, base_path), name=WORKER_MODULE)
         process.start()
-        return ForkedWorker(process)
+        return ForkedProcess(process)
 
     vars(runner_module)["subprocess"] = SimpleNamespace(**{**vars(subprocess), "Popen": popen})
 
@@ -133,7 +111,10 @@ def run_worker(argv: list[str], env: dict, base_path: list[str]) -> None:
     from nvflare.private.fed.app.simulator import simulator_worker as worker
     from nvflare.private.fed.client import client_runner
 
+    from ..site import sandbox
+
     os.setsid()
+    sandbox.prefork()  # while this worker is one thread, before it learns anything of its site
     os.environ.clear()
     os.environ.update(env)
     python_path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
