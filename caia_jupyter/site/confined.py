@@ -28,6 +28,7 @@ from pathlib import Path
 from . import landlock, wire
 
 APP, DATA, SCRATCH = "app", "data", "scratch"  # the run's folders (`sandbox`)
+MAX_TEXT = 100_000  # characters of a failure's text or an attempt's target sent: within wire.MAX_HEADER
 # Read-only besides the Python installation: shared libraries the imports load, the randomness and
 # CPU description torch reads when it loads.
 SYSTEM = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache", "/dev/urandom", "/proc/cpuinfo",
@@ -96,8 +97,8 @@ class Watch:
     def report(self, what: str, target) -> None:
         self.busy.on = True
         try:
-            self.send({"kind": "stopped", "what": what, "entry": self.where(), "target": os.fsdecode(target)
-                       if isinstance(target, (str, bytes, os.PathLike)) else repr(target)})
+            self.send({"kind": "stopped", "what": what, "entry": self.where(), "target": (os.fsdecode(target)
+                       if isinstance(target, (str, bytes, os.PathLike)) else repr(target))[:MAX_TEXT]})
         finally:
             self.busy.on = False
 
@@ -212,7 +213,7 @@ def serve(conn: Connection) -> None:
             else:
                 return
     except Failed as failed:
-        send({"kind": "failed", "report": failed.report, "record": failed.record})
+        send({"kind": "failed", "report": failed.report, "record": {k: str(v)[:MAX_TEXT] for k, v in failed.record.items()}})
     except EOFError:
         return
 

@@ -18,7 +18,8 @@ For each run, `Sandbox` makes a folder of its own (in the system's temporary fol
     scratch/   the process's working folder, $HOME and $TMPDIR: the only place it may write
 
 and starts `python -m caia_jupyter.site.confined` there: a fixed command, never one from the bundle,
-with a minimal environment and no inherited file but its end of a socket pair. (In the simulator,
+with a minimal environment and no inherited file but its end of a socket pair and the standard
+output and error of the site's job (its log, at the site). (In the simulator,
 where speed matters and the sites are the researcher's own machine, the site worker instead forks
 that process ahead, `prefork`, from its preloaded state: it then imports nothing.) That process
 restricts itself (`confined`) before it reads the bundle, then runs the entry points one step at a
@@ -177,10 +178,12 @@ class Sandbox:
     def _call(self, request: dict, answer: str, weights: dict | None = None, round: int | None = None):
         """Send `request`, serve what the process asks meanwhile, and return its `answer` (header, arrays)."""
         self.at_round = round
+        # The answer holds at most the model this side sent (the same entries, dtypes and shapes) and a header
+        limit = wire.MAX_HEADER + 16 + sum(array.nbytes for array in (weights or {}).values())
         try:
             wire.send(self.conn, request, weights)
             while True:
-                header, arrays = wire.receive(self.conn)
+                header, arrays = wire.receive(self.conn, limit)
                 if self.unread:  # any message after it says the process has read it
                     self.unread = self.unread.unlink()
                 kind = header.get("kind")
@@ -194,12 +197,14 @@ class Sandbox:
                     self._failed(header)
                 else:
                     raise wire.WireError(f"unexpected message {str(kind)[:40]!r}")
-        except (EOFError, OSError):
+        except Failed:
+            raise
+        except EOFError:
             self._end({"entry": "runtime", "round": round, "category": "exited"},
-                      {"message": "the sandboxed process ended without answering", "exit_code": self.process.poll()})
-        except wire.WireError as e:
+                      {"message": "the sandboxed process ended without answering", "exit_code": self._exit_code()})
+        except Exception as e:  # anything else it sent or did (WireError, a message beyond the limit...)
             self._end({"entry": "runtime", "round": round, "category": "site_error"},
-                      {"message": f"the sandboxed process broke the protocol: {e}"})
+                      {"message": f"the sandboxed process broke the protocol: {type(e).__name__}: {e}"})
 
     def _release_copy(self, name) -> None:
         """Copy released dataset `name` (the approved columns, read as the guard read them) into data/
@@ -222,16 +227,23 @@ class Sandbox:
 
     def _stopped(self, header: dict) -> None:
         what, entry = header.get("what"), header.get("entry")
-        self._end({"entry": entry if entry in ENTRY_POINTS else "runtime", "round": self.at_round,
-                   "category": STOPPED.get(what, "unknown")},
-                  {"sandbox": str(what)[:40], "attempt": str(header.get("target"))[:4096]})
+        self._end({"entry": entry if isinstance(entry, str) and entry in ENTRY_POINTS else "runtime", "round": self.at_round,
+                   "category": STOPPED.get(what, "unknown") if isinstance(what, str) else "unknown"},
+                  {"sandbox": str(what)[:40], "attempt": str(header.get("target"))[:confined.MAX_TEXT]})
 
     def _failed(self, header: dict) -> None:
         from ..contracts import failures
 
         record = header.get("record")
         self._end(failures.parse(header.get("report")).model_dump(),
-                  {key: str(value)[:100_000] for key, value in record.items()} if isinstance(record, dict) else {})
+                  {key: str(value)[:confined.MAX_TEXT] for key, value in record.items()} if isinstance(record, dict) else {})
+
+    def _exit_code(self) -> int | None:
+        """The process's exit code (negative: the signal that ended it), once it is reaped; None if it runs on."""
+        try:
+            return self.process.wait(1)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _end(self, report: dict, record: dict):
         """Kill the process at once (it may still be running the code), and fail the run here."""

@@ -16,6 +16,7 @@ import json
 import math
 
 MAX_HEADER = 4 * 2**20  # bytes; a header holds metrics, a failure record or a list of array names
+MAX_DIMS = 32  # numpy's own limit is 64
 _KINDS = "biuf"  # numpy dtype kinds an array may have: bool, signed and unsigned integers, floats
 
 
@@ -35,10 +36,11 @@ def send(conn, header: dict, arrays: dict | None = None) -> None:
     conn.send_bytes(b"".join([len(head).to_bytes(4, "big"), head, *(a.tobytes() for a in arrays.values())]))
 
 
-def receive(conn) -> tuple[dict, dict]:
-    """The next message: (header, {name: read-only numpy array}). Raises EOFError when the other end
-    has closed, WireError for a malformed message."""
-    frame = memoryview(conn.recv_bytes())
+def receive(conn, limit: int | None = None) -> tuple[dict, dict]:
+    """The next message: (header, {name: read-only numpy array}), of at most `limit` bytes (None:
+    any). Raises EOFError when the other end has closed, OSError for a message beyond `limit`
+    (refused before it is read: the length it claims may be anything), WireError for a malformed one."""
+    frame = memoryview(conn.recv_bytes(limit))
     size = int.from_bytes(frame[:4], "big")
     if len(frame) < 4 or size > min(MAX_HEADER, len(frame) - 4):
         raise WireError("the header's length does not fit the message")
@@ -56,7 +58,10 @@ def receive(conn) -> tuple[dict, dict]:
         length = dtype.itemsize * math.prod(shape)
         if name in arrays or offset + length > len(frame):
             raise WireError(f"array {name!r} is repeated or longer than the message")
-        arrays[name] = np.frombuffer(frame[offset:offset + length], dtype=dtype).reshape(shape)
+        try:
+            arrays[name] = np.frombuffer(frame[offset:offset + length], dtype=dtype).reshape(shape)
+        except ValueError as e:  # an empty array's shape is bounded by no length: numpy may refuse it
+            raise WireError(f"array {name!r} cannot have shape {shape}: {e}") from None
         offset += length
     if offset != len(frame):
         raise WireError("the message holds bytes its header does not list")
@@ -70,7 +75,7 @@ def _array_spec(item) -> tuple:
         name, dtype, shape = item
         dtype = np.dtype(dtype)
         if (isinstance(name, str) and dtype.kind in _KINDS and not dtype.fields and isinstance(shape, list)
-                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+                and len(shape) <= MAX_DIMS and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
             return name, dtype, tuple(shape)
     except (TypeError, ValueError):
         pass
