@@ -30,9 +30,9 @@ from . import landlock, wire
 APP, DATA, SCRATCH = "app", "data", "scratch"  # the run's folders (`sandbox`)
 MAX_TEXT = 100_000  # characters of a failure's text or an attempt's target sent: within wire.MAX_HEADER
 # Read-only besides the Python installation: shared libraries the imports load, the randomness and
-# CPU description torch reads when it loads.
+# CPU description torch reads when it loads, the CPU quota pandas sizes its CSV reader's threads by.
 SYSTEM = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache", "/dev/urandom", "/proc/cpuinfo",
-          "/sys/devices/system/cpu"]
+          "/sys/devices/system/cpu", "/sys/fs/cgroup"]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _WRITE_EVENTS = {"os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.symlink", "os.link", "os.truncate",
