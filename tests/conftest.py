@@ -111,3 +111,22 @@ def set_source(nb, old, new):
             cell.source = cell.source.replace(old, new)
             return
     raise AssertionError(f"{old!r} not in the notebook")
+
+
+@pytest.fixture(scope="module")
+def poc(tmp_path_factory):
+    """A real NVFLARE POC on loopback (server, site-1..3, admin kit), started once per test module;
+    each site's catalog holds `tiny`. Always stopped at the end, leaving no process behind."""
+    from caia_jupyter.targets import poc as pocs
+
+    workspace = tmp_path_factory.mktemp("poc") / "ws"
+    started = pocs.up(workspace, sites=3, say=lambda *a: None)
+    try:
+        for name in ("site-1", "site-2", "site-3"):
+            data = started.site_dir(name) / "tiny.csv"
+            data.write_text(corpus.SAMPLE_CSV)
+            sites.add_dataset(sites.open_site(started.site_dir(name)), "tiny", data)
+        yield started
+    finally:
+        pocs.down(workspace, say=lambda *a: None)
+        assert started.processes() == [], "caia poc down left NVFLARE processes behind"

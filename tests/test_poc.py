@@ -1,5 +1,5 @@
-"""A real NVFLARE POC on loopback (server, three site processes, admin kit), started once for
-this module: approved runs with live metrics, refusals, tampering, an unreleased dataset, and
+"""A real NVFLARE POC on loopback (server, three site processes, admin kit; conftest's `poc`), started
+once for this module: approved runs with live metrics, refusals, tampering, an unreleased dataset, and
 a site killed mid-run. `caia poc down` must leave no process behind."""
 
 import json
@@ -22,21 +22,6 @@ import corpus
 
 pytestmark = pytest.mark.slow
 SITES = ("site-1", "site-2", "site-3")
-
-
-@pytest.fixture(scope="module")
-def poc(tmp_path_factory):
-    workspace = tmp_path_factory.mktemp("poc") / "ws"
-    started = pocs.up(workspace, sites=3, say=lambda *a: None)
-    try:
-        for name in SITES:
-            data = started.site_dir(name) / "tiny.csv"
-            data.write_text(corpus.SAMPLE_CSV)
-            sites.add_dataset(sites.open_site(started.site_dir(name)), "tiny", data)
-        yield started
-    finally:
-        pocs.down(workspace, say=lambda *a: None)
-        assert started.processes() == [], "caia poc down left NVFLARE processes behind"
 
 
 def approve(poc, built, names, releases=None):

@@ -14,7 +14,6 @@ from caia_jupyter.targets import poc as pocs
 from caia_jupyter.targets import remote, simulator
 from conftest import approve, build_validated, make_site
 from test_guard import bytecode, external_process_config
-from test_poc import poc  # noqa: F401  (a POC of this module's own, with dataset tiny at every site)
 
 pytestmark = pytest.mark.slow
 SITES = ("site-1", "site-2", "site-3")
@@ -63,7 +62,7 @@ def test_simulated_sites_refuse_a_job_altered_in_transit(federation, tmp_path, a
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_poc_sites_refuse_a_job_altered_in_transit(poc, tmp_path, attack):  # noqa: F811
+def test_poc_sites_refuse_a_job_altered_in_transit(poc, tmp_path, attack):  # conftest's POC, this module's own
     built = build_validated(tmp_path / "nb")
     for name in SITES:
         signing.approve(sites.open_site(poc.site_dir(name)), built.id, {"tiny": "tiny"}, poc.reviewer_key(name))
