@@ -6,10 +6,10 @@ later; numpy's BLAS starts threads at import), it restricts itself for good (`la
 it may read the Python installation, the system's shared libraries, the CPU description torch
 reads, the run's app/ and data/ folders, and write only scratch/; it can start no program, open
 no socket, and (as the kernel allows) signal no process outside itself. Then it imports what the
-code needs (torch, pandas, numpy) and installs an audit hook (PEP 578) that
-reports, with its target, every attempt Python makes beyond those bounds: the site records it and
-stops the run. The hook only records; the kernel enforces (code that bypasses Python's audit
-events is still refused by the kernel).
+code needs (torch, pandas, numpy) and installs an audit hook (PEP 578) that reports, with its
+target, every attempt Python makes beyond those bounds and refuses it: the site records it and
+stops the run. The hook records; the kernel enforces (what bypasses Python's audit events, such
+as native code, is refused by the kernel all the same).
 
 Then it serves the site's runtime one step at a time (`runtime.LocalCode`), sending back results,
 its failure (report and whole story), or a request for a released dataset (`ctx.dataset`).
