@@ -91,7 +91,7 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str])
 
 def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sandbox: str = "required") -> Release:
     """The release of a deployed app at `site`, or Refusal. `sandbox` is the policy of a site whose
-    site.json sets none (`sandbox.POLICIES`). Raises nothing else for a bad app; a broken site
+    site.json sets none (`sites.SANDBOX_POLICIES`). Raises nothing else for a bad app; a broken site
     directory may raise (admit turns that into a refusal)."""
     app_dir = Path(app_dir)
     manifest, bid = _deployed_manifest(app_dir, site)
