@@ -202,6 +202,37 @@ def test_no_udp_unix_or_x32_sockets(dirs):
         assert out["x32"] == [-1, 13]
 
 
+def test_io_uring_memfd_programs_leaving_the_group_and_kernel_facilities_are_refused(dirs):
+    """What Landlock ABI 7 does not cover: io_uring (which opens sockets and files without those
+    calls), running a memfd with execveat, setsid, BPF, perf events, ptrace; and no capability is
+    left, even to a root site."""
+    needs(abi=1)
+    released, scratch = dirs
+    numbers = {name: landlock.DENIED[name][0 if os.uname().machine == "x86_64" else 1]
+               for name in ("io_uring_setup", "execveat", "bpf", "perf_event_open", "ptrace", "unshare")}
+    out = run_child(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(name, *args):
+            result = libc.syscall({numbers!r}[name], *args)
+            return [result, ctypes.get_errno() if result < 0 else 0]
+        params = ctypes.create_string_buffer(120)
+        out["io_uring_setup"] = call("io_uring_setup", 8, params)
+        out["execveat"] = call("execveat", memfd, b"", None, None, 0x1000)  # AT_EMPTY_PATH: the memfd itself
+        out["bpf"] = call("bpf", 0, None, 0)
+        out["perf_event_open"] = call("perf_event_open", None, 0, -1, -1, 0)
+        out["ptrace"] = call("ptrace", 16, os.getppid(), None, None)  # PTRACE_ATTACH
+        out["unshare"] = call("unshare", 0x10000000)  # CLONE_NEWUSER
+        out["setsid"] = attempt(os.setsid)
+        out["setuid"] = attempt(lambda: os.setuid(65534)) if os.getuid() == 0 else "PermissionError"
+        """, setup="""
+        memfd = os.memfd_create("program")
+        os.write(memfd, open("/bin/true", "rb").read())
+        """, write=[scratch])
+    assert {name: out[name] for name in numbers} == {name: [-1, 13] for name in numbers}
+    assert out["setsid"] == "PermissionError" and out["setuid"] == "PermissionError"
+
+
 def test_the_parent_cannot_be_signalled(dirs):
     needs(abi=6, sockets=False)
     received = []

@@ -17,8 +17,10 @@ its failure (report and whole story), or a request for a released dataset (`ctx.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import signal
 import sys
 import sysconfig
 import threading
@@ -34,6 +36,7 @@ MAX_TEXT = 100_000  # characters of a failure's text or an attempt's target sent
 SYSTEM = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache", "/dev/urandom", "/proc/cpuinfo",
           "/sys/devices/system/cpu", "/sys/fs/cgroup"]
 
+_PR_SET_PDEATHSIG = 1  # prctl.h
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _WRITE_EVENTS = {"os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.symlink", "os.link", "os.truncate",
                  "os.chmod", "os.chown", "os.utime", "os.chflags", "os.lchflags"}
@@ -44,16 +47,19 @@ _NETWORK_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.se
 
 def python_roots() -> list[str]:
     """The folders of this Python installation (standard library and site-packages, of the
-    environment and of the Python it is made from, and the folders their .pth files add) and of
-    caia_jupyter itself: what the code may read besides its run's folders and SYSTEM. Not sys.path
-    as such: it may hold the folder a process was started in."""
+    environment and of the Python it is made from, and the folders their .pth files add inside
+    those prefixes) and of caia_jupyter itself: what the code may read besides its run's folders and
+    SYSTEM. Not sys.path as such, which may hold the folder a process was started in; nor a .pth
+    folder elsewhere (an editable install's whole source tree, where a demo may keep its sites)."""
     names = ("stdlib", "platstdlib", "purelib", "platlib")
     roots = {sysconfig.get_paths()[n] for n in names}
     roots |= {sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})[n] for n in names}
+    prefixes = [os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}]
     for packages in [sysconfig.get_paths()[n] for n in ("purelib", "platlib")]:
         for pth in Path(packages).glob("*.pth"):
             lines = pth.read_text(errors="replace").splitlines()
-            roots |= {os.path.join(packages, line.strip()) for line in lines if line.strip() and not line.startswith(("#", "import"))}
+            added = [os.path.join(packages, line.strip()) for line in lines if line.strip() and not line.startswith(("#", "import"))]
+            roots |= {folder for folder in added if Watch.within(folder, prefixes)}
     roots.add(str(Path(__file__).resolve().parents[1]))  # caia_jupyter
     return sorted({os.path.realpath(r) for r in roots if os.path.isdir(r)})
 
@@ -125,6 +131,7 @@ def _own(pid, event: str) -> bool:
 def preforked(theirs, ours) -> None:
     """A process `sandbox.prefork` forked ahead: keep only its socket, wait for its run, serve it."""
     ours.close()
+    os.setsid()  # a process group of its own, which the site kills with the run (as Popen's start_new_session)
     fd = theirs.detach()
     os.closerange(3, fd)  # nothing its parent held stays open here
     os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
@@ -138,6 +145,7 @@ def preforked(theirs, ours) -> None:
 def serve(conn: Connection) -> None:
     """Restrict this process, then run the steps the site's runtime asks for until it closes."""
     start, _ = wire.receive(conn)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # its site's process gone, it goes
     root = Path(start["root"])  # the run's folder (`sandbox`)
     os.chdir(root / SCRATCH)
     os.environ.clear()

@@ -111,7 +111,7 @@ def stop(app_dir: Path, failed: Failed) -> NoReturn:
 
     record = app_dir / FAILURE_FILE
     try:
-        write_json(record, {"report": failed.report, **failed.record})
+        write_json(record, {**failed.record, "report": failed.report})  # a record's own "report" never wins
     except OSError:
         record = "(not written)"
     logging.getLogger("caia.site").error("the run failed here (%s); the full record: %s", failed.report, record)

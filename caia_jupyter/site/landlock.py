@@ -48,9 +48,27 @@ _DATA_NR, _DATA_ARCH = 0, 4
 # bpf_common.h: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_JMP|BPF_JGE|BPF_K, BPF_RET|BPF_K.
 _LD_ABS, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
 _X32_SYSCALL_BIT = 0x40000000  # arch/x86/include/uapi/asm/unistd.h: __X32_SYSCALL_BIT
-# machine -> (AUDIT_ARCH_* of audit.h: EM_* | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE, socket, socketpair):
-# x86_64 numbers from syscall_64.tbl, aarch64 numbers from asm-generic/unistd.h.
-_ARCHES = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}
+# The system calls the seccomp filter makes fail with EACCES, by name: x86_64 numbers from
+# asm/unistd_64.h, aarch64 numbers from asm-generic/unistd.h. Sockets (Landlock ABI 7 covers TCP
+# but not UDP, netlink or UNIX sockets reached by path) and io_uring (which makes sockets and opens
+# files without those calls); programs (execveat runs a memfd, which Landlock does not check);
+# leaving the process group that the site ends with the run; and what reaches beyond the process
+# (BPF, perf events, keyrings, tracing, other processes' memory, mounts and namespaces, modules,
+# file handles, swap, reboot).
+DENIED = {
+    "socket": (41, 198), "socketpair": (53, 199), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427), "execve": (59, 221), "execveat": (322, 281), "setsid": (112, 157),
+    "setpgid": (109, 154), "bpf": (321, 280), "perf_event_open": (298, 241), "keyctl": (250, 219), "add_key": (248, 217),
+    "request_key": (249, 218), "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "userfaultfd": (323, 282), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "unshare": (272, 97), "setns": (308, 268), "fsopen": (430, 430), "fsmount": (432, 432), "move_mount": (429, 429),
+    "open_tree": (428, 428), "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
+    "kexec_load": (246, 104), "kexec_file_load": (320, 294), "open_by_handle_at": (304, 265),
+    "name_to_handle_at": (303, 264), "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142),
+}
+# machine -> (AUDIT_ARCH_* of audit.h: EM_* | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE, its column of DENIED, capset's number)
+_ARCHES = {"x86_64": (0xC000003E, 0, 126), "aarch64": (0xC00000B7, 1, 91)}
+_CAPABILITY_VERSION_3, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 0x20080522, 47, 4  # capability.h, prctl.h
 
 
 class SandboxUnavailable(CaiaError):
@@ -114,7 +132,7 @@ def abi_version() -> int:
 
 
 def _native_arch() -> tuple[int, int, int] | None:
-    """(audit arch, socket nr, socketpair nr) of this process when the seccomp filter knows it, else None."""
+    """(audit arch, column of DENIED, capset nr) of this process when the seccomp filter knows it, else None."""
     return _ARCHES.get(os.uname().machine) if ctypes.sizeof(ctypes.c_void_p) == 8 else None
 
 
@@ -178,9 +196,9 @@ def _apply_landlock(abi: int, read: Iterable[str | Path], write: Iterable[str | 
         os.close(ruleset)
 
 
-def _socket_filter(audit_arch: int, socket_nr: int, socketpair_nr: int) -> list[tuple[int, int, int, int]]:
-    """The BPF program: kill on a foreign arch; socket(2), socketpair(2) (and x32 calls) fail with EACCES."""
-    denied = [(_JEQ, socket_nr), (_JEQ, socketpair_nr)]
+def _syscall_filter(audit_arch: int, column: int) -> list[tuple[int, int, int, int]]:
+    """The BPF program: kill on a foreign arch; the DENIED calls (and x32 calls) fail with EACCES."""
+    denied = [(_JEQ, numbers[column]) for numbers in DENIED.values()]
     if audit_arch == _ARCHES["x86_64"][0]:
         denied.insert(0, (_JGE, _X32_SYSCALL_BIT))
     program = [(_LD_ABS, 0, 0, _DATA_ARCH), (_JEQ, 1, 0, audit_arch), (_RET, 0, 0, _RET_KILL_PROCESS),
@@ -191,12 +209,23 @@ def _socket_filter(audit_arch: int, socket_nr: int, socketpair_nr: int) -> list[
 
 
 def _apply_seccomp(arch: tuple[int, int, int]) -> None:
-    program = _socket_filter(*arch)
+    program = _syscall_filter(*arch[:2])
     instructions = (_SockFilter * len(program))(*(_SockFilter(*op) for op in program))
     fprog = _SockFprog(len(program), instructions)
     result = _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog))
     if result < 0:
         raise SandboxUnavailable(f"the kernel refused the seccomp filter: {os.strerror(-result)}")
+
+
+def _drop_capabilities(capset_nr: int) -> None:
+    """Empty the effective, permitted, inheritable and ambient capability sets (a site run as root
+    keeps none: no CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, CAP_BPF...); dropping needs no privilege."""
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}, all zero
+    result = _syscall(capset_nr, ctypes.byref(header), ctypes.byref(data))
+    if result < 0:
+        raise SandboxUnavailable(f"capset could not drop this process's capabilities: {os.strerror(-result)}")
+    _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
 
 
 def restrict(read: Iterable[str | Path], write: Iterable[str | Path]) -> dict:
@@ -207,9 +236,11 @@ def restrict(read: Iterable[str | Path], write: Iterable[str | Path]) -> dict:
     file rights; paths that do not exist are skipped); it may execute nothing (no program can be
     started, not even Python), and, as this kernel's Landlock ABI allows, neither bind nor connect
     TCP (ABI >= 4) nor signal or reach an abstract UNIX socket of a process outside its sandbox
-    (ABI >= 6). A seccomp filter makes socket(2) and socketpair(2) fail with EACCES (closing UDP,
-    raw, netlink and pathname UNIX sockets, which Landlock does not cover) and kills the process on
-    a foreign syscall ABI. no_new_privs is set first. With Landlock ABI 0 only no_new_privs and the
+    (ABI >= 6). A seccomp filter makes the DENIED system calls fail with EACCES (socket(2),
+    socketpair(2) and io_uring, closing UDP, raw, netlink and pathname UNIX sockets, which Landlock
+    does not cover; execve and execveat; setsid and setpgid; BPF, ptrace, mounts, namespaces and the
+    like) and kills the process on a foreign syscall ABI. no_new_privs is set and every capability
+    dropped first. With Landlock ABI 0 only no_new_privs and the
     seccomp filter apply; the dict returned says so and the caller decides whether that is enough.
     What was opened before (files, sockets, pipes) keeps the access it was opened with, and a TCP
     socket made before can still not connect or bind: connect to what the process needs first.
@@ -231,6 +262,7 @@ def restrict(read: Iterable[str | Path], write: Iterable[str | Path]) -> dict:
     result = _prctl(_PR_SET_NO_NEW_PRIVS, 1)
     if result < 0:
         raise SandboxUnavailable(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(-result)}")
+    _drop_capabilities(arch[2])
     if abi >= 1:
         _apply_landlock(abi, [*read], [*write])
     if sockets:

@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,10 @@ from .runtime import Failed, RoundResult, _metrics, failing
 STOPPED = {"read": "sandbox_read", "write": "sandbox_write", "network": "sandbox_network",
            "program": "sandbox_program", "signal": "sandbox_signal"}
 PREFIX = "caia-sandbox-"  # a run's folder: PREFIX<pid of the process that made it>-<random>
+# The failure categories the sandboxed process may report: the code's and caia's runtime in it (not
+# what the sandbox stopped, nor anything this side decides)
+CODE_CATEGORIES = {"raised", "dataset_not_released", "dataset_unreadable", "schema_changed", "not_a_module",
+                   "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "site_error"}
 GRACE = 5  # seconds a sandboxed process has to end after its run, before it is killed
 PASSED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", landlock.ABI_ENV)  # also read by the sandboxed process
 log = logging.getLogger("caia.site")
@@ -140,8 +145,9 @@ class Sandbox:
             try:
                 self.process.wait(GRACE)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._kill()
                 self.process.wait()
+            self._kill()  # what it forked: its process group, which it cannot leave
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -165,7 +171,8 @@ class Sandbox:
         with theirs:
             self.process = subprocess.Popen(
                 [sys.executable, "-s", "-P", "-m", "caia_jupyter.site.confined", str(theirs.fileno())],
-                cwd=self.root / SCRATCH, env=self._env(), stdin=subprocess.DEVNULL, close_fds=True, pass_fds=[theirs.fileno()])
+                cwd=self.root / SCRATCH, env=self._env(), stdin=subprocess.DEVNULL, close_fds=True, pass_fds=[theirs.fileno()],
+                start_new_session=True)
         self.conn = Connection(ours.detach())
 
     def _env(self) -> dict[str, str]:
@@ -232,11 +239,15 @@ class Sandbox:
                   {"sandbox": str(what)[:40], "attempt": str(header.get("target"))[:confined.MAX_TEXT]})
 
     def _failed(self, header: dict) -> None:
+        """The code's failure, as the process tells it: this side keeps the round and takes only an
+        entry point and a category the code's side can report (the process runs the code: what it
+        says is the code's word: the record holds it, the site's report comes first)."""
         from ..contracts import failures
 
-        record = header.get("record")
-        self._end(failures.parse(header.get("report")).model_dump(),
-                  {key: str(value)[:confined.MAX_TEXT] for key, value in record.items()} if isinstance(record, dict) else {})
+        told, record = failures.parse(header.get("report")), header.get("record")
+        category = told.category if told.category in CODE_CATEGORIES else "unknown"
+        self._end({"entry": told.entry, "round": self.at_round, "category": category},
+                  {str(k): str(v)[:confined.MAX_TEXT] for k, v in record.items()} if isinstance(record, dict) else {})
 
     def _exit_code(self) -> int | None:
         """The process's exit code (negative: the signal that ended it), once it is reaped; None if it runs on."""
@@ -247,9 +258,16 @@ class Sandbox:
 
     def _end(self, report: dict, record: dict):
         """Kill the process at once (it may still be running the code), and fail the run here."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        if self.process is not None:
+            self._kill()
         raise Failed(report, record)
+
+    def _kill(self) -> None:
+        """Kill the sandboxed process's group: the process (a session of its own) and what it forked."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # nothing of it is left
+            pass
 
 
 def _sweep() -> None:
