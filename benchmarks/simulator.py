@@ -96,7 +96,7 @@ def run_caia(workdir: Path, sandbox: str) -> Path:
 
     spec = json.loads((workdir / "setup.json").read_text())
     for site in spec["sites"]:
-        sites.set_sandbox(sites.open_site(site), sandbox)
+        sites.set_sandbox(site, sandbox)
     run = submit(spec["bundle"], spec["sites"], runs_root=workdir / "runs")
     assert run.wait() == "finished", run.message
     return run.global_model

@@ -138,10 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-approval-days", type=float, default=None, metavar="DAYS",
                    help="policy: the longest lifetime of an approval at this site (default: 90)")
     p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"policy: where approved code runs ({SANDBOX_HELP})")
-    p = site.add_parser("policy", parents=[common], help="set a site's policy and show it")
+    p = site.add_parser("policy", parents=[common], help="show a site's sandbox policy, or set it with --sandbox")
     p.set_defaults(handler=do_site_policy)
     p.add_argument("dir", type=Path)
-    p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, required=True, help=f"where approved code runs: {SANDBOX_HELP}")
+    p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"where approved code runs: {SANDBOX_HELP}")
     p = site.add_parser("add-dataset", parents=[common],
                         help="register a table (CSV or Parquet) in the site's data catalog")
     p.set_defaults(handler=do_site_add_dataset)
@@ -331,9 +331,9 @@ def do_site_trust(args, namespace=None) -> Outcome:
 def do_site_policy(args, namespace=None) -> Outcome:
     from .site.sites import open_site, set_sandbox
 
-    site = set_sandbox(open_site(args.dir), args.sandbox)
+    site = set_sandbox(args.dir, args.sandbox) if args.sandbox else open_site(args.dir)
     report = sandbox_report(site)
-    text = "\n".join([f"site {site.name}: sandbox {site.sandbox}", *report["lines"]])
+    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"]])
     return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"]})
 
 

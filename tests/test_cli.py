@@ -110,8 +110,14 @@ def test_site_init_and_policy_set_the_sandbox_policy_and_show_tells_it(tmp_path,
     assert json.loads((tmp_path / "s" / "site.json").read_text())["policy"]["sandbox"] == "preferred"
     code, _, err = caia("site", "init", tmp_path / "t", "--name", "site-2", "--sandbox", "maybe")
     assert code == 2 and err.count("\n") == 1 and "--sandbox 'maybe'" in err and not (tmp_path / "t").exists()
-    code, _, err = caia("site", "policy", tmp_path / "s")
-    assert code == 2 and "--sandbox" in err and err.count("\n") == 1
+    code, out, _ = caia("site", "policy", tmp_path / "s")  # without --sandbox: shown, unchanged
+    assert code == 0 and out.startswith("site site-1: sandbox preferred\n")
+    site_json = tmp_path / "s" / "site.json"
+    site_json.write_text(site_json.read_text().replace('"preferred"', '"Required"'))  # a hand-edited typo
+    code, _, err = caia("site", "show", tmp_path / "s")
+    assert code == 2 and "policy.sandbox 'Required' must be one of required, preferred, off" in err
+    code, out, _ = caia("site", "policy", tmp_path / "s", "--sandbox", "required")  # the repair
+    assert code == 0 and json.loads(site_json.read_text())["policy"]["sandbox"] == "required"
 
 
 def test_site_show_reports_the_kernel_and_an_unset_policy(tmp_path, caia):

@@ -214,7 +214,7 @@ def plain_run(tmp_path, monkeypatch, abi: int | None, policies: dict[str, str | 
     made = []
     for name, policy in policies.items():
         site = make_site(tmp_path / "sites", name)
-        made.append(sites.set_sandbox(site, policy) if policy else site)
+        made.append(sites.set_sandbox(site.path, policy) if policy else site)
         approve(site, built.id, {"tiny": "tiny"})
     run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
     run.wait(timeout=300)
@@ -257,7 +257,7 @@ def test_the_example_notebook_trains_to_the_same_accuracy_with_and_without_the_s
     runs = {}
     for policy in ("off", "preferred"):
         for site in made:
-            sites.set_sandbox(site, policy)
+            sites.set_sandbox(site.path, policy)
         run = submit(built.path, [s.path for s in made], runs_root=tmp_path / f"runs-{policy}")
         assert run.wait(timeout=600) == "finished", run.message
         placed = {a["sandbox"] for a in json.loads((run.path / "sites.json").read_text()).values()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import dataclasses
 import os
 import signal
 import subprocess
@@ -717,3 +718,65 @@ def test_a_dataset_copy_is_deleted_once_read(fake_child, released_app, tmp_path)
     box.start()
     box.close()
     assert [len(files) for files in json.loads(seen.read_text())["data"]] == [1, 1, 1]
+
+
+ORDINARY = """
+    import io, os, platform, tempfile, zoneinfo
+    import pandas as pd
+    import torch
+    def build_model():
+        return torch.nn.Linear(2, 1)
+    def load_data(ctx):
+        return None
+    def train(model, data, ctx):
+        with tempfile.TemporaryDirectory() as folder:  # in scratch: $TMPDIR
+            pd.DataFrame({"a": [1, 2]}).to_csv(os.path.join(folder, "t.csv"), index=False)
+            assert pd.read_csv(os.path.join(folder, "t.csv"))["a"].sum() == 3
+        assert len(pd.read_csv(io.StringIO("a,b\\n1,2\\n"))) == 1
+        assert zoneinfo.ZoneInfo("Europe/Paris").key == "Europe/Paris"
+        assert platform.platform() and platform.processor() is not None
+        assert "VmRSS" in open("/proc/self/status").read()
+        torch.save(model.state_dict(), "model.pt")
+        model.load_state_dict(torch.load("model.pt"))
+        return {"num_samples": 1}
+    def evaluate(model, data, ctx):
+        return {"loss": 1.0}
+"""
+
+
+@pytest.mark.slow
+def test_real_process_ordinary_library_calls_stay_inside_the_sandbox(tmp_path):
+    """What research code does without meaning to reach out: temporary folders, CSV reads (pandas
+    reads the CPU quota), time zones, the platform's description, its own memory use, torch files."""
+    box = sandbox.Sandbox(*make_app(tmp_path / "app", ORDINARY))
+    try:
+        box.start()
+        result = box.round(linear_weights(), 0)
+    finally:
+        box.close()
+    assert result.num_samples == 1 and result.eval_metrics == {"loss": 1.0}
+
+
+@pytest.mark.slow
+def test_a_preforked_process_runs_ordinary_code_as_a_started_one_does(tmp_path):
+    """The simulator's path: the process forked ahead (`prefork`) from one that imported torch
+    (whose compiler stack fixes tempfile's folder to /tmp) serves the same code inside its bounds."""
+    _, release = make_app(tmp_path / "app", ORDINARY)
+    script = textwrap.dedent(f"""
+        import numpy as np, torch, torch._dynamo
+        from caia_jupyter.site import sandbox
+        from caia_jupyter.site.release import Release
+        sandbox.prefork()
+        release = Release(**{dataclasses.asdict(release)!r})
+        box = sandbox.Sandbox({str(tmp_path / "app")!r}, release)
+        try:
+            box.start()
+            forked = isinstance(box.process, sandbox.ForkedProcess)
+            result = box.round({{"weight": np.zeros((1, 2), np.float32), "bias": np.zeros(1, np.float32)}}, 0)
+        finally:
+            box.close()
+        print(forked, result.num_samples)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.stdout.split() == ["True", "1"], done.stderr[-2000:]

@@ -20,9 +20,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import signal
 import sys
 import sysconfig
+import tempfile
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,10 +33,12 @@ from . import landlock, wire
 
 APP, DATA, SCRATCH = "app", "data", "scratch"  # the run's folders (`sandbox`)
 MAX_TEXT = 100_000  # characters of a failure's text or an attempt's target sent: within wire.MAX_HEADER
-# Read-only besides the Python installation: shared libraries the imports load, the randomness and
-# CPU description torch reads when it loads, the CPU quota pandas sizes its CSV reader's threads by.
+# Read-only besides the Python installation and its interpreter (platform reads its libc version):
+# shared libraries the imports load, the randomness and CPU description torch reads when it loads,
+# the CPU quota pandas sizes its CSV reader's threads by, time zones, and the process's own /proc
+# entry (its memory use, as psutil reads it; /proc/self is this process's own once restricted).
 SYSTEM = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache", "/dev/urandom", "/proc/cpuinfo",
-          "/sys/devices/system/cpu", "/sys/fs/cgroup"]
+          "/sys/devices/system/cpu", "/sys/fs/cgroup", "/usr/share/zoneinfo", "/proc/self"]
 
 _PR_SET_PDEATHSIG = 1  # prctl.h
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -150,13 +154,15 @@ def serve(conn: Connection) -> None:
     os.chdir(root / SCRATCH)
     os.environ.clear()
     os.environ.update(start["env"])
+    tempfile.tempdir = None  # chosen again from $TMPDIR (scratch): a forked process may have chosen /tmp already
+    platform.uname().processor  # noqa: B018  asked of `uname -p` now, while a program may run; cached after
     lock = threading.Lock()  # the code may start threads, and the audit hook sends from any of them
 
     def send(header: dict, arrays: dict | None = None) -> None:
         with lock:
             wire.send(conn, header, arrays)
 
-    read = [os.path.realpath(p) for p in [*python_roots(), *SYSTEM, root / APP, root / DATA]]
+    read = [os.path.realpath(p) for p in [*python_roots(), sys.executable, *SYSTEM, root / APP, root / DATA]]
     write = [os.path.realpath(p) for p in [root / SCRATCH, os.devnull]]
     # Imports look only where the process may read (a started-in folder on sys.path would be a read outside)
     sys.path[:] = [p for p in sys.path if p and Watch.within(p, read)]

@@ -202,14 +202,18 @@ def open_site(path: str | Path) -> Site:
     return Site(path.resolve(), meta["name"], days, sandbox)
 
 
-def set_sandbox(site: Site, sandbox: str) -> Site:
-    """Set the site's sandbox policy in its site.json; returns the site as it now is.
-    Raises SiteError for a policy that is not one of `SANDBOX_POLICIES`."""
+def set_sandbox(path: str | Path, sandbox: str) -> Site:
+    """Set the sandbox policy in the site.json at `path`, whatever it held (a hand-edited value
+    that is not a policy included); returns the site as it now is. Raises SiteError for a policy
+    that is not one of `SANDBOX_POLICIES`, or a folder that is not a caia site (site.json unchanged)."""
     _check_sandbox(sandbox, "--sandbox")
-    meta = _read_json(site.path / "site.json", "site description")
-    meta["policy"] = {**meta.get("policy", {}), "sandbox": sandbox}
-    write_json(site.path / "site.json", meta)
-    return open_site(site.path)
+    meta = _read_json(Path(path) / "site.json", "site description")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SiteError(f"{path}/site.json is not a caia site description; create the site with `caia site init`")
+    policy = meta.get("policy") if isinstance(meta.get("policy"), dict) else {}
+    meta["policy"] = {**policy, "sandbox": sandbox}
+    write_json(Path(path) / "site.json", meta)
+    return open_site(path)
 
 
 def _check_sandbox(value, what: str) -> None:
