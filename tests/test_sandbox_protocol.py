@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -780,3 +781,19 @@ def test_a_preforked_process_runs_ordinary_code_as_a_started_one_does(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.stdout.split() == ["True", "1"], done.stderr[-2000:]
+
+
+def test_the_sweep_removes_a_dead_runs_folder_and_bears_another_sweep_removing_it_first(tmp_path, monkeypatch):
+    """Sites of one machine start together: a folder another site's sweep removed between the listing
+    and the look at it is passed over, not an error that fails the site."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{sandbox.PREFIX}{dead.stdout.strip()}-abc"
+    (stale / "data").mkdir(parents=True)
+    alive = tmp_path / f"{sandbox.PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    vanished = tmp_path / f"{sandbox.PREFIX}{dead.stdout.strip()}-gone"  # listed, then removed by another sweep
+    listed = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [*listed(self, pattern), vanished])
+    sandbox._sweep()
+    assert not stale.exists() and alive.exists()

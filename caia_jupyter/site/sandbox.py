@@ -274,7 +274,11 @@ def _sweep() -> None:
     """Remove the run folders (data copies, scratch) that processes which no longer run left behind."""
     for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
         pid = folder.name.removeprefix(PREFIX).split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.stat().st_uid == os.getuid():
+        try:
+            stale = pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.stat().st_uid == os.getuid()
+        except OSError:  # gone meanwhile: another site's sweep (sites of a simulator start together)
+            continue
+        if stale:
             shutil.rmtree(folder, ignore_errors=True)
 
 
