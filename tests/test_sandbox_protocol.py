@@ -596,25 +596,27 @@ def test_close_before_start_and_twice_is_harmless(fake_child):
     assert box.process.returncode == 0 and not box.root.exists()
 
 
-def test_a_stopped_message_with_an_unhashable_what_is_failed(fake_child, monkeypatch):
+# What a process may send that no message handler expects: each fails the site, promptly (GRACE is
+# shortened: the fake never ends by itself), never an exception other than Failed.
+UNEXPECTED = {
+    "a stopped message with an unhashable what": (
+        "wire.send(conn, {'kind': 'stopped', 'what': ['read'], 'entry': 'train', 'target': 'x'})\ntime.sleep(60)\n",
+        {"unknown"}),
+    "a frame length claiming 2**62 bytes (multiprocessing's 8-byte form after -1)": (
+        "import struct\nos.write(conn.fileno(), struct.pack('!i', -1) + struct.pack('!Q', 2**62))\ntime.sleep(60)\n",
+        {"site_error", "exited"}),
+}
+
+
+@pytest.mark.parametrize("script, categories", UNEXPECTED.values(), ids=UNEXPECTED.keys())
+def test_an_unexpected_message_fails_the_site_and_allocates_nothing(fake_child, monkeypatch, script, categories):
     monkeypatch.setattr(sandbox, "GRACE", 0.2)
-    box = fake_child("wire.send(conn, {'kind': 'stopped', 'what': ['read'], 'entry': 'train', 'target': 'x'})\ntime.sleep(60)\n")
+    box = fake_child(script)
     try:
         failed = failure(box, sandbox.Sandbox.start)
     finally:
         box.close()
-    assert failed.report["category"] == "unknown"
-
-
-def test_a_forged_frame_length_is_failed_not_allocated(fake_child, monkeypatch):
-    monkeypatch.setattr(sandbox, "GRACE", 0.2)
-    """A length prefix claiming 2**62 bytes (multiprocessing's 8-byte form after -1)."""
-    box = fake_child("import struct\nos.write(conn.fileno(), struct.pack('!i', -1) + struct.pack('!Q', 2**62))\ntime.sleep(60)\n")
-    try:
-        failed = failure(box, sandbox.Sandbox.start)
-    finally:
-        box.close()
-    assert failed.report["category"] in ("site_error", "exited")
+    assert failed.report["category"] in categories
 
 
 # --- Sandbox, with the real sandboxed process (it imports torch: several seconds each) ---------------
