@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from .privacy import ENCRYPTIONS, DifferentialPrivacy
 from .schema import KINDS
 
 FORMAT = "caia-bundle/1"
@@ -47,6 +48,9 @@ class JobSettings(_Strict):
     rounds: int = Field(ge=1)
     min_clients: int = Field(ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="ctx.params at every site")
+    privacy: DifferentialPrivacy | None = Field(None, description="differential privacy each site applies (`privacy`)")
+    encryption: Literal[ENCRYPTIONS] | None = Field(None, description="homomorphic encryption of the updates (`privacy`)")
+    updates: Literal["weight_diff"] | None = Field(None, description="sites send weight differences, not weights (`privacy`)")
 
 
 class Manifest(_Strict):

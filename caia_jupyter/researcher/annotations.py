@@ -9,6 +9,12 @@
     min_clients=N          sites that must report each round (default 2)
     param.KEY=VALUE        a hyperparameter, read at sites as ctx.params["KEY"]; VALUE is a
                            Python literal, or else a plain string
+    privacy=dp             differential privacy (DP-SGD) at every site, with
+      epsilon=E delta=D    the budget of each site's whole run (both required),
+      max_grad_norm=C      the per-example clipping bound (default 1.0) and
+      local_epochs=K       the passes over a site's data per round (default 1)
+    encryption=he          sites encrypt their updates (CKKS); the aggregator sums ciphertexts
+    updates=weight_diff    sites send their weights' difference from the global model
 
 Options may sit on any federated cell; a setting given twice must agree.
 """
@@ -21,12 +27,18 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from ..contracts.errors import NotebookError
+from ..contracts.privacy import DifferentialPrivacy
 
 MAGIC = "%%federated"
 DEFAULT_ROUNDS = 3
 DEFAULT_MIN_CLIENTS = 2
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# Protection options and the manifest value each allowed word becomes (`contracts.privacy`).
+_CHOICES = {"privacy": {"dp": "dp"}, "encryption": {"he": "he-ckks"}, "updates": {"weight_diff": "weight_diff"}}
+_DP_NUMBERS = ("epsilon", "delta", "max_grad_norm", "local_epochs")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Header:
     rounds: int | None = None
     min_clients: int | None = None
     params: dict = field(default_factory=dict)
+    protection: dict = field(default_factory=dict)  # privacy, encryption, updates and the DP numbers, as given
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,17 @@ class Settings:
     rounds: int
     min_clients: int
     params: dict
+    privacy: DifferentialPrivacy | None = None
+    encryption: str | None = None
+    updates: str | None = None
+
+    def job(self) -> dict:
+        """The manifest's "job" (`contracts.manifest.JobSettings`); protection only when requested."""
+        job = {"rounds": self.rounds, "min_clients": self.min_clients, "params": self.params}
+        if self.privacy:
+            job["privacy"] = self.privacy.model_dump(mode="json")
+        job.update({k: v for k, v in (("encryption", self.encryption), ("updates", self.updates)) if v})
+        return job
 
 
 def parse_options(text: str) -> Header:
@@ -64,6 +88,7 @@ def parse_options(text: str) -> Header:
     datasets: list[DatasetRequest] = []
     numbers: dict[str, int] = {}
     params: dict = {}
+    protection: dict = {}
     for token in tokens:
         key, sep, value = token.partition("=")
         if not sep or not value:
@@ -83,11 +108,16 @@ def parse_options(text: str) -> Header:
             numbers[key] = int(value)
         elif key.startswith("param.") and _NAME.match(key[6:]):
             params[key[6:]] = _literal(value)
+        elif key in _CHOICES or key in _DP_NUMBERS:
+            if key in protection:
+                raise NotebookError(f"%%federated option {key} is given twice on one line")
+            protection[key] = _choice(key, value) if key in _CHOICES else _dp_number(key, value)
         else:
             raise NotebookError(
-                f"unknown %%federated option {key!r}; use dataset=, rounds=, min_clients= or param.NAME="
+                f"unknown %%federated option {key!r}; use dataset=, rounds=, min_clients=, param.NAME=, "
+                "privacy=, encryption= or updates= (see `%federated help`)"
             )
-    return Header(tuple(datasets), numbers.get("rounds"), numbers.get("min_clients"), params)
+    return Header(tuple(datasets), numbers.get("rounds"), numbers.get("min_clients"), params, protection)
 
 
 def merge(headers: list[tuple[str, Header]]) -> Settings:
@@ -115,12 +145,48 @@ def merge(headers: list[tuple[str, Header]]) -> Settings:
                 put(key, getattr(header, key), label, scalars)
         for key, value in header.params.items():
             put(f"param.{key}", value, label, scalars)
+        for key, value in header.protection.items():
+            put(key, value, label, scalars)
+    given = {key: value for key, (_, value) in scalars.items()}
     return Settings(
         datasets=tuple(request for _, request in datasets.values()),
-        rounds=scalars.get("rounds", (None, DEFAULT_ROUNDS))[1],
-        min_clients=scalars.get("min_clients", (None, DEFAULT_MIN_CLIENTS))[1],
-        params={k[6:]: v for k, (_, v) in scalars.items() if k.startswith("param.")},
+        rounds=given.get("rounds", DEFAULT_ROUNDS),
+        min_clients=given.get("min_clients", DEFAULT_MIN_CLIENTS),
+        params={k[6:]: v for k, v in given.items() if k.startswith("param.")},
+        privacy=_privacy(given),
+        encryption=given.get("encryption"),
+        updates=given.get("updates"),
     )
+
+
+def _choice(key: str, value: str) -> str:
+    if value not in _CHOICES[key]:
+        raise NotebookError(f"%%federated {key}={value!r} is not known; use {key}={' or '.join(_CHOICES[key])}")
+    return _CHOICES[key][value]
+
+
+def _dp_number(key: str, value: str) -> int | float:
+    try:
+        return int(value) if key == "local_epochs" else float(value)
+    except ValueError:
+        kind = "a whole number" if key == "local_epochs" else "a number"
+        raise NotebookError(f"%%federated {key}={value!r} must be {kind}") from None
+
+
+def _privacy(given: dict) -> DifferentialPrivacy | None:
+    """The DP-SGD request of the merged options, or None; NotebookError (one line) when incomplete or out of range."""
+    numbers = {key: given[key] for key in _DP_NUMBERS if key in given}
+    if given.get("privacy") != "dp":
+        if numbers:
+            raise NotebookError(f"%%federated {'=, '.join(numbers)}= apply to differential privacy; add privacy=dp")
+        return None
+    if "epsilon" not in numbers or "delta" not in numbers:
+        raise NotebookError("%%federated privacy=dp needs a budget: epsilon= and delta= (e.g. epsilon=3 delta=1e-5)")
+    try:
+        return DifferentialPrivacy(**numbers)
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise NotebookError(f"%%federated {error['loc'][0]}={numbers.get(error['loc'][0])!r}: {error['msg'].lower()}") from None
 
 
 def _literal(value: str):

@@ -134,7 +134,7 @@ def compose(notebook_path: str | Path, namespace: Mapping | None = None) -> Comp
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
         files=entries,
         datasets=datasets,
-        job={"rounds": nb.settings.rounds, "min_clients": nb.settings.min_clients, "params": nb.settings.params},
+        job=nb.settings.job(),
     ).model_dump(mode="json", exclude_none=True)
     bid = bundle_id(manifest)
     build_record = {
