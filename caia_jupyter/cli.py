@@ -26,6 +26,8 @@ SANDBOX_HELP = ("required: in a process restricted with Linux Landlock, refusing
                 "preferred: the same, unrestricted with a warning where it has none; off: in NVFLARE's job process "
                 "(default: required at POC and production sites, preferred in the simulator)")
 UNSET_SANDBOX = "not set: required at POC and production sites, preferred in the simulator"
+MAX_EPSILON_HELP = ("policy: every bundle must request differential privacy (privacy=dp) with an epsilon at most this "
+                    "(default: not required)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("review", do_review, "render what a site's reviewers read (HTML)")
     p.add_argument("bundle", type=Path)
     p.add_argument("-o", "--output", type=Path, help="HTML file (default: <bundle>/records/review.html)")
+    p.add_argument("--site", type=Path, help="the site directory whose privacy ceiling the review shows")
 
     p = command("approve", do_approve, "sign an approval of a bundle for a site, releasing datasets to it")
     p.add_argument("bundle", type=Path)
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your reviewer private key (`caia reviewer init`), kept outside the site directory")
     p.add_argument("--expires-in", type=float, metavar="DAYS",
                    help="lifetime in days (default: 30, or the site's max_approval_days if shorter)")
+    p.add_argument("--max-epsilon", type=float, metavar="EPSILON",
+                   help="the site's privacy ceiling, signed into the approval: the bundle must request differential "
+                        "privacy with an epsilon at most this")
     p.add_argument("-o", "--output", type=Path, help="write the approval here instead of the site's approvals/")
 
     p = command("revoke", do_revoke, "sign a revocation of every approval of a bundle id at a site issued until now")
@@ -138,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-approval-days", type=float, default=None, metavar="DAYS",
                    help="policy: the longest lifetime of an approval at this site (default: 90)")
     p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"policy: where approved code runs ({SANDBOX_HELP})")
-    p = site.add_parser("policy", parents=[common], help="show a site's sandbox policy, or set it with --sandbox")
+    p.add_argument("--max-epsilon", type=float, metavar="EPSILON", help=MAX_EPSILON_HELP)
+    p = site.add_parser("policy", parents=[common],
+                        help="show a site's sandbox and privacy policy, or set them with --sandbox and --max-epsilon")
     p.set_defaults(handler=do_site_policy)
     p.add_argument("dir", type=Path)
     p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"where approved code runs: {SANDBOX_HELP}")
+    p.add_argument("--max-epsilon", metavar="EPSILON|none", help=f"{MAX_EPSILON_HELP}; none: no longer required")
     p = site.add_parser("add-dataset", parents=[common],
                         help="register a table (CSV or Parquet) in the site's data catalog")
     p.set_defaults(handler=do_site_add_dataset)
@@ -253,10 +262,19 @@ def do_validate(args, namespace=None) -> Outcome:
 
 
 def do_review(args, namespace=None) -> Outcome:
-    from .reviewer.review import render
+    from .researcher.bundle import require_intact
+    from .reviewer.review import protection, render, site_ceiling
+    from .site.sites import open_site
 
-    path = render(args.bundle, args.output)
-    return Outcome(path, f"review: {path}", {"review": str(path)})
+    site = open_site(args.site) if args.site else None
+    path = render(args.bundle, args.output, site)
+    job = require_intact(args.bundle).manifest["job"]
+    lines = [f"review: {path}", f"protection: {'; '.join(protection(job))}"]
+    data = {"review": str(path), "protection": protection(job)}
+    if site is not None:
+        data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job)}
+        lines.append(site_ceiling(site, job))
+    return Outcome(path, "\n".join(lines), data)
 
 
 def do_approve(args, namespace=None) -> Outcome:
@@ -267,8 +285,10 @@ def do_approve(args, namespace=None) -> Outcome:
     bundle = require_intact(args.bundle)
     site = open_site(args.site)
     releases = parse_releases(args.dataset)
-    approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output, bundle=bundle)
-    text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}; "
+    approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output, bundle=bundle,
+                       max_epsilon=args.max_epsilon)
+    ceiling = f"; epsilon at most {approval.max_epsilon:g}" if approval.max_epsilon is not None else ""
+    text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}{ceiling}; "
             f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
     return Outcome(approval, text, approval.to_json())
 
@@ -299,9 +319,9 @@ def do_site_init(args, namespace=None) -> Outcome:
     from .site.sites import DEFAULT_MAX_APPROVAL_DAYS, init
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
-    site = init(args.dir, args.name, days, sandbox=args.sandbox)
+    site = init(args.dir, args.name, days, sandbox=args.sandbox, max_epsilon=args.max_epsilon)
     text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
-            f"\nsandbox {site.sandbox or UNSET_SANDBOX}"
+            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{privacy_policy(site)}"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())
@@ -329,11 +349,14 @@ def do_site_trust(args, namespace=None) -> Outcome:
 
 
 def do_site_policy(args, namespace=None) -> Outcome:
-    from .site.sites import open_site, set_sandbox
+    from .site.sites import open_site, set_policy
 
-    site = set_sandbox(args.dir, args.sandbox) if args.sandbox else open_site(args.dir)
+    changes = {"sandbox": args.sandbox} if args.sandbox else {}
+    if args.max_epsilon is not None:
+        changes["max_epsilon"] = parse_max_epsilon(args.max_epsilon)
+    site = set_policy(args.dir, **changes) if changes else open_site(args.dir)
     report = sandbox_report(site)
-    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"]])
+    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], privacy_policy(site)])
     return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"]})
 
 
@@ -353,8 +376,27 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  approvals: {len(data['approvals'])}, revocations: {len(data['revocations'])}",
                       f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}; "
                       f"sandbox {site.sandbox or UNSET_SANDBOX}",
-                      *(f"  {line}" for line in report["lines"])])
+                      *(f"  {line}" for line in report["lines"]),
+                      f"  {privacy_policy(site)}"])
     return Outcome(site, text, data)
+
+
+def parse_max_epsilon(value: str) -> float | None:
+    """`--max-epsilon X|none` -> X as a number, or None for "none"; CaiaError for anything else
+    (the range is checked where the policy is set)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise CaiaError(f"--max-epsilon {value!r} must be a number above 0, or none to require no differential privacy") from None
+
+
+def privacy_policy(site) -> str:
+    """The site's privacy policy as one line."""
+    if site.max_epsilon is None:
+        return "differential privacy: not required (an approval may still set a ceiling with --max-epsilon)"
+    return f"differential privacy: required, epsilon at most {site.max_epsilon:g}"
 
 
 def sandbox_report(site) -> dict:

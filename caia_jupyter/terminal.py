@@ -62,7 +62,17 @@ def run_summary(run) -> Outcome:
         lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
     if run.global_model:
         lines.append(f"global model: {run.global_model}")
+    guarantee = run.guarantee
+    if guarantee:
+        lines.append(guarantee_line(guarantee))
     data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
             "refusals": run.refusals, "failures": run.failures, "notes": run.notes, "final_metrics": final,
-            "global_model": str(run.global_model) if run.global_model else None}
+            "global_model": str(run.global_model) if run.global_model else None, "privacy": guarantee}
     return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)
+
+
+def guarantee_line(guarantee: dict) -> str:
+    """`Run.guarantee` as one line: "privacy: DP-SGD, (epsilon 3, delta 1e-05) per site; spent: site-1 2.91, site-2 2.87"."""
+    spent = ", ".join(f"{site} {metric(value)}" for site, value in guarantee["per_site"].items()) or "none reported"
+    return (f"privacy: {str(guarantee['mechanism']).upper()}, (epsilon {metric(guarantee['epsilon'])}, "
+            f"delta {metric(guarantee['delta'])}) per site; spent: {spent}")

@@ -1,6 +1,6 @@
 """A federated run, seen from the researcher's side: one directory, one handle.
 
-    run.json       what was submitted: bundle id, target, sites, settings
+    run.json       what was submitted: bundle id, target, sites, settings, the DP request ("privacy")
     sites.json     each site's admission by its guard: approved, or refused with the reason
     status.json    the server's progress: phase, rounds done, sites still in the run, sites that left
                    it (round), site updates left out of an average ("excluded")
@@ -8,6 +8,8 @@
     global_model.npz the latest global model, as the server keeps it (numpy arrays)
     model_dtypes.json each entry's torch dtype (caia_jupyter.contracts.weights)
     global_model.pt  the same as a torch state dict, every entry in its dtype, written when the run ends
+    global_model.privacy.json  the guarantee that model was trained under (`Run.guarantee`), written
+                   beside it for a run that requested differential privacy
     outcome.json   how the run ended (written last); a failed site's report in the closed
                    vocabulary of caia_jupyter.contracts.failures
 
@@ -34,6 +36,8 @@ from . import metrics as metric_records
 from .wording import plural
 
 FINAL = ("finished", "failed", "refused", "aborted")
+PRIVACY_FILE = "global_model.privacy.json"  # the guarantee beside the exported model (`Run.guarantee`)
+EPSILON = "epsilon"  # the metric each site reports: the epsilon it has spent so far
 SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
 LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")
@@ -130,8 +134,24 @@ class Run:
         """The final global model as a torch state dict file, once the run has ended."""
         path = self.path / "global_model.pt"
         if not path.is_file() and self.status in FINAL:
-            export_global_model(self.path)  # the server keeps arrays (it never imports torch)
+            export_global_model(self.path, self.guarantee)  # the server keeps arrays (it never imports torch)
         return path if path.is_file() else None
+
+    @property
+    def guarantee(self) -> dict | None:
+        """The differential privacy guarantee of the run, None for a run that requested none:
+        {"mechanism": "dp-sgd", "epsilon": the budget of each site's whole run, "delta",
+        "per_site": {site: the last epsilon that site reported spent (its `epsilon` metric)}};
+        a site that reported none is left out of per_site."""
+        privacy = self.spec.get("privacy")
+        if not isinstance(privacy, dict):
+            return None
+        spent = {}
+        for record in sorted(self.records(), key=lambda r: (r.round, r.time)):
+            if record.name == EPSILON and record.value is not None:
+                spent[record.site] = record.value
+        return {"mechanism": privacy.get("mechanism"), "epsilon": privacy.get("epsilon"), "delta": privacy.get("delta"),
+                "per_site": dict(sorted(spent.items()))}
 
     @property
     def notes(self) -> list[str]:
@@ -377,9 +397,11 @@ def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[
     return texts
 
 
-def export_global_model(run_dir: Path) -> Path | None:
+def export_global_model(run_dir: Path, guarantee: dict | None = None) -> Path | None:
     """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict, each entry
-    in the dtype of `build_model().state_dict()` that model_dtypes.json records)."""
+    in the dtype of `build_model().state_dict()` that model_dtypes.json records), and the
+    `guarantee` it was trained under (`Run.guarantee`), when given, in PRIVACY_FILE beside it
+    (the state dict stays loadable with `torch.load(weights_only=True)`)."""
     import io
 
     import numpy as np
@@ -398,4 +420,6 @@ def export_global_model(run_dir: Path) -> Path | None:
         state = to_tensors({name: arrays[name] for name in arrays.files}, dtypes)
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    if guarantee is not None:  # first: a model without its guarantee never appears
+        write_json(Path(run_dir) / PRIVACY_FILE, guarantee)
     return write_atomic(Path(run_dir) / "global_model.pt", buffer.getvalue())

@@ -9,6 +9,10 @@ and captured values by Python name, type, value, size and sha256. The page runs 
 loads nothing (a content security policy says so to the browser); long lines wrap, so nothing
 hides past the right edge.
 
+The review states the protection the bundle requests (differential privacy, encryption of the
+updates, weight differences) and, rendered for a site, that site's privacy ceiling and whether
+its guard would admit the request.
+
 The researcher's notes and the validation result come from records/, which nothing hashes:
 they are labelled as not covered by the bundle id and shown as plain text, never as markup.
 """
@@ -31,9 +35,13 @@ from ..contracts.captured import load as load_captured
 from ..contracts.errors import BundleError
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
 from ..contracts.fsutil import write_atomic
+from ..contracts.privacy import DifferentialPrivacy
 from ..contracts.sourcecheck import reveal
 from ..contracts.version import __version__
 from ..researcher.bundle import CELL_MARK, Bundle, require_intact
+from ..site.guard import Unfit, privacy_ceiling
+from ..site.sites import Site
+
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 MAX_SHOWN = 300  # characters of a captured value's repr
 EVENT_CONVERTER = "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent"
@@ -66,14 +74,15 @@ class ModulePart(NamedTuple):
     ordinal: int | None = None
 
 
-def render(bundle_path: str | Path, output: str | Path | None = None) -> Path:
+def render(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Path:
     """Render review.html of an intact bundle (default: records/review.html); returns its path.
+    With `site`, the review also shows that site's privacy ceiling (`site_ceiling`).
 
     Raises BundleError if the bundle is not intact or holds source Python would read
     differently from what the review shows.
     """
     bundle = require_intact(bundle_path)
-    page = to_html(review_notebook(bundle), f"Review {bundle.short_id}")
+    page = to_html(review_notebook(bundle, site), f"Review {bundle.short_id}")
     return write_atomic(Path(output) if output else bundle.records / "review.html", page)
 
 
@@ -96,8 +105,36 @@ def to_html(nb: nbformat.NotebookNode, title: str) -> str:
     return html
 
 
-def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
-    """The review as a notebook: markdown explanations and every listed file (see the module doc).
+def protection(job: dict) -> list[str]:
+    """What protection a manifest's "job" requests, one line each for people: the DP request
+    (`DifferentialPrivacy.describe`), encryption of the updates, weight differences, or
+    ["none requested"]."""
+    lines = [DifferentialPrivacy.model_validate(job["privacy"]).describe()] if job.get("privacy") else []
+    if job.get("encryption") == "he-ckks":
+        lines.append("updates encrypted (CKKS), the aggregator sums ciphertexts")
+    if job.get("updates") == "weight_diff":
+        lines.append("sites send their weights' difference from the global model, not their weights")
+    return lines or ["none requested"]
+
+
+def site_ceiling(site: Site, job: dict) -> str:
+    """One line: `site`'s privacy policy and whether its guard would admit what `job` requests
+    (`guard.privacy_ceiling`; an approval signed with --max-epsilon may lower the ceiling)."""
+    if site.max_epsilon is None:
+        policy = (f"site {site.name} requires no differential privacy; an approval signed with --max-epsilon "
+                  "sets a ceiling for this bundle")
+    else:
+        policy = f"site {site.name} requires differential privacy with epsilon at most {site.max_epsilon:g} (its policy)"
+    try:
+        privacy_ceiling(job, None, site.max_epsilon)
+    except Unfit as e:
+        return f"{policy}; its guard would refuse this bundle: {e}"
+    return policy
+
+
+def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.NotebookNode:
+    """The review as a notebook: markdown explanations and every listed file (see the module doc);
+    with `site`, the protection part shows that site's ceiling.
 
     `bundle` is intact (see `render`). Code cells showing a file carry `metadata.caia.file`; the
     cells of federated.py, in order, concatenate back to the file exactly. Raises BundleError
@@ -117,7 +154,7 @@ def review_notebook(bundle: Bundle) -> nbformat.NotebookNode:
         f"| | |\n|---|---|\n| rounds | {_code(job['rounds'])} |\n| min clients | {_code(job['min_clients'])} |\n"
         f"| hyperparameters (`ctx.params`) | {_code(json.dumps(job['params'], sort_keys=True))} |\n"
         f"| built with | caia-jupyter {_code(manifest['caia_version'])}, Python {_code(manifest['python'])} |"
-    )]
+    ), _md(_protection_text(job, site))]
     if opaque:
         rows = "".join(
             f"| {_code(e.get('python_name'))} | {_code(e.get('python_type'))} | {_code(_shown_value(files[name]))} "
@@ -325,6 +362,12 @@ def _intros(bundle: Bundle) -> dict[int, str]:
         return {}
     cells = [c for c in _as_list(build.get("cells")) if isinstance(c, dict)]
     return {c["ordinal"]: c["intro"] for c in cells if isinstance(c.get("ordinal"), int) and isinstance(c.get("intro"), str)}
+
+
+def _protection_text(job: dict, site: Site | None) -> str:
+    items = "".join(f"- {_literal(line)}\n" for line in protection(job))
+    text = f"## Protection\n\nWhat the bundle requests (covered by the bundle id):\n\n{items}"
+    return text + (f"\n**Your site:** {_literal(site_ceiling(site, job))}" if site is not None else "")
 
 
 def _datasets_text(datasets: dict) -> str:

@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 DEFAULT_EXPIRES_IN_DAYS = 30
 
 
-def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str]) -> None:
+def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str], max_epsilon: float | None = None) -> None:
     """Refuse, before anything is signed, a release `site` would not admit: `bundle` must have passed
-    validation, and `releases` (requested name -> catalog id) must pass the very check the site's
-    guard makes at admission (`guard.release_of`). Raises CaiaError in one line naming the bundle,
-    or the dataset and the column."""
+    validation, its privacy request must fit `max_epsilon` (the approval's ceiling) and the site's
+    policy (`guard.privacy_ceiling`), and `releases` (requested name -> catalog id) must pass the very
+    check the site's guard makes at admission (`guard.release_of`). Raises CaiaError in one line
+    naming the bundle, the numbers, or the dataset and the column."""
     try:
+        privacy_ceiling(bundle.manifest["job"], max_epsilon, site.max_epsilon)
         release_of(site, bundle.manifest["datasets"], releases)
     except Unfit as e:
         detail = f" ({e.detail})" if e.detail else ""  # the reviewer works at the site: its details may show
@@ -48,13 +50,14 @@ def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str]) -> No
 
 def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str | Path,
             expires_in_days: float | None = None, output: Path | None = None, now: datetime | None = None,
-            bundle: Bundle | None = None) -> Approval:
+            bundle: Bundle | None = None, max_epsilon: float | None = None) -> Approval:
     """Sign an approval with the reviewer key in `key_file` and store it in the site's approvals
-    (or at `output`). Given the `bundle` itself (as `caia approve` gives it), first refuse what the
-    site would not admit (`check_admissible`).
+    (or at `output`), with the site's privacy ceiling `max_epsilon` for this bundle when given (a
+    finite number above 0; the statement leaves it out otherwise). Given the `bundle` itself (as
+    `caia approve` gives it), first refuse what the site would not admit (`check_admissible`).
 
     `expires_in_days` (default: 30, or the site's policy if shorter) must be a finite positive
-    number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime, SiteError
+    number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime or ceiling, SiteError
     for a key that lies inside the site directory or that the site does not trust. An approval
     is issued after what any revocation of the same bundle covers (`Revocation.covers_until`), so
     revoking and approving again (with fewer datasets, say) works at once; CaiaError if that
@@ -65,11 +68,14 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     if not valid_days(expires_in_days) or expires_in_days > site.max_approval_days:
         raise CaiaError(f"--expires-in {shown_days(expires_in_days)} must be a finite number of days above 0 and at most "
                         f"{site.max_approval_days:g} (site {site.name}'s policy)")
+    if max_epsilon is not None and not valid_epsilon(max_epsilon):
+        raise CaiaError(f"--max-epsilon {shown_days(max_epsilon)} must be a finite number above 0 "
+                        "(the largest epsilon this site admits for the bundle)")
     private = signing_key(site, key_file)
     if bundle is not None:
         if bundle.id != bundle_id:
             raise CaiaError(f"bundle {bundle.short_id} is not the bundle {bundle_id} to approve")
-        check_admissible(site, bundle, datasets)
+        check_admissible(site, bundle, datasets, max_epsilon)
     issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     revoked = latest_revocation(site, bundle_id)
     if revoked is not None and revoked.covers_until >= issued:
@@ -87,6 +93,7 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
         "key_id": key_id(private.public_key()),
         "issued_at": iso(issued),
         "expires_at": iso(issued + timedelta(days=expires_in_days)),
+        **({"max_epsilon": max_epsilon} if max_epsilon is not None else {}),
     }
     path = output or site.approvals_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}.json"
     write_json(path, _signed(statement, private))

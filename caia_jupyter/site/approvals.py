@@ -5,8 +5,12 @@ An approval file holds a statement and its Ed25519 signature over the statement'
 JSON:
 
     {"statement": {"format": "caia-approval/1", "site", "bundle_id", "datasets": {name: catalog id},
-                   "key_id", "issued_at", "expires_at"},
+                   "key_id", "issued_at", "expires_at", optionally "max_epsilon"},
      "signature": base64}
+
+"max_epsilon", when present (a finite number above 0), is the site's privacy ceiling for this
+bundle: the guard admits it only if it requests differential privacy with an epsilon at most that
+(`guard.privacy_ceiling`). Approvals signed without it stay valid.
 
 A revocation file (in the site's revocations/) has the same shape, with the statement
 {"format": "caia-revocation/1", "site", "bundle_id", "key_id", "issued_at", "reason"}: every
@@ -37,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..contracts.errors import ApprovalRejected, CaiaError
 from ..contracts.fsutil import loads_strict
 from ..contracts.manifest import BUNDLE_ID, canonical
-from .sites import Site
+from .sites import Site, valid_epsilon
 
 FORMAT = "caia-approval/1"
 REVOCATION_FORMAT = "caia-revocation/1"
@@ -46,7 +50,8 @@ MAX_FILE_BYTES = 64 * 1024  # an approval is well under 1 KiB
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 # The fields of each kind of signed statement, and the kind of value each holds.
 _APPROVAL_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "datasets": "releases",
-                    "key_id": "key id", "issued_at": "time", "expires_at": "time"}
+                    "key_id": "key id", "issued_at": "time", "expires_at": "time", "max_epsilon": "epsilon"}
+_OPTIONAL_FIELDS = {"max_epsilon"}  # a statement may leave these out; approvals signed before they existed do
 _REVOCATION_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "key_id": "key id",
                       "issued_at": "time", "reason": "text"}
 log = logging.getLogger(__name__)
@@ -61,10 +66,11 @@ class Approval:
     issued_at: datetime
     expires_at: datetime
     path: Path | None = None
+    max_epsilon: float | None = None  # the site's privacy ceiling for this bundle; None: none set
 
     def to_json(self) -> dict:
         return {"site": self.site, "bundle_id": self.bundle_id, "datasets": self.datasets, "key_id": self.key_id,
-                "issued_at": iso(self.issued_at), "expires_at": iso(self.expires_at),
+                "issued_at": iso(self.issued_at), "expires_at": iso(self.expires_at), "max_epsilon": self.max_epsilon,
                 "path": str(self.path) if self.path else None}
 
 
@@ -241,7 +247,8 @@ def _read_signed(path: Path, where: str, fmt: str, fields: dict[str, str]) -> tu
 
 
 def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tuple[dict, bytes]:
-    """Check the shape of a signed statement: every field present, of its kind, and nothing else."""
+    """Check the shape of a signed statement: every field present (optional ones may be absent), of
+    its kind, and nothing else."""
 
     def malformed(why: str):
         return ApprovalRejected(f"{where} is malformed ({why}); ask the reviewer to sign it again")
@@ -251,12 +258,17 @@ def _parse_signed(content, where: str, fmt: str, fields: dict[str, str]) -> tupl
     statement, signature = content["statement"], content["signature"]
     if not isinstance(statement, dict):
         raise malformed("statement is not an object")
-    if set(statement) != set(fields):
-        missing, extra = sorted(set(fields) - set(statement)), sorted(set(statement) - set(fields))
+    missing, extra = sorted(set(fields) - _OPTIONAL_FIELDS - set(statement)), sorted(set(statement) - set(fields))
+    if missing or extra:
         raise malformed(f"statement lacks {', '.join(missing)}" if missing else f"statement has unknown fields {', '.join(extra)[:100]}")
     for name, kind in fields.items():
+        if name not in statement:
+            continue
         value = statement[name]
-        if kind == "releases":
+        if kind == "epsilon":
+            if not valid_epsilon(value):
+                raise malformed(f"{name} is not a finite number above 0")
+        elif kind == "releases":
             if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise malformed(f"{name} is not an object of dataset names to catalog ids")
         elif not isinstance(value, str):
@@ -289,7 +301,7 @@ def _first_line(error: Exception) -> str:
 def approval_from(statement: dict, path: Path | None) -> Approval:
     """The Approval a well-formed, signed statement makes (checked or just signed)."""
     return Approval(statement["site"], statement["bundle_id"], dict(statement["datasets"]), statement["key_id"],
-                    _time(statement["issued_at"]), _time(statement["expires_at"]), path)
+                    _time(statement["issued_at"]), _time(statement["expires_at"]), path, statement.get("max_epsilon"))
 
 
 def revocation_from(statement: dict, path: Path | None) -> Revocation:

@@ -5,7 +5,8 @@ set (`fileset`): each bundle file at its one place in the app (`app_path`), NVFL
 signature files only as plain files in the app's folders, and nothing else: any other file,
 folder, link, `__pycache__`, `.pyc`, `.pth` or second client config refuses the bundle, naming
 its path in the app. Then it recomputes the bundle id from those bytes, finds an approval of it
-signed by one of the site's trusted reviewer keys, checks each released dataset (its whole table,
+signed by one of the site's trusted reviewer keys, checks the differential privacy the bundle
+requests against the site's ceilings (`privacy_ceiling`), checks each released dataset (its whole table,
 read as the catalog records) against the requested schema, and writes the release
 (`caia_release.json`) that the runtime and `ctx` read.
 
@@ -89,6 +90,29 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str])
     return released
 
 
+def privacy_ceiling(job: dict, approved: float | None, policy: float | None) -> None:
+    """Check the differential privacy a bundle requests (its manifest's "job": "privacy" absent, or
+    {"epsilon": ...}) against a site's ceilings: `approved`, the approval's max_epsilon, and
+    `policy`, the site policy's max_epsilon (None: not set). The lower one set applies: the bundle
+    must request DP with an epsilon at most that. Admission and `caia approve` both check with
+    this, so a reviewer cannot sign what the guard would refuse.
+
+    Raises Unfit (one line with the numbers, where the ceiling is set, and the fix) for a bundle
+    requesting a larger epsilon, or none where a ceiling is set.
+    """
+    ceilings = [(value, where) for value, where in ((policy, "its policy"), (approved, "its approval")) if value is not None]
+    if not ceilings:
+        return
+    ceiling, where = min(ceilings, key=lambda c: c[0])
+    privacy = job.get("privacy")
+    if not privacy:
+        raise Unfit(f"it requests no differential privacy, which this site requires (epsilon at most {ceiling:g}, set in "
+                    f"{where}); add privacy=dp epsilon=... delta=...")
+    if privacy["epsilon"] > ceiling:
+        raise Unfit(f"it requests epsilon {privacy['epsilon']:g}, above this site's ceiling of {ceiling:g} (set in {where}); "
+                    f"ask for privacy=dp epsilon<={ceiling:g}")
+
+
 def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sandbox: str = "required") -> Release:
     """The release of a deployed app at `site`, or Refusal. `sandbox` is the policy of a site whose
     site.json sets none (`sites.SANDBOX_POLICIES`). Raises nothing else for a bad app; a broken site
@@ -119,6 +143,10 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
     approval, reasons = find_approval(site, bid, requested, now)
     if approval is None:
         refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)")
+    try:
+        privacy_ceiling(manifest["job"], approval.max_epsilon, site.max_epsilon)
+    except Unfit as e:
+        refuse(str(e))
 
     try:
         released = release_of(site, manifest["datasets"], approval.datasets)

@@ -1,7 +1,9 @@
 """A site directory: what one cancer center keeps on its side of the firewall.
 
     site.json        the site's name and policy ({"max_approval_days": longest approval lifetime,
-                     "sandbox": "required" | "preferred" | "off", where approved code runs: `sandbox`})
+                     "sandbox": "required" | "preferred" | "off", where approved code runs: `sandbox`,
+                     "max_epsilon": when set, every bundle must request differential privacy with an
+                     epsilon at most this: `guard.privacy_ceiling`})
     catalog.json     dataset id -> table path (CSV or Parquet, relative to the site directory), how it
                      is read (separator, decimal mark, encoding: `schema.detect`) and its columns
     trusted_keys/    public keys of this site's reviewers (<key id>.pub); the only keys it trusts
@@ -44,6 +46,7 @@ class Site:
     name: str
     max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS  # policy: the longest lifetime of an approval
     sandbox: str | None = None  # policy: SANDBOX_POLICIES; None: the target's default (simulator preferred, else required)
+    max_epsilon: float | None = None  # policy: the largest DP epsilon a bundle may request; None: DP not required
 
     @property
     def catalog(self) -> dict[str, dict]:
@@ -123,7 +126,13 @@ class Site:
     @property
     def policy(self) -> dict:
         """The policy as site.json holds it."""
-        return {"max_approval_days": self.max_approval_days, **({"sandbox": self.sandbox} if self.sandbox else {})}
+        return {"max_approval_days": self.max_approval_days, **({"sandbox": self.sandbox} if self.sandbox else {}),
+                **({"max_epsilon": self.max_epsilon} if self.max_epsilon is not None else {})}
+
+
+def valid_epsilon(value) -> bool:
+    """A privacy ceiling: a finite number above 0 (bool is no number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def valid_days(value) -> bool:
@@ -138,10 +147,10 @@ def shown_days(value) -> str:
 
 
 def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS,
-         sandbox: str | None = None) -> Site:
+         sandbox: str | None = None, max_epsilon: float | None = None) -> Site:
     """Create a site directory: an empty catalog, no trusted keys yet, empty approvals and
-    revocations, and the policy (`sandbox` None: the target's default). Creates no key: reviewers
-    make theirs (`caia reviewer init`).
+    revocations, and the policy (`sandbox` None: the target's default; `max_epsilon` None: no
+    differential privacy required). Creates no key: reviewers make theirs (`caia reviewer init`).
 
     Raises SiteError for a bad name or policy, or a directory that exists and is not empty.
     """
@@ -150,11 +159,12 @@ def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APP
     if not valid_days(max_approval_days):
         raise SiteError(f"--max-approval-days {shown_days(max_approval_days)} must be a finite number of days above 0 and at most {LONGEST_POLICY_DAYS}")
     _check_sandbox(sandbox, "--sandbox")
+    _check_epsilon(max_epsilon, "--max-epsilon")
     if path.exists() and any(path.iterdir()):
         raise SiteError(f"{path} already exists and is not empty; choose a new directory")
     with staged_dir(path) as stage:
         write_json(stage / "site.json", {"format": FORMAT, "name": name,
-                                         "policy": Site(path, name, max_approval_days, sandbox).policy})
+                                         "policy": Site(path, name, max_approval_days, sandbox, max_epsilon).policy})
         write_json(stage / "catalog.json", {"datasets": {}})
         for folder in ("trusted_keys", "approvals", "revocations"):
             (stage / folder).mkdir()
@@ -199,26 +209,47 @@ def open_site(path: str | Path) -> Site:
                         f"and at most {LONGEST_POLICY_DAYS}")
     sandbox = policy.get("sandbox")
     _check_sandbox(sandbox, f"site {meta['name']}: site.json's policy.sandbox")
-    return Site(path.resolve(), meta["name"], days, sandbox)
+    max_epsilon = policy.get("max_epsilon")
+    _check_epsilon(max_epsilon, f"site {meta['name']}: site.json's policy.max_epsilon")
+    return Site(path.resolve(), meta["name"], days, sandbox, max_epsilon)
 
 
-def set_sandbox(path: str | Path, sandbox: str) -> Site:
-    """Set the sandbox policy in the site.json at `path`, whatever it held (a hand-edited value
-    that is not a policy included); returns the site as it now is. Raises SiteError for a policy
-    that is not one of `SANDBOX_POLICIES`, or a folder that is not a caia site (site.json unchanged)."""
-    _check_sandbox(sandbox, "--sandbox")
+UNCHANGED = object()  # `set_policy`: leave this part of the policy as it is
+
+
+def set_policy(path: str | Path, sandbox=UNCHANGED, max_epsilon=UNCHANGED) -> Site:
+    """Set parts of the policy in the site.json at `path`, whatever it held (a hand-edited value
+    included): `sandbox` one of `SANDBOX_POLICIES`; `max_epsilon` a finite number above 0, or None
+    to remove it (differential privacy no longer required). Returns the site as it now is. Raises
+    SiteError, site.json unchanged, for a value out of range or a folder that is not a caia site."""
+    changes = {key: value for key, value in (("sandbox", sandbox), ("max_epsilon", max_epsilon)) if value is not UNCHANGED}
+    if "sandbox" in changes:
+        _check_sandbox(sandbox, "--sandbox")
+    if "max_epsilon" in changes:
+        _check_epsilon(max_epsilon, "--max-epsilon")
     meta = _read_json(Path(path) / "site.json", "site description")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SiteError(f"{path}/site.json is not a caia site description; create the site with `caia site init`")
     policy = meta.get("policy") if isinstance(meta.get("policy"), dict) else {}
-    meta["policy"] = {**policy, "sandbox": sandbox}
+    policy = {**{k: v for k, v in policy.items() if k not in changes}, **{k: v for k, v in changes.items() if v is not None}}
+    meta["policy"] = policy
     write_json(Path(path) / "site.json", meta)
     return open_site(path)
+
+
+def set_sandbox(path: str | Path, sandbox: str) -> Site:
+    """`set_policy(path, sandbox=sandbox)`."""
+    return set_policy(path, sandbox=sandbox)
 
 
 def _check_sandbox(value, what: str) -> None:
     if value is not None and value not in SANDBOX_POLICIES:
         raise SiteError(f"{what} {value!r} must be one of {', '.join(SANDBOX_POLICIES)}")
+
+
+def _check_epsilon(value, what: str) -> None:
+    if value is not None and not valid_epsilon(value):
+        raise SiteError(f"{what} {shown_days(value)} must be a finite number above 0 (the largest epsilon a bundle may request)")
 
 
 def add_dataset(site: Site, dataset_id: str, table: str | Path, replace: bool = False) -> dict:

@@ -59,6 +59,7 @@ def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> P
         "sites": {name: str(Path(d).resolve()) for name, d in site_dirs.items()},
         "rounds": job["rounds"], "min_clients": job["min_clients"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"privacy": job["privacy"]} if job.get("privacy") else {}),  # the guarantee the run's record states
     })
     return run_dir
 
