@@ -22,9 +22,9 @@ from ..contracts.manifest import BUNDLE_ID, canonical
 from ..researcher.validation import require_passed
 from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
                               approval_times, iso, latest_revocation, revocation_from)
-from ..site.guard import Unfit, release_of
+from ..site.guard import Unfit, privacy_ceiling, release_of
 from ..site.keys import key_id, load_private_key
-from ..site.sites import Site, shown_days, valid_days
+from ..site.sites import Site, shown_days, valid_days, valid_epsilon
 
 if TYPE_CHECKING:
     from ..researcher.bundle import Bundle
