@@ -269,11 +269,12 @@ def do_review(args, namespace=None) -> Outcome:
     site = open_site(args.site) if args.site else None
     path = render(args.bundle, args.output, site)
     job = require_intact(args.bundle).manifest["job"]
-    lines = [f"review: {path}", f"protection: {'; '.join(protection(job))}"]
-    data = {"review": str(path), "protection": protection(job)}
+    requested = protection(job)
+    data = {"review": str(path), "protection": requested}
+    lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
     if site is not None:
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job)}
-        lines.append(site_ceiling(site, job))
+        lines.append(data["site"]["note"])
     return Outcome(path, "\n".join(lines), data)
 
 
