@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("review", do_review, "render what a site's reviewers read (HTML)")
     p.add_argument("bundle", type=Path)
     p.add_argument("-o", "--output", type=Path, help="HTML file (default: <bundle>/records/review.html)")
+    p.add_argument("--site", type=Path, help="a site directory: also show the privacy scope that site applies")
 
     p = command("approve", do_approve, "sign an approval of a bundle for a site, releasing datasets to it")
     p.add_argument("bundle", type=Path)
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("public_key", type=Path)
     p = site.add_parser("show", parents=[common],
-                        help="show a site's datasets, keys, approvals, policy and what this machine's kernel can sandbox")
+                        help="show a site's datasets, keys, approvals, policy, privacy scope and what this machine's kernel can sandbox")
     p.set_defaults(handler=do_site_show)
     p.add_argument("dir", type=Path)
     return parser
@@ -255,7 +256,7 @@ def do_validate(args, namespace=None) -> Outcome:
 def do_review(args, namespace=None) -> Outcome:
     from .reviewer.review import render
 
-    path = render(args.bundle, args.output)
+    path = render(args.bundle, args.output, args.site)
     return Outcome(path, f"review: {path}", {"review": str(path)})
 
 
@@ -338,14 +339,17 @@ def do_site_policy(args, namespace=None) -> Outcome:
 
 
 def do_site_show(args, namespace=None) -> Outcome:
+    from .site import privacy
     from .site.sites import open_site
 
     site = open_site(args.dir)
+    policy = privacy.read_policy(site.path)  # an unusable privacy.json: one line naming the problem
     report = sandbox_report(site)
     data = site.to_json()
     data["approvals"] = sorted(p.name for p in site.approvals_dir.glob("*.json"))
     data["revocations"] = sorted(p.name for p in site.revocations_dir.glob("*.json"))
     data["kernel"], data["refusal"] = report["kernel"], report["refusal"]
+    data["privacy"] = privacy.to_json(policy)
     text = "\n".join([f"site {site.name} at {site.path}",
                       f"  datasets: {', '.join(data['datasets']) or 'none'}",
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
@@ -353,7 +357,8 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  approvals: {len(data['approvals'])}, revocations: {len(data['revocations'])}",
                       f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}; "
                       f"sandbox {site.sandbox or UNSET_SANDBOX}",
-                      *(f"  {line}" for line in report["lines"])])
+                      *(f"  {line}" for line in report["lines"]),
+                      *(f"  {line}" for line in privacy.describe(policy))])
     return Outcome(site, text, data)
 
 
