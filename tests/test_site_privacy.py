@@ -3,8 +3,10 @@ shown, installed where NVFLARE reads it and applied to what leaves the site; wei
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -132,7 +134,7 @@ def test_a_site_whose_scope_needs_weight_differences_refuses_full_weights_naming
     with pytest.raises(Refusal) as refused:
         admit(app, site.path)
     assert str(refused.value) == (
-        f"site-1 refused bundle {built.id}: its privacy scope 'strict' applies PercentilePrivacy, which act on weight "
+        f"site-1 refused bundle {built.id}: its privacy scope 'strict' applies PercentilePrivacy, which acts on weight "
         "differences, and this bundle sends full weights; rebuild it with `%%federated ... updates=weight_diff`")
     _, diff_app = admitted_copy(jobs, "diff", site, tmp_path)
     installed = tmp_path / "workspace" / "local" / PRIVACY_FILE
@@ -160,13 +162,22 @@ def test_the_review_for_a_site_shows_the_scope_it_applies(jobs, tmp_path, caia):
     site = make_site(tmp_path / "sites", "site-1")
     set_policy(site, policy(exclude("bias"), percentile()))
     built, _ = jobs["full"]
-    page = render(built.path, tmp_path / "review.html", site.path).read_text()
-    assert "Your site&#39;s privacy scope" in page or "Your site's privacy scope" in page
-    assert "PercentilePrivacy" in page and "Your site&#39;s guard refuses this bundle" in page.replace("'", "&#39;")
+    text = shown(render(built.path, tmp_path / "review.html", site.path))
+    assert ("Your site's privacy scope¶Each round your site sends its full weights. Before an update leaves site site-1, "
+            "NVFLARE applies the site's own privacy policy") in text
+    assert "privacy scope applied to every job: strict: ExcludeVars(exclude_vars='bias'), " \
+           "PercentilePrivacy(percentile=10, gamma=0.01)" in text
+    assert "⚠ Your site's guard refuses this bundle: its privacy scope 'strict' applies PercentilePrivacy" in text
     code, out, _ = caia("review", jobs["diff"][0].path, "-o", tmp_path / "diff.html", "--site", site.path)
-    page = (tmp_path / "diff.html").read_text()
-    assert code == 0 and "PercentilePrivacy" in page and "guard refuses" not in page
-    assert "sends back their difference from the global model" in page
+    text = shown(tmp_path / "diff.html")
+    assert code == 0 and "Each round your site sends its weights' difference from the global model" in text
+    assert "guard refuses" not in text and "sends back their difference from the global model it received" in text
+    assert "privacy scope" not in shown(render(built.path, tmp_path / "plain.html"))  # no site: no scope
+
+
+def shown(page) -> str:
+    """The text a reader of an HTML page sees (tags dropped, entities read)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
 
 
 # -- applied in the simulator ----------------------------------------------------------------------

@@ -188,7 +188,8 @@ def weight_diff_refusal(policy: Policy | None, updates: str | None) -> str | Non
     needs = policy.applied.needs_weight_diff if policy else []
     if not needs or updates == "weight_diff":
         return None
-    return (f"its privacy scope {policy.applied.name!r} applies {', '.join(needs)}, which act on weight differences, "
+    act = "which act" if len(needs) > 1 else "which acts"
+    return (f"its privacy scope {policy.applied.name!r} applies {', '.join(needs)}, {act} on weight differences, "
             "and this bundle sends full weights; rebuild it with `%%federated ... updates=weight_diff`")
 
 
