@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("review", do_review, "render what a site's reviewers read (HTML)")
     p.add_argument("bundle", type=Path)
     p.add_argument("-o", "--output", type=Path, help="HTML file (default: <bundle>/records/review.html)")
-    p.add_argument("--site", type=Path, help="the site directory whose privacy ceiling the review shows")
+    p.add_argument("--site", type=Path, help="a site directory: also show its privacy ceiling and the privacy scope it applies")
 
     p = command("approve", do_approve, "sign an approval of a bundle for a site, releasing datasets to it")
     p.add_argument("bundle", type=Path)
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("public_key", type=Path)
     p = site.add_parser("show", parents=[common],
-                        help="show a site's datasets, keys, approvals, policy and what this machine's kernel can sandbox")
+                        help="show a site's datasets, keys, approvals, policy, privacy scope and what this machine's kernel can sandbox")
     p.set_defaults(handler=do_site_show)
     p.add_argument("dir", type=Path)
     return parser
@@ -362,14 +362,17 @@ def do_site_policy(args, namespace=None) -> Outcome:
 
 
 def do_site_show(args, namespace=None) -> Outcome:
+    from .site import privacy
     from .site.sites import open_site
 
     site = open_site(args.dir)
+    policy = privacy.read_policy(site.path)  # an unusable privacy.json: one line naming the problem
     report = sandbox_report(site)
     data = site.to_json()
     data["approvals"] = sorted(p.name for p in site.approvals_dir.glob("*.json"))
     data["revocations"] = sorted(p.name for p in site.revocations_dir.glob("*.json"))
     data["kernel"], data["refusal"] = report["kernel"], report["refusal"]
+    data["privacy"] = privacy.to_json(policy)
     text = "\n".join([f"site {site.name} at {site.path}",
                       f"  datasets: {', '.join(data['datasets']) or 'none'}",
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
@@ -378,7 +381,8 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}; "
                       f"sandbox {site.sandbox or UNSET_SANDBOX}",
                       *(f"  {line}" for line in report["lines"]),
-                      f"  {privacy_policy(site)}"])
+                      f"  {privacy_policy(site)}",
+                      *(f"  {line}" for line in privacy.describe(policy))])
     return Outcome(site, text, data)
 
 

@@ -234,10 +234,13 @@ def test_a_non_finite_metric_leaves_the_site_as_it_is_and_the_receiver_records_i
 
 # -- the server: untrusted updates -----------------------------------------------------------------
 
-def server_round(tmp_path, updates: list[tuple[str, dict, object]], initial: dict, dtypes: dict | None = None) -> tuple[dict, dict]:
-    server = CaiaFedAvg(num_rounds=1, min_clients=1, output_dir=str(tmp_path))
+def server_round(tmp_path, updates: list[tuple[str, dict, object]], initial: dict, dtypes: dict | None = None,
+                 kind: str | None = None) -> tuple[dict, dict]:
+    """One round of CaiaFedAvg on fake site results (site, params, num_samples); `kind` "DIFF": weight differences."""
+    server = CaiaFedAvg(num_rounds=1, min_clients=1, output_dir=str(tmp_path), updates="weight_diff" if kind == "DIFF" else None)
     server._dtypes = dtypes or {k: v.dtype.name for k, v in initial.items()}
-    results = [FLModel(params=params, meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": n}) for site, params, n in updates]
+    results = [FLModel(params=params, params_type=kind, meta={"client_name": site, "NUM_STEPS_CURRENT_ROUND": n})
+               for site, params, n in updates]
     params = server._average(results, 0, initial)
     server._status("training", 1, [site for site, _, _ in updates])
     return params, json.loads((tmp_path / STATUS).read_text())
@@ -253,7 +256,6 @@ GOOD = {"w": np.ones((2, 2), np.float32), "n": np.array(4)}
     ({"w": np.full((2, 2), np.nan, np.float32), "n": np.array(4)}, 0, "no_examples"),
     (GOOD, 0, "no_examples"),
     ({"w": np.ones((3, 2), np.float32), "n": np.array(4)}, 10, "malformed_update"),
-    ({"w": np.ones((2, 2), np.float32)}, 10, "malformed_update"),
     ({"w": np.ones((2, 2), np.float32), "n": np.array(4), "x": np.array(1)}, 10, "malformed_update"),
     ({"w": np.array([["a", "b"], ["c", "d"]]), "n": np.array(4)}, 10, "malformed_update"),
     (GOOD, -3, "malformed_update"), (GOOD, 2.5, "malformed_update"), (GOOD, True, "malformed_update"), (GOOD, None, "malformed_update"),
@@ -268,6 +270,35 @@ def test_an_update_unfit_to_average_is_left_out_of_that_round_and_the_status_say
     params, status = server_round(tmp_path, [("site-1", GOOD, 3), ("site-2", bad, count)], INITIAL)
     assert np.array_equal(params["w"], GOOD["w"]) and params["n"] == 4 and params["n"].dtype == np.int64
     assert status["excluded"] == [{"site": "site-2", "round": 0, "reason": reason}]
+
+
+def test_an_entry_a_sites_privacy_filter_removed_takes_no_part_in_that_entrys_average(tmp_path):
+    partial = {"w": np.full((2, 2), 3, np.float32)}  # "n" removed at the site (e.g. NVFLARE's ExcludeVars)
+    params, status = server_round(tmp_path, [("site-1", GOOD, 3), ("site-2", partial, 1)], INITIAL)
+    assert np.array_equal(params["w"], np.full((2, 2), 1.5, np.float32)) and params["n"] == 4 and status["excluded"] == []
+    params, _ = server_round(tmp_path, [("site-2", partial, 1)], INITIAL)
+    assert params["n"] == INITIAL["n"] and params["n"].dtype == np.int64  # no site sent it: the global value stays
+
+
+def test_weight_differences_are_averaged_and_added_to_the_global_model(tmp_path):
+    start = {"w": np.full((2, 2), 10, np.float32), "n": np.array(2**63 - 2), "b": np.array([250, 5], np.uint8)}
+    one = {"w": np.full((2, 2), 1, np.float32), "n": np.array(1), "b": np.array([10, 0], np.uint8)}  # 260 wraps: 4
+    three = {"w": np.full((2, 2), -1, np.float32), "n": np.array(1), "b": np.array([0, 255], np.uint8)}  # 5 - 1
+    params, status = server_round(tmp_path, [("site-1", one, 1), ("site-2", three, 3)], start, kind="DIFF")
+    assert status["excluded"] == []
+    assert np.array_equal(params["w"], np.full((2, 2), 10 + (1 - 3) / 4, np.float32))
+    # integers: each site's value is exactly global + difference (wrapped as numpy wraps), then averaged by the rule
+    assert params["n"] == 2**63 - 1 and params["b"].tolist() == [round((1 * 4 + 3 * 250) / 4), 4]
+
+
+def test_a_site_sending_full_weights_where_differences_are_due_is_left_out(tmp_path):
+    params, status = server_round(tmp_path, [("site-1", GOOD, 3)], INITIAL, kind="DIFF")
+    assert params is not INITIAL and np.array_equal(params["w"], GOOD["w"])  # the differences, added to zeros
+    server = CaiaFedAvg(num_rounds=1, min_clients=1, output_dir=str(tmp_path), updates="weight_diff")
+    server._dtypes = {k: v.dtype.name for k, v in INITIAL.items()}
+    full = [FLModel(params=GOOD, meta={"client_name": "site-1", "NUM_STEPS_CURRENT_ROUND": 3})]
+    assert server._average(full, 0, INITIAL) is INITIAL
+    assert server._excluded == [{"site": "site-1", "round": 0, "reason": "malformed_update"}]
 
 
 def test_a_bfloat16_entry_beyond_bfloat16s_range_is_not_finite_and_left_out(tmp_path):

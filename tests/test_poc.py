@@ -117,10 +117,36 @@ def test_the_readme_configures_a_site_exactly_as_caia_poc_up_does(poc):
     from conftest import REPO
 
     snippet = re.search(r'```json\s*("app_validator": \{.*?\n\s*\})\s*```', (REPO / "README.md").read_text(), re.S).group(1)
-    documented = json.loads("{" + snippet.replace("/srv/caia/site-1", str(poc.site_dir("site-1"))) + "}")
+    snippet = snippet.replace("/srv/caia/site-1", str(poc.site_dir("site-1")))
+    documented = json.loads("{" + snippet.replace("/srv/nvflare/site-1", str(poc.kits / "site-1")) + "}")
     installed = json.loads((poc.kits / "site-1" / "local" / "resources.json").read_text())
     default = json.loads((poc.kits / "site-1" / "local" / "resources.json.default").read_text())
     assert installed == {**default, **documented}
+
+
+def test_a_real_sites_privacy_json_is_applied_to_what_leaves_it(poc, tmp_path):
+    import numpy as np
+
+    from caia_jupyter.site.privacy import PRIVACY_FILE
+
+    site_dir = poc.site_dir("site-1")
+    policy = {"scopes": [{"name": "strict", "task_result_filters": [
+        {"path": "nvflare.app_common.filters.ExcludeVars", "args": {"exclude_vars": "^bias$"}}]}], "default_scope": "strict"}
+    (site_dir / PRIVACY_FILE).write_text(json.dumps(policy))
+    try:
+        built = build_validated(tmp_path / "nb")
+        approve(poc, built, ["site-1"])  # min_clients 1: site-1 alone trains
+        run = submit(built.path, ["site-1"], target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+        assert run.wait(timeout=300) == "finished", run.message
+        installed = poc.kits / "site-1" / "local" / PRIVACY_FILE
+        assert installed.read_bytes() == (site_dir / PRIVACY_FILE).read_bytes()
+        with np.load(run.path / "job" / "app_server" / "custom" / "initial_model.npz") as initial:
+            start = dict(initial)
+        final = torch.load(run.global_model, weights_only=True)
+        assert np.array_equal(final["bias"].numpy(), start["bias"])  # site-1's bias never left it
+        assert not np.array_equal(final["weight"].numpy(), start["weight"])
+    finally:
+        (site_dir / PRIVACY_FILE).unlink()
 
 
 def run_and_kill_site_3(poc, tmp_path, min_clients: int):

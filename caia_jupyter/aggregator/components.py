@@ -8,7 +8,9 @@ site that returns no result in a round (its code failed, or it timed out) leaves
 rounds go on without it while at least `min_clients` sites remain, and `status.json` records it
 under "left" with that round. A site's update is untrusted: one with no examples, non-finite
 weights, or weights that do not fit the global model is left out of that round's average, and
-`status.json` says so ("excluded"). `MetricsReceiver` appends every metric record, (site, round,
+`status.json` says so ("excluded"). With `updates="weight_diff"` sites send their weights' difference
+from the global model and the average of the differences is added to it; an entry a site's privacy
+filter removed from its update takes no part in that entry's average (`contracts.weights`). `MetricsReceiver` appends every metric record, (site, round,
 name, value, time), to a JSON-lines file, dropping one whose name is not a metric name
 (`contracts.metric_names`) or whose value is not a number; a value that is not finite is recorded
 as missing (null), which every surface flags.
@@ -45,12 +47,14 @@ log = logging.getLogger(__name__)
 
 
 class CaiaFedAvg(ModelController):
-    def __init__(self, num_rounds: int, min_clients: int, round_timeout: int = 0, output_dir: str = ""):
+    def __init__(self, num_rounds: int, min_clients: int, round_timeout: int = 0, output_dir: str = "",
+                 updates: str | None = None):
         super().__init__(persistor_id="", ignore_result_error=True)
         self.num_rounds = num_rounds
         self.min_clients = min_clients
         self.round_timeout = round_timeout
         self.output_dir = output_dir  # "" = the job's run directory in the server workspace
+        self.updates = updates  # manifest job.updates: None (full weights) or "weight_diff"
         self._dtypes: dict[str, str] = {}  # entry -> its torch dtype (contracts.weights)
         self._excluded: list[dict] = []  # {"site", "round", "reason"}: updates left out of an average
 
@@ -88,13 +92,15 @@ class CaiaFedAvg(ModelController):
         for result in results:
             weight = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
             reason = unusable(result.params, weight, params, self._dtypes)
+            if not reason and _params_type(result) != ("DIFF" if self.updates == "weight_diff" else "FULL"):
+                reason = "malformed_update"  # a site sending full weights where differences are due, or the reverse
             if reason:
                 site = result.meta.get("client_name", "?")
                 self._excluded.append({"site": site, "round": round, "reason": reason})
                 log.warning("caia left %s's update of round %d out of the average: %s", site, round, reason)
             else:
                 kept.append((result.params, weight))
-        return weights.average(kept, self._dtypes) if kept else params
+        return weights.average(kept, self._dtypes, params, diff=self.updates == "weight_diff") if kept else params
 
     def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "", left: dict | None = None) -> None:
         status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,
@@ -128,11 +134,12 @@ def unusable(update, weight, reference: dict, dtypes: dict[str, str]) -> str | N
     average with global model `reference` {entry: array} of entry dtypes `dtypes` {entry: name}: a key
     of `failures.EXCLUDED`, or None when it can. It fits when every entry is an array of the global
     model's shape in the entry's carrier dtype and `weight` an int in 1..MAX_NUM_SAMPLES; then floating
-    values must be finite in the entry's own dtype, so the average is too (`contracts.weights`)."""
+    values must be finite in the entry's own dtype, so the average is too (`contracts.weights`). An
+    update may lack entries of the global model (a site's privacy filter excluded them), never add one."""
     if type(weight) is int and weight == 0:
         return "no_examples"
     if type(weight) is not int or not 0 < weight <= weights.MAX_NUM_SAMPLES or not isinstance(update, dict) \
-            or update.keys() != reference.keys():
+            or not update.keys() <= reference.keys():
         return "malformed_update"
     for name, array in update.items():
         if not isinstance(array, np.ndarray) or array.shape != reference[name].shape or array.dtype != weights.carrier(dtypes[name]):
@@ -140,6 +147,12 @@ def unusable(update, weight, reference: dict, dtypes: dict[str, str]) -> str | N
     if not all(weights.finite(array, dtypes[name]) for name, array in update.items()):
         return "non_finite_weights"
     return None
+
+
+def _params_type(result: FLModel) -> str:
+    """"FULL" or "DIFF": what a site's result holds (NVFLARE's Client API sets it)."""
+    kind = result.params_type
+    return getattr(kind, "value", kind) or "FULL"
 
 
 def save_arrays(params: dict, path: Path) -> None:

@@ -14,30 +14,39 @@ from pathlib import Path
 
 CLIENT_CONFIG = "config_fed_client.json"  # NVFLARE's name for a client app's config
 TASKS = ("train", "validate")
+UPDATES = (None, "weight_diff")  # what sites send back (manifest job.updates): full weights, or their difference
 # Files NVFLARE itself may add to a deployed app; they carry no code of the bundle.
 FLARE_FILES = {".__nvfl_sig.json", ".__nvfl_submitter.crt"}  # a job's signature, in every folder
 
 
-def add_site_app(job, site: str) -> None:
+def add_site_app(job, site: str, updates: str | None = None) -> None:
     """The client side of a caia job: the bundle's runner under NVFLARE's Client API, metrics forwarded.
     Weights travel as numpy arrays both ways: caia converts them at the site (`contracts.tensors`),
-    as NVFLARE's own torch conversion cannot (bfloat16) and would pass non-tensor entries on."""
+    as NVFLARE's own torch conversion cannot (bfloat16) and would pass non-tensor entries on.
+    `updates` (one of UPDATES): "weight_diff" makes NVFLARE's Client API send each site's weights'
+    difference from the global model it received (params_transfer_type DIFF), which privacy filters
+    such as PercentilePrivacy act on."""
     from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
     from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
     from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+    from nvflare.client.config import TransferType
 
-    executor = ClientAPIExecutor(task_script_path="caia_runner.py", execution_mode="in_process", params_exchange_format="numpy")
+    if updates not in UPDATES:
+        raise ValueError(f"updates {updates!r} is not one of {UPDATES}")
+    transfer = {"params_transfer_type": TransferType.DIFF} if updates == "weight_diff" else {}
+    executor = ClientAPIExecutor(task_script_path="caia_runner.py", execution_mode="in_process", params_exchange_format="numpy",
+                                 **transfer)
     job.to(executor, site, tasks=list(TASKS))
     job.to(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), site, id="event_to_fed")
 
 
 @cache
-def client_config() -> bytes:
-    """The client config NVFLARE's FedJob API writes for `add_site_app`, as bundle bytes."""
+def client_config(updates: str | None = None) -> bytes:
+    """The client config NVFLARE's FedJob API writes for `add_site_app` (with `updates`), as bundle bytes."""
     from nvflare.job_config.api import FedJob
 
     job = FedJob(name="caia")
-    add_site_app(job, "site")
+    add_site_app(job, "site", updates=updates)
     with tempfile.TemporaryDirectory() as out:
         job.export_job(out)
         config = json.loads((Path(out) / "caia" / "app_site" / "config" / CLIENT_CONFIG).read_text())

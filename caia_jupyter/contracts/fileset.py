@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 
 from .captured import problems as captured_problems
-from .client_app import CLIENT_CONFIG, client_config
+from .client_app import CLIENT_CONFIG, UPDATES, client_config
 from .sourcecheck import source_problems
 
 MODULE = "federated.py"
@@ -66,8 +66,9 @@ def listing_problems(listed: Mapping[str, Mapping]) -> list[str]:
     return problems
 
 
-def content_problems(name: str, data: bytes, entry: Mapping | None = None) -> list[str]:
+def content_problems(name: str, data: bytes, entry: Mapping | None = None, updates: str | None = None) -> list[str]:
     """Why the bytes of bundle file `name` (manifest `entry`, when known) may not run at a site; [] if they may.
+    `updates` is the manifest's job.updates: the client config must be the variant it names.
 
     The runner and the client config must be caia's own, byte for byte: a bundle cannot bring a
     runner of its own or a config that starts a command. Text that Python would read otherwise
@@ -80,7 +81,9 @@ def content_problems(name: str, data: bytes, entry: Mapping | None = None) -> li
     if name == RUNNER_FILE and data != RUNNER.encode():
         return [f"{RUNNER_FILE} is not caia's site runner of this version; rebuild the bundle with this caia-jupyter"]
     if name == CLIENT_CONFIG:
-        if data != client_config():
+        if updates not in UPDATES:
+            return [f"the manifest's job.updates {updates!r} is not one caia knows; rebuild the bundle with this caia-jupyter"]
+        if data != client_config(updates=updates):
             return [f"{CLIENT_CONFIG} is not caia's NVFLARE client config of this version (caia runs the code "
                     "in-process, never a command); rebuild the bundle with this caia-jupyter and NVFLARE"]
         return []

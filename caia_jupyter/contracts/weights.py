@@ -19,6 +19,17 @@ integer, 1 <= w_i <= MAX_NUM_SAMPLES; W = sum(w_i)), the weighted mean being sum
   its range, and equal values stay unchanged;
 - bool entries: True where the exact weighted mean is >= 1/2 (a weighted majority; a tie is True).
 
+Weight differences (manifest job.updates "weight_diff"): each site sends its weights minus the
+global model it received, d_i = x_i - g, computed by NVFLARE's Client API in the carrier dtype. The
+next global model is then g + (the weighted mean of the d_i): for floating entries the rule above
+applied to the d_i (in float64, clipped to [min_i d_i, max_i d_i]) added to g in float64, kept within
+the dtype's finite range, then cast;
+for integer entries g + d_i in the carrier dtype is exactly x_i (numpy wraps both ways), averaged by
+the rule above. A bool entry has no difference (numpy cannot subtract bools): a model with one is
+refused for weight differences when its initial weights are made (`targets.job.initial_weights`).
+A filter that turns an integer difference into floats (PercentilePrivacy, SVTPrivacy divide it by
+the step count) makes the update unfit: exclude such entries (`num_batches_tracked`) with ExcludeVars.
+
 The server averages only updates that fit (`aggregator.components.unusable`): every entry in its
 carrier dtype and shape, floating values finite in the entry's own dtype (`finite`).
 
@@ -43,28 +54,45 @@ def carrier(dtype: str) -> np.dtype:
     return np.dtype("float32" if dtype == "bfloat16" else dtype)
 
 
-def average(updates: list[tuple[dict[str, np.ndarray], int]], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
-    """FedAvg of `updates`, [(arrays {entry: array}, num_samples: int > 0)], by the rule above; returns
-    {entry: array in its carrier dtype}, in the order of `dtypes`. Every update must hold every
-    entry of `dtypes` in its carrier dtype and shape (the server checks that first: updates are untrusted)."""
-    total = sum(int(weight) for _, weight in updates)
+def average(updates: list[tuple[dict[str, np.ndarray], int]], dtypes: dict[str, str], base: dict[str, np.ndarray],
+            diff: bool = False) -> dict[str, np.ndarray]:
+    """FedAvg of `updates`, [(arrays {entry: array}, num_samples: int > 0)], by the rule above, from the
+    global model `base` {entry: array}; returns {entry: array in its carrier dtype}, in the order of
+    `dtypes`. With `diff`, each update holds differences from `base` (`weight differences` below).
+
+    An update may lack entries (a site's privacy filter, e.g. NVFLARE's ExcludeVars, removed them):
+    it takes no part in those entries' means, and an entry no update holds keeps `base`'s value. Every
+    entry an update holds must be in its carrier dtype and shape (the server checks that first:
+    updates are untrusted)."""
     out = {}
     for name, dtype in dtypes.items():
-        values = [np.asarray(arrays[name]) for arrays, _ in updates]
-        if dtype in FLOATS:
-            mean = sum(np.asarray(value, np.float64) * (int(weight) / total) for value, (_, weight) in zip(values, updates))
-            stacked = np.stack(values)
-            mean = np.clip(mean, stacked.min(axis=0), stacked.max(axis=0))
-        else:  # exact: Python integers in object arrays
-            weighted = sum(value.astype(object) * int(weight) for value, (_, weight) in zip(values, updates))
-            weighted = np.asarray(weighted, dtype=object)
-            if dtype == "bool":
-                mean = 2 * weighted >= total
-            else:
-                quotient, remainder = weighted // total, weighted % total  # 0 <= remainder < total
-                mean = quotient + ((2 * remainder > total) | ((2 * remainder == total) & (quotient % 2 == 1)))
-        out[name] = np.asarray(mean).astype(carrier(dtype))
+        held = [(np.asarray(arrays[name]), int(weight)) for arrays, weight in updates if name in arrays]
+        if not held:
+            out[name] = np.asarray(base[name]).astype(carrier(dtype))
+        elif diff and dtype in FLOATS:  # kept finite in the entry's dtype, as a mean of finite values is
+            bound = BFLOAT16_MAX if dtype == "bfloat16" else float(np.finfo(carrier(dtype)).max)
+            mean = np.clip(np.asarray(base[name], np.float64) + _mean(held, dtype), -bound, bound)
+            out[name] = np.asarray(mean).astype(carrier(dtype))
+        else:  # an integer difference is exact both ways (numpy wraps), so each site's value is base + difference
+            with np.errstate(over="ignore"):
+                values = [(np.asarray(base[name]) + value if diff else value, weight) for value, weight in held]
+            out[name] = np.asarray(_mean(values, dtype)).astype(carrier(dtype))
     return out
+
+
+def _mean(held: list[tuple[np.ndarray, int]], dtype: str) -> np.ndarray:
+    """The weighted mean of one entry's values [(array, weight)] by the rule above, before the cast."""
+    total = sum(weight for _, weight in held)
+    values = [value for value, _ in held]
+    if dtype in FLOATS:
+        mean = sum(np.asarray(value, np.float64) * (weight / total) for value, weight in held)
+        stacked = np.stack(values)
+        return np.clip(mean, stacked.min(axis=0), stacked.max(axis=0))
+    weighted = np.asarray(sum(value.astype(object) * weight for value, weight in held), dtype=object)  # exact: Python ints
+    if dtype == "bool":
+        return 2 * weighted >= total
+    quotient, remainder = weighted // total, weighted % total  # 0 <= remainder < total
+    return quotient + ((2 * remainder > total) | ((2 * remainder == total) & (quotient % 2 == 1)))
 
 
 def finite(array: np.ndarray, dtype: str) -> bool:

@@ -76,13 +76,16 @@ class ModulePart(NamedTuple):
 
 def render(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Path:
     """Render review.html of an intact bundle (default: records/review.html); returns its path.
-    With `site`, the review also shows that site's privacy ceiling (`site_ceiling`).
+    With `site`, the review also shows that site's privacy ceiling (`site_ceiling`) and the privacy scope it applies (`_scope_cells`).
 
     Raises BundleError if the bundle is not intact or holds source Python would read
-    differently from what the review shows.
+    differently from what the review shows; SiteError for a site directory or privacy.json that is unusable.
     """
     bundle = require_intact(bundle_path)
-    page = to_html(review_notebook(bundle, site), f"Review {bundle.short_id}")
+    notebook = review_notebook(bundle, site)
+    if site is not None:
+        notebook.cells[1:1] = _scope_cells(site, bundle.manifest["job"])  # right after the summary
+    page = to_html(notebook, f"Review {bundle.short_id}")
     return write_atomic(Path(output) if output else bundle.records / "review.html", page)
 
 
@@ -289,6 +292,23 @@ def _runner_cells(source: str) -> list:
     ]
 
 
+def _scope_cells(site: Site, job: dict) -> list:
+    """The privacy scope `site` applies to every update of a job with manifest `job`
+    (`site.privacy`), and whether its guard refuses the bundle for it."""
+    from ..site.privacy import describe, read_policy, weight_diff_refusal
+
+    policy = read_policy(site.path)
+    refusal = weight_diff_refusal(policy, job.get("updates"))
+    sends = "its weights' difference from the global model" if job.get("updates") == "weight_diff" else "its full weights"
+    lines = "\n".join(f"- {_literal(line)}" for line in describe(policy))
+    return [_md(
+        f"## Your site's privacy scope\n\nEach round your site sends {sends}. Before an update leaves site "
+        f"{_code(site.name)}, NVFLARE applies the site's own privacy policy (`privacy.json` in the site directory), "
+        f"whatever the code does:\n\n{lines}"
+        + (f"\n\n⚠ Your site's guard refuses this bundle: {_literal(refusal)}." if refusal else "")
+    )]
+
+
 def _client_config_cells(source: str) -> list:
     return [_md(
         f"## NVFLARE client config\n\n`{CLIENT_CONFIG}`: NVFLARE reads it to set up this job at your site. "
@@ -325,7 +345,9 @@ def _describe_class(spec: dict) -> str:
         script, mode = args.get("task_script_path"), args.get("execution_mode")
         how = ("inside the site's job process (in-process: NVFLARE starts no other program for it)" if mode == "in_process" else
                f"⚠ in execution mode {_code(mode)}: NVFLARE starts it as a separate command")
-        words = f"NVFLARE's Client API executor. It runs {_code(script)} {how}, and exchanges the model weights with it"
+        sent = ("sends back their difference from the global model it received"
+                if args.get("params_transfer_type") == "DIFF" else "sends back the full weights")
+        words = f"NVFLARE's Client API executor. It runs {_code(script)} {how}, exchanges the model weights with it and {sent}"
     elif path == EVENT_CONVERTER:
         events = ", ".join(_code(event) for event in _as_list(args.get("events_to_convert")))
         words = f"It forwards the events it names ({events}) from your site to the server: the metrics the code logs"

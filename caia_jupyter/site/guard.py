@@ -7,7 +7,8 @@ folder, link, `__pycache__`, `.pyc`, `.pth` or second client config refuses the 
 its path in the app. Then it recomputes the bundle id from those bytes, finds an approval of it
 signed by one of the site's trusted reviewer keys, checks the differential privacy the bundle
 requests against the site's ceilings (`privacy_ceiling`), checks each released dataset (its whole table,
-read as the catalog records) against the requested schema, and writes the release
+read as the catalog records) against the requested schema, checks the site's privacy policy
+(`privacy`: usable, and weight differences where its scope needs them), and writes the release
 (`caia_release.json`) that the runtime and `ctx` read.
 
 A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
@@ -31,11 +32,12 @@ from nvflare.apis.app_validation import AppValidator
 
 from ..contracts import schema
 from ..contracts.client_app import FLARE_FILES, app_path
-from ..contracts.errors import CaiaError
+from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fileset import MANIFEST, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from .approvals import find_approval
+from .privacy import install, read_policy, weight_diff_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
@@ -135,9 +137,17 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
             refuse(f"the deployed app lacks {name} of the bundle")
         if hashlib.sha256(deployed[name]).hexdigest() != entry["sha256"]:
             refuse(f"{name} differs from the bundle's manifest (tampered?)")
-        problems = content_problems(name, deployed[name], entry)
+        problems = content_problems(name, deployed[name], entry, updates=manifest["job"].get("updates"))
         if problems:
             refuse(problems[0])
+
+    try:
+        policy = read_policy(site.path)
+    except SiteError as e:
+        refuse("its privacy policy (privacy.json) is unusable, so it refuses every job (the site's log says why)", str(e))
+    refusal = weight_diff_refusal(policy, manifest["job"].get("updates"))
+    if refusal:
+        refuse(refusal)
 
     requested = set(manifest["datasets"])
     approval, reasons = find_approval(site, bid, requested, now)
@@ -161,8 +171,11 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
                    {name: entry["sha256"] for name, entry in listed.items()}, placed)
 
 
-def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required") -> Release:
-    """Check a deployed app for the site at `site_dir`; on success write its release into the app.
+def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",
+          privacy_file: str | Path | None = None) -> Release:
+    """Check a deployed app for the site at `site_dir`; on success write its release into the app
+    and, given `privacy_file` (the NVFLARE site's local/privacy.json), install the site's privacy
+    policy there (`privacy.install`), so the job NVFLARE starts next applies it.
     `sandbox`: the policy of a site that sets none ("required" at POC and production sites).
 
     Raises Refusal, and only Refusal, when the site does not run it.
@@ -175,6 +188,8 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
     try:
         release = check_app(app_dir, site, now, sandbox)
         write_json(Path(app_dir) / RELEASE, asdict(release))
+        if privacy_file:
+            install(read_policy(site.path), privacy_file)
     except Refusal:
         raise
     except Exception as e:  # a malformed file at the site: this site refuses, the federation goes on
@@ -221,15 +236,17 @@ def _deployed_files(app_dir: Path, expected: dict[str, str], refuse) -> dict[str
 
 
 class CaiaAppValidator(AppValidator):
-    """NVFLARE `app_validator` for a site's local/resources.json: {"path": this class, "args": {"site_dir": ...}}."""
+    """NVFLARE `app_validator` for a site's local/resources.json: {"path": this class, "args": {"site_dir": ...,
+    "privacy_file": the site's local/privacy.json}}."""
 
-    def __init__(self, site_dir: str):
+    def __init__(self, site_dir: str, privacy_file: str = ""):
         super().__init__()
         self.site_dir = site_dir
+        self.privacy_file = privacy_file
 
     def validate(self, app_folder: str) -> tuple[str, dict]:
         try:
-            admit(app_folder, self.site_dir)
+            admit(app_folder, self.site_dir, privacy_file=self.privacy_file or None)
         except Refusal as e:
             return str(e), {}
         return "", {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..aggregator.components import INITIAL_MODEL, CaiaFedAvg, MetricsReceiver, save_arrays
 from ..contracts.client_app import add_site_app, app_path
-from ..contracts.errors import FlareError
+from ..contracts.errors import ContractError, FlareError
 from ..contracts.fileset import CLIENT_CONFIG, MANIFEST, MODULE
 from ..contracts.fsutil import write_json
 from ..contracts.weights import DTYPES_FILE
@@ -24,12 +24,17 @@ from ..researcher.bundle import Bundle
 def initial_weights(bundle: Bundle, destination: Path) -> Path:
     """Save `build_model().state_dict()` of the bundle's own code as the first global model, and
     beside it (DTYPES_FILE) each entry's dtype, which the global model keeps (`contracts.weights`).
-    Raises ContractError, one line naming the entry, for a state_dict caia cannot average."""
+    Raises ContractError, one line naming the entry, for a state_dict caia cannot average (for weight
+    differences, a bool entry too)."""
     from ..contracts.tensors import dtypes_of, to_arrays
     from ..site.runtime import build_model, load_entry_points
 
     state = build_model(load_entry_points(bundle.path, bundle.manifest["files"][MODULE]["sha256"])).state_dict()
     dtypes = dtypes_of(state, "build_model")
+    booleans = [name for name, dtype in dtypes.items() if dtype == "bool"]
+    if booleans and bundle.manifest["job"].get("updates") == "weight_diff":
+        raise ContractError(f"build_model()'s entry {booleans[0]!r} is bool, which has no weight difference; "
+                            "register it as a buffer with persistent=False, or drop updates=weight_diff")
     save_arrays(to_arrays(state, "build_model"), destination)
     write_json(destination.parent / DTYPES_FILE, dtypes)
     return destination
@@ -46,12 +51,13 @@ def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, ou
 
     settings = bundle.manifest["job"]
     job = FedJob(name=name, min_clients=settings["min_clients"])
-    job.to_server(CaiaFedAvg(settings["rounds"], settings["min_clients"], round_timeout, output_dir), id="controller")
+    job.to_server(CaiaFedAvg(settings["rounds"], settings["min_clients"], round_timeout, output_dir, settings.get("updates")),
+                  id="controller")
     job.to_server(MetricsReceiver(output_dir), id="caia_metrics")
     if server_config:
         job.to_server(server_config)
     for site in sites:
-        add_site_app(job, site)
+        add_site_app(job, site, updates=settings.get("updates"))
     with tempfile.TemporaryDirectory() as staging:
         job.export_job(staging)
         folder = Path(staging) / name

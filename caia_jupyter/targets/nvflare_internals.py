@@ -3,7 +3,7 @@
 NVFLARE's simulator calls no app validator and has no setting for how it starts site workers or
 for its fixed waits, so `simulator` and `tuning` change it by name: a `SimulatorRunner` subclass
 overriding `_deploy_apps`, `setup` and `run_process`, module globals (`time`, `subprocess`) and a
-few attributes replaced, and text of NVFLARE's code they count on (the worker's command line, an
+few attributes replaced (a simulated site's scope lookup among them), and text of NVFLARE's code they count on (the worker's command line, an
 optional import). The aggregator's metrics receiver uses `AnalyticsReceiver`'s lock. An NVFLARE
 that renamed or reshaped any of these would change the simulator without a word, so the simulator's
 launcher calls `check()` before it changes anything: names exist, signatures and texts are as in
@@ -36,6 +36,10 @@ SIGNATURES = {
     "nvflare.widgets.fed_event:FedEventRunner.__init__": "(self, topic='fed.event', regular_interval=0.01, grace_period=2.0, "
                                                          "queue_empty_period=2.0)",
     f"{WORKER_MODULE}:main": "(args)",
+    "nvflare.private.fed.simulator.simulator_app_runner:SimulatorClientRunManager.create_job_processing_context_properties":
+        "(self, workspace: nvflare.apis.workspace.Workspace, job_id)",
+    "nvflare.private.fed.client.client_run_manager:ClientRunManager.create_job_processing_context_properties":
+        "(self, workspace, job_id)",
     f"{WORKER_MODULE}:parse_arguments": "()",
     f"{WORKER_MODULE}:mpm.run": "(main_func, run_dir=None, shutdown_grace_time=3, cleanup_grace_time=3, **kwargs)",
 }
@@ -53,6 +57,8 @@ SOURCES = {
     "nvflare.private.fed.server.fed_server:FederatedServer": ("self.check_engine_frequency = ",
                                                                "time.sleep(self.check_engine_frequency)"),
     "nvflare.widgets.fed_event:FedEventRunner.__init__": ("self.queue_empty_period = queue_empty_period",),
+    "nvflare.private.fed.utils.fed_utils:create_job_processing_context_properties": (  # tuning.apply_site_scope
+        "PrivacyService.get_scope(scope_name)", "FLContextKey.SCOPE_OBJECT: scope_object"),
     "nvflare.app_common.widgets.streaming:AnalyticsReceiver": ("self._save_lock = ", "with self._save_lock:\n"),
     "nvflare.apis.impl.wf_comm_server:WFCommServer._cleanup_inflight_tensor_downloads": (
         "from nvflare.app_opt.pt.tensor_downloader import", "except ImportError:"),  # tuning.tune_launcher blocks it

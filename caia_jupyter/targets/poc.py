@@ -31,6 +31,7 @@ from pathlib import Path
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import write_json
 from ..researcher.wording import plural
+from ..site.privacy import PRIVACY_FILE
 
 DEFAULT_POC = Path.home() / ".caia" / "poc"
 MARKER = "caia-poc.json"
@@ -245,10 +246,13 @@ def _create_sites(poc: Poc, names: list[str], demo_data: bool) -> dict[str, Path
 
 
 def _install_guard(poc: Poc, name: str) -> None:
-    """The two-step change a center makes: caia installed, and its validator in local/resources.json."""
+    """The two-step change a center makes: caia installed, and its validator in local/resources.json.
+    At each admission the validator installs the site directory's privacy.json as the site's
+    local/privacy.json, which NVFLARE reads when it starts the job."""
     local = poc.kits / name / "local"
     resources = json.loads((local / "resources.json.default").read_text())
-    resources["app_validator"] = {"path": VALIDATOR, "args": {"site_dir": str(poc.site_dir(name))}}
+    resources["app_validator"] = {"path": VALIDATOR, "args": {"site_dir": str(poc.site_dir(name)),
+                                                              "privacy_file": str(local / PRIVACY_FILE)}}
     write_json(local / "resources.json", resources)
 
 

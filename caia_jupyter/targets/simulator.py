@@ -6,8 +6,9 @@ process group, so a notebook kernel stays free (and can restart) while it runs. 
 never imports torch; it checks the NVFLARE internals it relies on (`nvflare_internals`), then
 runs NVFLARE's `SimulatorRunner` with one addition: right after the simulator deploys each site's
 app folder, and before any of its code runs, the caia guard checks that folder against the site's
-own directory (the simulator itself never calls an app validator). Refused sites are left out;
-too few left means no run at all.
+own directory (the simulator itself never calls an app validator) and installs the site's privacy
+policy in the simulated site's workspace, which each worker applies (`tuning.apply_site_scope`).
+Refused sites are left out; too few left means no run at all.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def launch(run_dir: Path) -> int:
     from nvflare.private.fed.utils.fed_utils import get_simulator_app_root
 
     from ..site.guard import Refusal, admit
+    from ..site.privacy import PRIVACY_FILE
 
     spec = json.loads((run_dir / "run.json").read_text())
     sites, min_clients = spec["sites"], spec["min_clients"]
@@ -99,7 +101,9 @@ def launch(run_dir: Path) -> int:
             admissions = {}
             for site in list(self.client_names):
                 try:
-                    release = admit(get_simulator_app_root(self.simulator_root, site), sites[site], sandbox="preferred")
+                    local = Path(self.simulator_root) / site / "local"  # the simulated site's NVFLARE workspace
+                    release = admit(get_simulator_app_root(self.simulator_root, site), sites[site], sandbox="preferred",
+                                    privacy_file=local / PRIVACY_FILE)
                     admissions[site] = {"state": "approved", "datasets": sorted(release.datasets), "sandbox": release.sandbox}
                 except Refusal as e:
                     admissions[site] = {"state": "refused", "reason": str(e)}

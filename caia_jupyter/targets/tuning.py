@@ -18,6 +18,9 @@ in the simulator alone (POC and production sites are untouched):
   end-of-run polls, the 0.5 s task-retry sleep of `simulator_worker`, and the 3 s + 2 s waits
   before it exits. And a run may end once no metric has arrived for QUIET, not 2 s.
 
+One more change is not about speed: each worker applies its site's privacy scope (`apply_site_scope`),
+which NVFLARE's simulator loads but never applies.
+
 Each simulated site also gets one CPU thread for torch (the sites share this machine's cores).
 Every NVFLARE internal changed here is checked against the installed NVFLARE first (`nvflare_internals`).
 """
@@ -102,6 +105,17 @@ def fork_workers(runner_module) -> None:
     vars(runner_module)["subprocess"] = SimpleNamespace(**{**vars(subprocess), "Popen": popen})
 
 
+def apply_site_scope() -> None:
+    """Make a simulated site apply its privacy scope, as a deployed NVFLARE client does. NVFLARE's
+    simulated client loads the site's local/privacy.json but looks up no scope for the job
+    (`SimulatorClientRunManager` keeps only the job's meta), so its filters would never run; here it
+    looks the scope up with the deployed client's own method (the job's scope, else the default)."""
+    from nvflare.private.fed.client.client_run_manager import ClientRunManager
+    from nvflare.private.fed.simulator.simulator_app_runner import SimulatorClientRunManager
+
+    SimulatorClientRunManager.create_job_processing_context_properties = ClientRunManager.create_job_processing_context_properties
+
+
 def run_worker(argv: list[str], env: dict, base_path: list[str]) -> None:
     """In a forked worker: do what `python -m WORKER_MODULE ARGV` does, with environment `env`."""
     import torch
@@ -125,5 +139,6 @@ def run_worker(argv: list[str], env: dict, base_path: list[str]) -> None:
     for module in (worker, client_runner, tbi, mpm):
         short_sleeps(vars(module))
     shorter_quiet_period()
+    apply_site_scope()
     args = worker.parse_arguments()  # the rest is the worker module's `__main__` block
     worker.mpm.run(main_func=worker.main, run_dir=args.workspace, args=args)
