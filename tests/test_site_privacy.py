@@ -162,7 +162,7 @@ def test_the_review_for_a_site_shows_the_scope_it_applies(jobs, tmp_path, caia):
     site = make_site(tmp_path / "sites", "site-1")
     set_policy(site, policy(exclude("bias"), percentile()))
     built, _ = jobs["full"]
-    text = shown(render(built.path, tmp_path / "review.html", site.path))
+    text = shown(render(built.path, tmp_path / "review.html", site))
     assert ("Your site's privacy scope¶Each round your site sends its full weights. Before an update leaves site site-1, "
             "NVFLARE applies the site's own privacy policy") in text
     assert "privacy scope applied to every job: strict: ExcludeVars(exclude_vars='bias'), " \
