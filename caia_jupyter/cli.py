@@ -362,17 +362,17 @@ def do_site_policy(args, namespace=None) -> Outcome:
 
 
 def do_site_show(args, namespace=None) -> Outcome:
-    from .site import privacy
+    from .site import privacy_policy
     from .site.sites import open_site
 
     site = open_site(args.dir)
-    policy = privacy.read_policy(site.path)  # an unusable privacy.json: one line naming the problem
+    policy = privacy_policy.read_policy(site.path)  # an unusable privacy.json: one line naming the problem
     report = sandbox_report(site)
     data = site.to_json()
     data["approvals"] = sorted(p.name for p in site.approvals_dir.glob("*.json"))
     data["revocations"] = sorted(p.name for p in site.revocations_dir.glob("*.json"))
     data["kernel"], data["refusal"] = report["kernel"], report["refusal"]
-    data["privacy"] = privacy.to_json(policy)
+    data["privacy"] = privacy_policy.to_json(policy)
     text = "\n".join([f"site {site.name} at {site.path}",
                       f"  datasets: {', '.join(data['datasets']) or 'none'}",
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
@@ -382,7 +382,7 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"sandbox {site.sandbox or UNSET_SANDBOX}",
                       *(f"  {line}" for line in report["lines"]),
                       f"  {privacy_policy(site)}",
-                      *(f"  {line}" for line in privacy.describe(policy))])
+                      *(f"  {line}" for line in privacy_policy.describe(policy))])
     return Outcome(site, text, data)
 
 

@@ -127,7 +127,7 @@ def test_the_readme_configures_a_site_exactly_as_caia_poc_up_does(poc):
 def test_a_real_sites_privacy_json_is_applied_to_what_leaves_it(poc, tmp_path):
     import numpy as np
 
-    from caia_jupyter.site.privacy import PRIVACY_FILE
+    from caia_jupyter.site.privacy_policy import PRIVACY_FILE
 
     site_dir = poc.site_dir("site-1")
     policy = {"scopes": [{"name": "strict", "task_result_filters": [

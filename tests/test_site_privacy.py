@@ -22,7 +22,7 @@ from caia_jupyter.contracts.errors import SiteError
 from caia_jupyter.researcher import compose
 from caia_jupyter.reviewer.review import render
 from caia_jupyter.site.guard import Refusal, admit
-from caia_jupyter.site.privacy import PRIVACY_FILE, read_policy
+from caia_jupyter.site.privacy_policy import PRIVACY_FILE, read_policy
 from caia_jupyter.targets.job import build_job
 from caia_jupyter.targets.submit import submit
 from conftest import approve, build_validated, make_site, set_source, write_corpus

@@ -48,9 +48,9 @@ class JobSettings(_Strict):
     rounds: int = Field(ge=1)
     min_clients: int = Field(ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="ctx.params at every site")
-    privacy: DifferentialPrivacy | None = Field(None, description="differential privacy each site applies (`privacy`)")
-    encryption: Literal[ENCRYPTIONS] | None = Field(None, description="homomorphic encryption of the updates (`privacy`)")
-    updates: Literal["weight_diff"] | None = Field(None, description="sites send weight differences, not weights (`privacy`)")
+    privacy: DifferentialPrivacy | None = Field(None, description="differential privacy each site applies (`contracts.privacy`)")
+    encryption: Literal[ENCRYPTIONS] | None = Field(None, description="homomorphic encryption of the updates (`contracts.privacy`)")
+    updates: Literal["weight_diff"] | None = Field(None, description="sites send weight differences, not weights (`contracts.privacy`)")
 
 
 class Manifest(_Strict):

@@ -294,8 +294,8 @@ def _runner_cells(source: str) -> list:
 
 def _scope_cells(site: Site, job: dict) -> list:
     """The privacy scope `site` applies to every update of a job with manifest `job`
-    (`site.privacy`), and whether its guard refuses the bundle for it."""
-    from ..site.privacy import describe, read_policy, weight_diff_refusal
+    (`site.privacy_policy`), and whether its guard refuses the bundle for it."""
+    from ..site.privacy_policy import describe, read_policy, weight_diff_refusal
 
     policy = read_policy(site.path)
     refusal = weight_diff_refusal(policy, job.get("updates"))

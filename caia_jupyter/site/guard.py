@@ -8,7 +8,7 @@ its path in the app. Then it recomputes the bundle id from those bytes, finds an
 signed by one of the site's trusted reviewer keys, checks the differential privacy the bundle
 requests against the site's ceilings (`privacy_ceiling`), checks each released dataset (its whole table,
 read as the catalog records) against the requested schema, checks the site's privacy policy
-(`privacy`: usable, and weight differences where its scope needs them), and writes the release
+(`privacy_policy`: usable, and weight differences where its scope needs them), and writes the release
 (`caia_release.json`) that the runtime and `ctx` read.
 
 A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
@@ -37,7 +37,7 @@ from ..contracts.fileset import MANIFEST, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from .approvals import find_approval
-from .privacy import install, read_policy, weight_diff_refusal
+from .privacy_policy import install, read_policy, weight_diff_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset

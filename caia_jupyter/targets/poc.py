@@ -31,7 +31,7 @@ from pathlib import Path
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import write_json
 from ..researcher.wording import plural
-from ..site.privacy import PRIVACY_FILE
+from ..site.privacy_policy import PRIVACY_FILE
 
 DEFAULT_POC = Path.home() / ".caia" / "poc"
 MARKER = "caia-poc.json"

@@ -90,7 +90,7 @@ def launch(run_dir: Path) -> int:
     from nvflare.private.fed.utils.fed_utils import get_simulator_app_root
 
     from ..site.guard import Refusal, admit
-    from ..site.privacy import PRIVACY_FILE
+    from ..site.privacy_policy import PRIVACY_FILE
 
     spec = json.loads((run_dir / "run.json").read_text())
     sites, min_clients = spec["sites"], spec["min_clients"]
