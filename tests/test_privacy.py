@@ -14,9 +14,14 @@ from torch import nn
 
 from caia_jupyter.contracts import failures
 from caia_jupyter.contracts.errors import ContractError
+from caia_jupyter.contracts.failures import REASONS
+from caia_jupyter.researcher import compose, validation
+from caia_jupyter.researcher.runs import local_failure_record
 from caia_jupyter.site import flare_client
 from caia_jupyter.site.context import Context
 from caia_jupyter.site.runtime import Failed, LocalCode, RoundResult
+from caia_jupyter.targets.submit import submit
+from conftest import approve, build_validated, make_site, set_source, write_corpus
 
 DP = {"mechanism": "dp-sgd", "epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "local_epochs": 1}
 
@@ -189,3 +194,80 @@ def test_a_site_whose_budget_is_reached_stops_before_training_further():
     with pytest.raises(Failed) as raised:
         flare_client.check_budget_left(DP, (3.0, 30), 3)
     assert raised.value.report == {"entry": "runtime", "round": 3, "category": "budget_spent"}
+
+
+# -- local validation (a real papermill kernel) and the NVFLARE simulator, with the sandbox -----------
+
+BUDGET = 3.0  # the corpus "dp" notebook's epsilon; its rounds are 3
+
+
+def epsilons(run, site: str) -> list[float]:
+    """The epsilon `site` reported, round by round."""
+    frame = run.metrics()
+    mine = frame[(frame["site"] == site) & (frame["name"] == "epsilon")].sort_values("round")
+    assert list(mine["round"]) == list(range(len(mine)))
+    return list(mine["value"])
+
+
+@pytest.mark.slow
+def test_validation_runs_make_private_on_the_sample_and_names_what_opacus_cannot_train(tmp_path):
+    built = build_validated(tmp_path / "ok", "dp")  # asserts it passes
+    assert built.manifest["job"]["privacy"]["epsilon"] == BUDGET
+    batchnorm = compose.build(write_corpus("dp", tmp_path / "bn", edit=lambda nb: set_source(
+        nb, "return nn.Linear(2, 2)", "return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))")))
+    result = validation.validate(batchnorm)
+    assert not result.passed
+    assert "BatchNorm cannot support training with differential privacy" in result.error, result.error
+    assert "line 4, in train: ContractError: Opacus cannot train this model" in result.error and "\n" not in result.error
+
+
+@pytest.mark.slow
+def test_a_dp_run_spends_epsilon_every_round_within_the_budget_at_every_site(tmp_path):
+    built = build_validated(tmp_path / "nb", "dp")
+    made = [make_site(tmp_path / "sites", name) for name in ("site-1", "site-2", "site-3")]
+    for site in made:
+        approve(site, built.id, {"tiny": "tiny"})
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=600) == "finished", run.message
+    assert run.sites == {s.name: "done" for s in made}
+    assert {a["sandbox"] for a in json.loads((run.path / "sites.json").read_text()).values()} == {"landlock"}
+    for site in made:
+        spent = epsilons(run, site.name)
+        assert len(spent) == 3 and all(a < b for a, b in zip(spent, spent[1:])), spent
+        assert 0.5 * BUDGET < spent[-1] <= BUDGET, spent
+    state = torch.load(run.global_model, weights_only=True)
+    assert set(state) == {"weight", "bias"}
+
+
+@pytest.mark.slow
+def test_a_site_stops_an_update_that_skipped_dp_and_one_whose_budget_ran_out_and_the_run_goes_on(tmp_path):
+    """site-2's train skips ctx.make_private; site-3's makes three passes a round where the request
+    declares one, so its budget runs out after round 0; site-1 keeps the contract."""
+    def edit(nb):
+        set_source(nb, "    model, optimizer, loader = ctx.make_private(model, optimizer, data)\n",
+                   "    if ctx.site == 'site-2':\n        loader = data\n    else:\n"
+                   "        model, optimizer, loader = ctx.make_private(model, optimizer, data)\n"
+                   "    if ctx.site == 'site-3':\n        loader = [batch for _ in range(3) for batch in loader]\n")
+
+    built = build_validated(tmp_path / "nb", "dp", edit=edit)
+    made = [make_site(tmp_path / "sites", name) for name in ("site-1", "site-2", "site-3")]
+    for site in made:
+        approve(site, built.id, {"tiny": "tiny"})
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=600) == "finished", run.message
+    assert run.sites == {"site-1": "done", "site-2": "failed", "site-3": "failed"}
+    records = {name: local_failure_record(run.path, name) for name in ("site-2", "site-3")}
+    assert run.failures == {
+        "site-2": f"site-2 failed in train at round 0: {REASONS['not_private']}; full record on this machine: {records['site-2']}",
+        "site-3": f"site-3 failed in caia's site runtime at round 1: {REASONS['budget_spent']}; "
+                  f"full record on this machine: {records['site-3']}"}
+    assert "site-2 left at round 0" in run.message and "site-3 left at round 1" in run.message
+    frame = run.metrics()
+    assert "site-2" not in set(frame["site"]), "a metric of site-2's round left the site"  # nothing left before it stopped
+    assert len(epsilons(run, "site-3")) == 1  # round 0 went out; round 1, over budget, did not
+    assert epsilons(run, "site-3")[0] <= BUDGET
+    spent = epsilons(run, "site-1")
+    assert len(spent) == 3 and spent[-1] <= BUDGET
+    kept = {name: json.loads(path.read_text()) for name, path in records.items()}
+    assert (kept["site-2"]["dp_steps"], kept["site-2"]["num_samples"]) == (0, 24)
+    assert kept["site-3"]["epsilon"] > kept["site-3"]["budget"] == BUDGET
