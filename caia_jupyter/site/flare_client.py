@@ -102,7 +102,7 @@ def check_budget_left(privacy: dict, spent: tuple[float, int], round: int) -> No
     steps) already reaches the budget of `privacy` (the release's job.privacy)."""
     if spent[0] >= privacy["epsilon"]:
         raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
-                     {"message": f"the privacy budget is spent before round {round}: epsilon {spent[0]:.4f} of "
+                     {"message": f"the privacy budget is spent before round {round}: epsilon {spent[0]} of "
                                  f"{privacy['epsilon']:g} (delta {privacy['delta']:g}) after {spent[1]} DP-SGD steps"})
 
 
@@ -120,7 +120,7 @@ def check_private(privacy: dict, result: RoundResult, steps_before: int, round: 
                      {"message": "the round's update went through no DP-SGD step of ctx.make_private; not sent", **numbers})
     if epsilon > privacy["epsilon"]:
         raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
-                     {"message": f"epsilon {epsilon:.4f} after round {round} exceeds the budget "
+                     {"message": f"epsilon {epsilon} after round {round} exceeds the budget "
                                  f"{privacy['epsilon']:g}; the update was not sent", **numbers})
 
 
