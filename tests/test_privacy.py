@@ -70,6 +70,14 @@ def test_more_passes_than_the_request_declares_overspend_the_budget():
     assert ctx.privacy_spent()[0] > DP["epsilon"]
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_make_private_trains_a_model_evaluate_left_in_eval_mode():
+    ctx = Context("site-1", {}, {}, rounds=1, privacy=DP)
+    model = nn.Linear(2, 2).eval()
+    train_private(model, loader(), ctx)
+    assert model.training and ctx.privacy_spent()[1] == 10
+
+
 def test_make_private_without_a_dp_request_says_to_add_it():
     ctx = Context("site-1", {}, {})
     with pytest.raises(ContractError, match=r"requests no differential privacy; add privacy=dp") as raised:

@@ -34,7 +34,7 @@ class PrivateTraining:
 
     def make_private(self, model, optimizer, data_loader):
         """Opacus's (model, optimizer, data_loader) for DP-SGD: a GradSampleModule around `model`
-        (the same one each round for the same model), a DPOptimizer clipping per-example gradients
+        (the same one each round for the same model; `model` put in training mode), a DPOptimizer clipping per-example gradients
         to max_grad_norm and adding the calibrated noise, a Poisson-sampling DataLoader.
 
         Raises ContractError (one line) when `data_loader` is not a non-empty torch DataLoader, the
@@ -50,6 +50,7 @@ class PrivateTraining:
                                 f"one batch, not {type(data_loader).__name__}", failure="contract", entry="train")
         if isinstance(model, GradSampleModule):
             model = model._module
+        model.train()  # for training: evaluate, which runs first each round, may have left it in eval mode
         errors = ModuleValidator.validate(model, strict=False)
         if errors:
             raise ContractError(f"Opacus cannot train this model with differential privacy: {'; '.join(map(str, errors))}",
