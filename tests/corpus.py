@@ -40,6 +40,25 @@ def evaluate(model, data, ctx):
     with torch.no_grad():
         return {"accuracy": (model(x).argmax(1) == y).float().mean().item()}
 """
+# Differential privacy: DP-SGD through ctx.make_private, over a torch DataLoader (Opacus samples from it)
+DP_HEADER = HEADER.replace("rounds=2", "rounds=3") + " privacy=dp epsilon=3 delta=1e-5 max_grad_norm=1.0"
+DP_LOAD = LOAD.replace("    return x, y\n", "    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)\n")
+DP_TRAIN = """%%federated
+def train(model, data, ctx):
+    optimizer = torch.optim.SGD(model.parameters(), lr=ctx.params["lr"])
+    model, optimizer, loader = ctx.make_private(model, optimizer, data)
+    for x, y in loader:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return {"num_samples": len(data.dataset)}
+"""
+DP_EVALUATE = """%%federated
+def evaluate(model, data, ctx):
+    x, y = data.dataset.tensors
+    with torch.no_grad():
+        return {"accuracy": (model(x).argmax(1) == y).float().mean().item()}
+"""
 GOOD = [
     ("md", "# Tiny federated notebook"),
     ("code", "import pandas as pd\nprint('local exploration')"),
@@ -53,6 +72,9 @@ GOOD = [
     ("code", "# a local plot would go here\nx = 1"),
 ]
 
+DP = [("code", DP_HEADER + "\nimport torch\nfrom torch import nn\n"), ("code", MODEL), ("code", DP_LOAD), ("code", DP_TRAIN),
+      ("code", DP_EVALUATE)]
+
 CORPUS = {
     "good": GOOD,
     "train_raises": [c if c[1] != TRAIN else ("code", TRAIN.replace("    x, y = data\n", "    x, y = data\n    raise RuntimeError('boom in train')\n")) for c in GOOD],
@@ -61,6 +83,7 @@ CORPUS = {
     "magic_inside": [c if c[1] != LOAD else ("code", LOAD.replace("    frame = ", "    %time frame = ")) for c in GOOD],
     "shell_inside": [c if c[1] != MODEL else ("code", MODEL + "!pip install torch\n") for c in GOOD],
     "missing_evaluate": [c for c in GOOD if c[1] != EVALUATE],
+    "dp": DP,
     "free_name": [c if c[1] != TRAIN else ("code", TRAIN.replace('lr=ctx.params["lr"]', "lr=LEARNING_RATE")) for c in GOOD],
 }
 

@@ -83,6 +83,19 @@ def test_context_gives_a_site_like_ctx_on_the_samples(shell, write_notebook):
         ctx.dataset("genomes")
 
 
+def test_context_of_a_dp_notebook_hands_out_make_private(shell, write_notebook):
+    path = write_notebook("dp")
+    shell.run_line_magic("cd", str(path.parent))
+    for _, source in corpus.CORPUS["dp"]:
+        assert run(shell, source) is None
+    ctx = shell.run_line_magic("federated", "context")
+    assert ctx.privacy["epsilon"] == 3.0 and ctx.rounds == 3
+    shell.user_ns["ctx"] = ctx
+    assert run(shell, "data = load_data(ctx); m = build_model(); r = train(m, data, ctx)") is None
+    epsilon, steps = ctx.privacy_spent()
+    assert steps > 0 and 0 < epsilon <= 3.0
+
+
 def test_a_comment_after_a_line_magic_is_no_argument(shell, write_notebook, monkeypatch):
     path = write_notebook("good")
     monkeypatch.setenv("JPY_SESSION_NAME", str(path))

@@ -47,3 +47,19 @@ def test_the_workshop_notebook_shows_a_refusal_then_a_full_run(tmp_path):
     assert "site-3: refused: site-3 refused bundle sha256:" in text
     assert "finished (3 rounds with site-1, site-2; without site-3, which refused the bundle (min_clients 2))" in text
     assert "finished (3 rounds with site-1, site-2, site-3)" in text
+
+
+def test_the_dp_example_notebook_trains_within_its_privacy_budget(tmp_path):
+    shutil.copy(REPO / "example_notebooks" / "02_breast_cancer_dp.ipynb", tmp_path)
+    shutil.copytree(REPO / "example_notebooks" / "samples", tmp_path / "samples")
+    executed = execute(tmp_path / "02_breast_cancer_dp.ipynb", tmp_path)
+    text = text_of(executed)
+    assert "validation passed" in text
+    assert "finished (5 rounds with site-1, site-2, site-3)" in text
+    from caia_jupyter.researcher.runs import Run
+
+    run = Run(next((tmp_path / "runs").iterdir()))
+    spent = run.table("epsilon")
+    assert list(spent.columns) == ["site-1", "site-2", "site-3"] and list(spent.index) == list(range(5))
+    assert (spent.diff().iloc[1:] > 0).all().all() and (spent <= 3).all().all() and (spent.iloc[-1] > 1.5).all()
+    assert run.final_metrics()["global"]["accuracy"] > 0.8

@@ -561,6 +561,38 @@ def test_a_forged_round_result_is_failed_by_category(fake_child, result, categor
     assert failed.report == {"entry": entry, "round": 1, "category": category}
 
 
+DP = {"mechanism": "dp-sgd", "epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "local_epochs": 1}
+BAD_ACCOUNTING = {
+    "no accounting": ({}, "not_private", "train"),
+    "epsilon a string": ({"epsilon": "0.5", "dp_steps": 3}, "not_private", "train"),
+    "epsilon negative": ({"epsilon": -1.0, "dp_steps": 3}, "not_private", "train"),
+    "steps a bool": ({"epsilon": 0.5, "dp_steps": True}, "not_private", "train"),
+    "steps a float": ({"epsilon": 0.5, "dp_steps": 3.0}, "not_private", "train"),
+    "a code metric named epsilon": ({"epsilon": 0.5, "dp_steps": 3, "train": {"epsilon": 0.1}}, "bad_metrics", "train"),
+}
+
+
+@pytest.mark.parametrize("accounting,category,entry", BAD_ACCOUNTING.values(), ids=BAD_ACCOUNTING.keys())
+def test_a_dp_round_without_readable_accounting_is_failed_by_category(fake_child, accounting, category, entry):
+    sent = {"num_samples": 3, "train": {}, "eval": {}, **accounting}
+    box = fake_child(READY + f"wire.send(conn, {{'kind': 'result', **{sent!r}}})\nwire.receive(conn)\n")
+    box.release = dataclasses.replace(box.release, privacy=DP)
+    box.start()
+    failed = failure(box, lambda box: box.round(WEIGHTS, 1))
+    assert failed.report == {"entry": entry, "round": 1, "category": category}
+
+
+def test_a_dp_round_carries_the_privacy_the_process_accounted(fake_child):
+    box = fake_child(READY + "assert start['privacy']['epsilon'] == 3.0\n"
+                     "wire.send(conn, {'kind': 'result', 'num_samples': 3, 'train': {}, 'eval': {}, 'epsilon': 0.5, "
+                     "'dp_steps': 4}, weights)\nwire.receive(conn)\n")
+    box.release = dataclasses.replace(box.release, privacy=DP)
+    box.start()
+    result = box.round(WEIGHTS, 0)
+    box.close()
+    assert (result.epsilon, result.dp_steps) == (0.5, 4)
+
+
 def test_forged_final_metrics_are_failed_by_category(fake_child):
     box = fake_child(READY + "wire.send(conn, {'kind': 'metrics', 'metrics': {'../etc': 1}})\nwire.receive(conn)\n")
     box.start()

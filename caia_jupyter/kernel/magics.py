@@ -109,7 +109,8 @@ class FederatedMagics(Magics):
             }
         except CaiaError as e:
             raise UsageError(str(e)) from None
-        return Context("local", settings.params, datasets, rounds=settings.rounds)
+        privacy = settings.privacy.model_dump(mode="json") if settings.privacy else None
+        return Context("local", settings.params, datasets, rounds=settings.rounds, privacy=privacy)
 
 
 def current_notebook(user_ns) -> Path:

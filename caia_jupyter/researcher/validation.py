@@ -43,7 +43,7 @@ stages = Stages(report_path, module_path=f"{bundle_dir}/federated.py")"""
 
 STEPS = [
     ("import", 'with stages.run("import"):\n    from caia_jupyter.site import runtime\n    entry = runtime.load_entry_points(bundle_dir, module_sha256)'),
-    ("context", 'with stages.run("context"):\n    ctx = Context("local-validation", params, datasets, rounds=1)\n    ctx'),
+    ("context", 'with stages.run("context"):\n    ctx = Context("local-validation", params, datasets, rounds=1, privacy=privacy)\n    ctx'),
     ("build_model", 'with stages.run("build_model"):\n    model = runtime.build_model(entry)\n    model'),
     ("load_data", 'with stages.run("load_data"):\n    data = entry.load_data(ctx)'),
     ("round", 'with stages.run("round"):\n    result = runtime.run_round(entry, model, data, ctx)\n    result'),
@@ -79,7 +79,7 @@ def validation_notebook(bundle: Bundle):
         f"# Local validation of bundle `{bundle.id}`\n\nOne round of the bundle's own site runner on "
         "synthetic sample data, in a fresh kernel: evaluate the initial model, train, evaluate again."
     ))
-    params = nbformat.v4.new_code_cell('bundle_dir = ""\nmodule_sha256 = ""\nreport_path = ""\nparams = {}\ndatasets = {}')
+    params = nbformat.v4.new_code_cell('bundle_dir = ""\nmodule_sha256 = ""\nreport_path = ""\nparams = {}\ndatasets = {}\nprivacy = None')
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
     nb.cells.append(nbformat.v4.new_code_cell(SETUP))
@@ -121,7 +121,8 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
                     kernel_manager_class=LocalKernelManager,
                     parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
                                 "report_path": report.name,
-                                "params": bundle.manifest["job"]["params"], "datasets": datasets},
+                                "params": bundle.manifest["job"]["params"], "datasets": datasets,
+                                "privacy": bundle.manifest["job"].get("privacy")},
                     execution_timeout=timeout, log_output=False,
                 )
             except papermill.PapermillExecutionError as e:

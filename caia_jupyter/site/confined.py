@@ -211,7 +211,7 @@ def serve(conn: Connection) -> None:
         return pd.read_pickle(root / DATA / answer["file"])
 
     ctx = Context(start["site"], start["params"], {name: {"columns": columns} for name, columns in start["datasets"].items()},
-                  rounds=start["rounds"], reader=read_copy)
+                  rounds=start["rounds"], reader=read_copy, privacy=start.get("privacy"))
     code = LocalCode(root / APP, start["module_sha256"], ctx)
     try:
         code.start()
@@ -221,7 +221,7 @@ def serve(conn: Connection) -> None:
             if request.get("op") == "round":
                 result = code.round(weights, request["round"])
                 send({"kind": "result", "num_samples": result.num_samples, "train": result.train_metrics,
-                                 "eval": result.eval_metrics}, result.weights)
+                      "eval": result.eval_metrics, "epsilon": result.epsilon, "dp_steps": result.dp_steps}, result.weights)
             elif request.get("op") == "evaluate":
                 send({"kind": "metrics", "metrics": code.evaluate(weights, request["round"])})
             else:

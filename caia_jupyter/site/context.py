@@ -8,18 +8,20 @@ from types import MappingProxyType
 import pandas as pd
 
 from ..contracts import schema
-from ..contracts.errors import DatasetNotReleased, SiteError
+from ..contracts.errors import ContractError, DatasetNotReleased, SiteError
 
 
 class Context:
     """What federated code sees of the site it runs at.
 
     `site` and `round` say where and when; `params` holds the bundle's hyperparameters;
-    `dataset(name)` returns a released dataset restricted to the requested columns.
+    `dataset(name)` returns a released dataset restricted to the requested columns;
+    `make_private(model, optimizer, data_loader)` hands out DP-SGD when the bundle requests it
+    (`privacy`: the manifest's job.privacy, a `contracts.privacy.DifferentialPrivacy` as a dict).
     """
 
     def __init__(self, site: str, params: dict, datasets: dict[str, dict], rounds: int = 1, round: int = 0,
-                 reader: Callable[[str, dict], pd.DataFrame] | None = None):
+                 reader: Callable[[str, dict], pd.DataFrame] | None = None, privacy: dict | None = None):
         self.site = site
         self.params = MappingProxyType(dict(params))
         self.rounds = rounds
@@ -28,6 +30,8 @@ class Context:
         self._datasets = datasets
         # (name, spec) -> the released frame; in the sandbox, a per-run copy the site's runtime made
         self._read = reader or (lambda name, spec: read_released(self.site, name, spec))
+        self.privacy = MappingProxyType(dict(privacy)) if privacy else None
+        self._private = None  # privacy.PrivateTraining, made at the first make_private
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -48,6 +52,29 @@ class Context:
                 "request it with %%federated dataset= and ask the site's reviewers to approve it"
             )
         return self._read(name, self._datasets[name])
+
+    def make_private(self, model, optimizer, data_loader):
+        """Opacus's (model, optimizer, data_loader) for DP-SGD within the bundle's budget: train with
+        these three, every round (call it each round, with the same model). The noise is calibrated
+        once for the whole run (every round, `local_epochs` passes per round, this site's sample
+        rate 1/len(data_loader)); one accountant counts every step. The model caia sends is the
+        plain `model`, trained in place through the returned wrapper.
+
+        Raises ContractError (one line) when the bundle requests no differential privacy, or
+        Opacus cannot train the model privately (its own explanation: e.g. BatchNorm)."""
+        if self.privacy is None:
+            raise ContractError("ctx.make_private: this bundle requests no differential privacy; add privacy=dp "
+                                "epsilon=... delta=... to its %%federated line", failure="contract", entry="train")
+        if self._private is None:
+            from ..contracts.privacy import DifferentialPrivacy
+            from .dp_sgd import PrivateTraining
+
+            self._private = PrivateTraining(DifferentialPrivacy.model_validate(dict(self.privacy)), self.rounds)
+        return self._private.make_private(model, optimizer, data_loader)
+
+    def privacy_spent(self) -> tuple[float, int]:
+        """(epsilon spent so far by this run here, DP-SGD steps taken so far): (0.0, 0) before make_private."""
+        return self._private.spent() if self._private is not None else (0.0, 0)
 
     def __repr__(self) -> str:
         return f"Context(site={self.site!r}, round={self.round}/{self.rounds}, datasets={list(self.datasets)})"

@@ -17,7 +17,7 @@ from ..contracts.failures import FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
 from .context import Context
 from .release import Release
-from .runtime import EntryPoints, Failed, LocalCode, failing
+from .runtime import EPSILON, EntryPoints, Failed, LocalCode, RoundResult, failing
 from .sandbox import Sandbox
 
 
@@ -69,6 +69,7 @@ def _serve(app_dir: Path) -> None:
     try:
         code.start()
         trained, evaluated = 0, False
+        spent = (0.0, 0)  # with DP: (epsilon, DP-SGD steps) of this run here, as of the last update sent
         while (incoming := next_task()) is not None:
             final = flare.is_evaluate()  # the final global model, after the last round
             if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
@@ -80,8 +81,15 @@ def _serve(app_dir: Path) -> None:
                 report(metrics, trained)
                 flare.send(FLModel(metrics=metrics))
                 continue
+            if release.privacy:
+                check_budget_left(release.privacy, spent, trained)
             result = code.round(incoming.params, trained)
-            report({**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}, trained)
+            metrics = {**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}
+            if release.privacy:
+                check_private(release.privacy, result, spent[1], trained)
+                spent = (result.epsilon, result.dp_steps)
+                metrics[EPSILON] = result.epsilon
+            report(metrics, trained)
             trained += 1
             flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
                                meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
@@ -89,10 +97,37 @@ def _serve(app_dir: Path) -> None:
         code.close()
 
 
+def check_budget_left(privacy: dict, spent: tuple[float, int], round: int) -> None:
+    """Before training round `round`: raise Failed (budget_spent) when the epsilon `spent` (epsilon,
+    steps) already reaches the budget of `privacy` (the release's job.privacy)."""
+    if spent[0] >= privacy["epsilon"]:
+        raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
+                     {"message": f"the privacy budget is spent before round {round}: epsilon {spent[0]} of "
+                                 f"{privacy['epsilon']:g} (delta {privacy['delta']:g}) after {spent[1]} DP-SGD steps"})
+
+
+def check_private(privacy: dict, result: RoundResult, steps_before: int, round: int) -> None:
+    """After training round `round`, before anything leaves: raise Failed when its update may not be
+    sent under `privacy` (the release's job.privacy): "not_private" when it trained on examples
+    (num_samples > 0) without a DP-SGD step counted by ctx's accountant since `steps_before` (or
+    without accounting), "budget_spent" when the run's epsilon now exceeds the budget. The
+    numbers go into the site's record; the report holds only the category."""
+    epsilon, steps = result.epsilon, result.dp_steps
+    numbers = {"epsilon": epsilon, "budget": privacy["epsilon"], "delta": privacy["delta"], "dp_steps": steps,
+               "dp_steps_before": steps_before, "num_samples": result.num_samples}
+    if epsilon is None or steps is None or steps < steps_before or (result.num_samples > 0 and steps == steps_before):
+        raise Failed({"entry": "train", "round": round, "category": "not_private"},
+                     {"message": "the round's update went through no DP-SGD step of ctx.make_private; not sent", **numbers})
+    if epsilon > privacy["epsilon"]:
+        raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
+                     {"message": f"epsilon {epsilon} after round {round} exceeds the budget "
+                                 f"{privacy['epsilon']:g}; the update was not sent", **numbers})
+
+
 def _code_of(app_dir: Path, release: Release) -> LocalCode | Sandbox:
     """Where the bundle's code runs at this site, as the guard decided (`Release.sandbox`)."""
     if release.sandbox == "off":
-        ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds)
+        ctx = Context(release.site, release.params, release.datasets, rounds=release.rounds, privacy=release.privacy)
         return LocalCode(app_dir / "custom", release.files[MODULE], ctx)
     return Sandbox(app_dir, release)
 

@@ -168,7 +168,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
         refuse(str(e))
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
-                   {name: entry["sha256"] for name, entry in listed.items()}, placed)
+                   {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"))
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",

@@ -17,6 +17,7 @@ The model's state_dict travels as `contracts.tensors` converts it (refusing what
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import sys
@@ -48,6 +49,20 @@ class RoundResult:
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     weights: dict = field(default_factory=dict, repr=False)  # {entry: numpy array}, as it travels
+    # With DP (ctx.privacy): epsilon spent by the whole run at this site after this round, and the
+    # accountant's DP-SGD steps so far; None without DP
+    epsilon: float | None = None
+    dp_steps: int | None = None
+
+
+EPSILON = "epsilon"  # the metric the site's runtime reports with each round of a DP bundle; the code may not
+
+
+def reserved_metrics(metrics: dict, entry: str, private: bool) -> None:
+    """Raise ContractError (bad_metrics) when a DP bundle's code reports a metric under EPSILON."""
+    if private and EPSILON in metrics:
+        raise ContractError(f"{entry}(model, data, ctx) returned a metric named {EPSILON!r}, which caia reserves for the "
+                            "privacy spent with differential privacy; rename it", failure="bad_metrics", entry=entry)
 
 
 def build_model(entry: EntryPoints):
@@ -78,11 +93,21 @@ def run_round(entry: EntryPoints, model, data, ctx) -> RoundResult:
         raise ContractError(f"train(model, data, ctx) returned num_samples = {shown}; it must be an integer from 0 to "
                             f"{MAX_NUM_SAMPLES} (an int, a numpy integer or a 0-d integer tensor)",
                             failure="bad_num_samples", entry="train")
-    return RoundResult(num_samples, _metrics(trained, "train"), eval_metrics, to_arrays(model.state_dict(), "train"))
+    train_metrics = _metrics(trained, "train")
+    reserved_metrics(eval_metrics, "evaluate", _private(ctx))
+    reserved_metrics(train_metrics, "train", _private(ctx))
+    return RoundResult(num_samples, train_metrics, eval_metrics, to_arrays(model.state_dict(), "train"))
+
+
+def _private(ctx) -> bool:
+    """Whether the bundle requests differential privacy (`ctx.privacy`)."""
+    return getattr(ctx, "privacy", None) is not None
 
 
 def evaluate(entry: EntryPoints, model, data, ctx) -> dict[str, float]:
-    return _metrics(entry.evaluate(model, data, ctx), "evaluate")
+    metrics = _metrics(entry.evaluate(model, data, ctx), "evaluate")
+    reserved_metrics(metrics, "evaluate", _private(ctx))
+    return metrics
 
 
 def load_entry_points(bundle_dir: str | Path, expected_sha256: str | None = None) -> EntryPoints:
@@ -182,10 +207,16 @@ class LocalCode:
             self.data = self.entry.load_data(self.ctx)
 
     def round(self, weights: dict, round: int) -> RoundResult:
-        """Round `round` (from 0): evaluate the global `weights`, then train on them."""
+        """Round `round` (from 0): evaluate the global `weights`, then train on them; with DP, the
+        result holds the privacy spent so far as `ctx`'s accountant counts it."""
         self._load(weights, round)
         with failing(self.entry, round):
-            return run_round(self.entry, self.model, self.data, self.ctx)
+            result = run_round(self.entry, self.model, self.data, self.ctx)
+        if self.ctx.privacy is None:
+            return result
+        with failing(None, round):
+            epsilon, steps = self.ctx.privacy_spent()
+        return dataclasses.replace(result, epsilon=epsilon, dp_steps=steps)
 
     def evaluate(self, weights: dict, round: int) -> dict[str, float]:
         """The final evaluation of the global `weights`, after `round` rounds."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -50,7 +51,7 @@ from . import landlock, wire
 from . import confined
 from .confined import APP, DATA, SCRATCH
 from .context import read_released
-from .runtime import Failed, RoundResult, _metrics, failing
+from .runtime import Failed, RoundResult, _metrics, failing, reserved_metrics
 
 # What the sandboxed process reports it stopped (`confined`): the failure category of each.
 STOPPED = {"read": "sandbox_read", "write": "sandbox_write", "network": "sandbox_network",
@@ -59,7 +60,7 @@ PREFIX = "caia-sandbox-"  # a run's folder: PREFIX<pid of the process that made 
 # The failure categories the sandboxed process may report: the code's and caia's runtime in it (not
 # what the sandbox stopped, nor anything this side decides)
 CODE_CATEGORIES = {"raised", "dataset_not_released", "dataset_unreadable", "schema_changed", "not_a_module",
-                   "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "site_error"}
+                   "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "dp_unsupported", "site_error"}
 GRACE = 5  # seconds a sandboxed process has to end after its run, before it is killed
 PASSED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", landlock.ABI_ENV)  # also read by the sandboxed process
 log = logging.getLogger("caia.site")
@@ -113,25 +114,35 @@ class Sandbox:
             self._spawn()
         release = self.release
         self._call({"op": "start", "root": str(self.root), "env": self._env(), "landlock": release.sandbox == "landlock",
-                    "site": release.site, "params": release.params, "rounds": release.rounds,
+                    "site": release.site, "params": release.params, "rounds": release.rounds, "privacy": release.privacy,
                     "datasets": {name: spec["columns"] for name, spec in release.datasets.items()},
                     "module_sha256": release.files[MODULE], "threads": _torch_threads()}, "ready")
 
     def round(self, weights: dict, round: int) -> RoundResult:
-        """Round `round`: the sandboxed process evaluates `weights`, trains, and answers; its answer is checked here."""
+        """Round `round`: the sandboxed process evaluates `weights`, trains, and answers; its answer is checked
+        here (with DP, the privacy it says it spent: the site's runtime checks it, `flare_client.check_private`)."""
         header, arrays = self._call({"op": "round", "round": round}, "result", weights, round)
+        private = self.release.privacy is not None
         with failing(None, round):
             num_samples = header.get("num_samples")
-            if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 <= num_samples <= MAX_NUM_SAMPLES:
+            if not _count(num_samples) or num_samples > MAX_NUM_SAMPLES:
                 raise CaiaError("the sandboxed process sent a bad num_samples", failure="bad_num_samples", entry="train")
-            return RoundResult(num_samples, _metrics(header.get("train"), "train"), _metrics(header.get("eval"), "evaluate"),
-                               arrays)
+            train, evaluated = _metrics(header.get("train"), "train"), _metrics(header.get("eval"), "evaluate")
+            reserved_metrics(evaluated, "evaluate", private)
+            reserved_metrics(train, "train", private)
+            epsilon, steps = header.get("epsilon"), header.get("dp_steps")
+            if private and not (isinstance(epsilon, float) and math.isfinite(epsilon) and epsilon >= 0 and _count(steps)):
+                raise CaiaError("the sandboxed process sent no readable privacy accounting", failure="not_private",
+                                entry="train")
+            return RoundResult(num_samples, train, evaluated, arrays, *((epsilon, steps) if private else (None, None)))
 
     def evaluate(self, weights: dict, round: int) -> dict[str, float]:
         """The final evaluation of `weights` in the sandboxed process."""
         header, _ = self._call({"op": "evaluate", "round": round}, "metrics", weights, round)
         with failing(None, round):
-            return _metrics(header.get("metrics"), "evaluate")
+            metrics = _metrics(header.get("metrics"), "evaluate")
+            reserved_metrics(metrics, "evaluate", self.release.privacy is not None)
+            return metrics
 
     def close(self) -> None:
         """End the sandboxed process (killed after GRACE seconds) and remove the run's folder."""
@@ -268,6 +279,11 @@ class Sandbox:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):  # nothing of it is left
             pass
+
+
+def _count(value) -> bool:
+    """Whether `value` (received) is a non-negative int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _sweep() -> None:
