@@ -322,7 +322,7 @@ def do_site_init(args, namespace=None) -> Outcome:
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
     site = init(args.dir, args.name, days, sandbox=args.sandbox, max_epsilon=args.max_epsilon)
     text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
-            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{privacy_policy(site)}"
+            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{ceiling_line(site)}"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())
@@ -357,7 +357,7 @@ def do_site_policy(args, namespace=None) -> Outcome:
         changes["max_epsilon"] = parse_max_epsilon(args.max_epsilon)
     site = set_policy(args.dir, **changes) if changes else open_site(args.dir)
     report = sandbox_report(site)
-    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], privacy_policy(site)])
+    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], ceiling_line(site)])
     return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"]})
 
 
@@ -381,7 +381,7 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}; "
                       f"sandbox {site.sandbox or UNSET_SANDBOX}",
                       *(f"  {line}" for line in report["lines"]),
-                      f"  {privacy_policy(site)}",
+                      f"  {ceiling_line(site)}",
                       *(f"  {line}" for line in privacy_policy.describe(policy))])
     return Outcome(site, text, data)
 
@@ -397,7 +397,7 @@ def parse_max_epsilon(value: str) -> float | None:
         raise CaiaError(f"--max-epsilon {value!r} must be a number above 0, or none to require no differential privacy") from None
 
 
-def privacy_policy(site) -> str:
+def ceiling_line(site) -> str:
     """The site's privacy policy as one line."""
     if site.max_epsilon is None:
         return "differential privacy: not required (an approval may still set a ceiling with --max-epsilon)"
