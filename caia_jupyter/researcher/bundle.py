@@ -68,6 +68,12 @@ def load(path: str | Path) -> Bundle:
     return Bundle(path, bundle_id(manifest), manifest)
 
 
+def encryption_of(manifest: dict) -> str | None:
+    """The manifest's `job.encryption` ("he-ckks"), or None when it asks for none or is malformed."""
+    job = manifest.get("job")
+    return job.get("encryption") if isinstance(job, dict) and isinstance(job.get("encryption"), str) else None
+
+
 def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None, list[str]]:
     """Recompute everything; return (bundle id, problems). No problems means intact."""
     path = Path(path)
@@ -104,7 +110,7 @@ def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None
         if entry.get("sha256") != digest:
             problems.append(f"file {name}: sha256 {digest[:16]}…, manifest says {str(entry.get('sha256'))[:16]}…")
         else:
-            problems += content_problems(name, data, entry)
+            problems += content_problems(name, data, entry, encryption=encryption_of(manifest))
 
     actual = bundle_id(manifest)
     record = read_build_record(path)

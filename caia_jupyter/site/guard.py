@@ -111,7 +111,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
             refuse(f"the deployed app lacks {name} of the bundle")
         if hashlib.sha256(deployed[name]).hexdigest() != entry["sha256"]:
             refuse(f"{name} differs from the bundle's manifest (tampered?)")
-        problems = content_problems(name, deployed[name], entry)
+        problems = content_problems(name, deployed[name], entry, encryption=manifest["job"].get("encryption"))
         if problems:
             refuse(problems[0])
 
@@ -130,7 +130,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
         refuse(str(e))
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
-                   {name: entry["sha256"] for name, entry in listed.items()}, placed)
+                   {name: entry["sha256"] for name, entry in listed.items()}, placed, encryption=job.get("encryption"))
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required") -> Release:
