@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from caia_jupyter.aggregator.he import ENCRYPTED_MODEL, LEDGER
+from caia_jupyter.aggregator.he import DECRYPTED_BY, ENCRYPTED_MODEL, LEDGER
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import sites
 from caia_jupyter.targets import poc as pocs
@@ -94,6 +94,8 @@ def test_an_encrypted_run_sums_ciphertexts_and_matches_the_run_in_clear(he_poc, 
             np.testing.assert_allclose(decrypted, clear_values, atol=1e-3)
 
     # the researcher's global model (the final one as a site decrypted it) matches the run in clear
+    assert json.loads((server_dir / DECRYPTED_BY).read_text()) == {"global_model_decrypted_by": "site-1",
+                                                                   "copies_agreeing": list(SITES)}
     assert model.keys() == expected.keys()
     for name in expected:
         assert model[name].dtype == expected[name].dtype

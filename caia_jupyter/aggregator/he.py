@@ -38,7 +38,8 @@ from .components import GLOBAL_MODEL, CaiaFedAvg, log, save_arrays, unusable
 LEDGER = "he_updates.jsonl"  # one line per update the server held: site, round, what each entry was
 ENCRYPTED_MODEL = "global_model_encrypted.npz"  # entry -> the serialized CKKS vector, as uint8
 DECRYPTED_BY = "he.json"  # which site's decryption of the final global model the researcher receives
-CKKS = "CKKS"  # NVFLARE's name of the algorithm (nvflare.app_opt.he.constant)
+CKKS = "CKKS"
+AGREEMENT = 1e-3  # two sites' decryptions of one global model differ by CKKS noise only  # NVFLARE's name of the algorithm (nvflare.app_opt.he.constant)
 
 
 class CaiaHEFedAvg(CaiaFedAvg):
@@ -92,14 +93,18 @@ class CaiaHEFedAvg(CaiaFedAvg):
                     self._output(ENCRYPTED_MODEL))
 
     def _evaluated(self, results: list[FLModel]) -> None:
-        """Keep, as global_model.npz, the final global model as the first site (by name) decrypted it."""
-        answers = sorted(results, key=lambda r: str(r.meta.get("client_name")))
-        for result in answers:
-            if unusable(result.params, 1, self._initial, self._dtypes) is None:  # in clear, as the site hands it to code
-                save_arrays(result.params, self._output(GLOBAL_MODEL))
-                write_json(self._output(DECRYPTED_BY), {"global_model_decrypted_by": result.meta.get("client_name")})
-                return
-        log.warning("caia: no site returned the final global model decrypted; global_model.npz is not the final model")
+        """Keep, as global_model.npz, the final global model as the first site (by name) decrypted it,
+        and in DECRYPTED_BY that site and the sites whose copies agree with it (within AGREEMENT)."""
+        copies = {str(r.meta.get("client_name")): r.params for r in results
+                  if unusable(r.params, 1, self._initial, self._dtypes) is None}  # in clear, as sites hand it to code
+        if not copies:
+            log.warning("caia: no site returned the final global model decrypted; global_model.npz is not the final model")
+            return
+        site = min(copies)
+        save_arrays(copies[site], self._output(GLOBAL_MODEL))
+        agree = sorted(name for name, copy in copies.items()
+                       if all(np.allclose(copy[k], copies[site][k], rtol=0, atol=AGREEMENT) for k in copy))
+        write_json(self._output(DECRYPTED_BY), {"global_model_decrypted_by": site, "copies_agreeing": agree})
 
     def _record(self, site: str, round: int, params, reason: str | None) -> None:
         entries = {name: type(value).__module__ + "." + type(value).__qualname__
