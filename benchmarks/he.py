@@ -66,7 +66,7 @@ def measure(poc, bundle, runs: Path) -> dict:
     assert run.wait(timeout=1800) == "finished", run.message
     wall = time.monotonic() - start
     sent, received = traffic(poc, run.outcome["job_id"])
-    return {"wall": wall, "sent": sent, "received": received, "accuracy": run.final_metrics["global"]["accuracy"],
+    return {"wall": wall, "sent": sent, "received": received, "accuracy": run.final_metrics()["global"]["accuracy"],
             "model": torch.load(run.global_model, weights_only=True)}
 
 
