@@ -105,3 +105,12 @@ def test_a_decrypted_global_model_takes_the_initial_models_shapes_and_dtypes():
         in_clear({"w": [1.0], "n": [1.0], "b": [1.0, 0.0]}, reference)
     with pytest.raises(ContractError):
         in_clear({"w": decrypted["w"]}, reference)
+
+
+def test_the_review_names_the_he_filters_in_plain_words_without_a_warning():
+    from caia_jupyter.reviewer.review import _describe_client_config
+
+    text = _describe_client_config(json.loads(client_config(encryption=HE)))
+    assert "⚠" not in text
+    assert "it decrypts each global model the server sends" in text and "so the server only sums ciphertexts" in text
+    assert "returns the final global model, decrypted" in text
