@@ -422,7 +422,7 @@ def do_poc_up(args, namespace=None) -> Outcome:
     from .targets.poc import up
 
     poc = up(args.workspace, args.sites, args.demo_data, he=args.he, say=print if not args.json else (lambda *a: None))
-    data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit),
+    data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit), "he": poc.he,
             "site_dirs": {name: str(poc.site_dir(name)) for name in poc.site_names},
             "reviewer_keys": {name: str(poc.reviewer_key(name)) for name in poc.site_names}}
     return Outcome(poc, f"site directories: {poc.workspace / 'sites'}\nreviewer keys: {poc.workspace / 'reviewers'}", data)

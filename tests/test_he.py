@@ -71,7 +71,7 @@ def test_the_simulator_refuses_an_encrypted_bundle_in_one_line(he_bundle, tmp_pa
 def test_a_poc_without_he_contexts_refuses_an_encrypted_bundle_in_one_line(he_bundle, tmp_path):
     workspace = tmp_path / "poc"
     workspace.mkdir()
-    (workspace / pocs.MARKER).write_text(json.dumps({"sites": ["site-1"], "username": pocs.ADMIN, "he": False}))
+    (workspace / pocs.MARKER).write_text(json.dumps({"sites": ["site-1"], "username": pocs.ADMIN}))
     with pytest.raises(CaiaError) as refused:
         submit(he_bundle.path, target="poc", poc_workspace=workspace, runs_root=tmp_path / "runs")
     message = str(refused.value)

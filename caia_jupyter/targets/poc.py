@@ -3,9 +3,9 @@ loopback, each site guarded by caia and given a caia site directory.
 
 A caia POC workspace holds:
 
-    caia-poc.json   marks the workspace as caia's; `down` never touches one without it; says
-                    whether NVFLARE provisioned HE contexts (`up --he`)
-    nvflare/        NVFLARE's POC workspace (`nvflare poc prepare`): startup kits, local configs
+    caia-poc.json   marks the workspace as caia's; `down` never touches one without it
+    nvflare/        NVFLARE's POC workspace (`nvflare poc prepare`): startup kits, local configs;
+                    with `up --he`, each kit's TenSEAL context (`Poc.he`)
     sites/<name>/   each site's caia directory: data catalog, trusted reviewer keys, approvals
     reviewers/      each site's demo reviewer key pair (<name>.key, <name>.key.pub): never inside a site
     home/           the HOME NVFLARE's tools see, so the user's ~/.nvflare is left alone
@@ -162,7 +162,7 @@ def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, he: bool 
         shutil.rmtree(poc.workspace)
     (poc.workspace / "home").mkdir(parents=True)
     names = [f"site-{i + 1}" for i in range(sites)]
-    write_json(poc.workspace / MARKER, {"sites": names, "username": ADMIN, "he": he})
+    write_json(poc.workspace / MARKER, {"sites": names, "username": ADMIN})
 
     say(f"provisioning NVFLARE POC: server, {', '.join(names)}, admin kit" + (", HE contexts (TenSEAL CKKS)" if he else ""))
     prepared = poc.nvflare("prepare", "-n", str(sites), "--force", *(["--he"] if he else []))
