@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--workspace", type=Path, default=DEFAULT_POC)
     p.add_argument("--demo-data", action="store_true", help="give each site a non-IID share of the breast cancer data")
+    p.add_argument("--he", action="store_true", help="provision TenSEAL CKKS contexts (encrypted aggregation, encryption=he)")
     for name, handler, text in (("status", do_poc_status, "show the POC's processes, sites and jobs"),
                                 ("down", do_poc_down, "stop the POC; no NVFLARE process is left")):
         p = poc.add_parser(name, parents=[common], help=text)
@@ -467,8 +468,8 @@ def do_status(args, namespace=None) -> Outcome:
 def do_poc_up(args, namespace=None) -> Outcome:
     from .targets.poc import up
 
-    poc = up(args.workspace, args.sites, args.demo_data, say=print if not args.json else (lambda *a: None))
-    data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit),
+    poc = up(args.workspace, args.sites, args.demo_data, he=args.he, say=print if not args.json else (lambda *a: None))
+    data = {"workspace": str(poc.workspace), "sites": poc.site_names, "admin_kit": str(poc.admin_kit), "he": poc.he,
             "site_dirs": {name: str(poc.site_dir(name)) for name in poc.site_names},
             "reviewer_keys": {name: str(poc.reviewer_key(name)) for name in poc.site_names}}
     return Outcome(poc, f"site directories: {poc.workspace / 'sites'}\nreviewer keys: {poc.workspace / 'reviewers'}", data)

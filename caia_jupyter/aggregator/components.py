@@ -63,12 +63,13 @@ class CaiaFedAvg(ModelController):
         with np.load(custom / INITIAL_MODEL, allow_pickle=False) as arrays:
             params = dict(arrays)
         self._dtypes = model_dtypes(custom / weights.DTYPES_FILE, params)
+        self._initial = params  # in clear: the shapes and dtypes every update must fit
         write_json(self._output(weights.DTYPES_FILE), self._dtypes)
         sites = sorted(c.name for c in self.engine.get_clients())
         left: dict[str, int] = {}  # site -> the round it returned no result in; it is not asked again
         self._status("training", 0, sites)
         for round in range(self.num_rounds):
-            model = FLModel(params=params, current_round=round, total_rounds=self.num_rounds)
+            model = self._global_model(params, round)
             results = self.send_model_and_wait(task_name="train", data=model, targets=sites, timeout=self.round_timeout)
             if self.abort_signal.triggered:
                 return self._status("aborted", round, sites, "the run was aborted", left)
@@ -79,10 +80,11 @@ class CaiaFedAvg(ModelController):
                 self._status("failed", round, sites, message, left)
                 return self.panic(message)
             params = self._average(results, round, params)
-            save_arrays(params, self._output(GLOBAL_MODEL))
+            self._save(params)
             self._status("training", round + 1, sites, left=left)
-        final = FLModel(params=params, current_round=self.num_rounds, total_rounds=self.num_rounds)
+        final = self._global_model(params, self.num_rounds)
         results = self.send_model_and_wait(task_name="validate", data=final, targets=sites, timeout=self.round_timeout)
+        self._evaluated(results)
         self._status("finished", self.num_rounds, remaining(sites, results, self.num_rounds, left), left=left)
 
     def _average(self, results: list[FLModel], round: int, params: dict) -> dict:
@@ -101,6 +103,16 @@ class CaiaFedAvg(ModelController):
             else:
                 kept.append((result.params, weight))
         return weights.average(kept, self._dtypes, params, diff=self.updates == "weight_diff") if kept else params
+
+    def _global_model(self, params: dict, round: int) -> FLModel:
+        """The task data of `round` (the final evaluation: `num_rounds`)."""
+        return FLModel(params=params, current_round=round, total_rounds=self.num_rounds)
+
+    def _save(self, params: dict) -> None:
+        save_arrays(params, self._output(GLOBAL_MODEL))
+
+    def _evaluated(self, results: list[FLModel]) -> None:
+        """The sites' answers to the final evaluation: their metrics reached MetricsReceiver already."""
 
     def _status(self, phase: str, rounds_done: int, sites: list[str], message: str = "", left: dict | None = None) -> None:
         status = {"phase": phase, "rounds_done": rounds_done, "rounds": self.num_rounds, "sites": sites,

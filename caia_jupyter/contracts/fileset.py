@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 from .captured import problems as captured_problems
 from .client_app import CLIENT_CONFIG, UPDATES, client_config
+from .errors import ContractError
 from .sourcecheck import source_problems
 
 MODULE = "federated.py"
@@ -66,12 +67,12 @@ def listing_problems(listed: Mapping[str, Mapping]) -> list[str]:
     return problems
 
 
-def content_problems(name: str, data: bytes, entry: Mapping | None = None, updates: str | None = None) -> list[str]:
+def content_problems(name: str, data: bytes, entry: Mapping | None = None, job: Mapping | None = None) -> list[str]:
     """Why the bytes of bundle file `name` (manifest `entry`, when known) may not run at a site; [] if they may.
-    `updates` is the manifest's job.updates: the client config must be the variant it names.
 
     The runner and the client config must be caia's own, byte for byte: a bundle cannot bring a
-    runner of its own or a config that starts a command. Text that Python would read otherwise
+    runner of its own or a config that starts a command; the config is the variant the manifest's
+    `job` (its "updates" and "encryption") names, so one config cannot pass for another. Text that Python would read otherwise
     than a person does (another encoding, invisible, bidirectional or right-to-left characters,
     names that are not ASCII in federated.py) is refused. A captured value must be a pickle of a
     plain value of the type its entry names (`captured`).
@@ -81,10 +82,16 @@ def content_problems(name: str, data: bytes, entry: Mapping | None = None, updat
     if name == RUNNER_FILE and data != RUNNER.encode():
         return [f"{RUNNER_FILE} is not caia's site runner of this version; rebuild the bundle with this caia-jupyter"]
     if name == CLIENT_CONFIG:
+        updates, encryption = (job.get("updates"), job.get("encryption")) if isinstance(job, Mapping) else (None, None)
         if updates not in UPDATES:
             return [f"the manifest's job.updates {updates!r} is not one caia knows; rebuild the bundle with this caia-jupyter"]
-        if data != client_config(updates=updates):
-            return [f"{CLIENT_CONFIG} is not caia's NVFLARE client config of this version (caia runs the code "
+        try:
+            expected = client_config(updates=updates, encryption=encryption)
+        except (ContractError, TypeError) as e:  # TenSEAL missing, an encryption caia does not know (or not even text)
+            return [str(e) if isinstance(e, ContractError) else f"the manifest's job.encryption {encryption!r} is not one caia knows"]
+        if data != expected:
+            variant = " with encryption " + encryption if encryption else ""
+            return [f"{CLIENT_CONFIG} is not caia's NVFLARE client config{variant} of this version (caia runs the code "
                     "in-process, never a command); rebuild the bundle with this caia-jupyter and NVFLARE"]
         return []
     if name in (MODULE, REQUIREMENTS):

@@ -104,8 +104,7 @@ def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None
         if entry.get("sha256") != digest:
             problems.append(f"file {name}: sha256 {digest[:16]}…, manifest says {str(entry.get('sha256'))[:16]}…")
         else:
-            job = manifest.get("job") if isinstance(manifest.get("job"), dict) else {}
-            problems += content_problems(name, data, entry, updates=job.get("updates"))
+            problems += content_problems(name, data, entry, manifest.get("job"))
 
     actual = bundle_id(manifest)
     record = read_build_record(path)

@@ -101,7 +101,7 @@ def compose(notebook_path: str | Path, namespace: Mapping | None = None) -> Comp
         cell["start"] += offset
         cell["end"] += offset
 
-    files = {MODULE: module.encode(), RUNNER_FILE: RUNNER.encode(), CLIENT_CONFIG: client_config(updates=nb.settings.updates),
+    files = {MODULE: module.encode(), RUNNER_FILE: RUNNER.encode(), CLIENT_CONFIG: client_config(updates=nb.settings.updates, encryption=nb.settings.encryption),
              REQUIREMENTS: requirements(cells_source, captures).encode()}
     opaque = {f"captured/{c.name}.pkl": c for c in captures if c.kind == "opaque"}
     files.update({path: c.payload for path, c in opaque.items()})
@@ -119,7 +119,7 @@ def compose(notebook_path: str | Path, namespace: Mapping | None = None) -> Comp
         datasets[request.name] = {"columns": schema.columns_of(sample)}
         samples[request.name] = Path(os.path.relpath(nb.path.parent / request.sample, nb.path.parent)).as_posix()
 
-    problems = [p for path, data in files.items() for p in content_problems(path, data, updates=nb.settings.updates)]
+    problems = [p for path, data in files.items() for p in content_problems(path, data, job=nb.settings.job())]
     if problems:
         raise NotebookError(f"federated cells: {problems[0]}")
     entries = {}

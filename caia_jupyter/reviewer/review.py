@@ -45,6 +45,15 @@ from ..site.sites import Site
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 MAX_SHOWN = 300  # characters of a captured value's repr
 EVENT_CONVERTER = "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent"
+HE_FILTERS = {  # the filters of a bundle asking for encryption=he (contracts.client_app)
+    "nvflare.app_opt.he.model_decryptor.HEModelDecryptor":
+        "NVFLARE's homomorphic-encryption decryptor (the bundle asks for encryption=he): it decrypts each global "
+        "model the server sends, with the secret key in your site's startup kit (client_context.tenseal); at the "
+        "end your site returns the final global model, decrypted, with its evaluation: the researcher's model",
+    "nvflare.app_opt.he.model_encryptor.HEModelEncryptor":
+        "NVFLARE's homomorphic-encryption encryptor (the bundle asks for encryption=he): it encrypts your site's "
+        "update, weighted by its num_samples, before it leaves, so the server only sums ciphertexts",
+}
 
 # The lab template without its scripts (require.js, MathJax, mermaid, widgets), with a policy that
 # forbids scripts and remote loads, and with code that wraps instead of being cut at the edge.
@@ -332,8 +341,9 @@ def _describe_client_config(config) -> str:
     for key, what in (("task_data_filters", "task data filters"), ("task_result_filters", "task result filters")):
         entries = _as_list(config.get(key))
         classes = [item for entry in entries for item in _as_list(_as_dict(entry).get("filters"))]
+        known = all(_as_dict(item).get("path") in HE_FILTERS for item in classes)
         lines.append(f"- {what}: none" if not entries else
-                     f"- ⚠ {what}: " + "; ".join(_describe_class(_as_dict(item)) for item in classes))
+                     f"- {'' if known else '⚠ '}{what}: " + "; ".join(_describe_class(_as_dict(item)) for item in classes))
     for key in sorted(set(config) - {"executors", "components", "task_data_filters", "task_result_filters", "format_version"}):
         lines.append(f"- ⚠ a setting caia does not write, {_code(key)}: {_code(json.dumps(config[key]))}")
     return "\n".join(lines)
@@ -351,6 +361,8 @@ def _describe_class(spec: dict) -> str:
     elif path == EVENT_CONVERTER:
         events = ", ".join(_code(event) for event in _as_list(args.get("events_to_convert")))
         words = f"It forwards the events it names ({events}) from your site to the server: the metrics the code logs"
+    elif path in HE_FILTERS:
+        words = HE_FILTERS[path]
     else:
         words = "⚠ Not part of caia's client config: NVFLARE loads this class at your site, and it can run any code"
     shown_args = ", ".join(f"{_code(key)} = {_code(json.dumps(value))}" for key, value in sorted(args.items()))

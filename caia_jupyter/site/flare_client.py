@@ -68,22 +68,25 @@ def _serve(app_dir: Path) -> None:
 
     try:
         code.start()
-        trained, evaluated = 0, False
+        trained, evaluated, first = 0, False, None
         spent = (0.0, 0)  # with DP: (epsilon, DP-SGD steps) of this run here, as of the last update sent
         while (incoming := next_task()) is not None:
+            first = first or incoming.params  # the initial global model: in clear, also under encryption
+            params = in_clear(incoming.params, first) if release.encryption else incoming.params
             final = flare.is_evaluate()  # the final global model, after the last round
             if (final and (evaluated or trained < release.rounds)) or (not final and trained >= release.rounds):
                 raise ContractError(f"the server asked for a {'final evaluation' if final else 'train task'} after "
                                     f"{trained} of {release.rounds} approved rounds", failure="beyond_release", entry="runtime")
             if final:
                 evaluated = True
-                metrics = code.evaluate(incoming.params, trained)
+                metrics = code.evaluate(params, trained)
                 report(metrics, trained)
-                flare.send(FLModel(metrics=metrics))
+                # encrypted: the researcher's global model is the final one as sites decrypt it (`aggregator.he`)
+                flare.send(FLModel(params=params, metrics=metrics) if release.encryption else FLModel(metrics=metrics))
                 continue
             if release.privacy:
                 check_budget_left(release.privacy, spent, trained)
-            result = code.round(incoming.params, trained)
+            result = code.round(params, trained)
             metrics = {**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}
             if release.privacy:
                 check_private(release.privacy, result, spent[1], trained)
@@ -122,6 +125,29 @@ def check_private(privacy: dict, result: RoundResult, steps_before: int, round: 
         raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
                      {"message": f"epsilon {epsilon} after round {round} exceeds the budget "
                                  f"{privacy['epsilon']:g}; the update was not sent", **numbers})
+
+
+def in_clear(params: dict, reference: dict) -> dict:
+    """The global model `params` as NVFLARE's HEModelDecryptor hands it on ({entry: flat list of the
+    decrypted values}), each entry in the shape and dtype of the initial global model `reference`
+    {entry: array}: CKKS values are approximate, so integer entries are rounded and booleans cut at 1/2.
+    Arrays pass as they are (the first round is in clear). Raises ContractError when they do not fit."""
+    import numpy as np
+
+    if not isinstance(params, dict) or params.keys() != reference.keys():
+        raise ContractError("the global model does not fit the initial one", failure="site_error", entry="runtime")
+    out = {}
+    for name, like in reference.items():
+        values = np.asarray(params[name])
+        if values.size != like.size:
+            raise ContractError(f"entry {name} of the global model does not fit the initial one",
+                                failure="site_error", entry="runtime")
+        if like.dtype == bool:
+            values = values >= 0.5
+        elif not np.issubdtype(like.dtype, np.floating) and np.issubdtype(values.dtype, np.floating):
+            values = np.rint(values)
+        out[name] = values.reshape(like.shape).astype(like.dtype)
+    return out
 
 
 def _code_of(app_dir: Path, release: Release) -> LocalCode | Sandbox:

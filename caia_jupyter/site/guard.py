@@ -137,7 +137,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
             refuse(f"the deployed app lacks {name} of the bundle")
         if hashlib.sha256(deployed[name]).hexdigest() != entry["sha256"]:
             refuse(f"{name} differs from the bundle's manifest (tampered?)")
-        problems = content_problems(name, deployed[name], entry, updates=manifest["job"].get("updates"))
+        problems = content_problems(name, deployed[name], entry, manifest["job"])
         if problems:
             refuse(problems[0])
 
@@ -168,7 +168,7 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
         refuse(str(e))
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
-                   {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"))
+                   {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"), job.get("encryption"))
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",

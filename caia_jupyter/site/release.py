@@ -24,6 +24,7 @@ class Release:
     files: dict  # bundle path -> sha256 the guard admitted; the runtime loads nothing else
     sandbox: str  # where the code runs: "landlock", "process" (no kernel support; policy preferred) or "off" (`sandbox`)
     privacy: dict | None = None  # the manifest's job.privacy (`contracts.privacy.DifferentialPrivacy`); None: no DP
+    encryption: str | None = None  # the manifest's job.encryption: the global model arrives encrypted (`flare_client`)
 
     @classmethod
     def read(cls, app_dir: str | Path) -> Release:

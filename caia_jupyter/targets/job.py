@@ -1,7 +1,8 @@
 """Bundle -> NVFLARE job folder, with NVFLARE's FedJob API.
 
 The server app holds only caia's components and the initial weights (computed here, on the
-researcher's machine, by the bundle's own `build_model()`); each site's app is the bundle:
+researcher's machine, by the bundle's own `build_model()`), and for a bundle asking for encryption
+NVFLARE's HE aggregator (`aggregator.he`); each site's app is the bundle:
 its files under custom/ and its client config under config/, byte for byte.
 """
 
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..aggregator.components import INITIAL_MODEL, CaiaFedAvg, MetricsReceiver, save_arrays
-from ..contracts.client_app import add_site_app, app_path
+from ..contracts.client_app import add_site_app, app_path, canonical, require_tenseal
 from ..contracts.errors import ContractError, FlareError
 from ..contracts.fileset import CLIENT_CONFIG, MANIFEST, MODULE
 from ..contracts.fsutil import write_json
@@ -40,6 +41,24 @@ def initial_weights(bundle: Bundle, destination: Path) -> Path:
     return destination
 
 
+def _controller(settings: dict, round_timeout: int, output_dir: str, job):
+    """caia's FedAvg; for a bundle asking for encryption, over ciphertexts with NVFLARE's HE aggregator
+    (added to `job` as component "aggregator"; `aggregator.he`)."""
+    args = (settings["rounds"], settings["min_clients"], round_timeout, output_dir)
+    if not settings.get("encryption"):
+        return CaiaFedAvg(*args, settings.get("updates"))
+    require_tenseal()
+    from nvflare.apis.dxo import DataKind
+    from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
+
+    from ..aggregator.he import CaiaHEFedAvg
+
+    # the sites weigh their update by num_samples before they encrypt it; the aggregator divides the sum
+    job.to_server(HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=False),
+                  id="aggregator")
+    return CaiaHEFedAvg(*args, aggregator_id="aggregator")
+
+
 def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, output_dir: str = "",
               round_timeout: int = 0, server_config: dict | None = None) -> Path:
     """Write the NVFLARE job for `bundle` at `sites` to `destination`; returns the job folder.
@@ -50,14 +69,14 @@ def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, ou
     from nvflare.job_config.api import FedJob
 
     settings = bundle.manifest["job"]
+    encryption = settings.get("encryption")
     job = FedJob(name=name, min_clients=settings["min_clients"])
-    job.to_server(CaiaFedAvg(settings["rounds"], settings["min_clients"], round_timeout, output_dir, settings.get("updates")),
-                  id="controller")
+    job.to_server(_controller(settings, round_timeout, output_dir, job), id="controller")
     job.to_server(MetricsReceiver(output_dir), id="caia_metrics")
     if server_config:
         job.to_server(server_config)
     for site in sites:
-        add_site_app(job, site, updates=settings.get("updates"))
+        add_site_app(job, site, updates=settings.get("updates"), encryption=encryption)
     with tempfile.TemporaryDirectory() as staging:
         job.export_job(staging)
         folder = Path(staging) / name
@@ -67,7 +86,7 @@ def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, ou
         expected = json.loads(bundle.source(CLIENT_CONFIG))
         for site in sites:
             app = folder / f"app_{site}"
-            if json.loads((app / "config" / CLIENT_CONFIG).read_text()) != expected:
+            if canonical(json.loads((app / "config" / CLIENT_CONFIG).read_text())) != expected:
                 raise FlareError(f"this NVFLARE writes a different client config than bundle {bundle.short_id} carries; "
                                  "rebuild the bundle with this caia-jupyter and NVFLARE")
             for file in [*bundle.manifest["files"], MANIFEST]:

@@ -4,7 +4,8 @@ loopback, each site guarded by caia and given a caia site directory.
 A caia POC workspace holds:
 
     caia-poc.json   marks the workspace as caia's; `down` never touches one without it
-    nvflare/        NVFLARE's POC workspace (`nvflare poc prepare`): startup kits, local configs
+    nvflare/        NVFLARE's POC workspace (`nvflare poc prepare`): startup kits, local configs;
+                    with `up --he`, each kit's TenSEAL context (`Poc.he`)
     sites/<name>/   each site's caia directory: data catalog, trusted reviewer keys, approvals
     reviewers/      each site's demo reviewer key pair (<name>.key, <name>.key.pub): never inside a site
     home/           the HOME NVFLARE's tools see, so the user's ~/.nvflare is left alone
@@ -28,6 +29,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contracts.client_app import require_tenseal
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import write_json
 from ..researcher.wording import plural
@@ -40,6 +42,7 @@ VALIDATOR = "caia_jupyter.site.guard.CaiaAppValidator"
 HEARTBEAT_TIMEOUT = 30  # seconds before the server gives up on a silent site (NVFLARE's default: 600)
 START_TIMEOUT = 180
 PORTS = (8002, 8003)  # NVFLARE POC: server, admin
+HE_CONTEXTS = {"server": "server_context.tenseal", "client": "client_context.tenseal"}  # NVFLARE's HEBuilder writes them
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,20 @@ class Poc:
     @property
     def nvflare_workspace(self) -> Path:
         return self.workspace / "nvflare"
+
+    @property
+    def he(self) -> bool:
+        """Whether every startup kit holds its TenSEAL context: the server's public one (no secret
+        key), each site's with the secret key (NVFLARE's HEBuilder, `up --he`)."""
+        kits = [self.kits / "server" / "startup" / HE_CONTEXTS["server"]]
+        kits += [self.kits / name / "startup" / HE_CONTEXTS["client"] for name in self.site_names]
+        return all(path.is_file() for path in kits)
+
+    def require_he(self, bundle_id: str) -> None:
+        """Raise FlareError, one line, unless this POC can run a bundle asking for encryption."""
+        if not self.he:
+            raise FlareError(f"bundle {bundle_id} asks for encrypted aggregation (encryption=he), but the POC at "
+                             f"{self.workspace} has no HE contexts; start it with `caia poc down` then `caia poc up --he`")
 
     @property
     def kits(self) -> Path:
@@ -126,8 +143,12 @@ def admin_session(admin_kit: Path, username: str = ADMIN, timeout: float = 10.0)
         session.close()
 
 
-def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, say=print) -> Poc:
-    """Provision and start a POC with `sites` guarded sites; returns when every site is connected."""
+def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, he: bool = False, say=print) -> Poc:
+    """Provision and start a POC with `sites` guarded sites; returns when every site is connected.
+    `he`: NVFLARE's provisioning also writes TenSEAL CKKS contexts into the startup kits (`Poc.he`);
+    raises ContractError, one line, when TenSEAL is not installed."""
+    if he:
+        require_tenseal()
     poc = Poc(Path(workspace).resolve())
     if poc.workspace.exists() and any(poc.workspace.iterdir()) and not (poc.workspace / MARKER).exists():
         raise FlareError(f"{poc.workspace} exists and is not a caia POC workspace; choose an empty directory")
@@ -144,8 +165,8 @@ def up(workspace: str | Path, sites: int = 3, demo_data: bool = False, say=print
     names = [f"site-{i + 1}" for i in range(sites)]
     write_json(poc.workspace / MARKER, {"sites": names, "username": ADMIN})
 
-    say(f"provisioning NVFLARE POC: server, {', '.join(names)}, admin kit")
-    prepared = poc.nvflare("prepare", "-n", str(sites), "--force")
+    say(f"provisioning NVFLARE POC: server, {', '.join(names)}, admin kit" + (", HE contexts (TenSEAL CKKS)" if he else ""))
+    prepared = poc.nvflare("prepare", "-n", str(sites), "--force", *(["--he"] if he else []))
     if prepared.returncode != 0:
         raise FlareError(f"nvflare poc prepare failed: {_tail(prepared)}")
     _create_sites(poc, names, demo_data)

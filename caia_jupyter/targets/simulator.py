@@ -35,7 +35,13 @@ if TYPE_CHECKING:  # the launcher never imports the bundle builder (nbformat, js
 
 
 def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
-    """Run `bundle` at `site_dirs` on the simulator; returns at once with the run's handle."""
+    """Run `bundle` at `site_dirs` on the simulator; returns at once with the run's handle.
+    Raises FlareError, one line, for a bundle asking for encryption (NVFLARE's simulator provisions
+    no HE contexts)."""
+    if bundle.manifest["job"].get("encryption"):
+        raise CaiaError(f"bundle {bundle.short_id} asks for encrypted aggregation (encryption=he), which NVFLARE's "
+                         "simulator does not provision HE contexts for; run it on a POC: `caia poc up --he`, then "
+                         "`caia submit --target poc`")
     run_dir = create_run(bundle, site_dirs, runs_root)
     try:
         prepare(run_dir)

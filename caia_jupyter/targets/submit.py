@@ -54,6 +54,8 @@ def submit(bundle_path: str | Path, sites: list[str | Path] | None = None, targe
         if unknown:
             raise CaiaError(f"the POC has no site {', '.join(unknown)}; its sites are {', '.join(poc.site_names)}")
         check_sites(bundle, names)
+        if bundle.manifest["job"].get("encryption"):
+            poc.require_he(bundle.short_id)
         return remote.submit(bundle, names, Path(runs_root), "poc", poc.admin_kit, ADMIN, **timeout)
     if target == "prod":
         if not startup_kit or not username:
