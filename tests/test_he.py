@@ -40,10 +40,10 @@ def test_the_encrypted_variant_holds_nvflares_he_filters_and_the_clear_one_none(
 
 
 def test_the_guard_accepts_exactly_the_config_of_the_variant_the_manifest_names():
-    assert content_problems(CLIENT_CONFIG, client_config(encryption=HE), encryption=HE) == []
+    assert content_problems(CLIENT_CONFIG, client_config(encryption=HE), job={"encryption": HE}) == []
     assert content_problems(CLIENT_CONFIG, client_config()) == []
     # a bundle asking for encryption whose config would send its update in clear, and the reverse
-    assert content_problems(CLIENT_CONFIG, client_config(), encryption=HE) == [
+    assert content_problems(CLIENT_CONFIG, client_config(), job={"encryption": HE}) == [
         f"{CLIENT_CONFIG} is not caia's NVFLARE client config with encryption he-ckks of this version (caia runs the "
         "code in-process, never a command); rebuild the bundle with this caia-jupyter and NVFLARE"]
     assert content_problems(CLIENT_CONFIG, client_config(encryption=HE))[0].startswith(
@@ -85,7 +85,7 @@ def test_without_tenseal_the_encrypted_variant_names_the_extra_to_install(monkey
     try:
         with pytest.raises(ContractError, match=r"pip install 'caia-jupyter\[he\]'"):
             client_app.require_tenseal()
-        problems = content_problems(CLIENT_CONFIG, b"{}", encryption=HE)
+        problems = content_problems(CLIENT_CONFIG, b"{}", job={"encryption": HE})
         assert len(problems) == 1 and "pip install 'caia-jupyter[he]'" in problems[0]
         with pytest.raises(ContractError, match="TenSEAL"):
             pocs.up(tmp_path / "poc", he=True, say=lambda *a: None)

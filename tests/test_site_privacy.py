@@ -122,9 +122,9 @@ def test_a_weight_diff_bundle_carries_caias_diff_config_and_the_guard_holds_each
     config = (app / "config" / CLIENT_CONFIG).read_bytes()
     assert built.manifest["job"]["updates"] == "weight_diff" and config == client_config(updates="weight_diff")
     assert b'"params_transfer_type": "DIFF"' in config and config != client_config()
-    assert fileset.content_problems(CLIENT_CONFIG, config, updates="weight_diff") == []
+    assert fileset.content_problems(CLIENT_CONFIG, config, job={"updates": "weight_diff"}) == []
     assert fileset.content_problems(CLIENT_CONFIG, config)  # full weights' bundle with the diff config: not caia's
-    assert fileset.content_problems(CLIENT_CONFIG, client_config(), updates="weight_diff")
+    assert fileset.content_problems(CLIENT_CONFIG, client_config(), job={"updates": "weight_diff"})
 
 
 def test_a_site_whose_scope_needs_weight_differences_refuses_full_weights_naming_scope_and_fix(jobs, tmp_path):

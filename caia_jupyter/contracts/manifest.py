@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .privacy import ENCRYPTIONS, DifferentialPrivacy
 from .schema import KINDS
@@ -51,6 +51,12 @@ class JobSettings(_Strict):
     privacy: DifferentialPrivacy | None = Field(None, description="differential privacy each site applies (`contracts.privacy`)")
     encryption: Literal[ENCRYPTIONS] | None = Field(None, description="homomorphic encryption of the updates (`contracts.privacy`)")
     updates: Literal["weight_diff"] | None = Field(None, description="sites send weight differences, not weights (`contracts.privacy`)")
+
+    @model_validator(mode="after")
+    def _one_kind_of_update(self):
+        if self.encryption and self.updates:  # NVFLARE's HE aggregation sums encrypted weights
+            raise ValueError("encryption=he sends encrypted weights: it cannot be combined with updates=weight_diff")
+        return self
 
 
 class Manifest(_Strict):

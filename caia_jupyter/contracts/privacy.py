@@ -26,7 +26,7 @@ class DifferentialPrivacy(BaseModel):
     clipped to L2 norm `max_grad_norm`; the noise is calibrated for `local_epochs` passes over the
     site's data per round."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "3" is not a number here: the guard reads the raw JSON
 
     mechanism: Literal["dp-sgd"] = "dp-sgd"
     epsilon: float = Field(gt=0, le=MAX_EPSILON, description="the privacy budget of each site's whole run")

@@ -154,9 +154,16 @@ def merge(headers: list[tuple[str, Header]]) -> Settings:
         min_clients=given.get("min_clients", DEFAULT_MIN_CLIENTS),
         params={k[6:]: v for k, v in given.items() if k.startswith("param.")},
         privacy=_privacy(given),
-        encryption=given.get("encryption"),
-        updates=given.get("updates"),
+        **_transfer(given),
     )
+
+
+def _transfer(given: dict) -> dict:
+    """The merged encryption and updates options; NotebookError when both are given."""
+    if given.get("encryption") and given.get("updates"):
+        raise NotebookError("%%federated encryption=he sends encrypted weights: drop updates=weight_diff (a site "
+                            "whose privacy policy needs weight differences cannot take an encrypted bundle)")
+    return {"encryption": given.get("encryption"), "updates": given.get("updates")}
 
 
 def _choice(key: str, value: str) -> str:
