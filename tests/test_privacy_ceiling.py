@@ -236,11 +236,12 @@ def test_the_review_shows_the_protection_requested_and_the_sites_ceiling(site, b
     plain = build()
     assert review.protection(plain.manifest["job"]) == ["none requested"]
     assert "none requested" in protection_cell(plain)
-    dp = build(DP2 + " encryption=he updates=weight_diff")
+    dp = build(DP2 + " updates=weight_diff")
     assert review.protection(dp.manifest["job"]) == [
         "DP-SGD, epsilon 2, delta 1e-05, max_grad_norm 0.5, 1 local epoch per round",
-        "updates encrypted (CKKS), the aggregator sums ciphertexts",
         "sites send their weights' difference from the global model, not their weights"]
+    assert review.protection({**dp.manifest["job"], "updates": None, "encryption": "he-ckks"})[1] == (
+        "updates encrypted (CKKS), the aggregator sums ciphertexts")
     assert "Your site" not in protection_cell(dp)
     assert review.site_ceiling(site, dp.manifest["job"]).startswith("site site-2 requires no differential privacy")
     sites.set_policy(site.path, max_epsilon=1)
