@@ -38,8 +38,8 @@ from .components import GLOBAL_MODEL, CaiaFedAvg, log, save_arrays, unusable
 LEDGER = "he_updates.jsonl"  # one line per update the server held: site, round, what each entry was
 ENCRYPTED_MODEL = "global_model_encrypted.npz"  # entry -> the serialized CKKS vector, as uint8
 DECRYPTED_BY = "he.json"  # which site's decryption of the final global model the researcher receives
-CKKS = "CKKS"
-AGREEMENT = 1e-3  # two sites' decryptions of one global model differ by CKKS noise only  # NVFLARE's name of the algorithm (nvflare.app_opt.he.constant)
+CKKS = "CKKS"  # NVFLARE's name of the algorithm (nvflare.app_opt.he.constant)
+AGREEMENT = 1e-3  # two sites' decryptions of one global model differ by CKKS noise only
 
 
 class CaiaHEFedAvg(CaiaFedAvg):
