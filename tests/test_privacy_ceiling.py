@@ -18,7 +18,7 @@ from caia_jupyter.contracts.errors import ApprovalRejected, CaiaError, SiteError
 from caia_jupyter.contracts.manifest import canonical
 from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.runs import PRIVACY_FILE, Run
-from caia_jupyter.reviewer import review, signing
+from caia_jupyter.reviewer import review
 from caia_jupyter.site import approvals, keys, sites
 from caia_jupyter.site.guard import Refusal, admit, check_app
 from caia_jupyter.targets.job import build_job
