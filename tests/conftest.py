@@ -117,10 +117,15 @@ def set_source(nb, old, new):
 def poc(tmp_path_factory):
     """A real NVFLARE POC on loopback (server, site-1..3, admin kit), started once per test module;
     each site's catalog holds `tiny`. Always stopped at the end, leaving no process behind."""
+    yield from started_poc(tmp_path_factory.mktemp("poc") / "ws")
+
+
+def started_poc(workspace, he: bool = False):
+    """Start a POC in `workspace` (with NVFLARE's HE contexts when `he`), give each site's catalog
+    `tiny`, yield it, and stop it, asserting no NVFLARE process is left: the body of a POC fixture."""
     from caia_jupyter.targets import poc as pocs
 
-    workspace = tmp_path_factory.mktemp("poc") / "ws"
-    started = pocs.up(workspace, sites=3, say=lambda *a: None)
+    started = pocs.up(workspace, sites=3, he=he, say=lambda *a: None)
     try:
         for name in ("site-1", "site-2", "site-3"):
             data = started.site_dir(name) / "tiny.csv"

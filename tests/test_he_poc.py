@@ -11,10 +11,8 @@ import torch
 from caia_jupyter.aggregator.he import DECRYPTED_BY, ENCRYPTED_MODEL, LEDGER
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import sites
-from caia_jupyter.targets import poc as pocs
 from caia_jupyter.targets.submit import submit
-from conftest import build_validated, set_source
-import corpus
+from conftest import build_validated, set_source, started_poc
 
 pytestmark = pytest.mark.slow
 ts = pytest.importorskip("tenseal")
@@ -25,17 +23,7 @@ CKKS_VECTOR = "tenseal.tensors.ckksvector.CKKSVector"
 @pytest.fixture(scope="module")
 def he_poc(tmp_path_factory):
     """A POC of its own, provisioned with NVFLARE's HE contexts; always stopped, no process left."""
-    workspace = tmp_path_factory.mktemp("he-poc") / "ws"
-    started = pocs.up(workspace, sites=3, he=True, say=lambda *a: None)
-    try:
-        for name in SITES:
-            data = started.site_dir(name) / "tiny.csv"
-            data.write_text(corpus.SAMPLE_CSV)
-            sites.add_dataset(sites.open_site(started.site_dir(name)), "tiny", data)
-        yield started
-    finally:
-        pocs.down(workspace, say=lambda *a: None)
-        assert started.processes() == [], "caia poc down left NVFLARE processes behind"
+    yield from started_poc(tmp_path_factory.mktemp("he-poc") / "ws", he=True)
 
 
 def encrypted(nb):
