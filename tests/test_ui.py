@@ -1,7 +1,7 @@
 """JupyterLab in headless Chromium (Debian's package, driven by Playwright): the example notebook's
 federated cells are marked, the Federated panel shows the CLI's bundle id, validates, and
-follows a simulator run whose per-site curves fill while it runs. Screenshots go to
-test-artifacts/."""
+follows a simulator run whose per-site curves fill while it runs, and a differential privacy
+run's epsilon per site. Screenshots go to test-artifacts/."""
 
 import json
 import os
@@ -32,6 +32,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage"]
 ARTIFACTS = REPO / "test-artifacts"
 NOTEBOOK = "01_breast_cancer.ipynb"
+DP_NOTEBOOK = "02_breast_cancer_dp.ipynb"  # differential privacy: the sites report epsilon each round
 
 
 # pytest-jupyter's autouse fixtures would close Playwright's running event loop: not here.
@@ -53,6 +54,7 @@ def lab(tmp_path_factory):
     root.mkdir()
     example = (REPO / "example_notebooks" / NOTEBOOK).read_text()
     (root / NOTEBOOK).write_text(example.replace("rounds=5", "rounds=12"))  # long enough to watch it live
+    shutil.copyfile(REPO / "example_notebooks" / DP_NOTEBOOK, root / DP_NOTEBOOK)
     shutil.copytree(REPO / "example_notebooks" / "samples", root / "samples")
     centers = make_sites(root / "sites")
     settings = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -182,3 +184,25 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
         expect(panel.locator(f'[data-caia="run-sites"] tr[data-site="{site}"]')).to_contain_text("done")
     panel.screenshot(path=str(ARTIFACTS / "panel-finished-run.png"))
     assert bundle.load(lab["root"] / "bundles" / "01_breast_cancer").id == bundle_id
+
+
+def test_a_dp_run_charts_the_epsilon_each_site_spent(page, lab):
+    page.goto(f"{lab['url']}/lab/tree/{DP_NOTEBOOK}?token={lab['token']}")
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(notebook.locator(".jp-Cell.caia-federated-cell").first).to_contain_text("privacy=dp", timeout=60_000)
+    panel = open_panel(page)
+    panel.locator('[data-caia-action="validate"]').click()
+    # .first: the panel may draw its summary more than once after an action
+    expect(panel.locator('[data-caia="validation"]', has_text="passed").first).to_be_visible(timeout=120_000)
+    bundle_id = panel.locator('[data-caia="bundle-id"]').first.inner_text()
+    assert bundle.load(lab["root"] / "bundles" / "02_breast_cancer_dp").manifest["job"]["privacy"]["epsilon"] == 3
+    for center in lab["centers"]:
+        signing.approve(center.site, bundle_id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
+    notebook.first.click()
+    open_panel(page)
+    panel.locator('[data-caia-action="submit"]').first.click()
+    expect(panel.locator('[data-caia="run-status"][data-status="finished"]').first).to_be_visible(timeout=300_000)
+    chart = panel.locator('svg[data-metric="epsilon"]').first
+    expect(chart.locator("polyline.caia-line")).to_have_count(3)  # one curve per site, next to accuracy
+    expect(panel.locator('svg[data-metric="accuracy"]').first.locator("polyline.caia-line")).to_have_count(3)
+    panel.screenshot(path=str(ARTIFACTS / "panel-dp-run.png"))
