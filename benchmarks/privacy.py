@@ -115,7 +115,7 @@ def run_variant(workdir: Path, name: str) -> dict:
     with np.load(npz, allow_pickle=False) as arrays:
         weights = sum(arrays[key].nbytes for key in arrays.files)
     return {"accuracy": round(run.final_metrics()["global"]["accuracy"], 4),
-            "epsilon_spent": {site: round(value, 3) for site, value in guarantee.get("per_site", {}).items()},
+            "epsilon_spent": {site: round(value, 3) for site, value in guarantee.get("epsilon_spent", {}).items()},
             "weights_bytes": int(weights), "npz_bytes": npz.stat().st_size}
 
 

@@ -60,19 +60,20 @@ def run_summary(run) -> Outcome:
     if final.get("global"):
         shown = ", ".join(f"{k}={metric(v)}" for k, v in final["global"].items() if k != "num_samples")
         lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
-    if run.global_model:
-        lines.append(f"global model: {run.global_model}")
-    guarantee = run.guarantee
+    model, guarantee, guarantee_file = run.global_model, run.guarantee, run.guarantee_file
+    if model:
+        lines.append(f"global model: {model}" + (f" (its guarantee: {guarantee_file})" if guarantee_file else ""))
     if guarantee:
         lines.append(guarantee_line(guarantee))
     data = {"run": str(run.path), "status": run.status, "message": run.message, "sites": sites,
             "refusals": run.refusals, "failures": run.failures, "notes": run.notes, "final_metrics": final,
-            "global_model": str(run.global_model) if run.global_model else None, "privacy": guarantee}
+            "global_model": str(model) if model else None, "guarantee": guarantee,
+            "guarantee_file": str(guarantee_file) if guarantee_file else None}
     return Outcome(run, "\n".join(lines), data, exit_code=0 if run.status in ("finished", "running", "starting") else 1)
 
 
 def guarantee_line(guarantee: dict) -> str:
-    """`Run.guarantee` as one line: "privacy: DP-SGD, (epsilon 3, delta 1e-05) per site; spent: site-1 2.91, site-2 2.87"."""
-    spent = ", ".join(f"{site} {metric(value)}" for site, value in guarantee["per_site"].items()) or "none reported"
-    return (f"privacy: {str(guarantee['mechanism']).upper()}, (epsilon {metric(guarantee['epsilon'])}, "
+    """`Run.guarantee` as one line: "guarantee: DP-SGD, (epsilon 3, delta 1e-05) per site; spent: site-1 2.91, site-2 2.87"."""
+    spent = ", ".join(f"{site} {metric(value)}" for site, value in guarantee["epsilon_spent"].items()) or "none reported"
+    return (f"guarantee: {str(guarantee['mechanism']).upper()}, (epsilon {metric(guarantee['epsilon'])}, "
             f"delta {metric(guarantee['delta'])}) per site; spent: {spent}")

@@ -21,6 +21,7 @@ from caia_jupyter.site import flare_client
 from caia_jupyter.site.context import Context
 from caia_jupyter.site.runtime import Failed, LocalCode, RoundResult
 from caia_jupyter.targets.submit import submit
+from caia_jupyter.terminal import run_summary
 from conftest import approve, build_validated, make_site, set_source, write_corpus
 
 DP = {"mechanism": "dp-sgd", "epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "local_epochs": 1}
@@ -245,6 +246,12 @@ def test_a_dp_run_spends_epsilon_every_round_within_the_budget_at_every_site(tmp
         assert 0.5 * BUDGET < spent[-1] <= BUDGET, spent
     state = torch.load(run.global_model, weights_only=True)
     assert set(state) == {"weight", "bias"}
+    guarantee = json.loads(run.guarantee_file.read_text())  # the guarantee travels with the model it names
+    assert guarantee == {
+        "bundle_id": built.id, "model_sha256": hashlib.sha256(run.global_model.read_bytes()).hexdigest(),
+        "mechanism": "dp-sgd", "accountant": "rdp", "epsilon": BUDGET, "delta": 1e-5, "max_grad_norm": 1.0,
+        "local_epochs": 1, "rounds": 3, "epsilon_spent": {s.name: epsilons(run, s.name)[-1] for s in made}}
+    assert f"global model: {run.global_model} (its guarantee: {run.guarantee_file})" in run_summary(run).text
 
 
 @pytest.mark.slow

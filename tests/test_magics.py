@@ -113,3 +113,32 @@ def test_submit_without_a_bundle_takes_the_one_last_built_in_the_kernel(shell, w
     built = shell.run_line_magic("federated", f"bundle {write_notebook('good')} -o {tmp_path / 'elsewhere'}")
     error = run(shell, f"%federated submit --sites {tmp_path / 'site-1'}")
     assert type(error).__name__ == "UsageError" and f"bundle {built.short_id} has not been validated" in str(error)
+
+
+def test_help_lists_the_federated_cell_options_from_the_grammar(shell, capsys):
+    from caia_jupyter.researcher import annotations
+
+    shell.run_line_magic("federated", "help")
+    out = capsys.readouterr().out
+    assert annotations.usage() in out
+    for option in ("privacy=dp", "epsilon=E", "delta=D", "max_grad_norm=C", "local_epochs=K", "encryption=he",
+                   "updates=weight_diff"):
+        assert f"\n  {option} " in out, option
+
+
+def test_a_dp_number_out_of_range_fails_the_cell_at_once(shell):
+    error = run(shell, "%%federated privacy=dp epsilon=-1 delta=1e-5\nRAN = True\n")
+    assert type(error).__name__ == "UsageError"
+    assert str(error) == "%%federated epsilon='-1' must be a number above 0 and at most 100"
+    assert "RAN" not in shell.user_ns
+
+
+def test_a_cell_whose_options_bundling_would_refuse_is_noted_naming_it(shell, capsys):
+    assert run(shell, "%%federated rounds=2\nA = 1\n") is None
+    assert capsys.readouterr().err == ""
+    assert run(shell, "%%federated privacy=dp epsilon=3\nB = 2\n") is None  # the budget may still come in a later cell
+    assert capsys.readouterr().err == ("note: cell 2: %%federated privacy=dp needs a budget: epsilon= and delta= "
+                                       "(missing delta=; e.g. epsilon=3 delta=1e-5); `%federated bundle` refuses the "
+                                       "notebook until this is fixed\n")
+    assert run(shell, "%%federated delta=1e-5\nC = 3\n") is None
+    assert capsys.readouterr().err == ""

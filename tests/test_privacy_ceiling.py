@@ -5,6 +5,7 @@ protection a bundle requests; a DP run's record and exported model state the gua
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -16,8 +17,9 @@ import torch
 
 from caia_jupyter.contracts.errors import ApprovalRejected, CaiaError, SiteError
 from caia_jupyter.contracts.manifest import canonical
+from caia_jupyter.contracts.privacy import ACCOUNTANT
 from caia_jupyter.researcher import compose
-from caia_jupyter.researcher.runs import PRIVACY_FILE, Run
+from caia_jupyter.researcher.runs import GUARANTEE_FILE, Run
 from caia_jupyter.reviewer import review
 from caia_jupyter.site import approvals, keys, sites
 from caia_jupyter.site.guard import Refusal, admit, check_app
@@ -292,14 +294,27 @@ def dp_run(tmp_path):
 
 def test_a_dp_runs_record_and_exported_model_state_the_guarantee(dp_run):
     run = Run(dp_run)
-    expected = {"mechanism": "dp-sgd", "epsilon": 3.0, "delta": 1e-5, "per_site": {"site-1": 2.9, "site-2": 2.95}}
-    assert run.guarantee == expected
+    stated = {"bundle_id": "sha256:x", "mechanism": "dp-sgd", "accountant": "rdp", "epsilon": 3.0, "delta": 1e-5,
+              "max_grad_norm": 1.0, "local_epochs": 1, "rounds": 2, "epsilon_spent": {"site-1": 2.9, "site-2": 2.95}}
+    assert run.guarantee == {**stated, "model_sha256": None}  # before the model is exported
     state = torch.load(run.global_model, weights_only=True)  # still a plain state dict
     assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], torch.ones(2, 2))
-    assert json.loads((dp_run / PRIVACY_FILE).read_text()) == expected
+    model_sha256 = hashlib.sha256((dp_run / "global_model.pt").read_bytes()).hexdigest()
+    expected = {**stated, "model_sha256": model_sha256}
+    assert run.guarantee_file == dp_run / GUARANTEE_FILE == dp_run / "global_model.guarantee.json"
+    assert json.loads(run.guarantee_file.read_text()) == expected == run.guarantee
     summary = run_summary(run)
-    assert "privacy: DP-SGD, (epsilon 3, delta 1e-05) per site; spent: site-1 2.9, site-2 2.95" in summary.text.splitlines()
-    assert summary.data["privacy"] == expected
+    assert (f"global model: {dp_run / 'global_model.pt'} (its guarantee: {dp_run / GUARANTEE_FILE})"
+            in summary.text.splitlines())
+    assert "guarantee: DP-SGD, (epsilon 3, delta 1e-05) per site; spent: site-1 2.9, site-2 2.95" in summary.text.splitlines()
+    assert summary.data["guarantee"] == expected and summary.data["guarantee_file"] == str(dp_run / GUARANTEE_FILE)
+    assert "privacy" not in summary.data  # one name for it everywhere
+
+
+def test_the_guarantee_names_the_accountant_the_sites_count_with():
+    from caia_jupyter.site import dp_sgd
+
+    assert dp_sgd.ACCOUNTANT == ACCOUNTANT == "rdp"
 
 
 def test_a_run_without_dp_has_no_guarantee_and_no_sidecar(dp_run):
@@ -307,8 +322,10 @@ def test_a_run_without_dp_has_no_guarantee_and_no_sidecar(dp_run):
     del spec["privacy"]
     (dp_run / "run.json").write_text(json.dumps(spec))
     run = Run(dp_run)
-    assert run.guarantee is None and run.global_model is not None
-    assert not (dp_run / PRIVACY_FILE).exists() and "privacy:" not in run_summary(run).text
+    assert run.guarantee is None and run.global_model is not None and run.guarantee_file is None
+    summary = run_summary(run)
+    assert not (dp_run / GUARANTEE_FILE).exists() and "guarantee" not in summary.text.replace(str(dp_run), "")
+    assert summary.data["guarantee"] is None and f"global model: {run.global_model}" in summary.text.splitlines()
 
 
 def test_the_epsilon_metric_shows_in_the_terminal_and_the_widget_like_any_metric(dp_run):

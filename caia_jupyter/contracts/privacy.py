@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENCRYPTIONS = ("he-ckks",)
 MAX_EPSILON = 100.0  # beyond this a "guarantee" protects nothing; a request above it is a typo
+ACCOUNTANT = "rdp"  # the Opacus accountant every site counts DP-SGD steps with (site.dp_sgd), named in a run's guarantee
 
 
 class DifferentialPrivacy(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -47,6 +48,10 @@ class FederatedMagics(Magics):
             raise UsageError(str(e)) from None
         self.cells.pop(cell, None)
         self.cells[cell] = header
+        try:  # what bundling would refuse across the cells run so far, said now (a later cell may still fix it)
+            self._settings()
+        except CaiaError as e:
+            print(f"note: {e}; `%federated bundle` refuses the notebook until this is fixed", file=sys.stderr)
         result = self.shell.run_cell(cell)
         if result.error_before_exec or result.error_in_exec:
             error = result.error_in_exec or result.error_before_exec
@@ -88,11 +93,15 @@ class FederatedMagics(Magics):
 
     def _help(self):
         parser = cli.build_parser()
-        print("%%federated [dataset=NAME:SAMPLE.csv] [rounds=N] [min_clients=N] [param.KEY=VALUE]  marks a cell for the sites")
-        print("%federated COMMAND ...  mirrors `caia COMMAND ...`; bundle/validate default to this notebook\n")
+        print(annotations.usage())
+        print("\n%federated COMMAND ...  mirrors `caia COMMAND ...`; bundle/validate default to this notebook\n")
         print(parser.format_help())
         for name, text in KERNEL_COMMANDS.items():
             print(f"%federated {name}: {text}")
+
+    def _settings(self) -> annotations.Settings:
+        """The federated cells run so far, merged (`annotations.merge`, which names "cell N" in errors)."""
+        return annotations.merge([(f"cell {i + 1}", h) for i, h in enumerate(self.cells.values())])
 
     def _cells(self):
         return list(self.cells)
@@ -102,7 +111,7 @@ class FederatedMagics(Magics):
         if not self.cells:
             raise UsageError("no %%federated cell has run in this kernel yet; run them first")
         try:
-            settings = annotations.merge([(f"cell {i + 1}", h) for i, h in enumerate(self.cells.values())])
+            settings = self._settings()
             datasets = {
                 d.name: {"path": str(Path(d.sample).resolve()), "columns": schema.columns_of(d.sample)}
                 for d in settings.datasets if d.sample

@@ -2,29 +2,20 @@
 
     %%federated [OPTION ...]
 
-    dataset=NAME[:SAMPLE]  request dataset NAME at every site (repeatable). SAMPLE is a local
-                           CSV of synthetic rows with the site's columns: validation runs on
-                           it and the bundle records its column names and dtypes.
-    rounds=N               federated rounds (default 3)
-    min_clients=N          sites that must report each round (default 2)
-    param.KEY=VALUE        a hyperparameter, read at sites as ctx.params["KEY"]; VALUE is a
-                           Python literal, or else a plain string
-    privacy=dp             differential privacy (DP-SGD) at every site, with
-      epsilon=E delta=D    the budget of each site's whole run (both required),
-      max_grad_norm=C      the per-example clipping bound (default 1.0) and
-      local_epochs=K       the passes over a site's data per round (default 1)
-    encryption=he          sites encrypt their updates (CKKS); the aggregator sums ciphertexts
-    updates=weight_diff    sites send their weights' difference from the global model
-
-Options may sit on any federated cell; a setting given twice must agree.
+The options are `OPTIONS` (syntax, meaning); `usage()` renders them, and `%federated help` prints
+that. Options may sit on any federated cell; a setting given twice must agree.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
+import math
+import operator
 import re
 import shlex
+import textwrap
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -39,6 +30,53 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 # Protection options and the manifest value each allowed word becomes (`contracts.privacy`).
 _CHOICES = {"privacy": {"dp": "dp"}, "encryption": {"he": "he-ckks"}, "updates": {"weight_diff": "weight_diff"}}
 _DP_NUMBERS = ("epsilon", "delta", "max_grad_norm", "local_epochs")
+# The bounds of a DP number, read from `DifferentialPrivacy`'s own fields, and how caia words each.
+_BOUNDS = {"gt": ("above", operator.gt), "ge": ("at least", operator.ge), "lt": ("below", operator.lt),
+           "le": ("at most", operator.le)}
+
+
+def _limits(key: str) -> list[tuple[str, float]]:
+    """[(bound, limit)] of DifferentialPrivacy's field `key`, e.g. [("gt", 0), ("le", 100.0)]."""
+    return [(bound, getattr(m, bound)) for m in DifferentialPrivacy.model_fields[key].metadata
+            for bound in _BOUNDS if hasattr(m, bound)]
+
+
+def _range(key: str) -> str:
+    """The bounds of a DP number in words: "above 0 and at most 100"."""
+    return " and ".join(f"{_BOUNDS[bound][0]} {limit:g}" for bound, limit in _limits(key))
+
+
+OPTIONS: tuple[tuple[str, str], ...] = (
+    ("dataset=NAME[:SAMPLE]", "request dataset NAME at every site (repeatable). SAMPLE is a local CSV of synthetic "
+                              "rows with the site's columns: validation runs on it and the bundle records its column "
+                              "names and dtypes"),
+    ("rounds=N", f"federated rounds (default {DEFAULT_ROUNDS})"),
+    ("min_clients=N", f"sites that must report each round (default {DEFAULT_MIN_CLIENTS})"),
+    ("param.KEY=VALUE", 'a hyperparameter, read at sites as ctx.params["KEY"]; VALUE is a Python literal, or else a '
+                        "plain string"),
+    ("privacy=dp", "differential privacy (DP-SGD) at every site; needs epsilon= and delta="),
+    ("epsilon=E", f"with privacy=dp: the budget of each site's whole run (every round, every local epoch), "
+                  f"{_range('epsilon')}"),
+    ("delta=D", f"with privacy=dp: the probability that the epsilon bound fails, {_range('delta')}; keep it well "
+                "below 1 / a site's records"),
+    ("max_grad_norm=C", f"with privacy=dp: the per-example gradient clipping bound (L2), {_range('max_grad_norm')} "
+                        "(default 1.0)"),
+    ("local_epochs=K", f"with privacy=dp: the passes over a site's data per round the noise is calibrated for, "
+                       f"{_range('local_epochs')} (default 1)"),
+    ("encryption=he", "sites encrypt their updates (CKKS); the aggregator sums ciphertexts. Runs on a POC started "
+                      "with `caia poc up --he`, not on the simulator"),
+    ("updates=weight_diff", "sites send their weights' difference from the global model (not with encryption=he)"),
+)
+_OPTION_NAMES = tuple(syntax.partition("=")[0] for syntax, _ in OPTIONS)
+
+
+def usage() -> str:
+    """The `%%federated` grammar for people: a line per option of `OPTIONS`, wrapped at 100 columns."""
+    width = max(len(syntax) for syntax, _ in OPTIONS) + 2
+    lines = [f"{MAGIC} [OPTION ...]  marks a cell for the sites; its options:"]
+    for syntax, meaning in OPTIONS:
+        lines.append(textwrap.fill(meaning, 100, initial_indent=f"  {syntax:<{width}}", subsequent_indent=" " * (width + 2)))
+    return "\n".join(lines + ["Options may sit on any federated cell; a setting given twice must agree."])
 
 
 @dataclass(frozen=True)
@@ -113,15 +151,19 @@ def parse_options(text: str) -> Header:
                 raise NotebookError(f"%%federated option {key} is given twice on one line")
             protection[key] = _choice(key, value) if key in _CHOICES else _dp_number(key, value)
         else:
-            raise NotebookError(
-                f"unknown %%federated option {key!r}; use dataset=, rounds=, min_clients=, param.NAME=, "
-                "privacy=, encryption= or updates= (see `%federated help`)"
-            )
+            raise NotebookError(f"unknown %%federated option {key!r}{_did_you_mean(key)}; the options are "
+                                f"{', '.join(name + '=' for name in _OPTION_NAMES)} (see `%federated help`)")
     return Header(tuple(datasets), numbers.get("rounds"), numbers.get("min_clients"), params, protection)
 
 
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, _OPTION_NAMES, n=1)
+    return f" (did you mean {close[0]}=?)" if close else ""
+
+
 def merge(headers: list[tuple[str, Header]]) -> Settings:
-    """Merge the headers of all federated cells; `label` names a cell in error messages."""
+    """Merge the headers of all federated cells; `label` names a cell in error messages, which
+    start with the label of the cell that gave the option at fault. Raises NotebookError."""
     datasets: dict[str, tuple[str, DatasetRequest]] = {}
     scalars: dict[str, tuple[str, object]] = {}
 
@@ -153,17 +195,19 @@ def merge(headers: list[tuple[str, Header]]) -> Settings:
         rounds=given.get("rounds", DEFAULT_ROUNDS),
         min_clients=given.get("min_clients", DEFAULT_MIN_CLIENTS),
         params={k[6:]: v for k, v in given.items() if k.startswith("param.")},
-        privacy=_privacy(given),
-        **_transfer(given),
+        privacy=_privacy(scalars),
+        **_transfer(scalars),
     )
 
 
-def _transfer(given: dict) -> dict:
-    """The merged encryption and updates options; NotebookError when both are given."""
-    if given.get("encryption") and given.get("updates"):
-        raise NotebookError("%%federated encryption=he sends encrypted weights: drop updates=weight_diff (a site "
-                            "whose privacy policy needs weight differences cannot take an encrypted bundle)")
-    return {"encryption": given.get("encryption"), "updates": given.get("updates")}
+def _transfer(given: dict[str, tuple[str, object]]) -> dict:
+    """The merged encryption and updates options (`given`: key -> (label, value)); NotebookError naming
+    the cells when both are given."""
+    if "encryption" in given and "updates" in given:
+        cells = " and ".join(dict.fromkeys(given[key][0] for key in ("encryption", "updates")))
+        raise NotebookError(f"{cells}: %%federated encryption=he sends encrypted weights: drop updates=weight_diff (a "
+                            "site whose privacy policy needs weight differences cannot take an encrypted bundle)")
+    return {key: given[key][1] if key in given else None for key in ("encryption", "updates")}
 
 
 def _choice(key: str, value: str) -> str:
@@ -173,27 +217,36 @@ def _choice(key: str, value: str) -> str:
 
 
 def _dp_number(key: str, value: str) -> int | float:
+    """A DP number as the manifest holds it, within `DifferentialPrivacy`'s bounds; NotebookError in caia's words."""
+    whole = key == "local_epochs"
     try:
-        return int(value) if key == "local_epochs" else float(value)
+        number = int(value) if whole else float(value)
     except ValueError:
-        kind = "a whole number" if key == "local_epochs" else "a number"
-        raise NotebookError(f"%%federated {key}={value!r} must be {kind}") from None
+        number = None
+    if (number is None or not value.isascii() or not math.isfinite(number)  # int() reads Arabic-Indic digits too
+            or not all(_BOUNDS[bound][1](number, limit) for bound, limit in _limits(key))):
+        raise NotebookError(f"%%federated {key}={value!r} must be {'a whole number,' if whole else 'a number'} {_range(key)}")
+    return number
 
 
-def _privacy(given: dict) -> DifferentialPrivacy | None:
-    """The DP-SGD request of the merged options, or None; NotebookError (one line) when incomplete or out of range."""
-    numbers = {key: given[key] for key in _DP_NUMBERS if key in given}
-    if given.get("privacy") != "dp":
+def _privacy(given: dict[str, tuple[str, object]]) -> DifferentialPrivacy | None:
+    """The DP-SGD request of the merged options (`given`: key -> (label, value)), or None; NotebookError
+    (one line, naming the cell) when incomplete. Each number was checked against its bounds when parsed."""
+    numbers = {key: given[key][1] for key in _DP_NUMBERS if key in given}
+    if "privacy" not in given:
         if numbers:
-            raise NotebookError(f"%%federated {'=, '.join(numbers)}= apply to differential privacy; add privacy=dp")
+            label = given[next(iter(numbers))][0]
+            raise NotebookError(f"{label}: %%federated {'=, '.join(numbers)}= apply to differential privacy; add privacy=dp")
         return None
-    if "epsilon" not in numbers or "delta" not in numbers:
-        raise NotebookError("%%federated privacy=dp needs a budget: epsilon= and delta= (e.g. epsilon=3 delta=1e-5)")
+    label = given["privacy"][0]
+    missing = [key for key in ("epsilon", "delta") if key not in numbers]
+    if missing:
+        raise NotebookError(f"{label}: %%federated privacy=dp needs a budget: epsilon= and delta= (missing "
+                            f"{' and '.join(key + '=' for key in missing)}; e.g. epsilon=3 delta=1e-5)")
     try:
         return DifferentialPrivacy(**numbers)
-    except ValidationError as e:
-        error = e.errors()[0]
-        raise NotebookError(f"%%federated {error['loc'][0]}={numbers.get(error['loc'][0])!r}: {error['msg'].lower()}") from None
+    except ValidationError as e:  # a rule across fields; single values were checked by _dp_number
+        raise NotebookError(f"{label}: %%federated privacy=dp: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _literal(value: str):

@@ -8,8 +8,8 @@
     global_model.npz the latest global model, as the server keeps it (numpy arrays)
     model_dtypes.json each entry's torch dtype (caia_jupyter.contracts.weights)
     global_model.pt  the same as a torch state dict, every entry in its dtype, written when the run ends
-    global_model.privacy.json  the guarantee that model was trained under (`Run.guarantee`), written
-                   beside it for a run that requested differential privacy
+    global_model.guarantee.json  the guarantee that model was trained under (`Run.guarantee`, with the
+                   sha256 of global_model.pt), written beside it for a run that requested differential privacy
     outcome.json   how the run ended (written last); a failed site's report in the closed
                    vocabulary of caia_jupyter.contracts.failures
 
@@ -19,6 +19,7 @@ failure only what `failures.describe` renders from its report.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -30,13 +31,15 @@ from pathlib import Path
 
 from ..contracts import failures as failure_reports
 from ..contracts import weights
+from ..contracts.privacy import ACCOUNTANT
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from . import metrics as metric_records
 from .wording import plural
 
 FINAL = ("finished", "failed", "refused", "aborted")
-PRIVACY_FILE = "global_model.privacy.json"  # the guarantee beside the exported model (`Run.guarantee`)
+MODEL_FILE = "global_model.pt"
+GUARANTEE_FILE = "global_model.guarantee.json"  # the guarantee beside the exported model (`Run.guarantee`)
 EPSILON = "epsilon"  # the metric each site reports: the epsilon it has spent so far
 SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
@@ -132,17 +135,29 @@ class Run:
     @property
     def global_model(self) -> Path | None:
         """The final global model as a torch state dict file, once the run has ended."""
-        path = self.path / "global_model.pt"
+        path = self.path / MODEL_FILE
         if not path.is_file() and self.status in FINAL:
             export_global_model(self.path, self.guarantee)  # the server keeps arrays (it never imports torch)
         return path if path.is_file() else None
 
     @property
+    def guarantee_file(self) -> Path | None:
+        """GUARANTEE_FILE, the guarantee written beside the global model, once a DP run's model is exported."""
+        path = self.path / GUARANTEE_FILE
+        return path if self.global_model and path.is_file() else None
+
+    @property
     def guarantee(self) -> dict | None:
         """The differential privacy guarantee of the run, None for a run that requested none:
-        {"mechanism": "dp-sgd", "epsilon": the budget of each site's whole run, "delta",
-        "per_site": {site: the last epsilon that site reported spent (its `epsilon` metric)}};
-        a site that reported none is left out of per_site."""
+
+            bundle_id       the bundle the sites ran (its id covers the request)
+            model_sha256    sha256 (hex) of global_model.pt, None until it is exported
+            mechanism       "dp-sgd"; accountant: the Opacus accountant the sites count with ("rdp")
+            epsilon, delta  the budget of each site's whole run
+            max_grad_norm, local_epochs, rounds   what the noise is calibrated for
+            epsilon_spent   {site: the last epsilon that site reported spent (its `epsilon` metric)};
+                            a site that reported none is left out
+        """
         privacy = self.spec.get("privacy")
         if not isinstance(privacy, dict):
             return None
@@ -150,8 +165,12 @@ class Run:
         for record in sorted(self.records(), key=lambda r: (r.round, r.time)):
             if record.name == EPSILON and record.value is not None:
                 spent[record.site] = record.value
-        return {"mechanism": privacy.get("mechanism"), "epsilon": privacy.get("epsilon"), "delta": privacy.get("delta"),
-                "per_site": dict(sorted(spent.items()))}
+        model = self.path / MODEL_FILE
+        return {"bundle_id": self.spec.get("bundle_id"),
+                "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest() if model.is_file() else None,
+                "mechanism": privacy.get("mechanism"), "accountant": ACCOUNTANT,
+                **{key: privacy.get(key) for key in ("epsilon", "delta", "max_grad_norm", "local_epochs")},
+                "rounds": self.spec["rounds"], "epsilon_spent": dict(sorted(spent.items()))}
 
     @property
     def notes(self) -> list[str]:
@@ -398,10 +417,11 @@ def describe_failures(reports: dict, simulator_run: Path | None = None) -> dict[
 
 
 def export_global_model(run_dir: Path, guarantee: dict | None = None) -> Path | None:
-    """global_model.npz (server side, no torch) -> global_model.pt (a torch state dict, each entry
-    in the dtype of `build_model().state_dict()` that model_dtypes.json records), and the
-    `guarantee` it was trained under (`Run.guarantee`), when given, in PRIVACY_FILE beside it
-    (the state dict stays loadable with `torch.load(weights_only=True)`)."""
+    """global_model.npz (server side, no torch) -> MODEL_FILE (a torch state dict, each entry in the
+    dtype of `build_model().state_dict()` that model_dtypes.json records), and the `guarantee` it was
+    trained under (`Run.guarantee`), when given, in GUARANTEE_FILE beside it with the sha256 of the
+    exported bytes as "model_sha256" (the state dict stays loadable with `torch.load(weights_only=True)`).
+    Returns the model's path, or None when the run has no global model."""
     import io
 
     import numpy as np
@@ -421,5 +441,6 @@ def export_global_model(run_dir: Path, guarantee: dict | None = None) -> Path | 
     buffer = io.BytesIO()
     torch.save(state, buffer)
     if guarantee is not None:  # first: a model without its guarantee never appears
-        write_json(Path(run_dir) / PRIVACY_FILE, guarantee)
-    return write_atomic(Path(run_dir) / "global_model.pt", buffer.getvalue())
+        write_json(Path(run_dir) / GUARANTEE_FILE,
+                   {**guarantee, "model_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+    return write_atomic(Path(run_dir) / MODEL_FILE, buffer.getvalue())
