@@ -151,12 +151,13 @@ def calibrated_steps(request: dict, rounds: int, spent: Spent) -> int:
 def check_one_round(request: dict, spent: Spent) -> None:
     """Local validation's check of its one round (`spent`, accounted by `account` over one round):
     raise ContractError (one line) when train took more DP-SGD steps than `local_epochs` passes
-    over its loader allow (with Poisson sampling's slack: 1.5 x + 2)."""
+    over its loader take (Opacus's Poisson sampling takes len(loader) steps a pass, whatever the
+    batches' sizes)."""
     expected = calibrated_steps(request, 1, spent)
-    if spent.steps > 1.5 * expected + 2:
+    if spent.steps > expected:
         raise ContractError(
             f"train took {spent.steps} DP-SGD steps in one round where local_epochs={request['local_epochs']} passes over "
-            f"its loader take about {expected}: the budget is calibrated for local_epochs passes per round; train "
+            f"its loader take {expected}: the budget is calibrated for local_epochs passes per round; train "
             "ctx.privacy['local_epochs'] passes, or raise local_epochs on the %%federated line", failure="budget_spent",
             entry="train")
 
