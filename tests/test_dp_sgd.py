@@ -285,6 +285,7 @@ def test_the_site_names_why_it_refused_an_update():
     assert refused([]).startswith("train took no DP-SGD step this round; train with what ctx.make_private(")
     assert refused([[sigma(), 0.1, 10]], rows=5).startswith("train's DP-SGD sample rate 0.1 is below 1/5 (one over the "
                                                             "rows the site released)")
+    assert refused([[sigma(), 0.1, 10]], rows=0).startswith("train's DP-SGD ran on no dataset the site released")
     assert refused([[0.5, 0.1, 10]]).startswith(f"train's DP-SGD noise multiplier 0.5 is below the {sigma():.6g} the site "
                                                 "calibrates at sample rate 0.1")
 

@@ -128,6 +128,9 @@ def account(request: dict, rounds: int, before: Spent, reported, released_rows: 
         raise ContractError("the code's accountant history does not continue the one the site accounted before",
                             failure="not_private", entry="train")
     spent = Spent(0.0, history)
+    if not released_rows:
+        raise ContractError("train's DP-SGD ran on no dataset the site released (the code read none with ctx.dataset)",
+                            failure="not_private", entry="train")
     if spent.steps <= before.steps:
         raise ContractError("train took no DP-SGD step this round; train with what ctx.make_private(model, optimizer, "
                             "data_loader) returns", failure="not_private", entry="train")
