@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from caia_jupyter.researcher import compose, validation
 from caia_jupyter.researcher.runs import local_failure_record
 from caia_jupyter.site import flare_client
 from caia_jupyter.site.context import Context
+from caia_jupyter.site.dp_sgd import Spent, calibrated_noise, check_validation_round, epsilon_of
 from caia_jupyter.site.runtime import Failed, LocalCode, RoundResult
 from caia_jupyter.targets.submit import submit
 from caia_jupyter.terminal import run_summary
@@ -31,6 +34,18 @@ def loader(rows: int = 200, batch_size: int = 20):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, 2, generator=generator)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long()), batch_size=batch_size)
+
+
+def fake_reader(rows: int):
+    """A fake of the site's reader of released tables: a frame of `rows` rows, whatever is asked."""
+    return lambda name, spec: pd.DataFrame({"x": range(rows)})
+
+
+def released(rows: int = 200, rounds: int = 1, privacy=DP) -> Context:
+    """A Context whose code has read one released dataset of `rows` rows (through `fake_reader`)."""
+    ctx = Context("site-1", {}, {"tiny": {"columns": []}}, rounds=rounds, reader=fake_reader(rows), privacy=privacy)
+    ctx.dataset("tiny")
+    return ctx
 
 
 def train_private(model, data, ctx, passes: int = 1) -> dict:
@@ -48,7 +63,7 @@ def train_private(model, data, ctx, passes: int = 1) -> dict:
 @pytest.mark.filterwarnings("ignore")
 def test_make_private_every_round_keeps_the_whole_run_within_the_budget():
     rounds = 4
-    ctx = Context("site-1", {}, {}, rounds=rounds, privacy=DP)
+    ctx = released(rounds=rounds)
     model, data = nn.Linear(2, 2), loader()
     spent = []
     for _ in range(rounds):
@@ -64,7 +79,7 @@ def test_make_private_every_round_keeps_the_whole_run_within_the_budget():
 
 @pytest.mark.filterwarnings("ignore")
 def test_more_passes_than_the_request_declares_overspend_the_budget():
-    ctx = Context("site-1", {}, {}, rounds=2, privacy=DP)
+    ctx = released(rounds=2)
     model, data = nn.Linear(2, 2), loader()
     train_private(model, data, ctx, passes=2)
     train_private(model, data, ctx, passes=2)
@@ -73,7 +88,7 @@ def test_more_passes_than_the_request_declares_overspend_the_budget():
 
 @pytest.mark.filterwarnings("ignore")
 def test_make_private_trains_a_model_evaluate_left_in_eval_mode():
-    ctx = Context("site-1", {}, {}, rounds=1, privacy=DP)
+    ctx = released()
     model = nn.Linear(2, 2).eval()
     train_private(model, loader(), ctx)
     assert model.training and ctx.privacy_spent()[1] == 10
@@ -87,17 +102,71 @@ def test_make_private_without_a_dp_request_says_to_add_it():
     assert ctx.privacy_spent() == (0.0, 0)
 
 
-@pytest.mark.filterwarnings("ignore")
-def test_a_batchnorm_model_is_refused_with_opacus_explanation():
-    ctx = Context("site-1", {}, {}, rounds=1, privacy=DP)
+def test_a_batchnorm_model_is_refused_naming_the_layer_and_the_fix():
+    ctx = released()
     model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    with pytest.raises(ContractError, match="BatchNorm cannot support training with differential privacy") as raised:
+    with pytest.raises(ContractError) as raised:
         ctx.make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader())
+    assert str(raised.value) == (
+        "Opacus cannot train BatchNorm layers with differential privacy (they mix the examples of a batch): "
+        "1 (BatchNorm1d); use GroupNorm in build_model, or opacus.validators.ModuleValidator.fix(model)")
     assert raised.value.failure == "dp_unsupported" and raised.value.entry == "train"
 
 
+def test_a_budget_too_low_for_the_run_names_the_numbers():
+    ctx = released(rounds=3, privacy={**DP, "epsilon": 0.01})
+    model = nn.Linear(2, 2)
+    with pytest.raises(ContractError) as raised:
+        ctx.make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader())
+    assert str(raised.value) == (
+        "the privacy budget is too low: epsilon 0.01 at delta 1e-05 cannot cover 3 passes (rounds 3 x local_epochs 1) "
+        "at sample rate 0.1 (1/batches per pass); request a larger epsilon, fewer rounds or local_epochs, or use "
+        "smaller batches")
+
+
+def test_training_through_make_private_prints_no_backward_hook_warning():
+    import warnings
+
+    ctx, model = released(), nn.Linear(2, 2)
+    ctx.private_training.model = model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        train_private(model, loader(), ctx)
+        warnings.warn("Full backward hook is firing, but another warning")  # only the known one is silenced
+    assert [str(w.message) for w in caught if "backward hook" in str(w.message)] == [
+        "Full backward hook is firing, but another warning"]
+
+
+def test_the_request_is_the_sites_the_code_cannot_replace_it():
+    ctx = released()
+    with pytest.raises(AttributeError):
+        ctx.privacy = {**DP, "delta": 0.99}
+    with pytest.raises(TypeError):
+        ctx.privacy["delta"] = 0.99
+    assert ctx.privacy["delta"] == DP["delta"] and ctx.private_training.request.delta == DP["delta"]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_make_private_refuses_a_model_other_than_the_one_train_received():
+    ctx, model, decoy = released(), nn.Linear(2, 2), nn.Linear(2, 2)
+    ctx.private_training.model = model  # as runtime.run_round sets it
+    with pytest.raises(ContractError, match="a model other than the one train received") as raised:
+        ctx.make_private(decoy, torch.optim.SGD(decoy.parameters(), lr=0.1), loader())
+    assert raised.value.failure == "not_private"
+    train_private(model, loader(), ctx)  # train's own model, twice (its wrapper the second time)
+    train_private(model, loader(), ctx)
+
+
+def test_make_private_refuses_a_loader_over_more_rows_than_were_released():
+    ctx, model = released(rows=100), nn.Linear(2, 2)
+    with pytest.raises(ContractError) as raised:
+        ctx.make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader(rows=200))
+    assert str(raised.value) == ("ctx.make_private: the loader holds 200 rows, more than the 100 the site released to "
+                                 "this bundle; give it a loader over the released data")
+
+
 def test_a_loader_that_is_not_a_dataloader_is_refused():
-    ctx = Context("site-1", {}, {}, rounds=1, privacy=DP)
+    ctx = released()
     model = nn.Linear(2, 2)
     with pytest.raises(ContractError, match="needs a torch DataLoader"):
         ctx.make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), [(torch.zeros(1, 2), torch.zeros(1))])
@@ -114,6 +183,7 @@ FEDERATED = """
         return nn.Linear(2, 2)
 
     def load_data(ctx):
+        ctx.dataset("tiny")
         x = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long()), batch_size=10)
 
@@ -135,25 +205,33 @@ def local_code(tmp_path, private: bool = True, metric: str = "train_loss", priva
     line = "model, optimizer, data = ctx.make_private(model, optimizer, data)" if private else "pass"
     source = textwrap.dedent(FEDERATED).replace("PRIVATE", line).replace("METRIC", metric).encode()
     (tmp_path / "federated.py").write_bytes(source)
-    code = LocalCode(tmp_path, hashlib.sha256(source).hexdigest(), Context("site-1", {}, {}, rounds=2, privacy=privacy))
+    ctx = Context("site-1", {}, {"tiny": {"columns": []}}, rounds=2, reader=fake_reader(100), privacy=privacy)
+    code = LocalCode(tmp_path, hashlib.sha256(source).hexdigest(), ctx)
     code.start()
     return code
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_local_code_reports_the_epsilon_spent_and_the_steps_each_round(tmp_path):
+def test_local_code_reports_its_accountant_history_and_the_site_accounts_it(tmp_path):
     code = local_code(tmp_path)
     weights = {k: v.numpy() for k, v in code.model.state_dict().items()}
-    first, second = code.round(weights, 0), code.round(weights, 1)
-    assert (first.dp_steps, second.dp_steps) == (10, 20)
-    assert 0 < first.epsilon < second.epsilon <= DP["epsilon"]
+    first = code.round(weights, 0)
+    sigma = calibrated_noise(DP, 2, 0.1)
+    assert first.dp_history == [[sigma, 0.1, 10]] and code.released_rows == 100
+    after_first = flare_client.check_private(DP, 2, first, Spent(), code.released_rows, 0)
+    second = code.round(weights, 1)
+    assert second.dp_history == [[sigma, 0.1, 20]]
+    after_second = flare_client.check_private(DP, 2, second, after_first, code.released_rows, 1)
+    assert (after_first.steps, after_second.steps) == (10, 20)
+    assert 0 < after_first.epsilon < after_second.epsilon <= DP["epsilon"]
+    assert after_second.epsilon == pytest.approx(code.ctx.privacy_spent()[0])  # the site's number is Opacus's
     assert set(second.weights) == {"weight", "bias"}
 
 
 def test_local_code_without_dp_reports_no_privacy(tmp_path):
     code = local_code(tmp_path, private=False, privacy=None)
     result = code.round({k: v.numpy() for k, v in code.model.state_dict().items()}, 0)
-    assert (result.epsilon, result.dp_steps) == (None, None)
+    assert result.dp_history is None
 
 
 def test_a_code_metric_named_epsilon_is_refused_when_dp_is_requested(tmp_path):
@@ -166,43 +244,100 @@ def test_a_code_metric_named_epsilon_is_refused_when_dp_is_requested(tmp_path):
 
 # -- the site's runtime: what it refuses to send ----------------------------------------------------
 
-def result(num_samples=100, epsilon=1.0, dp_steps=10) -> RoundResult:
-    return RoundResult(num_samples, {}, {}, {"w": np.zeros(2, np.float32)}, epsilon, dp_steps)
+def sigma() -> float:
+    """The noise the site calibrates for DP over 2 rounds at sample rate 0.1."""
+    return calibrated_noise(DP, 2, 0.1)
 
 
-@pytest.mark.parametrize("round_result, steps_before", [
-    pytest.param(result(epsilon=0.0, dp_steps=0), 0, id="no step at all"),
-    pytest.param(result(dp_steps=10), 10, id="no step this round"),
-    pytest.param(result(dp_steps=5), 10, id="fewer steps than before"),
-    pytest.param(result(epsilon=None, dp_steps=None), 0, id="no accounting"),
+def result(history, num_samples=100) -> RoundResult:
+    return RoundResult(num_samples, {}, {}, {"w": np.zeros(2, np.float32)}, history)
+
+
+def accounted(steps: int) -> Spent:
+    return Spent(0.5, ((sigma(), 0.1, steps),))
+
+
+@pytest.mark.parametrize("history, before, num_samples", [
+    pytest.param([], Spent(), 100, id="no step at all"),
+    pytest.param([], Spent(), 0, id="no step, no examples claimed: the weights would still leave"),
+    pytest.param("10 steps", Spent(), 100, id="unreadable"),
+    pytest.param(None, Spent(), 100, id="no accounting"),
+    pytest.param([[1e308, 0.1, 10**13]], Spent(), 100, id="steps beyond any run"),
+    pytest.param([["1.5", 0.1, 10]], Spent(), 100, id="a number as text"),
+    pytest.param(lambda: [[sigma(), 0.1, 10]], accounted(10), 100, id="no step this round"),
+    pytest.param(lambda: [[sigma(), 0.1, 5]], accounted(10), 100, id="fewer steps than before"),
+    pytest.param(lambda: [[sigma(), 0.5, 30]], accounted(10), 100, id="a history that does not continue"),
+    pytest.param(lambda: [[sigma() / 2, 0.1, 10]], Spent(), 100, id="less noise than the site calibrates"),
+    pytest.param([[0.5, 1e-5, 10]], Spent(), 100, id="a sample rate below one over the released rows"),
 ])
-def test_an_update_trained_outside_dp_sgd_is_not_sent(round_result, steps_before):
+def test_an_update_trained_outside_the_sites_dp_sgd_is_not_sent(history, before, num_samples):
     with pytest.raises(Failed) as raised:
-        flare_client.check_private(DP, round_result, steps_before, 1)
+        flare_client.check_private(DP, 2, result(history() if callable(history) else history, num_samples), before, 100, 1)
     assert raised.value.report == {"entry": "train", "round": 1, "category": "not_private"}
-    assert raised.value.record["budget"] == 3.0
+    assert raised.value.record["budget"] == 3.0 and "\n" not in raised.value.record["message"]
 
 
-def test_an_update_beyond_the_budget_is_not_sent_and_the_record_keeps_the_numbers():
+def test_the_site_names_why_it_refused_an_update():
+    def refused(history, before=Spent(), rows=100) -> str:
+        with pytest.raises(Failed) as raised:
+            flare_client.check_private(DP, 2, result(history), before, rows, 0)
+        return raised.value.record["message"]
+
+    assert refused([]).startswith("train took no DP-SGD step this round; train with what ctx.make_private(")
+    assert refused([[sigma(), 0.1, 10]], rows=5).startswith("train's DP-SGD sample rate 0.1 is below 1/5 (one over the "
+                                                            "rows the site released)")
+    assert refused([[sigma(), 0.1, 10]], rows=0).startswith("train's DP-SGD ran on no dataset the site released")
+    assert refused([[0.5, 0.1, 10]]).startswith(f"train's DP-SGD noise multiplier 0.5 is below the {sigma():.6g} the site "
+                                                "calibrates at sample rate 0.1")
+
+
+def test_an_update_beyond_the_budget_is_not_sent_and_the_record_names_the_steps():
     with pytest.raises(Failed) as raised:
-        flare_client.check_private(DP, result(epsilon=3.2, dp_steps=30), 20, 2)
-    assert raised.value.report == {"entry": "runtime", "round": 2, "category": "budget_spent"}
-    assert (raised.value.record["epsilon"], raised.value.record["dp_steps"]) == (3.2, 30)
+        flare_client.check_private(DP, 2, result([[sigma(), 0.1, 40]]), accounted(20), 100, 1)
+    assert raised.value.report == {"entry": "runtime", "round": 1, "category": "budget_spent"}
+    record = raised.value.record
+    assert record["epsilon"] > 3 and (record["dp_steps"], record["calibrated_steps"]) == (40, 20)
+    assert "40 DP-SGD steps where the noise is calibrated for 20 over the run (2 rounds x local_epochs 1 passes)" in record["message"]
     line = failures.describe("site-2", failures.Report(**raised.value.report))
-    assert line == "site-2 failed in caia's site runtime at round 2: its privacy budget is spent; the site stopped sending updates"
-    assert "3.2" not in json.dumps(raised.value.report)
+    assert line == "site-2 failed in caia's site runtime at round 1: its privacy budget is spent; the site stopped sending updates"
+    assert str(record["epsilon"])[:3] not in json.dumps(raised.value.report)
 
 
-def test_private_updates_within_the_budget_are_sent():
-    flare_client.check_private(DP, result(epsilon=3.0, dp_steps=30), 20, 2)  # at the budget: still within it
-    flare_client.check_private(DP, result(num_samples=0, epsilon=1.0, dp_steps=10), 10, 1)  # no examples: no step needed
-    flare_client.check_budget_left(DP, (2.9, 30), 3)
+def test_private_updates_within_the_budget_are_sent_with_the_sites_epsilon():
+    first = flare_client.check_private(DP, 2, result([[sigma(), 0.1, 10]]), Spent(), 100, 0)
+    second = flare_client.check_private(DP, 2, result([[sigma(), 0.1, 20]], num_samples=0), first, 100, 1)
+    assert 0 < first.epsilon < second.epsilon <= DP["epsilon"] and second.steps == 20
+    assert second.epsilon == pytest.approx(epsilon_of([(sigma(), 0.1, 20)], DP["delta"]))
+    flare_client.check_budget_left(DP, Spent(2.9, ((sigma(), 0.1, 30),)), 3)
 
 
 def test_a_site_whose_budget_is_reached_stops_before_training_further():
     with pytest.raises(Failed) as raised:
-        flare_client.check_budget_left(DP, (3.0, 30), 3)
+        flare_client.check_budget_left(DP, Spent(3.0, ((sigma(), 0.1, 30),)), 3)
     assert raised.value.report == {"entry": "runtime", "round": 3, "category": "budget_spent"}
+
+
+def test_validation_fails_a_round_without_dp_or_with_more_passes_than_local_epochs():
+    ctx = released(rows=200)
+    with pytest.raises(ContractError, match=r"train took no DP-SGD step this round; train with what ctx.make_private"):
+        check_validation_round(ctx)
+    model = nn.Linear(2, 2)
+    ctx.private_training.model = model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_private(model, loader(), ctx, passes=2)
+    with pytest.raises(ContractError) as raised:
+        check_validation_round(ctx)
+    assert str(raised.value).startswith("train took 20 DP-SGD steps in one round where local_epochs=1 passes over its "
+                                        "loader take 10")
+    assert "raise local_epochs on the %%federated line" in str(raised.value)
+    honest, fresh = released(rows=200), nn.Linear(2, 2)
+    honest.private_training.model = fresh
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_private(fresh, loader(), honest)
+    assert check_validation_round(honest).steps == 10
+    assert check_validation_round(Context("site-1", {}, {})) is None
 
 
 # -- local validation (a real papermill kernel) and the NVFLARE simulator, with the sandbox -----------
@@ -226,8 +361,18 @@ def test_validation_runs_make_private_on_the_sample_and_names_what_opacus_cannot
         nb, "return nn.Linear(2, 2)", "return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))")))
     result = validation.validate(batchnorm)
     assert not result.passed
-    assert "BatchNorm cannot support training with differential privacy" in result.error, result.error
-    assert "line 4, in train: ContractError: Opacus cannot train this model" in result.error and "\n" not in result.error
+    assert result.error.endswith("line 4, in train: ContractError: Opacus cannot train BatchNorm layers with differential "
+                                 "privacy (they mix the examples of a batch): 1 (BatchNorm1d); use GroupNorm in build_model, "
+                                 "or opacus.validators.ModuleValidator.fix(model)"), result.error
+    forgot = validation.validate(compose.build(write_corpus("dp", tmp_path / "forgot", edit=lambda nb: set_source(
+        nb, "    model, optimizer, loader = ctx.make_private(model, optimizer, data)\n", "    loader = data\n"))))
+    assert not forgot.passed
+    assert forgot.error.endswith("in train: ContractError: train took no DP-SGD step this round; train with what "
+                                 "ctx.make_private(model, optimizer, data_loader) returns"), forgot.error
+    twice = validation.validate(compose.build(write_corpus("dp", tmp_path / "twice", edit=lambda nb: set_source(
+        nb, "    for x, y in loader:\n", "    for x, y in [batch for _ in range(2) for batch in loader]:\n"))))
+    assert not twice.passed
+    assert "in train: ContractError: train took " in twice.error and "raise local_epochs on the %%federated line" in twice.error
 
 
 @pytest.mark.slow
@@ -284,5 +429,7 @@ def test_a_site_stops_an_update_that_skipped_dp_and_one_whose_budget_ran_out_and
     spent = epsilons(run, "site-1")
     assert len(spent) == 3 and spent[-1] <= BUDGET
     kept = {name: json.loads(path.read_text()) for name, path in records.items()}
-    assert (kept["site-2"]["dp_steps"], kept["site-2"]["num_samples"]) == (0, 24)
+    assert (kept["site-2"]["dp_steps_before"], kept["site-2"]["num_samples"]) == (0, 24)
+    assert kept["site-2"]["message"].startswith("train took no DP-SGD step this round")
     assert kept["site-3"]["epsilon"] > kept["site-3"]["budget"] == BUDGET
+    assert kept["site-3"]["dp_steps"] > kept["site-3"]["calibrated_steps"] == 12  # 3 rounds x 1 pass of 4 batches

@@ -563,34 +563,50 @@ def test_a_forged_round_result_is_failed_by_category(fake_child, result, categor
 
 DP = {"mechanism": "dp-sgd", "epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "local_epochs": 1}
 BAD_ACCOUNTING = {
-    "no accounting": ({}, "not_private", "train"),
-    "epsilon a string": ({"epsilon": "0.5", "dp_steps": 3}, "not_private", "train"),
-    "epsilon negative": ({"epsilon": -1.0, "dp_steps": 3}, "not_private", "train"),
-    "steps a bool": ({"epsilon": 0.5, "dp_steps": True}, "not_private", "train"),
-    "steps a float": ({"epsilon": 0.5, "dp_steps": 3.0}, "not_private", "train"),
-    "a code metric named epsilon": ({"epsilon": 0.5, "dp_steps": 3, "train": {"epsilon": 0.1}}, "bad_metrics", "train"),
+    "no accounting": {},
+    "history a string": {"dp_history": "[[1.0, 0.1, 3]]"},
+    "noise a string": {"dp_history": [["1.0", 0.1, 3]]},
+    "sample rate negative": {"dp_history": [[1.0, -0.1, 3]]},
+    "steps a bool": {"dp_history": [[1.0, 0.1, True]]},
+    "steps a float": {"dp_history": [[1.0, 0.1, 3.0]]},
+    "noise below the site's": {"dp_history": [[0.1, 0.1, 3]]},
 }
 
 
-@pytest.mark.parametrize("accounting,category,entry", BAD_ACCOUNTING.values(), ids=BAD_ACCOUNTING.keys())
-def test_a_dp_round_without_readable_accounting_is_failed_by_category(fake_child, accounting, category, entry):
+@pytest.mark.parametrize("accounting", BAD_ACCOUNTING.values(), ids=BAD_ACCOUNTING.keys())
+def test_a_dp_round_without_accounting_the_site_accepts_is_not_sent(fake_child, accounting):
+    from caia_jupyter.site import flare_client
+    from caia_jupyter.site.dp_sgd import Spent
+
     sent = {"num_samples": 3, "train": {}, "eval": {}, **accounting}
+    box = fake_child(READY + f"wire.send(conn, {{'kind': 'result', **{sent!r}}}, weights)\nwire.receive(conn)\n")
+    box.release = dataclasses.replace(box.release, privacy=DP)
+    box.start()
+    result = box.round(WEIGHTS, 1)  # what the process sent is untrusted: the site's runtime accounts it
+    box.close()
+    with pytest.raises(Failed) as failed:
+        flare_client.check_private(DP, 1, result, Spent(), 100, 1)
+    assert failed.value.report == {"entry": "train", "round": 1, "category": "not_private"}
+
+
+def test_a_dp_round_with_a_code_metric_named_epsilon_is_failed(fake_child):
+    sent = {"num_samples": 3, "train": {"epsilon": 0.1}, "eval": {}, "dp_history": [[1.0, 0.1, 3]]}
     box = fake_child(READY + f"wire.send(conn, {{'kind': 'result', **{sent!r}}})\nwire.receive(conn)\n")
     box.release = dataclasses.replace(box.release, privacy=DP)
     box.start()
     failed = failure(box, lambda box: box.round(WEIGHTS, 1))
-    assert failed.report == {"entry": entry, "round": 1, "category": category}
+    assert failed.report == {"entry": "train", "round": 1, "category": "bad_metrics"}
 
 
-def test_a_dp_round_carries_the_privacy_the_process_accounted(fake_child):
+def test_a_dp_round_carries_the_history_the_process_reported(fake_child):
     box = fake_child(READY + "assert start['privacy']['epsilon'] == 3.0\n"
-                     "wire.send(conn, {'kind': 'result', 'num_samples': 3, 'train': {}, 'eval': {}, 'epsilon': 0.5, "
-                     "'dp_steps': 4}, weights)\nwire.receive(conn)\n")
+                     "wire.send(conn, {'kind': 'result', 'num_samples': 3, 'train': {}, 'eval': {}, "
+                     "'dp_history': [[1.5, 0.1, 4]]}, weights)\nwire.receive(conn)\n")
     box.release = dataclasses.replace(box.release, privacy=DP)
     box.start()
     result = box.round(WEIGHTS, 0)
     box.close()
-    assert (result.epsilon, result.dp_steps) == (0.5, 4)
+    assert result.dp_history == [[1.5, 0.1, 4]] and box.released_rows == 0
 
 
 def test_forged_final_metrics_are_failed_by_category(fake_child):

@@ -38,6 +38,7 @@ VERSIONS_OF = ("caia-jupyter", "nvflare", "torch", "numpy", "pandas", "papermill
 SETUP = """\
 from caia_jupyter.researcher.validation import Stages
 from caia_jupyter.site.context import Context
+from caia_jupyter.site.dp_sgd import check_validation_round
 
 stages = Stages(report_path, module_path=f"{bundle_dir}/federated.py")"""
 
@@ -46,7 +47,7 @@ STEPS = [
     ("context", 'with stages.run("context"):\n    ctx = Context("local-validation", params, datasets, rounds=1, privacy=privacy)\n    ctx'),
     ("build_model", 'with stages.run("build_model"):\n    model = runtime.build_model(entry)\n    model'),
     ("load_data", 'with stages.run("load_data"):\n    data = entry.load_data(ctx)'),
-    ("round", 'with stages.run("round"):\n    result = runtime.run_round(entry, model, data, ctx)\n    result'),
+    ("round", 'with stages.run("round"):\n    result = runtime.run_round(entry, model, data, ctx)\n    check_validation_round(ctx)\n    result'),
     ("evaluate", 'with stages.run("evaluate"):\n    final = runtime.evaluate(entry, model, data, ctx)\n    stages.finish(result, final)\n    final'),
 ]
 

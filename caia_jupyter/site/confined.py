@@ -221,7 +221,7 @@ def serve(conn: Connection) -> None:
             if request.get("op") == "round":
                 result = code.round(weights, request["round"])
                 send({"kind": "result", "num_samples": result.num_samples, "train": result.train_metrics,
-                      "eval": result.eval_metrics, "epsilon": result.epsilon, "dp_steps": result.dp_steps}, result.weights)
+                      "eval": result.eval_metrics, "dp_history": result.dp_history}, result.weights)
             elif request.get("op") == "evaluate":
                 send({"kind": "metrics", "metrics": code.evaluate(weights, request["round"])})
             else:

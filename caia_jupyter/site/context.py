@@ -17,7 +17,8 @@ class Context:
     `site` and `round` say where and when; `params` holds the bundle's hyperparameters;
     `dataset(name)` returns a released dataset restricted to the requested columns;
     `make_private(model, optimizer, data_loader)` hands out DP-SGD when the bundle requests it
-    (`privacy`: the manifest's job.privacy, a `contracts.privacy.DifferentialPrivacy` as a dict).
+    (`privacy`: the manifest's job.privacy, a `contracts.privacy.DifferentialPrivacy` as a dict;
+    read-only: the site's request, which the site accounts against whatever the code does).
     """
 
     def __init__(self, site: str, params: dict, datasets: dict[str, dict], rounds: int = 1, round: int = 0,
@@ -30,8 +31,29 @@ class Context:
         self._datasets = datasets
         # (name, spec) -> the released frame; in the sandbox, a per-run copy the site's runtime made
         self._read = reader or (lambda name, spec: read_released(self.site, name, spec))
-        self.privacy = MappingProxyType(dict(privacy)) if privacy else None
-        self._private = None  # privacy.PrivateTraining, made at the first make_private
+        self._privacy = MappingProxyType(dict(privacy)) if privacy else None
+        self._rows: dict[str, int] = {}  # name -> rows of the released dataset as `dataset` last returned it
+        self._private = None  # dp_sgd.PrivateTraining for the site's request
+        if privacy:
+            from ..contracts.privacy import DifferentialPrivacy
+            from .dp_sgd import PrivateTraining
+
+            self._private = PrivateTraining(DifferentialPrivacy.model_validate(dict(privacy)), rounds)
+
+    @property
+    def privacy(self):
+        """The bundle's differential privacy request (job.privacy, read-only), or None."""
+        return self._privacy
+
+    @property
+    def private_training(self):
+        """The run's `dp_sgd.PrivateTraining` here (None without DP): the runtime's side of make_private."""
+        return self._private
+
+    @property
+    def released_rows(self) -> int:
+        """Rows of the released datasets the code has read here (each counted once): what a DP loader may hold."""
+        return sum(self._rows.values())
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -51,29 +73,29 @@ class Context:
                 f"site {self.site} did not release dataset {name!r} to this bundle (released: {released}); "
                 "request it with %%federated dataset= and ask the site's reviewers to approve it"
             )
-        return self._read(name, self._datasets[name])
+        frame = self._read(name, self._datasets[name])
+        self._rows[name] = len(frame)
+        return frame
 
     def make_private(self, model, optimizer, data_loader):
         """Opacus's (model, optimizer, data_loader) for DP-SGD within the bundle's budget: train with
         these three, every round (call it each round, with the same model). The noise is calibrated
         once for the whole run (every round, `local_epochs` passes per round, this site's sample
         rate 1/len(data_loader)); one accountant counts every step. The model caia sends is the
-        plain `model`, trained in place through the returned wrapper.
+        plain `model` (the one train received), trained in place through the returned wrapper;
+        `data_loader` is over the released data (at most `released_rows` rows).
 
-        Raises ContractError (one line) when the bundle requests no differential privacy, or
-        Opacus cannot train the model privately (its own explanation: e.g. BatchNorm)."""
+        Raises ContractError (one line) when the bundle requests no differential privacy, the model
+        or the loader is not as above, the budget is too low for the run, or Opacus cannot train the
+        model privately (e.g. BatchNorm, named with the fix)."""
         if self.privacy is None:
             raise ContractError("ctx.make_private: this bundle requests no differential privacy; add privacy=dp "
                                 "epsilon=... delta=... to its %%federated line", failure="contract", entry="train")
-        if self._private is None:
-            from ..contracts.privacy import DifferentialPrivacy
-            from .dp_sgd import PrivateTraining
-
-            self._private = PrivateTraining(DifferentialPrivacy.model_validate(dict(self.privacy)), self.rounds)
-        return self._private.make_private(model, optimizer, data_loader)
+        return self._private.make_private(model, optimizer, data_loader, self.released_rows)
 
     def privacy_spent(self) -> tuple[float, int]:
-        """(epsilon spent so far by this run here, DP-SGD steps taken so far): (0.0, 0) before make_private."""
+        """(epsilon spent so far by this run here, DP-SGD steps taken so far), as this process counts
+        them: (0.0, 0) before make_private. The site's runtime computes its own (`dp_sgd.account`)."""
         return self._private.spent() if self._private is not None else (0.0, 0)
 
     def __repr__(self) -> str:

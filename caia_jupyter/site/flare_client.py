@@ -69,7 +69,11 @@ def _serve(app_dir: Path) -> None:
     try:
         code.start()
         trained, evaluated, first = 0, False, None
-        spent = (0.0, 0)  # with DP: (epsilon, DP-SGD steps) of this run here, as of the last update sent
+        spent = None  # with DP: the privacy this run spent here (`dp_sgd.Spent`), as of the last update sent
+        if release.privacy:
+            from .dp_sgd import Spent
+
+            spent = Spent()
         while (incoming := next_task()) is not None:
             first = first or incoming.params  # the initial global model: in clear, also under encryption
             params = in_clear(incoming.params, first) if release.encryption else incoming.params
@@ -89,9 +93,8 @@ def _serve(app_dir: Path) -> None:
             result = code.round(params, trained)
             metrics = {**result.eval_metrics, **result.train_metrics, "num_samples": result.num_samples}
             if release.privacy:
-                check_private(release.privacy, result, spent[1], trained)
-                spent = (result.epsilon, result.dp_steps)
-                metrics[EPSILON] = result.epsilon
+                spent = check_private(release.privacy, release.rounds, result, spent, code.released_rows, trained)
+                metrics[EPSILON] = spent.epsilon
             report(metrics, trained)
             trained += 1
             flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
@@ -100,31 +103,40 @@ def _serve(app_dir: Path) -> None:
         code.close()
 
 
-def check_budget_left(privacy: dict, spent: tuple[float, int], round: int) -> None:
-    """Before training round `round`: raise Failed (budget_spent) when the epsilon `spent` (epsilon,
-    steps) already reaches the budget of `privacy` (the release's job.privacy)."""
-    if spent[0] >= privacy["epsilon"]:
+def check_budget_left(privacy: dict, spent, round: int) -> None:
+    """Before training round `round`: raise Failed (budget_spent) when the privacy `spent` so far
+    (`dp_sgd.Spent`) already reaches the budget of `privacy` (the release's job.privacy)."""
+    if spent.epsilon >= privacy["epsilon"]:
         raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
-                     {"message": f"the privacy budget is spent before round {round}: epsilon {spent[0]} of "
-                                 f"{privacy['epsilon']:g} (delta {privacy['delta']:g}) after {spent[1]} DP-SGD steps"})
+                     {"message": f"the privacy budget is spent before round {round}: epsilon {spent.epsilon} of "
+                                 f"{privacy['epsilon']} (delta {privacy['delta']}) after {spent.steps} DP-SGD steps"})
 
 
-def check_private(privacy: dict, result: RoundResult, steps_before: int, round: int) -> None:
-    """After training round `round`, before anything leaves: raise Failed when its update may not be
-    sent under `privacy` (the release's job.privacy): "not_private" when it trained on examples
-    (num_samples > 0) without a DP-SGD step counted by ctx's accountant since `steps_before` (or
-    without accounting), "budget_spent" when the run's epsilon now exceeds the budget. The
-    numbers go into the site's record; the report holds only the category."""
-    epsilon, steps = result.epsilon, result.dp_steps
-    numbers = {"epsilon": epsilon, "budget": privacy["epsilon"], "delta": privacy["delta"], "dp_steps": steps,
-               "dp_steps_before": steps_before, "num_samples": result.num_samples}
-    if epsilon is None or steps is None or steps < steps_before or (result.num_samples > 0 and steps == steps_before):
+def check_private(privacy: dict, rounds: int, result: RoundResult, before, released_rows: int, round: int):
+    """After training round `round`, before anything leaves: the privacy the run has now spent here
+    (`dp_sgd.Spent`), as the site accounts the history the code's process reports (`dp_sgd.account`,
+    against the release's `privacy` over its `rounds`, what was accounted `before` and the
+    `released_rows`). Raises Failed when the update may not be sent: "not_private" when the round
+    went through no DP-SGD step of ctx.make_private or through one the site does not accept,
+    "budget_spent" when the run's epsilon now exceeds the budget. The numbers go into the site's
+    record; the report holds only the category."""
+    from .dp_sgd import account, calibrated_steps
+
+    numbers = {"budget": privacy["epsilon"], "delta": privacy["delta"], "dp_steps_before": before.steps,
+               "num_samples": result.num_samples, "released_rows": released_rows}
+    try:
+        spent = account(privacy, rounds, before, result.dp_history, released_rows)
+    except ContractError as e:
         raise Failed({"entry": "train", "round": round, "category": "not_private"},
-                     {"message": "the round's update went through no DP-SGD step of ctx.make_private; not sent", **numbers})
-    if epsilon > privacy["epsilon"]:
+                     {"message": f"{e}; the update was not sent", **numbers}) from None
+    if spent.epsilon > privacy["epsilon"]:
+        calibrated = calibrated_steps(privacy, rounds, spent)
         raise Failed({"entry": "runtime", "round": round, "category": "budget_spent"},
-                     {"message": f"epsilon {epsilon} after round {round} exceeds the budget "
-                                 f"{privacy['epsilon']:g}; the update was not sent", **numbers})
+                     {"message": f"epsilon {spent.epsilon} after round {round} exceeds the budget {privacy['epsilon']}: "
+                                 f"{spent.steps} DP-SGD steps where the noise is calibrated for {calibrated} over the run "
+                                 f"({rounds} rounds x local_epochs {privacy['local_epochs']} passes); the update was not sent",
+                      **numbers, "epsilon": spent.epsilon, "dp_steps": spent.steps, "calibrated_steps": calibrated})
+    return spent
 
 
 def in_clear(params: dict, reference: dict) -> dict:

@@ -49,10 +49,9 @@ class RoundResult:
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     weights: dict = field(default_factory=dict, repr=False)  # {entry: numpy array}, as it travels
-    # With DP (ctx.privacy): epsilon spent by the whole run at this site after this round, and the
-    # accountant's DP-SGD steps so far; None without DP
-    epsilon: float | None = None
-    dp_steps: int | None = None
+    # With DP (ctx.privacy): the code's accountant history after this round, as its process reports
+    # it ([[noise_multiplier, sample_rate, steps], ...]; untrusted: the site accounts it, `dp_sgd.account`); None without DP
+    dp_history: list | None = None
 
 
 EPSILON = "epsilon"  # the metric the site's runtime reports with each round of a DP bundle; the code may not
@@ -79,6 +78,8 @@ def build_model(entry: EntryPoints):
 def run_round(entry: EntryPoints, model, data, ctx) -> RoundResult:
     """One round at a site: evaluate the incoming global model on local data, then train on it."""
     eval_metrics = _metrics(entry.evaluate(model, data, ctx), "evaluate")
+    if getattr(ctx, "private_training", None) is not None:
+        ctx.private_training.model = model  # the one model make_private may wrap: the one caia sends
     trained = entry.train(model, data, ctx)
     if not isinstance(trained, dict) or "num_samples" not in trained:
         raise ContractError(
@@ -208,15 +209,19 @@ class LocalCode:
 
     def round(self, weights: dict, round: int) -> RoundResult:
         """Round `round` (from 0): evaluate the global `weights`, then train on them; with DP, the
-        result holds the privacy spent so far as `ctx`'s accountant counts it."""
+        result holds the history of `ctx`'s accountant (which the site's runtime accounts)."""
         self._load(weights, round)
         with failing(self.entry, round):
             result = run_round(self.entry, self.model, self.data, self.ctx)
         if self.ctx.privacy is None:
             return result
         with failing(None, round):
-            epsilon, steps = self.ctx.privacy_spent()
-        return dataclasses.replace(result, epsilon=epsilon, dp_steps=steps)
+            return dataclasses.replace(result, dp_history=self.ctx.private_training.history())
+
+    @property
+    def released_rows(self) -> int:
+        """Rows of the released datasets the code read (`Context.released_rows`)."""
+        return self.ctx.released_rows
 
     def evaluate(self, weights: dict, round: int) -> dict[str, float]:
         """The final evaluation of the global `weights`, after `round` rounds."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -60,7 +59,8 @@ PREFIX = "caia-sandbox-"  # a run's folder: PREFIX<pid of the process that made 
 # The failure categories the sandboxed process may report: the code's and caia's runtime in it (not
 # what the sandbox stopped, nor anything this side decides)
 CODE_CATEGORIES = {"raised", "dataset_not_released", "dataset_unreadable", "schema_changed", "not_a_module",
-                   "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "dp_unsupported", "site_error"}
+                   "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "dp_unsupported", "not_private",
+                   "site_error"}
 GRACE = 5  # seconds a sandboxed process has to end after its run, before it is killed
 PASSED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", landlock.ABI_ENV)  # also read by the sandboxed process
 log = logging.getLogger("caia.site")
@@ -101,6 +101,7 @@ class Sandbox:
         self.at_round = None
         self.copies = 0
         self.unread = None  # the data copy the process is reading
+        self.rows: dict[str, int] = {}  # name -> rows of the last copy made of that released dataset
 
     def start(self) -> None:
         """Make the run's folder, start the sandboxed process, and let it load the module, build the
@@ -120,7 +121,7 @@ class Sandbox:
 
     def round(self, weights: dict, round: int) -> RoundResult:
         """Round `round`: the sandboxed process evaluates `weights`, trains, and answers; its answer is checked
-        here (with DP, the privacy it says it spent: the site's runtime checks it, `flare_client.check_private`)."""
+        here (with DP, the accountant history it reports: the site's runtime accounts it, `flare_client.check_private`)."""
         header, arrays = self._call({"op": "round", "round": round}, "result", weights, round)
         private = self.release.privacy is not None
         with failing(None, round):
@@ -130,11 +131,12 @@ class Sandbox:
             train, evaluated = _metrics(header.get("train"), "train"), _metrics(header.get("eval"), "evaluate")
             reserved_metrics(evaluated, "evaluate", private)
             reserved_metrics(train, "train", private)
-            epsilon, steps = header.get("epsilon"), header.get("dp_steps")
-            if private and not (isinstance(epsilon, float) and math.isfinite(epsilon) and epsilon >= 0 and _count(steps)):
-                raise CaiaError("the sandboxed process sent no readable privacy accounting", failure="not_private",
-                                entry="train")
-            return RoundResult(num_samples, train, evaluated, arrays, *((epsilon, steps) if private else (None, None)))
+            return RoundResult(num_samples, train, evaluated, arrays, header.get("dp_history") if private else None)
+
+    @property
+    def released_rows(self) -> int:
+        """Rows of the released datasets copied for the process (each counted once), as this side made them."""
+        return sum(self.rows.values())
 
     def evaluate(self, weights: dict, round: int) -> dict[str, float]:
         """The final evaluation of `weights` in the sandboxed process."""
@@ -237,6 +239,7 @@ class Sandbox:
             log.error("dataset %s could not be released to the sandboxed process: %s", name, e)
             wire.send(self.conn, {"kind": "dataset", "failure": e.failure})
             return
+        self.rows[name] = len(frame)
         self.copies += 1
         file = f"{self.copies}.pkl"
         self.unread = self.root / DATA / file
