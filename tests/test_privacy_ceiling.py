@@ -311,12 +311,6 @@ def test_a_dp_runs_record_and_exported_model_state_the_guarantee(dp_run):
     assert "privacy" not in summary.data  # one name for it everywhere
 
 
-def test_the_guarantee_names_the_accountant_the_sites_count_with():
-    from caia_jupyter.site import dp_sgd
-
-    assert dp_sgd.ACCOUNTANT == ACCOUNTANT == "rdp"
-
-
 def test_a_run_without_dp_has_no_guarantee_and_no_sidecar(dp_run):
     spec = json.loads((dp_run / "run.json").read_text())
     del spec["privacy"]

@@ -21,9 +21,8 @@ import warnings
 from dataclasses import dataclass
 
 from ..contracts.errors import ContractError
-from ..contracts.privacy import DifferentialPrivacy
+from ..contracts.privacy import ACCOUNTANT, DifferentialPrivacy
 
-ACCOUNTANT = "rdp"
 MAX_HISTORY = 1000  # entries of a reported accountant history (an honest run has one per sample rate and noise)
 MAX_STEPS = 10**12  # DP-SGD steps of one entry
 # torch warns on every backward through Opacus's per-example gradient hooks on a first layer whose
