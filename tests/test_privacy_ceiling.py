@@ -17,7 +17,6 @@ import torch
 
 from caia_jupyter.contracts.errors import ApprovalRejected, CaiaError, SiteError
 from caia_jupyter.contracts.manifest import canonical
-from caia_jupyter.contracts.privacy import ACCOUNTANT
 from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.runs import GUARANTEE_FILE, Run
 from caia_jupyter.reviewer import review
