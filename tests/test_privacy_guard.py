@@ -252,3 +252,26 @@ def test_cli_review_with_site_shows_the_scope_and_the_refusal(site, build, caia,
     set_policy(site, TWO_SCOPES)
     code, out, _ = caia("review", built.path, "-o", tmp_path / "r.html", "--site", site.path, "--json")
     assert json.loads(out)["site"]["refusal"] is None
+
+
+@pytest.mark.slow
+def test_on_the_simulator_a_job_whose_meta_names_another_scope_is_stopped_at_the_site(tmp_path):
+    """The job's meta.json is the submitter's: here it names the site's weaker scope "open"."""
+    from caia_jupyter.contracts.failures import REASONS
+    from caia_jupyter.researcher.bundle import require_intact
+    from caia_jupyter.targets import simulator
+    from conftest import build_validated
+
+    built = build_validated(tmp_path / "nb")
+    site = make_site(tmp_path / "sites", "site-1")
+    set_policy(site, TWO_SCOPES)
+    approve(site, built.id, {"tiny": "tiny"})
+    run_dir = simulator.create_run(require_intact(built.path), {site.name: site.path}, tmp_path / "runs")
+    job = simulator.prepare(run_dir)
+    meta = json.loads((job / "meta.json").read_text())
+    (job / "meta.json").write_text(json.dumps({**meta, "scope": "open"}))
+    run = simulator.start(run_dir)
+    assert run.wait(timeout=300) == "failed"
+    assert f"site-1 failed in caia's site runtime: {REASONS['privacy_scope']}" in run.message, run.message
+    installed = json.loads((run_dir / "workspace" / "site-1" / "local" / PRIVACY_FILE).read_text())
+    assert [scope["name"] for scope in installed["scopes"]] == ["strict"]
