@@ -275,3 +275,9 @@ def test_on_the_simulator_a_job_whose_meta_names_another_scope_is_stopped_at_the
     assert f"site-1 failed in caia's site runtime: {REASONS['privacy_scope']}" in run.message, run.message
     installed = json.loads((run_dir / "workspace" / "site-1" / "local" / PRIVACY_FILE).read_text())
     assert [scope["name"] for scope in installed["scopes"]] == ["strict"]
+
+
+@pytest.mark.parametrize("privacy", [{"epsilon": "8", "delta": 1e-5}, {"epsilon": 3.0}, ["dp"]])
+def test_the_ceiling_check_refuses_a_malformed_request_never_crashes(privacy):
+    with pytest.raises(Unfit, match="its differential privacy request is malformed"):
+        privacy_ceiling({"privacy": privacy}, 3, None)

@@ -37,7 +37,7 @@ from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fileset import MANIFEST, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
-from ..contracts.privacy import exact
+from ..contracts.privacy import DifferentialPrivacy, exact
 from .approvals import find_approval
 from .privacy_policy import Policy, install, read_policy, weight_diff_refusal
 from .release import RELEASE, Release
@@ -106,20 +106,24 @@ def privacy_ceiling(job: dict, approved: float | None, policy: float | None, row
     what the guard would refuse. Numbers are shown exactly as compared (`privacy.exact`).
 
     Raises Unfit (one line with the numbers, where the ceiling is set, and the fix) for a bundle
-    requesting a larger epsilon, none where a ceiling is set, or a delta not below 1/rows.
+    requesting a larger epsilon, none where a ceiling is set, a delta not below 1/rows, or a request
+    that is not a `DifferentialPrivacy`.
     """
     ceilings = [(value, where) for value, where in ((policy, "its policy"), (approved, "its approval")) if value is not None]
-    privacy = job.get("privacy")
+    try:
+        privacy = DifferentialPrivacy.model_validate(job["privacy"]) if job.get("privacy") else None
+    except ValueError:  # pydantic's ValidationError: a manifest's model refuses it already; never a crash here
+        raise Unfit("its differential privacy request is malformed; rebuild it with privacy=dp epsilon=... delta=...") from None
     if ceilings:
         ceiling, where = min(ceilings, key=lambda c: c[0])
         if not privacy:
             raise Unfit(f"it requests no differential privacy, which this site requires (epsilon at most {exact(ceiling)}, "
                         f"set in {where}); add privacy=dp epsilon=... delta=...")
-        if privacy["epsilon"] > ceiling:
-            raise Unfit(f"it requests epsilon {exact(privacy['epsilon'])}, above this site's ceiling of {exact(ceiling)} "
+        if privacy.epsilon > ceiling:
+            raise Unfit(f"it requests epsilon {exact(privacy.epsilon)}, above this site's ceiling of {exact(ceiling)} "
                         f"(set in {where}); ask for privacy=dp epsilon<={exact(ceiling)}")
-    if privacy and rows and privacy["delta"] * rows >= 1:
-        raise Unfit(f"it requests delta {exact(privacy['delta'])}, not below 1/{rows} (one over the rows of the largest "
+    if privacy and rows and privacy.delta * rows >= 1:
+        raise Unfit(f"it requests delta {exact(privacy.delta)}, not below 1/{rows} (one over the rows of the largest "
                     f"dataset released to it here); ask for privacy=dp delta=... well below that, such as "
                     f"{exact(_suggested_delta(rows))}")
 
