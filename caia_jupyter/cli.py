@@ -264,7 +264,7 @@ def do_validate(args, namespace=None) -> Outcome:
 
 def do_review(args, namespace=None) -> Outcome:
     from .researcher.bundle import require_intact
-    from .reviewer.review import protection, render, site_ceiling
+    from .reviewer.review import protection, render, site_ceiling, site_refusal, site_scope
     from .site.sites import open_site
 
     site = open_site(args.site) if args.site else None
@@ -274,12 +274,15 @@ def do_review(args, namespace=None) -> Outcome:
     data = {"review": str(path), "protection": requested}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
     if site is not None:
-        data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job)}
-        lines.append(data["site"]["note"])
+        scope, policy = site_scope(site)
+        data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),
+                        "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
+        lines += [data["site"]["note"], *scope]
     return Outcome(path, "\n".join(lines), data)
 
 
 def do_approve(args, namespace=None) -> Outcome:
+    from .contracts.privacy import exact
     from .researcher.bundle import require_intact
     from .reviewer.signing import approve, parse_releases
     from .site.sites import open_site
@@ -289,7 +292,7 @@ def do_approve(args, namespace=None) -> Outcome:
     releases = parse_releases(args.dataset)
     approval = approve(site, bundle.id, releases, args.key, args.expires_in, args.output, bundle=bundle,
                        max_epsilon=args.max_epsilon)
-    ceiling = f"; epsilon at most {approval.max_epsilon:g}" if approval.max_epsilon is not None else ""
+    ceiling = f"; epsilon at most {exact(approval.max_epsilon)}" if approval.max_epsilon is not None else ""
     text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}{ceiling}; "
             f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
     return Outcome(approval, text, approval.to_json())
@@ -400,9 +403,11 @@ def parse_max_epsilon(value: str) -> float | None:
 
 def ceiling_line(site) -> str:
     """The site's privacy policy as one line."""
+    from .contracts.privacy import exact
+
     if site.max_epsilon is None:
         return "differential privacy: not required (an approval may still set a ceiling with --max-epsilon)"
-    return f"differential privacy: required, epsilon at most {site.max_epsilon:g}"
+    return f"differential privacy: required, epsilon at most {exact(site.max_epsilon)}"
 
 
 def sandbox_report(site) -> dict:

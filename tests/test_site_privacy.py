@@ -62,7 +62,9 @@ def weight_diff(nb):
     (policy(exclude("x"), default="lenient"), "default_scope 'lenient' is not one of its scopes (strict)"),
     (policy(exclude("x"), default=None), "default_scope None is not one of its scopes"),
     (policy(exclude("x"), components=[{"id": "c", "path": "os.system"}]), "'components' is not allowed"),
-    (policy(percentile(p=150)), "PercentilePrivacy's percentile 150 must be a number from 0 to 100"),
+    (policy(percentile(p=150)), "PercentilePrivacy's percentile 150 must be a number above 0 and at most 100"),
+    (policy(percentile(p=0, gamma=1e9)), "PercentilePrivacy's percentile 0 must be a number above 0 and at most 100 "
+                                         "(0 shares every change)"),
     (policy(percentile(gamma=0)), "PercentilePrivacy's gamma 0 must be a number above 0"),
     (policy({"path": f"{FILTERS}.SVTPrivacy", "args": {"fractoin": 0.1}}), "NVFLARE's SVTPrivacy does not take these args"),
     (policy(exclude("(")), "exclude_vars '(' is not a regular expression"),
@@ -140,7 +142,8 @@ def test_a_site_whose_scope_needs_weight_differences_refuses_full_weights_naming
     installed = tmp_path / "workspace" / "local" / PRIVACY_FILE
     installed.parent.mkdir(parents=True)
     admit(diff_app, site.path, privacy_file=installed)
-    assert installed.read_bytes() == (site.path / PRIVACY_FILE).read_bytes()  # where NVFLARE reads it, as written
+    written = json.loads((site.path / PRIVACY_FILE).read_text())  # where NVFLARE reads it: its default scope alone
+    assert json.loads(installed.read_text()) == {"scopes": written["scopes"][:1], "default_scope": "strict"}
 
 
 def test_an_unusable_policy_refuses_every_bundle_and_no_policy_leaves_none_installed(jobs, tmp_path):

@@ -32,7 +32,7 @@ Entry = Literal["build_model", "load_data", "train", "evaluate", "runtime"]
 Category = Literal[
     "raised", "dataset_not_released", "dataset_unreadable", "schema_changed",
     "not_a_module", "bad_num_samples", "bad_metrics", "unsupported_state", "contract", "beyond_release", "site_error",
-    "dp_unsupported", "not_private", "budget_spent",
+    "dp_unsupported", "not_private", "budget_spent", "privacy_scope",
     "sandbox_read", "sandbox_write", "sandbox_network", "sandbox_program", "sandbox_signal", "exited",
     "unknown",
 ]
@@ -62,6 +62,8 @@ REASONS = {
     "not_private": "the federated code trained without the differential privacy the bundle requests "
                    "(train must use ctx.make_private); the site sent no update",
     "budget_spent": "its privacy budget is spent; the site stopped sending updates",
+    "privacy_scope": "the job names a privacy scope other than the site's default (caia's jobs name none: submit "
+                     "with `caia submit`); the site stopped before the code ran",
     # What the site's sandbox stopped (the attempted path, port or program is kept at the site); the site stops.
     "sandbox_read": "the federated code tried to read a file outside its release; the site stopped its part of the run",
     "sandbox_write": "the federated code tried to write outside its scratch folder; the site stopped its part of the run",

@@ -22,6 +22,13 @@ MAX_EPSILON = 100.0  # beyond this a "guarantee" protects nothing; a request abo
 ACCOUNTANT = "rdp"  # the Opacus accountant every site counts DP-SGD steps with (site.dp_sgd), named in a run's guarantee
 
 
+def exact(value: float) -> str:
+    """A number as the shortest text that reads back as the same float: 3, 3.0000001, 1e-05 (never
+    rounded as `:g` does: 3.0000001 is not 3). Integers in full."""
+    text = repr(value)
+    return text[:-2] if isinstance(value, float) and text.endswith(".0") else text
+
+
 class DifferentialPrivacy(BaseModel):
     """A DP-SGD request: each site's whole run is (`epsilon`, `delta`)-DP; per-example gradients are
     clipped to L2 norm `max_grad_norm`; the noise is calibrated for `local_epochs` passes over the
@@ -43,6 +50,8 @@ class DifferentialPrivacy(BaseModel):
         return value
 
     def describe(self) -> str:
-        """One line for people: `DP-SGD, epsilon 3, delta 1e-05, max_grad_norm 1, 1 local epoch per round`."""
+        """One line for people, each number exactly (`exact`): `DP-SGD, epsilon 3, delta 1e-05, max_grad_norm 1,
+        1 local epoch per round`."""
         epochs = f"{self.local_epochs} local epoch{'s' if self.local_epochs > 1 else ''} per round"
-        return f"DP-SGD, epsilon {self.epsilon:g}, delta {self.delta:g}, max_grad_norm {self.max_grad_norm:g}, {epochs}"
+        return (f"DP-SGD, epsilon {exact(self.epsilon)}, delta {exact(self.delta)}, "
+                f"max_grad_norm {exact(self.max_grad_norm)}, {epochs}")

@@ -32,14 +32,14 @@ from typing import NamedTuple
 import nbformat
 
 from ..contracts.captured import load as load_captured
-from ..contracts.errors import BundleError
+from ..contracts.errors import BundleError, SiteError
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
 from ..contracts.fsutil import write_atomic
-from ..contracts.privacy import DifferentialPrivacy
+from ..contracts.privacy import DifferentialPrivacy, exact
 from ..contracts.sourcecheck import reveal
 from ..contracts.version import __version__
 from ..researcher.bundle import CELL_MARK, Bundle, require_intact
-from ..site.guard import Unfit, privacy_ceiling
+from ..site.guard import Unfit, policy_fit, privacy_ceiling
 from ..site.sites import Site
 
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
@@ -85,10 +85,12 @@ class ModulePart(NamedTuple):
 
 def render(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Path:
     """Render review.html of an intact bundle (default: records/review.html); returns its path.
-    With `site`, the review also shows that site's privacy ceiling (`site_ceiling`) and the privacy scope it applies (`_scope_cells`).
+    With `site`, the review also shows that site's privacy ceiling (`site_ceiling`), the privacy scope it
+    applies (`site_scope`) and whether its guard refuses the bundle for them (`site_refusal`).
 
     Raises BundleError if the bundle is not intact or holds source Python would read
-    differently from what the review shows; SiteError for a site directory or privacy.json that is unusable.
+    differently from what the review shows; SiteError for a site directory that is unusable (an
+    unusable privacy.json is shown as the guard's refusal).
     """
     bundle = require_intact(bundle_path)
     notebook = review_notebook(bundle, site)
@@ -130,18 +132,39 @@ def protection(job: dict) -> list[str]:
 
 
 def site_ceiling(site: Site, job: dict) -> str:
-    """One line: `site`'s privacy policy and whether its guard would admit what `job` requests
-    (`guard.privacy_ceiling`; an approval signed with --max-epsilon may lower the ceiling)."""
+    """One line: `site`'s privacy ceiling and, if its guard would refuse what `job` requests, why
+    (`site_refusal`; an approval signed with --max-epsilon may lower the ceiling)."""
     if site.max_epsilon is None:
         policy = (f"site {site.name} requires no differential privacy; an approval signed with --max-epsilon "
                   "sets a ceiling for this bundle")
     else:
-        policy = f"site {site.name} requires differential privacy with epsilon at most {site.max_epsilon:g} (its policy)"
+        policy = f"site {site.name} requires differential privacy with epsilon at most {exact(site.max_epsilon)} (its policy)"
+    refusal = site_refusal(site, job)
+    return f"{policy}; its guard would refuse this bundle: {refusal}" if refusal else policy
+
+
+def site_refusal(site: Site, job: dict) -> str | None:
+    """Why `site`'s guard refuses a bundle whose manifest's job is `job` whatever its approval says,
+    by the guard's own checks (`guard.policy_fit`: its privacy.json; `guard.privacy_ceiling`: its
+    policy's ceiling), or None. The detail of an unusable privacy.json is shown: the reviewer works at the site."""
     try:
+        policy_fit(site, job)
         privacy_ceiling(job, None, site.max_epsilon)
     except Unfit as e:
-        return f"{policy}; its guard would refuse this bundle: {e}"
-    return policy
+        return f"{e} ({e.detail})" if e.detail else str(e)
+    return None
+
+
+def site_scope(site: Site) -> tuple[list[str], dict | None]:
+    """The privacy scope `site` applies to every job: (lines for a person, `privacy_policy.to_json`),
+    or for an unusable privacy.json ([its problem], None). Never raises for a bad privacy.json."""
+    from ..site.privacy_policy import describe, read_policy, to_json
+
+    try:
+        policy = read_policy(site.path)
+    except SiteError as e:
+        return [f"privacy scope: none usable, so its guard refuses every job: {e}"], None
+    return describe(policy), to_json(policy)
 
 
 def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.NotebookNode:
@@ -303,13 +326,10 @@ def _runner_cells(source: str) -> list:
 
 def _scope_cells(site: Site, job: dict) -> list:
     """The privacy scope `site` applies to every update of a job with manifest `job`
-    (`site.privacy_policy`), and whether its guard refuses the bundle for it."""
-    from ..site.privacy_policy import describe, read_policy, weight_diff_refusal
-
-    policy = read_policy(site.path)
-    refusal = weight_diff_refusal(policy, job.get("updates"))
+    (`site_scope`), and whether its guard refuses the bundle for it or its ceiling (`site_refusal`)."""
+    refusal = site_refusal(site, job)
     sends = "its weights' difference from the global model" if job.get("updates") == "weight_diff" else "its full weights"
-    lines = "\n".join(f"- {_literal(line)}" for line in describe(policy))
+    lines = "\n".join(f"- {_literal(line)}" for line in site_scope(site)[0])
     return [_md(
         f"## Your site's privacy scope\n\nEach round your site sends {sends}. Before an update leaves site "
         f"{_code(site.name)}, NVFLARE applies the site's own privacy policy (`privacy.json` in the site directory), "

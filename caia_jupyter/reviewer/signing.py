@@ -22,7 +22,7 @@ from ..contracts.manifest import BUNDLE_ID, canonical
 from ..researcher.validation import require_passed
 from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
                               approval_times, iso, latest_revocation, revocation_from)
-from ..site.guard import Unfit, privacy_ceiling, release_of
+from ..site.guard import Unfit, admissible
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, shown_days, valid_days, valid_epsilon
 
@@ -34,13 +34,13 @@ DEFAULT_EXPIRES_IN_DAYS = 30
 
 def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str], max_epsilon: float | None = None) -> None:
     """Refuse, before anything is signed, a release `site` would not admit: `bundle` must have passed
-    validation, its privacy request must fit `max_epsilon` (the approval's ceiling) and the site's
-    policy (`guard.privacy_ceiling`), and `releases` (requested name -> catalog id) must pass the very
-    check the site's guard makes at admission (`guard.release_of`). Raises CaiaError in one line
+    validation and pass the very check the site's guard makes at admission (`guard.admissible`):
+    the site's privacy policy usable and fit for the bundle's updates, `releases` (requested name ->
+    catalog id) fitting the requested schema, and its privacy request within `max_epsilon` (the
+    approval's ceiling) and the site's policy, its delta below 1/rows. Raises CaiaError in one line
     naming the bundle, the numbers, or the dataset and the column."""
     try:
-        privacy_ceiling(bundle.manifest["job"], max_epsilon, site.max_epsilon)
-        release_of(site, bundle.manifest["datasets"], releases)
+        admissible(site, bundle.manifest, releases, max_epsilon)
     except Unfit as e:
         detail = f" ({e.detail})" if e.detail else ""  # the reviewer works at the site: its details may show
         raise CaiaError(f"site {site.name} would refuse this release: {e}{detail}{'; ' + e.fix if e.fix else ''}; "

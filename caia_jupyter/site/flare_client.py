@@ -16,6 +16,7 @@ from ..contracts.errors import ContractError
 from ..contracts.failures import FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
 from .context import Context
+from .privacy_policy import check_job_scope
 from .release import Release
 from .runtime import EPSILON, EntryPoints, Failed, LocalCode, RoundResult, failing
 from .sandbox import Sandbox
@@ -39,6 +40,7 @@ def run_site(runner_file: str) -> None:
     app_dir = Path(runner_file).resolve().parents[1]
     try:
         with failure_record(app_dir, None, round=None):  # whatever is not caught closer
+            check_job_scope(app_dir)  # the scope NVFLARE applies to what leaves is the site's own
             _serve(app_dir)
     except SiteStopped:
         return

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import stat
 from dataclasses import asdict
@@ -36,8 +37,9 @@ from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fileset import MANIFEST, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
+from ..contracts.privacy import DifferentialPrivacy, exact
 from .approvals import find_approval
-from .privacy_policy import install, read_policy, weight_diff_refusal
+from .privacy_policy import Policy, install, read_policy, weight_diff_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
@@ -63,7 +65,8 @@ class Unfit(CaiaError):
 def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str]) -> dict[str, dict]:
     """What `site` releases to a bundle requesting `requested` (its manifest's "datasets": name ->
     {"columns": schema}) under `releases` (requested name -> catalog id): name -> {"path": absolute
-    path, "read": how the table is read (`schema.detect`), "columns": the requested schema}. Admission and `caia approve` both check with this,
+    path, "read": how the table is read (`schema.detect`), "columns": the requested schema, "rows":
+    its number of rows}. Admission and `caia approve` both check with this (`admissible`),
     so a reviewer cannot sign what the guard would refuse.
 
     Raises Unfit (one line naming the dataset and, for a schema that does not fit, the column) for
@@ -88,31 +91,75 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str])
         problems = schema.mismatches(wanted, frame)
         if problems:
             raise Unfit(f"released dataset {catalog_id} does not fit the requested schema of {name!r}: {'; '.join(problems)}")
-        released[name] = {**source, "columns": wanted}  # ctx.dataset reads the table as it was read here
+        released[name] = {**source, "columns": wanted, "rows": len(frame)}  # ctx.dataset reads the table as it was read here
     return released
 
 
-def privacy_ceiling(job: dict, approved: float | None, policy: float | None) -> None:
+def privacy_ceiling(job: dict, approved: float | None, policy: float | None, rows: int = 0) -> None:
     """Check the differential privacy a bundle requests (its manifest's "job": "privacy" absent, or
-    {"epsilon": ...}) against a site's ceilings: `approved`, the approval's max_epsilon, and
+    {"epsilon": ..., "delta": ...}) against a site's ceilings: `approved`, the approval's max_epsilon, and
     `policy`, the site policy's max_epsilon (None: not set). The lower one set applies: the bundle
-    must request DP with an epsilon at most that. Admission and `caia approve` both check with
-    this, so a reviewer cannot sign what the guard would refuse.
+    must request DP with an epsilon at most that. Whatever the ceilings, a DP request's delta must
+    be below 1/`rows`, `rows` the largest number of rows of a dataset released to it here (0: none
+    known): (epsilon, delta)-DP with delta >= 1/rows admits publishing a record outright.
+    Admission and `caia approve` both check with this (`admissible`), so a reviewer cannot sign
+    what the guard would refuse. Numbers are shown exactly as compared (`privacy.exact`).
 
     Raises Unfit (one line with the numbers, where the ceiling is set, and the fix) for a bundle
-    requesting a larger epsilon, or none where a ceiling is set.
+    requesting a larger epsilon, none where a ceiling is set, a delta not below 1/rows, or a request
+    that is not a `DifferentialPrivacy`.
     """
     ceilings = [(value, where) for value, where in ((policy, "its policy"), (approved, "its approval")) if value is not None]
-    if not ceilings:
-        return
-    ceiling, where = min(ceilings, key=lambda c: c[0])
-    privacy = job.get("privacy")
-    if not privacy:
-        raise Unfit(f"it requests no differential privacy, which this site requires (epsilon at most {ceiling:g}, set in "
-                    f"{where}); add privacy=dp epsilon=... delta=...")
-    if privacy["epsilon"] > ceiling:
-        raise Unfit(f"it requests epsilon {privacy['epsilon']:g}, above this site's ceiling of {ceiling:g} (set in {where}); "
-                    f"ask for privacy=dp epsilon<={ceiling:g}")
+    try:
+        privacy = DifferentialPrivacy.model_validate(job["privacy"]) if job.get("privacy") else None
+    except ValueError:  # pydantic's ValidationError: a manifest's model refuses it already; never a crash here
+        raise Unfit("its differential privacy request is malformed; rebuild it with privacy=dp epsilon=... delta=...") from None
+    if ceilings:
+        ceiling, where = min(ceilings, key=lambda c: c[0])
+        if not privacy:
+            raise Unfit(f"it requests no differential privacy, which this site requires (epsilon at most {exact(ceiling)}, "
+                        f"set in {where}); add privacy=dp epsilon=... delta=...")
+        if privacy.epsilon > ceiling:
+            raise Unfit(f"it requests epsilon {exact(privacy.epsilon)}, above this site's ceiling of {exact(ceiling)} "
+                        f"(set in {where}); ask for privacy=dp epsilon<={exact(ceiling)}")
+    if privacy and rows and privacy.delta * rows >= 1:
+        raise Unfit(f"it requests delta {exact(privacy.delta)}, not below 1/{rows} (one over the rows of the largest "
+                    f"dataset released to it here); ask for privacy=dp delta=... well below that, such as "
+                    f"{exact(_suggested_delta(rows))}")
+
+
+def _suggested_delta(rows: int) -> float:
+    """A power of ten at most 1/(10 rows): the usual "well below 1/N"."""
+    return 10.0 ** -math.ceil(math.log10(10 * rows))
+
+
+def policy_fit(site: Site, job: dict) -> Policy | None:
+    """The site's privacy policy (`privacy_policy.read_policy`), if the site can run a bundle whose
+    manifest's job is `job` under it. Raises Unfit for a privacy.json that is unusable (its problem
+    is the Unfit's detail, for the site) or a default scope needing weight differences the bundle
+    does not send."""
+    try:
+        policy = read_policy(site.path)
+    except SiteError as e:
+        raise Unfit("its privacy policy (privacy.json) is unusable, so it refuses every job (the site's log says why)",
+                    str(e), fix="the site's admin fixes privacy.json (`caia site show` names the problem)") from e
+    refusal = weight_diff_refusal(policy, job.get("updates"))
+    if refusal:
+        raise Unfit(refusal)
+    return policy
+
+
+def admissible(site: Site, manifest: dict, releases: dict[str, str], approved: float | None) -> dict[str, dict]:
+    """What `site` releases to a bundle with `manifest` under `releases` (requested name -> catalog
+    id) and an approval whose ceiling is `approved` (None: none), if its guard admits it: its privacy
+    policy (`policy_fit`), the released datasets (`release_of`) and the privacy request
+    (`privacy_ceiling`, delta against the released rows). The guard at admission and `caia approve`
+    both call this. Raises Unfit (one line, as those do)."""
+    job = manifest["job"]
+    policy_fit(site, job)
+    released = release_of(site, manifest["datasets"], releases)
+    privacy_ceiling(job, approved, site.max_epsilon, max((d["rows"] for d in released.values()), default=0))
+    return released
 
 
 def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sandbox: str = "required") -> Release:
@@ -142,24 +189,16 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
             refuse(problems[0])
 
     try:
-        policy = read_policy(site.path)
-    except SiteError as e:
-        refuse("its privacy policy (privacy.json) is unusable, so it refuses every job (the site's log says why)", str(e))
-    refusal = weight_diff_refusal(policy, manifest["job"].get("updates"))
-    if refusal:
-        refuse(refusal)
+        policy_fit(site, manifest["job"])  # before the approvals: an unusable policy refuses every job
+    except Unfit as e:
+        refuse(str(e), e.detail)
 
     requested = set(manifest["datasets"])
     approval, reasons = find_approval(site, bid, requested, now)
     if approval is None:
         refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)")
     try:
-        privacy_ceiling(manifest["job"], approval.max_epsilon, site.max_epsilon)
-    except Unfit as e:
-        refuse(str(e))
-
-    try:
-        released = release_of(site, manifest["datasets"], approval.datasets)
+        released = admissible(site, manifest, approval.datasets, approval.max_epsilon)
     except Unfit as e:
         refuse(str(e), e.detail)
     try:

@@ -15,16 +15,19 @@ caia admits only NVFLARE's privacy filters (`FILTERS`) as task result filters, i
 direction (what leaves the site); no task data filters, no components (they could run any code).
 PercentilePrivacy and SVTPrivacy act on weight differences: a site whose default scope has one
 refuses a bundle that sends full weights (`%%federated ... updates=weight_diff` sends differences).
-The guard checks the policy at every admission and installs it where NVFLARE reads it (`install`).
+The guard checks the policy at every admission and installs its default scope alone where NVFLARE
+reads it (`install`; `caia poc up` too, before the site starts); a job whose meta.json names another
+scope is stopped at the site before its code runs (`check_job_scope`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..contracts.errors import SiteError
+from ..contracts.errors import ContractError, SiteError
 from ..contracts.fsutil import loads_strict, write_atomic
 
 PRIVACY_FILE = "privacy.json"  # in the site directory; NVFLARE's name too (local/privacy.json)
@@ -34,7 +37,8 @@ _PACKAGE = "nvflare.app_common.filters"
 _MODULES = {"ExcludeVars": "exclude_vars", "PercentilePrivacy": "percentile_privacy", "SVTPrivacy": "svt_privacy"}
 # Arguments whose value would make NVFLARE's filter do nothing, silently: (check, what it must be).
 _RANGES = {
-    ("PercentilePrivacy", "percentile"): (lambda v: 0 <= v <= 100, "a number from 0 to 100"),
+    # percentile 0 zeroes no change: with any gamma above the changes, the update leaves as it is
+    ("PercentilePrivacy", "percentile"): (lambda v: 0 < v <= 100, "a number above 0 and at most 100 (0 shares every change)"),
     ("PercentilePrivacy", "gamma"): (lambda v: v > 0, "a number above 0"),
     ("SVTPrivacy", "fraction"): (lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
     ("SVTPrivacy", "epsilon"): (lambda v: v > 0, "a number above 0"),
@@ -193,14 +197,44 @@ def weight_diff_refusal(policy: Policy | None, updates: str | None) -> str | Non
             "and this bundle sends full weights; rebuild it with `%%federated ... updates=weight_diff`")
 
 
+def installed(policy: Policy) -> bytes:
+    """The privacy.json NVFLARE gets from `policy`: its default scope alone, as the site wrote it,
+    and as the default. A job's meta.json may name a scope (NVFLARE applies it instead of the
+    default): with one scope installed, NVFLARE's deployment refuses any other name once the site
+    has loaded the policy, and `check_job_scope` refuses it in the job."""
+    raw = loads_strict(policy.source)
+    scope = next(scope for scope in raw["scopes"] if scope["name"] == policy.default_scope)
+    return json.dumps({"scopes": [scope], "default_scope": policy.default_scope}, indent=2).encode()
+
+
 def install(policy: Policy | None, destination: str | Path) -> None:
     """Make NVFLARE's site privacy file `destination` (a site workspace's local/privacy.json) hold
-    `policy` as the site wrote it, or hold nothing when the site has no policy."""
+    `policy`'s default scope alone (`installed`), or nothing when the site has no policy. Called at
+    site setup (`caia poc up`), so the NVFLARE client loads it when it starts, and at every admission."""
     destination = Path(destination)
     if policy is None:
         destination.unlink(missing_ok=True)
     else:
-        write_atomic(destination, policy.source)
+        write_atomic(destination, installed(policy))
+
+
+def check_job_scope(app_dir: str | Path) -> None:
+    """In a job at a site, before any of its code runs: raise ContractError (failure "privacy_scope")
+    unless the job's meta.json (NVFLARE's, beside the app folder `app_dir`, in the simulator and at
+    deployed sites alike) names no privacy scope or the default scope of the policy installed in the
+    site's workspace (local/privacy.json, two levels above the app). NVFLARE applies the scope a job
+    names, and no filter at all for a name its policy lacks; caia's jobs name none."""
+    app_dir = Path(app_dir)
+    try:
+        meta = json.loads((app_dir.parent / "meta.json").read_text())
+        named = meta.get("scope") or ""
+        policy_file = app_dir.parents[1] / "local" / PRIVACY_FILE
+        default = json.loads(policy_file.read_text()).get("default_scope") if policy_file.exists() else None
+    except (OSError, ValueError, AttributeError) as e:
+        raise ContractError(f"the job's privacy scope cannot be checked: {e}", failure="privacy_scope", entry="runtime") from e
+    if named and named != default:
+        raise ContractError(f"the job's meta.json names privacy scope {named!r}; this site applies only its default "
+                            f"scope {default!r}", failure="privacy_scope", entry="runtime")
 
 
 def describe(policy: Policy | None) -> list[str]:

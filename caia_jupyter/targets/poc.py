@@ -33,7 +33,7 @@ from ..contracts.client_app import require_tenseal
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import write_json
 from ..researcher.wording import plural
-from ..site.privacy_policy import PRIVACY_FILE
+from ..site.privacy_policy import PRIVACY_FILE, install, read_policy
 
 DEFAULT_POC = Path.home() / ".caia" / "poc"
 MARKER = "caia-poc.json"
@@ -268,9 +268,11 @@ def _create_sites(poc: Poc, names: list[str], demo_data: bool) -> dict[str, Path
 
 def _install_guard(poc: Poc, name: str) -> None:
     """The two-step change a center makes: caia installed, and its validator in local/resources.json.
-    At each admission the validator installs the site directory's privacy.json as the site's
-    local/privacy.json, which NVFLARE reads when it starts the job."""
+    The site's privacy policy (its default scope alone, `privacy_policy.install`) goes into the
+    site's local/privacy.json now, before the site starts and loads it, and again at each admission.
+    Raises SiteError for an unusable privacy.json in the site directory."""
     local = poc.kits / name / "local"
+    install(read_policy(poc.site_dir(name)), local / PRIVACY_FILE)
     resources = json.loads((local / "resources.json.default").read_text())
     resources["app_validator"] = {"path": VALIDATOR, "args": {"site_dir": str(poc.site_dir(name)),
                                                               "privacy_file": str(local / PRIVACY_FILE)}}
