@@ -18,7 +18,7 @@ from caia_jupyter.site.guard import Refusal, Unfit, admit, check_app, privacy_ce
 from caia_jupyter.site.privacy_policy import PRIVACY_FILE, check_job_scope, install, read_policy
 from caia_jupyter.site.runtime import Failed, failing
 from caia_jupyter.targets.job import build_job
-from conftest import approve, make_site, reviewer_key, set_source
+from conftest import approve, make_site, set_source
 
 FILTERS = "nvflare.app_common.filters"
 PERCENTILE = {"path": f"{FILTERS}.PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}}
