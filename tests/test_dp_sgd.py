@@ -433,3 +433,26 @@ def test_a_site_stops_an_update_that_skipped_dp_and_one_whose_budget_ran_out_and
     assert kept["site-2"]["message"].startswith("train took no DP-SGD step this round")
     assert kept["site-3"]["epsilon"] > kept["site-3"]["budget"] == BUDGET
     assert kept["site-3"]["dp_steps"] > kept["site-3"]["calibrated_steps"] == 12  # 3 rounds x 1 pass of 4 batches
+
+
+def test_the_noise_covers_every_step_of_the_run_whatever_the_float_rounding_of_its_sample_rate():
+    """Opacus turns epochs into steps as int(epochs / sample_rate), one short for 117 batches x 5 rounds;
+    calibrated in steps, the run's 585 steps stay within the budget."""
+    request = {"epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0, "local_epochs": 1}
+    rate = 1 / 117
+    sigma = calibrated_noise(request, 5, rate)
+    assert epsilon_of([(sigma, rate, 585)], 1e-5) <= 8.0
+
+
+def test_an_update_may_not_claim_more_examples_than_the_rows_released():
+    """num_samples weighs the update and scales NVFLARE's percentile and SVT clipping: the site bounds it."""
+    flare_client.check_num_samples(24, 24, 0)
+    flare_client.check_num_samples(10**6, 0, 0)  # the code read no released data: nothing to bound it by
+    with pytest.raises(Failed) as failed:
+        flare_client.check_num_samples(10**6, 24, 2)
+    assert failed.value.report == {"entry": "train", "round": 2, "category": "bad_num_samples"}
+    assert "24 rows" in failed.value.record["message"]
+
+
+def test_a_history_no_honest_run_reports_costs_an_infinite_epsilon_not_a_crash():
+    assert epsilon_of([(1e300, 1.0, 10**12)], 1e-5) == float("inf")

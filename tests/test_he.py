@@ -114,3 +114,60 @@ def test_the_review_names_the_he_filters_in_plain_words_without_a_warning():
     assert "⚠" not in text
     assert "it decrypts each global model the server sends" in text and "so the server only sums ciphertexts" in text
     assert "returns the final global model, decrypted" in text
+
+
+class FakeEngine:
+    """A fake of NVFLARE's server engine: it only hands out the aggregator component."""
+
+    def __init__(self, aggregator):
+        self.aggregator = aggregator
+
+    def get_component(self, name):
+        return self.aggregator
+
+
+class FakeAggregator:
+    """A fake of NVFLARE's HE aggregator: it takes every update and "sums" them into a marker."""
+
+    def __init__(self):
+        self.accepted, self.aggregated = [], 0
+
+    def accept(self, shareable, fl_ctx):
+        self.accepted.append(shareable)
+        return True
+
+    def aggregate(self, fl_ctx):
+        from nvflare.apis.dxo import DXO, DataKind
+
+        self.aggregated += 1
+        return DXO(DataKind.WEIGHTS, {"w": "the sum"}).to_shareable()
+
+
+@pytest.mark.parametrize("usable", [1, 2])
+def test_a_round_with_a_single_usable_encrypted_update_keeps_the_global_model(usable, tmp_path):
+    """One usable update would be its site's own weights as the new global model, which every site
+    decrypts (and the final one returns to the server in clear): the global model stays instead."""
+    ts = pytest.importorskip("tenseal")
+    from nvflare.apis.dxo import MetaKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    from caia_jupyter.aggregator.he import CaiaHEFedAvg
+
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    context.global_scale = 2 ** 40
+    controller = CaiaHEFedAvg(1, 1, output_dir=str(tmp_path))
+    controller.engine, controller.fl_ctx = FakeEngine(FakeAggregator()), FLContext()
+    controller._initial = {"w": np.zeros(3, np.float32)}
+    results = [FLModel(params={"w": ts.ckks_vector(context, [1.0, 2.0, 3.0])},
+                       meta={"client_name": f"site-{i}", "NUM_STEPS_CURRENT_ROUND": 5, MetaKey.PROCESSED_ALGORITHM: "CKKS"})
+               for i in range(1, usable + 1)]
+    results.append(FLModel(params={"w": [1.0]}, meta={"client_name": "site-9", "NUM_STEPS_CURRENT_ROUND": 5}))  # not CKKS
+    previous = {"w": np.ones(3, np.float32)}
+    new = controller._average(results, 0, previous)
+    assert controller.engine.aggregator.aggregated == 1  # the aggregator is emptied for the next round either way
+    excluded = {(e["site"], e["reason"]) for e in controller._excluded}
+    if usable == 1:
+        assert new is previous and excluded == {("site-9", "malformed_update"), ("site-1", "alone_encrypted")}
+    else:
+        assert new == {"w": "the sum"} and excluded == {("site-9", "malformed_update")}

@@ -22,7 +22,7 @@ from caia_jupyter.contracts.errors import SiteError
 from caia_jupyter.researcher import compose
 from caia_jupyter.reviewer.review import render
 from caia_jupyter.site.guard import Refusal, admit
-from caia_jupyter.site.privacy_policy import PRIVACY_FILE, read_policy
+from caia_jupyter.site.privacy_policy import PRIVACY_FILE, read_policy, scope_refusal
 from caia_jupyter.targets.job import build_job
 from caia_jupyter.targets.submit import submit
 from conftest import approve, build_validated, make_site, set_source, write_corpus
@@ -144,6 +144,19 @@ def test_a_site_whose_scope_needs_weight_differences_refuses_full_weights_naming
     admit(diff_app, site.path, privacy_file=installed)
     written = json.loads((site.path / PRIVACY_FILE).read_text())  # where NVFLARE reads it: its default scope alone
     assert json.loads(installed.read_text()) == {"scopes": written["scopes"][:1], "default_scope": "strict"}
+
+
+def test_a_site_whose_scope_filters_updates_refuses_an_encrypted_bundle(tmp_path):
+    """NVFLARE filters an update before the job's encryptor: an excluded entry leaves an encrypted
+    update the server cannot add, so the site says so at once rather than never contributing."""
+    site = make_site(tmp_path / "sites", "site-1")
+    set_policy(site, policy(exclude("bias")))
+    refusal = scope_refusal(read_policy(site.path), {"encryption": "he-ckks"})
+    assert refusal == ("its privacy scope 'strict' applies ExcludeVars to every update, which an encrypted update cannot "
+                       "pass through; this site cannot take a bundle with encryption=he")
+    assert scope_refusal(read_policy(site.path), {}) is None  # full weights through ExcludeVars: fine
+    set_policy(site, {"scopes": [{"name": "open", "task_result_filters": []}], "default_scope": "open"})
+    assert scope_refusal(read_policy(site.path), {"encryption": "he-ckks"}) is None  # a scope without filters
 
 
 def test_an_unusable_policy_refuses_every_bundle_and_no_policy_leaves_none_installed(jobs, tmp_path):

@@ -4,7 +4,8 @@ Each site encrypts its update with its TenSEAL CKKS context, weighted by its `nu
 (NVFLARE's HEModelEncryptor, in the bundle's client config); `CaiaHEFedAvg` hands the ciphertexts
 to NVFLARE's HEInTimeAccumulateWeightedAggregator, which adds them and multiplies the sum by
 1 / (total num_samples), all in the encrypted domain: the server's context has no secret key, so it
-never holds a site's update, nor any global model after the first, in clear. Every round, sites
+never holds a site's update, nor any intermediate global model, in clear; a round with a single
+usable update keeps the global model as it was (that "sum" would be the site's own weights). Every round, sites
 decrypt the global model they receive (HEModelDecryptor). Otherwise it is `CaiaFedAvg`: rounds,
 status.json with "left" and "excluded", the final evaluation.
 
@@ -56,7 +57,7 @@ class CaiaHEFedAvg(CaiaFedAvg):
     def _average(self, results: list[FLModel], round: int, params: dict) -> dict:
         aggregator = self.engine.get_component(self.aggregator_id)
         self._set_ctx_prop_preserving_attrs(self.fl_ctx, AppConstants.CURRENT_ROUND, round)
-        accepted = 0
+        accepted = []  # the sites whose update is in the sum
         for result in results:
             site = result.meta.get("client_name", "?")
             reason = unusable_ciphertext(result, self._initial)
@@ -70,10 +71,14 @@ class CaiaHEFedAvg(CaiaFedAvg):
                 self._excluded.append({"site": site, "round": round, "reason": reason})
                 log.warning("caia left %s's encrypted update of round %d out of the sum: %s", site, round, reason)
             else:
-                accepted += 1
+                accepted.append(site)
         if not accepted:
             return params
-        dxo = from_shareable(aggregator.aggregate(self.fl_ctx))
+        dxo = from_shareable(aggregator.aggregate(self.fl_ctx))  # which also empties the aggregator for the next round
+        if len(accepted) == 1:  # the "sum" is one site's update, which every site decrypts: the global model stays
+            self._excluded.append({"site": accepted[0], "round": round, "reason": "alone_encrypted"})
+            log.warning("caia left %s's encrypted update of round %d out: it was the only one", accepted[0], round)
+            return params
         self._meta = {MetaKey.PROCESSED_KEYS: dxo.get_meta_prop(MetaKey.PROCESSED_KEYS),
                       MetaKey.PROCESSED_ALGORITHM: dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM)}
         return dxo.data

@@ -48,7 +48,8 @@ REASONS = {
     "schema_changed": "a dataset released to the bundle no longer matches the schema its reviewers approved; "
                       "the site must fix its data or approve again",
     "not_a_module": "build_model() must return a torch.nn.Module",
-    "bad_num_samples": f"train(model, data, ctx) must return a dict holding 'num_samples', an integer from 0 to {MAX_NUM_SAMPLES}",
+    "bad_num_samples": f"train(model, data, ctx) must return a dict holding 'num_samples', an integer from 0 to {MAX_NUM_SAMPLES} "
+                       "and at most the rows the site released to it",
     "bad_metrics": "metrics must be a dict of numbers (int, float, numpy scalars or 0-d tensors) under metric names",
     "unsupported_state": "the model's state_dict() holds an entry caia cannot average (not a tensor, or a tensor "
                          "that is not float, integer or bool)",
@@ -81,6 +82,8 @@ EXCLUDED = {
     "no_examples": "it trained on no examples (num_samples 0: no rows, or none left after load_data)",
     "non_finite_weights": "its weights hold NaN or values infinite in their dtype",
     "malformed_update": "its weights or num_samples do not fit the global model",
+    "alone_encrypted": "it was the only usable encrypted update: the sum would have been that site's own weights, "
+                       "which every site decrypts (the global model stays as it was)",
 }
 UNCONFINED = ("{site} ran the federated code without the kernel's sandbox: this machine's kernel has no Linux "
               "Landlock and the site's sandbox policy is preferred (`caia site show` tells what a kernel supports)")

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENCRYPTIONS = ("he-ckks",)
+EPSILON = "epsilon"  # the metric a DP site reports each round: the epsilon it has spent so far (the code may not)
 MAX_EPSILON = 100.0  # beyond this a "guarantee" protects nothing; a request above it is a typo
 ACCOUNTANT = "rdp"  # the Opacus accountant every site counts DP-SGD steps with (site.dp_sgd), named in a run's guarantee
 

@@ -31,16 +31,15 @@ from pathlib import Path
 
 from ..contracts import failures as failure_reports
 from ..contracts import weights
-from ..contracts.privacy import ACCOUNTANT
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
+from ..contracts.privacy import ACCOUNTANT, EPSILON
 from . import metrics as metric_records
 from .wording import plural
 
 FINAL = ("finished", "failed", "refused", "aborted")
 MODEL_FILE = "global_model.pt"
 GUARANTEE_FILE = "global_model.guarantee.json"  # the guarantee beside the exported model (`Run.guarantee`)
-EPSILON = "epsilon"  # the metric each site reports: the epsilon it has spent so far
 SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
 LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")

@@ -45,13 +45,13 @@ class Spent:
 
 
 @functools.lru_cache(maxsize=64)
-def _calibrated(epsilon: float, delta: float, epochs: int, sample_rate: float) -> float:
+def _calibrated(epsilon: float, delta: float, steps: int, sample_rate: float) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Optimal order is the largest alpha": the bound is still one
         return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                    epochs=epochs, accountant=ACCOUNTANT)
+                                    steps=steps, accountant=ACCOUNTANT)
 
 
 def calibrated_noise(request: dict, rounds: int, sample_rate: float) -> float:
@@ -60,8 +60,8 @@ def calibrated_noise(request: dict, rounds: int, sample_rate: float) -> float:
 
     Raises ContractError (one line, with the numbers) when no noise keeps the run within it."""
     epochs = rounds * request["local_epochs"]
-    try:
-        return _calibrated(request["epsilon"], request["delta"], epochs, sample_rate)
+    try:  # in steps, rounded as `calibrated_steps` counts them: Opacus's epochs / sample_rate truncates (117 batches x 5 = 584)
+        return _calibrated(request["epsilon"], request["delta"], round(epochs / sample_rate), sample_rate)
     except ValueError:  # Opacus: "The privacy budget is too low."
         raise ContractError(
             f"the privacy budget is too low: epsilon {request['epsilon']:.6g} at delta {request['delta']:.6g} cannot cover "
@@ -80,7 +80,11 @@ def epsilon_of(history, delta: float) -> float:
     accountant.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Optimal order is the largest alpha"
-        return float(accountant.get_epsilon(delta))
+        try:
+            epsilon = float(accountant.get_epsilon(delta))
+        except (ArithmeticError, ValueError):  # a history no honest run reports (noise 1e300, 10**12 steps)
+            return math.inf
+    return epsilon if math.isfinite(epsilon) else math.inf
 
 
 def parse_history(value) -> tuple:

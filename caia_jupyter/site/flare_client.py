@@ -15,10 +15,11 @@ from typing import NoReturn
 from ..contracts.errors import ContractError
 from ..contracts.failures import FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
+from ..contracts.privacy import EPSILON
 from .context import Context
 from .privacy_policy import check_job_scope
 from .release import Release
-from .runtime import EPSILON, EntryPoints, Failed, LocalCode, RoundResult, failing
+from .runtime import EntryPoints, Failed, LocalCode, RoundResult, failing
 from .sandbox import Sandbox
 
 
@@ -97,12 +98,24 @@ def _serve(app_dir: Path) -> None:
             if release.privacy:
                 spent = check_private(release.privacy, release.rounds, result, spent, code.released_rows, trained)
                 metrics[EPSILON] = spent.epsilon
+            check_num_samples(result.num_samples, code.released_rows, trained)
             report(metrics, trained)
             trained += 1
             flare.send(FLModel(params=result.weights, metrics=result.eval_metrics,
                                meta={"NUM_STEPS_CURRENT_ROUND": result.num_samples}))
     finally:
         code.close()
+
+
+def check_num_samples(num_samples: int, released_rows: int, round: int) -> None:
+    """Before round `round`'s update leaves: raise Failed (bad_num_samples) when train claims more
+    examples than the rows the site released to the code (`released_rows`; 0: it read none, no bound).
+    num_samples weighs the update in FedAvg and scales NVFLARE's percentile and SVT filters (their
+    `gamma` bounds the change per example), so the code may not inflate it."""
+    if released_rows and num_samples > released_rows:
+        raise Failed({"entry": "train", "round": round, "category": "bad_num_samples"},
+                     {"message": f"train returned num_samples {num_samples}, more than the {released_rows} rows released "
+                                 "to it here; the update was not sent"})
 
 
 def check_budget_left(privacy: dict, spent, round: int) -> None:

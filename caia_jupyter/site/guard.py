@@ -39,7 +39,7 @@ from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from ..contracts.privacy import DifferentialPrivacy, exact
 from .approvals import find_approval
-from .privacy_policy import Policy, install, read_policy, weight_diff_refusal
+from .privacy_policy import Policy, install, read_policy, scope_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
@@ -123,9 +123,9 @@ def privacy_ceiling(job: dict, approved: float | None, policy: float | None, row
             raise Unfit(f"it requests epsilon {exact(privacy.epsilon)}, above this site's ceiling of {exact(ceiling)} "
                         f"(set in {where}); ask for privacy=dp epsilon<={exact(ceiling)}")
     if privacy and rows and privacy.delta * rows >= 1:
-        raise Unfit(f"it requests delta {exact(privacy.delta)}, not below 1/{rows} (one over the rows of the largest "
-                    f"dataset released to it here); ask for privacy=dp delta=... well below that, such as "
-                    f"{exact(_suggested_delta(rows))}")
+        raise Unfit(f"it requests delta {exact(privacy.delta)}, not below one over the rows of the largest dataset "
+                    f"released to it here; ask for privacy=dp delta=... well below that, such as {exact(_suggested_delta(rows))}",
+                    f"delta {exact(privacy.delta)} is not below 1/{rows}")  # the count stays at the site
 
 
 def _suggested_delta(rows: int) -> float:
@@ -136,14 +136,14 @@ def _suggested_delta(rows: int) -> float:
 def policy_fit(site: Site, job: dict) -> Policy | None:
     """The site's privacy policy (`privacy_policy.read_policy`), if the site can run a bundle whose
     manifest's job is `job` under it. Raises Unfit for a privacy.json that is unusable (its problem
-    is the Unfit's detail, for the site) or a default scope needing weight differences the bundle
-    does not send."""
+    is the Unfit's detail, for the site) or a default scope the bundle's updates cannot pass
+    (`privacy_policy.scope_refusal`)."""
     try:
         policy = read_policy(site.path)
     except SiteError as e:
         raise Unfit("its privacy policy (privacy.json) is unusable, so it refuses every job (the site's log says why)",
                     str(e), fix="the site's admin fixes privacy.json (`caia site show` names the problem)") from e
-    refusal = weight_diff_refusal(policy, job.get("updates"))
+    refusal = scope_refusal(policy, job)
     if refusal:
         raise Unfit(refusal)
     return policy

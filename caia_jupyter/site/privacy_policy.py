@@ -63,6 +63,7 @@ class Scope:
         return f"{self.name}: {', '.join(shown) or 'no filters'}"
 
     def to_json(self) -> dict:
+        """{"name", "filters": [{"filter": class name, "args": {...}}, ...]}, as `caia site show --json` prints it."""
         return {"name": self.name, "filters": [{"filter": name, "args": args} for name, args in self.filters]}
 
 
@@ -76,6 +77,7 @@ class Policy:
 
     @property
     def applied(self) -> Scope:
+        """The scope NVFLARE applies to caia's jobs: the default one, the only one caia installs."""
         return self.scopes[self.default_scope]
 
 
@@ -187,13 +189,22 @@ def _check_exclude_vars(value, scope: str, bad) -> None:
     raise bad(f"scope {scope!r}: ExcludeVars' exclude_vars must be a regular expression or a list of state_dict entry names")
 
 
-def weight_diff_refusal(policy: Policy | None, updates: str | None) -> str | None:
-    """Why a site with `policy` cannot run a bundle whose manifest's job.updates is `updates`, or None."""
-    needs = policy.applied.needs_weight_diff if policy else []
-    if not needs or updates == "weight_diff":
+def scope_refusal(policy: Policy | None, job: dict) -> str | None:
+    """Why a site with `policy` cannot run a bundle whose manifest's job is `job`, or None: its
+    default scope filters an encrypted update (NVFLARE applies the scope before the job's encryptor:
+    an excluded entry leaves an update the server cannot add, and percentile or SVT privacy need
+    weight differences, which encrypted bundles do not send), or needs weight differences a bundle
+    sending full weights lacks."""
+    scope = policy.applied if policy else None
+    if scope and scope.filters and job.get("encryption"):
+        names = ", ".join(name for name, _ in scope.filters)
+        return (f"its privacy scope {scope.name!r} applies {names} to every update, which an encrypted update cannot "
+                "pass through; this site cannot take a bundle with encryption=he")
+    needs = scope.needs_weight_diff if scope else []
+    if not needs or job.get("updates") == "weight_diff":
         return None
     act = "which act" if len(needs) > 1 else "which acts"
-    return (f"its privacy scope {policy.applied.name!r} applies {', '.join(needs)}, {act} on weight differences, "
+    return (f"its privacy scope {scope.name!r} applies {', '.join(needs)}, {act} on weight differences, "
             "and this bundle sends full weights; rebuild it with `%%federated ... updates=weight_diff`")
 
 
@@ -247,6 +258,7 @@ def describe(policy: Policy | None) -> list[str]:
 
 
 def to_json(policy: Policy | None) -> dict | None:
+    """{"default_scope", "scopes": [Scope.to_json(), ...]}, or None for a site without privacy.json."""
     if policy is None:
         return None
     return {"default_scope": policy.default_scope, "scopes": [scope.to_json() for scope in policy.scopes.values()]}

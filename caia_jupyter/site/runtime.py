@@ -5,7 +5,8 @@ The federated-code contract:
     build_model() -> torch.nn.Module
     load_data(ctx) -> data            # anything; passed back to train and evaluate
     train(model, data, ctx) -> dict   # one round of local training, in place;
-                                      # {"num_samples": int 0..2**53-1, other metrics: number}
+                                      # {"num_samples": int 0..2**53-1, at most the rows released
+                                      #  to the code; other metrics: number}
     evaluate(model, data, ctx) -> dict  # {metric: number}
 
 A number is an int, a float, a numpy scalar or a 0-d tensor (numpy or torch); `num_samples` is an
@@ -31,6 +32,7 @@ from ..contracts.errors import ContractError
 from ..contracts.failures import ENTRY_POINTS
 from ..contracts.fileset import MODULE
 from ..contracts.metric_names import valid_name
+from ..contracts.privacy import EPSILON
 from ..contracts.tensors import dtypes_of, to_arrays, to_tensors
 from ..contracts.weights import MAX_NUM_SAMPLES
 
@@ -52,9 +54,6 @@ class RoundResult:
     # With DP (ctx.privacy): the code's accountant history after this round, as its process reports
     # it ([[noise_multiplier, sample_rate, steps], ...]; untrusted: the site accounts it, `dp_sgd.account`); None without DP
     dp_history: list | None = None
-
-
-EPSILON = "epsilon"  # the metric the site's runtime reports with each round of a DP bundle; the code may not
 
 
 def reserved_metrics(metrics: dict, entry: str, private: bool) -> None:
