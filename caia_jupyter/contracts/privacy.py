@@ -30,6 +30,17 @@ def exact(value: float) -> str:
     return text[:-2] if isinstance(value, float) and text.endswith(".0") else text
 
 
+def finite_number(value) -> bool:
+    """An int or float that is a finite float (bool is no number here); never raises (an integer
+    too large for a float, 10**400 say, is no finite number)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 class DifferentialPrivacy(BaseModel):
     """A DP-SGD request: each site's whole run is (`epsilon`, `delta`)-DP; per-example gradients are
     clipped to L2 norm `max_grad_norm`; the noise is calibrated for `local_epochs` passes over the

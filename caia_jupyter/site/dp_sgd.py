@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..contracts.errors import ContractError
-from ..contracts.privacy import ACCOUNTANT, DifferentialPrivacy
+from ..contracts.privacy import ACCOUNTANT, DifferentialPrivacy, finite_number
 
 MAX_HISTORY = 1000  # entries of a reported accountant history (an honest run has one per sample rate and noise)
 MAX_STEPS = 10**12  # DP-SGD steps of one entry
@@ -92,15 +92,12 @@ def parse_history(value) -> tuple:
 
     Raises ContractError (not_private) for anything else: a list of at most MAX_HISTORY
     [noise_multiplier > 0, 0 < sample_rate <= 1, 1 <= steps <= MAX_STEPS]."""
-    def real(x) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
     entries = value if isinstance(value, (list, tuple)) and len(value) <= MAX_HISTORY else None
     parsed = []
     for entry in entries if entries is not None else [None]:
         ok = isinstance(entry, (list, tuple)) and len(entry) == 3
         sigma, rate, steps = entry if ok else (None, None, None)
-        if not (ok and real(sigma) and sigma > 0 and real(rate) and 0 < rate <= 1 and isinstance(steps, int)
+        if not (ok and finite_number(sigma) and sigma > 0 and finite_number(rate) and 0 < rate <= 1 and isinstance(steps, int)
                 and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS):
             raise ContractError("the code's process reported no readable privacy accounting", failure="not_private",
                                 entry="train")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..contracts import schema
 from ..contracts.errors import SiteError
 from ..contracts.fsutil import staged_dir, write_atomic, write_json
-from ..contracts.privacy import exact
+from ..contracts.privacy import exact, finite_number
 from .keys import key_id, load_private_key, load_public_key, public_pem
 
 FORMAT = "caia-site/1"
@@ -131,31 +130,20 @@ class Site:
                 **({"max_epsilon": self.max_epsilon} if self.max_epsilon is not None else {})}
 
 
-def _finite(value) -> bool:
-    """An int or float that is a finite float (bool is no number here); never raises (an integer
-    too large for a float, 10**400 say, is no finite number)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
 def valid_epsilon(value) -> bool:
     """A privacy ceiling: a finite number above 0 (bool is no number here). Never raises."""
-    return _finite(value) and value > 0
+    return finite_number(value) and value > 0
 
 
 def valid_days(value) -> bool:
     """A finite, positive number of days, at most LONGEST_POLICY_DAYS (bool is no number here). Never raises."""
-    return _finite(value) and 0 < value <= LONGEST_POLICY_DAYS
+    return finite_number(value) and 0 < value <= LONGEST_POLICY_DAYS
 
 
 def shown_days(value) -> str:
     """A number as the user typed it (200, not 200.0; 3.0000001 in full); anything else, an integer
     too large for a float included, as its repr (cut to 40 characters)."""
-    return exact(value) if _finite(value) else repr(value)[:40]
+    return exact(value) if finite_number(value) else repr(value)[:40]
 
 
 def init(path: str | Path, name: str, max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS,
