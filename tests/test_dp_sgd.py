@@ -456,3 +456,11 @@ def test_an_update_may_not_claim_more_examples_than_the_rows_released():
 
 def test_a_history_no_honest_run_reports_costs_an_infinite_epsilon_not_a_crash():
     assert epsilon_of([(1e300, 1.0, 10**12)], 1e-5) == float("inf")
+
+
+def test_a_history_holding_an_integer_too_large_for_a_float_is_no_accounting():
+    from caia_jupyter.site.dp_sgd import parse_history
+
+    with pytest.raises(ContractError) as refused:
+        parse_history([[10**400, 0.1, 3]])
+    assert refused.value.failure == "not_private"
