@@ -60,6 +60,10 @@ def lab(tmp_path_factory):
     settings = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # This checkout's build of the panel comes first, whatever else the environment has installed.
+    extensions = base / "data" / "labextensions"
+    extensions.mkdir(parents=True)
+    (extensions / "caia-jupyter").symlink_to(REPO / "caia_jupyter" / "labextension")
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_DATA_DIR=str(base / "data"),
                JUPYTER_RUNTIME_DIR=str(base / "runtime"), IPYTHONDIR=str(base / "ipython"),
                JUPYTERLAB_SETTINGS_DIR=str(base / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"))
