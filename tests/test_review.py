@@ -223,3 +223,64 @@ def test_the_review_reads_each_file_once_and_refuses_one_changed_after_the_check
     (tmp_path / "federated.py").write_text(ENTRY_POINTS + "import os\n")
     with pytest.raises(BundleError, match="file federated.py does not match manifest.json"):
         review.review_notebook(built)
+
+
+# The tags caia's own review is made of: the markdown renderer writes them, and none may reach the page as text.
+CAIA_TAGS = ("h1", "h2", "h3", "p", "table", "thead", "tbody", "tr", "th", "td", "code", "pre", "ul", "li", "blockquote", "em")
+HOSTILE = "<h1 id=x>big</h1><thead><tr><td>cell</td></tr></thead><script>alert(1)</script><p>para</p>"
+
+
+def escaped_tags(html_text: str) -> set[str]:
+    """The tags written as text (escaped) in an HTML fragment, by name."""
+    return {m.lower() for m in re.findall(r"&(?:lt|#0*60|#x0*3c);/?([a-zA-Z][a-zA-Z0-9]*)", html_text, re.I)}
+
+
+def hostile_review(write_notebook, tmp_path) -> tuple[str, Bundle]:
+    """The review of a bundle whose researcher notes and validation summary hold HTML."""
+    built = compose.build(write_notebook("good"), tmp_path / "b")
+    record = json.loads((built.records / "build.json").read_text())
+    record["cells"][0]["intro"] = HOSTILE
+    (built.records / "build.json").write_text(json.dumps(record))
+    (built.records / "validation.json").write_text(json.dumps({
+        "bundle_id": built.id, "passed": False, "error": {"summary": HOSTILE}}))
+    return review.render(built.path).read_text(), built
+
+
+def test_the_page_is_self_contained_and_caia_markup_is_markup(write_notebook, tmp_path):
+    page, _ = hostile_review(write_notebook, tmp_path)
+    assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:|//)""", page, re.I)
+    assert not re.search(r"@import|url\(\s*['\"]?\s*(?:https?:|//)", page, re.I)
+    assert not re.search(r"<(?:script|link|iframe|object|embed|img)\b", page, re.I)
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    for tag in ("h1", "h2", "h3", "p", "table", "thead", "tbody", "tr", "th", "td", "code", "pre", "blockquote"):
+        assert re.search(rf"<{tag}[\s>]", page), tag  # caia's structure is markup
+    # The researcher's HTML stays text, where it was put; elsewhere no tag at all is written as text.
+    notes = re.search(r"<blockquote>(.*?)</blockquote>", page, re.S).group(1)
+    assert set(re.findall(r"</?(\w+)", notes)) == {"p"}
+    assert HOSTILE in text_of(notes)
+    failed = re.search(r"<p><strong>Failed:</strong>(.*?)</p>", page, re.S).group(1)
+    assert HOSTILE in text_of(failed) and "<" not in failed
+    rest = page.replace(notes, "").replace(failed, "")
+    assert escaped_tags(rest) == set(), escaped_tags(rest)
+
+
+def test_the_page_takes_no_template_or_config_from_the_machine(write_notebook, tmp_path, monkeypatch):
+    """A reviewer's page is the same whatever nbconvert templates lie in the working directory or
+    the Jupyter paths (a stale or planted `lab` template could load a script or hide a file)."""
+    built = compose.build(write_notebook("good"), tmp_path / "b")
+    clean = page_of(built)
+    planted = ("{%- extends 'base/display_priority.j2' -%}{% block body %}"
+               "<script src=\"https://cdn.example/x.js\"></script>nothing to see{% endblock %}")
+    for root in (tmp_path / "cwd", tmp_path / "jupyter" / "nbconvert" / "templates"):
+        for name in ("lab", "classic", "base"):
+            (root / name).mkdir(parents=True)
+            (root / name / "index.html.j2").write_text(planted)
+            (root / name / "conf.json").write_text(json.dumps({"base_template": None, "mimetypes": {"text/html": True}}))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "jupyter_nbconvert_config.json").write_text(
+        json.dumps({"HTMLExporter": {"template_name": "classic", "sanitize_html": False}}))
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    assert page_of(built) == clean

@@ -5,9 +5,10 @@ client config, and source Python reads as a person does (`sourcecheck`). The rev
 from those files alone, each read once and checked against the manifest, and it shows all of
 them: the federated module split at its cell markers with Python's tokenizer (every byte
 appears), the site runner, the NVFLARE client config with what it configures, the requirements,
-and captured values by Python name, type, value, size and sha256. The page runs no script and
-loads nothing (a content security policy says so to the browser); long lines wrap, so nothing
-hides past the right edge.
+and captured values by Python name, type, value, size and sha256. The page is one self-contained
+file that reads offline: its style inline, no script, nothing loaded from elsewhere (a content
+security policy says so to the browser), no template or configuration taken from the machine;
+long lines wrap, so nothing hides past the right edge.
 
 The review states the protection the bundle requests (differential privacy, encryption of the
 updates, weight differences) and, rendered for a site, that site's privacy ceiling and whether
@@ -55,22 +56,24 @@ HE_FILTERS = {  # the filters of a bundle asking for encryption=he (contracts.cl
         "update, weighted by its num_samples, before it leaves, so the server only sums ciphertexts",
 }
 
-# The lab template without its scripts (require.js, MathJax, mermaid, widgets), with a policy that
-# forbids scripts and remote loads, and with code that wraps instead of being cut at the edge.
-_TEMPLATE = """{%- extends 'index.html.j2' -%}
-{%- block html_head_js -%}{%- endblock html_head_js -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-{%- block extra_css -%}
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:">
-<style type="text/css">
-.jp-InputArea, .jp-InputArea-editor { overflow: visible !important; }
-.jp-Notebook pre { white-space: pre-wrap !important; overflow-wrap: anywhere !important; }
-.jp-Notebook code { overflow-wrap: anywhere; }
-</style>
-{%- endblock extra_css -%}
+# The page's own style: nothing is loaded from elsewhere, and long lines wrap instead of hiding past the edge.
+_CSS = """
+body { margin: 0; background: #fff; color: #1a1a1a; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; }
+main { max-width: 72rem; margin: 0 auto; padding: 1rem 2rem 4rem; }
+h1, h2, h3 { line-height: 1.25; overflow-wrap: anywhere; }
+h2 { margin-top: 2.5rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
+a.anchor-link { margin-left: .4rem; color: #999; text-decoration: none; font-size: .8em; }
+code, pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 13px; }
+code { background: #f2f2f2; padding: 0 .2em; border-radius: 3px; overflow-wrap: anywhere; }
+pre { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+.highlight { background: #f7f7f7; border: 1px solid #ddd; border-radius: 4px; padding: .6rem .8rem; margin: .8rem 0; }
+.highlight code, pre code { background: none; padding: 0; }
+table { border-collapse: collapse; margin: .8rem 0; }
+th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+thead th { background: #eee; }
+blockquote { margin: .5rem 0; padding: 0 1rem; border-left: 4px solid #ccc; color: #444; }
 """
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
 _HTML_TAGS = ["a", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "ol",
               "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"]
 
@@ -101,22 +104,41 @@ def render(bundle_path: str | Path, output: str | Path | None = None, site: Site
 
 
 def to_html(nb: nbformat.NotebookNode, title: str) -> str:
-    """The review notebook as one static HTML page: sanitized, no script, nothing loaded from elsewhere."""
-    import bleach
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
+    """The review notebook as one self-contained static HTML page: its style inline, no script, nothing
+    loaded from elsewhere (a content security policy forbids both), and no template or configuration
+    read from the machine, so every reviewer's page is the same.
 
-    def clean_html(html) -> str:
-        html = html.decode() if isinstance(html, bytes) else str(html)
-        return bleach.clean(html, tags=_HTML_TAGS, attributes={"*": ["class", "id"], "a": ["href"]}, protocols=[])
+    Markdown cells are caia's own text, in which researcher-controlled values arrive already escaped
+    (`_literal`); they are rendered with nbconvert's markdown renderer, then sanitized (bleach, caia's
+    tags only) in case a value slipped through. Code cells are shown with pygments, which escapes them.
+    """
+    from html import escape
 
-    exporter = HTMLExporter(
-        template_name="lab", extra_loaders=[DictLoader({"caia_review.html.j2": _TEMPLATE})],
-        template_file="caia_review.html.j2", filters={"clean_html": clean_html},
-        sanitize_html=True, exclude_input_prompt=True, exclude_output_prompt=True,
+    from pygments.formatters import HtmlFormatter
+
+    formatter = HtmlFormatter(cssclass="highlight")
+    body = "\n".join(_cell_html(cell, formatter) for cell in nb.cells)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{escape(title)}</title>\n<style>{_CSS}{formatter.get_style_defs('.highlight')}</style>\n"
+        f"</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )
-    html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
-    return html
+
+
+def _cell_html(cell: nbformat.NotebookNode, formatter) -> str:
+    """One review cell as HTML: a markdown cell rendered and sanitized, a code cell highlighted as Python."""
+    import bleach
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+    from pygments import highlight
+    from pygments.lexers import PythonLexer
+
+    if cell.cell_type == "markdown":
+        html = markdown2html_mistune(cell.source)
+        return bleach.clean(html, tags=_HTML_TAGS, attributes={"*": ["class", "id"], "a": ["href"]}, protocols=[])
+    # stripnl=False: leading and trailing blank lines are bytes of the file too
+    return highlight(cell.source, PythonLexer(stripnl=False, ensurenl=False), formatter)
 
 
 def protection(job: dict) -> list[str]:
