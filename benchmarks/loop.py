@@ -118,7 +118,7 @@ def loop_child(workdir: Path, loops: int) -> None:
         for center in centers:
             signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key)
         marks["approve"] = time.perf_counter() - saved
-        run = submit(built.path, [center.site for center in centers], runs_root=workdir / "runs")
+        run = submit(built.path, [center.site.path for center in centers], runs_root=workdir / "runs")
         marks["submit"] = time.perf_counter() - saved
         while not run.records():
             if run.outcome:

@@ -89,7 +89,6 @@ def start(run_dir: Path) -> Run:
 
 def launch(run_dir: Path) -> int:
     """The launcher process: run the guarded simulator on RUN_DIR/job, record the outcome."""
-    tuning.start_fork_server()  # the site workers' imports, meanwhile
     from nvflare.fuel.common.exit_codes import ProcessExitCode
     from nvflare.fuel.f3.mpm import MainProcessMonitor
     from nvflare.private.fed.app.simulator import simulator_runner

@@ -70,24 +70,13 @@ def tune_launcher() -> None:
     from nvflare.fuel.f3.cellnet import core_cell
     from nvflare.private.fed.app.simulator import simulator_runner
 
-    os.environ["OMP_NUM_THREADS"] = "1"  # for the server's process too
+    os.environ["OMP_NUM_THREADS"] = "1"
     short_sleeps(vars(simulator_runner))
     short_sleeps(vars(core_cell))
     shorter_quiet_period()
     # At the end of a run NVFLARE's server imports this (and with it torch, ~1.3 s) only to cancel
     # torch tensor downloads; a caia server holds numpy arrays only, so there are none to cancel.
     sys.modules["nvflare.app_opt.pt.tensor_downloader"] = None
-
-
-def start_fork_server() -> None:
-    """Start the fork server that imports PRELOAD (torch, NVFLARE's worker, pandas: about 2.6 s),
-    with one OpenMP thread. Called first thing in the launcher, its imports overlap the launcher's
-    own (NVFLARE's simulator) and the deploy, instead of following them."""
-    from multiprocessing import forkserver
-
-    os.environ["OMP_NUM_THREADS"] = "1"
-    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
 
 
 def fork_workers(runner_module) -> None:
@@ -97,8 +86,11 @@ def fork_workers(runner_module) -> None:
 
     Call it in the simulator's process before it deploys: the fork server imports meanwhile.
     """
-    start_fork_server()  # already running when the launcher started it
+    from multiprocessing import forkserver
+
     forks = multiprocessing.get_context("forkserver")
+    forks.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     base_path = [p for p in sys.path[1:] if p not in inherited]  # sys.path[0]: the launcher's directory
 
