@@ -77,6 +77,7 @@ def test_requirements_find_the_distributions_as_importlib_does():
     ('{"nbformat": 3, "nbformat_minor": 0, "worksheets": []}', "is not an nbformat 4 notebook (nbformat 3)"),
     ('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, '
      '"outputs": [], "execution_count": null}]}', "is not a valid notebook: data.cells[0] must"),
+    ('{"nbformat": 4, "nbformat_minor": [5], "metadata": {}, "cells": []}', "is not a valid notebook:"),
     ('{"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": [{"cell_type": "code", "metadata": {}, '
      '"outputs": [], "execution_count": null, "source": "", "extra": 1}]}', "is not a valid notebook:"),
 ])

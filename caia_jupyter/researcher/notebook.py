@@ -110,7 +110,7 @@ def _load(path: Path) -> list[dict]:
         elif isinstance(cell, dict):
             cell.setdefault("id", "none")  # 4.5 requires ids; nbformat makes one up for a cell without
     try:
-        _validator(minor)(nb)
+        _validator(minor if isinstance(minor, int) else None)(nb)  # the schema names a minor of another type
     except _schema_error() as e:
         reason = (str(e) or type(e).__name__).splitlines()[0]
         raise NotebookError(f"{path} is not a valid notebook: {reason}; re-save it in Jupyter") from e
@@ -119,14 +119,14 @@ def _load(path: Path) -> list[dict]:
 
 
 @functools.cache
-def _validator(minor):
+def _validator(minor: int | None):
     """fastjsonschema's check of nbformat's schema for 4.`minor` (nbformat's current 4.x schema for
     a minor it does not know, as nbformat does)."""
     import fastjsonschema
 
     folder = Path(importlib.util.find_spec("nbformat").origin).parent / "v4"  # finds it without importing it
     schema = folder / f"nbformat.v4.{minor}.schema.json"
-    if not isinstance(minor, int) or not schema.is_file():
+    if minor is None or not schema.is_file():
         schema = folder / "nbformat.v4.schema.json"
     return fastjsonschema.compile(json.loads(schema.read_text(encoding="utf-8")))
 
