@@ -80,18 +80,14 @@ def test_a_poc_without_he_contexts_refuses_an_encrypted_bundle_in_one_line(he_bu
 
 
 def test_without_tenseal_the_encrypted_variant_names_the_extra_to_install(monkeypatch, tmp_path):
-    client_config.cache_clear()
     monkeypatch.setitem(__import__("sys").modules, "tenseal", None)  # import tenseal raises ImportError
-    try:
-        with pytest.raises(ContractError, match=r"pip install 'caia-jupyter\[he\]'"):
-            client_app.require_tenseal()
-        problems = content_problems(CLIENT_CONFIG, b"{}", job={"encryption": HE})
-        assert len(problems) == 1 and "pip install 'caia-jupyter[he]'" in problems[0]
-        with pytest.raises(ContractError, match="TenSEAL"):
-            pocs.up(tmp_path / "poc", he=True, say=lambda *a: None)
-        assert not (tmp_path / "poc").exists()
-    finally:
-        client_config.cache_clear()
+    with pytest.raises(ContractError, match=r"pip install 'caia-jupyter\[he\]'"):
+        client_app.require_tenseal()
+    problems = content_problems(CLIENT_CONFIG, b"{}", job={"encryption": HE})
+    assert len(problems) == 1 and "pip install 'caia-jupyter[he]'" in problems[0]
+    with pytest.raises(ContractError, match="TenSEAL"):
+        pocs.up(tmp_path / "poc", he=True, say=lambda *a: None)
+    assert not (tmp_path / "poc").exists()
 
 
 def test_a_decrypted_global_model_takes_the_initial_models_shapes_and_dtypes():

@@ -9,6 +9,11 @@ NVFLARE's homomorphic-encryption filters: the site decrypts the global model it 
 (HEModelDecryptor, train and validate) and encrypts its update, weighted by its number of
 samples, before it leaves (HEModelEncryptor, train), with the TenSEAL context NVFLARE's
 provisioning put in the site's startup kit.
+
+The configs are those NVFLARE's FedJob API writes (`export_client_config`), one per manifest
+`job.updates` x `job.encryption`, kept in `client_configs.json` beside this module: building and
+verifying a bundle then never import NVFLARE (about 0.5 s). tests/test_client_app.py checks that
+file against FedJob's output and names the command that writes it again.
 """
 
 from __future__ import annotations
@@ -71,10 +76,35 @@ def require_tenseal() -> None:
                             "pip install 'caia-jupyter[he]'") from None
 
 
+CONFIGS_FILE = Path(__file__).with_name("client_configs.json")
+
+
+def config_key(updates: str | None, encryption: str | None) -> str:
+    """The key of a config in CONFIGS_FILE: "<updates or weights>/<encryption or clear>"."""
+    return f"{updates or 'weights'}/{encryption or 'clear'}"
+
+
 @cache
+def _configs() -> dict:
+    return json.loads(CONFIGS_FILE.read_text(encoding="utf-8"))
+
+
 def client_config(updates: str | None = None, encryption: str | None = None) -> bytes:
     """The client config NVFLARE's FedJob API writes for `add_site_app` (with the manifest's
-    `job.updates` and `job.encryption`), as bundle bytes."""
+    `job.updates` and `job.encryption`), as bundle bytes, read from CONFIGS_FILE. Raises
+    ValueError for updates not in UPDATES, ContractError (one line) for an encryption caia does
+    not know, or for "he-ckks" when TenSEAL is not installed."""
+    if updates not in UPDATES:
+        raise ValueError(f"updates {updates!r} is not one of {UPDATES}")
+    if encryption == HE_CKKS:
+        require_tenseal()
+    elif encryption is not None:
+        raise ContractError(f"encryption {encryption!r} is not one caia knows; a bundle may ask for {HE_CKKS!r}")
+    return _bytes(_configs()[config_key(updates, encryption)])
+
+
+def export_client_config(updates: str | None = None, encryption: str | None = None) -> bytes:
+    """What `client_config` returns, written afresh by NVFLARE's FedJob API (imports NVFLARE)."""
     from nvflare.job_config.api import FedJob
 
     job = FedJob(name="caia")
@@ -82,6 +112,16 @@ def client_config(updates: str | None = None, encryption: str | None = None) -> 
     with tempfile.TemporaryDirectory() as out:
         job.export_job(out)
         config = json.loads((Path(out) / "caia" / "app_site" / "config" / CLIENT_CONFIG).read_text())
+    return _bytes(config)
+
+
+def write_client_configs() -> None:
+    """Write CONFIGS_FILE afresh from FedJob's output (after an NVFLARE upgrade changes it)."""
+    configs = {config_key(u, e): json.loads(export_client_config(u, e)) for u in UPDATES for e in (None, HE_CKKS)}
+    CONFIGS_FILE.write_text(json.dumps(configs, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _bytes(config: dict) -> bytes:
     return (json.dumps(canonical(config), indent=2, sort_keys=True) + "\n").encode()
 
 

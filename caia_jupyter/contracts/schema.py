@@ -25,10 +25,12 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .errors import SiteError
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: `caia verify` and the manifest never need it
+    import pandas as pd
 
 KINDS = ("bool", "int", "float", "datetime", "str")
 SEPARATORS = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
@@ -118,6 +120,7 @@ def read_table(path: str | Path, read: dict | None = None) -> pd.DataFrame:
 def _read(path: Path, read: dict) -> pd.DataFrame:
     """The table at `path` read as `read` says, as pandas types it; every failure to read it is a
     one-line SiteError, whatever the layer that failed (gzip, zlib, the CSV parser, pyarrow)."""
+    import pandas as pd
     import pyarrow
     import pyarrow.parquet
 
@@ -147,6 +150,8 @@ def _csv_options(read: dict) -> dict:
 
 def _longer_rows(path: Path, read: dict) -> SiteError:
     """Rows with more values than the header names: for one column of `1,5`, a decimal comma or two values?"""
+    import pandas as pd
+
     try:
         names = len(pd.read_csv(path, nrows=0, **_csv_options(read)).columns)
     except (ValueError, OSError, EOFError, zlib.error):
@@ -190,6 +195,8 @@ def schema_of(frame: pd.DataFrame) -> list[dict]:
 
 
 def kind_of(dtype) -> str:
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(dtype):
         return "bool"
     if pd.api.types.is_integer_dtype(dtype):

@@ -8,6 +8,8 @@ bundle, so re-running or re-saving a notebook cannot change its bundle id.
 from __future__ import annotations
 
 import ast
+import functools
+import importlib.util
 import itertools
 import json
 import warnings
@@ -52,15 +54,14 @@ def read(path: str | Path) -> FederatedNotebook:
     or the cell and its line as JupyterLab numbers it (from 1, the %%federated line included).
     """
     path = Path(path)
-    nb = _load(path)
     cells, intro = [], []
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "markdown":
-            intro.append(normalise_newlines(cell.source))
+    for index, cell in enumerate(_load(path)):
+        if cell["cell_type"] == "markdown":
+            intro.append(normalise_newlines(cell["source"]))
             continue
-        if cell.cell_type == "code":
+        if cell["cell_type"] == "code":
             where = f"notebook cell {index + 1}"
-            text = normalise_newlines(cell.source)
+            text = normalise_newlines(cell["source"])
             found = split_cell(text, where)
             if found is not None:
                 header, body, offset = found
@@ -83,30 +84,57 @@ def read(path: str | Path) -> FederatedNotebook:
     return FederatedNotebook(path, tuple(cells), settings)
 
 
-def _load(path: Path):
-    import nbformat  # here, not at the top: its schema validator takes ~1 s to import
+def _load(path: Path) -> list[dict]:
+    """The cells of the notebook at `path`, each {"cell_type", "source" (a string)}, once the
+    notebook is checked against nbformat's own JSON schema for its minor version.
 
+    nbformat's schema files, checked with fastjsonschema (as nbformat itself can): importing
+    nbformat would import jsonschema and its format checkers, about 1.7 s of the CLI's start.
+    Raises NotebookError, one line, for a file that is missing, not JSON, not nbformat 4, or
+    not valid against the schema.
+    """
     if not path.is_file():
         raise NotebookError(f"notebook {path} does not exist; save it first or check the path")
     try:
-        text = path.read_text(encoding="utf-8")
-        json.loads(text)
+        nb = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise NotebookError(f"{path} is not a notebook: not valid JSON ({e}); open and re-save it in Jupyter") from e
+    major = nb.get("nbformat") if isinstance(nb, dict) else None
+    if major != 4:
+        raise NotebookError(f"{path} is not an nbformat 4 notebook (nbformat {major!r}); open and re-save it in JupyterLab")
+    minor = nb.get("nbformat_minor")
+    for cell in nb.get("cells") if isinstance(nb.get("cells"), list) else ():
+        if isinstance(cell, dict) and isinstance(minor, int) and minor < 5:
+            # Tools write cell ids into older minors too; their schema has none. Ids never reach a bundle.
+            cell.pop("id", None)
+        elif isinstance(cell, dict):
+            cell.setdefault("id", "none")  # 4.5 requires ids; nbformat makes one up for a cell without
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nbformat warns about missing or duplicate cell ids
-            nb = nbformat.reads(text, as_version=4)
-            if nb.nbformat_minor < 5:
-                # Tools write cell ids into older minors too; their schema has none. Ids never
-                # reach a bundle (nor do the ids nbformat makes up for 4.5 cells without one).
-                for cell in nb.cells:
-                    cell.pop("id", None)
-            nbformat.validate(nb)
-    except (nbformat.ValidationError, nbformat.reader.NotJSONError, ValueError, KeyError, AttributeError, TypeError) as e:
-        reason = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
+        _validator(minor if isinstance(minor, int) else None)(nb)  # the schema names a minor of another type
+    except _schema_error() as e:
+        reason = (str(e) or type(e).__name__).splitlines()[0]
         raise NotebookError(f"{path} is not a valid notebook: {reason}; re-save it in Jupyter") from e
-    return nb
+    return [{"cell_type": c["cell_type"], "source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"]}
+            for c in nb["cells"]]
+
+
+@functools.cache
+def _validator(minor: int | None):
+    """fastjsonschema's check of nbformat's schema for 4.`minor` (nbformat's current 4.x schema for
+    a minor it does not know, as nbformat does)."""
+    import fastjsonschema
+
+    folder = Path(importlib.util.find_spec("nbformat").origin).parent / "v4"  # finds it without importing it
+    schema = folder / f"nbformat.v4.{minor}.schema.json"
+    if minor is None or not schema.is_file():
+        schema = folder / "nbformat.v4.schema.json"
+    return fastjsonschema.compile(json.loads(schema.read_text(encoding="utf-8")))
+
+
+def _schema_error():
+    import fastjsonschema
+
+    return fastjsonschema.JsonSchemaException
 
 
 def normalise_newlines(text: str) -> str:
