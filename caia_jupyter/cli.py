@@ -459,7 +459,9 @@ def do_submit(args, namespace=None) -> Outcome:
                  startup_kit=args.startup_kit, username=args.username, round_timeout=args.round_timeout,
                  concurrent=args.concurrent, namespace=namespace)
     if args.detach:
-        return Outcome(run, f"started {run.path}\nfollow it: caia status {run.path} --follow", {"run": str(run.path)})
+        bundle_id = run.spec["bundle_id"]
+        return Outcome(run, f"started {run.path} (bundle {bundle_id.removeprefix('sha256:')[:12]})\nfollow it: caia status "
+                       f"{run.path} --follow", {"run": str(run.path), "bundle_id": bundle_id})
     follow(run)
     return run_summary(run)
 

@@ -103,11 +103,13 @@ def validation_state(record: dict) -> dict:
 
 
 def run(run: Run | Path, since: int = 0) -> dict:
-    """A run's state and its metric records from the `since`-th on ([site, round, name, value], value a
+    """A run's state (with the id of the bundle it runs: "bundle_id", "short_id") and its metric records from the `since`-th on ([site, round, name, value], value a
     finite float or None: missing), with its notes (`Run.notes`: updates left out, metrics missing)."""
     handle = run if isinstance(run, Run) else Run(run)
     records = [[r.site, r.round, r.name, r.value] for r in handle.records()[since:]]
     done, total = handle.progress
-    return {"status": handle.status, "message": handle.message, "rounds_done": done, "rounds": total,
+    bundle_id = handle.spec.get("bundle_id") if isinstance(handle.spec.get("bundle_id"), str) else None
+    return {"bundle_id": bundle_id, "short_id": bundle_id.removeprefix("sha256:")[:12] if bundle_id else None,
+            "status": handle.status, "message": handle.message, "rounds_done": done, "rounds": total,
             "sites": handle.sites, "reasons": {**handle.refusals, **handle.failures}, "notes": handle.notes,
             "since": since, "records": records, "count": since + len(records)}
