@@ -143,3 +143,13 @@ def test_a_second_validation_of_the_same_notebook_is_refused_at_once(tmp_path):
             pass
     with validation.one_at_a_time(compose.default_output(first), first.name):  # released
         pass
+
+
+def test_a_malformed_kept_build_is_left_out(tmp_path):
+    built = compose.build(write_corpus("good", tmp_path))
+    other = history.folder(built.path) / ("2" * 64)
+    other.mkdir()
+    (other / history.BUILD).write_text(json.dumps({"bundle_id": "sha256:" + "2" * 64, "built_at": "x",
+                                                   "manifest": {"datasets": 3, "job": []}}))
+    (history.folder(built.path) / "notes.txt").write_text("not an entry")
+    assert [b["bundle_id"] for b in history.builds(built.path)] == [built.id]

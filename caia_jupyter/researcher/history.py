@@ -17,7 +17,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ..contracts.fsutil import read_json, write_atomic, write_json
+from ..contracts.manifest import Manifest
 
 BUILD, VALIDATION, EXECUTED = "build.json", "validation.json", "validation.ipynb"
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -62,15 +65,25 @@ def records_of(bundle_path: Path, bundle_id: str) -> dict[str, bytes]:
 
 
 def builds(bundle_path: Path) -> list[dict]:
-    """The kept build records, newest build first; a malformed or misfiled one is left out."""
+    """The kept build records, newest build first; a malformed or misfiled one (its manifest not one
+    `Manifest` accepts, its id not its folder's name) is left out."""
     found = []
     root = folder(bundle_path)
     for path in root.iterdir() if root.is_dir() else ():
         record = read_json(path / BUILD)
         if (_HEX.fullmatch(path.name) and record.get("bundle_id") == f"sha256:{path.name}"
-                and isinstance(record.get("manifest"), dict) and isinstance(record.get("built_at"), str)):
+                and isinstance(record.get("built_at"), str) and isinstance(record.get("cells", []), list)
+                and _is_manifest(record.get("manifest"))):
             found.append(record)
     return sorted(found, key=lambda r: r["built_at"], reverse=True)
+
+
+def _is_manifest(manifest) -> bool:
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError:
+        return False
+    return True
 
 
 def changes(old: dict, new: dict) -> list[str]:
