@@ -12,7 +12,7 @@ from tornado.httpclient import HTTPClientError
 
 import corpus
 from caia_jupyter.researcher import compose
-from conftest import approve, make_site
+from conftest import approve, make_site, set_source
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
              ("runs", "POST"), ("run", "GET"), ("run", "DELETE")]
@@ -42,7 +42,7 @@ async def get(jp_fetch, endpoint, **params):
 
 
 async def post(jp_fetch, endpoint, body):
-    response = await jp_fetch("caia", "api", endpoint, method="POST", body=json.dumps(body))
+    response = await jp_fetch("caia", "api", endpoint, method="POST", body=json.dumps(body), request_timeout=600)
     return json.loads(response.body)
 
 
@@ -58,7 +58,7 @@ async def test_the_panel_sees_the_same_bundle_id_as_the_cli(jp_fetch, jp_root_di
     state = await get(jp_fetch, "notebook", path=notebook)
     assert state["bundle_id"] == compose.build(jp_root_dir / notebook).id
     assert [c["first_line"] for c in state["cells"]][:2] == ["import torch", "def build_model():"]
-    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id"}
+    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id", "cell": None, "line": None}
     assert state["job"] == {"rounds": 2, "min_clients": 1, "params": {"lr": 0.1}}
 
 
@@ -87,7 +87,7 @@ async def test_bad_notebooks_are_4xx_with_one_line(jp_fetch, jp_root_dir, name, 
     assert fragment in body["message"] and "\n" not in body["message"]
 
 
-async def test_paths_outside_the_root_and_missing_files(jp_fetch, notebook):
+async def test_paths_outside_the_root_and_missing_files(jp_fetch, jp_root_dir, notebook):
     with pytest.raises(HTTPClientError) as info:
         await get(jp_fetch, "notebook", path="../../etc/passwd")
     assert info.value.code == 403
@@ -96,7 +96,9 @@ async def test_paths_outside_the_root_and_missing_files(jp_fetch, notebook):
     assert info.value.code == 400 and "does not exist" in json.loads(info.value.response.body)["message"]
     with pytest.raises(HTTPClientError) as info:
         await post(jp_fetch, "runs", {"path": notebook})
-    assert info.value.code == 409 and "build and validate it" in json.loads(info.value.response.body)["message"]
+    short = compose.compose(jp_root_dir / notebook).id[7:19]
+    assert info.value.code == 409 and json.loads(info.value.response.body) == {
+        "message": f"bundle {short} is not validated: run Validate (caia validate {notebook})", "error": "SubmitRefused"}
 
 
 async def test_the_run_stream_refuses_paths_outside_the_root_before_upgrading(jp_ws_fetch):
@@ -213,6 +215,69 @@ async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_d
     assert snapshot["sites"] == {"site-1": "done", "site-2": "done"}
 
 
+@pytest.mark.slow
+async def test_two_validate_clicks_run_one_and_the_server_keeps_working(jp_fetch, jp_root_dir, notebook):
+    cwd = os.getcwd()
+    answers = await asyncio.gather(*(status_of(jp_fetch, "validate", "POST", body=json.dumps({"path": notebook}))
+                                     for _ in range(2)))
+    assert sorted(code for code, _ in answers) == [200, 409]
+    passed, refused = sorted(answers, key=lambda a: a[0])
+    assert passed[1]["passed"] is True
+    assert refused[1] == {"message": "a validation of good.ipynb is already running; wait for it to finish", "error": "Busy"}
+    assert os.getcwd() == cwd
+    assert (await post(jp_fetch, "validate", {"path": notebook}))["passed"] is True
+    assert (jp_root_dir / (await post(jp_fetch, "review", {"path": notebook}))["review"]).is_file()
+    assert os.getcwd() == cwd
+
+
+@pytest.mark.slow
+async def test_what_is_shown_is_what_runs(jp_fetch, jp_root_dir, notebook):
+    """Edit after validation: Submit refuses the new id; validated and approved, one run of it at a time."""
+    study = jp_root_dir / notebook
+    site = make_site(study.parent / "sites", "site-1")
+    assert (await post(jp_fetch, "validate", {"path": notebook}))["passed"] is True
+    approve(site, (await get(jp_fetch, "notebook", path=notebook))["bundle_id"], {"tiny": "tiny"})
+    edit_notebook(study, lambda nb: set_source(nb, "param.lr=0.1", "param.lr=0.2"))
+    state = await get(jp_fetch, "notebook", path=notebook)
+    assert state["sites"][0]["approval"] == "older" and state["changes"]["summary"] == ["param lr: 0.1 -> 0.2"]
+    code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
+    assert (code, body) == (409, {"message": state["submit"]["reason"], "error": "SubmitRefused"})
+    assert body["message"] == f"bundle {state['short_id']} is not validated: run Validate (caia validate {notebook})"
+
+    assert (await post(jp_fetch, "validate", {"path": notebook}))["passed"] is True
+    code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
+    assert code == 409 and body["message"] == (f"site-1 has not approved bundle {state['short_id']}; its reviewer runs: "
+                                               "caia approve study/bundles/good --site study/sites/site-1 --key KEY --dataset tiny")
+    approve(site, state["bundle_id"], {"tiny": "tiny"})
+    assert (await get(jp_fetch, "notebook", path=notebook))["submit"] == {"ready": True, "reason": ""}
+    answers = await asyncio.gather(*(status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
+                                     for _ in range(2)))
+    assert sorted(code for code, _ in answers) == [200, 409]
+    started, refused = sorted(answers, key=lambda a: a[0])
+    run = started[1]["run"]
+    assert started[1]["bundle_id"] == state["bundle_id"] and started[1]["short_id"] == state["short_id"]
+    assert refused[1]["message"] == (f"bundle {state['short_id']} is already running in {run}; wait for it or abort it, "
+                                     "or submit with --concurrent (the panel: concurrent: true)")
+    assert (await get(jp_fetch, "notebook", path=notebook))["live_run"] == run
+    second = await post(jp_fetch, "runs", {"path": notebook, "concurrent": True})
+    assert second["run"] != run
+    for folder in (second["run"], run):
+        await jp_fetch("caia", "api", "run", method="DELETE", params={"path": folder})
+    assert (await get(jp_fetch, "notebook", path=notebook))["live_run"] is None
+
+
+@pytest.mark.slow
+async def test_a_failing_validation_names_the_cell_and_the_line_as_the_editor_numbers_them(jp_fetch, jp_root_dir, notebook):
+    edit_notebook(jp_root_dir / notebook, lambda nb: set_source(nb, "    x, y = data\n    optimizer",
+                                                                 "    x, y = data\n    raise ValueError('boom')\n    optimizer"))
+    assert (await post(jp_fetch, "validate", {"path": notebook}))["passed"] is False
+    state = await get(jp_fetch, "notebook", path=notebook)
+    source = nbformat.read(jp_root_dir / notebook, as_version=4).cells[state["validation"]["cell"]].source
+    assert state["validation"]["state"] == "failed" and state["validation"]["line"] == 4
+    assert source.splitlines()[0].startswith("%%federated") and source.splitlines()[3] == "    raise ValueError('boom')"
+    assert state["submit"]["ready"] is False and "failed validation" in state["submit"]["reason"]
+
+
 # -- authorization: jupyter_server's authorizer decides, in its own terms ---------------------------------
 
 
@@ -254,7 +319,7 @@ def finished_run(folder):
 async def status_of(jp_fetch, endpoint, method, params=None, body=None):
     try:
         response = await jp_fetch("caia", "api", endpoint, method=method, params=params or {},
-                                  **({"body": body} if method in ("POST", "PUT") else {}))
+                                  request_timeout=600, **({"body": body} if method in ("POST", "PUT") else {}))
     except HTTPClientError as e:
         return e.code, json.loads(e.response.body)
     return response.code, json.loads(response.body)
@@ -530,16 +595,16 @@ async def test_a_validation_record_that_is_no_object_reads_as_not_validated(jp_f
     (built.records / "validation.json").write_text(record)
     (built.records / "build.json").write_text("[1]")
     state = await get(jp_fetch, "notebook", path=notebook)
-    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id"}
+    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id", "cell": None, "line": None}
     code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
-    assert code == 409 and "has not been validated" in body["message"]
+    assert code == 409 and "is not validated" in body["message"]
 
 
 async def test_a_failed_validation_record_with_a_malformed_error_is_shown_as_failed(jp_fetch, jp_root_dir, notebook):
     built = compose.build(jp_root_dir / notebook)
     (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id, "passed": False, "error": ["x"]}))
     state = await get(jp_fetch, "notebook", path=notebook)
-    assert state["validation"] == {"state": "failed", "summary": "failed"}
+    assert state["validation"] == {"state": "failed", "summary": "failed", "cell": None, "line": None}
     code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
     assert code == 409 and "failed validation" in body["message"]
 

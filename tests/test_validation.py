@@ -67,12 +67,13 @@ def test_submit_gate_requires_a_passing_record_for_the_exact_id(validated_good, 
     record = json.loads((copy.records / "validation.json").read_text())
     record["bundle_id"] = "sha256:" + "0" * 64
     (copy.records / "validation.json").write_text(json.dumps(record))
-    with pytest.raises(ValidationFailed, match="has not been validated"):
+    with pytest.raises(ValidationFailed, match="is not validated"):
         validation.require_passed(copy)
 
 
 def test_two_validations_at_once_in_one_process_both_pass(tmp_path):
-    """The Jupyter server validates in a thread pool; papermill changes the process's working folder."""
+    """The Jupyter server validates in a thread pool: two notebooks validate at once, and neither changes
+    the process's working folder."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 

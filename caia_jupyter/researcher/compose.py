@@ -29,7 +29,7 @@ from ..contracts.fileset import CLIENT_CONFIG, MODULE, RECORDS, REQUIREMENTS, RU
 from ..contracts.fsutil import staged_dir, write_json
 from ..contracts.manifest import FORMAT, Manifest, bundle_id
 from ..contracts.version import __version__
-from . import freenames, notebook
+from . import freenames, history, notebook
 from .bundle import CELL_MARK, Bundle, read_build_record
 
 ENTRY_POINTS = {  # name -> (positional parameters it must accept, how reviewers read it)
@@ -75,11 +75,16 @@ class Composed:
 
 def build(notebook_path: str | Path, output: str | Path | None = None, namespace: Mapping | None = None) -> Bundle:
     """Build the bundle of the saved notebook; `namespace` (a kernel's) resolves free names."""
-    path = Path(notebook_path)
-    target = Path(output) if output else default_output(path)
-    earlier = read_build_record(target)
-    composed = compose(path, namespace, earlier=earlier)
-    kept = _records_to_keep(target, earlier, composed.id)
+    target = Path(output) if output else default_output(notebook_path)
+    return write(compose(notebook_path, namespace, earlier=read_build_record(target)), target)
+
+
+def write(composed: Composed, output: str | Path | None = None) -> Bundle:
+    """Write `composed` as a bundle folder (default: `default_output` of its notebook), with its build
+    record, and keep that record in the folder's history (`history`). The records of the same id are
+    kept: those in the folder, else the validation kept in the history for that id."""
+    target = Path(output) if output else default_output(composed.notebook.path)
+    kept = _records_to_keep(target, read_build_record(target), composed.id) or history.records_of(target, composed.id)
     with staged_dir(target) as stage:
         for path, data in composed.files.items():
             (stage / path).parent.mkdir(parents=True, exist_ok=True)
@@ -90,13 +95,16 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
             (stage / RECORDS / name).write_bytes(data)
         where = Path(os.path.relpath(composed.notebook.path.resolve(), target.resolve())).as_posix()
         write_json(stage / RECORDS / "build.json", {**composed.build_record, "notebook": where})
+    history.remember_build(target, composed.build_record)
     return Bundle(target, composed.id, composed.manifest)
 
 
 def compose(notebook_path: str | Path, namespace: Mapping | None = None, earlier: Mapping | None = None) -> Composed:
     """Everything `build` writes, computed without writing (the panel's preview uses it too).
-    `earlier`: the build record of the bundle being replaced, whose sample columns are reused
-    when it read the same sample bytes (`sample_columns`)."""
+    `earlier`: the build record of the bundle being replaced (default: that of `default_output`),
+    whose sample columns are reused when it read the same sample bytes (`sample_columns`)."""
+    if earlier is None:
+        earlier = read_build_record(default_output(notebook_path))
     nb = notebook.read(notebook_path)  # checks each cell, naming it: a person finds the line there
     cells_source, cell_map = _cells_source(nb)
     check_entry_points(cells_source)
@@ -257,6 +265,7 @@ def _cells_source(nb: notebook.FederatedNotebook) -> tuple[str, list[dict]]:
             "end": line + count - 1,
             "cell_line": cell.line_offset + 1,  # the notebook cell's line of "start", as JupyterLab numbers it
             "intro": cell.intro,
+            "sha256": hashlib.sha256(cell.source.encode()).hexdigest(),  # what changed between versions (`history`)
         })
         parts.append(block)
         line += count + 1
