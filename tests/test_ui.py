@@ -64,7 +64,10 @@ def lab(tmp_path_factory):
     extensions = base / "data" / "labextensions"
     extensions.mkdir(parents=True)
     (extensions / "caia-jupyter").symlink_to(REPO / "caia_jupyter" / "labextension")
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_DATA_DIR=str(base / "data"),
+    # JUPYTER_PREFER_ENV_PATH=0: the data dir above before the environment's (in a venv, jupyter_core
+    # otherwise looks in the environment first, where an installed build of the panel may be older)
+    env = dict(os.environ, JUPYTER_PREFER_ENV_PATH="0",
+               JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_DATA_DIR=str(base / "data"),
                JUPYTER_RUNTIME_DIR=str(base / "runtime"), IPYTHONDIR=str(base / "ipython"),
                JUPYTERLAB_SETTINGS_DIR=str(base / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"))
     with socket.socket() as probe:
@@ -176,8 +179,9 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
     page.wait_for_function("""() => {
         const panel = document.querySelector('#caia-federated-panel');
         const running = panel.querySelector('[data-caia="run-status"][data-status="running"]');
-        const lines = [...panel.querySelectorAll('svg[data-metric="accuracy"] polyline.caia-line')];
-        return running && lines.length === 3 && lines.every(l => l.getAttribute('points').split(' ').length >= 3);
+        const chart = panel.querySelector('.caia-chart[data-metric="accuracy"]');
+        const lines = chart ? Object.values(JSON.parse(chart.dataset.series)) : [];
+        return running && lines.length === 3 && lines.every(points => points.length >= 3);
     }""", timeout=180_000)
     ARTIFACTS.mkdir(exist_ok=True)
     panel.screenshot(path=str(ARTIFACTS / "panel-live-run.png"))
@@ -206,7 +210,8 @@ def test_a_dp_run_charts_the_epsilon_each_site_spent(page, lab):
     open_panel(page)
     panel.locator('[data-caia-action="submit"]').first.click()
     expect(panel.locator('[data-caia="run-status"][data-status="finished"]').first).to_be_visible(timeout=300_000)
-    chart = panel.locator('svg[data-metric="epsilon"]').first
-    expect(chart.locator("polyline.caia-line")).to_have_count(3)  # one curve per site, next to accuracy
-    expect(panel.locator('svg[data-metric="accuracy"]').first.locator("polyline.caia-line")).to_have_count(3)
+    for metric in ("epsilon", "accuracy"):  # one curve per site, epsilon next to accuracy
+        chart = panel.locator(f'.caia-chart[data-metric="{metric}"]').first
+        expect(chart).to_have_attribute("data-legend", '["site-1","site-2","site-3"]')
+        assert sorted(json.loads(chart.get_attribute("data-series"))) == ["site-1", "site-2", "site-3"]
     panel.screenshot(path=str(ARTIFACTS / "panel-dp-run.png"))

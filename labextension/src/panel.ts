@@ -4,7 +4,7 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import { INotebookState, IRunState, post, request, streamRun } from './api';
-import { colorOf, drawCharts } from './chart';
+import { colorOf, drawCharts, GlobalRecord } from './chart';
 
 function element<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text = ''): HTMLElementTagNameMap[K] {
   const node = document.createElement(tag);
@@ -174,7 +174,8 @@ export class FederatedPanel extends Widget {
       row.insertCell().textContent = state.reasons[site] ?? '';
     }
     const charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
-    drawCharts(charts, this.records, sites, state.rounds);
+    const { global, final_round } = state as { global?: GlobalRecord[]; final_round?: number | null };
+    drawCharts(charts, this.records, sites, state.rounds, global ?? [], final_round ?? null);
     const notes = element('ul', { 'data-caia': 'run-notes', class: 'caia-notes' });
     notes.append(...state.notes.map(note => element('li', {}, note)));
     this.runView.replaceChildren(element('h3', {}, 'Run'), status, progress,
