@@ -436,13 +436,15 @@ def headline(run_status: str, spec: dict, admissions: dict, status: Status, repo
         "site-2 failed in round 2 (train); stopped after 2 of 3 rounds"
         "finished: 3 rounds with site-1, site-3; continued without site-2, which failed in round 2 (train)"
         "refused: 2 of 3 sites admitted the bundle (site-3 refused); min_clients 3"
+        "failed after 1 of 3 rounds" (no site failed: the run's message says why)
     """
     sites, rounds = list(spec["sites"]), spec["rounds"]
     refused = [s for s in sites if admissions.get(s, {}).get("state") == "refused"]
     if run_status == "refused":
-        admitted = len(sites) - len(refused)
+        admitted, least = len(sites) - len(refused), spec.get("min_clients")
         return (f"refused: {admitted} of {plural(len(sites), 'site')} admitted the bundle"
-                + (f" ({', '.join(refused)} refused)" if refused else "") + f"; min_clients {spec.get('min_clients')}")
+                + (f" ({', '.join(refused)} refused)" if refused else "")
+                + (f"; min_clients {least}" if type(least) is int else ""))
     gone = {site: reports.get(site) for site in sites if site in reports or site in status.left}
 
     def why(site) -> str:
@@ -460,7 +462,7 @@ def headline(run_status: str, spec: dict, admissions: dict, status: Status, repo
         progress = "starting" if run_status == "starting" else f"running: round {min(status.rounds_done + 1, rounds)} of {rounds}"
         return "; ".join(part for part in [progress, without] if part)
     failed = "; ".join(f"{site} {why(site)}" for site in gone)
-    ended = "aborted" if run_status == "aborted" else "stopped"
+    ended = "aborted" if run_status == "aborted" else "stopped" if failed else "failed"
     done = f"{ended} after {status.rounds_done} of {plural(rounds, 'round')}" if status.phase else f"{ended} before the first round"
     return "; ".join(part for part in [failed, done] if part)
 
