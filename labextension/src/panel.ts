@@ -1,6 +1,7 @@
 // The "Federated" sidebar: the current notebook's federated cells, bundle id, validation, the
 // approval lifecycle per site, the runs list and the followed run (state per site, live curves).
 import { NotebookPanel } from '@jupyterlab/notebook';
+import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { FINAL_STATUSES, INotebookState, IRunState, IRunSummary, Tone, post, remove, request, streamRun } from './api';
@@ -104,6 +105,11 @@ export class FederatedPanel extends Widget {
     window.clearInterval(this.poller);
     this.socket?.close();
     super.dispose();
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    void this.refresh(); // polling pauses while the panel is hidden
   }
 
   /** The action running on the current notebook, if any. */
