@@ -226,7 +226,7 @@ def assert_readable(page, theme: str) -> None:
 def set_theme(page, theme: str) -> None:
     page.evaluate("name => window.jupyterapp.commands.execute('apputils:change-theme', {theme: name})", theme)
     light = "true" if theme == "JupyterLab Light" else "false"
-    page.wait_for_selector(f'body[data-jp-theme-light="{light}"]')
+    page.wait_for_selector(f'body[data-jp-theme-light="{light}"]', state="attached")
     page.wait_for_timeout(500)  # the theme's stylesheet applies
 
 
