@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="", help="why, for the site's records (never shown to the researcher)")
     p.add_argument("-o", "--output", type=Path, help="write the revocation here instead of the site's revocations/")
 
-    p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it")
-    p.add_argument("bundle", type=Path)
+    p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it; "
+                "given a notebook, build it and run only if that exact bundle is validated (and, on the simulator, approved "
+                "at every site)")
+    p.add_argument("bundle", type=Path, metavar="NOTEBOOK|BUNDLE")
     p.add_argument("--sites", nargs="+", metavar="SITE",
                    help="simulator: site directories; poc/prod: site names (poc default: all its sites)")
     p.add_argument("--target", choices=["simulator", "poc", "prod"], default="simulator")
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-timeout", type=int, metavar="SECONDS", help="poc/prod: longest wait for a site in a round")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run directories go (default: ./runs)")
     p.add_argument("--detach", action="store_true", help="start the run and return; follow it with `caia status`")
+    p.add_argument("--concurrent", action="store_true",
+                   help="start even while a run of the same bundle id is live under --runs")
 
     poc = commands.add_parser("poc", help="a real NVFLARE deployment on this machine (POC)").add_subparsers(
         dest="poc_command", required=True, metavar="POC_COMMAND")
@@ -242,23 +246,21 @@ def do_unpack(args, namespace=None) -> Outcome:
 
 def do_validate(args, namespace=None) -> Outcome:
     from .researcher import bundle as bundles
-    from .researcher.compose import build
-    from .researcher.validation import validate
+    from .researcher.validation import validate, validate_notebook
 
     if args.target.suffix == ".ipynb":
-        bundle = build(args.target, args.output, namespace)
+        result = validate_notebook(args.target, args.output, namespace)
     else:
-        bundle = bundles.require_intact(args.target)
-    result = validate(bundle)
+        result = validate(bundles.require_intact(args.target))
     record = result.record
-    data = {"bundle_id": bundle.id, "passed": result.passed, "record": str(result.record_path), **record}
+    data = {"bundle_id": result.bundle_id, "passed": result.passed, "record": str(result.record_path), **record}
     if not result.passed:
-        text = f"validation FAILED: {result.error}\nexecuted notebook: {result.notebook_path}\n{bundle.id}"
+        text = f"validation FAILED: {result.error}\nexecuted notebook: {result.notebook_path}\n{result.bundle_id}"
         return Outcome(result, text, data, exit_code=1)
     metrics = record["result"]["final_evaluation"]
     shown = ", ".join(f"{k}={metric(v)}" for k, v in metrics.items())
     text = (f"validation passed in {record['duration_s']} s: one round on {plural(record['result']['num_samples'], 'sample row')}; "
-            f"{shown}\nrecord: {result.record_path}\n{bundle.id}")
+            f"{shown}\nrecord: {result.record_path}\n{result.bundle_id}")
     return Outcome(result, text, data)
 
 
@@ -454,7 +456,8 @@ def do_submit(args, namespace=None) -> Outcome:
     from .targets.submit import submit
 
     run = submit(args.bundle, args.sites, target=args.target, runs_root=args.runs, poc_workspace=args.poc_workspace,
-                 startup_kit=args.startup_kit, username=args.username, round_timeout=args.round_timeout)
+                 startup_kit=args.startup_kit, username=args.username, round_timeout=args.round_timeout,
+                 concurrent=args.concurrent, namespace=namespace)
     if args.detach:
         return Outcome(run, f"started {run.path}\nfollow it: caia status {run.path} --follow", {"run": str(run.path)})
     follow(run)

@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .contracts.errors import CaiaError
-from .researcher import compose
+from .researcher import compose, history
 from .researcher.bundle import Bundle
 from .researcher.runs import Run
+from .researcher.validation import record_of
 from .site.approvals import find_approval
-from .site.sites import open_site
+from .site.sites import Site, open_site
+from .targets.submit import approve_command, check_ready, live_runs, shown
+
+RUNS = "runs"  # beside the notebook, where the panel's Submit writes runs
+MAX_EARLIER = 50  # earlier versions looked through for a site's approval, newest first
 
 
 def site_dirs_near(notebook_path: Path, extra: list[str] = ()) -> list[Path]:
@@ -18,38 +23,83 @@ def site_dirs_near(notebook_path: Path, extra: list[str] = ()) -> list[Path]:
     return found + [Path(d) for d in extra if Path(d) not in found]
 
 
-def notebook(notebook_path: Path, site_dirs: list[Path]) -> dict:
-    """Federated cells, bundle id (as `caia bundle` computes it), validation and approvals per site."""
+def notebook(notebook_path: Path, site_dirs: list[Path], root: Path | None = None) -> dict:
+    """What the panel shows for the saved notebook (the JSON of GET /caia/api/notebook): its federated
+    cells, bundle id (as `caia bundle` computes it; "short_id" its first 12 hex digits) and the bundle
+    folder Submit builds; the validation of exactly that id ("cell"/"line": the failing federated cell's
+    notebook index, 0-based, and line as the editor numbers it, the %%federated line being 1); per site
+    its approval ("approved", "older": it approved an earlier version, "none", "rejected", "error") and
+    the `caia approve` command its reviewer runs; "changes" since the newest earlier version a site
+    approved; "submit" {ready, reason}: the verdict Submit gives (`targets.submit.check_ready`); and
+    "live_run", a live run of this id. Paths are relative to `root` (default: the current directory)
+    when under it. Raises NotebookError for a notebook that cannot be bundled."""
     composed = compose.compose(notebook_path)
-    built = compose.default_output(notebook_path)
-    record = Bundle(built, composed.id, composed.manifest).record("validation.json") or {}
-    if record.get("bundle_id") != composed.id:
-        validation = {"state": "none", "summary": "not validated for this bundle id"}
-    elif record.get("passed") is True:
-        validation = {"state": "passed", "summary": f"passed in {record.get('duration_s')} s", "at": record.get("started_at")}
-    else:
-        error = record.get("error")
-        validation = {"state": "failed", "summary": str(error.get("summary", "failed")) if isinstance(error, dict) else "failed"}
-    sites = []
+    bundle = Bundle(compose.default_output(notebook_path), composed.id, composed.manifest)
+    earlier = [b for b in history.builds(bundle.path) if b["bundle_id"] != composed.id][:MAX_EARLIER]
+    sites, older = [], []
     for directory in site_dirs:
         try:
             site = open_site(directory)
-            approval, reasons = find_approval(site, composed.id, set(composed.manifest["datasets"]))
+            entry, approved_older = site_approval(site, bundle, earlier, root)
         except CaiaError as e:
-            sites.append({"name": Path(directory).name, "path": str(directory), "approval": "error", "detail": str(e)})
+            sites.append({"name": Path(directory).name, "path": shown(directory, root), "approval": "error",
+                          "detail": str(e), "approve_command": ""})
             continue
-        sites.append({"name": site.name, "path": str(site.path),
-                      "approval": "approved" if approval else ("rejected" if reasons else "none"),
-                      "detail": ", ".join(f"{k}={v}" for k, v in approval.datasets.items()) if approval
-                      else (reasons[0] if reasons else "no approval of this bundle id")})
+        sites.append(entry)
+        older += approved_older
+    runs_root = Path(notebook_path).parent / RUNS
+    try:
+        check_ready(bundle, runs_root, "simulator", site_dirs, notebook=Path(notebook_path), relative_to=root)
+        ready = {"ready": True, "reason": ""}
+    except CaiaError as e:
+        ready = {"ready": False, "reason": str(e)}
+    newest = next((b for b in earlier if b["bundle_id"] in older), None)
+    live = live_runs(runs_root, composed.id)
     return {
         "bundle_id": composed.id,
+        "short_id": bundle.short_id,
+        "bundle_path": shown(bundle.path, root),
         "cells": [{"ordinal": c.ordinal, "index": c.index, "first_line": c.first_line} for c in composed.notebook.cells],
         "job": composed.manifest["job"],
         "datasets": sorted(composed.manifest["datasets"]),
-        "validation": validation,
+        "validation": validation_state(record_of(bundle) or {}),
+        "changes": newest and {"approved_id": newest["bundle_id"], "short_id": newest["bundle_id"].removeprefix("sha256:")[:12],
+                               "summary": history.changes(newest, composed.build_record)},
         "sites": sites,
+        "submit": ready,
+        "live_run": shown(live[0], root) if live else None,
     }
+
+
+def site_approval(site: Site, bundle: Bundle, earlier: list[dict], root: Path | None) -> tuple[dict, list[str]]:
+    """The panel's entry for `site` and `bundle` (see `notebook`), and the ids of `earlier` (build records,
+    newest first) the site approved when it has not approved `bundle`: only the newest is looked for."""
+    approval, reasons = find_approval(site, bundle.id, set(bundle.manifest["datasets"]))
+    entry = {"name": site.name, "path": shown(site.path, root), "approve_command": approve_command(bundle, site, root)}
+    if approval:
+        return {**entry, "approval": "approved", "detail": ", ".join(f"{k}={v}" for k, v in approval.datasets.items())}, []
+    if reasons:
+        return {**entry, "approval": "rejected", "detail": reasons[0]}, []
+    for build in earlier:
+        if find_approval(site, build["bundle_id"], set(build["manifest"].get("datasets", {})))[0]:
+            short = build["bundle_id"].removeprefix("sha256:")[:12]
+            return {**entry, "approval": "older", "detail": f"approved an older version, bundle {short}; "
+                    "its reviewer approves this one with the command below"}, [build["bundle_id"]]
+    return {**entry, "approval": "none", "detail": "no approval of this bundle id"}, []
+
+
+def validation_state(record: dict) -> dict:
+    """The panel's "validation" for a validation record of the current id ({} for none)."""
+    if not record:
+        return {"state": "none", "summary": "not validated for this bundle id", "cell": None, "line": None}
+    if record.get("passed") is True:
+        return {"state": "passed", "summary": f"passed in {record.get('duration_s')} s", "at": record.get("started_at"),
+                "cell": None, "line": None}
+    error = record.get("error") if isinstance(record.get("error"), dict) else {}
+    cell, line = error.get("notebook_cell"), error.get("cell_line")
+    return {"state": "failed", "summary": str(error.get("summary", "failed")),
+            "cell": cell - 1 if isinstance(cell, int) and cell >= 1 else None,
+            "line": line if isinstance(line, int) and line >= 1 else None}
 
 
 def run(run: Run | Path, since: int = 0) -> dict:

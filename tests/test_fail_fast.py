@@ -243,7 +243,7 @@ def test_approve_refuses_a_bundle_that_did_not_pass_validation(unfit, caia):
     built, site = unfit
     code, out, err = caia("approve", built.path, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
     assert code == 2 and out == ""
-    assert f"bundle {built.short_id} has not been validated; run `caia validate` on it first" in one_line_error(err)
+    assert f"bundle {built.short_id} is not validated: run `caia validate` on it" in one_line_error(err)
     assert list(site.approvals_dir.iterdir()) == []
 
 
@@ -343,7 +343,7 @@ def test_errors_exit_2_and_an_unvalidated_bundle_is_an_error(tmp_path, caia, wri
     built = compose.build(write_notebook("good"), tmp_path / "bundle")
     site = make_site(tmp_path / "sites", "site-1")
     code, out, err = caia("submit", built.path, "--sites", site.path, "--runs", tmp_path / "runs")
-    assert code == 2 and out == "" and "has not been validated" in one_line_error(err)
+    assert code == 2 and out == "" and "is not validated: run caia validate" in one_line_error(err)
     assert not (tmp_path / "runs").exists()
     code, _, err = caia("status", tmp_path / "nowhere")
     assert code == 2 and "is not a caia run directory" in one_line_error(err)

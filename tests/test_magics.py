@@ -109,10 +109,15 @@ def test_under_papermill_the_injected_input_path_names_the_notebook(shell, write
     assert shell.run_line_magic("federated", "bundle").path == path.parent / "bundles" / "good"
 
 
-def test_submit_without_a_bundle_takes_the_one_last_built_in_the_kernel(shell, write_notebook, tmp_path):
-    built = shell.run_line_magic("federated", f"bundle {write_notebook('good')} -o {tmp_path / 'elsewhere'}")
+def test_submit_without_a_path_builds_the_saved_notebook_and_refuses_an_unvalidated_id(shell, write_notebook, tmp_path,
+                                                                                        monkeypatch):
+    path = write_notebook("good")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    shell.run_line_magic("federated", f"bundle {path} -o {tmp_path / 'elsewhere'}")  # another folder: not what runs
     error = run(shell, f"%federated submit --sites {tmp_path / 'site-1'}")
-    assert type(error).__name__ == "UsageError" and f"bundle {built.short_id} has not been validated" in str(error)
+    short = compose.compose(path).id[7:19]
+    assert type(error).__name__ == "UsageError"
+    assert str(error) == f"bundle {short} is not validated: run Validate (caia validate work/good.ipynb)"  # the shell works in tmp_path
 
 
 def test_help_lists_the_federated_cell_options_from_the_grammar(shell, capsys):

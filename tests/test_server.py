@@ -58,7 +58,7 @@ async def test_the_panel_sees_the_same_bundle_id_as_the_cli(jp_fetch, jp_root_di
     state = await get(jp_fetch, "notebook", path=notebook)
     assert state["bundle_id"] == compose.build(jp_root_dir / notebook).id
     assert [c["first_line"] for c in state["cells"]][:2] == ["import torch", "def build_model():"]
-    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id"}
+    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id", "cell": None, "line": None}
     assert state["job"] == {"rounds": 2, "min_clients": 1, "params": {"lr": 0.1}}
 
 
@@ -87,7 +87,7 @@ async def test_bad_notebooks_are_4xx_with_one_line(jp_fetch, jp_root_dir, name, 
     assert fragment in body["message"] and "\n" not in body["message"]
 
 
-async def test_paths_outside_the_root_and_missing_files(jp_fetch, notebook):
+async def test_paths_outside_the_root_and_missing_files(jp_fetch, jp_root_dir, notebook):
     with pytest.raises(HTTPClientError) as info:
         await get(jp_fetch, "notebook", path="../../etc/passwd")
     assert info.value.code == 403
@@ -96,7 +96,9 @@ async def test_paths_outside_the_root_and_missing_files(jp_fetch, notebook):
     assert info.value.code == 400 and "does not exist" in json.loads(info.value.response.body)["message"]
     with pytest.raises(HTTPClientError) as info:
         await post(jp_fetch, "runs", {"path": notebook})
-    assert info.value.code == 409 and "build and validate it" in json.loads(info.value.response.body)["message"]
+    short = compose.compose(jp_root_dir / notebook).id[7:19]
+    assert info.value.code == 409 and json.loads(info.value.response.body) == {
+        "message": f"bundle {short} is not validated: run Validate (caia validate {notebook})", "error": "SubmitRefused"}
 
 
 async def test_the_run_stream_refuses_paths_outside_the_root_before_upgrading(jp_ws_fetch):
@@ -530,16 +532,16 @@ async def test_a_validation_record_that_is_no_object_reads_as_not_validated(jp_f
     (built.records / "validation.json").write_text(record)
     (built.records / "build.json").write_text("[1]")
     state = await get(jp_fetch, "notebook", path=notebook)
-    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id"}
+    assert state["validation"] == {"state": "none", "summary": "not validated for this bundle id", "cell": None, "line": None}
     code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
-    assert code == 409 and "has not been validated" in body["message"]
+    assert code == 409 and "is not validated" in body["message"]
 
 
 async def test_a_failed_validation_record_with_a_malformed_error_is_shown_as_failed(jp_fetch, jp_root_dir, notebook):
     built = compose.build(jp_root_dir / notebook)
     (built.records / "validation.json").write_text(json.dumps({"bundle_id": built.id, "passed": False, "error": ["x"]}))
     state = await get(jp_fetch, "notebook", path=notebook)
-    assert state["validation"] == {"state": "failed", "summary": "failed"}
+    assert state["validation"] == {"state": "failed", "summary": "failed", "cell": None, "line": None}
     code, body = await status_of(jp_fetch, "runs", "POST", body=json.dumps({"path": notebook}))
     assert code == 409 and "failed validation" in body["message"]
 

@@ -37,6 +37,15 @@ class ValidationFailed(CaiaError):
     every refusal; `caia validate` itself exits 1 when validation fails)."""
 
 
+class SubmitRefused(CaiaError):
+    """A run is not started: its bundle id is not validated, not approved at a site it would run at,
+    or already running (each surface refuses through `targets.submit.check_ready`)."""
+
+
+class Busy(CaiaError):
+    """The same action on the same notebook is already under way (a validation); try again once it ends."""
+
+
 class SiteError(CaiaError):
     """A site directory, its catalog or its keys are unusable."""
 

@@ -2,8 +2,8 @@
 
 Errors are one-line UsageErrors; the line magic prints what the CLI prints and returns
 the result object (a Bundle, a ValidationResult, a Run, ...) for the next cell to use.
-`bundle` and `validate` default to this kernel's notebook, `submit` to the bundle last built
-or validated in this kernel (else the notebook's default bundle folder).
+`bundle`, `validate` and `submit` default to this kernel's notebook: `submit` builds the saved
+notebook and runs it only if that exact bundle id is validated and, on the simulator, approved.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from .. import cli
 from ..contracts import schema
 from ..contracts.errors import CaiaError
 from ..researcher import annotations, notebook
-from ..researcher.compose import default_output
 from ..site.context import Context
 from ..terminal import follow, run_summary
 
@@ -36,7 +35,6 @@ class FederatedMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self.cells: dict[str, annotations.Header] = {}  # source -> header, in the order first run
-        self.bundle: Path | None = None  # the bundle `%federated bundle` or `validate` last wrote in this kernel
 
     @cell_magic
     def federated(self, line: str, cell: str):
@@ -70,7 +68,7 @@ class FederatedMagics(Magics):
         if tokens[0] in ("bundle", "validate") and not any(t.endswith(".ipynb") or os.path.isdir(t) for t in tokens[1:]):
             tokens.insert(1, str(current_notebook(self.shell.user_ns)))
         if tokens[0] == "submit" and (len(tokens) == 1 or tokens[1].startswith("-")):
-            tokens.insert(1, str(self.bundle or default_output(current_notebook(self.shell.user_ns))))
+            tokens.insert(1, str(current_notebook(self.shell.user_ns)))  # what is saved is what runs
         try:
             args = cli.build_parser().parse_args(tokens)
             if tokens[0] in ("submit", "status"):
@@ -82,10 +80,6 @@ class FederatedMagics(Magics):
             return None
         if tokens[0] in ("submit", "status"):
             return show_run(outcome.value)
-        if tokens[0] == "bundle":
-            self.bundle = outcome.value.path
-        elif tokens[0] == "validate":
-            self.bundle = outcome.value.record_path.parents[1]  # <bundle>/records/validation.json
         print(outcome.text)
         if outcome.exit_code:
             raise UsageError(outcome.text.splitlines()[0])

@@ -28,7 +28,7 @@ from ..contracts.fileset import CLIENT_CONFIG, MODULE, RECORDS, REQUIREMENTS, RU
 from ..contracts.fsutil import staged_dir, write_json
 from ..contracts.manifest import FORMAT, Manifest, bundle_id
 from ..contracts.version import __version__
-from . import freenames, notebook
+from . import freenames, history, notebook
 from .bundle import CELL_MARK, Bundle, read_build_record
 
 ENTRY_POINTS = {  # name -> (positional parameters it must accept, how reviewers read it)
@@ -74,9 +74,15 @@ class Composed:
 
 def build(notebook_path: str | Path, output: str | Path | None = None, namespace: Mapping | None = None) -> Bundle:
     """Build the bundle of the saved notebook; `namespace` (a kernel's) resolves free names."""
-    composed = compose(notebook_path, namespace)
+    return write(compose(notebook_path, namespace), output)
+
+
+def write(composed: Composed, output: str | Path | None = None) -> Bundle:
+    """Write `composed` as a bundle folder (default: `default_output` of its notebook), with its build
+    record, and keep that record in the folder's history (`history`). The records of the same id are
+    kept: those in the folder, else the validation kept in the history for that id."""
     target = Path(output) if output else default_output(composed.notebook.path)
-    kept = _records_to_keep(target, composed.id)
+    kept = _records_to_keep(target, composed.id) or history.records_of(target, composed.id)
     with staged_dir(target) as stage:
         for path, data in composed.files.items():
             (stage / path).parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +93,7 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
             (stage / RECORDS / name).write_bytes(data)
         where = Path(os.path.relpath(composed.notebook.path.resolve(), target.resolve())).as_posix()
         write_json(stage / RECORDS / "build.json", {**composed.build_record, "notebook": where})
+    history.remember_build(target, composed.build_record)
     return Bundle(target, composed.id, composed.manifest)
 
 
@@ -212,6 +219,7 @@ def _cells_source(nb: notebook.FederatedNotebook) -> tuple[str, list[dict]]:
             "end": line + count - 1,
             "cell_line": cell.line_offset + 1,  # the notebook cell's line of "start", as JupyterLab numbers it
             "intro": cell.intro,
+            "sha256": hashlib.sha256(cell.source.encode()).hexdigest(),  # what changed between versions (`history`)
         })
         parts.append(block)
         line += count + 1

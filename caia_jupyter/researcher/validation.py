@@ -2,7 +2,13 @@
 
 The validation notebook imports the bundle's own runner and runs one round (evaluate the
 initial model, train, evaluate again) on the researcher's synthetic samples. The result is
-`records/validation.json`, bound to the bundle id, beside the executed notebook.
+`records/validation.json`, bound to the bundle id, beside the executed notebook, and the same two
+files kept per bundle id in the bundle folder's history (`history`), so a pass is found again when
+the notebook returns to code that passed.
+
+Validations run one at a time per bundle folder (so per notebook), each in its own temporary folder,
+on a copy of the bundle checked against its id; the server process's working directory is never
+changed (the kernel is started in the temporary folder, its IPC sockets named by absolute paths).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import importlib.metadata
 import json
 import math
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -23,16 +30,17 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
-from ..contracts.errors import BundleError, CaiaError, ValidationFailed
-from ..contracts.fileset import MODULE
+from ..contracts.errors import BundleError, Busy, CaiaError, ValidationFailed
+from ..contracts.fileset import MODULE, RECORDS
 from ..contracts.fsutil import write_atomic, write_json
 from ..contracts.version import __version__
-from .bundle import Bundle
+from . import history
+from .bundle import Bundle, read_build_record, require_intact
 
-# papermill runs a notebook in its `cwd` by changing the whole process's working directory, and the
-# kernel's IPC sockets are named relative to it: one validation at a time in a process (the Jupyter
-# server validates in a thread pool), each in its own temporary folder.
-_ONE_AT_A_TIME = threading.Lock()
+# Bundle folders (resolved) with a validation under way; papermill's own `cwd` argument is not used:
+# it changes the whole process's working directory (the Jupyter server validates in a thread pool).
+_RUNNING: set[Path] = set()
+_RUNNING_LOCK = threading.Lock()
 VERSIONS_OF = ("caia-jupyter", "nvflare", "torch", "numpy", "pandas", "papermill", "ipykernel", "cloudpickle")
 
 SETUP = """\
@@ -90,9 +98,41 @@ def validation_notebook(bundle: Bundle):
     return nb
 
 
+@contextmanager
+def one_at_a_time(bundle_path: Path, name: str):
+    """Hold the bundle folder `bundle_path` for one validation; raises Busy (naming `name`, the notebook
+    or bundle) at once while another validation of it runs in this process. Others are not blocked."""
+    key = Path(bundle_path).resolve()
+    with _RUNNING_LOCK:
+        if key in _RUNNING:
+            raise Busy(f"a validation of {name} is already running; wait for it to finish")
+        _RUNNING.add(key)
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(key)
+
+
+def validate_notebook(notebook_path: Path, output: Path | None = None, namespace=None, **options) -> ValidationResult:
+    """Build the saved notebook's bundle (`compose.build`) and validate it, holding its bundle folder
+    throughout (raises Busy while a validation of it runs). `options` go to `validate`."""
+    from .compose import build, default_output
+
+    with one_at_a_time(output or default_output(notebook_path), Path(notebook_path).name):
+        return _validate(build(notebook_path, output, namespace), **options)
+
+
 def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -> ValidationResult:
-    """Run the validation notebook; write records/validation.json and records/validation.ipynb."""
+    """Run the validation notebook on `bundle` (raises Busy while a validation of its folder runs); write
+    records/validation.json and records/validation.ipynb, and keep both in the history under its id."""
+    with one_at_a_time(bundle.path, bundle.path.name):
+        return _validate(bundle, kernel_name, timeout)
+
+
+def _validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -> ValidationResult:
     import nbformat
+    from traitlets.config import Config
     import papermill
 
     build = bundle.record("build.json")
@@ -106,8 +146,10 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
         work = Path(work)
         source, executed, report = work / "validation.ipynb", work / "executed.ipynb", work / "report.json"
         # The kernel works in `work` and sees the bundle and the samples there under relative
-        # names, so the executed notebook, a record that travels in packs, holds no local path.
-        (work / "bundle").symlink_to(bundle.path.resolve(), target_is_directory=True)
+        # names, so the executed notebook, a record that travels in packs, holds no local path. It runs
+        # a copy checked against the id: a build meanwhile cannot change what this record is about.
+        shutil.copytree(bundle.path, work / "bundle", ignore=shutil.ignore_patterns(RECORDS), symlinks=True)
+        require_intact(work / "bundle", bundle.id)
         (work / "samples").mkdir()
         datasets = {}
         for name, sample in samples.items():
@@ -115,19 +157,22 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
             datasets[name] = {"path": f"samples/{name}.csv", "columns": bundle.manifest["datasets"][name]["columns"]}
         nbformat.write(validation_notebook(bundle), source)
         failure = None
-        with _ONE_AT_A_TIME:
-            try:
-                papermill.execute_notebook(
-                    str(source), str(executed), cwd=str(work), kernel_name=kernel_name, progress_bar=False,
-                    kernel_manager_class=LocalKernelManager,
-                    parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
-                                "report_path": report.name,
-                                "params": bundle.manifest["job"]["params"], "datasets": datasets,
-                                "privacy": bundle.manifest["job"].get("privacy")},
-                    execution_timeout=timeout, log_output=False,
-                )
-            except papermill.PapermillExecutionError as e:
-                failure = e
+        # The kernel starts in `work` (nbclient's resources path, no chdir of this process) and its
+        # IPC sockets are absolute paths in `work` (relative ones would name this process's cwd).
+        where = {"resources": {"metadata": {"path": str(work)}},
+                 "config": Config({"LocalKernelManager": {"ip": str(work / "kernel-ipc")}})}
+        try:
+            papermill.execute_notebook(
+                str(source), str(executed), kernel_name=kernel_name, progress_bar=False,
+                kernel_manager_class=LocalKernelManager, **where,
+                parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
+                            "report_path": report.name,
+                            "params": bundle.manifest["job"]["params"], "datasets": datasets,
+                            "privacy": bundle.manifest["job"].get("privacy")},
+                execution_timeout=timeout, log_output=False,
+            )
+        except papermill.PapermillExecutionError as e:
+            failure = e
         duration = time.monotonic() - clock
         if not executed.is_file():
             raise CaiaError(f"the validation kernel produced no notebook for {bundle.path}; check that ipykernel works")
@@ -151,9 +196,13 @@ def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -
         record["result"] = stages["result"]
     else:
         record["error"] = describe_failure(stages.get("error"), failure, build.get("cells", []))
-    bundle.records.mkdir(exist_ok=True)
-    notebook_path = write_atomic(bundle.records / "validation.ipynb", executed_bytes)
-    record_path = write_json(bundle.records / "validation.json", record)
+    history.remember_validation(bundle.path, bundle.id, record, executed_bytes)
+    kept = history.entry(bundle.path, bundle.id)
+    record_path, notebook_path = kept / history.VALIDATION, kept / history.EXECUTED
+    if (read_build_record(bundle.path) or {}).get("bundle_id") == bundle.id:  # the folder still holds this id
+        bundle.records.mkdir(exist_ok=True)
+        notebook_path = write_atomic(bundle.records / "validation.ipynb", executed_bytes)
+        record_path = write_json(bundle.records / "validation.json", record)
     return ValidationResult(bundle.id, record["passed"], record_path, notebook_path, record)
 
 
@@ -177,15 +226,25 @@ def sample_paths(bundle: Bundle, build: dict) -> dict[str, Path]:
     return found
 
 
-def require_passed(bundle: Bundle) -> dict:
-    """The passing validation record of exactly this bundle id, or a one-line refusal."""
+def record_of(bundle: Bundle) -> dict | None:
+    """The validation record of exactly `bundle.id` (untrusted, unchecked): the bundle folder's own when
+    it names this id, else the one kept in the folder's history; None when there is none."""
     record = bundle.record("validation.json")
-    if not record or record.get("bundle_id") != bundle.id:
-        raise ValidationFailed(f"bundle {bundle.short_id} has not been validated; run `caia validate` on it first")
+    if record and record.get("bundle_id") == bundle.id:
+        return record
+    return history.validation(bundle.path, bundle.id)
+
+
+def require_passed(bundle: Bundle, how: str = "`caia validate` on it") -> dict:
+    """The passing validation record of exactly this bundle id (`record_of`), or a one-line refusal
+    (ValidationFailed) saying to run `how`."""
+    record = record_of(bundle)
+    if not record:
+        raise ValidationFailed(f"bundle {bundle.short_id} is not validated: run {how}")
     if record.get("passed") is not True:
         error = record.get("error")
         summary = error.get("summary") if isinstance(error, dict) else None
-        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {summary}")
+        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {summary}; fix it and run {how} again")
     return record
 
 

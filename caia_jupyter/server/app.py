@@ -24,14 +24,14 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from traitlets import List, Unicode
 
 from .. import overview
-from ..contracts.errors import BundleError, CaiaError, FlareError, NotebookError, ValidationFailed
+from ..contracts.errors import BundleError, Busy, CaiaError, FlareError, NotebookError, SubmitRefused, ValidationFailed
 from ..contracts.version import __version__
 from ..researcher.runs import FINAL, Run
 from . import inputs
 
 # Error -> HTTP status: bad input is the client's (4xx); a remote NVFLARE failing is 502. The first match wins.
 STATUS_OF = [(inputs.OutsideRoot, 403), (PermissionError, 403), (NotebookError, 400), (BundleError, 409),
-             (ValidationFailed, 409), (FlareError, 502), (CaiaError, 400)]
+             (ValidationFailed, 409), (SubmitRefused, 409), (Busy, 409), (FlareError, 502), (CaiaError, 400)]
 EXPECTED = tuple(kind for kind, _ in STATUS_OF)
 
 # What each request needs from the authorizer.
@@ -138,7 +138,7 @@ class NotebookHandler(CaiaHandler):
     @reads_files
     async def get(self):
         notebook = self.query(inputs.PathQuery).path
-        await self.reply(overview.notebook, notebook, self.site_dirs(notebook))
+        await self.reply(overview.notebook, notebook, self.site_dirs(notebook), self.root)
 
 
 class ValidateHandler(CaiaHandler):
@@ -149,10 +149,9 @@ class ValidateHandler(CaiaHandler):
         notebook = self.notebook_to_build().path
 
         def validate():
-            from ..researcher.compose import build
-            from ..researcher.validation import validate as run_validation
+            from ..researcher.validation import validate_notebook
 
-            result = run_validation(build(notebook))
+            result = validate_notebook(notebook)  # Busy (409) while a validation of this notebook runs
             return {"bundle_id": result.bundle_id, "passed": result.passed, "summary": result.error or "passed",
                     "record": self.relative(result.record_path)}
 
@@ -182,12 +181,12 @@ class RunsHandler(CaiaHandler):
         body = self.notebook_to_build(inputs.SubmitBody)
 
         def submit():
-            from ..researcher.compose import default_output
             from ..targets.submit import submit as start
 
             sites = [str(p) for p in self.site_dirs(body.path)] if body.target == "simulator" else body.sites
-            run = start(default_output(body.path), sites, target=body.target, runs_root=body.path.parent / inputs.RUNS,
-                        poc_workspace=self.extensionapp.poc_workspace or None)
+            run = start(body.path, sites, target=body.target, runs_root=body.path.parent / inputs.RUNS,
+                        poc_workspace=self.extensionapp.poc_workspace or None, concurrent=body.concurrent,
+                        relative_to=self.root)
             return {"run": self.relative(run.path), **overview.run(run.path)}
 
         await self.reply(submit)

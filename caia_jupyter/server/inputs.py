@@ -12,16 +12,17 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError,
                       ValidationInfo, model_validator)
 from pydantic_core import PydanticCustomError
 
 from ..contracts.errors import CaiaError
 from ..contracts.fileset import RECORDS
+from ..overview import RUNS
+from ..researcher import history
 from ..researcher.compose import default_output
 
 MAX_SINCE = 2**31 - 1  # far beyond any run's record count, and exact in the panel's JavaScript numbers
-RUNS = "runs"  # beside the notebook, as the panel's submit writes them
 
 
 class BadInput(CaiaError):
@@ -91,9 +92,11 @@ class NotebookBody(Body):
 
 
 class SubmitBody(NotebookBody):
-    usage = '{"path": "<notebook>.ipynb", "target": "simulator" or "poc", "sites": ["<POC site name>", ...]}'
+    usage = ('{"path": "<notebook>.ipynb", "target": "simulator" or "poc", "sites": ["<POC site name>", ...], '
+             '"concurrent": false}')
     target: Literal["simulator", "poc"] = "simulator"
     sites: list[Name] | None = None
+    concurrent: StrictBool = False  # start even while a run of the same bundle id is live
 
     @model_validator(mode="after")
     def _sites_only_for_poc(self):
@@ -132,7 +135,7 @@ def refuse_outputs_outside_root(notebook: Path, root: Path) -> None:
     """Raise `OutsideRoot` naming the first folder caia writes into beside `notebook` (its bundle
     folder and records, runs/) that leads out of `root` through a symlink. Nothing is created."""
     bundle = default_output(notebook)
-    for folder in (bundle.parent, bundle, bundle / RECORDS, notebook.parent / RUNS):
+    for folder in (bundle.parent, bundle, bundle / RECORDS, history.folder(bundle), notebook.parent / RUNS):
         if not Path(os.path.realpath(folder)).is_relative_to(root):
             raise OutsideRoot(f"{folder.relative_to(root)} leads outside the server's root directory (a symlink); "
                               "caia writes there, so make it a folder inside the root")

@@ -1,0 +1,125 @@
+"""Every version of a bundle folder, kept per bundle id beside it.
+
+A bundle folder holds one bundle at a time (the notebook's latest build), so its records/ forget a
+validation as soon as the code changes. The history keeps, per bundle id ever built into the folder
+`bundles/NAME`, in `bundles/NAME.history/<64 hex>/`:
+
+    build.json        the build record: the manifest, the federated cells (ordinal, sha256 of the source)
+    validation.json   the validation record of that id, and validation.ipynb, the executed notebook
+
+so going back to code that passed finds its pass again, and the panel can say what changed since the
+version a site approved. Every file is untrusted, as records/ are: a record counts only for the bundle
+id it names, and only once `validation.require_passed` checks it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..contracts.fsutil import read_json, write_atomic, write_json
+
+BUILD, VALIDATION, EXECUTED = "build.json", "validation.json", "validation.ipynb"
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def folder(bundle_path: Path) -> Path:
+    """The history folder of the bundle folder `bundle_path`: `<bundle_path>.history`, beside it."""
+    bundle_path = Path(bundle_path)
+    return bundle_path.parent / f"{bundle_path.name}.history"
+
+
+def entry(bundle_path: Path, bundle_id: str) -> Path:
+    """The folder of one bundle id (`sha256:<64 hex>`) in the history of `bundle_path`."""
+    return folder(bundle_path) / bundle_id.removeprefix("sha256:")
+
+
+def remember_build(bundle_path: Path, build_record: dict) -> None:
+    """Keep the build record (with its manifest) of `build_record["bundle_id"]`."""
+    write_json(entry(bundle_path, build_record["bundle_id"]) / BUILD, build_record)
+
+
+def remember_validation(bundle_path: Path, bundle_id: str, record: dict, executed: bytes) -> None:
+    """Keep the validation record of `bundle_id` and its executed notebook (bytes of .ipynb JSON)."""
+    where = entry(bundle_path, bundle_id)
+    write_atomic(where / EXECUTED, executed)
+    write_json(where / VALIDATION, record)
+
+
+def validation(bundle_path: Path, bundle_id: str) -> dict | None:
+    """The kept validation record of exactly `bundle_id` (a JSON object naming that id), else None."""
+    record = read_json(entry(bundle_path, bundle_id) / VALIDATION)
+    return record if record.get("bundle_id") == bundle_id else None
+
+
+def records_of(bundle_path: Path, bundle_id: str) -> dict[str, bytes]:
+    """The kept validation files of `bundle_id` (name -> bytes) a new build of that id restores into
+    its records/; {} when none was kept for exactly that id."""
+    if validation(bundle_path, bundle_id) is None:
+        return {}
+    where = entry(bundle_path, bundle_id)
+    return {name: (where / name).read_bytes() for name in (VALIDATION, EXECUTED) if (where / name).is_file()}
+
+
+def builds(bundle_path: Path) -> list[dict]:
+    """The kept build records, newest build first; a malformed or misfiled one is left out."""
+    found = []
+    root = folder(bundle_path)
+    for path in root.iterdir() if root.is_dir() else ():
+        record = read_json(path / BUILD)
+        if (_HEX.fullmatch(path.name) and record.get("bundle_id") == f"sha256:{path.name}"
+                and isinstance(record.get("manifest"), dict) and isinstance(record.get("built_at"), str)):
+            found.append(record)
+    return sorted(found, key=lambda r: r["built_at"], reverse=True)
+
+
+def changes(old: dict, new: dict) -> list[str]:
+    """What changed from build record `old` to `new`, one short phrase each: federated code cells
+    ("code cell 2 changed", "code cell 4 added"), job settings ("param lr: 0.1 -> 0.2",
+    "rounds: 3 -> 5"), datasets and their columns, values captured from the kernel."""
+    said = []
+    before = {c.get("ordinal"): c.get("sha256") for c in old.get("cells", []) if isinstance(c, dict)}
+    after = {c.get("ordinal"): c.get("sha256") for c in new.get("cells", []) if isinstance(c, dict)}
+    for ordinal in sorted(set(before) | set(after), key=lambda o: (not isinstance(o, int), o if isinstance(o, int) else 0)):
+        if ordinal not in before:
+            said.append(f"code cell {ordinal} added")
+        elif ordinal not in after:
+            said.append(f"code cell {ordinal} removed")
+        elif before[ordinal] != after[ordinal] or before[ordinal] is None:
+            said.append(f"code cell {ordinal} changed")
+    old_m, new_m = old.get("manifest", {}), new.get("manifest", {})
+    old_job, new_job = dict(old_m.get("job", {})), dict(new_m.get("job", {}))
+    old_params, new_params = old_job.pop("params", {}) or {}, new_job.pop("params", {}) or {}
+    said += _compare("param ", old_params, new_params)
+    said += _compare("", old_job, new_job)
+    old_data, new_data = old_m.get("datasets", {}), new_m.get("datasets", {})
+    for name in sorted(set(old_data) | set(new_data)):
+        if name not in old_data:
+            said.append(f"dataset {name} added")
+        elif name not in new_data:
+            said.append(f"dataset {name} removed")
+        elif old_data[name] != new_data[name]:
+            said.append(f"dataset {name}: columns changed")
+    captured = {p: e.get("sha256") for p, e in old_m.get("files", {}).items() if p.startswith("captured/")}
+    if captured != {p: e.get("sha256") for p, e in new_m.get("files", {}).items() if p.startswith("captured/")}:
+        said.append("captured values changed")
+    if not said and old_m != new_m:
+        said.append("caia or Python version changed")
+    return said
+
+
+def _compare(prefix: str, old: dict, new: dict) -> list[str]:
+    said = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            said.append(f"{prefix}{key} added: {_short(new[key])}")
+        elif key not in new:
+            said.append(f"{prefix}{key} removed (was {_short(old[key])})")
+        elif old[key] != new[key]:
+            said.append(f"{prefix}{key}: {_short(old[key])} -> {_short(new[key])}")
+    return said
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

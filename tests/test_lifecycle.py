@@ -1,0 +1,145 @@
+"""The approval lifecycle of a notebook: validation kept per bundle id, what changed since the version
+a site approved, and the one verdict Submit gives (`targets.submit.check_ready`)."""
+
+import json
+
+import nbformat
+import pytest
+
+from caia_jupyter import overview
+from caia_jupyter.contracts.errors import Busy, SubmitRefused, ValidationFailed
+from caia_jupyter.researcher import compose, history, validation
+from caia_jupyter.researcher.bundle import Bundle
+from caia_jupyter.targets.submit import check_ready, submit
+from conftest import approve, make_site, set_source, write_corpus
+
+
+def edit(path, change):
+    nb = nbformat.read(path, as_version=4)
+    change(nb)
+    nbformat.write(nb, path)
+
+
+def fake_pass(bundle):
+    """A fake validation record of a pass, kept for `bundle`'s id as `validation.validate` keeps one."""
+    history.remember_validation(bundle.path, bundle.id, {"bundle_id": bundle.id, "passed": True, "duration_s": 1.0}, b"{}")
+
+
+def with_lr(value):
+    return lambda nb: set_source(nb, "param.lr=0.1", f"param.lr={value}")
+
+
+def test_going_back_to_code_that_passed_finds_its_validation_again(tmp_path):
+    path = write_corpus("good", tmp_path)
+    first = compose.build(path)
+    fake_pass(first)
+    assert validation.require_passed(first)["bundle_id"] == first.id
+    edit(path, with_lr(0.2))
+    second = compose.build(path)
+    with pytest.raises(ValidationFailed, match=f"^bundle {second.short_id} is not validated: run "):
+        validation.require_passed(second)
+    edit(path, lambda nb: set_source(nb, "param.lr=0.2", "param.lr=0.1"))
+    again = compose.build(path)
+    assert again.id == first.id
+    assert validation.require_passed(again)["bundle_id"] == first.id
+    assert json.loads((again.records / "validation.json").read_text())["passed"] is True  # restored into the folder
+    assert {b["bundle_id"] for b in history.builds(again.path)} == {first.id, second.id}
+
+
+def test_a_kept_record_counts_only_for_the_id_it_names(tmp_path):
+    built = compose.build(write_corpus("good", tmp_path))
+    other = "sha256:" + "1" * 64
+    history.entry(built.path, built.id).mkdir(parents=True, exist_ok=True)
+    (history.entry(built.path, built.id) / history.VALIDATION).write_text(json.dumps({"bundle_id": other, "passed": True}))
+    assert validation.record_of(built) is None
+    with pytest.raises(ValidationFailed, match="is not validated"):
+        validation.require_passed(built)
+
+
+def test_changes_name_cells_params_datasets_and_rounds(tmp_path):
+    path = write_corpus("good", tmp_path)
+    old = compose.compose(path).build_record
+    edit(path, lambda nb: set_source(nb, "rounds=2", "rounds=5"))
+    edit(path, with_lr(0.2))
+    assert history.changes(old, compose.compose(path).build_record) == ["param lr: 0.1 -> 0.2", "rounds: 2 -> 5"]
+    edit(path, lambda nb: set_source(nb, "def build_model():", "def build_model():  # smaller"))
+    changed = history.changes(old, compose.compose(path).build_record)
+    index = next(c.ordinal for c in compose.compose(path).notebook.cells if "smaller" in c.source)
+    assert changed[0] == f"code cell {index} changed" and "param lr: 0.1 -> 0.2" in changed
+    assert history.changes(old, old) == []
+    renamed = {**old, "manifest": {**old["manifest"], "datasets": {"genes": {"columns": ["a"]}}}}
+    assert history.changes(old, renamed) == ["dataset genes added", "dataset tiny removed"]
+
+
+def test_the_panel_tells_an_older_approval_what_changed_and_how_to_approve(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_corpus("good", tmp_path / "study")
+    site1, site2 = make_site(path.parent / "sites", "site-1"), make_site(path.parent / "sites", "site-2")
+    approved = compose.build(path)
+    fake_pass(approved)
+    for site in (site1, site2):
+        approve(site, approved.id, {"tiny": "tiny"})
+    dirs = overview.site_dirs_near(path)
+    state = overview.notebook(path, dirs, tmp_path)
+    assert state["short_id"] == approved.short_id and state["bundle_path"] == "study/bundles/good"
+    assert state["changes"] is None and state["submit"] == {"ready": True, "reason": ""} and state["live_run"] is None
+    assert [s["approval"] for s in state["sites"]] == ["approved", "approved"]
+
+    edit(path, with_lr(0.2))
+    state = overview.notebook(path, dirs, tmp_path)
+    assert state["changes"] == {"approved_id": approved.id, "short_id": approved.short_id,
+                                "summary": ["param lr: 0.1 -> 0.2"]}
+    assert [s["approval"] for s in state["sites"]] == ["older", "older"]
+    assert approved.short_id in state["sites"][0]["detail"]
+    assert state["sites"][1]["approve_command"] == ("caia approve study/bundles/good --site study/sites/site-2 "
+                                                    "--key KEY --dataset tiny")
+    assert state["validation"]["state"] == "none"
+    assert state["submit"] == {"ready": False, "reason": f"bundle {state['short_id']} is not validated: run Validate "
+                                                         "(caia validate study/good.ipynb)"}
+
+    built = compose.build(path)
+    fake_pass(built)
+    state = overview.notebook(path, dirs, tmp_path)
+    assert state["submit"]["reason"] == (f"site-1 has not approved bundle {built.short_id}; its reviewer runs: "
+                                         f"{state['sites'][0]['approve_command']}")
+    approve(site1, built.id, {"tiny": "tiny"})
+    state = overview.notebook(path, dirs, tmp_path)
+    assert [s["approval"] for s in state["sites"]] == ["approved", "older"] and state["changes"]["short_id"] == approved.short_id
+    assert state["submit"]["reason"].startswith(f"site-2 has not approved bundle {built.short_id}; its reviewer runs: caia approve ")
+
+
+def test_submitting_a_notebook_refuses_what_is_not_ready_and_writes_no_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_corpus("good", tmp_path)
+    site = make_site(tmp_path / "sites", "site-1")
+    runs = tmp_path / "runs"
+    with pytest.raises(SubmitRefused, match=r"^bundle [0-9a-f]{12} is not validated: run Validate \(caia validate good.ipynb\)$"):
+        submit(path, [site.path], runs_root=runs)
+    fake_pass(compose.build(path))
+    edit(path, with_lr(0.3))  # saved after validation: the shown code is not what passed
+    with pytest.raises(SubmitRefused, match="is not validated"):
+        submit(path, [site.path], runs_root=runs)
+    fake_pass(compose.build(path))
+    with pytest.raises(SubmitRefused, match="^site-1 has not approved bundle .*--site sites/site-1 --key KEY --dataset tiny$"):
+        submit(path, [site.path], runs_root=runs)
+    assert not runs.exists()
+
+
+def test_check_ready_is_the_same_for_a_bundle_not_yet_written(tmp_path):
+    path = write_corpus("good", tmp_path)
+    composed = compose.compose(path)
+    unwritten = Bundle(compose.default_output(path), composed.id, composed.manifest)
+    with pytest.raises(SubmitRefused, match="is not validated"):
+        check_ready(unwritten, tmp_path / "runs", notebook=path)
+    assert not unwritten.path.exists()
+
+
+def test_a_second_validation_of_the_same_notebook_is_refused_at_once(tmp_path):
+    first, second = write_corpus("good", tmp_path / "a"), write_corpus("good", tmp_path / "b")
+    with validation.one_at_a_time(compose.default_output(first), first.name):
+        with pytest.raises(Busy, match="^a validation of good.ipynb is already running; wait for it to finish$"):
+            validation.validate_notebook(first)
+        with validation.one_at_a_time(compose.default_output(second), second.name):  # another notebook is not blocked
+            pass
+    with validation.one_at_a_time(compose.default_output(first), first.name):  # released
+        pass
