@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(EXTENSION)
 	@# a .venv of another Python is made anew; caia-jupyter runs on Python 3.11
 	@$(BIN)/python $(IS_311) 2>/dev/null || { $(PYTHON) $(IS_311) || { echo "caia-jupyter needs Python 3.11: make PYTHON=python3.11 ..."; exit 2; }; rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,he]'
+	$(BIN)/python -m pip install --quiet -e '.[test,he,mlflow]'
 	touch $(STAMP)
 
 # Browser tests drive Debian's Chromium (no browser downloads here).

@@ -17,7 +17,7 @@ from .contracts.errors import CaiaError
 from .contracts.version import __version__
 from .researcher.wording import metric, plural
 from .targets.poc import DEFAULT_POC
-from .terminal import Outcome, follow, run_summary
+from .terminal import Outcome, follow, run_summary, runs_table
 
 
 # `caia site init/policy --sandbox`: the values of `sites.SANDBOX_POLICIES` (checked there; the CLI starts without pandas)
@@ -130,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", do_status, "show a run: status, each site's state, notes and final metrics")
     p.add_argument("run", type=Path, metavar="RUN_DIR")
     p.add_argument("--follow", action="store_true", help="keep following until the run ends")
+
+    p = command("runs", do_runs, "list the runs in a runs folder, newest first: bundle, start, duration, state, headline")
+    p.add_argument("runs", type=Path, nargs="?", default=Path("runs"), metavar="RUNS_DIR",
+                   help="the runs folder (default: ./runs)")
+
+    p = command("mlflow", do_mlflow, "log a run to MLflow: parameters, metrics per site and global per round, "
+                                     "the global model, tags")
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="the MLflow tracking server or store (default: the folder mlruns beside the runs folder)")
+    p.add_argument("--experiment", metavar="NAME", help="the MLflow experiment (default: caia)")
 
     p = command("demo", do_demo, "three simulated cancer centers, end to end: bundle, validate, approve, train")
     p.add_argument("--workdir", type=Path, default=Path("caia-demo"), help="demo directory (default: ./caia-demo)")
@@ -471,6 +482,27 @@ def do_status(args, namespace=None) -> Outcome:
     if args.follow:
         follow(run)
     return run_summary(run)
+
+
+def do_runs(args, namespace=None) -> Outcome:
+    from .overview import runs
+
+    if args.runs.exists() and not args.runs.is_dir():
+        raise CaiaError(f"{args.runs} is not a folder; pass the runs folder (default: ./runs)")
+    listed = runs(args.runs)
+    return Outcome(listed, runs_table(listed), {"runs": listed})
+
+
+def do_mlflow(args, namespace=None) -> Outcome:
+    from .researcher.runs import Run
+    from .researcher.tracking import log_run
+
+    logged = log_run(Run(args.run), args.tracking_uri, args.experiment)
+    text = (f"logged run {args.run} to MLflow {logged.tracking_uri}, experiment {logged.experiment!r}, "
+            f"run id {logged.run_id}")
+    if logged.partial:
+        text += f"\nnote: the run is {logged.status}, not finished: MLflow holds what it recorded so far"
+    return Outcome(logged, text, logged.as_dict())
 
 
 def do_poc_up(args, namespace=None) -> Outcome:

@@ -77,3 +77,19 @@ def guarantee_line(guarantee: dict) -> str:
     spent = ", ".join(f"{site} {metric(value)}" for site, value in guarantee["epsilon_spent"].items()) or "none reported"
     return (f"guarantee: {str(guarantee['mechanism']).upper()}, (epsilon {metric(guarantee['epsilon'])}, "
             f"delta {metric(guarantee['delta'])}) per site; spent: {spent}")
+
+
+def runs_table(runs: list[dict]) -> str:
+    """`overview.runs` as a text table, one run a line: started, short id, target, status, duration,
+    the global final metrics, and the headline (long lines are the terminal's to wrap)."""
+    if not runs:
+        return "no runs"
+    rows = [("STARTED", "BUNDLE", "TARGET", "STATUS", "TIME", "GLOBAL", "HEADLINE")]
+    for entry in runs:
+        overall = " ".join(f"{name}={metric(value)}" for name, value in entry["global"].items() if name != "num_samples")
+        took = "live" if entry["duration_s"] is None and entry["status"] in ("starting", "running") else (
+            f"{entry['duration_s']:.0f}s" if entry["duration_s"] is not None else "-")
+        rows.append((entry["started_at"] or "-", entry["short_id"] or "-", entry["target"] or "-", entry["status"],
+                     took, overall or "-", entry["headline"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)

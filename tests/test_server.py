@@ -12,10 +12,10 @@ from tornado.httpclient import HTTPClientError
 
 import corpus
 from caia_jupyter.researcher import compose
-from conftest import approve, make_site
+from conftest import approve, make_site, set_source, write_corpus
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
-             ("runs", "POST"), ("run", "GET"), ("run", "DELETE")]
+             ("runs", "POST"), ("runs", "GET"), ("run", "GET"), ("run", "DELETE")]
 
 
 def server_config(authorizer=None):
@@ -115,6 +115,30 @@ async def test_the_run_stream_reports_a_directory_that_is_no_run(jp_ws_fetch, jp
     message = json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))
     assert message["error"] == "CaiaError" and "not a caia run directory" in message["message"]
     assert await asyncio.wait_for(socket.read_message(), timeout=30) is None
+
+
+async def test_the_runs_list_beside_a_notebook_skips_foreign_folders_and_never_fails(jp_fetch, jp_root_dir, notebook,
+                                                                                     tmp_path):
+    runs = jp_root_dir / "study" / "runs"
+    assert await get(jp_fetch, "runs", path=notebook) == {"runs": []}  # no runs/ yet
+    finished_run(runs / "20260101T000000-a")
+    (runs / "20260101T000000-a" / "status.json").write_text(json.dumps({"phase": "finished", "rounds_done": 2,
+                                                                         "sites": ["site-1"]}))
+    (runs / "photos").mkdir()  # no run.json: not a run
+    for name, files in MALFORMED_RUNS.items():
+        (runs / name).mkdir()
+        for file, content in {"run.json": json.dumps(RUN_SPEC), **files}.items():
+            (runs / name / file).write_text(content)
+    outside = finished_run(tmp_path / "elsewhere")
+    (runs / "linked").symlink_to(outside)  # a run folder linked from outside the root is not listed
+    listed = (await get(jp_fetch, "runs", path=notebook))["runs"]
+    assert {entry["run"] for entry in listed} == {f"study/runs/{name}" for name in [*MALFORMED_RUNS, "20260101T000000-a"]}
+    by_run = {entry["run"].split("/")[-1]: entry for entry in listed}
+    assert by_run["20260101T000000-a"]["status"] == "finished"
+    assert by_run["20260101T000000-a"]["headline"] == "finished: 2 rounds with site-1"
+    assert {by_run[name]["status"] for name in MALFORMED_RUNS if name.startswith("run-json")} == {"unreadable"}
+    assert all(set(entry) == {"run", "bundle_id", "short_id", "target", "started_at", "duration_s", "status",
+                              "headline", "final", "global"} for entry in listed)
 
 
 RUN_SPEC = {"target": "simulator", "bundle_id": "sha256:" + "0" * 64, "sites": {"site-1": ""}, "rounds": 2, "min_clients": 1}
@@ -271,6 +295,7 @@ class TestAuthorizerIsAsked:
         ("version", "GET", [("read", "api")]),
         ("notebook", "GET", [("read", "contents")]),
         ("run", "GET", [("read", "contents")]),
+        ("runs", "GET", [("read", "contents")]),
         ("validate", "POST", [("execute", "kernels"), ("write", "contents")]),
         ("review", "POST", [("write", "contents")]),
         ("runs", "POST", [("execute", "kernels"), ("write", "contents")]),
@@ -297,6 +322,7 @@ class TestReadOnlyUser:
         assert (await get(jp_fetch, "version"))["version"]
         assert (await get(jp_fetch, "notebook", path=notebook))["bundle_id"].startswith("sha256:")
         assert (await get(jp_fetch, "run", path="study/runs/r1"))["status"] == "finished"
+        assert [r["run"] for r in (await get(jp_fetch, "runs", path=notebook))["runs"]] == ["study/runs/r1"]
         socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "study/runs/r1"})
         assert json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))["status"] == "finished"
 
@@ -382,7 +408,8 @@ SUBMIT_CASES = [
 ]
 FUZZ = (
     [pytest.param(method, endpoint, params, None, id=f"{method} {endpoint} {name}")
-     for endpoint, method in [("notebook", "GET"), ("run", "GET"), ("run", "DELETE")] for name, params in QUERY_CASES]
+     for endpoint, method in [("notebook", "GET"), ("runs", "GET"), ("run", "GET"), ("run", "DELETE")]
+     for name, params in QUERY_CASES]
     + [pytest.param("GET", "run", {"path": "study", "since": since}, None, id=f"GET run {name}")
        for name, since in SINCE_CASES]
     + [pytest.param("POST", endpoint, {}, body, id=f"POST {endpoint} {name}")
@@ -390,7 +417,7 @@ FUZZ = (
     + [pytest.param("POST", "runs", {}, json.dumps({"path": "study/good.ipynb", **fields}), id=f"POST runs {name}")
        for name, fields in SUBMIT_CASES]
     + [pytest.param(method, endpoint, {"path": "study/good.ipynb"}, "{}", id=f"{method} {endpoint}, a method it lacks")
-       for endpoint, method in [("version", "POST"), ("notebook", "DELETE"), ("runs", "GET"), ("run", "PUT")]]
+       for endpoint, method in [("version", "POST"), ("notebook", "DELETE"), ("runs", "PUT"), ("run", "PUT")]]
 )
 
 
@@ -404,7 +431,7 @@ def core_unreachable(monkeypatch):
     from caia_jupyter import overview
     from caia_jupyter.researcher import runs, validation
     from caia_jupyter.targets import submit
-    for module, name in [(overview, "notebook"), (overview, "run"), (compose, "build"), (submit, "submit"),
+    for module, name in [(overview, "notebook"), (overview, "run"), (overview, "runs"), (compose, "build"), (submit, "submit"),
                          (validation, "validate"), (runs, "Run")]:
         monkeypatch.setattr(module, name, fake_core)
 
@@ -562,3 +589,40 @@ async def test_abort_signals_no_process_that_is_not_caias_launcher_of_that_run(j
     finally:
         victim.kill()
         victim.wait()
+
+
+@pytest.mark.slow
+async def test_aborting_a_live_run_stops_every_process_and_the_list_shows_it_aborted(jp_fetch, jp_root_dir):
+    import psutil
+
+
+    path = write_corpus("good", jp_root_dir / "long", lambda nb: set_source(nb, "rounds=2", "rounds=40"))
+    notebook = path.relative_to(jp_root_dir).as_posix()
+    assert (await post(jp_fetch, "validate", {"path": notebook}))["passed"] is True
+    bundle_id = (await get(jp_fetch, "notebook", path=notebook))["bundle_id"]
+    for name in ("site-1", "site-2"):
+        approve(make_site(path.parent / "sites", name), bundle_id, {"tiny": "tiny"})
+    started = await post(jp_fetch, "runs", {"path": notebook, "target": "simulator"})
+    for _ in range(240):  # until the sites train: every NVFLARE process is up
+        state = await get(jp_fetch, "run", path=started["run"])
+        if state["status"] == "running" and state["records"]:
+            break
+        await asyncio.sleep(0.5)
+    assert state["status"] == "running", state
+    launcher = int((jp_root_dir / started["run"] / "launcher.pid").read_text())
+    processes = [p for p in psutil.process_iter() if _session(p) == launcher]
+    assert len(processes) > 2  # the launcher, NVFLARE's server and its sites
+    response = await jp_fetch("caia", "api", "run", method="DELETE", params={"path": started["run"]})
+    assert json.loads(response.body)["status"] == "aborted"
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]
+    listed = (await get(jp_fetch, "runs", path=notebook))["runs"]
+    assert [(r["run"], r["status"]) for r in listed] == [(started["run"], "aborted")]
+    assert listed[0]["headline"].startswith("aborted") and listed[0]["duration_s"] is not None
+
+
+def _session(process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:
+        return None

@@ -305,3 +305,24 @@ def test_case_16_on_a_poc_finishes_with_the_other_two_and_keeps_site_3s_message_
     assert not [p for p in run.path.rglob("*") if p.is_file() and LEAK.encode() in p.read_bytes()]
     kept = poc.kits / "site-3" / run.outcome["job_id"] / "app_site-3" / "caia_failure.json"
     assert LEAK in json.loads(kept.read_text())["message"]
+
+
+@pytest.mark.slow
+def test_case_16_on_a_poc_with_min_clients_3_fails_naming_site_3_not_an_abort(case_poc, tmp_path, caia):
+    from caia_jupyter import overview
+    from caia_jupyter.reviewer import signing
+
+    poc, made = case_poc
+    built = build_case(tmp_path / "case", min_clients=3)
+    for name, (site, _) in made.items():
+        signing.approve(site, built.id, {"nodules": "nodules"}, poc.reviewer_key(name))
+    code, submitted, err = caia("submit", built.path, "--target", "poc", "--poc-workspace", poc.workspace,
+                                "--runs", tmp_path / "runs")
+    run = Run(next((tmp_path / "runs").iterdir()))
+    assert code == 1 and run.status == "failed", (err, run.message)
+    assert run.message.startswith("round 0: 2 of 3 sites returned results (site-1, site-2); min_clients is 3; "
+                                  f"site-3 left at round 0: {LINE}")
+    state = overview.run(run)
+    assert state["sites"] == {"site-1": "stopped", "site-2": "stopped", "site-3": "failed"}
+    assert state["tones"] == {"site-1": "neutral", "site-2": "neutral", "site-3": "bad"}
+    assert state["headline"] == "site-3 failed in load_data; stopped after 0 of 2 rounds"

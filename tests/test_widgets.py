@@ -42,6 +42,10 @@ def test_the_widget_shows_progress_sites_refusals_and_records(recorded_run):
     assert widget.sites == {"site-1": "done", "site-2": "refused"}
     assert widget.reasons == {"site-2": "site-2 refused bundle sha256:x: no approval"}
     assert widget.records == [["site-1", 0, "accuracy", 0.5], ["site-1", 0, "loss", 0.9]]
+    assert widget.bundle_id == "sha256:x" and widget.tones == {"site-1": "ok", "site-2": "bad"}
+    assert widget.headline == "finished: 1 round with site-1; site-2 refused the bundle"
+    assert widget.global_records == [[0, "accuracy", 0.5], [0, "loss", 0.9]]
+    assert widget.final_round is None  # this run left no global model
 
 
 def test_each_refresh_sends_one_batched_message_with_only_new_records(recorded_run):

@@ -33,6 +33,11 @@ class RunWidget(anywidget.AnyWidget):
     reasons = traitlets.Dict().tag(sync=True)
     notes = traitlets.List().tag(sync=True)  # what the run left out, one line each (`Run.notes`)
     records = traitlets.List().tag(sync=True)  # [site, round, name, value]
+    bundle_id = traitlets.Unicode("").tag(sync=True)  # the bundle the run runs, "sha256:<hex>"
+    headline = traitlets.Unicode("").tag(sync=True)  # the run in one line (`Run.headline`)
+    tones = traitlets.Dict().tag(sync=True)  # site -> "ok" | "neutral" | "bad" (`Run.tones`)
+    global_records = traitlets.List().tag(sync=True)  # [round, name, value]: the sites' weighted mean (`Run.global_metrics`)
+    final_round = traitlets.Int(None, allow_none=True).tag(sync=True)  # the round of the final global model, once known
 
     def __init__(self, run: Run, **kwargs):
         super().__init__(title=f"run {run.path.name}", rounds=run.spec["rounds"], **kwargs)
@@ -47,6 +52,8 @@ class RunWidget(anywidget.AnyWidget):
             self.status, self.message = state["status"], state["message"]
             self.rounds_done, self.rounds = state["rounds_done"], state["rounds"]
             self.sites, self.reasons, self.notes = state["sites"], state["reasons"], state["notes"]
+            self.bundle_id, self.headline, self.tones = state["bundle_id"], state["headline"], state["tones"]
+            self.global_records, self.final_round = state["global"], state["final_round"]
             if state["records"]:
                 self.records = self.records + state["records"]
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..contracts import failures as failure_reports
@@ -110,6 +111,42 @@ class Run:
         """Site -> its state, each from what that site did (see `site_states`)."""
         return site_states(self.spec["sites"], self._admissions(), self.server_status, self.outcome,
                            set(self._failure_reports()))
+
+    @property
+    def tones(self) -> dict[str, str]:
+        """Site -> "ok" | "neutral" | "bad" (`tones`): how each site's state should look."""
+        return tones(self.sites)
+
+    @property
+    def headline(self) -> str:
+        """The run in one line (`headline`), built from the closed vocabulary only: never a site's own text."""
+        return headline(self.status, self.spec, self._admissions(), self.server_status, self._failure_reports())
+
+    @property
+    def final_round(self) -> int | None:
+        """The round whose model is the run's final global model, once the run ended with one (a
+        finished run: its rounds; one that stopped: the rounds it completed); None before."""
+        if self.status not in FINAL or not any((self.path / name).is_file() for name in (MODEL_FILE, "global_model.npz")):
+            return None
+        return self.server_status.rounds_done
+
+    @property
+    def started_at(self) -> str | None:
+        """When the run was created (run.json "created", ISO 8601 UTC), None when it does not say."""
+        created = self.spec.get("created")
+        return created if isinstance(created, str) else None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from the run's creation to its outcome; None while it runs (or when it does not say when it began)."""
+        if not self.outcome or not self.started_at:
+            return None
+        try:
+            began = datetime.fromisoformat(self.started_at)
+            ended = datetime.fromtimestamp((self.path / "outcome.json").stat().st_mtime, timezone.utc)
+        except (ValueError, OSError):
+            return None
+        return round(max((ended - began).total_seconds(), 0.0), 1)
 
     @property
     def refusals(self) -> dict[str, str]:
@@ -198,20 +235,21 @@ class Run:
         frame = frame[frame["name"] == name]
         return frame.pivot_table(index="round", columns="site", values="value", aggfunc="last")
 
+    def global_metrics(self) -> list[tuple[int, str, float | None]]:
+        """(round, name, value) for every round and metric so far, the mean over sites weighted by
+        num_samples (`global_metrics`)."""
+        return global_metrics(self.records())
+
     def final_metrics(self) -> dict[str, dict[str, float]]:
-        """Each site's evaluation of the final global model, plus "global": their mean weighted by
-        num_samples (a site without a usable num_samples, finite and not negative, counts 1). Every
-        value is finite: a mean that overflows is left out."""
+        """Each site's evaluation of the final global model (round == the run's rounds), plus "global":
+        the `global_metrics` of that round. Every value is finite: a missing one is left out."""
+        rounds = self.spec["rounds"]
         frame = self.metrics().dropna(subset=["value"])  # a missing value counts for no site
-        final = frame[frame["round"] == self.spec["rounds"]]
+        final = frame[(frame["round"] == rounds) & (frame["name"] != "num_samples")]
         per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
-        sizes = frame[frame["name"] == "num_samples"].groupby("site")["value"].last().to_dict()
-        weights = {site: sizes[site] if sizes.get(site, -1) >= 0 else 1.0 for site in per_site}
-        total = sum(weights.values())
-        names = set.intersection(*(set(m) for m in per_site.values())) if per_site else set()
-        if total and math.isfinite(total):
-            means = {n: sum(per_site[s][n] * w for s, w in weights.items()) / total for n in sorted(names)}
-            per_site["global"] = {n: v for n, v in means.items() if math.isfinite(v)}
+        if per_site:
+            per_site["global"] = {name: value for round, name, value in self.global_metrics()
+                                  if round == rounds and value is not None}
         return per_site
 
     # -- control -------------------------------------------------------------------------
@@ -364,6 +402,104 @@ def site_states(sites, admissions: dict, status: Status, outcome: dict, failed: 
         else:
             states[site] = "waiting"
     return states
+
+
+# A site's state -> how it should look; every state not named here is "neutral" (waiting, approved,
+# running, not started, stopped: nothing went wrong at that site).
+TONES = {"done": "ok", "failed": "bad", "refused": "bad"}
+
+
+def tones(states: dict[str, str]) -> dict[str, str]:
+    """{site: state} (`site_states`) -> {site: "ok" | "neutral" | "bad"}: only a site that failed or
+    refused the bundle is "bad"; a healthy site of a run that stopped for others is "neutral"."""
+    return {site: TONES.get(state, "neutral") for site, state in states.items()}
+
+
+def failure_place(report: failure_reports.Report, rounds: int) -> str:
+    """Where a site failed, from its report alone: "in round 2 (train)", "in load_data" (before the
+    first round), "in the final evaluation (evaluate)", "" for an unreadable report."""
+    if report.category == "unknown":
+        return ""
+    entry = "caia's site runtime" if report.entry == "runtime" else report.entry
+    if report.round is None:
+        return f"in {entry}"
+    if report.round >= rounds:
+        return f"in the final evaluation ({entry})"
+    return f"in round {report.round} ({entry})"
+
+
+def headline(run_status: str, spec: dict, admissions: dict, status: Status, reports: dict) -> str:
+    """A run in one line, from its status (`Run.status`), run.json `spec`, the sites' admissions, the
+    server's `status` and the sites' failure reports {site: Report}. It holds site names, rounds,
+    entry points and counts only, never a site's or the server's own text, e.g.
+
+        "site-2 failed in round 2 (train); stopped after 2 of 3 rounds"
+        "finished: 3 rounds with site-1, site-3; continued without site-2, which failed in round 2 (train)"
+        "refused: 2 of 3 sites admitted the bundle (site-3 refused); min_clients 3"
+        "failed after 1 of 3 rounds" (no site failed: the run's message says why)
+    """
+    sites, rounds = list(spec["sites"]), spec["rounds"]
+    refused = [s for s in sites if admissions.get(s, {}).get("state") == "refused"]
+    if run_status == "refused":
+        admitted, least = len(sites) - len(refused), spec.get("min_clients")
+        return (f"refused: {admitted} of {plural(len(sites), 'site')} admitted the bundle"
+                + (f" ({', '.join(refused)} refused)" if refused else "")
+                + (f"; min_clients {least}" if type(least) is int else ""))
+    gone = {site: reports.get(site) for site in sites if site in reports or site in status.left}
+
+    def why(site) -> str:
+        report = gone[site]
+        if report is None:
+            return f"returned no result in round {status.left[site]}"
+        return " ".join(["failed", failure_place(report, rounds)]).strip()
+
+    without = "; ".join([f"continued without {site}, which {why(site)}" for site in gone]
+                        + [f"{site} refused the bundle" for site in refused])
+    if run_status == "finished":
+        return "; ".join(part for part in [f"finished: {plural(status.rounds_done, 'round')} with "
+                                           f"{', '.join(status.sites) or 'no site'}", without] if part)
+    if run_status in ("starting", "running"):
+        progress = "starting" if run_status == "starting" else f"running: round {min(status.rounds_done + 1, rounds)} of {rounds}"
+        return "; ".join(part for part in [progress, without] if part)
+    failed = "; ".join(f"{site} {why(site)}" for site in gone)
+    ended = "aborted" if run_status == "aborted" else "stopped" if failed else "failed"
+    done = f"{ended} after {status.rounds_done} of {plural(rounds, 'round')}" if status.phase else f"{ended} before the first round"
+    return "; ".join(part for part in [failed, done] if part)
+
+
+def global_metrics(records) -> list[tuple[int, str, float | None]]:
+    """The federation's view of every metric, round by round: (round, name, value), sorted by round
+    then name, num_samples itself left out. `value` is the mean of the sites' values of that metric
+    at that round, each weighted by the site's num_samples: the last one it reported at or before
+    that round (so the final evaluation, round == rounds, is weighted by the last round's training
+    size). A site that reported no usable num_samples yet (finite, not negative) weighs 1. A missing
+    value (None: not finite at the site) leaves that site out of that round's mean, weight and all;
+    `value` is None when no site has a value, or when the weights sum to 0 or the mean is not finite.
+
+    `records`: metric records (site, round, name, value), in the order they arrived (a later one of
+    the same site, round and name replaces an earlier one)."""
+    values: dict[tuple[int, str], dict[str, float | None]] = {}
+    sizes: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r.name == "num_samples":
+            if r.value is not None and math.isfinite(r.value) and r.value >= 0:
+                sizes.setdefault(r.site, {})[r.round] = r.value
+        else:
+            values.setdefault((r.round, r.name), {})[r.site] = r.value
+
+    def weight(site: str, round: int) -> float:
+        known = sizes.get(site, {})
+        latest = max((at for at in known if at <= round), default=None)
+        return 1.0 if latest is None else known[latest]
+
+    found = []
+    for (round, name), by_site in sorted(values.items()):
+        usable = {site: value for site, value in by_site.items() if value is not None}
+        shares = {site: weight(site, round) for site in usable}
+        total = sum(shares.values())
+        mean = sum(usable[site] * share for site, share in shares.items()) / total if total > 0 else None
+        found.append((round, name, mean if mean is not None and math.isfinite(mean) else None))
+    return found
 
 
 def refused_message(admitted: list[str], sites: list[str], min_clients: int) -> str:

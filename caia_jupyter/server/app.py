@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from contextlib import suppress
 from http.client import responses
 from pathlib import Path
@@ -174,6 +175,25 @@ class ReviewHandler(CaiaHandler):
 
 
 class RunsHandler(CaiaHandler):
+    @tornado.web.authenticated
+    @reads_files
+    async def get(self):
+        """The runs in runs/ beside the notebook, newest first (`overview.runs`), run folders relative to the root."""
+        notebook = self.query(inputs.NotebookQuery).path
+
+        def listed():
+            runs_dir = notebook.parent / inputs.RUNS
+            if not Path(os.path.realpath(runs_dir)).is_relative_to(self.root):
+                raise inputs.OutsideRoot(f"{runs_dir.relative_to(self.root)} leads outside the server's root directory")
+            listed = []
+            for entry in overview.runs(runs_dir):
+                real = Path(os.path.realpath(entry["run"]))
+                if real.is_relative_to(self.root):  # a run folder linked from elsewhere is not the server's to show
+                    listed.append({**entry, "run": real.relative_to(self.root).as_posix()})
+            return {"runs": listed}
+
+        await self.reply(listed)
+
     @tornado.web.authenticated
     @runs_code
     @writes_files

@@ -80,6 +80,11 @@ class PathQuery(Query):
     path: ServerPath
 
 
+class NotebookQuery(Query):
+    usage = "?path=<notebook>.ipynb (its runs are in runs/ beside it)"
+    path: ServerPath
+
+
 class RunQuery(Query):
     usage = "?path=<run folder>&since=<record count, 0 or more>"
     path: ServerPath
