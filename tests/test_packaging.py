@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import caia_jupyter
+import pytest
 
 from packaging.requirements import Requirement
 
@@ -62,3 +63,16 @@ def test_jupyter_lists_both_extensions_enabled_and_ok():
     assert f"caia-jupyter v{caia_jupyter.__version__} enabled OK (python, caia-jupyter)" in listing("labextension", "list")
     servers = listing("server", "extension", "list")
     assert "caia_jupyter enabled" in servers and f"caia_jupyter {caia_jupyter.__version__} OK" in servers
+
+
+def test_the_committed_run_widget_is_the_bundle_of_its_sources(tmp_path):
+    """kernel/static/run_widget.{js,css} are esbuild's output of labextension/src/widget.ts: rebuilt, identical."""
+    esbuild = REPO / "labextension" / "node_modules" / ".bin" / "esbuild"
+    if not esbuild.exists():
+        pytest.skip("labextension/node_modules is not installed: `jlpm install` in labextension/")
+    script = json.loads((REPO / "labextension" / "package.json").read_text())["scripts"]["build:widget"]
+    command = script.replace("../caia_jupyter/kernel/static/run_widget.js", str(tmp_path / "run_widget.js"))
+    subprocess.run(f"node_modules/.bin/{command}", shell=True, cwd=REPO / "labextension", check=True)
+    static = REPO / "caia_jupyter" / "kernel" / "static"
+    for name in ("run_widget.js", "run_widget.css"):
+        assert (tmp_path / name).read_bytes() == (static / name).read_bytes(), f"{name} is stale: `jlpm build` in labextension/"

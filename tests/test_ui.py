@@ -289,8 +289,10 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
     page.wait_for_function("""() => {
         const panel = document.querySelector('#caia-federated-panel');
         const running = panel.querySelector('[data-caia="run-status"][data-status="running"]');
-        const lines = [...panel.querySelectorAll('svg[data-metric="accuracy"] polyline.caia-line')];
-        return running && lines.length === 3 && lines.every(l => l.getAttribute('points').split(' ').length >= 3);
+        const chart = panel.querySelector('.caia-chart[data-metric="accuracy"]');
+        const series = chart ? JSON.parse(chart.dataset.series) : {};
+        const lines = Object.entries(series).filter(([name]) => name !== 'global').map(([, points]) => points);
+        return running && lines.length === 3 && lines.every(points => points.length >= 3);
     }""", timeout=180_000)
     assert len(posts) == 1  # one run, however often Submit was clicked
     expect(panel.locator('[data-caia="run-id"]')).to_have_text(bundle_id.removeprefix("sha256:")[:12])
@@ -452,7 +454,7 @@ def test_a_dp_run_charts_the_epsilon_each_site_spent(page, lab):
     open_panel(page)
     panel.locator('[data-caia-action="submit"]').click()
     expect(panel.locator('[data-caia="run-status"][data-status="finished"]')).to_be_visible(timeout=300_000)
-    chart = panel.locator('svg[data-metric="epsilon"]').first
-    expect(chart.locator("polyline.caia-line")).to_have_count(3)  # one curve per site, next to accuracy
-    expect(panel.locator('svg[data-metric="accuracy"]').first.locator("polyline.caia-line")).to_have_count(3)
+    for metric in ("epsilon", "accuracy"):  # one curve per site, epsilon next to accuracy
+        chart = panel.locator(f'.caia-chart[data-metric="{metric}"]')
+        assert set(json.loads(chart.get_attribute("data-series"))) - {"global"} == {"site-1", "site-2", "site-3"}
     panel.screenshot(path=str(ARTIFACTS / "panel-dp-run.png"))

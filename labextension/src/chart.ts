@@ -1,63 +1,284 @@
-// Per-round curves: one small SVG chart per metric, one line per site.
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#8c564b', '#e377c2'];
-const NS = 'http://www.w3.org/2000/svg';
+// Per-round curves, one chart per metric: a line per site, the dashed global line, the final-model
+// round marked. The one chart code of the Federated panel and of the run widget (widget.ts).
+import {
+  Chart,
+  ChartDataset,
+  Legend,
+  LinearScale,
+  LineController,
+  LineElement,
+  Plugin,
+  PointElement,
+  Tooltip
+} from 'chart.js';
 
-function svg(tag: string, attrs: Record<string, string | number>, parent?: Element): SVGElement {
-  const node = document.createElementNS(NS, tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    node.setAttribute(key, String(value));
-  }
-  parent?.appendChild(node);
-  return node;
-}
+Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
 
+/** [site, round (0-based), metric name, value or null when the site recorded it missing] */
+export type MetricRecord = [string, number, string, number | null];
+/** [round, metric name, num_samples-weighted mean over sites or null] */
+export type GlobalRecord = [number, string, number | null];
+
+type Points = [number, number][];
+const SITE_COLORS = 8; // --caia-site-0 .. --caia-site-7 in style/chart.css, one set per theme
+const GLOBAL = 'global';
+
+/** The CSS color of a site's line and swatch: a theme-aware variable of style/chart.css. */
 export function colorOf(sites: string[], site: string): string {
-  return COLORS[Math.max(sites.indexOf(site), 0) % COLORS.length];
+  return `var(--caia-site-${Math.max(sites.indexOf(site), 0) % SITE_COLORS})`;
 }
 
-export function drawCharts(
-  container: HTMLElement,
-  records: [string, number, string, number | null][],
-  sites: string[],
-  rounds: number
-): void {
-  const byMetric = new Map<string, Map<string, [number, number][]>>();
+/** Resolve `var(--name)` (or a plain color) against the page's current theme. */
+function resolve(color: string, element: Element): string {
+  const name = /^var\((--[\w-]+)\)$/.exec(color)?.[1];
+  return name ? style(element).getPropertyValue(name).trim() || '#777' : color;
+}
+
+// A detached element has no computed style; the theme's variables are the page's.
+function style(element: Element): CSSStyleDeclaration {
+  return getComputedStyle(element.isConnected ? element : document.body);
+}
+
+function theme(element: Element) {
+  return {
+    text: resolve('var(--jp-ui-font-color1)', element),
+    muted: resolve('var(--jp-ui-font-color2)', element),
+    grid: resolve('var(--jp-border-color2)', element),
+    axis: resolve('var(--jp-border-color1)', element),
+    font: style(element).getPropertyValue('--jp-ui-font-family').trim() || 'sans-serif'
+  };
+}
+
+/** Draws the vertical marker of the final-model round (`chart.options.plugins.finalRound.round`). */
+const finalRoundMarker: Plugin<'line', { round: number | null }> = {
+  id: 'finalRound',
+  afterDatasetsDraw(chart, _args, options) {
+    if (options.round === null || options.round === undefined) {
+      return;
+    }
+    const x = chart.scales.x.getPixelForValue(options.round);
+    const { top, bottom } = chart.chartArea;
+    const color = resolve('var(--jp-ui-font-color2)', chart.canvas);
+    const context = chart.ctx;
+    context.save();
+    context.strokeStyle = color;
+    context.fillStyle = color;
+    context.setLineDash([2, 3]);
+    context.beginPath();
+    context.moveTo(x, top);
+    context.lineTo(x, bottom);
+    context.stroke();
+    context.font = `10px ${theme(chart.canvas).font}`;
+    context.textAlign = 'center';
+    context.fillText('final', x, top - 2);
+    context.restore();
+  }
+};
+
+/** Writes what Chart.js laid out (x tick values, y tick count, legend, line colors) onto the chart's element, for tests and tools. */
+const layoutAttributes: Plugin<'line'> = {
+  id: 'layoutAttributes',
+  afterRender(chart) {
+    const figure = chart.canvas.closest<HTMLElement>('.caia-chart');
+    if (figure) {
+      figure.dataset.xTicks = JSON.stringify(chart.scales.x.ticks.map(tick => tick.value));
+      figure.dataset.yTicks = String(chart.scales.y.ticks.length);
+      figure.dataset.legend = JSON.stringify(chart.legend?.legendItems?.map(item => item.text) ?? []);
+      figure.dataset.colors = JSON.stringify(chart.data.datasets.map(line => line.borderColor));
+    }
+  }
+};
+
+Chart.register(finalRoundMarker, layoutAttributes);
+
+function byMetric(records: MetricRecord[]): Map<string, Map<string, Points>> {
+  const metrics = new Map<string, Map<string, Points>>();
   for (const [site, round, name, value] of records) {
     if (name === 'num_samples' || value === null) {
       continue; // null: a value recorded as missing, told in the run's notes
     }
-    const series = byMetric.get(name) ?? new Map<string, [number, number][]>();
-    byMetric.set(name, series);
-    const points = series.get(site) ?? [];
-    series.set(site, points);
-    points.push([round, value]);
+    const series = metrics.get(name) ?? new Map<string, Points>();
+    metrics.set(name, series);
+    series.set(site, [...(series.get(site) ?? []), [round, value]]);
   }
-  container.replaceChildren(
-    ...[...byMetric.keys()].sort().map(name => chart(name, byMetric.get(name)!, sites, rounds))
-  );
+  return metrics;
 }
 
-function chart(name: string, series: Map<string, [number, number][]>, sites: string[], rounds: number): SVGElement {
-  const [W, H, L, R, T, B] = [250, 140, 36, 8, 18, 20];
-  const root = svg('svg', { width: W, height: H, class: 'caia-chart', 'data-metric': name });
-  svg('text', { x: L, y: 12, class: 'caia-chart-title' }, root).textContent = name;
-  const values = [...series.values()].reduce<number[]>((all, points) => all.concat(points.map(p => p[1])), []);
-  let [low, high] = [Math.min(...values), Math.max(...values)];
-  if (high - low < 1e-9) {
-    [low, high] = [low - 0.5, high + 0.5];
+function globalOf(global: GlobalRecord[], name: string): Points {
+  return global.filter(([, metric, value]) => metric === name && value !== null).map(([round, , value]) => [round, value as number]);
+}
+
+/** What a chart draws, kept to repaint it in another theme. */
+interface ISpec {
+  colors: string[]; // the CSS color of each dataset, `var(--...)` resolved at paint time
+  lastRound: number;
+  finalRound: number | null;
+}
+const specs = new WeakMap<Chart, ISpec>();
+
+function datasets(series: Map<string, Points>, global: Points, sites: string[]): [ChartDataset<'line'>[], string[]] {
+  const points = (values: Points) => [...values].sort((a, b) => a[0] - b[0]).map(([x, y]) => ({ x, y }));
+  const named = [...series.keys()].sort((a, b) => sites.indexOf(a) - sites.indexOf(b));
+  const lines: ChartDataset<'line'>[] = named.map(site => ({ label: site, data: points(series.get(site)!), borderWidth: 2, pointRadius: 2 }));
+  const colors = named.map(site => colorOf(sites, site));
+  if (global.length) {
+    lines.push({ label: GLOBAL, data: points(global), borderDash: [6, 4], borderWidth: 2, pointRadius: 0 });
+    colors.push('var(--jp-ui-font-color1)');
   }
-  const x = (round: number) => L + (round / Math.max(rounds, 1)) * (W - L - R);
-  const y = (value: number) => T + (1 - (value - low) / (high - low)) * (H - T - B);
-  svg('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, class: 'caia-axis' }, root);
-  svg('line', { x1: L, y1: T, x2: L, y2: H - B, class: 'caia-axis' }, root);
-  for (const value of [low, high]) {
-    const tick = svg('text', { x: L - 3, y: y(value) + 4, class: 'caia-tick', 'text-anchor': 'end' }, root);
-    tick.textContent = value.toPrecision(2);
+  return [lines, colors];
+}
+
+/** Apply the current theme's colors to a chart and redraw it. */
+function paint(chart: Chart): void {
+  const spec = specs.get(chart);
+  if (!spec) {
+    return;
   }
-  for (const [site, points] of series) {
-    points.sort((a, b) => a[0] - b[0]);
-    const line = points.map(([round, value]) => `${x(round)},${y(value)}`).join(' ');
-    svg('polyline', { points: line, fill: 'none', stroke: colorOf(sites, site), 'stroke-width': 2, class: 'caia-line', 'data-site': site }, root);
-  }
+  chart.data.datasets.forEach((line, index) => {
+    const color = resolve(spec.colors[index], chart.canvas);
+    Object.assign(line, { borderColor: color, backgroundColor: color });
+  });
+  chart.options = options(spec.lastRound, spec.finalRound, chart.canvas);
+  chart.update('none');
+}
+
+function options(lastRound: number, finalRound: number | null, element: Element) {
+  const colors = theme(element);
+  const font = { family: colors.font, size: 10 };
+  return {
+    responsive: true,
+    maintainAspectRatio: true,
+    aspectRatio: 1.6,
+    animation: false as const, // redrawn on every streamed record
+    parsing: false as const,
+    color: colors.text,
+    interaction: { mode: 'nearest' as const, axis: 'x' as const, intersect: false },
+    layout: { padding: { top: finalRound === null ? 0 : 10 } },
+    scales: {
+      x: {
+        type: 'linear' as const,
+        min: 0,
+        max: Math.max(lastRound, 1),
+        title: { display: true, text: 'round', color: colors.muted, font },
+        ticks: { stepSize: 1, precision: 0, color: colors.muted, font },
+        grid: { color: colors.grid },
+        border: { color: colors.axis }
+      },
+      y: {
+        type: 'linear' as const,
+        grace: '5%',
+        ticks: { maxTicksLimit: 6, color: colors.muted, font },
+        grid: { color: colors.grid },
+        border: { color: colors.axis }
+      }
+    },
+    plugins: {
+      legend: { position: 'bottom' as const, labels: { color: colors.text, font, boxWidth: 16, boxHeight: 2 } },
+      tooltip: {
+        callbacks: {
+          title: (items: { parsed: { x: number | null } }[]) => `round ${items[0]?.parsed.x ?? ''}`,
+          label: (item: { dataset: { label?: string }; parsed: { y: number | null } }) =>
+            `${item.dataset.label}: ${item.parsed.y === null ? '–' : Number(item.parsed.y.toPrecision(4))}`
+        }
+      },
+      finalRound: { round: finalRound }
+    }
+  };
+}
+
+function figure(name: string): HTMLElement {
+  const root = document.createElement('figure');
+  root.className = 'caia-chart';
+  root.dataset.metric = name;
+  const title = document.createElement('figcaption');
+  title.className = 'caia-chart-title';
+  title.textContent = name;
+  const frame = document.createElement('div'); // Chart.js sizes the canvas to this box: nothing else in it
+  frame.className = 'caia-chart-frame';
+  const canvas = document.createElement('canvas');
+  canvas.setAttribute('role', 'img');
+  canvas.setAttribute('aria-label', `${name} per round and site`);
+  frame.append(canvas);
+  root.append(title, frame);
   return root;
+}
+
+/**
+ * Draw one chart per metric of `records` into `container`, updating in place the charts it already
+ * holds (the widget redraws its container on every change; the panel passes a new one each time).
+ * `rounds` is the planned number of rounds (x runs over rounds 0 .. rounds-1); `global` the run's
+ * global records; `finalRound` the round whose model is the final one (a vertical marker), or null.
+ * Each chart is a `figure.caia-chart[data-metric]` whose `data-series` is the JSON
+ * {site or "global": [[round, value], ...]} drawn, and whose data-x-ticks/-y-ticks/-legend/-colors tell
+ * what Chart.js laid out.
+ */
+export function drawCharts(
+  container: HTMLElement,
+  records: MetricRecord[],
+  sites: string[],
+  rounds: number,
+  global: GlobalRecord[] = [],
+  finalRound: number | null = null
+): void {
+  sweep();
+  const metrics = byMetric(records);
+  const lastRound = Math.max(rounds - 1, finalRound ?? 0, ...records.map(r => r[1]), ...global.map(g => g[0]));
+  const existing = new Map<string, HTMLElement>();
+  container.querySelectorAll<HTMLElement>(':scope > .caia-chart').forEach(node => existing.set(node.dataset.metric!, node));
+  const figures = [...metrics.keys()].sort().map(name => {
+    const node = existing.get(name) ?? figure(name);
+    const series = metrics.get(name)!;
+    const globalPoints = globalOf(global, name);
+    const drawn: Record<string, Points> = {};
+    series.forEach((points, site) => (drawn[site] = points));
+    if (globalPoints.length) {
+      drawn[GLOBAL] = globalPoints;
+    }
+    node.dataset.series = JSON.stringify(drawn);
+    node.dataset.finalRound = finalRound === null ? '' : String(finalRound);
+    const canvas = node.querySelector('canvas')!;
+    const [lines, colors] = datasets(series, globalPoints, sites);
+    const chart = Chart.getChart(canvas) ?? (new Chart(canvas, { type: 'line', data: { datasets: [] } }) as unknown as Chart);
+    chart.data.datasets = lines as ChartDataset[];
+    specs.set(chart, { colors, lastRound, finalRound });
+    paint(chart);
+    return node;
+  });
+  for (const [name, node] of existing) {
+    if (!metrics.has(name)) {
+      Chart.getChart(node.querySelector('canvas')!)?.destroy();
+    }
+  }
+  container.replaceChildren(...figures);
+  watchTheme();
+}
+
+/** Destroy the charts of a container (its figures stay, blank). */
+export function disposeCharts(container: HTMLElement): void {
+  container.querySelectorAll('canvas').forEach(canvas => Chart.getChart(canvas)?.destroy());
+}
+
+// A chart whose canvas left the page (the panel replaced its run view) would live on: free it.
+function sweep(): void {
+  for (const chart of Object.values(Chart.instances)) {
+    if (!chart.canvas.isConnected) {
+      chart.destroy();
+    }
+  }
+}
+
+let themeWatch: MutationObserver | null = null;
+
+// JupyterLab marks the theme on <body data-jp-theme-light="true|false">: repaint every chart on a
+// change, again on the next frame in case the theme's variables land after the attribute.
+function watchTheme(): void {
+  if (themeWatch || typeof MutationObserver === 'undefined') {
+    return;
+  }
+  const repaint = () => Object.values(Chart.instances).forEach(paint);
+  themeWatch = new MutationObserver(() => {
+    repaint();
+    requestAnimationFrame(repaint);
+  });
+  themeWatch.observe(document.body, { attributes: true, attributeFilter: ['data-jp-theme-light', 'data-jp-theme-name'] });
 }

@@ -5,7 +5,7 @@ import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { FINAL_STATUSES, INotebookState, IRunState, IRunSummary, Tone, post, remove, request, streamRun } from './api';
-import { colorOf, drawCharts } from './chart';
+import { colorOf, disposeCharts, drawCharts } from './chart';
 
 /** The panel's actions on a notebook; one at a time per notebook. */
 export type Action = 'validate' | 'review' | 'submit';
@@ -402,6 +402,8 @@ export class FederatedPanel extends Widget {
     this.socket = null;
     socket?.close();
     this.following = '';
+    disposeCharts(this.charts);
+    this.charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
     this.runView.replaceChildren();
   }
 
@@ -451,8 +453,8 @@ export class FederatedPanel extends Widget {
           element('span', { class: `caia-state caia-tone-${tone}`, 'data-caia': 'site-state' }, state.sites[site])),
         element('div', { class: 'caia-reason' }, state.reasons[site] ?? ''));
     }));
-    const charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
-    drawCharts(charts, this.records, sites, state.rounds);
+    const charts = this.charts; // kept across states: the charts update in place
+    drawCharts(charts, this.records, sites, state.rounds, state.global ?? [], state.final_round ?? null);
     const notes = element('ul', { 'data-caia': 'run-notes', class: 'caia-notes' }, ...state.notes.map(note => element('li', {}, note)));
     this.runView.replaceChildren(heading, status, headline, progress, table, charts, notes);
   }
@@ -482,5 +484,6 @@ export class FederatedPanel extends Widget {
   private summary = element('div', { 'data-caia': 'summary' });
   private runsView = element('div', { 'data-caia': 'runs-view' });
   private runView = element('div', { 'data-caia': 'run' });
+  private charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
   private target = element('select', { 'data-caia': 'target' });
 }
