@@ -231,8 +231,15 @@ def set_theme(page, theme: str) -> None:
 
 
 def shoot(panel, name: str) -> None:
+    """A screenshot of the whole panel at its default width: the page made tall enough for it."""
     ARTIFACTS.mkdir(exist_ok=True)
+    page = panel.page
+    size = page.viewport_size
+    height = panel.evaluate("p => p.scrollHeight") + 120
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
+    page.wait_for_timeout(300)  # the charts resize
     panel.screenshot(path=str(ARTIFACTS / name))
+    page.set_viewport_size(size)
 
 
 def test_federated_cells_are_marked(page):
@@ -307,6 +314,7 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
         expect(row).to_contain_text("done")
         expect(row).to_have_attribute("data-tone", "ok")
     expect(run_rows(panel)).to_have_count(1)
+    expect(run_rows(panel).first.locator('[data-caia="run-row-status"]')).to_have_text("finished")
     assert_readable(page, "light")
     shoot(panel, "panel-finished-run.png")
     shoot(panel, "panel-light-finished.png")
@@ -394,6 +402,7 @@ def test_a_run_with_a_failing_site_in_the_dark_theme(page, lab):
     for site in ("site-1", "site-2"):
         expect(panel.locator(f'[data-caia="run-sites"] [data-site="{site}"]')).to_have_attribute("data-tone", "ok")
     expect(panel.locator('[data-caia="headline"]')).to_contain_text("continued without site-3")
+    expect(run_rows(panel).first.locator('[data-caia="run-row-status"]')).to_have_text("finished")
     assert_readable(page, "dark")
     shoot(panel, "panel-dark-finished.png")
 

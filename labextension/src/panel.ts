@@ -269,8 +269,7 @@ export class FederatedPanel extends Widget {
       return element('p', {}, 'No site directories beside this notebook (sites/).');
     }
     return element('div', { 'data-caia': 'sites', class: 'caia-sites' }, ...state.sites.map(site => {
-      const approval = site.approval === 'older'
-        ? `approved an older version${state.changes ? ` (${state.changes.short_id})` : ''}` : site.approval;
+      const approval = site.approval === 'older' ? 'approved an older version' : site.approval; // its detail names that version
       const node = element('div', { class: 'caia-site', 'data-site': site.name },
         element('div', { class: 'caia-inline' }, element('span', { class: 'caia-site-name' }, site.name), ' ',
           element('span', { class: `caia-state caia-${site.approval}`, 'data-caia': 'approval' }, approval)),
