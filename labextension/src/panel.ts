@@ -439,7 +439,8 @@ export class FederatedPanel extends Widget {
       heading.append(' ', abort);
     }
     const status = element('div', { 'data-caia': 'run-status', 'data-status': state.status, class: `caia-state caia-run-${state.status}` },
-      `run ${state.status}${state.message ? ': ' + state.message : ''}`);
+      `run ${state.status}${state.message && !state.headline ? ': ' + state.message : ''}`);
+    status.title = state.message; // the whole message; the headline and the reasons per site tell it shorter
     const headline = element('div', { 'data-caia': 'headline', class: 'caia-reason' }, state.headline ?? '');
     const progress = element('div', { class: 'caia-inline' }, element('progress', { max: String(state.rounds), value: String(state.rounds_done) }),
       ` ${state.rounds_done} of ${state.rounds} ${state.rounds === 1 ? 'round' : 'rounds'} done`);
