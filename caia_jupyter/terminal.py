@@ -88,7 +88,7 @@ def runs_table(runs: list[dict]) -> str:
     for entry in runs:
         overall = " ".join(f"{name}={metric(value)}" for name, value in entry["global"].items() if name != "num_samples")
         took = "live" if entry["duration_s"] is None and entry["status"] in ("starting", "running") else (
-            f"{entry['duration_s']:.0f}s" if entry["duration_s"] is not None else "-")
+            f"{entry['duration_s']:.0f} s" if entry["duration_s"] is not None else "-")
         rows.append((entry["started_at"] or "-", entry["short_id"] or "-", entry["target"] or "-", entry["status"],
                      took, overall or "-", entry["headline"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -237,6 +237,10 @@ async def test_validate_submit_and_stream_a_run(jp_fetch, jp_ws_fetch, jp_root_d
     snapshot = await get(jp_fetch, "run", path=started["run"])
     assert sorted(map(tuple, streamed)) == sorted(map(tuple, snapshot["records"])) and streamed
     assert snapshot["sites"] == {"site-1": "done", "site-2": "done"}
+    last = messages[-1]
+    assert last["headline"] == "finished: 2 rounds with site-1, site-2" and last["final_round"] == 2
+    assert last["tones"] == {"site-1": "ok", "site-2": "ok"} and last["bundle_id"] == state["bundle_id"]
+    assert {r for r, name, _ in last["global"] if name == "accuracy"} == {0, 1, 2}
 
 
 # -- authorization: jupyter_server's authorizer decides, in its own terms ---------------------------------

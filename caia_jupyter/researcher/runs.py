@@ -245,7 +245,7 @@ class Run:
         the `global_metrics` of that round. Every value is finite: a missing one is left out."""
         rounds = self.spec["rounds"]
         frame = self.metrics().dropna(subset=["value"])  # a missing value counts for no site
-        final = frame[(frame["round"] == rounds) & (frame["name"] != "num_samples")]
+        final = frame[frame["round"] == rounds]
         per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
         if per_site:
             per_site["global"] = {name: value for round, name, value in self.global_metrics()
