@@ -43,7 +43,8 @@ def page(browser, lab):  # noqa: F811 (the fixture imported from test_ui)
             "from caia_jupyter.researcher.runs import Run\n"
             f"w = RunWidget(Run({str(run)!r}))\n"
             "if not w.has_trait('global_records'):  # the view reads them when the Python side syncs them\n"
-            "    w.add_traits(global_records=traitlets.List().tag(sync=True), final_round=traitlets.Any(None).tag(sync=True))\n"
+            "    w.add_traits(global_records=traitlets.List().tag(sync=True),\n"
+            "                 final_round=traitlets.Any(None).tag(sync=True))\n"
             "w.refresh()\n"
             "w.global_records, w.final_round = [[0, 'accuracy', 0.52], [1, 'accuracy', 0.62]], 1\n"
             "w"),

@@ -75,4 +75,5 @@ def test_the_committed_run_widget_is_the_bundle_of_its_sources(tmp_path):
     subprocess.run(f"node_modules/.bin/{command}", shell=True, cwd=REPO / "labextension", check=True)
     static = REPO / "caia_jupyter" / "kernel" / "static"
     for name in ("run_widget.js", "run_widget.css"):
-        assert (tmp_path / name).read_bytes() == (static / name).read_bytes(), f"{name} is stale: `jlpm build` in labextension/"
+        fresh, committed = (tmp_path / name).read_bytes(), (static / name).read_bytes()
+        assert fresh == committed, f"{name} is stale: run `jlpm build` in labextension/"

@@ -68,10 +68,12 @@ def lab(tmp_path_factory):
     extensions = base / "data" / "labextensions"
     extensions.mkdir(parents=True)
     (extensions / "caia-jupyter").symlink_to(REPO / "caia_jupyter" / "labextension")
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_DATA_DIR=str(base / "data"),
+    # JUPYTER_PREFER_ENV_PATH=0: the data dir above before the environment's (in a venv, jupyter_core
+    # otherwise looks in the environment first, where an installed build of the panel may be older)
+    env = dict(os.environ, JUPYTER_PREFER_ENV_PATH="0",
+               JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_DATA_DIR=str(base / "data"),
                JUPYTER_RUNTIME_DIR=str(base / "runtime"), IPYTHONDIR=str(base / "ipython"),
-               JUPYTERLAB_SETTINGS_DIR=str(base / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
-               JUPYTER_PREFER_ENV_PATH="0")  # in a virtualenv, jupyter would look in the env's data dir first
+               JUPYTERLAB_SETTINGS_DIR=str(base / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -79,6 +79,9 @@ const finalRoundMarker: Plugin<'line', { round: number | null }> = {
 const layoutAttributes: Plugin<'line'> = {
   id: 'layoutAttributes',
   afterRender(chart) {
+    if (chart.canvas.isConnected) {
+      shown.add(chart);
+    }
     const figure = chart.canvas.closest<HTMLElement>('.caia-chart');
     if (figure) {
       figure.dataset.xTicks = JSON.stringify(chart.scales.x.ticks.map(tick => tick.value));
@@ -115,6 +118,7 @@ interface ISpec {
   finalRound: number | null;
 }
 const specs = new WeakMap<Chart, ISpec>();
+const shown = new WeakSet<object>(); // charts that were drawn on the page
 
 function datasets(series: Map<string, Points>, global: Points, sites: string[]): [ChartDataset<'line'>[], string[]] {
   const points = (values: Points) => [...values].sort((a, b) => a[0] - b[0]).map(([x, y]) => ({ x, y }));
@@ -148,7 +152,7 @@ function options(lastRound: number, finalRound: number | null, element: Element)
   return {
     responsive: true,
     maintainAspectRatio: true,
-    aspectRatio: 1.6,
+    aspectRatio: 1.4,
     animation: false as const, // redrawn on every streamed record
     parsing: false as const,
     color: colors.text,
@@ -160,7 +164,7 @@ function options(lastRound: number, finalRound: number | null, element: Element)
         min: 0,
         max: Math.max(lastRound, 1),
         title: { display: true, text: 'round', color: colors.muted, font },
-        ticks: { stepSize: 1, precision: 0, color: colors.muted, font },
+        ticks: { stepSize: 1, precision: 0, maxRotation: 0, autoSkipPadding: 8, color: colors.muted, font },
         grid: { color: colors.grid },
         border: { color: colors.axis }
       },
@@ -258,10 +262,12 @@ export function disposeCharts(container: HTMLElement): void {
   container.querySelectorAll('canvas').forEach(canvas => Chart.getChart(canvas)?.destroy());
 }
 
-// A chart whose canvas left the page (the panel replaced its run view) would live on: free it.
+// A chart whose canvas left the page (the panel replaced its run view) would live on: free it. Only
+// charts of this module, and only once they were on the page: a view renders into a detached element
+// before it is attached, and Chart.js may be shared with other extensions.
 function sweep(): void {
   for (const chart of Object.values(Chart.instances)) {
-    if (!chart.canvas.isConnected) {
+    if (specs.has(chart) && shown.has(chart) && !chart.canvas.isConnected) {
       chart.destroy();
     }
   }
