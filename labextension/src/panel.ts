@@ -410,7 +410,10 @@ export class FederatedPanel extends Widget {
     button.disabled = true;
     button.textContent = 'aborting…';
     try {
-      await remove<IRunState>(`run?path=${encodeURIComponent(run)}`);
+      const state = await remove<IRunState>(`run?path=${encodeURIComponent(run)}`);
+      if (run === this.following) {
+        this.drawRun(state); // the state once the abort is recorded, whatever the stream last said
+      }
     } catch (error) {
       this.say(String((error as Error).message), true);
       button.disabled = false;
