@@ -11,17 +11,51 @@ export interface ICell {
 export interface ISite {
   name: string;
   path: string;
-  approval: 'approved' | 'none' | 'rejected' | 'error';
+  approval: 'approved' | 'older' | 'none' | 'rejected' | 'error'; // older: approved an older version
   detail: string;
+  approve_command?: string; // ready to copy for the site's reviewer
+}
+
+/** What changed since the newest version some site approved. */
+export interface IChanges {
+  approved_id: string;
+  short_id: string;
+  summary: string[];
 }
 
 export interface INotebookState {
   bundle_id: string;
+  short_id?: string;
+  bundle_path?: string;
   cells: ICell[];
   job: { rounds: number; min_clients: number; params: Record<string, unknown> };
   datasets: string[];
-  validation: { state: 'passed' | 'failed' | 'none'; summary: string };
+  validation: {
+    state: 'passed' | 'failed' | 'none';
+    summary: string;
+    cell?: number | null; // notebook cell index (0-based) of a failure
+    line?: number | null; // 1-based editor line; the %%federated line is line 1
+  };
+  changes?: IChanges | null;
   sites: ISite[];
+  submit?: { ready: boolean; reason: string };
+  live_run?: string | null; // run folder of a live run of this bundle id
+}
+
+export type Tone = 'ok' | 'neutral' | 'bad';
+
+/** One row of the runs list, newest first. */
+export interface IRunSummary {
+  run: string;
+  bundle_id: string;
+  short_id: string;
+  target: string;
+  started_at: string; // ISO 8601 UTC
+  duration_s: number | null; // null while live
+  status: string;
+  headline: string;
+  final: Record<string, Record<string, number | null>>;
+  global: Record<string, number | null>;
 }
 
 export interface IRunState {
@@ -36,7 +70,16 @@ export interface IRunState {
   records: [string, number, string, number | null][]; // null: a value not finite at the site
   since: number;
   count: number;
+  bundle_id?: string;
+  short_id?: string;
+  headline?: string;
+  tones?: Record<string, Tone>;
+  global?: [number, string, number | null][]; // num_samples-weighted mean over sites, per round
+  final_round?: number | null;
 }
+
+/** A run that can no longer change. */
+export const FINAL_STATUSES = ['finished', 'failed', 'refused', 'aborted'];
 
 export async function request<T>(endpoint: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
@@ -49,15 +92,21 @@ export async function request<T>(endpoint: string, init: RequestInit = {}): Prom
   return body as T;
 }
 
+export function remove<T>(endpoint: string): Promise<T> {
+  return request<T>(endpoint, { method: 'DELETE' });
+}
+
 export function post<T>(endpoint: string, body: unknown): Promise<T> {
   return request<T>(endpoint, { method: 'POST', body: JSON.stringify(body) });
 }
 
-/** Live run updates over the server's websocket; each message is a run state with new records. */
-export function streamRun(run: string, onState: (state: IRunState) => void): WebSocket {
+/** Live run updates over the server's websocket; each message is a run state with new records;
+ * `onClose` when the stream ends (the run ended, or the connection dropped). */
+export function streamRun(run: string, onState: (state: IRunState) => void, onClose: () => void): WebSocket {
   const settings = ServerConnection.makeSettings();
   const query = URLExt.objectToQueryString({ path: run, ...(settings.token ? { token: settings.token } : {}) });
   const socket = new settings.WebSocket(URLExt.join(settings.wsUrl, 'caia', 'api', 'run', 'stream') + query);
   socket.onmessage = event => onState(JSON.parse(event.data));
+  socket.onclose = () => onClose();
   return socket;
 }

@@ -1,11 +1,12 @@
 // caia-jupyter in JupyterLab: federated cells marked in notebooks, the "Federated" sidebar,
 // and commands (palette and notebook toolbar) to toggle a cell, validate, review and submit.
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, ToolbarButton } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { Cell } from '@jupyterlab/cells';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { CommandToolbarButton } from '@jupyterlab/ui-components';
 
-import { FederatedPanel } from './panel';
+import { Action, FederatedPanel } from './panel';
 
 const MAGIC = '%%federated';
 const MARK = 'caia-federated-cell';
@@ -44,7 +45,12 @@ function watch(panel: NotebookPanel): void {
   });
 }
 
+/** Add or remove the %%federated line of a code cell; other cells are never marked. */
 function toggleFederated(cell: Cell): void {
+  if (cell.model.type !== 'code') {
+    Notification.warning(`Only code cells can be federated: this is a ${cell.model.type} cell.`, { autoClose: 4000 });
+    return;
+  }
   const shared = cell.model.sharedModel;
   const source = shared.getSource();
   if (isFederated(source)) {
@@ -64,7 +70,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
   requires: [ICommandPalette, INotebookTracker],
   optional: [ILayoutRestorer],
   activate: (app: JupyterFrontEnd, palette: ICommandPalette, tracker: INotebookTracker, restorer: ILayoutRestorer | null) => {
-    const panel = new FederatedPanel(path => void app.commands.execute('docmanager:open', { path }));
+    const panel = new FederatedPanel(
+      path => void app.commands.execute('docmanager:open', { path }),
+      () => app.commands.notifyCommandChanged()
+    );
     app.shell.add(panel, 'left', { rank: 900 });
     restorer?.add(panel, panel.id);
 
@@ -73,32 +82,39 @@ const plugin: JupyterFrontEndPlugin<void> = {
     tracker.currentChanged.connect((_, notebook) => panel.setNotebook(notebook));
     panel.setNotebook(tracker.currentWidget);
 
-    const commands: [string, string, () => unknown][] = [
-      ['caia:toggle-federated', 'Toggle federated cell', () => tracker.activeCell && toggleFederated(tracker.activeCell)],
-      ['caia:validate', 'Validate federated bundle', () => panel.validate()],
-      ['caia:review', 'Review federated bundle', () => panel.review()],
-      ['caia:submit', 'Submit federated bundle', () => panel.submit()],
-      ['caia:open-panel', 'Open the Federated panel', () => app.shell.activateById(panel.id)]
+    // On the notebook toolbar (args.toolbar) a command is labelled by its short name, or its progress.
+    const actions: [string, string, Action][] = [
+      ['caia:validate', 'Validate federated bundle', 'validate'],
+      ['caia:review', 'Review federated bundle', 'review'],
+      ['caia:submit', 'Submit federated bundle', 'submit']
     ];
-    for (const [id, label, execute] of commands) {
-      app.commands.addCommand(id, { label, execute, isEnabled: () => id === 'caia:open-panel' || !!tracker.currentWidget });
+    for (const [id, label, action] of actions) {
+      app.commands.addCommand(id, {
+        label: args => (args.toolbar ? panel.label(action) : label),
+        caption: label,
+        execute: () => panel[action](),
+        isEnabled: () => !!tracker.currentWidget && !panel.busyWith()
+      });
+    }
+    app.commands.addCommand('caia:toggle-federated', {
+      label: args => (args.toolbar ? 'Federated' : 'Toggle federated cell'),
+      caption: 'Toggle federated cell',
+      execute: () => tracker.activeCell && toggleFederated(tracker.activeCell),
+      isEnabled: () => !!tracker.currentWidget
+    });
+    app.commands.addCommand('caia:open-panel', { label: 'Open the Federated panel', execute: () => app.shell.activateById(panel.id) });
+    for (const id of ['caia:toggle-federated', ...actions.map(([command]) => command), 'caia:open-panel']) {
       palette.addItem({ command: id, category: 'Federated (caia)' });
     }
     app.commands.addKeyBinding({ command: 'caia:toggle-federated', keys: ['Accel Shift F'], selector: '.jp-Notebook' });
 
     tracker.widgetAdded.connect((_, notebook) => {
-      const buttons: [string, string, string][] = [
-        ['caia-toggle', 'caia:toggle-federated', 'Federated'],
-        ['caia-validate', 'caia:validate', 'Validate'],
-        ['caia-submit', 'caia:submit', 'Submit']
-      ];
-      for (const [name, command, label] of buttons) {
-        const button = new ToolbarButton({
-          label,
-          tooltip: app.commands.label(command),
-          onClick: () => void app.commands.execute(command)
-        });
-        notebook.toolbar.insertItem(10, name, button);
+      for (const [name, id] of [
+        ['caia-toggle', 'caia:toggle-federated'],
+        ['caia-validate', 'caia:validate'],
+        ['caia-submit', 'caia:submit']
+      ]) {
+        notebook.toolbar.insertItem(10, name, new CommandToolbarButton({ commands: app.commands, id, args: { toolbar: true } }));
       }
     });
   }
