@@ -132,7 +132,8 @@ def runs(runs_dir: Path) -> list[dict]:
     """Every run in `runs_dir` (a notebook's runs/), newest first, each as the runs list shows it:
 
         run         its folder, as given under `runs_dir`
-        bundle_id, short_id, target ("simulator" | "poc" | "prod"), started_at (ISO 8601 UTC)
+        bundle_id, short_id, target ("simulator" | "poc" | "prod", "" if unknown), started_at
+                    (ISO 8601 UTC, `Run.started_at`; None if unknown)
         duration_s  seconds from start to outcome, None while it is live
         status      `Run.status`, or "unreadable" for a folder whose run.json caia cannot read
         headline    `Run.headline` (for an unreadable one: why)
@@ -151,14 +152,13 @@ def run_entry(folder: Path) -> dict:
     try:
         handle = Run(folder)
         final = handle.final_metrics()
-        overall = final.pop("global", {})
         per_metric: dict[str, dict[str, float | None]] = {}
-        for site, values in final.items():
+        for site, values in final["sites"].items():
             for name, value in values.items():
                 per_metric.setdefault(name, {})[site] = value
-        return {"run": str(folder), **identity(handle), "target": str(handle.spec.get("target", "")),
+        return {"run": str(folder), **identity(handle), "target": handle.target,
                 "started_at": handle.started_at, "duration_s": handle.duration_s, "status": handle.status,
-                "headline": handle.headline, "final": per_metric, "global": overall}
+                "headline": handle.headline, "final": per_metric, "global": final["global"]}
     except (CaiaError, KeyError, TypeError, ValueError, AttributeError):  # a run.json caia did not write, or altered
         return {"run": str(folder), "bundle_id": "", "short_id": "", "target": "", "started_at": None,
                 "duration_s": None, "status": "unreadable", "headline": UNREADABLE, "final": {}, "global": {}}

@@ -56,8 +56,8 @@ def run_summary(run) -> Outcome:
         reason = run.refusals.get(site) or run.failures.get(site) or ""
         lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
     lines += [f"  note: {note}" for note in run.notes]
-    final = run.final_metrics() if run.status == "finished" else {}
-    if final.get("global"):
+    final = run.final_metrics() if run.status == "finished" else {"sites": {}, "global": {}}
+    if final["global"]:
         shown = ", ".join(f"{k}={metric(v)}" for k, v in final["global"].items() if k != "num_samples")
         lines.append(f"final global model: {shown} (site evaluations weighted by num_samples)")
     model, guarantee, guarantee_file = run.global_model, run.guarantee, run.guarantee_file

@@ -430,7 +430,7 @@ def test_status_json_is_valid_json_whatever_the_metrics_hold(tmp_path, caia):
         ("site-1", 1, "loss", float("nan")), ("site-1", 1, "acc", 1e308), ("site-1", 1, "num_samples", 1e308)])
     code, out, err = caia("status", folder, "--json")
     shown = json.loads(out, parse_constant=refuse)
-    assert (code, err) == (0, "") and shown["final_metrics"] == {"site-1": {"acc": 1e308, "num_samples": 1e308}, "global": {}}
+    assert (code, err) == (0, "") and shown["final_metrics"] == {"sites": {"site-1": {"acc": 1e308, "num_samples": 1e308}}, "global": {}}
     assert shown["notes"] == ["site-1's loss at round 1 was not a finite number; it is recorded as missing"]
 
 

@@ -153,3 +153,56 @@ def test_a_malformed_kept_build_is_left_out(tmp_path):
                                                    "manifest": {"datasets": 3, "job": []}}))
     (history.folder(built.path) / "notes.txt").write_text("not an entry")
     assert [b["bundle_id"] for b in history.builds(built.path)] == [built.id]
+
+
+# -- kept build records are untrusted: a record counts only when its manifest hashes to its id ----------
+
+def approved_then_edited(tmp_path):
+    """A notebook whose first build site-1 approved, then edited (lr 0.1 -> 0.2) and saved."""
+    path = write_corpus("good", tmp_path / "study")
+    site = make_site(path.parent / "sites", "site-1")
+    approved = compose.build(path)
+    approve(site, approved.id, {"tiny": "tiny"})
+    edit(path, with_lr(0.2))
+    return path, approved
+
+
+def rewrite(path, change):
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def test_a_kept_build_with_an_odd_cell_ordinal_does_not_break_the_panel(tmp_path):
+    path, approved = approved_then_edited(tmp_path)
+    rewrite(history.entry(approved.path, approved.id) / history.BUILD,
+            lambda r: r.update(cells=[{"ordinal": [1], "sha256": "x"}]))
+    state = overview.notebook(path, overview.site_dirs_near(path), tmp_path)
+    assert state["sites"][0]["approval"] == "older"  # the id and manifest are sound: only the cells are unknown
+    assert state["changes"]["summary"] == ["param lr: 0.1 -> 0.2"]
+
+
+def test_what_changed_since_the_approved_version_is_not_taken_from_a_kept_record_its_id_does_not_cover(tmp_path):
+    path, approved = approved_then_edited(tmp_path)
+    kept = history.entry(approved.path, approved.id) / history.BUILD
+    rewrite(kept, lambda r: r["manifest"]["job"]["params"].update(lr=0.2))  # "the approved version already had 0.2"
+    assert history.builds(approved.path) == []
+    state = overview.notebook(path, overview.site_dirs_near(path), tmp_path)
+    assert state["changes"] is None and state["sites"][0]["approval"] == "none"
+
+
+def test_a_planted_build_record_does_not_choose_the_next_bundles_dataset_columns(tmp_path):
+    path = write_corpus("good", tmp_path)
+    built = compose.build(path)
+    honest = built.manifest["datasets"]["tiny"]["columns"]
+    rewrite(built.path / "records" / "build.json",
+            lambda r: r["manifest"]["datasets"]["tiny"].update(columns=[{"name": "patient_name", "kind": "str"}]))
+    assert compose.compose(path).manifest["datasets"]["tiny"]["columns"] == honest
+
+
+def test_a_malformed_earlier_build_record_is_not_an_unexpected_error_of_compose(tmp_path):
+    path = write_corpus("good", tmp_path)
+    built = compose.build(path)
+    rewrite(built.path / "records" / "build.json",
+            lambda r: r["manifest"]["datasets"]["tiny"].update(columns=[{"name": "x1", "kind": "string"}]))
+    assert compose.compose(path).id == built.id  # the sample is read again

@@ -333,7 +333,7 @@ def test_the_run_names_each_left_out_update_and_each_missing_metric_and_nothing_
         "or none left after load_data)",
         "site-3's accuracy at round 1 was not a finite number; it is recorded as missing",
     ]
-    assert run.final_metrics() == {"site-1": {"accuracy": 0.75}, "global": {"accuracy": 0.75}}
+    assert run.final_metrics() == {"sites": {"site-1": {"accuracy": 0.75}}, "global": {"accuracy": 0.75}}
     shown = run_summary(run)
     assert [line for line in shown.text.splitlines() if "note:" in line] == [f"  note: {note}" for note in run.notes]
     assert shown.data["notes"] == run.notes
@@ -427,7 +427,7 @@ def test_case_04_a_site_whose_rows_are_all_filtered_out_is_named_and_never_chang
                                                      for r in (0, 1)]
     assert "site-3's accuracy at round 0 was not a finite number; it is recorded as missing" in notes
     assert run.sites == {"site-1": "done", "site-3": "done"}
-    assert set(run.final_metrics()) == {"site-1", "global"}  # site-3's accuracy on no rows is missing, not NaN
+    assert set(run.final_metrics()["sites"]) == {"site-1"}  # site-3's accuracy on no rows is missing, not NaN
     assert not run.table("accuracy")["site-1"].isna().any()
 
 

@@ -335,3 +335,22 @@ def test_option_values_may_be_any_left_to_right_text_but_hidden_characters_in_th
     assert composed.manifest["job"]["params"]["label"] == "tumeur_bénigne"
     with pytest.raises(NotebookError, match=r"^federated cell 4 \(notebook cell 8\) line 2: bidirectional control"):
         compose.compose(write_cells(tmp_path / "b", header("\n%%federated param.label=a\u202eb\n")))
+
+
+def test_a_notebook_nested_too_deep_is_a_one_line_notebook_error(tmp_path):
+    path = corpus.write("good", tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace('"metadata": {', '"metadata": {"deep": ' + "[" * 3000 + "]" * 3000 + ", ", 1))
+    with pytest.raises(NotebookError, match="nested too deeply") as raised:
+        notebook.read(path)
+    assert len(str(raised.value).splitlines()) == 1
+
+
+def test_the_schema_checks_kept_are_one_per_schema_nbformat_ships(tmp_path):
+    path = corpus.write("good", tmp_path)
+    nb = json.loads(path.read_text())
+    for minor in (10**6, 10**6 + 1, 10**6 + 2):  # minors nbformat does not know: its current schema
+        path.write_text(json.dumps({**nb, "nbformat_minor": minor}))
+        notebook.read(path)
+    shipped = len(list((Path(nbformat.__file__).parent / "v4").glob("nbformat.v4*.schema.json")))
+    assert notebook._validator.cache_info().currsize <= shipped

@@ -12,7 +12,8 @@ import pytest
 from caia_jupyter import overview
 from caia_jupyter.contracts.failures import Report
 from caia_jupyter.researcher.metrics import Record
-from caia_jupyter.researcher.runs import Status, global_metrics, headline, tones
+from caia_jupyter.contracts.errors import CaiaError
+from caia_jupyter.researcher.runs import Run, Status, global_metrics, headline, tones
 from caia_jupyter.targets.submit import submit
 from conftest import approve, build_validated, make_site, set_source
 
@@ -128,6 +129,98 @@ def test_logging_without_mlflow_names_the_install(tmp_path, caia, monkeypatch):
                                          "pip install 'caia-jupyter[mlflow]'")
 
 
+def run_with_sites(folder, names, values):
+    """A fake finished run of sites `names` (rounds=1) whose metrics.jsonl holds `values`: [(site, round, name, value)]."""
+    fake_run(folder, sites={n: f"/x/{n}" for n in names})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"site": s, "round": r, "name": n, "value": v, "time": 1.0}) + "\n"
+                                                  for s, r, n, v in values))
+    (folder / "outcome.json").write_text(json.dumps({"status": "finished", "completed_sites": list(names)}))
+    return folder
+
+
+def test_a_site_named_global_keeps_its_own_final_metrics_in_the_runs_list(tmp_path):
+    run = run_with_sites(tmp_path / "runs" / "r1", ["global", "site-1"], [
+        ("global", 1, "accuracy", 0.2), ("site-1", 1, "accuracy", 0.8), ("global", 1, "num_samples", 1), ("site-1", 1, "num_samples", 3)])
+    entry = overview.run_entry(run)
+    assert entry["final"]["accuracy"] == {"global": 0.2, "site-1": 0.8}
+    assert entry["global"]["accuracy"] == pytest.approx(0.65)
+
+
+def test_mlflow_keys_of_a_site_named_global_do_not_collide_with_the_global_means(tmp_path):
+    from caia_jupyter.researcher import tracking
+
+    run = run_with_sites(tmp_path / "runs" / "r1", ["global", "site-1"], [("global", 1, "accuracy", 0.2), ("site-1", 1, "accuracy", 0.8)])
+    rows = {(key, step): value for key, value, _, step in tracking.metrics(Run(run))}
+    assert rows == {("site/global/accuracy", 1): 0.2, ("site/site-1/accuracy", 1): 0.8, ("global/accuracy", 1): 0.5}
+
+
+def test_caia_mlflow_of_a_run_whose_job_copy_has_odd_params_is_a_one_line_error(tmp_path, caia):
+    run = run_with_sites(tmp_path / "runs" / "r1", ["site-1"], [("site-1", 1, "accuracy", 0.8)])
+    (run / "job" / "x" / "custom").mkdir(parents=True)
+    (run / "job" / "x" / "custom" / "manifest.json").write_text(json.dumps({"job": {"params": [1, 2]}, "datasets": {}}))
+    code, out, err = caia("mlflow", run)
+    assert code == 2 and len(err.splitlines()) == 1 and "manifest.json is not a manifest caia wrote" in err, err
+    assert not (tmp_path / "mlruns").exists()  # nothing half-logged
+
+
+def test_caia_mlflow_uploads_no_file_a_run_folder_links_to(tmp_path, caia):
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    run = run_with_sites(tmp_path / "runs" / "r1", ["site-1"], [("site-1", 1, "accuracy", 0.8)])
+    (run / "global_model.pt").symlink_to(secret)
+    code, out, err = caia("mlflow", run)
+    assert code == 2 and len(err.splitlines()) == 1 and "global_model.pt is not a regular file of the run folder" in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_caia_mlflow_never_shows_the_password_of_a_tracking_uri(tmp_path, caia, monkeypatch):
+    from caia_jupyter.researcher.tracking import redacted
+
+    assert redacted("https://ann:s3cret@mlflow.example/x") == "https://***@mlflow.example/x"
+    assert redacted("file:///tmp/mlruns") == "file:///tmp/mlruns"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run = run_with_sites(tmp_path / "runs" / "r1", ["site-1"], [("site-1", 1, "accuracy", 0.8)])
+    code, out, err = caia("mlflow", run, "--tracking-uri", "http://ann:s3cret@127.0.0.1:9")
+    assert code == 2 and "s3cret" not in out + err and "MLflow at http://***@127.0.0.1:9 refused the run" in err
+
+
+def test_caia_runs_prints_no_control_character_a_run_folder_holds(tmp_path, caia):
+    runs = tmp_path / "runs"
+    fake_run(runs / "forged", created="2026\x1b]0;owned\x07\x1b[2J", target="simulator\nFAKE  finished")
+    fake_run(runs / "named", sites={"site-1\x1b[31m": "/x"})
+    fake_run(runs / "local-time", created="2026-01-02T00:00:00")  # no zone: read as UTC, not unreadable
+    listed = {e["run"].split("/")[-1]: e for e in overview.runs(runs)}
+    assert listed["forged"]["started_at"] is None and listed["forged"]["target"] == ""
+    assert listed["named"]["status"] == "unreadable"
+    assert listed["local-time"]["status"] == "finished" and listed["local-time"]["started_at"] == "2026-01-02T00:00:00+00:00"
+    code, out, err = caia("runs", runs)
+    assert code == 0 and not any(ord(c) < 32 and c != "\n" for c in out), repr(out)
+    assert len(out.splitlines()) == 4, repr(out)
+
+
+def test_the_headline_of_a_refused_run_counts_only_sites_that_admitted_the_bundle(tmp_path):
+    # a site that never deployed (offline: absent from NVFLARE's deploy detail, so from sites.json)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"rounds": 3, "min_clients": 3, "sites": ["site-1", "site-2", "site-3"],
+                                              "bundle_id": "sha256:" + "a" * 64, "target": "poc"}))
+    (run / "sites.json").write_text(json.dumps({"site-1": {"state": "approved"}, "site-2": {"state": "approved"}}))
+    (run / "outcome.json").write_text(json.dumps({"status": "refused"}))
+    handle = Run(run)
+    assert handle.headline == "refused: 2 of 3 sites admitted the bundle (site-3 not deployed); min_clients 3"
+    assert handle.sites == {"site-1": "not started", "site-2": "not started", "site-3": "not deployed"}
+
+
+def test_a_run_json_whose_sites_are_not_names_is_a_one_line_error(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"rounds": 2, "sites": [["site-1"]], "bundle_id": "sha256:" + "a" * 64}))
+    (run / "outcome.json").write_text(json.dumps({"status": "finished"}))
+    with pytest.raises(CaiaError, match="run.json is not a caia run description: its sites are not site names"):
+        overview.run(run)
+    assert overview.run_entry(run)["status"] == "unreadable"
+
+
 # -- on NVFLARE's simulator --------------------------------------------------------------------------
 
 
@@ -223,10 +316,10 @@ def test_a_finished_run_logged_to_mlflow_reads_back(continued, caia, tmp_path, m
     assert found.info.status == "FINISHED" and "caia.partial" not in found.data.tags
     frame = continued.metrics()
     mine = frame[(frame["site"] == "site-1") & (frame["name"] == "accuracy")]
-    history = client.get_metric_history(logged["run_id"], "site-1/accuracy")
+    history = client.get_metric_history(logged["run_id"], "site/site-1/accuracy")
     assert sorted((m.step, m.value) for m in history) == sorted(zip(mine["round"], mine["value"]))
     theirs = frame[(frame["site"] == "site-2") & (frame["name"] == "accuracy")]["round"]
-    assert sorted(m.step for m in client.get_metric_history(logged["run_id"], "site-2/accuracy")) == sorted(theirs)
+    assert sorted(m.step for m in client.get_metric_history(logged["run_id"], "site/site-2/accuracy")) == sorted(theirs)
     assert max(theirs) < 3  # it left the run: no final evaluation
     steps = {m.step: m.value for m in client.get_metric_history(logged["run_id"], "global/accuracy")}
     assert steps[3] == pytest.approx(continued.final_metrics()["global"]["accuracy"])
@@ -253,7 +346,7 @@ def test_a_run_not_finished_is_logged_as_what_it_has_and_says_so(continued, caia
     client = MlflowClient((tmp_path / "store").as_uri())
     found = client.search_runs([client.get_experiment_by_name("caia").experiment_id])[0]
     assert found.data.tags["caia.partial"] == "true" and found.info.status == "FAILED"
-    assert client.get_metric_history(found.info.run_id, "site-1/accuracy")
+    assert client.get_metric_history(found.info.run_id, "site/site-1/accuracy")
 
 
 @pytest.mark.slow

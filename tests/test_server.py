@@ -11,7 +11,7 @@ from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 import corpus
-from caia_jupyter.researcher import compose
+from caia_jupyter.researcher import compose, history
 from conftest import approve, make_site, set_source, write_corpus
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
@@ -144,6 +144,7 @@ async def test_the_runs_list_beside_a_notebook_skips_foreign_folders_and_never_f
 RUN_SPEC = {"target": "simulator", "bundle_id": "sha256:" + "0" * 64, "sites": {"site-1": ""}, "rounds": 2, "min_clients": 1}
 MALFORMED_RUNS = {  # file -> content; each a run directory damaged or received from an untrusted server
     "run-json-a-list": {"run.json": "[1]"},
+    "run-json-sites-not-names": {"run.json": json.dumps({"rounds": 2, "sites": [["site-1"]], "min_clients": 1})},
     "run-json-without-rounds": {"run.json": json.dumps({"sites": {}})},
     "run-json-not-json": {"run.json": "{"},
     "sites-json-entries-not-objects": {"sites.json": json.dumps({"site-1": ["refused"]})},
@@ -693,3 +694,35 @@ def _session(process) -> int | None:
         return os.getsid(process.pid)
     except OSError:
         return None
+
+
+def kept_build_with_odd_cells(root):
+    """A notebook whose first build site-1 approved, edited since; that build's kept record has a
+    cell whose ordinal is an object (the record is a file: anything can be written there)."""
+    path = corpus.write("good", root / "study")
+    site = make_site(path.parent / "sites", "site-1")
+    approved = compose.build(path)
+    approve(site, approved.id, {"tiny": "tiny"})
+    nb = nbformat.read(path, as_version=4)
+    set_source(nb, "param.lr=0.1", "param.lr=0.2")
+    nbformat.write(nb, path)
+    kept = history.entry(approved.path, approved.id) / history.BUILD
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "cells": [{"ordinal": {"a": 1}}]}))
+    return path
+
+
+async def test_the_notebook_view_with_a_kept_build_of_odd_cells_still_shows_the_older_approval(jp_fetch, jp_root_dir):
+    kept_build_with_odd_cells(jp_root_dir)
+    state = await get(jp_fetch, "notebook", path="study/good.ipynb")
+    assert state["sites"][0]["approval"] == "older"
+
+
+async def test_the_notebook_view_with_a_malformed_earlier_build_record_reads_the_sample_again(jp_fetch, jp_root_dir):
+    path = corpus.write("good", jp_root_dir / "study")
+    built = compose.build(path)
+    record_path = built.path / "records" / "build.json"
+    record = json.loads(record_path.read_text())
+    record["manifest"]["datasets"]["tiny"]["columns"] = [{"name": "x1", "kind": "string"}]
+    record_path.write_text(json.dumps(record))
+    state = await get(jp_fetch, "notebook", path="study/good.ipynb")
+    assert state["bundle_id"] == built.id

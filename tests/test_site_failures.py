@@ -55,7 +55,7 @@ def test_a_refused_run_shows_the_refusing_site_refused_and_the_others_not_starte
     admissions = {"site-1": {"state": "approved"}, "site-2": {"state": "refused", "reason": "no approval"}}
     outcome = {"status": "refused", "completed_sites": [], "failed_sites": {}}
     assert site_states(["site-1", "site-2", "site-3"], admissions, Status(), outcome, set()) == {
-        "site-1": "not started", "site-2": "refused", "site-3": "not started"}
+        "site-1": "not started", "site-2": "refused", "site-3": "not deployed"}
     assert site_states(["site-1", "site-2"], {}, Status(), {}, set()) == {"site-1": "waiting", "site-2": "waiting"}
 
 

@@ -166,9 +166,11 @@ def compose(notebook_path: str | Path, namespace: Mapping | None = None, earlier
 def sample_columns(sample: Path, name: str, earlier: Mapping | None) -> tuple[list[dict], dict]:
     """(columns, key) of dataset `name`'s sample file: `schema.columns_of` (it imports pandas,
     about 0.7 s of a build), or the columns `earlier` (a build record) recorded for `name` when its
-    key is the same: the sample's sha256 read by the same caia, pandas and pyarrow versions."""
+    key is the same: the sample's sha256 read by the same caia, pandas and pyarrow versions, and
+    `history.checked` accepts the record (its manifest hashes to its id)."""
     key = {"sha256": hashlib.sha256(sample.read_bytes()).hexdigest(), "caia": __version__,
            **{dist: importlib.metadata.version(dist) for dist in ("pandas", "pyarrow")}}
+    earlier = history.checked(earlier)  # a record on disk is untrusted: its columns count only if its id covers them
     try:
         if earlier["sample_keys"][name] == key:
             return list(earlier["manifest"]["datasets"][name]["columns"]), key

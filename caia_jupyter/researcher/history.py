@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..contracts.fileset import MODULE
 from ..contracts.fsutil import read_json, write_atomic, write_json
-from ..contracts.manifest import Manifest
+from ..contracts.manifest import Manifest, bundle_id
 
 BUILD, VALIDATION, EXECUTED = "build.json", "validation.json", "validation.ipynb"
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -65,42 +66,60 @@ def records_of(bundle_path: Path, bundle_id: str) -> dict[str, bytes]:
 
 
 def builds(bundle_path: Path) -> list[dict]:
-    """The kept build records, newest build first; a malformed or misfiled one (its manifest not one
-    `Manifest` accepts, its id not its folder's name) is left out."""
+    """The kept build records, newest build first; one that is not `checked` or is misfiled (its id
+    not its folder's name) is left out."""
     found = []
     root = folder(bundle_path)
     for path in root.iterdir() if root.is_dir() else ():
-        record = read_json(path / BUILD)
-        if (_HEX.fullmatch(path.name) and record.get("bundle_id") == f"sha256:{path.name}"
-                and isinstance(record.get("built_at"), str) and isinstance(record.get("cells", []), list)
-                and _is_manifest(record.get("manifest"))):
+        record = checked(read_json(path / BUILD))
+        if record and _HEX.fullmatch(path.name) and record["bundle_id"] == f"sha256:{path.name}":
             found.append(record)
     return sorted(found, key=lambda r: r["built_at"], reverse=True)
 
 
-def _is_manifest(manifest) -> bool:
+def checked(record) -> dict | None:
+    """`record`, a build record read from a file (untrusted), when it has a build record's shape and
+    its manifest hashes to the bundle id it names (`contracts.manifest.bundle_id`), else None.
+
+    Its shape: "bundle_id" and "built_at" strings, "manifest" one `Manifest` accepts. Its "cells" are
+    not covered by the id: a list of {"ordinal": int, "sha256": str, ...} is kept, anything else
+    becomes None (the record's code cells are unknown; `changes` then compares the code as a whole)."""
+    if not isinstance(record, dict) or not isinstance(record.get("built_at"), str):
+        return None
+    manifest = record.get("manifest")
     try:
         Manifest.model_validate(manifest)
     except ValidationError:
-        return False
-    return True
+        return None
+    if bundle_id(manifest) != record.get("bundle_id"):
+        return None
+    cells = record.get("cells", [])
+    sound = isinstance(cells, list) and all(isinstance(c, dict) and type(c.get("ordinal")) is int
+                                            and isinstance(c.get("sha256"), str) for c in cells)
+    return record if sound else {**record, "cells": None}
 
 
 def changes(old: dict, new: dict) -> list[str]:
-    """What changed from build record `old` to `new`, one short phrase each: federated code cells
-    ("code cell 2 changed", "code cell 4 added"), job settings ("param lr: 0.1 -> 0.2",
+    """What changed from build record `old` to `new` (each one `checked` accepts), one short phrase
+    each: federated code cells ("code cell 2 changed", "code cell 4 added"; "federated code changed"
+    when a record's cells are unknown), job settings ("param lr: 0.1 -> 0.2",
     "rounds: 3 -> 5"), datasets and their columns, values captured from the kernel."""
     said = []
-    before = {c.get("ordinal"): c.get("sha256") for c in old.get("cells", []) if isinstance(c, dict)}
-    after = {c.get("ordinal"): c.get("sha256") for c in new.get("cells", []) if isinstance(c, dict)}
-    for ordinal in sorted(set(before) | set(after), key=lambda o: (not isinstance(o, int), o if isinstance(o, int) else 0)):
+    old_m, new_m = old.get("manifest", {}), new.get("manifest", {})
+    if old.get("cells", []) is None or new.get("cells", []) is None:  # cells unknown: the code as a whole
+        if old_m.get("files", {}).get(MODULE) != new_m.get("files", {}).get(MODULE):
+            said.append("federated code changed")
+        before = after = {}
+    else:
+        before = {c["ordinal"]: c["sha256"] for c in old.get("cells", [])}
+        after = {c["ordinal"]: c["sha256"] for c in new.get("cells", [])}
+    for ordinal in sorted(set(before) | set(after)):
         if ordinal not in before:
             said.append(f"code cell {ordinal} added")
         elif ordinal not in after:
             said.append(f"code cell {ordinal} removed")
-        elif before[ordinal] != after[ordinal] or before[ordinal] is None:
+        elif before[ordinal] != after[ordinal]:
             said.append(f"code cell {ordinal} changed")
-    old_m, new_m = old.get("manifest", {}), new.get("manifest", {})
     old_job, new_job = dict(old_m.get("job", {})), dict(new_m.get("job", {}))
     old_params, new_params = old_job.pop("params", {}) or {}, new_job.pop("params", {}) or {}
     said += _compare("param ", old_params, new_params)

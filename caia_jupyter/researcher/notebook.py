@@ -99,6 +99,9 @@ def _load(path: Path) -> list[dict]:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise NotebookError(f"{path} is not a notebook: not valid JSON ({e}); open and re-save it in Jupyter") from e
+    except RecursionError as e:  # JSON nested deeper than Python's recursion limit
+        raise NotebookError(f"{path} is not a notebook caia reads: its JSON is nested too deeply; "
+                            "open and re-save it in Jupyter") from e
     major = nb.get("nbformat") if isinstance(nb, dict) else None
     if major != 4:
         raise NotebookError(f"{path} is not an nbformat 4 notebook (nbformat {major!r}); open and re-save it in JupyterLab")
@@ -110,7 +113,9 @@ def _load(path: Path) -> list[dict]:
         elif isinstance(cell, dict):
             cell.setdefault("id", "none")  # 4.5 requires ids; nbformat makes one up for a cell without
     try:
-        _validator(minor if isinstance(minor, int) else None)(nb)  # the schema names a minor of another type
+        _validator(_schema_file(minor))(nb)
+    except RecursionError as e:
+        raise NotebookError(f"{path} is not a notebook caia reads: it is nested too deeply; re-save it in Jupyter") from e
     except _schema_error() as e:
         reason = (str(e) or type(e).__name__).splitlines()[0]
         raise NotebookError(f"{path} is not a valid notebook: {reason}; re-save it in Jupyter") from e
@@ -118,16 +123,19 @@ def _load(path: Path) -> list[dict]:
             for c in nb["cells"]]
 
 
-@functools.cache
-def _validator(minor: int | None):
-    """fastjsonschema's check of nbformat's schema for 4.`minor` (nbformat's current 4.x schema for
-    a minor it does not know, as nbformat does)."""
-    import fastjsonschema
-
+def _schema_file(minor) -> Path:
+    """nbformat's schema file for 4.`minor`: its current 4.x schema for a minor it does not know (or
+    one not an int), as nbformat does."""
     folder = Path(importlib.util.find_spec("nbformat").origin).parent / "v4"  # finds it without importing it
     schema = folder / f"nbformat.v4.{minor}.schema.json"
-    if minor is None or not schema.is_file():
-        schema = folder / "nbformat.v4.schema.json"
+    return schema if type(minor) is int and schema.is_file() else folder / "nbformat.v4.schema.json"
+
+
+@functools.cache  # one per schema file nbformat ships: a bounded cache
+def _validator(schema: Path):
+    """fastjsonschema's check of the nbformat schema in the file `schema` (`_schema_file`)."""
+    import fastjsonschema
+
     return fastjsonschema.compile(json.loads(schema.read_text(encoding="utf-8")))
 
 

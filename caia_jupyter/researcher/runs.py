@@ -42,6 +42,7 @@ FINAL = ("finished", "failed", "refused", "aborted")
 MODEL_FILE = "global_model.pt"
 GUARANTEE_FILE = "global_model.guarantee.json"  # the guarantee beside the exported model (`Run.guarantee`)
 SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
+TARGETS = ("simulator", "poc", "prod")  # where a run can run (run.json "target")
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
 LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")
 
@@ -64,6 +65,10 @@ class Run:
         self.spec = read_json(self.path / "run.json")
         if not isinstance(self.spec.get("rounds"), int) or not isinstance(self.spec.get("sites"), (dict, list)):
             raise CaiaError(f"{self.path}/run.json is not a caia run description; pass a run directory caia made")
+        # Site names reach dicts, terminals and pages: each a printable string, as caia writes them.
+        if not all(isinstance(site, str) and site.isprintable() and site for site in self.spec["sites"]):
+            raise CaiaError(f"{self.path}/run.json is not a caia run description: its sites are not site names; "
+                            "pass a run directory caia made")
         self._process = process  # the launcher, when this process started it
         self._reader = metric_records.MetricsReader(self.path / "metrics.jsonl")
 
@@ -131,10 +136,22 @@ class Run:
         return self.server_status.rounds_done
 
     @property
+    def target(self) -> str:
+        """Where the run ran (run.json "target", one of TARGETS), "" when it does not say one of them."""
+        target = self.spec.get("target")
+        return target if target in TARGETS else ""
+
+    @property
     def started_at(self) -> str | None:
-        """When the run was created (run.json "created", ISO 8601 UTC), None when it does not say."""
+        """When the run was created: run.json "created", re-written as ISO 8601 UTC to the second (a
+        time without a zone read as UTC); None when it does not hold such a time."""
         created = self.spec.get("created")
-        return created if isinstance(created, str) else None
+        try:
+            began = datetime.fromisoformat(created)
+        except (TypeError, ValueError):
+            return None
+        began = began if began.tzinfo else began.replace(tzinfo=timezone.utc)
+        return began.astimezone(timezone.utc).isoformat(timespec="seconds")
 
     @property
     def duration_s(self) -> float | None:
@@ -160,7 +177,7 @@ class Run:
     def failures(self) -> dict[str, str]:
         """Site -> why it failed, one line of the closed vocabulary of caia_jupyter.contracts.failures (on the
         simulator, plus where the site's full record lies on this machine)."""
-        local = self.path if self.spec.get("target") == "simulator" else None
+        local = self.path if self.target == "simulator" else None
         return describe_failures(self._failure_reports(), local)
 
     def _failure_reports(self) -> dict[str, failure_reports.Report]:
@@ -240,17 +257,18 @@ class Run:
         num_samples (`global_metrics`)."""
         return global_metrics(self.records())
 
-    def final_metrics(self) -> dict[str, dict[str, float]]:
-        """Each site's evaluation of the final global model (round == the run's rounds), plus "global":
-        the `global_metrics` of that round. Every value is finite: a missing one is left out."""
+    def final_metrics(self) -> dict[str, dict]:
+        """{"sites": {site: {metric: value}}, "global": {metric: value}}: each site's evaluation of
+        the final global model (round == the run's rounds), and the `global_metrics` of that round
+        ({} when no site evaluated it). Kept apart, since any name, "global" too, can be a site's.
+        Every value is finite: a missing one is left out."""
         rounds = self.spec["rounds"]
         frame = self.metrics().dropna(subset=["value"])  # a missing value counts for no site
         final = frame[frame["round"] == rounds]
         per_site = {site: dict(zip(rows["name"], rows["value"])) for site, rows in final.groupby("site")}
-        if per_site:
-            per_site["global"] = {name: value for round, name, value in self.global_metrics()
-                                  if round == rounds and value is not None}
-        return per_site
+        overall = {name: value for round, name, value in self.global_metrics()
+                   if round == rounds and value is not None} if per_site else {}
+        return {"sites": per_site, "global": overall}
 
     # -- control -------------------------------------------------------------------------
 
@@ -384,6 +402,7 @@ def site_states(sites, admissions: dict, status: Status, outcome: dict, failed: 
         running      in the run                  done         in the run until it finished
         failed       its code failed, or it returned no result in a round (it left the run)
         not started  admitted, but too few sites were, so the run never began
+        not deployed the run ended before the site admitted or refused the bundle (offline, say)
         stopped      admitted, healthy, and the run ended without finishing (other sites failed, or an abort)
     """
     completed = outcome.get("completed_sites") if isinstance(outcome.get("completed_sites"), list) else []
@@ -395,8 +414,8 @@ def site_states(sites, admissions: dict, status: Status, outcome: dict, failed: 
         elif site in failed or site in status.left:
             states[site] = "failed"
         elif outcome:
-            states[site] = ("done" if site in completed else "not started" if outcome.get("status") == "refused"
-                            else "stopped")
+            states[site] = ("done" if site in completed else "stopped" if outcome.get("status") != "refused"
+                            else "not started" if admission == "approved" else "not deployed")
         elif admission == "approved":
             states[site] = "running" if status.phase else "approved"
         else:
@@ -405,7 +424,7 @@ def site_states(sites, admissions: dict, status: Status, outcome: dict, failed: 
 
 
 # A site's state -> how it should look; every state not named here is "neutral" (waiting, approved,
-# running, not started, stopped: nothing went wrong at that site).
+# running, not started, not deployed, stopped: nothing went wrong at that site's code).
 TONES = {"done": "ok", "failed": "bad", "refused": "bad"}
 
 
@@ -436,14 +455,18 @@ def headline(run_status: str, spec: dict, admissions: dict, status: Status, repo
         "site-2 failed in round 2 (train); stopped after 2 of 3 rounds"
         "finished: 3 rounds with site-1, site-3; continued without site-2, which failed in round 2 (train)"
         "refused: 2 of 3 sites admitted the bundle (site-3 refused); min_clients 3"
+        "refused: 1 of 3 sites admitted the bundle (site-2 refused; site-3 not deployed)"
         "failed after 1 of 3 rounds" (no site failed: the run's message says why)
     """
     sites, rounds = list(spec["sites"]), spec["rounds"]
     refused = [s for s in sites if admissions.get(s, {}).get("state") == "refused"]
     if run_status == "refused":
-        admitted, least = len(sites) - len(refused), spec.get("min_clients")
-        return (f"refused: {admitted} of {plural(len(sites), 'site')} admitted the bundle"
-                + (f" ({', '.join(refused)} refused)" if refused else "")
+        admitted = [s for s in sites if admissions.get(s, {}).get("state") == "approved"]
+        absent = [s for s in sites if s not in admitted and s not in refused]  # never deployed (offline, say)
+        why = [f"{', '.join(group)} {verb}" for group, verb in ((refused, "refused"), (absent, "not deployed")) if group]
+        least = spec.get("min_clients")
+        return (f"refused: {len(admitted)} of {plural(len(sites), 'site')} admitted the bundle"
+                + (f" ({'; '.join(why)})" if why else "")
                 + (f"; min_clients {least}" if type(least) is int else ""))
     gone = {site: reports.get(site) for site in sites if site in reports or site in status.left}
 
