@@ -10,8 +10,8 @@ from .researcher.bundle import Bundle
 from .researcher.runs import Run, tones
 from .researcher.validation import record_of
 from .site.approvals import find_approval
-from .site.sites import Site, open_site
-from .targets.submit import approve_command, check_ready, live_runs, shown
+from .site.sites import Site
+from .targets.submit import approve_command, check_ready, live_runs, open_site_shown, shown
 
 RUNS = "runs"  # beside the notebook, where the panel's Submit writes runs
 MAX_EARLIER = 50  # earlier versions looked through for a site's approval, newest first
@@ -39,7 +39,7 @@ def notebook(notebook_path: Path, site_dirs: list[Path], root: Path | None = Non
     sites, older = [], []
     for directory in site_dirs:
         try:
-            site = open_site(directory)
+            site = open_site_shown(directory, root)
             entry, approved_older = site_approval(site, bundle, earlier, root)
         except CaiaError as e:
             sites.append({"name": Path(directory).name, "path": shown(directory, root), "approval": "error",

@@ -1,6 +1,7 @@
 """The approval lifecycle of a notebook: validation kept per bundle id, what changed since the version
 a site approved, and the one verdict Submit gives (`targets.submit.check_ready`)."""
 
+import hashlib
 import json
 
 import nbformat
@@ -206,3 +207,121 @@ def test_a_malformed_earlier_build_record_is_not_an_unexpected_error_of_compose(
     rewrite(built.path / "records" / "build.json",
             lambda r: r["manifest"]["datasets"]["tiny"].update(columns=[{"name": "x1", "kind": "string"}]))
     assert compose.compose(path).id == built.id  # the sample is read again
+
+
+def test_the_job_holds_the_checked_bytes_even_when_the_bundle_folder_is_rebuilt_meanwhile(tmp_path, monkeypatch):
+    # prepare() checks the bundle folder against the run's id, then spends seconds (NVFLARE's export, the
+    # initial weights) making the job: a Validate of the edited notebook rebuilds the folder meanwhile.
+    from caia_jupyter.contracts.manifest import bundle_id
+    from caia_jupyter.targets import job, simulator
+
+    path = write_corpus("good", tmp_path)
+    site = make_site(tmp_path / "sites", "site-1")
+    shown = compose.build(path)
+    edit(path, with_lr(0.2))
+    real = job.initial_weights
+
+    def rebuilt_meanwhile(bundle, target):  # a fake stand-in for a concurrent Validate: the saved notebook rebuilt
+        compose.build(path)
+        return real(bundle, target)
+
+    monkeypatch.setattr(job, "initial_weights", rebuilt_meanwhile)
+    run_dir = simulator.create_run(shown, {"site-1": site.path}, tmp_path / "runs")
+    simulator.prepare(run_dir)
+    assert compose.read_build_record(shown.path)["bundle_id"] != shown.id  # the folder now holds the edited version
+    copied = list((run_dir / "job").rglob("manifest.json"))
+    assert copied and all(bundle_id(json.loads(p.read_text())) == shown.id for p in copied)
+    module = next((run_dir / "job").rglob("custom/federated.py"))
+    assert hashlib.sha256(module.read_bytes()).hexdigest() == shown.manifest["files"]["federated.py"]["sha256"]
+
+
+def test_a_run_being_prepared_counts_as_live_and_not_as_failed(tmp_path):
+    # Between create_run and the launcher's start the job is made (seconds): meanwhile a Submit from another
+    # process must see the run as live, and the runs list must not show it failed.
+    from caia_jupyter.researcher.runs import PREPARING, Run
+    from caia_jupyter.targets import simulator
+    from caia_jupyter.targets.submit import live_runs
+
+    path = write_corpus("good", tmp_path)
+    site = make_site(tmp_path / "sites", "site-1")
+    built = compose.build(path)
+    run_dir = simulator.create_run(built, {"site-1": site.path}, tmp_path / "runs")
+    assert Run(run_dir).status == "starting"
+    assert live_runs(tmp_path / "runs", built.id) == [run_dir]
+    # a mark left by a process that is gone (or a reused pid) does not keep the run live
+    mark = json.loads((run_dir / PREPARING).read_text())
+    (run_dir / PREPARING).write_text(json.dumps({**mark, "process_started": mark["process_started"] - 1}))
+    assert Run(run_dir).status == "failed"
+    assert live_runs(tmp_path / "runs", built.id) == []
+
+
+def test_a_notebook_named_like_a_history_folder_neither_erases_that_history_nor_is_broken_by_it(tmp_path):
+    from caia_jupyter.contracts.errors import BundleError
+    from caia_jupyter.researcher import bundle as bundles
+
+    path = write_corpus("good", tmp_path)
+    fake_pass(compose.build(path))
+    twin = path.with_name("good.history.ipynb")
+    twin.write_bytes(path.read_bytes())
+    built_twin = compose.build(twin)
+    edit(path, with_lr(0.2))
+    compose.build(path)
+    assert bundles.verify(built_twin.path)[1] == []  # the twin's bundle stays intact
+    edit(path, lambda nb: set_source(nb, "param.lr=0.2", "param.lr=0.1"))
+    assert validation.require_passed(compose.build(path))  # good's kept pass survives the twin's build
+    # no bundle folder can be the folder of the histories
+    hidden = path.with_name(".history.ipynb")
+    hidden.write_bytes(path.read_bytes())
+    with pytest.raises(BundleError, match=r"cannot be a bundle folder.*rename the notebook"):
+        compose.build(hidden)
+    assert not (tmp_path / "bundles" / ".history" / "build.json").exists()
+    assert validation.require_passed(compose.build(path))
+
+
+def test_a_history_entry_linked_outside_the_root_is_refused_before_any_write(tmp_path):
+    from caia_jupyter.contracts.errors import BundleError
+    from caia_jupyter.server import inputs
+
+    root = tmp_path / "root"
+    path = write_corpus("good", root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    composed = compose.compose(path)
+    entry = history.entry(compose.default_output(path), composed.id)
+    entry.parent.mkdir(parents=True)
+    entry.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(inputs.OutsideRoot, match=r"^bundles/\.history/good/[0-9a-f]{64} leads outside"):
+        inputs.refuse_outputs_outside_root(path, root)
+    # outside the server too (`caia bundle`), the history is never written through a link, nor is anything else
+    with pytest.raises(BundleError, match=r"is a symbolic link; caia writes the bundle's history there"):
+        compose.build(path)
+    assert list(outside.iterdir()) == [] and not compose.default_output(path).exists()
+
+
+def test_validating_a_bundle_given_as_dot_keeps_its_record_beside_it_not_inside_it(tmp_path, monkeypatch):
+    # `cd bundles/good && caia validate .`
+    from caia_jupyter.researcher import bundle as bundles
+
+    built = compose.build(write_corpus("good", tmp_path))
+    monkeypatch.chdir(built.path)
+    given = bundles.require_intact(".")
+    fake_pass(given)
+    assert bundles.verify(".")[1] == []
+    assert validation.require_passed(Bundle(built.path, built.id, built.manifest))  # found from the notebook's side
+
+
+def test_the_panels_submit_verdict_names_site_folders_relative_to_the_root(tmp_path):
+    path = write_corpus("good", tmp_path / "study")
+    make_site(path.parent / "sites", "site-1")
+    twin = make_site(path.parent / "sites", "site-2")
+    config = json.loads((twin.path / "site.json").read_text())
+    (twin.path / "site.json").write_text(json.dumps({**config, "name": "site-1"}))
+    broken = path.parent / "sites" / "site-3"
+    broken.mkdir()
+    (broken / "site.json").write_text("{")
+    fake_pass(compose.build(path))
+    state = overview.notebook(path, overview.site_dirs_near(path), tmp_path)
+    reason = state["submit"]["reason"]
+    assert reason == "two site directories are named site-1: study/sites/site-1 and study/sites/site-2"
+    detail = next(s["detail"] for s in state["sites"] if s["path"] == "study/sites/site-3")
+    assert str(tmp_path) not in detail and "study/sites/site-3/site.json" in detail

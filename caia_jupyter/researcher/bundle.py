@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,16 @@ def require_intact(path: str | Path, expected_id: str | None = None) -> Bundle:
         more = f" (and {len(problems) - 1} more; run `caia verify {path}`)" if len(problems) > 1 else ""
         raise BundleError(f"bundle {path} is not intact: {problems[0]}{more}")
     return load(path)
+
+
+def checked_copy(bundle: Bundle, destination: str | Path) -> Bundle:
+    """Copy `bundle`'s folder (without records/, links copied as links) to `destination` (which must not
+    exist) and return the copy, checked against `bundle.id`: what is read from the copy is what that id
+    covers, whatever happens to the original folder meanwhile (a rebuild). Raises BundleError, one
+    line, when the folder no longer holds that id."""
+    destination = Path(destination)
+    shutil.copytree(bundle.path, destination, ignore=shutil.ignore_patterns(RECORDS), symlinks=True)
+    return require_intact(destination, bundle.id)
 
 
 def read_build_record(path: str | Path) -> dict | None:

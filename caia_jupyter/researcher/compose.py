@@ -82,8 +82,10 @@ def build(notebook_path: str | Path, output: str | Path | None = None, namespace
 def write(composed: Composed, output: str | Path | None = None) -> Bundle:
     """Write `composed` as a bundle folder (default: `default_output` of its notebook), with its build
     record, and keep that record in the folder's history (`history`). The records of the same id are
-    kept: those in the folder, else the validation kept in the history for that id."""
+    kept: those in the folder, else the validation kept in the history for that id. Raises BundleError,
+    writing nothing, for a folder whose history cannot be written (`history.require_writable`)."""
     target = Path(output) if output else default_output(composed.notebook.path)
+    history.require_writable(target, composed.id)  # refused before anything is written
     kept = _records_to_keep(target, read_build_record(target), composed.id) or history.records_of(target, composed.id)
     with staged_dir(target) as stage:
         for path, data in composed.files.items():

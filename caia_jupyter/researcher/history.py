@@ -2,7 +2,8 @@
 
 A bundle folder holds one bundle at a time (the notebook's latest build), so its records/ forget a
 validation as soon as the code changes. The history keeps, per bundle id ever built into the folder
-`bundles/NAME`, in `bundles/NAME.history/<64 hex>/`:
+`bundles/NAME`, in `bundles/.history/NAME/<64 hex>/` (no bundle folder is named `.history`, so no
+bundle folder is ever a history or inside one):
 
     build.json        the build record: the manifest, the federated cells (ordinal, sha256 of the source)
     validation.json   the validation record of that id, and validation.ipynb, the executed notebook
@@ -14,23 +15,31 @@ id it names, and only once `validation.require_passed` checks it.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..contracts.errors import BundleError
 from ..contracts.fileset import MODULE
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from ..contracts.manifest import Manifest, bundle_id
 
 BUILD, VALIDATION, EXECUTED = "build.json", "validation.json", "validation.ipynb"
+HISTORY = ".history"  # beside bundle folders, the folder of their histories
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def folder(bundle_path: Path) -> Path:
-    """The history folder of the bundle folder `bundle_path`: `<bundle_path>.history`, beside it."""
-    bundle_path = Path(bundle_path)
-    return bundle_path.parent / f"{bundle_path.name}.history"
+    """The history folder of the bundle folder `bundle_path`: `.history/<its name>` beside it (the path
+    made absolute first, so `.` names the folder it is). Raises BundleError, one line, for a bundle
+    folder named `.history`, which would hold the histories of its neighbours."""
+    bundle_path = Path(os.path.abspath(bundle_path))
+    if bundle_path.name == HISTORY:
+        raise BundleError(f"{bundle_path} cannot be a bundle folder: caia keeps bundle histories in folders named "
+                          f"{HISTORY}; rename the notebook (or give another --output)")
+    return bundle_path.parent / HISTORY / bundle_path.name
 
 
 def entry(bundle_path: Path, bundle_id: str) -> Path:
@@ -38,14 +47,28 @@ def entry(bundle_path: Path, bundle_id: str) -> Path:
     return folder(bundle_path) / bundle_id.removeprefix("sha256:")
 
 
+def require_writable(bundle_path: Path, bundle_id: str) -> Path:
+    """The history entry of `bundle_id`, once no folder on the way to it from beside the bundle folder
+    (`.history`, `.history/NAME`, the entry) is a symbolic link, which a write would follow out of
+    the folder; raises BundleError, one line naming the link, otherwise. Nothing is created."""
+    where = entry(bundle_path, bundle_id)
+    for path in (where.parent.parent, where.parent, where):
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link; caia writes the bundle's history there, so make it a "
+                              "plain folder (or remove it)")
+    return where
+
+
 def remember_build(bundle_path: Path, build_record: dict) -> None:
-    """Keep the build record (with its manifest) of `build_record["bundle_id"]`."""
-    write_json(entry(bundle_path, build_record["bundle_id"]) / BUILD, build_record)
+    """Keep the build record (with its manifest) of `build_record["bundle_id"]` (BundleError as
+    `require_writable`)."""
+    write_json(require_writable(bundle_path, build_record["bundle_id"]) / BUILD, build_record)
 
 
 def remember_validation(bundle_path: Path, bundle_id: str, record: dict, executed: bytes) -> None:
-    """Keep the validation record of `bundle_id` and its executed notebook (bytes of .ipynb JSON)."""
-    where = entry(bundle_path, bundle_id)
+    """Keep the validation record of `bundle_id` and its executed notebook (bytes of .ipynb JSON)
+    (BundleError as `require_writable`)."""
+    where = require_writable(bundle_path, bundle_id)
     write_atomic(where / EXECUTED, executed)
     write_json(where / VALIDATION, record)
 

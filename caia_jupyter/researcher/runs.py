@@ -1,6 +1,7 @@
 """A federated run, seen from the researcher's side: one directory, one handle.
 
     run.json       what was submitted: bundle id, target, sites, settings, the DP request ("privacy")
+    preparing.json the process making the job, until launcher.pid names the launcher (`mark_preparing`)
     sites.json     each site's admission by its guard: approved, or refused with the reason
     status.json    the server's progress: phase, rounds done, sites still in the run, sites that left
                    it (round), site updates left out of an average ("excluded")
@@ -47,13 +48,26 @@ TARGETS = ("simulator", "poc", "prod")  # where a run can run (run.json "target"
 LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")
 
 
+PREPARING = "preparing.json"  # the process making the run's job, until its launcher starts
+
+
+def mark_preparing(run_dir: Path) -> None:
+    """Say that this process is making the job of the run in `run_dir` (seconds before its launcher
+    starts): meanwhile the run is "starting", not "failed", and counts as live. The mark counts only
+    while this very process lives (pid and start time) and no launcher.pid is written."""
+    import psutil
+
+    write_json(Path(run_dir) / PREPARING, {"pid": os.getpid(), "process_started": psutil.Process().create_time()})
+
+
 def start_launcher(run_dir: Path, module: str) -> "Run":
     """Start `python -m MODULE RUN_DIR`, the process that keeps the run directory current, in its
     own process group (a kernel can restart meanwhile; `Run.abort` stops the whole group)."""
     with open(run_dir / "launcher.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", module, str(run_dir)], stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd=run_dir)
-    (run_dir / "launcher.pid").write_text(str(process.pid))
+    write_atomic(run_dir / "launcher.pid", str(process.pid))
+    (run_dir / PREPARING).unlink(missing_ok=True)
     return Run(run_dir, process)
 
 
@@ -87,10 +101,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        """starting | running | finished | failed | refused | aborted"""
+        """starting (its job being made, `mark_preparing`, or its launcher starting) | running | finished |
+        failed | refused | aborted"""
         if self.outcome:
             return self.outcome["status"] if self.outcome.get("status") in FINAL else "failed"
-        if not self._launcher_alive():
+        if not self._launcher_alive() and not self._preparing():
             return "failed"
         return "running" if self.server_status.phase else "starting"
 
@@ -332,6 +347,20 @@ class Run:
         except (psutil.Error, OSError, ValueError):  # gone, not ours to read, a path that cannot resolve
             return None
         return process
+
+    def _preparing(self) -> bool:
+        """Whether the process that marked this run as being prepared (`mark_preparing`) still makes its
+        job: no launcher.pid yet, and that very process (pid and start time) runs."""
+        import psutil
+
+        mark = self._json(PREPARING)
+        if (self.path / "launcher.pid").exists() or not isinstance(mark.get("pid"), int) or mark["pid"] <= 0:
+            return False
+        try:
+            process = psutil.Process(mark["pid"])
+            return process.create_time() == mark.get("process_started") and process.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, OSError):
+            return False
 
     def _launcher_alive(self) -> bool:
         if self._process is not None:

@@ -18,7 +18,6 @@ import importlib.metadata
 import json
 import math
 import platform
-import shutil
 import tempfile
 import threading
 import time
@@ -31,11 +30,11 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 
 from ..contracts.errors import BundleError, Busy, CaiaError, ValidationFailed
-from ..contracts.fileset import MODULE, RECORDS
+from ..contracts.fileset import MODULE
 from ..contracts.fsutil import write_atomic, write_json
 from ..contracts.version import __version__
 from . import history
-from .bundle import Bundle, read_build_record, require_intact
+from .bundle import Bundle, checked_copy, read_build_record
 
 # Bundle folders (resolved) with a validation under way; papermill's own `cwd` argument is not used:
 # it changes the whole process's working directory (the Jupyter server validates in a thread pool).
@@ -148,8 +147,7 @@ def _validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) 
         # The kernel works in `work` and sees the bundle and the samples there under relative
         # names, so the executed notebook, a record that travels in packs, holds no local path. It runs
         # a copy checked against the id: a build meanwhile cannot change what this record is about.
-        shutil.copytree(bundle.path, work / "bundle", ignore=shutil.ignore_patterns(RECORDS), symlinks=True)
-        require_intact(work / "bundle", bundle.id)
+        checked_copy(bundle, work / "bundle")
         (work / "samples").mkdir()
         datasets = {}
         for name, sample in samples.items():

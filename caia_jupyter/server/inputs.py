@@ -138,9 +138,12 @@ def _validated(model, where: str, validate):
 
 def refuse_outputs_outside_root(notebook: Path, root: Path) -> None:
     """Raise `OutsideRoot` naming the first folder caia writes into beside `notebook` (its bundle
-    folder and records, runs/) that leads out of `root` through a symlink. Nothing is created."""
+    folder and records, its history and each entry of it, runs/) that leads out of `root` through a
+    symlink. Nothing is created."""
     bundle = default_output(notebook)
-    for folder in (bundle.parent, bundle, bundle / RECORDS, history.folder(bundle), notebook.parent / RUNS):
+    kept = history.folder(bundle)
+    entries = sorted(kept.iterdir()) if kept.is_dir() else []
+    for folder in (bundle.parent, bundle, bundle / RECORDS, kept.parent, kept, *entries, notebook.parent / RUNS):
         if not Path(os.path.realpath(folder)).is_relative_to(root):
             raise OutsideRoot(f"{folder.relative_to(root)} leads outside the server's root directory (a symlink); "
                               "caia writes there, so make it a folder inside the root")

@@ -19,7 +19,7 @@ from ..contracts.errors import ContractError, FlareError
 from ..contracts.fileset import CLIENT_CONFIG, MANIFEST, MODULE
 from ..contracts.fsutil import write_json
 from ..contracts.weights import DTYPES_FILE
-from ..researcher.bundle import Bundle
+from ..researcher.bundle import Bundle, checked_copy
 
 
 def initial_weights(bundle: Bundle, destination: Path) -> Path:
@@ -64,7 +64,9 @@ def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, ou
     """Write the NVFLARE job for `bundle` at `sites` to `destination`; returns the job folder.
 
     `output_dir` is where the server writes metrics, status and the global model (default:
-    the job's run directory in the server's workspace).
+    the job's run directory in the server's workspace). The initial weights and every file of the
+    site apps come from one copy of the bundle folder checked against `bundle.id`; raises BundleError,
+    one line, when the folder no longer holds that id.
     """
     from nvflare.job_config.api import FedJob
 
@@ -78,6 +80,9 @@ def build_job(bundle: Bundle, sites: list[str], destination: Path, name: str, ou
     for site in sites:
         add_site_app(job, site, updates=settings.get("updates"), encryption=encryption)
     with tempfile.TemporaryDirectory() as staging:
+        # Everything below reads a copy checked against the id: a rebuild of the bundle folder meanwhile
+        # (a Validate of the edited notebook) cannot put another version into the job.
+        bundle = checked_copy(bundle, Path(staging) / ".bundle")
         job.export_job(staging)
         folder = Path(staging) / name
         server_custom = folder / "app_server" / "custom"

@@ -26,7 +26,7 @@ from ..contracts import failures
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
 from ..researcher.runs import (Run, Status, describe_failures, ended_message, finished_message, local_failure_record,
-                               refused_message, start_launcher)
+                               mark_preparing, refused_message, start_launcher)
 from ..researcher.wording import plural
 from . import nvflare_internals, tuning
 
@@ -45,13 +45,15 @@ def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
     run_dir = create_run(bundle, site_dirs, runs_root)
     try:
         prepare(run_dir)
+        return start(run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-made stays behind
         raise
-    return start(run_dir)
 
 
 def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Path:
+    """A new run folder under `runs_root` for `bundle` at `site_dirs` (name -> directory): run.json, and
+    the mark that this process prepares it (`runs.mark_preparing`) until `start` starts its launcher."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     runs_root = Path(runs_root).resolve()
     run_dir = runs_root / f"{stamp}-{bundle.short_id}"
@@ -60,6 +62,7 @@ def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> P
         suffix += 1
         run_dir = runs_root / f"{stamp}-{bundle.short_id}-{suffix}"
     run_dir.mkdir(parents=True)
+    mark_preparing(run_dir)  # before run.json: from its first moment the run reads as starting, and live
     job = bundle.manifest["job"]
     write_json(run_dir / "run.json", {
         "target": "simulator", "bundle_id": bundle.id, "bundle": str(bundle.path.resolve()),

@@ -55,7 +55,7 @@ def submit(source: str | Path, sites: list[str | Path] | None = None, target: st
         composed, bundle = None, bundles.require_intact(source)
     with _STARTING:
         check_ready(bundle, runs_root, target, sites, concurrent, notebook, relative_to)
-        site_dirs = simulator_sites(sites) if target == "simulator" else None
+        site_dirs = simulator_sites(sites, relative_to) if target == "simulator" else None
         if composed is not None:
             from ..researcher.compose import write
 
@@ -64,19 +64,32 @@ def submit(source: str | Path, sites: list[str | Path] | None = None, target: st
                       round_timeout)
 
 
-def simulator_sites(sites: list[str | Path] | None) -> dict[str, Path]:
+def simulator_sites(sites: list[str | Path] | None, relative_to: Path | None = None) -> dict[str, Path]:
     """Site name -> directory of the simulator's `sites` (directories); raises CaiaError when none is
-    given, one is no site, or two have one name."""
+    given, one is no site, or two have one name, its paths relative to `relative_to` (`shown`)."""
     if not sites:
         raise CaiaError("no site directories to run at: give them with --sites (the panel: put them in sites/ beside the notebook)")
     named = {}
     for directory in sites:
-        site = open_site(directory)
+        site = open_site_shown(directory, relative_to)
         if site.name in named:
-            raise CaiaError(f"{site.path} is given twice" if site.path == named[site.name] else
-                            f"two site directories are named {site.name}: {named[site.name]} and {site.path}")
+            first, again = shown(named[site.name], relative_to), shown(site.path, relative_to)
+            raise CaiaError(f"{again} is given twice" if site.path == named[site.name] else
+                            f"two site directories are named {site.name}: {first} and {again}")
         named[site.name] = site.path
     return named
+
+
+def open_site_shown(directory: str | Path, relative_to: Path | None = None) -> Site:
+    """`open_site(directory)`, whose error (the same CaiaError type, one line) names the directory as
+    `shown` gives it, relative to `relative_to`, not as an absolute path of this machine."""
+    try:
+        return open_site(directory)
+    except CaiaError as e:
+        text = str(e)
+        for form in dict.fromkeys((str(Path(directory).resolve()), os.path.abspath(directory))):
+            text = text.replace(form, shown(directory, relative_to))
+        raise type(e)(text) from None
 
 
 def check_ready(bundle: bundles.Bundle, runs_root: str | Path, target: str = "simulator",
@@ -94,9 +107,9 @@ def check_ready(bundle: bundles.Bundle, runs_root: str | Path, target: str = "si
         require_passed(bundle, how)
     except ValidationFailed as e:
         raise SubmitRefused(str(e)) from None
-    site_dirs = simulator_sites(sites) if notebook and target == "simulator" else {}
+    site_dirs = simulator_sites(sites, relative_to) if notebook and target == "simulator" else {}
     for name, directory in site_dirs.items():
-        site = open_site(directory)
+        site = open_site_shown(directory, relative_to)
         approval, reasons = find_approval(site, bundle.id, set(bundle.manifest["datasets"]))
         if approval is None:
             why = f": {reasons[0]}" if reasons else ""
