@@ -66,7 +66,7 @@ def test_changes_name_cells_params_datasets_and_rounds(tmp_path):
     edit(path, lambda nb: set_source(nb, "def build_model():", "def build_model():  # smaller"))
     changed = history.changes(old, compose.compose(path).build_record)
     index = next(c.ordinal for c in compose.compose(path).notebook.cells if "smaller" in c.source)
-    assert changed[0] == f"code cell {index} changed" and "param lr: 0.1 -> 0.2" in changed
+    assert changed[0] == f"federated cell {index} changed" and "param lr: 0.1 -> 0.2" in changed
     assert history.changes(old, old) == []
     renamed = {**old, "manifest": {**old["manifest"], "datasets": {"genes": {"columns": ["a"]}}}}
     assert history.changes(old, renamed) == ["dataset genes added", "dataset tiny removed"]

@@ -285,8 +285,8 @@ async def test_what_is_shown_is_what_runs(jp_fetch, jp_root_dir, notebook):
     started, refused = sorted(answers, key=lambda a: a[0])
     run = started[1]["run"]
     assert started[1]["bundle_id"] == state["bundle_id"] and started[1]["short_id"] == state["short_id"]
-    assert refused[1]["message"] == (f"bundle {state['short_id']} is already running in {run}; wait for it or abort it, "
-                                     "or submit with --concurrent (the panel: concurrent: true)")
+    assert refused[1]["message"] == (f"bundle {state['short_id']} is already running in {run}; wait for it or abort it "
+                                     "(a second run at once: caia submit --concurrent)")
     assert (await get(jp_fetch, "notebook", path=notebook))["live_run"] == run
     second = await post(jp_fetch, "runs", {"path": notebook, "concurrent": True})
     assert second["run"] != run

@@ -124,7 +124,7 @@ def checked(record) -> dict | None:
 
 def changes(old: dict, new: dict) -> list[str]:
     """What changed from build record `old` to `new` (each one `checked` accepts), one short phrase
-    each: federated code cells ("code cell 2 changed", "code cell 4 added"; "federated code changed"
+    each: federated code cells by their ordinal in the panel's list ("federated cell 2 changed", "federated cell 4 added"; "federated code changed"
     when a record's cells are unknown), job settings ("param lr: 0.1 -> 0.2",
     "rounds: 3 -> 5"), datasets and their columns, values captured from the kernel."""
     said = []
@@ -138,11 +138,11 @@ def changes(old: dict, new: dict) -> list[str]:
         after = {c["ordinal"]: c["sha256"] for c in new.get("cells", [])}
     for ordinal in sorted(set(before) | set(after)):
         if ordinal not in before:
-            said.append(f"code cell {ordinal} added")
+            said.append(f"federated cell {ordinal} added")
         elif ordinal not in after:
-            said.append(f"code cell {ordinal} removed")
+            said.append(f"federated cell {ordinal} removed")
         elif before[ordinal] != after[ordinal]:
-            said.append(f"code cell {ordinal} changed")
+            said.append(f"federated cell {ordinal} changed")
     old_job, new_job = dict(old_m.get("job", {})), dict(new_m.get("job", {}))
     old_params, new_params = old_job.pop("params", {}) or {}, new_job.pop("params", {}) or {}
     said += _compare("param ", old_params, new_params)

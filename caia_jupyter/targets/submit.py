@@ -119,7 +119,7 @@ def check_ready(bundle: bundles.Bundle, runs_root: str | Path, target: str = "si
         live = live_runs(runs_root, bundle.id)
         if live:
             raise SubmitRefused(f"bundle {bundle.short_id} is already running in {shown(live[0], relative_to)}; wait "
-                                "for it or abort it, or submit with --concurrent (the panel: concurrent: true)")
+                                "for it or abort it (a second run at once: caia submit --concurrent)")
 
 
 def live_runs(runs_root: str | Path, bundle_id: str) -> list[Path]:
