@@ -136,30 +136,30 @@ def changes(old: dict, new: dict) -> list[str]:
     else:
         before = {c["ordinal"]: c["sha256"] for c in old.get("cells", [])}
         after = {c["ordinal"]: c["sha256"] for c in new.get("cells", [])}
-    for ordinal in sorted(set(before) | set(after)):
-        if ordinal not in before:
-            said.append(f"federated cell {ordinal} added")
-        elif ordinal not in after:
-            said.append(f"federated cell {ordinal} removed")
-        elif before[ordinal] != after[ordinal]:
-            said.append(f"federated cell {ordinal} changed")
+    said += _keyed("federated cell", before, after, "changed")
     old_job, new_job = dict(old_m.get("job", {})), dict(new_m.get("job", {}))
     old_params, new_params = old_job.pop("params", {}) or {}, new_job.pop("params", {}) or {}
     said += _compare("param ", old_params, new_params)
     said += _compare("", old_job, new_job)
-    old_data, new_data = old_m.get("datasets", {}), new_m.get("datasets", {})
-    for name in sorted(set(old_data) | set(new_data)):
-        if name not in old_data:
-            said.append(f"dataset {name} added")
-        elif name not in new_data:
-            said.append(f"dataset {name} removed")
-        elif old_data[name] != new_data[name]:
-            said.append(f"dataset {name}: columns changed")
+    said += _keyed("dataset", old_m.get("datasets", {}), new_m.get("datasets", {}), "columns changed")
     captured = {p: e.get("sha256") for p, e in old_m.get("files", {}).items() if p.startswith("captured/")}
     if captured != {p: e.get("sha256") for p, e in new_m.get("files", {}).items() if p.startswith("captured/")}:
         said.append("captured values changed")
     if not said and old_m != new_m:
         said.append("caia or Python version changed")
+    return said
+
+
+def _keyed(what: str, old: dict, new: dict, changed: str) -> list[str]:
+    """"WHAT KEY added", "WHAT KEY removed" or "WHAT KEY <changed>" for each key whose value differs."""
+    said = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            said.append(f"{what} {key} added")
+        elif key not in new:
+            said.append(f"{what} {key} removed")
+        elif old[key] != new[key]:
+            said.append(f"{what} {key} {changed}")
     return said
 
 
