@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .contracts.errors import CaiaError
+from .contracts.fsutil import read_json
 from .researcher import compose, history
 from .researcher.bundle import Bundle
 from .researcher.runs import Run, tones
@@ -128,8 +129,10 @@ def identity(handle: Run) -> dict:
 UNREADABLE = "not a run caia can read: its run.json is not one caia wrote"
 
 
-def runs(runs_dir: Path) -> list[dict]:
-    """Every run in `runs_dir` (a notebook's runs/), newest first, each as the runs list shows it:
+def runs(runs_dir: Path, bundle: Path | None = None) -> list[dict]:
+    """Every run in `runs_dir` (a notebook's runs/), newest first, or with `bundle` (a bundle folder:
+    a notebook's `compose.default_output`) without the runs whose run.json names another bundle folder
+    (another notebook's runs beside it). Each as the runs list shows it:
 
         run         its folder, as given under `runs_dir`
         bundle_id, short_id, target ("simulator" | "poc" | "prod", "" if unknown), started_at
@@ -143,8 +146,17 @@ def runs(runs_dir: Path) -> list[dict]:
     A folder without run.json (not a run) is left out; a missing `runs_dir` lists nothing."""
     folders = sorted((p for p in Path(runs_dir).iterdir() if (p / "run.json").is_file()), reverse=True) \
         if Path(runs_dir).is_dir() else []
+    if bundle is not None:
+        mine = str(Path(bundle).resolve())
+        folders = [folder for folder in folders if _bundle_folder_of(folder) in (mine, None)]
     listed = [run_entry(folder) for folder in folders]
     return sorted(listed, key=lambda entry: entry["started_at"] or "", reverse=True)  # stable: by name within a second
+
+
+def _bundle_folder_of(run_folder: Path) -> str | None:
+    """The bundle folder a run's run.json names, None when it names none (or cannot be read)."""
+    named = read_json(run_folder / "run.json").get("bundle")
+    return named if isinstance(named, str) else None
 
 
 def run_entry(folder: Path) -> dict:

@@ -118,6 +118,14 @@ def test_the_runs_list_is_newest_first_and_shows_an_unreadable_run_without_faili
     assert code == 2 and "is not a folder" in err
 
 
+def test_a_notebooks_runs_list_leaves_out_the_runs_of_other_notebooks_beside_it(tmp_path):
+    runs, bundles = tmp_path / "runs", tmp_path / "bundles"
+    fake_run(runs / "20260101T000000-mine", bundle=str(bundles / "mine"))
+    fake_run(runs / "20260102T000000-other", bundle=str(bundles / "other"))
+    assert [e["run"].split("/")[-1] for e in overview.runs(runs, bundles / "mine")] == ["20260101T000000-mine"]
+    assert len(overview.runs(runs)) == 2  # `caia runs` lists the whole folder
+
+
 def test_logging_without_mlflow_names_the_install(tmp_path, caia, monkeypatch):
     import sys
 

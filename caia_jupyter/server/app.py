@@ -178,15 +178,17 @@ class RunsHandler(CaiaHandler):
     @tornado.web.authenticated
     @reads_files
     async def get(self):
-        """The runs in runs/ beside the notebook, newest first (`overview.runs`), run folders relative to the root."""
+        """The notebook's runs in runs/ beside it, newest first (`overview.runs`), run folders relative to the root."""
         notebook = self.query(inputs.NotebookQuery).path
 
         def listed():
+            from ..researcher.compose import default_output
+
             runs_dir = notebook.parent / inputs.RUNS
             if not Path(os.path.realpath(runs_dir)).is_relative_to(self.root):
                 raise inputs.OutsideRoot(f"{runs_dir.relative_to(self.root)} leads outside the server's root directory")
             listed = []
-            for entry in overview.runs(runs_dir):
+            for entry in overview.runs(runs_dir, default_output(notebook)):  # this notebook's runs only
                 real = Path(os.path.realpath(entry["run"]))
                 if real.is_relative_to(self.root):  # a run folder linked from elsewhere is not the server's to show
                     listed.append({**entry, "run": real.relative_to(self.root).as_posix()})
