@@ -69,8 +69,11 @@ const finalRoundMarker: Plugin<'line', { round: number | null }> = {
     context.lineTo(x, bottom);
     context.stroke();
     context.font = `10px ${theme(chart.canvas).font}`;
-    context.textAlign = 'center';
-    context.fillText('final', x, top - 2);
+    // inside the plot area, at its top, to the left of the line: never cut at the chart's right edge
+    const left = x - 3 - context.measureText('final').width >= chart.chartArea.left;
+    context.textAlign = left ? 'right' : 'left';
+    context.textBaseline = 'top';
+    context.fillText('final', left ? x - 3 : x + 3, top + 2);
     context.restore();
   }
 };
@@ -157,7 +160,6 @@ function options(lastRound: number, finalRound: number | null, element: Element)
     parsing: false as const,
     color: colors.text,
     interaction: { mode: 'nearest' as const, axis: 'x' as const, intersect: false },
-    layout: { padding: { top: finalRound === null ? 0 : 10 } },
     scales: {
       x: {
         type: 'linear' as const,
@@ -170,7 +172,7 @@ function options(lastRound: number, finalRound: number | null, element: Element)
       },
       y: {
         type: 'linear' as const,
-        grace: '5%',
+        // no grace: the range ends at the data's nice bounds (accuracy stops at 1); Chart.js widens a flat series itself
         ticks: { maxTicksLimit: 6, color: colors.muted, font },
         grid: { color: colors.grid },
         border: { color: colors.axis }
