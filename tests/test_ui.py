@@ -317,6 +317,8 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
         expect(row).to_have_attribute("data-tone", "ok")
     expect(run_rows(panel)).to_have_count(1)
     expect(run_rows(panel).first.locator('[data-caia="run-row-status"]')).to_have_text("finished")
+    low, high = json.loads(panel.locator('.caia-chart[data-metric="accuracy"]').get_attribute("data-y-range"))
+    assert 0 <= low < high <= 1  # the y axis ends at the data's nice bounds, not padded beyond 1
     assert_readable(page, "light")
     shoot(panel, "panel-finished-run.png")
     shoot(panel, "panel-light-finished.png")
