@@ -317,6 +317,8 @@ def test_a_simulator_run_fills_the_charts_live(page, lab):
         expect(row).to_have_attribute("data-tone", "ok")
     expect(run_rows(panel)).to_have_count(1)
     expect(run_rows(panel).first.locator('[data-caia="run-row-status"]')).to_have_text("finished")
+    low, high = json.loads(panel.locator('.caia-chart[data-metric="accuracy"]').get_attribute("data-y-range"))
+    assert 0 <= low < high <= 1  # the y axis ends at the data's nice bounds, not padded beyond 1
     assert_readable(page, "light")
     shoot(panel, "panel-finished-run.png")
     shoot(panel, "panel-light-finished.png")
@@ -339,20 +341,21 @@ def test_an_edit_shows_what_changed_and_submit_refuses_the_unvalidated_id(page, 
     runs = run_rows(panel).count()
     set_cell(page, TRAIN, with_line(cell_source(page, TRAIN), STOP))
     expect(panel.locator('[data-caia="bundle-id"]')).not_to_have_attribute("title", approved)
-    expect(panel.locator('[data-caia="validation"]')).to_contain_text("none")
+    expect(panel.locator('[data-caia="validation"]')).to_have_attribute("data-state", "none")
     changes = panel.locator('[data-caia="changes"]')
     expect(changes).to_contain_text("Changed since the version sites approved")
     expect(changes).to_contain_text(approved.removeprefix("sha256:")[:12])
     expect(changes.locator("li").first).to_be_visible()
     for site in ("site-1", "site-2", "site-3"):
         row = panel.locator(f'[data-caia="sites"] [data-site="{site}"]')
-        expect(row.locator('[data-caia="approval"]')).to_contain_text("approved an older version")
+        expect(row.locator('[data-caia="approval"]')).to_have_text("older version")  # the detail names it, once
         expect(row.locator('[data-caia="approve-command"]')).to_contain_text(f"--site sites/{site}")
     expect(panel.locator('[data-caia="submit-reason"]')).not_to_be_empty()
     panel.locator('[data-caia-action="submit"]').click()
     message = panel.locator('[data-caia="message"].caia-error')
     expect(message).not_to_be_empty(timeout=60_000)
     assert "\n" not in message.inner_text()
+    expect(panel.locator('[data-caia="submit-reason"]')).to_be_hidden()  # the refusal is said once, above
     page.wait_for_timeout(1000)
     expect(run_rows(panel)).to_have_count(runs)  # nothing started
     assert_readable(page, "light")
@@ -361,6 +364,7 @@ def test_an_edit_shows_what_changed_and_submit_refuses_the_unvalidated_id(page, 
 def test_a_validation_error_leads_to_the_cell_and_line(page):
     panel = open_panel(page)
     panel.locator('[data-caia-action="validate"]').click()
+    expect(panel.locator('[data-caia="validation"]')).to_have_text("validating…")  # not the last outcome while it runs
     failed = panel.locator('[data-caia="validation"].caia-failed')
     expect(failed).to_contain_text(f"cell {TRAIN + 1}, line 3", timeout=120_000)
     failed.click()
@@ -375,7 +379,7 @@ def test_a_validation_error_leads_to_the_cell_and_line(page):
 def test_an_approval_made_outside_jupyterlab_shows_without_a_save(page, lab):
     panel = open_panel(page)
     set_cell(page, TRAIN, cell_source(page, TRAIN).replace(STOP, ONE_SITE_FAILS))
-    expect(panel.locator('[data-caia="validation"]')).to_contain_text("none")
+    expect(panel.locator('[data-caia="validation"]')).to_have_attribute("data-state", "none")
     panel.locator('[data-caia-action="validate"]').click()
     expect(panel.locator('[data-caia="validation"]')).to_contain_text("passed", timeout=120_000)
     bundle_id = full_id(panel)
@@ -403,6 +407,15 @@ def test_a_run_with_a_failing_site_in_the_dark_theme(page, lab):
     expect(failing.locator(".caia-reason")).to_contain_text("train")
     for site in ("site-1", "site-2"):
         expect(panel.locator(f'[data-caia="run-sites"] [data-site="{site}"]')).to_have_attribute("data-tone", "ok")
+    # the state's colour follows its tone; the chart colour is a legend key, never a status dot
+    color = "s => getComputedStyle(s).color"
+    state = '[data-caia="site-state"]'
+    bad = failing.locator(f"{state}.caia-tone-bad").evaluate(color)
+    assert panel.locator(f'[data-caia="run-sites"] [data-site="site-1"] {state}').evaluate(color) != bad
+    assert panel.locator(f'[data-caia="run-sites"] [data-site="site-2"] {state}').evaluate(color) != bad
+    key = failing.locator(".caia-swatch")
+    expect(key).to_have_text("—")
+    expect(key).to_have_attribute("title", "chart colour of site-3")
     expect(panel.locator('[data-caia="headline"]')).to_contain_text("continued without site-3")
     expect(run_rows(panel).first.locator('[data-caia="run-row-status"]')).to_have_text("finished")
     assert_readable(page, "dark")

@@ -69,8 +69,16 @@ const finalRoundMarker: Plugin<'line', { round: number | null }> = {
     context.lineTo(x, bottom);
     context.stroke();
     context.font = `10px ${theme(chart.canvas).font}`;
-    context.textAlign = 'center';
-    context.fillText('final', x, top - 2);
+    // inside the plot area, at its top, to the left of the line: never cut at the chart's right edge
+    const left = x - 3 - context.measureText('final').width >= chart.chartArea.left;
+    context.textAlign = left ? 'right' : 'left';
+    context.textBaseline = 'top';
+    const width = context.measureText('final').width;
+    const textX = left ? x - 3 : x + 3;
+    context.fillStyle = resolve('var(--jp-layout-color1)', chart.canvas); // readable over the lines it crosses
+    context.fillRect(left ? textX - width - 1 : textX - 1, top + 1, width + 2, 12);
+    context.fillStyle = color;
+    context.fillText('final', textX, top + 2);
     context.restore();
   }
 };
@@ -86,6 +94,7 @@ const layoutAttributes: Plugin<'line'> = {
     if (figure) {
       figure.dataset.xTicks = JSON.stringify(chart.scales.x.ticks.map(tick => tick.value));
       figure.dataset.yTicks = String(chart.scales.y.ticks.length);
+      figure.dataset.yRange = JSON.stringify([chart.scales.y.min, chart.scales.y.max]);
       figure.dataset.legend = JSON.stringify(chart.legend?.legendItems?.map(item => item.text) ?? []);
       figure.dataset.colors = JSON.stringify(chart.data.datasets.map(line => line.borderColor));
     }
@@ -157,7 +166,6 @@ function options(lastRound: number, finalRound: number | null, element: Element)
     parsing: false as const,
     color: colors.text,
     interaction: { mode: 'nearest' as const, axis: 'x' as const, intersect: false },
-    layout: { padding: { top: finalRound === null ? 0 : 10 } },
     scales: {
       x: {
         type: 'linear' as const,
@@ -170,7 +178,7 @@ function options(lastRound: number, finalRound: number | null, element: Element)
       },
       y: {
         type: 'linear' as const,
-        grace: '5%',
+        // no grace: the range ends at the data's nice bounds (accuracy stops at 1); Chart.js widens a flat series itself
         ticks: { maxTicksLimit: 6, color: colors.muted, font },
         grid: { color: colors.grid },
         border: { color: colors.axis }
@@ -213,7 +221,7 @@ function figure(name: string): HTMLElement {
  * `rounds` is the planned number of rounds (x runs over rounds 0 .. rounds-1); `global` the run's
  * global records; `finalRound` the round whose model is the final one (a vertical marker), or null.
  * Each chart is a `figure.caia-chart[data-metric]` whose `data-series` is the JSON
- * {site or "global": [[round, value], ...]} drawn, and whose data-x-ticks/-y-ticks/-legend/-colors tell
+ * {site or "global": [[round, value], ...]} drawn, and whose data-x-ticks/-y-ticks/-y-range/-legend/-colors tell
  * what Chart.js laid out.
  */
 export function drawCharts(

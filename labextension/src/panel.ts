@@ -52,6 +52,31 @@ function toneOf(state: IRunState, site: string): Tone {
   return siteState === 'failed' || siteState === 'refused' ? 'bad' : siteState === 'done' ? 'ok' : 'neutral';
 }
 
+/** A server path as code that wraps after its slashes (a long name wraps anywhere, as the last resort). */
+function pathCode(path: string, attrs: Record<string, string> = {}): HTMLElement {
+  const code = element('code', { class: 'caia-path', ...attrs });
+  path.split('/').forEach((part, index) => {
+    if (index) {
+      code.append('/', element('wbr'));
+    }
+    code.append(part);
+  });
+  return code;
+}
+
+/** The key of a site's chart line: a line sample in its chart colour; never a state (the state has its tone). */
+function legendKey(sites: string[], site: string): HTMLElement {
+  const key = element('span', { class: 'caia-swatch', title: `chart colour of ${site}`, 'aria-label': `chart colour of ${site}` }, '—');
+  key.style.color = colorOf(sites, site);
+  return key;
+}
+
+/** `said` unless it only repeats `shown` (e.g. a headline "starting" under the status "starting"). */
+function unlessRepeated(said: string | null | undefined, shown: string): string {
+  const text = (said ?? '').trim();
+  return text && text.toLowerCase() !== shown.trim().toLowerCase() ? text : '';
+}
+
 function seconds(duration: number | null): string {
   if (duration === null) {
     return 'live';
@@ -91,7 +116,8 @@ export class FederatedPanel extends Widget {
     const refresh = element('button', { class: 'jp-Button jp-mod-styled caia-button', 'data-caia-action': 'refresh', title: 'Refresh' }, 'Refresh');
     refresh.onclick = () => void this.refresh();
     actions.append(this.target, refresh);
-    this.node.append(this.heading, this.message, actions, this.submitReason, this.summary, this.runsView, this.runView);
+    // the run followed right under the actions, above the bundle's details and the runs list
+    this.node.append(this.heading, this.message, actions, this.submitReason, this.runView, this.summary, this.runsView);
     this.heading.className = 'caia-heading';
     this.message.setAttribute('data-caia', 'message');
     this.poller = window.setInterval(() => {
@@ -131,6 +157,7 @@ export class FederatedPanel extends Widget {
     this.notebook = notebook;
     notebook?.context.saveState.connect(this.onSaved, this);
     this.unfollow();
+    this.autoFollowed = '';
     this.lastState = this.lastRuns = '';
     this.summary.replaceChildren();
     this.runsView.replaceChildren();
@@ -179,6 +206,9 @@ export class FederatedPanel extends Widget {
       if (state.live_run && state.live_run !== this.autoFollowed) {
         this.autoFollowed = state.live_run; // a live run of this bundle: follow it once, e.g. after a reload
         this.follow(state.live_run);
+      } else if (!state.live_run && !this.following && !this.autoFollowed && runs.runs.length) {
+        this.autoFollowed = runs.runs[0].run; // no live run: show the newest of this notebook, once
+        this.follow(runs.runs[0].run);
       }
     } catch (error) {
       if (generation === this.generation) {
@@ -203,10 +233,11 @@ export class FederatedPanel extends Widget {
     const bundle = element('div', { class: 'caia-inline' },
       element('code', { 'data-caia': 'bundle-id', title: state.bundle_id }, state.short_id ?? shortOf(state.bundle_id)),
       copyButton(state.bundle_id, 'the full bundle id'));
-    const where = state.bundle_path ? [element('div', { class: 'caia-inline' }, 'folder ', element('code', { 'data-caia': 'bundle-path' }, state.bundle_path))] : [];
+    const where = state.bundle_path ? [element('div', { class: 'caia-inline' }, 'folder ', pathCode(state.bundle_path, { 'data-caia': 'bundle-path' }))] : [];
     const job = `${state.job.rounds} ${state.job.rounds === 1 ? 'round' : 'rounds'}, min_clients ${state.job.min_clients}, datasets: ${state.datasets.join(', ') || 'none'}`;
     this.submitReason.textContent = state.submit && !state.submit.ready ? state.submit.reason : '';
     this.buttons.get('submit')!.title = this.submitReason.textContent;
+    this.showReasonOnce();
     this.summary.replaceChildren(
       element('h3', {}, 'Bundle'), bundle, ...where, element('p', {}, job),
       ...this.changes(state),
@@ -218,7 +249,11 @@ export class FederatedPanel extends Widget {
 
   private validation(state: INotebookState): HTMLElement {
     const { state: outcome, summary, cell, line } = state.validation;
-    const node = element('div', { 'data-caia': 'validation', class: `caia-state caia-${outcome}` }, `${outcome}: ${summary}`);
+    if (this.busyWith() === 'validate') {
+      return this.validating();
+    }
+    // the summary says the state ("passed in 14.09 s", "not validated"); the state word only when there is none
+    const node = element('div', { 'data-caia': 'validation', 'data-state': outcome, class: `caia-state caia-${outcome}` }, summary || outcome);
     if (outcome === 'failed' && typeof cell === 'number') {
       const where = `cell ${cell + 1}${typeof line === 'number' ? `, line ${line}` : ''}`;
       node.classList.add('caia-goto');
@@ -228,6 +263,10 @@ export class FederatedPanel extends Widget {
       node.onclick = () => void this.goTo(cell, line ?? null);
     }
     return node;
+  }
+
+  private validating(): HTMLElement {
+    return element('div', { 'data-caia': 'validation', 'data-state': 'validating', class: 'caia-state caia-running' }, PROGRESS.validate);
   }
 
   /** Activate notebook cell `index` and select its editor line `line` (1-based). */
@@ -269,11 +308,11 @@ export class FederatedPanel extends Widget {
       return element('p', {}, 'No site directories beside this notebook (sites/).');
     }
     return element('div', { 'data-caia': 'sites', class: 'caia-sites' }, ...state.sites.map(site => {
-      const approval = site.approval === 'older' ? 'approved an older version' : site.approval; // its detail names that version
+      const approval = site.approval === 'older' ? 'older version' : site.approval; // the detail tells which version was approved
       const node = element('div', { class: 'caia-site', 'data-site': site.name },
         element('div', { class: 'caia-inline' }, element('span', { class: 'caia-site-name' }, site.name), ' ',
-          element('span', { class: `caia-state caia-${site.approval}`, 'data-caia': 'approval' }, approval)),
-        element('div', { class: 'caia-reason' }, site.detail));
+          element('span', { class: `caia-state caia-${site.approval}`, 'data-caia': 'approval', 'data-state': site.approval }, approval)),
+        element('div', { class: 'caia-reason' }, unlessRepeated(site.detail, approval)));
       if (site.approve_command && site.approval !== 'approved') {
         node.append(element('div', { class: 'caia-command' },
           element('code', { 'data-caia': 'approve-command' }, site.approve_command),
@@ -323,7 +362,7 @@ export class FederatedPanel extends Widget {
     await this.act('submit');
   }
 
-  private async work(action: Action, path: string): Promise<string> {
+  private async work(action: Action, path: string): Promise<string | (string | Node)[]> {
     if (action === 'validate') {
       const result = await post<{ passed: boolean; summary: string }>('validate', { path });
       return result.passed ? 'validation passed' : `validation failed: ${result.summary}`;
@@ -331,7 +370,7 @@ export class FederatedPanel extends Widget {
     if (action === 'review') {
       const result = await post<{ review: string }>('review', { path });
       this.openFile(result.review);
-      return `review: ${result.review}`;
+      return ['review: ', pathCode(result.review)];
     }
     const state = await post<IRunState>('runs', { path, target: this.target.value });
     this.autoFollowed = state.run!;
@@ -351,6 +390,10 @@ export class FederatedPanel extends Widget {
     }
     this.busy.set(path, action);
     this.updateButtons();
+    this.lastState = ''; // the next refresh draws (the validation line shows the progress)
+    if (action === 'validate') {
+      this.summary.querySelector('[data-caia="validation"]')?.replaceWith(this.validating());
+    }
     this.say(PROGRESS[action]);
     try {
       await notebook.context.save();
@@ -365,6 +408,7 @@ export class FederatedPanel extends Widget {
     } finally {
       this.busy.delete(path);
       this.updateButtons();
+      this.lastState = ''; // redraw the validation line, whatever the outcome
     }
     await this.refresh(false);
   }
@@ -441,18 +485,18 @@ export class FederatedPanel extends Widget {
       abort.onclick = () => void this.abort(run, abort);
       heading.append(' ', abort);
     }
+    const headlineText = unlessRepeated(state.headline, state.status);
+    const said = headlineText ? '' : unlessRepeated(state.message, state.status);
     const status = element('div', { 'data-caia': 'run-status', 'data-status': state.status, class: `caia-state caia-run-${state.status}` },
-      `run ${state.status}${state.message && !state.headline ? ': ' + state.message : ''}`);
+      `run ${state.status}${said ? ': ' + said : ''}`);
     status.title = state.message; // the whole message; the headline and the reasons per site tell it shorter
-    const headline = element('div', { 'data-caia': 'headline', class: 'caia-reason' }, state.headline ?? '');
+    const headline = element('div', { 'data-caia': 'headline', class: 'caia-reason' }, headlineText);
     const progress = element('div', { class: 'caia-inline' }, element('progress', { max: String(state.rounds), value: String(state.rounds_done) }),
       ` ${state.rounds_done} of ${state.rounds} ${state.rounds === 1 ? 'round' : 'rounds'} done`);
     const table = element('div', { 'data-caia': 'run-sites', class: 'caia-sites' }, ...sites.map(site => {
       const tone = toneOf(state, site);
-      const swatch = element('span', { class: 'caia-swatch' }, '●');
-      swatch.style.color = colorOf(sites, site);
       return element('div', { class: 'caia-site', 'data-site': site, 'data-tone': tone },
-        element('div', { class: 'caia-inline' }, swatch, ' ', element('span', { class: 'caia-site-name' }, site), ' ',
+        element('div', { class: 'caia-inline' }, legendKey(sites, site), element('span', { class: 'caia-site-name' }, site), ' ',
           element('span', { class: `caia-state caia-tone-${tone}`, 'data-caia': 'site-state' }, state.sites[site])),
         element('div', { class: 'caia-reason' }, state.reasons[site] ?? ''));
     }));
@@ -462,10 +506,18 @@ export class FederatedPanel extends Widget {
     this.runView.replaceChildren(heading, status, headline, progress, table, charts, notes);
   }
 
-  private say(text: string, error = false): void {
+  private say(text: string | (string | Node)[], error = false): void {
     this.notebookError = false;
-    this.message.textContent = text;
+    this.message.replaceChildren(...(typeof text === 'string' ? [text] : text));
     this.message.className = error ? 'caia-message caia-error' : 'caia-message';
+    this.showReasonOnce();
+  }
+
+  /** Why Submit is not ready, under the buttons, unless the message above already says it. */
+  private showReasonOnce(): void {
+    const reason = (this.submitReason.textContent ?? '').trim();
+    const said = (this.message.textContent ?? '').trim();
+    this.submitReason.hidden = !!reason && !!said && (said.includes(reason) || reason.includes(said));
   }
 
   private notebook: NotebookPanel | null = null;

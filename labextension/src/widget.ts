@@ -23,6 +23,11 @@ function node<K extends keyof HTMLElementTagNameMap>(tag: K, className = '', tex
   return created;
 }
 
+/** A site's tone when the kernel does not say: only a failure or a refusal is bad. */
+function toneOf(state: string): string {
+  return state === 'failed' || state === 'refused' ? 'bad' : state === 'done' ? 'ok' : 'neutral';
+}
+
 function render({ model, el }: { model: IModel; el: HTMLElement }): () => void {
   el.classList.add('caia-run');
   const head = node('div', 'caia-head');
@@ -42,8 +47,9 @@ function render({ model, el }: { model: IModel; el: HTMLElement }): () => void {
     const reasons: Record<string, string> = model.get('reasons') ?? {};
     const tones: Record<string, string> = model.get('tones') ?? {};
     const names = Object.keys(states);
-    const said = model.get('headline') || model.get('message');
-    head.textContent = `${model.get('title')}: ${status}${said ? ` (${said})` : ''}`;
+    const said = String(model.get('headline') || model.get('message') || '').trim();
+    const repeated = said.toLowerCase() === String(status).toLowerCase(); // "starting (starting)": say it once
+    head.textContent = `${model.get('title')}: ${status}${said && !repeated ? ` (${said})` : ''}`;
     head.dataset.status = status;
     const id: string = model.get('bundle_id') ?? '';
     bundle.textContent = id ? `bundle ${id.replace(/^sha256:/, '').slice(0, 12)}` : '';
@@ -54,10 +60,13 @@ function render({ model, el }: { model: IModel; el: HTMLElement }): () => void {
     sites.replaceChildren(...names.map(site => {
       const row = document.createElement('tr');
       row.dataset.site = site;
-      const swatch = node('td', 'caia-swatch', '●');
-      swatch.style.color = colorOf(names, site);
-      const tone = tones[site] ? ` caia-tone-${tones[site]}` : '';
-      row.append(swatch, node('td', 'caia-site', site), node('td', `caia-state caia-${states[site]}${tone}`, states[site]),
+      // the state's look comes from its tone only; the chart colour is a legend key (a line sample), not a state
+      const key = node('td', 'caia-swatch', '—');
+      key.style.color = colorOf(names, site);
+      key.title = `chart colour of ${site}`;
+      const tone = tones[site] ?? toneOf(states[site]);
+      row.dataset.tone = tone;
+      row.append(node('td', 'caia-site', site), node('td', `caia-state caia-tone-${tone}`, states[site]), key,
         node('td', 'caia-reason', reasons[site] ?? ''));
       return row;
     }));
