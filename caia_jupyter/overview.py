@@ -121,9 +121,7 @@ def run(run: Run | Path, since: int = 0) -> dict:
 
 def identity(handle: Run) -> dict:
     """{"bundle_id", "short_id"} of the bundle a run ran (the short id: its first 12 hex digits)."""
-    bundle_id = handle.spec.get("bundle_id")
-    bundle_id = bundle_id if isinstance(bundle_id, str) else ""
-    return {"bundle_id": bundle_id, "short_id": bundle_id.removeprefix("sha256:")[:12]}
+    return {"bundle_id": handle.bundle_id, "short_id": handle.bundle_id.removeprefix("sha256:")[:12]}
 
 
 UNREADABLE = "not a run caia can read: its run.json is not one caia wrote"

@@ -51,9 +51,8 @@ def follow(run, out=None, poll: float = 0.5) -> None:
 
 def run_summary(run) -> Outcome:
     sites = run.sites
-    bundle_id = run.spec.get("bundle_id") if isinstance(run.spec.get("bundle_id"), str) else None
     lines = [f"run {run.path}: {run.status}" + (f" ({run.message})" if run.message else ""),
-             *([f"  bundle {bundle_id}"] if bundle_id else []), f"  {run.headline}"]
+             *([f"  bundle {run.bundle_id}"] if run.bundle_id else []), f"  {run.headline}"]
     for site, state in sites.items():
         reason = run.refusals.get(site) or run.failures.get(site) or ""
         lines.append(f"  {site}: {state}" + (f": {reason}" if reason else ""))
@@ -67,7 +66,7 @@ def run_summary(run) -> Outcome:
         lines.append(f"global model: {model}" + (f" (its guarantee: {guarantee_file})" if guarantee_file else ""))
     if guarantee:
         lines.append(guarantee_line(guarantee))
-    data = {"run": str(run.path), "bundle_id": bundle_id, "status": run.status, "message": run.message,
+    data = {"run": str(run.path), "bundle_id": run.bundle_id or None, "status": run.status, "message": run.message,
             "headline": run.headline, "sites": sites,
             "refusals": run.refusals, "failures": run.failures, "notes": run.notes, "final_metrics": final,
             "global_model": str(model) if model else None, "guarantee": guarantee,

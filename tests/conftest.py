@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -86,6 +87,14 @@ def reviewer_key(site) -> Path:
 def approve(site, bundle_id, releases, **options):
     """Approve `bundle_id` at `site` as its demo reviewer (see `reviewer_key`)."""
     return signing.approve(site, bundle_id, releases, reviewer_key(site), **options)
+
+
+def load_benchmark(name: str):
+    """The script benchmarks/NAME.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_corpus(name, folder, edit=None) -> Path:

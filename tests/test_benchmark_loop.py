@@ -1,24 +1,18 @@
 """benchmarks/loop.py edits the example notebook into a new bundle id each loop, and runs end to end."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from caia_jupyter.researcher import compose
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_loop", REPO / "benchmarks" / "loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("loop")
 
 
 def test_each_edit_is_a_new_bundle_id_differing_only_in_the_learning_rate(bench, tmp_path):

@@ -2,22 +2,15 @@
 not request DP nor call ctx.make_private, and each DP variant must differ from the notebook only in
 its epsilon (and the rounds asked)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from caia_jupyter.researcher import compose
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_privacy", REPO / "benchmarks" / "privacy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("privacy")
 
 
 def test_the_variant_without_dp_requests_none_and_never_calls_make_private(bench, tmp_path):

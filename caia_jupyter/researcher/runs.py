@@ -151,6 +151,12 @@ class Run:
         return self.server_status.rounds_done
 
     @property
+    def bundle_id(self) -> str:
+        """The id of the bundle the run ran (run.json "bundle_id"), "" when it does not hold a string."""
+        bundle_id = self.spec.get("bundle_id")
+        return bundle_id if isinstance(bundle_id, str) else ""
+
+    @property
     def target(self) -> str:
         """Where the run ran (run.json "target", one of TARGETS), "" when it does not say one of them."""
         target = self.spec.get("target")

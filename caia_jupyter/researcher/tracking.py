@@ -160,7 +160,7 @@ def job_of(run: Run) -> dict:
 
 
 def tags(run: Run, status: str) -> dict[str, str]:
-    found = {"caia.bundle_id": str(run.spec.get("bundle_id", "")), "caia.target": run.target,
+    found = {"caia.bundle_id": run.bundle_id, "caia.target": run.target,
              "caia.status": status, "caia.run": run.path.name, "mlflow.note.content": run.headline}
     if status != "finished":
         found["caia.partial"] = "true"
