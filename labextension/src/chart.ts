@@ -234,7 +234,10 @@ export function drawCharts(
 ): void {
   sweep();
   const metrics = byMetric(records);
-  const lastRound = Math.max(rounds - 1, finalRound ?? 0, ...records.map(r => r[1]), ...global.map(g => g[0]));
+  // A loop, not Math.max(...values): spreading a long run's records overflows the call stack.
+  let lastRound = Math.max(rounds - 1, finalRound ?? 0);
+  records.forEach(r => (lastRound = Math.max(lastRound, r[1])));
+  global.forEach(g => (lastRound = Math.max(lastRound, g[0])));
   const existing = new Map<string, HTMLElement>();
   container.querySelectorAll<HTMLElement>(':scope > .caia-chart').forEach(node => existing.set(node.dataset.metric!, node));
   const figures = [...metrics.keys()].sort().map(name => {
