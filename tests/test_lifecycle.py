@@ -325,3 +325,19 @@ def test_the_panels_submit_verdict_names_site_folders_relative_to_the_root(tmp_p
     assert reason == "two site directories are named site-1: study/sites/site-1 and study/sites/site-2"
     detail = next(s["detail"] for s in state["sites"] if s["path"] == "study/sites/site-3")
     assert str(tmp_path) not in detail and "study/sites/site-3/site.json" in detail
+
+
+def test_kept_builds_are_checked_once_until_their_file_changes(tmp_path, monkeypatch):
+    built = compose.build(write_corpus("good", tmp_path))
+    calls = []
+    real = history.checked
+    monkeypatch.setattr(history, "checked", lambda record: calls.append(1) or real(record))
+    assert [b["bundle_id"] for b in history.builds(built.path)] == [built.id]
+    assert [b["bundle_id"] for b in history.builds(built.path)] == [built.id]
+    assert len(calls) == 1  # the panel's polls do not re-read an unchanged record
+    kept = history.entry(built.path, built.id) / history.BUILD
+    record = json.loads(kept.read_text())
+    record["manifest"]["job"]["rounds"] = 123456  # no longer hashes to its id (and the size changes)
+    kept.write_text(json.dumps(record))
+    assert history.builds(built.path) == []
+    assert len(calls) == 2

@@ -90,14 +90,30 @@ def records_of(bundle_path: Path, bundle_id: str) -> dict[str, bytes]:
 
 def builds(bundle_path: Path) -> list[dict]:
     """The kept build records, newest build first; one that is not `checked` or is misfiled (its id
-    not its folder's name) is left out."""
+    not its folder's name) is left out. The panel asks every few seconds: a record file whose
+    identity and size and modification time are unchanged is not read and checked again."""
     found = []
     root = folder(bundle_path)
     for path in root.iterdir() if root.is_dir() else ():
-        record = checked(read_json(path / BUILD))
-        if record and _HEX.fullmatch(path.name) and record["bundle_id"] == f"sha256:{path.name}":
+        record = _checked_file(path / BUILD) if _HEX.fullmatch(path.name) else None
+        if record and record["bundle_id"] == f"sha256:{path.name}":
             found.append(record)
     return sorted(found, key=lambda r: r["built_at"], reverse=True)
+
+
+_CHECKED: dict[Path, tuple[tuple, dict | None]] = {}  # build.json -> (its stat, what `checked` made of it)
+
+
+def _checked_file(path: Path) -> dict | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _CHECKED.get(path)
+    if cached is None or cached[0] != key:
+        cached = _CHECKED[path] = key, checked(read_json(path))
+    return cached[1]
 
 
 def checked(record) -> dict | None:
