@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("review", do_review, "render what a site's reviewers read (HTML)")
     p.add_argument("bundle", type=Path)
     p.add_argument("-o", "--output", type=Path, help="HTML file (default: <bundle>/records/review.html)")
-    p.add_argument("--site", type=Path, help="a site directory: also show its privacy ceiling and the privacy scope it applies")
+    p.add_argument("--site", type=Path, help="a site directory: also show what changed since it approved the closest "
+                   "earlier bundle, its privacy ceiling and the privacy scope it applies")
 
     p = command("approve", do_approve, "sign an approval of a bundle for a site, releasing datasets to it")
     p.add_argument("bundle", type=Path)
@@ -277,12 +278,14 @@ def do_validate(args, namespace=None) -> Outcome:
 
 def do_review(args, namespace=None) -> Outcome:
     from .researcher.bundle import require_intact
+    from .reviewer.changes import compare
     from .reviewer.review import protection, render, site_ceiling, site_refusal, site_scope
     from .site.sites import open_site
 
     site = open_site(args.site) if args.site else None
     path = render(args.bundle, args.output, site)
-    job = require_intact(args.bundle).manifest["job"]
+    bundle = require_intact(args.bundle)
+    job = bundle.manifest["job"]
     requested = protection(job)
     data = {"review": str(path), "protection": requested}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
@@ -291,7 +294,23 @@ def do_review(args, namespace=None) -> Outcome:
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),
                         "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
         lines += [data["site"]["note"], *scope]
+        changes = compare(bundle, site)
+        data["changes"] = changes.to_json() if changes else None
+        lines += changes_lines(changes, site)
     return Outcome(path, "\n".join(lines), data)
+
+
+def changes_lines(changes, site) -> list[str]:
+    """`caia review --site` in words: against which approved bundle, cosmetic or which parts changed, the rest."""
+    if changes is None:
+        return [f"changes: first bundle site {site.name} reviews: nothing to compare"]
+    if changes.cosmetic:
+        verdict = "cosmetic: same syntax tree; the bytes changed, so it still needs a new approval"
+    else:
+        parts = [c.title for c in changes.changed]
+        verdict = f"{plural(len(parts), 'part')} of federated.py changed" + (f" ({', '.join(parts)})" if parts else "")
+    return [f"changed since site {site.name} approved {changes.base.short_id}: {verdict}",
+            *(f"  {line}" for line in changes.other)]
 
 
 def do_approve(args, namespace=None) -> Outcome:

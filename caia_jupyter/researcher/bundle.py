@@ -113,7 +113,7 @@ def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None
     if reference and actual != reference:
         built = (record or {}).get("manifest")
         if isinstance(built, dict) and bundle_id(built) == reference:
-            problems += [f"manifest field {field} was edited: {old} -> {new}" for field, old, new in _diff(built, manifest)]
+            problems += [f"manifest field {field} was edited: {old} -> {new}" for field, old, new in json_changes(built, manifest)]
         problems.append(f"bundle id is {actual}, expected {reference}")
     return actual, problems
 
@@ -203,13 +203,14 @@ def _dotted(loc) -> str:
     return ".".join(str(part) for part in loc) or "(root)"
 
 
-def _diff(old, new, prefix=""):
-    """(field, old, new) for every leaf that differs between two JSON documents."""
+def json_changes(old, new, prefix=""):
+    """(dotted field, old as JSON text, new as JSON text) for every leaf that differs between two JSON
+    documents ("(absent)" for a key only one has; lists of different lengths compare as one leaf)."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
-            yield from _diff(old.get(key, "(absent)"), new.get(key, "(absent)"), f"{prefix}.{key}" if prefix else str(key))
+            yield from json_changes(old.get(key, "(absent)"), new.get(key, "(absent)"), f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for index, (a, b) in enumerate(zip(old, new)):
-            yield from _diff(a, b, f"{prefix}.{index}")
+            yield from json_changes(a, b, f"{prefix}.{index}")
     elif old != new:
         yield prefix or "(root)", json.dumps(old), json.dumps(new)

@@ -152,12 +152,9 @@ def changes(old: dict, new: dict) -> list[str]:
     else:
         before = {c["ordinal"]: c["sha256"] for c in old.get("cells", [])}
         after = {c["ordinal"]: c["sha256"] for c in new.get("cells", [])}
-    said += _keyed("federated cell", before, after, "changed")
-    old_job, new_job = dict(old_m.get("job", {})), dict(new_m.get("job", {}))
-    old_params, new_params = old_job.pop("params", {}) or {}, new_job.pop("params", {}) or {}
-    said += _compare("param ", old_params, new_params)
-    said += _compare("", old_job, new_job)
-    said += _keyed("dataset", old_m.get("datasets", {}), new_m.get("datasets", {}), "columns changed")
+    said += keyed("federated cell", before, after, "changed")
+    said += job_changes(old_m.get("job", {}), new_m.get("job", {}))
+    said += keyed("dataset", old_m.get("datasets", {}), new_m.get("datasets", {}), "columns changed")
     captured = {p: e.get("sha256") for p, e in old_m.get("files", {}).items() if p.startswith("captured/")}
     if captured != {p: e.get("sha256") for p, e in new_m.get("files", {}).items() if p.startswith("captured/")}:
         said.append("captured values changed")
@@ -166,7 +163,15 @@ def changes(old: dict, new: dict) -> list[str]:
     return said
 
 
-def _keyed(what: str, old: dict, new: dict, changed: str) -> list[str]:
+def job_changes(old_job: dict, new_job: dict) -> list[str]:
+    """What changed between two manifests' job settings, one phrase each: "param lr: 0.1 -> 0.2",
+    "rounds: 2 -> 3", "privacy added: {...}", "encryption removed (was he)"."""
+    old_job, new_job = dict(old_job), dict(new_job)
+    old_params, new_params = old_job.pop("params", {}) or {}, new_job.pop("params", {}) or {}
+    return value_changes("param ", old_params, new_params) + value_changes("", old_job, new_job)
+
+
+def keyed(what: str, old: dict, new: dict, changed: str) -> list[str]:
     """"WHAT KEY added", "WHAT KEY removed" or "WHAT KEY <changed>" for each key whose value differs."""
     said = []
     for key in sorted(set(old) | set(new)):
@@ -179,7 +184,9 @@ def _keyed(what: str, old: dict, new: dict, changed: str) -> list[str]:
     return said
 
 
-def _compare(prefix: str, old: dict, new: dict) -> list[str]:
+def value_changes(prefix: str, old: dict, new: dict) -> list[str]:
+    """"PREFIXKEY added: NEW", "PREFIXKEY removed (was OLD)" or "PREFIXKEY: OLD -> NEW" for each key
+    whose value differs, values cut to 40 characters."""
     said = []
     for key in sorted(set(old) | set(new)):
         if key not in old:

@@ -21,14 +21,10 @@ they are labelled as not covered by the bundle id and shown as plain text, never
 from __future__ import annotations
 
 import hashlib
-import io
-import itertools
 import json
 import re
 import string
-import tokenize
 from pathlib import Path
-from typing import NamedTuple
 
 import nbformat
 
@@ -39,9 +35,12 @@ from ..contracts.fsutil import write_atomic
 from ..contracts.privacy import DifferentialPrivacy, exact
 from ..contracts.sourcecheck import reveal
 from ..contracts.version import __version__
-from ..researcher.bundle import CELL_MARK, Bundle, require_intact
+from ..researcher.bundle import Bundle, require_intact
+from ..researcher.wording import plural
 from ..site.guard import Unfit, policy_fit, privacy_ceiling
 from ..site.sites import Site
+from .changes import compare
+from .parts import split_module
 
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 MAX_SHOWN = 300  # characters of a captured value's repr
@@ -78,17 +77,10 @@ _HTML_TAGS = ["a", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h
               "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"]
 
 
-class ModulePart(NamedTuple):
-    """A run of federated.py: kind "docstring", "head" (before the first cell) or "cell" (with its ordinal)."""
-
-    kind: str
-    text: str
-    ordinal: int | None = None
-
-
 def render(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Path:
     """Render review.html of an intact bundle (default: records/review.html); returns its path.
-    With `site`, the review also shows that site's privacy ceiling (`site_ceiling`), the privacy scope it
+    With `site`, the review also shows what changed since the site approved the closest earlier bundle
+    (`changes.compare`), that site's privacy ceiling (`site_ceiling`), the privacy scope it
     applies (`site_scope`) and whether its guard refuses the bundle for them (`site_refusal`).
 
     Raises BundleError if the bundle is not intact or holds source Python would read
@@ -98,7 +90,7 @@ def render(bundle_path: str | Path, output: str | Path | None = None, site: Site
     bundle = require_intact(bundle_path)
     notebook = review_notebook(bundle, site)
     if site is not None:
-        notebook.cells[1:1] = _scope_cells(site, bundle.manifest["job"])  # right after the summary
+        notebook.cells[1:1] = _changes_cells(bundle, site) + _scope_cells(site, bundle.manifest["job"])  # after the summary
     page = to_html(notebook, f"Review {bundle.short_id}")
     return write_atomic(Path(output) if output else bundle.records / "review.html", page)
 
@@ -249,73 +241,6 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
     return nb
 
 
-def split_module(source: str) -> list[ModulePart]:
-    """federated.py -> its parts in order; "".join(part.text for part in parts) == source.
-
-    Python's tokenizer finds them, never a pattern over the text: the module docstring only
-    when the file starts with a plain string statement alone on its lines (it takes the blank
-    lines after it); a cell from each marker (CELL_MARK, e.g. "# ---- federated cell 3 ----")
-    that is a comment alone on its line, at column 0, outside brackets, to the next; the head
-    is what lies between. A source the tokenizer cannot read is one head part.
-    """
-    lines = io.StringIO(source).readlines()  # the lines the tokenizer reads
-    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError):
-        tokens = []
-
-    def start_of(row: int) -> int:  # offset where 1-based row begins
-        return starts[min(row, len(lines) + 1) - 1]
-
-    bounds = [(0, "head", None)]
-    docstring_rows = _docstring_rows(tokens)
-    if docstring_rows:
-        bounds = [(0, "docstring", None), (start_of(docstring_rows + 1), "head", None)]
-    depth = 0
-    for token in tokens:
-        if token.type == tokenize.OP and token.string in ("(", "[", "{"):
-            depth += 1
-        elif token.type == tokenize.OP and token.string in (")", "]", "}"):
-            depth -= 1
-        elif token.type == tokenize.COMMENT and depth == 0 and token.start[1] == 0 and token.line.rstrip("\r\n") == token.string:
-            ordinal = _marker_ordinal(token.string)
-            if ordinal is not None:
-                bounds.append((start_of(token.start[0]), "cell", ordinal))
-    bounds.append((len(source), "", None))
-    return [
-        ModulePart(kind, source[begin:end], ordinal)
-        for (begin, kind, ordinal), (end, _, _) in itertools.pairwise(bounds)
-        if end > begin
-    ]
-
-
-def _docstring_rows(tokens: list[tokenize.TokenInfo]) -> int | None:
-    """Last row of the module docstring and the blank lines after it, or None if there is none."""
-    if len(tokens) < 2:
-        return None
-    first, second = tokens[0], tokens[1]
-    prefix = first.string[: len(first.string) - len(first.string.lstrip("rRuUbBfF"))]
-    if first.type != tokenize.STRING or first.start != (1, 0) or set(prefix.lower()) & {"b", "f"}:
-        return None
-    if second.type != tokenize.NEWLINE:  # `"""doc"""; import os`, `"""doc""" + x`, `"""doc"""  # note`
-        return None
-    last = second.start[0]
-    for token in tokens[2:]:
-        if token.type != tokenize.NL or token.line.strip():
-            break
-        last = token.start[0]
-    return last
-
-
-def _marker_ordinal(comment: str) -> int | None:
-    before, after = CELL_MARK.split("{}")
-    number = comment[len(before):len(comment) - len(after)]
-    if comment.startswith(before) and comment.endswith(after) and number.isascii() and number.isdigit() and number[0] != "0":
-        return int(number)
-    return None
-
-
 def _module_cells(source: str, intros: dict[int, str]) -> list:
     cells = [_md(
         "## Federated code\n\n`federated.py`, every byte of it, exactly as it runs at your site: the notebook's "
@@ -357,6 +282,32 @@ def _scope_cells(site: Site, job: dict) -> list:
         f"{_code(site.name)}, NVFLARE applies the site's own privacy policy (`privacy.json` in the site directory), "
         f"whatever the code does:\n\n{lines}"
         + (f"\n\n⚠ Your site's guard refuses this bundle: {_literal(refusal)}." if refusal else "")
+    )]
+
+
+def _changes_cells(bundle: Bundle, site: Site) -> list:
+    """What changed since the closest bundle `site` approved before (`changes.compare`): the cosmetic
+    verdict, a diff of each part of federated.py that changed, the other changes; or that there is
+    nothing to compare."""
+    found = compare(bundle, site)
+    if found is None:
+        return [_md(f"## Changed since site {_code(site.name)} approved\n\nFirst bundle this site reviews: nothing to "
+                    "compare (the site's store of approved bundles, `approved/`, holds no other).")]
+    changed = found.changed
+    if found.cosmetic:
+        verdict = ("**Cosmetic: same syntax tree; the bytes changed, so it still needs a new approval.** Only comments, "
+                   "blank lines or formatting differ from the code your site approved.")
+    else:
+        verdict = f"**{plural(len(changed), 'part')} of the federated code changed"
+        verdict += f"; {plural(len(found.other), 'other change')}.**" if found.other else ".**"
+    diffs = [f"### {part.title}: {part.status}\n\n{_fenced(part.diff, 'diff')}" for part in changed]
+    other = "\n".join(f"- {_literal(line)}" for line in found.other) or "None."
+    return [_md(
+        f"## Changed since site {_code(site.name)} approved {_code(found.base.short_id)}\n\n{verdict}\n\n"
+        f"Compared with {_code(found.base.id)}, the bundle in your site's store of approved bundles whose federated "
+        "code is closest to this one (the most recent approval breaks a tie). Below, each part of `federated.py` "
+        "that differs, as a unified diff (`-` that bundle, `+` this one), then everything else that changed.\n\n"
+        + "\n\n".join(diffs) + f"\n\n### Everything else\n\n{other}"
     )]
 
 

@@ -25,6 +25,7 @@ from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, R
 from ..site.guard import Unfit, admissible
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, shown_days, valid_days, valid_epsilon
+from .store import keep
 
 if TYPE_CHECKING:
     from ..researcher.bundle import Bundle
@@ -54,7 +55,9 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     """Sign an approval with the reviewer key in `key_file` and store it in the site's approvals
     (or at `output`), with the site's privacy ceiling `max_epsilon` for this bundle when given (a
     finite number above 0; the statement leaves it out otherwise). Given the `bundle` itself (as
-    `caia approve` gives it), first refuse what the site would not admit (`check_admissible`).
+    `caia approve` gives it), first refuse what the site would not admit (`check_admissible`), and,
+    writing into the site's approvals, keep a copy of it in the site's store (`store.keep`) before the
+    approval is written.
 
     `expires_in_days` (default: 30, or the site's policy if shorter) must be a finite positive
     number within the site's `max_approval_days`. Raises CaiaError for a bad lifetime or ceiling, SiteError
@@ -96,6 +99,8 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
         **({"max_epsilon": max_epsilon} if max_epsilon is not None else {}),
     }
     path = output or site.approvals_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}.json"
+    if bundle is not None and output is None:
+        keep(site, bundle)  # first: no approval in the site that its store does not hold; later reviews diff against it
     write_json(path, _signed(statement, private))
     return approval_from(statement, path)
 
