@@ -17,7 +17,7 @@ from .contracts.errors import CaiaError
 from .contracts.version import __version__
 from .researcher.wording import metric, plural
 from .targets.poc import DEFAULT_POC
-from .terminal import Outcome, follow, run_summary, runs_table
+from .terminal import Outcome, audit_table, follow, run_summary, runs_table
 
 
 # `caia site init/policy --sandbox`: the values of `sites.SANDBOX_POLICIES` (checked there; the CLI starts without pandas)
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, required=True, metavar="KEYFILE", help="your reviewer private key")
     p.add_argument("--reason", default="", help="why, for the site's records (never shown to the researcher)")
     p.add_argument("-o", "--output", type=Path, help="write the revocation here instead of the site's revocations/")
+
+    p = command("reject", do_reject, "sign a rejection of a bundle at a site, with the reason; the site's audit log records it")
+    p.add_argument("bundle", metavar="BUNDLE|BUNDLE_ID", help="the bundle folder you reviewed, or its id")
+    p.add_argument("--site", type=Path, required=True, help="the site directory")
+    p.add_argument("--key", type=Path, required=True, metavar="KEYFILE", help="your reviewer private key")
+    p.add_argument("--reason", required=True, help="what you would not approve, and why (one line)")
+    p.add_argument("-o", "--output", type=Path, help="write the rejection here instead of the site's rejections/")
 
     p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it; "
                 "given a notebook, build it and run only if that exact bundle is validated (and, on the simulator, approved "
@@ -179,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=do_site_trust)
     p.add_argument("dir", type=Path)
     p.add_argument("public_key", type=Path)
+    p = site.add_parser("audit", parents=[common],
+                        help="verify a site's hash-chained audit log and print it with its head hash (exit 1 if it was tampered with)")
+    p.set_defaults(handler=do_site_audit)
+    p.add_argument("dir", type=Path)
+    p.add_argument("--head", metavar="HASH",
+                   help="the head hash an earlier audit printed, kept elsewhere: also detect records deleted from the end")
     p = site.add_parser("show", parents=[common],
                         help="show a site's datasets, keys, approvals, policy, privacy scope and what this machine's kernel can sandbox")
     p.set_defaults(handler=do_site_show)
@@ -341,6 +354,19 @@ def do_revoke(args, namespace=None) -> Outcome:
     return Outcome(revocation, text, revocation.to_json())
 
 
+def do_reject(args, namespace=None) -> Outcome:
+    from .contracts.manifest import BUNDLE_ID
+    from .researcher.bundle import require_intact
+    from .reviewer.signing import reject
+    from .site.sites import open_site
+
+    bundle_id = args.bundle if BUNDLE_ID.fullmatch(args.bundle) else require_intact(Path(args.bundle)).id
+    site = open_site(args.site)
+    rejection = reject(site, bundle_id, args.key, args.reason, args.output)
+    text = f"rejected at {site.name}: {rejection.reason}\nrejection: {rejection.path}\n{bundle_id}"
+    return Outcome(rejection, text, rejection.to_json())
+
+
 def do_reviewer_init(args, namespace=None) -> Outcome:
     from .reviewer.keypair import create_key_pair
 
@@ -420,6 +446,22 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  {ceiling_line(site)}",
                       *(f"  {line}" for line in privacy_policy.describe(policy))])
     return Outcome(site, text, data)
+
+
+def do_site_audit(args, namespace=None) -> Outcome:
+    from .site import audit
+    from .site.sites import open_site
+
+    site = open_site(args.dir)
+    records, problems = audit.verify(site, args.head)
+    head = audit.head_of(records)
+    data = {"site": site.name, "intact": not problems, "problems": problems, "head": head, "records": records}
+    lines = [audit_table(records), f"head: {head}"]
+    if problems:
+        lines += [f"AUDIT LOG BROKEN at site {site.name}:", *(f"  {p}" for p in problems)]
+    else:
+        lines.append(f"intact: {len(records)} records, hash-chained; keep the head elsewhere and pass it as --head next time")
+    return Outcome(data, "\n".join(lines), data, exit_code=1 if problems else 0)
 
 
 def parse_max_epsilon(value: str) -> float | None:

@@ -93,5 +93,21 @@ def runs_table(runs: list[dict]) -> str:
             f"{entry['duration_s']:.0f} s" if entry["duration_s"] is not None else "-")
         rows.append((entry["started_at"] or "-", entry["short_id"] or "-", entry["target"] or "-", entry["status"],
                      took, overall or "-", entry["headline"]))
+    return table(rows)
+
+
+def audit_table(records: list[dict]) -> str:
+    """A site's audit records (`site.audit.verify`) as a text table, one record a line: seq, time,
+    event, bundle short id, key id, outcome and reason."""
+    if not records:
+        return "no audit records"
+    rows = [("SEQ", "TIME", "EVENT", "BUNDLE", "KEY", "OUTCOME", "REASON")]
+    rows += [(str(r["seq"]), r["time"], r["event"], r["bundle_id"].removeprefix("sha256:")[:12] or "-", r["key_id"] or "-",
+              r["outcome"], r["reason"]) for r in records]
+    return table(rows)
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of text cells as aligned columns; the last column is left as long as it is."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)

@@ -12,7 +12,7 @@ import torch
 
 from caia_jupyter.researcher.runs import FINAL, Run
 from caia_jupyter.reviewer import signing
-from caia_jupyter.site import sites
+from caia_jupyter.site import audit, sites
 from caia_jupyter.targets import poc as pocs
 from caia_jupyter.targets import remote
 from caia_jupyter.targets.submit import submit
@@ -66,6 +66,10 @@ def test_a_site_without_approval_refuses_with_the_bundle_id_and_approving_later_
     again = submit(built.path, target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
     assert again.wait(timeout=300) == "finished", again.message
     assert again.sites == {name: "done" for name in SITES}
+    records, problems = audit.verify(poc.site_dir("site-2"))  # the real site's guard recorded both answers
+    assert problems == []
+    mine = [(r["event"], r["outcome"]) for r in records if r["bundle_id"] == built.id]
+    assert mine == [("refusal", "refused"), ("approval", "signed"), ("admission", "admitted")]
 
 
 def test_a_tampered_job_is_refused_by_every_site(poc, tmp_path):

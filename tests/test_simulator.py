@@ -8,6 +8,7 @@ import torch
 import corpus
 from caia_jupyter.kernel.widgets import RunWidget
 from caia_jupyter.researcher.runs import Run, local_failure_record
+from caia_jupyter.site import audit
 from caia_jupyter.targets import simulator
 from caia_jupyter.targets.submit import submit
 from conftest import approve, build_validated, make_site, set_source
@@ -67,6 +68,10 @@ def test_a_site_without_approval_refuses_and_the_run_continues_with_min_clients(
     assert run.refusals["site-3"] == f"site-3 refused bundle {built.id}: no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)"
     assert "without site-3, which refused the bundle (min_clients 1)" in run.message
     assert set(run.metrics()["site"]) == {"site-1", "site-2"}
+    for site, last in zip(made, [("admission", "admitted"), ("admission", "admitted"), ("refusal", "refused")]):
+        records, problems = audit.verify(site)  # each simulated site's guard recorded its answer
+        assert problems == [] and (records[-1]["event"], records[-1]["outcome"]) == last
+        assert records[-1]["bundle_id"] == built.id
 
 
 def test_too_few_admitting_sites_stop_the_run_before_it_starts(tmp_path):

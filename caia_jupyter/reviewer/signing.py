@@ -1,8 +1,10 @@
-"""Signing approvals and revocations, on a reviewer's own machine, with the reviewer's private key.
+"""Signing approvals, revocations and rejections, on a reviewer's own machine, with the reviewer's private key.
 
 A reviewer of a site signs an approval of one bundle id, releasing datasets of the site's catalog
-to it for a limited time, or a revocation of every approval of a bundle id issued until now
-(and within the clock skew a site allows after it). The
+to it for a limited time, a revocation of every approval of a bundle id issued until now
+(and within the clock skew a site allows after it), or a rejection of a bundle with a reason.
+Each one written into the site directory is also recorded in the site's audit log
+(`caia_jupyter.site.audit`); if that record cannot be written, the statement is removed again. The
 statements and how a site checks them are `caia_jupyter.site.approvals`; the key pair is made by
 `keypair.create_key_pair` and never lies in a site directory.
 """
@@ -20,8 +22,9 @@ from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fsutil import write_json
 from ..contracts.manifest import BUNDLE_ID, canonical
 from ..researcher.validation import require_passed
-from ..site.approvals import (CLOCK_SKEW, FORMAT, REVOCATION_FORMAT, Approval, Revocation, approval_from,
-                              approval_times, iso, latest_revocation, revocation_from)
+from ..site import audit
+from ..site.approvals import (CLOCK_SKEW, FORMAT, REJECTION_FORMAT, REVOCATION_FORMAT, Approval, Rejection, Revocation,
+                              approval_from, approval_times, iso, latest_revocation, rejection_from, revocation_from)
 from ..site.guard import Unfit, admissible
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, shown_days, valid_days, valid_epsilon
@@ -101,7 +104,8 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     path = output or site.approvals_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}.json"
     if bundle is not None and output is None:
         keep(site, bundle)  # first: no approval in the site that its store does not hold; later reviews diff against it
-    write_json(path, _signed(statement, private))
+    released = ", ".join(f"{k}={v}" for k, v in statement["datasets"].items()) or "no datasets"
+    _store(site, path, _signed(statement, private), "approval", f"releases {released} until {statement['expires_at']}")
     return approval_from(statement, path)
 
 
@@ -113,16 +117,36 @@ def revoke(site: Site, bundle_id: str, key_file: str | Path, reason: str = "", o
     that approval too. Raises CaiaError for a malformed bundle id, SiteError for a key that lies
     inside the site directory or that the site does not trust.
     """
-    if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
-        raise CaiaError(f"{bundle_id!r} is not a bundle id; give it as `caia bundle` prints it: sha256:<64 hex digits>")
+    _check_bundle_id(bundle_id)
     private = signing_key(site, key_file)
     issued = max([(now or datetime.now(timezone.utc)).replace(microsecond=0), *approval_times(site, bundle_id)])
     statement = {"format": REVOCATION_FORMAT, "site": site.name, "bundle_id": bundle_id,
                  "key_id": key_id(private.public_key()), "issued_at": iso(issued), "reason": reason}
     stamp = issued.strftime("%Y%m%dT%H%M%SZ")
     path = output or site.revocations_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}-{stamp}.json"
-    write_json(path, _signed(statement, private))
+    _store(site, path, _signed(statement, private), "revocation", reason)
     return revocation_from(statement, path)
+
+
+def reject(site: Site, bundle_id: str, key_file: str | Path, reason: str, output: Path | None = None,
+           now: datetime | None = None) -> Rejection:
+    """Sign a rejection of `bundle_id` at `site`: the reviewer read it and would not approve it, for
+    `reason` (one line, for the site's records and the researcher the reviewer tells). Stored in
+    the site's rejections/ (or at `output`) and recorded in its audit log. Raises CaiaError for a
+    malformed bundle id or an empty reason, SiteError for a key that lies inside the site directory
+    or that the site does not trust.
+    """
+    _check_bundle_id(bundle_id)
+    if not isinstance(reason, str) or not reason.strip():
+        raise CaiaError("a rejection needs a reason (--reason TEXT): what the reviewer would not approve, and why")
+    private = signing_key(site, key_file)
+    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    statement = {"format": REJECTION_FORMAT, "site": site.name, "bundle_id": bundle_id,
+                 "key_id": key_id(private.public_key()), "issued_at": iso(issued), "reason": reason.strip()}
+    stamp = issued.strftime("%Y%m%dT%H%M%SZ")
+    path = output or site.rejections_dir / f"{bundle_id.removeprefix('sha256:')[:16]}-{statement['key_id']}-{stamp}.json"
+    _store(site, path, _signed(statement, private), "rejection", statement["reason"])
+    return rejection_from(statement, path)
 
 
 def signing_key(site: Site, key_file: str | Path) -> Ed25519PrivateKey:
@@ -150,6 +174,25 @@ def parse_releases(values: list[str]) -> dict[str, str]:
         name, _, catalog_id = value.partition("=")
         releases[name] = catalog_id or name
     return releases
+
+
+def _check_bundle_id(bundle_id) -> None:
+    if not isinstance(bundle_id, str) or not BUNDLE_ID.fullmatch(bundle_id):
+        raise CaiaError(f"{bundle_id!r} is not a bundle id; give it as `caia bundle` prints it: sha256:<64 hex digits>")
+
+
+def _store(site: Site, path: Path, signed: dict, event: str, reason: str) -> None:
+    """Write a signed statement to `path`; when that lies in the site directory, record it in the
+    site's audit log too, or remove it again and raise SiteError: nothing reaches the site unrecorded."""
+    write_json(path, signed)
+    if not Path(path).resolve().is_relative_to(site.path):
+        return  # written elsewhere, to be carried to the site: not yet the site's
+    statement = signed["statement"]
+    try:
+        audit.record(site, event, statement["bundle_id"], statement["key_id"], "signed", reason)
+    except SiteError as e:
+        Path(path).unlink(missing_ok=True)
+        raise SiteError(f"{e}; the {event} was not stored") from e
 
 
 def _signed(statement: dict, private: Ed25519PrivateKey) -> dict:

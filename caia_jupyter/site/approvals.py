@@ -19,6 +19,11 @@ counts (a reviewer's clock may run that far ahead). A well-formed revocation cou
 signed it, a key the site no longer trusts included: it can only take authority away, and only
 the site's admin puts files in revocations/.
 
+A rejection file (in the site's rejections/) has the same shape, with the statement
+{"format": "caia-rejection/1", "site", "bundle_id", "key_id", "issued_at", "reason"}: a reviewer's
+signed record that they read the bundle and would not approve it, and why. It is a record for the
+site (and its audit log), not a gate: a bundle without an approval is refused anyway.
+
 A site accepts an approval only if one of its own trusted keys signed it, for this site and
 this bundle id, releasing datasets in its catalog that the bundle requests, issued before it
 expires, for no longer than the site's policy allows, not revoked and not expired. Every file
@@ -45,6 +50,7 @@ from .sites import Site, valid_epsilon
 
 FORMAT = "caia-approval/1"
 REVOCATION_FORMAT = "caia-revocation/1"
+REJECTION_FORMAT = "caia-rejection/1"
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_FILE_BYTES = 64 * 1024  # an approval is well under 1 KiB
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -54,6 +60,7 @@ _APPROVAL_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", 
 _OPTIONAL_FIELDS = {"max_epsilon"}  # a statement may leave these out; approvals signed before they existed do
 _REVOCATION_FIELDS = {"format": "text", "site": "text", "bundle_id": "bundle id", "key_id": "key id",
                       "issued_at": "time", "reason": "text"}
+_REJECTION_FIELDS = _REVOCATION_FIELDS  # the same statement, another format
 log = logging.getLogger(__name__)
 
 
@@ -93,6 +100,20 @@ class Revocation:
     def to_json(self) -> dict:
         return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
                 "covers_until": iso(self.covers_until), "reason": self.reason, "path": str(self.path) if self.path else None}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    site: str
+    bundle_id: str
+    key_id: str
+    issued_at: datetime
+    reason: str
+    path: Path | None = None
+
+    def to_json(self) -> dict:
+        return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
+                "reason": self.reason, "path": str(self.path) if self.path else None}
 
 
 def verify_approval(approval: dict | Path, site: Site, bundle_id: str, requested: set[str] | None = None,
@@ -308,6 +329,21 @@ def revocation_from(statement: dict, path: Path | None) -> Revocation:
     """The Revocation a well-formed, signed statement makes (checked or just signed)."""
     return Revocation(statement["site"], statement["bundle_id"], statement["key_id"], _time(statement["issued_at"]),
                       statement["reason"], path)
+
+
+def rejection_from(statement: dict, path: Path | None) -> Rejection:
+    """The Rejection a well-formed, signed statement makes (checked or just signed)."""
+    return Rejection(statement["site"], statement["bundle_id"], statement["key_id"], _time(statement["issued_at"]),
+                     statement["reason"], path)
+
+
+def read_rejection(path: Path, site: Site) -> Rejection:
+    """The rejection in file `path`, signed by one of `site`'s trusted keys. Raises ApprovalRejected
+    (one line naming the file) for a malformed, unsigned or untrusted one."""
+    where = f"rejection {path.name}"
+    statement, signature = _read_signed(path, where, REJECTION_FORMAT, _REJECTION_FIELDS)
+    _check_signature(statement, signature, site.trusted_keys(), site, where)
+    return rejection_from(statement, path)
 
 
 def iso(moment: datetime) -> str:

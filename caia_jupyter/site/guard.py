@@ -14,6 +14,10 @@ read as the catalog records) against the requested schema, checks the site's pri
 A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
 never a site path or a data value; what the site's admin needs goes to the site's log. Admission
 never crashes: whatever is wrong at the site, the answer is that site's refusal.
+Every admission and refusal of a site whose directory opens is recorded in the site's audit log
+(`audit`; the key id of the approval admitted with, or the refusal's reason). Admission fails
+closed: when the log cannot be written, the guard takes back the release it wrote and refuses. A
+refusal the log cannot record is refused all the same (and logged).
 NVFLARE calls `admit` through `CaiaAppValidator` (a site's `app_validator`); the simulator target
 calls it for every simulated site before any of that site's code runs.
 """
@@ -38,7 +42,8 @@ from ..contracts.fileset import MANIFEST, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from ..contracts.privacy import DifferentialPrivacy, exact
-from .approvals import find_approval
+from . import audit
+from .approvals import Approval, find_approval
 from .privacy_policy import Policy, install, read_policy, scope_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
@@ -50,7 +55,12 @@ MISCONFIGURED = "this site's caia guard is misconfigured, so it refuses every jo
 
 
 class Refusal(CaiaError):
-    """A site refuses to run a deployed app; the message is safe to show the researcher."""
+    """A site refuses to run a deployed app; the message is safe to show the researcher. `bundle_id`:
+    the refused bundle's id, "" when the app holds no caia manifest."""
+
+    def __init__(self, message: str, bundle_id: str = ""):
+        super().__init__(message)
+        self.bundle_id = bundle_id
 
 
 class Unfit(CaiaError):
@@ -166,13 +176,18 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
     """The release of a deployed app at `site`, or Refusal. `sandbox` is the policy of a site whose
     site.json sets none (`sites.SANDBOX_POLICIES`). Raises nothing else for a bad app; a broken site
     directory may raise (admit turns that into a refusal)."""
+    return _checked(app_dir, site, now, sandbox)[0]
+
+
+def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str) -> tuple[Release, Approval]:
+    """`check_app`, and the approval it admits with."""
     app_dir = Path(app_dir)
     manifest, bid = _deployed_manifest(app_dir, site)
 
     def refuse(reason: str, detail: str = ""):
         if detail:
             log.warning("caia guard, %s, bundle %s: %s", site.name, bid, detail)
-        raise Refusal(f"{site.name} refused bundle {bid}: {reason}")
+        raise Refusal(f"{site.name} refused bundle {bid}: {reason}", bid)
 
     listed = manifest["files"]
     problems = listing_problems(listed)
@@ -207,7 +222,8 @@ def check_app(app_dir: str | Path, site: Site, now: datetime | None = None, sand
         refuse(str(e))
     job = manifest["job"]
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
-                   {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"), job.get("encryption"))
+                   {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"),
+                   job.get("encryption")), approval
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",
@@ -217,6 +233,9 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
     policy there (`privacy.install`), so the job NVFLARE starts next applies it.
     `sandbox`: the policy of a site that sets none ("required" at POC and production sites).
 
+    Records the admission or refusal in the site's audit log (`audit.record`); an admission the
+    log cannot record is refused (its release removed again).
+
     Raises Refusal, and only Refusal, when the site does not run it.
     """
     try:
@@ -225,16 +244,34 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
         log.error("caia guard: the site directory %s is unusable: %s", site_dir, e)
         raise Refusal(MISCONFIGURED) from e
     try:
-        release = check_app(app_dir, site, now, sandbox)
+        release, approval = _checked(app_dir, site, now, sandbox)
         write_json(Path(app_dir) / RELEASE, asdict(release))
         if privacy_file:
             install(read_policy(site.path), privacy_file)
-    except Refusal:
+    except Refusal as e:
+        _record_refusal(site, e, now)
         raise
     except Exception as e:  # a malformed file at the site: this site refuses, the federation goes on
         log.exception("caia guard, %s: could not check the app at %s", site.name, app_dir)
-        raise Refusal(f"{site.name} refused the job: its guard could not check it (the site's log says why)") from e
+        refusal = Refusal(f"{site.name} refused the job: its guard could not check it (the site's log says why)")
+        _record_refusal(site, refusal, now)
+        raise refusal from e
+    try:
+        audit.record(site, "admission", release.bundle_id, approval.key_id, "admitted", now=now)
+    except Exception as e:  # fail closed: nothing runs at a site that its audit log does not show
+        log.exception("caia guard, %s: could not record the admission of bundle %s in its audit log", site.name, release.bundle_id)
+        (Path(app_dir) / RELEASE).unlink(missing_ok=True)
+        raise Refusal(f"{site.name} refused bundle {release.bundle_id}: its guard could not write the site's audit log "
+                      "(the site's log says why)", release.bundle_id) from e
     return release
+
+
+def _record_refusal(site: Site, refusal: Refusal, now: datetime | None) -> None:
+    """Record a refusal in the site's audit log; one that cannot be written is logged (the job is refused anyway)."""
+    try:
+        audit.record(site, "refusal", refusal.bundle_id, None, "refused", str(refusal), now=now)
+    except Exception:
+        log.exception("caia guard, %s: could not record a refusal in its audit log", site.name)
 
 
 def _deployed_manifest(app_dir: Path, site: Site) -> tuple[dict, str]:

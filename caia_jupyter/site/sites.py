@@ -9,6 +9,9 @@
     trusted_keys/    public keys of this site's reviewers (<key id>.pub); the only keys it trusts
     approvals/       signed approvals, one file per bundle and reviewer key
     revocations/     signed revocations of approvals
+    rejections/      signed rejections: a reviewer read a bundle and would not approve it, and why
+    audit.jsonl      the hash-chained audit log of approvals, revocations, rejections, admissions and
+                     refusals (`audit`)
 
 No private key lives here: code approved at the site could read it. Reviewers keep their keys
 on their own machines (`caia reviewer init`); the site trusts the public halves.
@@ -116,6 +119,10 @@ class Site:
     @property
     def revocations_dir(self) -> Path:
         return self.path / "revocations"
+
+    @property
+    def rejections_dir(self) -> Path:
+        return self.path / "rejections"
 
     def to_json(self) -> dict:
         problems = []
