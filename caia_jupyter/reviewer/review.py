@@ -21,14 +21,10 @@ they are labelled as not covered by the bundle id and shown as plain text, never
 from __future__ import annotations
 
 import hashlib
-import io
-import itertools
 import json
 import re
 import string
-import tokenize
 from pathlib import Path
-from typing import NamedTuple
 
 import nbformat
 
@@ -39,9 +35,10 @@ from ..contracts.fsutil import write_atomic
 from ..contracts.privacy import DifferentialPrivacy, exact
 from ..contracts.sourcecheck import reveal
 from ..contracts.version import __version__
-from ..researcher.bundle import CELL_MARK, Bundle, require_intact
+from ..researcher.bundle import Bundle, require_intact
 from ..site.guard import Unfit, policy_fit, privacy_ceiling
 from ..site.sites import Site
+from .parts import ModulePart, split_module  # noqa: F401  (ModulePart: part of this module's interface)
 
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 MAX_SHOWN = 300  # characters of a captured value's repr
@@ -76,14 +73,6 @@ blockquote { margin: .5rem 0; padding: 0 1rem; border-left: 4px solid #ccc; colo
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
 _HTML_TAGS = ["a", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "ol",
               "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"]
-
-
-class ModulePart(NamedTuple):
-    """A run of federated.py: kind "docstring", "head" (before the first cell) or "cell" (with its ordinal)."""
-
-    kind: str
-    text: str
-    ordinal: int | None = None
 
 
 def render(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Path:
@@ -247,73 +236,6 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
-
-
-def split_module(source: str) -> list[ModulePart]:
-    """federated.py -> its parts in order; "".join(part.text for part in parts) == source.
-
-    Python's tokenizer finds them, never a pattern over the text: the module docstring only
-    when the file starts with a plain string statement alone on its lines (it takes the blank
-    lines after it); a cell from each marker (CELL_MARK, e.g. "# ---- federated cell 3 ----")
-    that is a comment alone on its line, at column 0, outside brackets, to the next; the head
-    is what lies between. A source the tokenizer cannot read is one head part.
-    """
-    lines = io.StringIO(source).readlines()  # the lines the tokenizer reads
-    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError):
-        tokens = []
-
-    def start_of(row: int) -> int:  # offset where 1-based row begins
-        return starts[min(row, len(lines) + 1) - 1]
-
-    bounds = [(0, "head", None)]
-    docstring_rows = _docstring_rows(tokens)
-    if docstring_rows:
-        bounds = [(0, "docstring", None), (start_of(docstring_rows + 1), "head", None)]
-    depth = 0
-    for token in tokens:
-        if token.type == tokenize.OP and token.string in ("(", "[", "{"):
-            depth += 1
-        elif token.type == tokenize.OP and token.string in (")", "]", "}"):
-            depth -= 1
-        elif token.type == tokenize.COMMENT and depth == 0 and token.start[1] == 0 and token.line.rstrip("\r\n") == token.string:
-            ordinal = _marker_ordinal(token.string)
-            if ordinal is not None:
-                bounds.append((start_of(token.start[0]), "cell", ordinal))
-    bounds.append((len(source), "", None))
-    return [
-        ModulePart(kind, source[begin:end], ordinal)
-        for (begin, kind, ordinal), (end, _, _) in itertools.pairwise(bounds)
-        if end > begin
-    ]
-
-
-def _docstring_rows(tokens: list[tokenize.TokenInfo]) -> int | None:
-    """Last row of the module docstring and the blank lines after it, or None if there is none."""
-    if len(tokens) < 2:
-        return None
-    first, second = tokens[0], tokens[1]
-    prefix = first.string[: len(first.string) - len(first.string.lstrip("rRuUbBfF"))]
-    if first.type != tokenize.STRING or first.start != (1, 0) or set(prefix.lower()) & {"b", "f"}:
-        return None
-    if second.type != tokenize.NEWLINE:  # `"""doc"""; import os`, `"""doc""" + x`, `"""doc"""  # note`
-        return None
-    last = second.start[0]
-    for token in tokens[2:]:
-        if token.type != tokenize.NL or token.line.strip():
-            break
-        last = token.start[0]
-    return last
-
-
-def _marker_ordinal(comment: str) -> int | None:
-    before, after = CELL_MARK.split("{}")
-    number = comment[len(before):len(comment) - len(after)]
-    if comment.startswith(before) and comment.endswith(after) and number.isascii() and number.isdigit() and number[0] != "0":
-        return int(number)
-    return None
 
 
 def _module_cells(source: str, intros: dict[int, str]) -> list:
