@@ -277,15 +277,21 @@ def do_validate(args, namespace=None) -> Outcome:
 
 def do_review(args, namespace=None) -> Outcome:
     from .researcher.bundle import require_intact
+    from .reviewer.capabilities import report
     from .reviewer.review import protection, render, site_ceiling, site_refusal, site_scope
     from .site.sites import open_site
 
     site = open_site(args.site) if args.site else None
     path = render(args.bundle, args.output, site)
-    job = require_intact(args.bundle).manifest["job"]
+    bundle = require_intact(args.bundle)
+    job = bundle.manifest["job"]
     requested = protection(job)
-    data = {"review": str(path), "protection": requested}
+    capabilities = report(bundle)
+    data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json()}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
+    lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} (federated.py line {f.line}"
+              f"{'' if f.cell is None else f', cell {f.cell}'})" for f in capabilities.findings]
+    lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     if site is not None:
         scope, policy = site_scope(site)
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),

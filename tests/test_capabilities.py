@@ -185,3 +185,28 @@ def test_a_changed_module_is_refused(example_bundle, tmp_path):
     (copy / "federated.py").write_text("import socket\n")
     with pytest.raises(BundleError, match="federated.py does not match manifest.json"):
         capabilities.report(type(example_bundle)(copy, example_bundle.id, example_bundle.manifest))
+
+
+def test_a_module_python_cannot_parse_is_one_finding_at_its_error(tmp_path):
+    from test_review import make_bundle
+
+    built = make_bundle(tmp_path / "b", {"federated.py": b"# ---- federated cell 1 ----\nx = 1\ny = = 2\n"})
+    [finding] = capabilities.report(built).findings
+    assert (finding.capability, finding.line, finding.cell) == ("dynamic_code", 3, 1)
+    assert finding.what.startswith("not Python (")
+
+
+def test_caia_review_prints_each_finding_and_gives_them_in_json(tmp_path, caia):
+    import json
+
+    from test_review import ENTRY_POINTS, make_bundle
+
+    module = "# ---- federated cell 1 ----\nimport socket\n" + ENTRY_POINTS
+    built = make_bundle(tmp_path / "b", {"federated.py": module.encode()})
+    code, out, _ = caia("review", built.path, "-o", tmp_path / "r.html")
+    assert code == 0
+    assert "can do: network: import socket (federated.py line 2, cell 1)" in out.splitlines()
+    code, out, _ = caia("review", built.path, "-o", tmp_path / "r.html", "--json")
+    assert json.loads(out)["capabilities"] == capabilities.report(built).to_json()
+    assert json.loads(out)["capabilities"]["findings"] == [
+        {"capability": "network", "heading": "Network", "what": "import socket", "line": 2, "cell": 1}]

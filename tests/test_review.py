@@ -284,3 +284,21 @@ def test_the_page_takes_no_template_or_config_from_the_machine(write_notebook, t
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
     assert page_of(built) == clean
+
+
+def test_the_review_opens_with_what_the_code_can_do(tmp_path):
+    module = "# ---- federated cell 1 ----\nimport socket\nx = getattr(socket, '<b>' + 'x')\n" + ENTRY_POINTS
+    built = make_bundle(tmp_path / "b", {"federated.py": module.encode()})
+    page = review.render(built.path).read_text()
+    text = " ".join(text_of(page).split())
+    assert text.index("What the code can do") < text.index("Protection") < text.index("Federated code")
+    assert "not a gate" in text
+    assert "Network import socket 1 2" in text
+    assert "Code built or reached at run time getattr with a name computed at run time 1 3" in text
+    assert "<b>" not in page  # the code is shown escaped, never as markup
+
+
+def test_code_that_can_do_nothing_more_says_so(tmp_path):
+    built = make_bundle(tmp_path / "b", {"federated.py": ("# ---- federated cell 1 ----\n" + ENTRY_POINTS).encode()})
+    text = " ".join(text_of(page_of(built)).split())
+    assert "What the code can do" in text and "Nothing beyond computing and ctx." in text

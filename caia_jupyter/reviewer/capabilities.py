@@ -182,8 +182,9 @@ class Report:
 
 def report(bundle: Bundle) -> Report:
     """Analyze federated.py of an intact bundle (cells numbered as `split_module` numbers them) and
-    list its opaque captured values. Raises BundleError if federated.py cannot be read, no longer
-    matches manifest.json, or is not Python."""
+    list its opaque captured values. A module Python cannot parse is one "dynamic_code" finding at
+    the line of its error. Raises BundleError if federated.py cannot be read, no longer matches
+    manifest.json, or is not UTF-8."""
     entry = bundle.manifest["files"].get(MODULE, {})
     try:
         data = (bundle.path / MODULE).read_bytes()
@@ -192,9 +193,15 @@ def report(bundle: Bundle) -> Report:
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise BundleError(f"bundle {bundle.path}: file {MODULE} does not match manifest.json; run `caia verify {bundle.path}`")
     try:
-        findings = analyze(data.decode("utf-8"), MODULE)
-    except (SyntaxError, UnicodeDecodeError) as e:
-        raise BundleError(f"bundle {bundle.path}: {MODULE} is not Python caia can read ({e}); rebuild the bundle") from e
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"bundle {bundle.path}: {MODULE} is not UTF-8; rebuild the bundle") from e
+    try:
+        findings = analyze(source, MODULE)
+    except SyntaxError as e:  # it fails at the site too; say that nothing could be read from it
+        line = e.lineno or 1
+        findings = [Finding("dynamic_code", f"not Python ({e.msg}): nothing could be read from {MODULE}", line,
+                            _cell_of_lines(source).get(line))]
     captured = [
         {"name": e.get("python_name"), "type": e.get("python_type"), "file": name, "size": e["size"], "sha256": e["sha256"]}
         for name, e in bundle.manifest["files"].items() if role_of(name) == "captured"
