@@ -289,14 +289,14 @@ def do_review(args, namespace=None) -> Outcome:
     capabilities = report(bundle)
     data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json()}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
-    lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} (federated.py line {f.line}"
-              f"{'' if f.cell is None else f', cell {f.cell}'})" for f in capabilities.findings]
-    lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     if site is not None:
         scope, policy = site_scope(site)
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),
                         "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
         lines += [data["site"]["note"], *scope]
+    lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} (federated.py line {f.line}"
+              f"{'' if f.cell is None else f', cell {f.cell}'})" for f in capabilities.findings]
+    lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     return Outcome(path, "\n".join(lines), data)
 
 
