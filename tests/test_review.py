@@ -302,3 +302,12 @@ def test_code_that_can_do_nothing_more_says_so(tmp_path):
     built = make_bundle(tmp_path / "b", {"federated.py": ("# ---- federated cell 1 ----\n" + ENTRY_POINTS).encode()})
     text = " ".join(text_of(page_of(built)).split())
     assert "What the code can do" in text and "Nothing beyond computing and ctx." in text
+
+
+def test_what_the_code_can_do_lists_the_opaque_captured_values_by_type(write_notebook, tmp_path):
+    built = compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
+    text = " ".join(text_of(page_of(built)).split())
+    section = text[text.index("What the code can do"):text.index("Protection")]
+    entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
+    assert "Nothing beyond computing and ctx." in section
+    assert f"LEARNING_RATE numpy.float32 {entry['size']} {entry['sha256']}" in section

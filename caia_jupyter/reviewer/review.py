@@ -43,7 +43,7 @@ from ..site.guard import Unfit, policy_fit, privacy_ceiling
 from ..site.sites import Site
 from .capabilities import ADVICE, CAPABILITIES
 from .capabilities import report as capability_report
-from .parts import ModulePart, split_module  # noqa: F401  (ModulePart: part of this module's interface)
+from .parts import ModulePart, split_module  # noqa: F401  (both stay importable from here)
 
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 MAX_SHOWN = 300  # characters of a captured value's repr
