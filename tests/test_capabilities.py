@@ -89,6 +89,12 @@ TRICKY = [
                  id="count-of-rows-is-data-derived"),
     pytest.param("import os\nclass C:\n    x = os.system\n", "subprocess", 3, id="reference-without-call"),
     pytest.param("import os\nos.__class__\n", "dynamic_code", 2, id="interpreter-internals"),
+    pytest.param("b = __builtins__\nb.open('/etc/passwd')\n", "files", 2, id="builtins-assigned-to-a-name"),
+    pytest.param("def g(*, k=__import__):\n    k('socket')\n", "network", 2, id="keyword-only-default-import"),
+    pytest.param("import os\n[os][0].system('ls')\n", "subprocess", 2, id="module-in-a-list-judged-by-name"),
+    pytest.param("from sys import stdout\ndef train(model, data, ctx):\n    stdout.write(repr(data))\n", "output", 3,
+                 id="from-sys-import-stdout-of-data"),
+    pytest.param("import os\nos.__getattribute__('system')('ls')\n", "dynamic_code", 2, id="getattribute-dunder"),
 ]
 
 BENIGN = [
