@@ -291,6 +291,7 @@ def do_validate(args, namespace=None) -> Outcome:
 
 def do_review(args, namespace=None) -> Outcome:
     from .researcher.bundle import require_intact
+    from .reviewer.capabilities import report
     from .reviewer.changes import compare
     from .reviewer.review import protection, render, site_ceiling, site_refusal, site_scope
     from .site.sites import open_site
@@ -300,7 +301,8 @@ def do_review(args, namespace=None) -> Outcome:
     bundle = require_intact(args.bundle)
     job = bundle.manifest["job"]
     requested = protection(job)
-    data = {"review": str(path), "protection": requested}
+    capabilities = report(bundle)
+    data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json()}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
     if site is not None:
         scope, policy = site_scope(site)
@@ -310,6 +312,9 @@ def do_review(args, namespace=None) -> Outcome:
         changes = compare(bundle, site)
         data["changes"] = changes.to_json() if changes else None
         lines += changes_lines(changes, site)
+    lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} (federated.py line {f.line}"
+              f"{'' if f.cell is None else f', cell {f.cell}'})" for f in capabilities.findings]
+    lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     return Outcome(path, "\n".join(lines), data)
 
 

@@ -15,7 +15,7 @@ from caia_jupyter.contracts.manifest import bundle_id
 from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.bundle import Bundle
 from caia_jupyter.researcher.compose import MODULE_HEAD
-from caia_jupyter.reviewer import review
+from caia_jupyter.reviewer import parts, review
 
 ROLES = {"federated.py": "module", "caia_runner.py": "runner", CLIENT_CONFIG: "flare-config", "requirements.txt": "requirements"}
 ENTRY_POINTS = "def build_model(): pass\ndef load_data(ctx): pass\ndef train(m, d, ctx): pass\ndef evaluate(m, d, ctx): pass\n"
@@ -81,7 +81,7 @@ MODULES = {
 
 @pytest.mark.parametrize("source, kinds", MODULES.values(), ids=MODULES.keys())
 def test_the_module_split_keeps_every_byte_and_finds_only_real_docstrings_and_markers(source, kinds):
-    parts = review.split_module(source)
+    parts = parts.split_module(source)
     assert "".join(part.text for part in parts) == source
     assert [(part.kind, part.ordinal) for part in parts] == kinds
     for part in parts:
@@ -284,3 +284,30 @@ def test_the_page_takes_no_template_or_config_from_the_machine(write_notebook, t
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
     assert page_of(built) == clean
+
+
+def test_the_review_opens_with_what_the_code_can_do(tmp_path):
+    module = "# ---- federated cell 1 ----\nimport socket\nx = getattr(socket, '<b>' + 'x')\n" + ENTRY_POINTS
+    built = make_bundle(tmp_path / "b", {"federated.py": module.encode()})
+    page = review.render(built.path).read_text()
+    text = " ".join(text_of(page).split())
+    assert text.index("What the code can do") < text.index("Protection") < text.index("Federated code")
+    assert "not a gate" in text
+    assert "Network import socket 1 2" in text
+    assert "Code built or reached at run time getattr with a name computed at run time 1 3" in text
+    assert "<b>" not in page  # the code is shown escaped, never as markup
+
+
+def test_code_that_can_do_nothing_more_says_so(tmp_path):
+    built = make_bundle(tmp_path / "b", {"federated.py": ("# ---- federated cell 1 ----\n" + ENTRY_POINTS).encode()})
+    text = " ".join(text_of(page_of(built)).split())
+    assert "What the code can do" in text and "Nothing beyond computing and ctx." in text
+
+
+def test_what_the_code_can_do_lists_the_opaque_captured_values_by_type(write_notebook, tmp_path):
+    built = compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
+    text = " ".join(text_of(page_of(built)).split())
+    section = text[text.index("What the code can do"):text.index("Protection")]
+    entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
+    assert "Nothing beyond computing and ctx." in section
+    assert f"LEARNING_RATE numpy.float32 {entry['size']} {entry['sha256']}" in section

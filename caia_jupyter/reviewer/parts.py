@@ -1,5 +1,7 @@
-"""federated.py in its parts, as the review shows them and the diff compares them: the module
-docstring, the head before the first cell, and each federated cell (found at its CELL_MARK)."""
+"""federated.py split into its parts: the module docstring, the head before the first cell, and
+each federated cell by its marker (CELL_MARK). The review shows the parts, the diff against an
+approved bundle compares them, and the capability report numbers its findings by them.
+"""
 
 from __future__ import annotations
 

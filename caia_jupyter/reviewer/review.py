@@ -10,6 +10,9 @@ file that reads offline: its style inline, no script, nothing loaded from elsewh
 security policy says so to the browser), no template or configuration taken from the machine;
 long lines wrap, so nothing hides past the right edge.
 
+The review opens with what the code can do beyond computing and `ctx` (`capabilities`): advice
+read from the syntax tree, not a gate.
+
 The review states the protection the bundle requests (differential privacy, encryption of the
 updates, weight differences) and, rendered for a site, that site's privacy ceiling and whether
 its guard would admit the request.
@@ -39,6 +42,8 @@ from ..researcher.bundle import Bundle, require_intact
 from ..researcher.wording import plural
 from ..site.guard import Unfit, policy_fit, privacy_ceiling
 from ..site.sites import Site
+from .capabilities import ADVICE, CAPABILITIES
+from .capabilities import report as capability_report
 from .changes import compare
 from .parts import split_module
 
@@ -90,7 +95,7 @@ def render(bundle_path: str | Path, output: str | Path | None = None, site: Site
     bundle = require_intact(bundle_path)
     notebook = review_notebook(bundle, site)
     if site is not None:
-        notebook.cells[1:1] = _changes_cells(bundle, site) + _scope_cells(site, bundle.manifest["job"])  # after the summary
+        notebook.cells[2:2] = _changes_cells(bundle, site) + _scope_cells(site, bundle.manifest["job"])  # after the summary and what the code can do
     page = to_html(notebook, f"Review {bundle.short_id}")
     return write_atomic(Path(output) if output else bundle.records / "review.html", page)
 
@@ -182,7 +187,8 @@ def site_scope(site: Site) -> tuple[list[str], dict | None]:
 
 
 def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.NotebookNode:
-    """The review as a notebook: markdown explanations and every listed file (see the module doc);
+    """The review as a notebook: markdown explanations and every listed file (see the module doc),
+    starting with the summary and what the code can do (`capabilities.report`, advice only);
     with `site`, the protection part shows that site's ceiling.
 
     `bundle` is intact (see `render`). Code cells showing a file carry `metadata.caia.file`; the
@@ -203,7 +209,7 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
         f"| | |\n|---|---|\n| rounds | {_code(job['rounds'])} |\n| min clients | {_code(job['min_clients'])} |\n"
         f"| hyperparameters (`ctx.params`) | {_code(json.dumps(job['params'], sort_keys=True))} |\n"
         f"| built with | caia-jupyter {_code(manifest['caia_version'])}, Python {_code(manifest['python'])} |"
-    ), _md(_protection_text(job, site))]
+    ), _capabilities_cell(bundle), _md(_protection_text(job, site))]
     if opaque:
         rows = "".join(
             f"| {_code(e.get('python_name'))} | {_code(e.get('python_type'))} | {_code(_shown_value(files[name]))} "
@@ -389,6 +395,28 @@ def _intros(bundle: Bundle) -> dict[int, str]:
         return {}
     cells = [c for c in _as_list(build.get("cells")) if isinstance(c, dict)]
     return {c["ordinal"]: c["intro"] for c in cells if isinstance(c.get("ordinal"), int) and isinstance(c.get("intro"), str)}
+
+
+def _capabilities_cell(bundle: Bundle) -> nbformat.NotebookNode:
+    """"What the code can do": the capability report (`capabilities.report`) with its advice line,
+    a table of findings or that there is none, and the opaque captured values by type."""
+    found = capability_report(bundle)
+    text = f"## What the code can do\n\n*{_literal(ADVICE)}*\n\n"
+    if found.findings:
+        rows = "".join(
+            f"| {_literal(CAPABILITIES[f.capability])} | {_code(f.what)} | {_literal(f.cell if f.cell is not None else 'before the first cell')} "
+            f"| {_literal(f.line)} |\n"
+            for f in found.findings
+        )
+        text += f"| capability | what | cell | line of `{MODULE}` |\n|---|---|---|---|\n{rows}"
+    else:
+        text += "Nothing beyond computing and `ctx`."
+    if found.captured:
+        rows = "".join(f"| {_code(c['name'])} | {_code(c['type'])} | {_literal(c['size'])} | {_code(c['sha256'])} |\n"
+                       for c in found.captured)
+        text += ("\n\nOpaque values captured from the researcher's kernel (loaded at your site by caia's loader):\n\n"
+                 f"| Python name | type | bytes | sha256 |\n|---|---|---|---|\n{rows}")
+    return _md(text)
 
 
 def _protection_text(job: dict, site: Site | None) -> str:
