@@ -81,10 +81,10 @@ MODULES = {
 
 @pytest.mark.parametrize("source, kinds", MODULES.values(), ids=MODULES.keys())
 def test_the_module_split_keeps_every_byte_and_finds_only_real_docstrings_and_markers(source, kinds):
-    parts = parts.split_module(source)
-    assert "".join(part.text for part in parts) == source
-    assert [(part.kind, part.ordinal) for part in parts] == kinds
-    for part in parts:
+    split = parts.split_module(source)
+    assert "".join(part.text for part in split) == source
+    assert [(part.kind, part.ordinal) for part in split] == kinds
+    for part in split:
         if part.kind == "docstring":  # nothing but a string constant
             body = ast.parse(part.text).body
             assert len(body) == 1 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)
