@@ -76,7 +76,7 @@ function registerReview(app: JupyterFrontEnd, browser: IDefaultFileBrowser | nul
     contentType: 'file'
   });
   app.docRegistry.addWidgetFactory(
-    new ReviewFactory({ name: FACTORY, fileTypes: [ZIP_TYPE], defaultFor: [ZIP_TYPE], readOnly: true })
+    new ReviewFactory({ name: FACTORY, modelName: 'base64', fileTypes: [ZIP_TYPE], defaultFor: [ZIP_TYPE], readOnly: true })
   );
   const open = (path: string, isDir: boolean): void => {
     if (!isDir) {

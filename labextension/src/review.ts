@@ -17,9 +17,7 @@ export class ReviewView extends Widget {
   constructor(readonly path: string) {
     super();
     this.addClass('caia-review');
-    this.id = `caia-review-${path}`;
-    this.title.label = `Review ${path.split('/').pop() || path}`;
-    this.title.closable = true;
+    // No title of its own: in a document widget a changed title renames the file.
     void this.load();
   }
 
@@ -36,7 +34,6 @@ export class ReviewView extends Widget {
   }
 
   private render(view: IBundleView): void {
-    this.title.label = `Review ${view.short_id}`;
     const header = element(
       'header',
       { class: 'caia-review-header' },
@@ -168,8 +165,6 @@ function changesSection(changes: IBundleChanges | null): HTMLElement {
 /** Opens a .zip as its Review view (the file is loaded base64 by the registry; the view reads the server's copy). */
 export class ReviewFactory extends ABCWidgetFactory<DocumentWidget<ReviewView>> {
   protected createNewWidget(context: DocumentRegistry.Context): DocumentWidget<ReviewView> {
-    const widget = new DocumentWidget({ content: new ReviewView(context.localPath), context });
-    widget.title.label = `Review ${context.localPath.split('/').pop()}`;
-    return widget;
+    return new DocumentWidget({ content: new ReviewView(context.localPath), context });
   }
 }
