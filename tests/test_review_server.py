@@ -210,3 +210,44 @@ async def test_reject_records_a_rejection_or_says_it_cannot(jp_fetch, site, vali
     else:
         assert code == 200 and reply["bundle_id"] == validated_good.id and reply["reason"] == "reads the network"
         assert list((site.path / "rejections").glob("*.json"))
+
+
+async def test_every_bundle_endpoint_requires_authentication(jp_fetch):
+    for endpoint, method in [("bundle", "GET"), ("bundle/approve", "POST"), ("bundle/reject", "POST")]:
+        with pytest.raises(HTTPClientError) as info:
+            await jp_fetch("caia", "api", *endpoint.split("/"), method=method, headers={"Authorization": ""},
+                           **({"body": "{}"} if method == "POST" else {}))
+        assert info.value.code == 403, endpoint
+
+
+class TestAuthorizerIsAsked:
+    @pytest.fixture
+    def jp_server_config(self, site):
+        from test_server import RecordingAuthorizer
+
+        return {"ServerApp": {"jpserver_extensions": {"caia_jupyter": True}, "authorizer_class": RecordingAuthorizer}}
+
+    @pytest.mark.parametrize("endpoint, method, needs", [
+        ("bundle", "GET", [("read", "contents")]),
+        ("bundle/approve", "POST", [("write", "contents")]),
+        ("bundle/reject", "POST", [("write", "contents")]),
+    ])
+    async def test_reading_reads_and_signing_writes(self, jp_fetch, jp_serverapp, endpoint, method, needs):
+        await call(jp_fetch, endpoint, method, body="{}")  # refused as bad input, after authorization
+        assert jp_serverapp.authorizer.asked == needs
+
+
+class TestReadOnlyUser:
+    @pytest.fixture
+    def jp_server_config(self, site):
+        from test_server import ReadOnlyAuthorizer
+
+        return {"ServerApp": {"jpserver_extensions": {"caia_jupyter": True}, "authorizer_class": ReadOnlyAuthorizer},
+                "CaiaExtension": {"reviewer_key": str(reviewer_key(site)), "review_site": str(site.path)}}
+
+    async def test_reads_the_review_but_cannot_sign(self, jp_fetch, site, validated_good, packed):
+        assert (await call(jp_fetch, "bundle", params={"path": packed}))[0] == 200
+        code, reply = await call(jp_fetch, "bundle/approve", "POST",
+                                 body={"path": packed, "bundle_id": validated_good.id, "datasets": {"tiny": "tiny"}})
+        assert code == 403 and reply["error"] == "Forbidden"
+        assert not list(site.approvals_dir.glob("*.json"))
