@@ -10,7 +10,7 @@ from tornado.httpclient import HTTPClientError
 from caia_jupyter.researcher import transport
 from caia_jupyter.site.approvals import find_approval
 from caia_jupyter.site.keys import key_id, load_private_key
-from conftest import make_site, reviewer_key
+from conftest import build_validated, make_site, reviewer_key, set_source
 
 
 @pytest.fixture
@@ -68,6 +68,13 @@ async def test_a_packed_bundle_or_a_folder_is_reviewed_for_the_configured_site(j
     assert (view["can_sign"], view["reason"], view["path"]) == (True, "", path)
     assert str(reviewer_key(site)) not in json.dumps(view) and "reviewers" not in json.dumps(view)
     assert files_under(jp_root_dir) == before  # nothing extracted or rendered beside the bundle
+    try:
+        from caia_jupyter.reviewer import capabilities
+    except ImportError:
+        assert view["capabilities"] is None
+    else:
+        assert view["capabilities"] == capabilities.report(validated_good).to_json()
+    assert view["changes"] is None  # the site approved nothing before
 
 
 async def test_approve_writes_an_approval_the_site_admits(jp_fetch, site, validated_good, packed):
@@ -79,6 +86,20 @@ async def test_approve_writes_an_approval_the_site_admits(jp_fetch, site, valida
     found, reasons = find_approval(site, validated_good.id, {"tiny"})
     assert found is not None, reasons
     assert found.datasets == {"tiny": "tiny"} and found.key_id == approval["key_id"]
+
+
+async def test_after_an_approval_the_next_version_shows_what_changed(jp_fetch, jp_root_dir, tmp_path, site,
+                                                                       validated_good, packed):
+    pytest.importorskip("caia_jupyter.reviewer.changes")
+    code, _ = await call(jp_fetch, "bundle/approve", "POST",
+                         body={"path": packed, "bundle_id": validated_good.id, "datasets": {"tiny": "tiny"}})
+    assert code == 200
+    edited = build_validated(tmp_path / "next", edit=lambda nb: set_source(nb, "torch.manual_seed(0)", "torch.manual_seed(1)"))
+    transport.pack(edited.path, jp_root_dir / "inbox" / "next.zip")
+    code, view = await call(jp_fetch, "bundle", params={"path": "inbox/next.zip"})
+    assert code == 200 and view["changes"]["base"]["bundle_id"] == validated_good.id
+    changed = [cell for cell in view["changes"]["cells"] if cell["status"] != "unchanged"]
+    assert len(changed) == 1 and "+    torch.manual_seed(1)" in changed[0]["diff"]
 
 
 async def test_approve_refuses_a_bundle_that_changed_since_it_was_read(jp_fetch, site, validated_good, packed):

@@ -162,18 +162,18 @@ def _public_id(key: Path) -> str | None:
 
 def _capabilities(bundle: Bundle) -> dict | None:
     try:
-        from .capabilities import report
+        from . import capabilities
     except ImportError:
         return None
-    return report(bundle).to_json()
+    return capabilities.report(bundle).to_json()
 
 
 def _changes(bundle: Bundle, site: Site | None) -> dict | None:
     if site is None:
         return None
     try:
-        from .changes import compare
+        from . import changes as compared
     except ImportError:
         return None
-    changes = compare(bundle, site)
+    changes = compared.compare(bundle, site)
     return changes.to_json() if changes is not None else None
