@@ -132,7 +132,7 @@ def reject(path: Path, bundle_id: str, reason: str, who: Signer) -> dict:
             rejection = sign_rejection(who.site, bundle_id, who.key_file, reason)
         except CaiaError as e:
             raise type(e)(hidden(str(e), who.key_file)) from None
-        return rejection.to_json() if hasattr(rejection, "to_json") else dict(rejection)
+        return rejection.to_json()
 
 
 def hidden(message: str, key: Path | None, *spellings: str) -> str:
