@@ -61,6 +61,13 @@ def lab(tmp_path_factory):
     shutil.copyfile(REPO / "example_notebooks" / DP_NOTEBOOK, root / DP_NOTEBOOK)
     shutil.copytree(REPO / "example_notebooks" / "samples", root / "samples")
     centers = make_sites(root / "sites")
+    yield from running_lab(base, root, centers=centers)
+
+
+def running_lab(base: Path, root: Path, *arguments: str, **extra):
+    """Run jupyter-lab over `root` (its configuration and data under `base`), with this checkout's
+    build of the extension and `arguments` on its command line; yield {"url", "token", "root", "base",
+    **extra} while it runs, then stop it and every process it started."""
     settings = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
@@ -82,7 +89,7 @@ def lab(tmp_path_factory):
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("jupyter-lab")), "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
          f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"],
+         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", *arguments],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -95,7 +102,7 @@ def lab(tmp_path_factory):
             except OSError:
                 assert time.monotonic() < deadline, "jupyter-lab did not start"
                 time.sleep(0.25)
-        yield {"url": url, "token": token, "root": root, "centers": centers, "base": base}
+        yield {"url": url, "token": token, "root": root, "base": base, **extra}
     finally:
         children = psutil.Process(server.pid).children(recursive=True)
         server.send_signal(signal.SIGTERM)

@@ -48,6 +48,10 @@ class CaiaExtension(ExtensionApp):
     site_dirs = List(Unicode(), default_value=[], config=True,
                      help="Site directories offered for simulator runs, besides sites/* beside the notebook.")
     poc_workspace = Unicode("", config=True, help="The caia POC workspace for --target poc (default: ~/.caia/poc).")
+    reviewer_key = Unicode("", config=True, help="The reviewer's private key file, on this machine and outside the "
+                           "server's root, that signs approvals and rejections from the Review view; never sent to "
+                           "the browser.")
+    review_site = Unicode("", config=True, help="The site directory the reviewer signs for from the Review view.")
 
     def initialize_handlers(self):
         self.handlers.extend([
@@ -58,6 +62,9 @@ class CaiaExtension(ExtensionApp):
             (r"/caia/api/runs", RunsHandler),
             (r"/caia/api/run", RunHandler),
             (r"/caia/api/run/stream", RunStreamHandler),
+            (r"/caia/api/bundle", BundleHandler),
+            (r"/caia/api/bundle/approve", ApproveHandler),
+            (r"/caia/api/bundle/reject", RejectHandler),
         ])
 
 
@@ -234,6 +241,59 @@ class RunHandler(CaiaHandler):
             return overview.run(run)
 
         await self.reply(abort)
+
+
+class BundleHandler(CaiaHandler):
+    """The Review view of a bundle folder or a packed .zip (`workbench.view`), with this server's signer."""
+
+    CONFIGURE = ("start the server with --CaiaExtension.reviewer_key=<your private key> "
+                 "--CaiaExtension.review_site=<the site directory you sign for>")
+
+    def signer(self):
+        from ..reviewer.workbench import signer
+
+        app = self.extensionapp
+        return signer(app.review_site, app.reviewer_key, self.root, self.CONFIGURE)
+
+    @tornado.web.authenticated
+    @reads_files
+    async def get(self):
+        path = self.query(inputs.BundleQuery).path
+
+        def view():
+            from ..reviewer.workbench import view
+
+            return {"path": self.relative(path), **view(path, self.signer())}
+
+        await self.reply(view)
+
+
+class ApproveHandler(BundleHandler):
+    @tornado.web.authenticated
+    @writes_files
+    async def post(self):
+        body = self.body(inputs.ApproveBody)
+
+        def approve():
+            from ..reviewer.workbench import approve
+
+            return approve(body.path, body.bundle_id, dict(body.datasets), self.signer(), body.expires_in_days)
+
+        await self.reply(approve)
+
+
+class RejectHandler(BundleHandler):
+    @tornado.web.authenticated
+    @writes_files
+    async def post(self):
+        body = self.body(inputs.RejectBody)
+
+        def reject():
+            from ..reviewer.workbench import reject
+
+            return reject(body.path, body.bundle_id, body.reason, self.signer())
+
+        await self.reply(reject)
 
 
 class RunStreamHandler(CaiaMixin, ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):

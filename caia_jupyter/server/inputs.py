@@ -111,6 +111,31 @@ class SubmitBody(NotebookBody):
         return self
 
 
+BundleId = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class BundleQuery(Query):
+    usage = "?path=<bundle folder, or .zip from caia pack, under the server's root>"
+    path: ServerPath
+
+
+class ApproveBody(Body):
+    usage = ('{"path": "<bundle folder or .zip>", "bundle_id": "sha256:<64 hex>", "datasets": {"<requested name>": '
+             '"<catalog id>"}, "expires_in_days": <days, optional>}')
+    path: ServerPath
+    bundle_id: BundleId
+    datasets: dict[Name, Name] = Field(max_length=256)
+    expires_in_days: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class RejectBody(Body):
+    usage = '{"path": "<bundle folder or .zip>", "bundle_id": "sha256:<64 hex>", "reason": "<why, one line>"}'
+    path: ServerPath
+    bundle_id: BundleId
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
+                      AfterValidator(_printable)]
+
+
 def from_query(model: type[Query], arguments: dict[str, list[bytes]], root: Path) -> Query:
     """The query parameters (tornado's `request.query_arguments`; the last of a repeated one) as `model`.
     Raises `BadInput` for anything malformed, `OutsideRoot` for a path out of `root`."""

@@ -110,3 +110,54 @@ export function streamRun(run: string, onState: (state: IRunState) => void, onCl
   socket.onclose = () => onClose();
   return socket;
 }
+
+/** One thing the federated code can do beyond computing, from its syntax tree. */
+export interface IFinding {
+  capability: string;
+  what: string;
+  line: number;
+  cell: number | null;
+}
+
+/** The capability report at the top of a review: advice, not a gate. */
+export interface ICapabilities {
+  advice: string;
+  findings: IFinding[];
+  captured: { name: string; type: string; size: number; sha256: string }[];
+}
+
+/** What changed since the closest bundle the review site approved before. */
+export interface IBundleChanges {
+  base: { bundle_id: string; short_id: string };
+  cosmetic: boolean;
+  cells: { cell: number; status: 'unchanged' | 'changed' | 'cosmetic' | 'added' | 'removed'; diff: string }[];
+  other: string[];
+}
+
+/** A bundle (a packed .zip or a bundle folder) as its reviewer sees it in the Review view. */
+export interface IBundleView {
+  path: string;
+  bundle_id: string;
+  short_id: string;
+  review_html: string;
+  capabilities: ICapabilities | null;
+  changes: IBundleChanges | null;
+  site: string | null;
+  requested: string[];
+  catalog: string[];
+  key_id: string | null;
+  can_sign: boolean;
+  reason: string;
+}
+
+export function bundleView(path: string): Promise<IBundleView> {
+  return request<IBundleView>(`bundle?path=${encodeURIComponent(path)}`);
+}
+
+export function approveBundle(path: string, bundleId: string, datasets: Record<string, string>): Promise<Record<string, unknown>> {
+  return post('bundle/approve', { path, bundle_id: bundleId, datasets });
+}
+
+export function rejectBundle(path: string, bundleId: string, reason: string): Promise<Record<string, unknown>> {
+  return post('bundle/reject', { path, bundle_id: bundleId, reason });
+}

@@ -1,12 +1,14 @@
 // caia-jupyter in JupyterLab: federated cells marked in notebooks, the "Federated" sidebar,
 // and commands (palette and notebook toolbar) to toggle a cell, validate, review and submit.
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, Notification } from '@jupyterlab/apputils';
+import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
 import { Cell } from '@jupyterlab/cells';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { CommandToolbarButton } from '@jupyterlab/ui-components';
 
 import { Action, FederatedPanel } from './panel';
+import { FACTORY, ReviewFactory, ReviewView, ZIP_TYPE } from './review';
 
 const MAGIC = '%%federated';
 const MARK = 'caia-federated-cell';
@@ -63,13 +65,67 @@ function toggleFederated(cell: Cell): void {
   }
 }
 
+/** A packed bundle (.zip) opens as its Review view; "Review bundle" in the file browser opens a zip or a folder so. */
+function registerReview(app: JupyterFrontEnd, browser: IDefaultFileBrowser | null): void {
+  app.docRegistry.addFileType({
+    name: ZIP_TYPE,
+    displayName: 'Zip archive (caia bundle)',
+    extensions: ['.zip'],
+    mimeTypes: ['application/zip'],
+    fileFormat: 'base64',
+    contentType: 'file'
+  });
+  app.docRegistry.addWidgetFactory(
+    new ReviewFactory({ name: FACTORY, modelName: 'base64', fileTypes: [ZIP_TYPE], defaultFor: [ZIP_TYPE], readOnly: true })
+  );
+  const open = (path: string, isDir: boolean): void => {
+    if (!isDir) {
+      void app.commands.execute('docmanager:open', { path, factory: FACTORY });
+      return;
+    }
+    const id = `caia-review-${path}`;
+    const existing = Array.from(app.shell.widgets('main')).find(widget => widget.id === id);
+    if (existing) {
+      app.shell.activateById(id);
+      return;
+    }
+    const widget = new MainAreaWidget({ content: new ReviewView(path) });
+    widget.id = id;
+    widget.title.label = `Review ${path.split('/').pop() || path}`;
+    widget.title.closable = true;
+    app.shell.add(widget, 'main');
+  };
+  app.commands.addCommand('caia:review-bundle', {
+    label: 'Review bundle',
+    caption: 'Review a bundle folder or a packed bundle (.zip) and approve or reject it for your site',
+    isVisible: () => {
+      const item = browser?.selectedItems().next();
+      return !!item && !item.done && (item.value.type === 'directory' || item.value.path.toLowerCase().endsWith('.zip'));
+    },
+    execute: () => {
+      const item = browser?.selectedItems().next();
+      if (item && !item.done) {
+        open(item.value.path, item.value.type === 'directory');
+      }
+    }
+  });
+  app.contextMenu.addItem({ command: 'caia:review-bundle', selector: '.jp-DirListing-item[data-isdir]', rank: 3 });
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'caia-jupyter:plugin',
   description: 'Federated cells, bundle id, validation, approvals and live runs',
   autoStart: true,
   requires: [ICommandPalette, INotebookTracker],
-  optional: [ILayoutRestorer],
-  activate: (app: JupyterFrontEnd, palette: ICommandPalette, tracker: INotebookTracker, restorer: ILayoutRestorer | null) => {
+  optional: [ILayoutRestorer, IDefaultFileBrowser],
+  activate: (
+    app: JupyterFrontEnd,
+    palette: ICommandPalette,
+    tracker: INotebookTracker,
+    restorer: ILayoutRestorer | null,
+    browser: IDefaultFileBrowser | null
+  ) => {
+    registerReview(app, browser);
     const panel = new FederatedPanel(
       path => void app.commands.execute('docmanager:open', { path }),
       () => app.commands.notifyCommandChanged()

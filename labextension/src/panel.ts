@@ -14,7 +14,7 @@ const LABELS: Record<Action, string> = { validate: 'Validate', review: 'Review',
 const PROGRESS: Record<Action, string> = { validate: 'validating…', review: 'rendering…', submit: 'submitting…' };
 const POLL_MS = 3000; // approvals made in a terminal, `%federated validate`, widget runs show within this
 
-function element<K extends keyof HTMLElementTagNameMap>(
+export function element<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   attrs: Record<string, string> = {},
   ...children: (Node | string)[]

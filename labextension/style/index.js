@@ -1,2 +1,3 @@
 import './base.css';
 import './chart.css';
+import './review.css';

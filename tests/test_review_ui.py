@@ -1,0 +1,102 @@
+"""The Review view in JupyterLab, in headless Chromium: a reviewer's server (started with site-1's
+reviewer key and site) opens a packed bundle from the file browser, shows what the code can do and
+the review page in a sandboxed frame, and Approve signs for site-1; with the other two sites'
+approvals, site-1 then admits the bundle in a real NVFLARE simulator run."""
+
+import shutil
+
+import pytest
+
+from caia_jupyter.researcher import compose, transport, validation
+from caia_jupyter.reviewer import signing
+from caia_jupyter.site.approvals import find_approval
+from caia_jupyter.site.keys import key_id, load_private_key
+from caia_jupyter.targets.demo_sites import make_sites
+from caia_jupyter.targets.submit import submit
+from conftest import REPO
+from test_ui import NOTEBOOK, browser, jp_asyncio_loop, jp_server_cleanup, running_lab  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+expect = pytest.importorskip("playwright.sync_api").expect
+SCREENSHOT = REPO / "labextension" / "review-view.png"
+
+
+@pytest.fixture(scope="module")
+def reviewer_lab(tmp_path_factory):
+    """The example bundle, validated, packed into the root of a jupyter-lab that signs as site-1's reviewer;
+    the three demo sites and their reviewers' keys lie outside that root."""
+    base = tmp_path_factory.mktemp("reviewer-lab")
+    study, root = base / "study", base / "root"
+    shutil.copytree(REPO / "example_notebooks" / "samples", study / "samples")
+    text = (REPO / "example_notebooks" / NOTEBOOK).read_text()
+    (study / NOTEBOOK).write_text(text.replace("rounds=5", "rounds=2"))
+    built = compose.build(study / NOTEBOOK)
+    assert validation.validate(built).passed
+    root.mkdir()
+    transport.pack(built.path, root / "example.zip")
+    shutil.copytree(built.path, root / "example-bundle")
+    centers = make_sites(base / "sites")
+    yield from running_lab(base, root, f"--CaiaExtension.reviewer_key={centers[0].reviewer_key}",
+                           f"--CaiaExtension.review_site={centers[0].site.path}", centers=centers, bundle=built)
+
+
+def test_review_bundle_on_a_folder_in_the_file_browser(browser, reviewer_lab):  # noqa: F811
+    lab, built = reviewer_lab, reviewer_lab["bundle"]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{lab['url']}/lab?reset&token={lab['token']}")
+        page.locator(".jp-DirListing-item", has_text="example-bundle").click(button="right")
+        page.locator(".lm-Menu-item", has_text="Review bundle").click()
+        view = page.locator(".caia-review")
+        expect(view.locator(".caia-review-id")).to_have_text(built.short_id)
+        expect(view.locator(".caia-review-approve")).to_be_enabled()
+        reject, reason = view.locator(".caia-review-reject"), view.locator(".caia-review-reason")
+        expect(reject).to_be_disabled()
+        reason.fill("too early")
+        expect(reject).to_be_enabled()
+        reason.fill("  ")
+        expect(reject).to_be_disabled()
+    finally:
+        context.close()
+
+
+def test_open_a_packed_bundle_approve_it_and_the_site_admits_it(browser, reviewer_lab):  # noqa: F811
+    lab, built = reviewer_lab, reviewer_lab["bundle"]
+    site_1 = lab["centers"][0]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{lab['url']}/lab?reset&token={lab['token']}")
+        page.locator(".jp-DirListing-item", has_text="example.zip").dblclick()
+        view = page.locator(".caia-review")
+        expect(view.locator(".caia-review-id")).to_have_text(built.short_id)
+        expect(view.locator(".caia-review-site")).to_have_text("site-1")
+        expect(view.locator(".caia-review-key")).to_have_text(key_id(load_private_key(site_1.reviewer_key).public_key()))
+        expect(view.locator(".caia-review-capabilities h3")).to_have_text("What the code can do")
+        frame = view.locator("iframe.caia-review-page")
+        assert frame.get_attribute("sandbox") == ""
+        expect(page.frame_locator("iframe.caia-review-page").locator("h1")).to_contain_text(f"Review of bundle {built.id}")
+        release = view.locator('select[data-caia-dataset="breast_cancer"]')
+        expect(release).to_have_value("breast_cancer")  # the catalog's dataset of the requested name
+        expect(view.locator(".caia-review-reject")).to_be_disabled()  # a rejection needs its reason
+        approve = view.locator(".caia-review-approve")
+        expect(approve).to_be_enabled()
+        approve.click()
+        expect(view.locator(".caia-review-result")).to_contain_text(f"approved {built.short_id} at site-1", timeout=120_000)
+        expect(approve).to_be_enabled()  # done: no longer busy
+        page.screenshot(path=str(SCREENSHOT))
+    finally:
+        context.close()
+    assert sorted(p.name for p in lab["root"].iterdir() if not p.name.startswith(".")) == ["example-bundle", "example.zip"]
+    approval, reasons = find_approval(site_1.site, built.id, {"breast_cancer"})
+    assert approval is not None and approval.datasets == {"breast_cancer": "breast_cancer"}, reasons
+
+    for center in lab["centers"][1:]:
+        signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key, bundle=built)
+    run = submit(built.path, [str(c.site.path) for c in lab["centers"]], runs_root=lab["base"] / "runs",
+                 relative_to=lab["base"])
+    assert run.wait(timeout=900) == "finished", run.message
+    assert run.refusals == {} and run.sites["site-1"] == "done", (run.sites, run.refusals)
