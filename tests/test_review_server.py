@@ -8,6 +8,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from caia_jupyter.researcher import transport
+from caia_jupyter.site import audit
 from caia_jupyter.site.approvals import find_approval
 from caia_jupyter.site.keys import key_id, load_private_key
 from conftest import build_validated, make_site, reviewer_key, set_source
@@ -90,7 +91,6 @@ async def test_approve_writes_an_approval_the_site_admits(jp_fetch, site, valida
 
 async def test_after_an_approval_the_next_version_shows_what_changed(jp_fetch, jp_root_dir, tmp_path, site,
                                                                        validated_good, packed):
-    pytest.importorskip("caia_jupyter.reviewer.changes")
     code, _ = await call(jp_fetch, "bundle/approve", "POST",
                          body={"path": packed, "bundle_id": validated_good.id, "datasets": {"tiny": "tiny"}})
     assert code == 200
@@ -221,16 +221,14 @@ class TestAKeyInsideTheRoot:
         assert code == 200 and view["can_sign"] is False and "inside the server's root" in view["reason"]
 
 
-async def test_reject_records_a_rejection_or_says_it_cannot(jp_fetch, site, validated_good, packed):
+async def test_reject_signs_a_rejection_and_records_it_in_the_audit_log(jp_fetch, site, validated_good, packed):
     code, reply = await call(jp_fetch, "bundle/reject", "POST",
                              body={"path": packed, "bundle_id": validated_good.id, "reason": "reads the network"})
-    try:
-        from caia_jupyter.reviewer.signing import reject  # noqa: F401
-    except ImportError:
-        assert code == 400 and "cannot record rejections" in reply["message"]
-    else:
-        assert code == 200 and reply["bundle_id"] == validated_good.id and reply["reason"] == "reads the network"
-        assert list((site.path / "rejections").glob("*.json"))
+    assert code == 200 and reply["bundle_id"] == validated_good.id and reply["reason"] == "reads the network"
+    assert len(list(site.rejections_dir.glob("*.json"))) == 1
+    records, problems = audit.verify(site)
+    assert problems == [] and [(r["event"], r["bundle_id"], r["reason"]) for r in records] == [
+        ("rejection", validated_good.id, "reads the network")]
 
 
 async def test_every_bundle_endpoint_requires_authentication(jp_fetch):

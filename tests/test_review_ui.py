@@ -19,6 +19,7 @@ from test_ui import NOTEBOOK, browser, jp_asyncio_loop, jp_server_cleanup, runni
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api").expect
 SCREENSHOT = REPO / "labextension" / "review-view.png"
+EDITED = ("manual_seed(ctx.round)", "manual_seed(ctx.round + 1)")  # one line of train: the earlier version has the second
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +30,20 @@ def reviewer_lab(tmp_path_factory):
     study, root = base / "study", base / "root"
     shutil.copytree(REPO / "example_notebooks" / "samples", study / "samples")
     text = (REPO / "example_notebooks" / NOTEBOOK).read_text()
+    centers = make_sites(base / "sites")
+    # site-1 approved an earlier version, whose train seeded its shuffling one higher
+    (study / NOTEBOOK).write_text(text.replace("rounds=5", "rounds=2").replace(EDITED[0], EDITED[1]))
+    earlier = compose.build(study / NOTEBOOK, study / "earlier")
+    assert validation.validate(earlier).passed
+    signing.approve(centers[0].site, earlier.id, {"breast_cancer": "breast_cancer"}, centers[0].reviewer_key, bundle=earlier)
     (study / NOTEBOOK).write_text(text.replace("rounds=5", "rounds=2"))
     built = compose.build(study / NOTEBOOK)
     assert validation.validate(built).passed
     root.mkdir()
     transport.pack(built.path, root / "example.zip")
     shutil.copytree(built.path, root / "example-bundle")
-    centers = make_sites(base / "sites")
     yield from running_lab(base, root, f"--CaiaExtension.reviewer_key={centers[0].reviewer_key}",
-                           f"--CaiaExtension.review_site={centers[0].site.path}", centers=centers, bundle=built)
+                           f"--CaiaExtension.review_site={centers[0].site.path}", centers=centers, bundle=built, earlier=earlier)
 
 
 def test_review_bundle_on_a_folder_in_the_file_browser(browser, reviewer_lab):  # noqa: F811
@@ -76,6 +82,12 @@ def test_open_a_packed_bundle_approve_it_and_the_site_admits_it(browser, reviewe
         expect(view.locator(".caia-review-site")).to_have_text("site-1")
         expect(view.locator(".caia-review-key")).to_have_text(key_id(load_private_key(site_1.reviewer_key).public_key()))
         expect(view.locator(".caia-review-capabilities h3")).to_have_text("What the code can do")
+        expect(view.locator(".caia-review-capabilities")).to_contain_text("nothing beyond computing with ctx")
+        changes = view.locator(".caia-review-changes")
+        expect(changes.locator("h3")).to_contain_text(f"Changed since this site approved {lab['earlier'].short_id}")
+        expect(changes.locator("h4")).to_have_text(["federated cell 4: changed"])  # train's cell, and nothing else
+        expect(changes.locator(".caia-diff-del")).to_have_text([f"-    generator = torch.Generator().{EDITED[1]}"])
+        expect(changes.locator(".caia-diff-add")).to_have_text([f"+    generator = torch.Generator().{EDITED[0]}"])
         frame = view.locator("iframe.caia-review-page")
         assert frame.get_attribute("sandbox") == ""
         expect(page.frame_locator("iframe.caia-review-page").locator("h1")).to_contain_text(f"Review of bundle {built.id}")

@@ -24,6 +24,8 @@ from ..researcher.transport import pack, unpack
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, open_site
 from . import signing
+from .capabilities import report
+from .changes import compare
 from .review import render
 
 HIDDEN_KEY = "the configured reviewer key"
@@ -91,15 +93,15 @@ def opened(path: Path) -> Iterator[Bundle]:
 
 def view(path: Path, who: Signer) -> dict:
     """What the Review view shows of the bundle at `path`: {"bundle_id", "short_id", "review_html"
-    (the review page, rendered for the site when one is configured), "capabilities" and "changes"
-    (their to_json(), or null when unavailable), "site" (name or null), "requested" (dataset
+    (the review page, rendered for the site when one is configured), "capabilities"
+    (`capabilities.report`), "changes" (`changes.compare` against the site's store, or null), "site" (name or null), "requested" (dataset
     names the bundle asks for), "catalog" (the site's dataset ids), "key_id", "can_sign", "reason"
     (why not, or "")}. Raises BundleError as `opened` does."""
     with opened(path) as bundle:
         page = render(bundle.path, bundle.path.parent / "review.html", site=who.site).read_text(encoding="utf-8")
         return {
             "bundle_id": bundle.id, "short_id": bundle.short_id, "review_html": page,
-            "capabilities": _capabilities(bundle), "changes": _changes(bundle, who.site),
+            "capabilities": report(bundle).to_json(), "changes": _changes(bundle, who.site),
             "site": who.site.name if who.site else None, "requested": sorted(bundle.manifest["datasets"]),
             "catalog": sorted(who.site.catalog) if who.site else [], "key_id": who.key_id,
             "can_sign": who.can_sign, "reason": who.reason,
@@ -122,14 +124,10 @@ def approve(path: Path, bundle_id: str, datasets: dict[str, str], who: Signer,
 
 def reject(path: Path, bundle_id: str, reason: str, who: Signer) -> dict:
     """Sign and record a rejection of the bundle at `path` with `reason`; returns its json. Raises as
-    `approve` does, and CaiaError when this installation cannot record rejections."""
-    try:
-        from .signing import reject as sign_rejection
-    except ImportError:
-        raise CaiaError("this caia-jupyter cannot record rejections (no signing.reject); upgrade it") from None
+    `approve` does."""
     with _signable(path, bundle_id, who):
         try:
-            rejection = sign_rejection(who.site, bundle_id, who.key_file, reason)
+            rejection = signing.reject(who.site, bundle_id, who.key_file, reason)
         except CaiaError as e:
             raise type(e)(hidden(str(e), who.key_file)) from None
         return rejection.to_json()
@@ -160,20 +158,6 @@ def _public_id(key: Path) -> str | None:
         return None
 
 
-def _capabilities(bundle: Bundle) -> dict | None:
-    try:
-        from . import capabilities
-    except ImportError:
-        return None
-    return capabilities.report(bundle).to_json()
-
-
 def _changes(bundle: Bundle, site: Site | None) -> dict | None:
-    if site is None:
-        return None
-    try:
-        from . import changes as compared
-    except ImportError:
-        return None
-    changes = compared.compare(bundle, site)
+    changes = compare(bundle, site) if site is not None else None
     return changes.to_json() if changes is not None else None

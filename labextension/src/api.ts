@@ -130,7 +130,13 @@ export interface ICapabilities {
 export interface IBundleChanges {
   base: { bundle_id: string; short_id: string };
   cosmetic: boolean;
-  cells: { cell: number; status: 'unchanged' | 'changed' | 'cosmetic' | 'added' | 'removed'; diff: string }[];
+  cells: {
+    cell: number | null;
+    part: 'docstring' | 'head' | 'cell';
+    title: string;
+    status: 'unchanged' | 'changed' | 'cosmetic' | 'added' | 'removed';
+    diff: string;
+  }[];
   other: string[];
 }
 
@@ -140,7 +146,7 @@ export interface IBundleView {
   bundle_id: string;
   short_id: string;
   review_html: string;
-  capabilities: ICapabilities | null;
+  capabilities: ICapabilities;
   changes: IBundleChanges | null;
   site: string | null;
   requested: string[];

@@ -124,12 +124,8 @@ export class ReviewView extends Widget {
   }
 }
 
-function capabilitiesSection(report: ICapabilities | null): HTMLElement {
+function capabilitiesSection(report: ICapabilities): HTMLElement {
   const section = element('section', { class: 'caia-review-capabilities' }, element('h3', {}, 'What the code can do'));
-  if (!report) {
-    section.append(element('p', {}, 'no capability report from this server; read the review page below'));
-    return section;
-  }
   section.append(element('p', { class: 'caia-review-advice' }, report.advice));
   const list = element('ul', {});
   for (const f of report.findings) {
@@ -146,20 +142,32 @@ function capabilitiesSection(report: ICapabilities | null): HTMLElement {
 function changesSection(changes: IBundleChanges | null): HTMLElement {
   const section = element('section', { class: 'caia-review-changes' });
   if (!changes) {
-    section.append(element('h3', {}, 'Changes'), element('p', {}, 'no earlier approval of this notebook at this site to compare with'));
+    section.append(element('h3', {}, 'Changes'), element('p', {}, 'first bundle this site reviews: nothing to compare'));
     return section;
   }
   section.append(element('h3', {}, 'Changed since this site approved ', element('code', {}, changes.base.short_id)));
   if (changes.cosmetic) {
-    section.append(element('p', { class: 'caia-review-cosmetic' }, 'cosmetic only: every cell has the same syntax tree (comments, blank lines, formatting)'));
+    section.append(
+      element('p', { class: 'caia-review-cosmetic' }, 'cosmetic: same syntax tree (comments, blank lines, formatting); the bytes changed, so it still needs a new approval')
+    );
   }
   for (const line of changes.other) {
     section.append(element('p', {}, line));
   }
   for (const cell of changes.cells.filter(c => c.status !== 'unchanged')) {
-    section.append(element('h4', {}, `cell ${cell.cell}: ${cell.status}`), element('pre', { class: 'caia-review-diff' }, cell.diff));
+    section.append(element('h4', {}, `${cell.title}: ${cell.status}`), diffBlock(cell.diff));
   }
   return section;
+}
+
+/** A unified diff, its removed and added lines marked for colour. */
+function diffBlock(diff: string): HTMLElement {
+  const block = element('pre', { class: 'caia-review-diff' });
+  for (const line of diff.split('\n')) {
+    const kind = line.startsWith('+') ? 'caia-diff-add' : line.startsWith('-') ? 'caia-diff-del' : line.startsWith('@@') ? 'caia-diff-hunk' : '';
+    block.append(element('span', kind ? { class: kind } : {}, line + '\n'));
+  }
+  return block;
 }
 
 /** Opens a .zip as its Review view (the file is loaded base64 by the registry; the view reads the server's copy). */
