@@ -95,6 +95,40 @@ TRICKY = [
     pytest.param("from sys import stdout\ndef train(model, data, ctx):\n    stdout.write(repr(data))\n", "output", 3,
                  id="from-sys-import-stdout-of-data"),
     pytest.param("import os\nos.__getattribute__('system')('ls')\n", "dynamic_code", 2, id="getattribute-dunder"),
+    # Libraries re-export the modules they import, and hold real implementations under other paths.
+    pytest.param("import torch\ntorch.serialization.load(path)\n", "serialization", 2, id="torch-serialization-load"),
+    pytest.param("import pandas as pd\npd.io.pickle.read_pickle(path)\n", "serialization", 2,
+                 id="pandas-io-pickle-read-pickle"),
+    pytest.param("import torch\ntorch.serialization.os.system('id')\n", "subprocess", 2,
+                 id="os-re-exported-by-torch-serialization"),
+    pytest.param("from os import path\npath.os.system('id')\n", "subprocess", 2, id="os-re-exported-by-os-path"),
+    pytest.param("import torch\ntorch.serialization.os.environ['HOME']\n", "environment", 2,
+                 id="environ-through-a-re-exported-os"),
+    pytest.param("import torch\ntorch.serialization.pickle.loads(b)\n", "serialization", 2,
+                 id="pickle-re-exported-by-torch-serialization"),
+    pytest.param("import x\nx.y.subprocess.run(['id'])\n", "subprocess", 2, id="subprocess-re-exported-anywhere"),
+    pytest.param("import x\nx.sys.modules['os']\n", "dynamic_import", 2, id="sys-re-exported-anywhere"),
+    pytest.param("import numpy as np\nnp.lib._npyio_impl.load(p, allow_pickle=True)\n", "dynamic_code", 2,
+                 id="numpy-private-npyio-impl"),
+    pytest.param("from numpy.lib import _npyio_impl\n", "dynamic_code", 1, id="import-of-a-private-module"),
+    pytest.param("import torch\ngetattr(torch.serialization, '_open_file')\n", "dynamic_code", 2,
+                 id="getattr-of-a-private-name"),
+    pytest.param("def _open_file():\n    pass\nimport torch\ntorch.serialization._open_file('x', 'wb')\n", "dynamic_code", 4,
+                 id="private-function-of-a-module-even-when-the-code-defines-the-name"),
+    pytest.param("import torch\ntorch.serialization._open_file('x', 'wb')\n", "files", 2, id="torch-serialization-open-file"),
+    pytest.param("import codecs\ncodecs.open('/etc/passwd').read()\n", "files", 2, id="codecs-open"),
+    pytest.param("import torch\ntorch.ops.load_library('/tmp/x.so')\n", "serialization", 2, id="torch-ops-load-library"),
+    pytest.param("import numpy as np\nnp.ctypeslib.load_library('x', '/tmp')\n", "serialization", 2,
+                 id="numpy-ctypeslib-load-library"),
+    pytest.param("import torch.utils.cpp_extension as ce\nce.load_inline(name='x', cpp_sources='')\n", "serialization", 2,
+                 id="torch-cpp-extension-load-inline"),
+    pytest.param("import pandas as pd\npd.io.common.urlopen(url)\n", "network", 2, id="pandas-io-common-urlopen"),
+    pytest.param("import pandas as pd\npd.eval('1 + 1')\n", "dynamic_code", 2, id="pandas-eval"),
+    pytest.param("def load_data(ctx):\n    frame = ctx.dataset('d')\n    frame.query('@__import__(\"os\").system(\"id\")')\n",
+                 "dynamic_code", 3, id="frame-query-runs-an-expression"),
+    pytest.param("frame = make()\nframe.eval(expr='a + b')\n", "dynamic_code", 2, id="frame-eval-with-an-argument"),
+    pytest.param("import torch\ntorch.package.PackageImporter(p)\n", "serialization", 2, id="torch-package-importer"),
+    pytest.param("help('modules')\n", "dynamic_import", 1, id="help-modules-imports-every-module"),
 ]
 
 BENIGN = [
@@ -108,6 +142,11 @@ BENIGN = [
     pytest.param("x = getattr(object(), 'real', None)\n", id="getattr-constant-name-on-a-value"),
     pytest.param("def load_data(ctx):\n    frame = ctx.dataset('d')\n    text = frame.to_json()\n    return text\n",
                  id="to-json-without-a-path-returns-text"),
+    pytest.param("class M:\n    def __init__(self):\n        super().__init__()\n        self._w = 1\n\n"
+                 "    def f(self):\n        return self._w\n", id="private-names-the-code-defines-itself"),
+    pytest.param("from __future__ import annotations\n", id="future-import"),
+    pytest.param("import scipy.signal\nscipy.signal.butter(2, 0.1)\n", id="scipy-signal-is-not-the-signal-module"),
+    pytest.param("import torch\ntorch.select(torch.zeros(2, 2), 0, 1)\n", id="torch-select-is-not-the-select-module"),
 ]
 
 
@@ -158,6 +197,13 @@ def test_the_example_notebook_can_do_nothing_beyond_computing_and_ctx(example_bu
     assert found.findings == [] and found.captured == []
     assert found.to_json() == {"advice": capabilities.ADVICE, "findings": [], "captured": []}
     assert "not a gate" in capabilities.ADVICE
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "example_notebooks").glob("*.ipynb")))
+def test_every_example_notebook_reports_nothing(name, tmp_path):
+    shutil.copy(REPO / "example_notebooks" / name, tmp_path)
+    shutil.copytree(REPO / "example_notebooks" / "samples", tmp_path / "samples")
+    assert capabilities.report(compose.build(tmp_path / name, tmp_path / "bundle")).findings == []
 
 
 def test_the_example_with_one_added_line_reports_it(example_bundle, tmp_path):

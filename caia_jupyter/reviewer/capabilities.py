@@ -7,8 +7,9 @@ the guard admits only caia's own runner, byte for byte.
 
 Each finding is one place (line, and federated cell when the line lies in one) where the code names
 something able to reach past its arguments and `ctx`: files, the network, subprocesses, code built
-at run time (`eval`, `exec`, `compile`, names reached by a computed string), dynamic imports,
-unpickling and foreign memory (`pickle`, `marshal`, `ctypes`...), environment variables, threads and
+at run time (`eval`, `exec`, `compile`, names reached by a computed string, private internals),
+dynamic imports, unpickling and foreign memory (`pickle`, `marshal`, `ctypes`, native libraries
+loaded or compiled at run time...), environment variables, threads and
 processes, and writes to stdout, stderr or logging of values derived from site data.
 
 How names are read, so that tricks do not hide them (the report prefers saying too much to silence):
@@ -17,12 +18,18 @@ How names are read, so that tricks do not hide them (the report prefers saying t
   `for m in (os,)`, `x := os`), as are `__import__("m")`, `importlib.import_module("m")`,
   `sys.modules["m"]`, `getattr(m, "name")`, `m.__dict__["name"]` and `globals()/vars()["name"]`;
   `__builtins__` reads as `builtins`;
+- a qualified name is read from its start and again from each module in its chain that the report
+  knows to hold capabilities (`_MODULES`): libraries re-export what they import, so
+  `torch.serialization.os.system` is `os.system` and `torch.serialization.pickle.loads` is `pickle.loads`;
 - every reference counts, called or not: `f = os.system` is reported where it is written;
 - `getattr`/`setattr`/`delattr`/`hasattr` with a computed name, `globals()`, `locals()`, `vars()`
   and the interpreter's internals (`__dict__`, `__globals__`, `__subclasses__`...) are reported as
-  code reached dynamically: what they reach cannot be read from the tree;
+  code reached dynamically: what they reach cannot be read from the tree; so is a reach into private
+  internals, an attribute or imported name starting with `_` (`np.lib._npyio_impl`, `from m import _f`)
+  that the code does not define itself (a dunder only when the code defines it as a method);
 - a method whose receiver is not a known module is judged by its name (`frame.to_csv(path)`,
-  `path.read_text()`, `anything.system(...)`);
+  `path.read_text()`, `anything.system(...)`), and `.query(...)`/`.eval(...)` given an argument run
+  an expression (pandas' `frame.query`, `frame.eval`), while `model.eval()` without one does not;
 - the string given to `eval`/`exec`/`compile`, when it is a constant, is analyzed too;
 - a star import of a module with capabilities (`from subprocess import *`) is reported itself.
 
@@ -79,7 +86,8 @@ _add("files", "builtins.open", "io.open", "io.open_code", "io.FileIO", "_io", "p
      "filecmp", "h5py", "importlib.resources", "logging.FileHandler", "logging.handlers", "logging.basicConfig",
      "numpy.load", "numpy.save", "numpy.savez", "numpy.savez_compressed", "numpy.savetxt", "numpy.loadtxt",
      "numpy.genfromtxt", "numpy.fromfile", "numpy.memmap", "numpy.lib.format", "numpy.DataSource",
-     "pandas.HDFStore", "pandas.ExcelWriter", "pandas.ExcelFile", "torch.save", "torch.from_file",
+     "codecs.open", "pandas.io.common", "pandas.HDFStore", "pandas.ExcelWriter", "pandas.ExcelFile", "torch.save",
+     "torch.from_file",
      "torch.jit.save", "torch.jit.load", "torch.utils.tensorboard", "PIL.Image.open", "matplotlib.pyplot.savefig",
      *(f"os.{name}" for name in (
          "open", "fdopen", "read", "write", "pread", "pwrite", "sendfile", "remove", "unlink", "rmdir", "removedirs",
@@ -93,8 +101,13 @@ _add("files", *(f"pandas.read_{kind}" for kind in (
     "csv", "table", "fwf", "excel", "json", "html", "xml", "hdf", "feather", "parquet", "orc", "sas", "spss", "stata",
     "sql", "sql_query", "sql_table", "clipboard")))
 _add("network", "pandas.read_html", "pandas.read_xml", "pandas.read_sql", "pandas.read_sql_query", "pandas.read_sql_table",
-     "pandas.read_gbq")
-_add("files serialization", "torch.load", "pandas.read_pickle", "joblib", "shelve", "numpy.lib.format.read_array")
+     "pandas.read_gbq", "pandas.io.common")
+_add("files serialization", "torch.load", "pandas.read_pickle", "joblib", "shelve", "numpy.lib.format.read_array",
+     "numpy.load", "numpy.lib.npyio", "numpy.lib._npyio_impl", "torch.serialization", "torch.package",
+     "pandas.io.pickle")
+# Native code loaded or compiled at run time: foreign memory, like ctypes.
+_add("files serialization", "torch.ops.load_library", "torch.classes.load_library", "numpy.ctypeslib")
+_add("files serialization subprocess", "torch.utils.cpp_extension")
 _add("serialization", "pickle", "_pickle", "cPickle", "cloudpickle", "dill", "marshal", "ctypes", "_ctypes", "cffi",
      "copyreg", "jsonpickle", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all",
      "yaml.unsafe_load_all", "yaml.UnsafeLoader", "yaml.FullLoader", "yaml.Loader")
@@ -114,15 +127,27 @@ _add("subprocess", "subprocess", "_posixsubprocess", "pty", "pexpect", "sh", "pl
 _add("dynamic_code", "builtins.eval", "builtins.exec", "builtins.compile", "builtins.breakpoint", "builtins.globals",
      "builtins.locals", "builtins.vars", "code", "codeop", "runpy", "pdb", "types.FunctionType", "types.CodeType",
      "types.LambdaType", "gc.get_objects", "gc.get_referrers", "sys.settrace", "sys.setprofile",
-     "sys.addaudithook", "sys._getframe", "inspect.currentframe", "operator.attrgetter", "operator.methodcaller")
-_add("dynamic_import", "builtins.__import__", "importlib", "imp", "pkgutil", "sys.modules", "sys.path",
-     "sys.meta_path", "sys.path_hooks", "runpy")
+     "sys.addaudithook", "sys._getframe", "inspect.currentframe", "operator.attrgetter", "operator.methodcaller",
+     "pandas.eval", "pandas.DataFrame.eval", "pandas.DataFrame.query")
+# help("modules") imports every module it finds; help("m") imports m.
+_add("dynamic_import", "builtins.__import__", "builtins.help", "pydoc", "importlib", "imp", "pkgutil", "sys.modules",
+     "sys.path", "sys.meta_path", "sys.path_hooks", "runpy")
 _add("environment", "os.environ", "os.environb", "os.getenv", "os.getenvb", "os.putenv", "os.unsetenv", "sys.argv",
      "sys.orig_argv", "getpass", "os.getlogin", "posix.environ")
 _add("concurrency", "threading", "_thread", "multiprocessing", "concurrent.futures", "signal", "sched", "asyncio",
      "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.wait", "os.waitpid", "os.register_at_fork",
      "torch.multiprocessing", "joblib.Parallel")
 
+# Modules a qualified name is read again from when they appear inside it (`x.os.system` -> `os.system`):
+# libraries import these and so re-export them. Common words that name submodules or functions of
+# data libraries (`scipy.signal`, `torch.select`) are left out, or they would read as what they are not.
+_MODULES = {"os", "posix", "posixpath", "sys", "builtins", "__builtins__", "io", "_io", "codecs", "pickle", "_pickle",
+            "cloudpickle", "dill", "marshal", "copyreg", "shelve", "joblib", "ctypes", "_ctypes", "cffi", "subprocess",
+            "_posixsubprocess", "pty", "socket", "_socket", "ssl", "urllib", "urllib3", "requests", "http",
+            "importlib", "pkgutil", "runpy", "shutil", "tempfile", "pathlib", "zipfile", "tarfile", "gzip", "bz2",
+            "lzma", "mmap", "threading", "_thread", "multiprocessing", "asyncio", "logging", "inspect", "gc"}
+# Methods that run an expression given as a string (pandas' frame.query/eval) when given an argument.
+_EXPRESSION_METHODS = {"query", "eval"}
 # Methods judged by their name when the receiver is not a module the report knows.
 _METHODS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("read_text", "read_bytes", "write_text", "write_bytes", "unlink", "rmdir", "mkdir", "touch",
@@ -257,6 +282,7 @@ class _Analysis:
         self.tainted: set[str] = set()
         self.found: list[tuple[str, str, int]] = []
         self.parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        self.methods, self.own = _own_names(tree)
 
     def run(self) -> list[tuple[str, str, int]]:
         for _ in range(50):  # a fixpoint; each round can only add aliases and tainted names
@@ -374,12 +400,28 @@ class _Analysis:
         for capability in capabilities:
             self.found.append((capability, what, node.lineno))
 
+    def _private(self, name: str, receiver: ast.AST | None = None) -> bool:
+        """Whether `name`, imported (no `receiver`) or an attribute of `receiver`, reaches private internals:
+        it starts with `_` and is not the code's own, that is a name the code defines, reached on a receiver
+        that is no known module (a dunder only if the code defines it as a method)."""
+        if not name.startswith("_") or name in _INTERNALS:
+            return False
+        if receiver is None or self._resolve(receiver):
+            return True
+        return name not in (self.methods if name.startswith("__") and name.endswith("__") else self.own)
+
     def _report(self, node: ast.AST) -> None:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 self._add(_capabilities(alias.name), f"import {alias.name}", node)
+                if any(self._private(part) for part in alias.name.split(".")):
+                    self._add(("dynamic_code",), f"import {alias.name} (private internals)", node)
         elif isinstance(node, ast.ImportFrom):
             module = "." * node.level + (node.module or "")
+            if module != "__future__" and any(self._private(part) for part in
+                                              [*(node.module or "").split("."), *(a.name for a in node.names)]):
+                self._add(("dynamic_code",), f"from {module} import {', '.join(a.name for a in node.names)}"
+                                             " (private internals)", node)
             for alias in node.names:
                 full = f"{node.module}.{alias.name}" if alias.name != "*" else node.module or ""
                 caps = _capabilities(full) if not node.level else ()
@@ -406,6 +448,8 @@ class _Analysis:
             self._add(_METHODS[node.attr], f"{_source(node)} (judged by its name)", node)
         if isinstance(node, ast.Attribute) and node.attr in _INTERNALS:
             self._add(("dynamic_code",), f"{_source(node)} (the interpreter's internals)", node)
+        if isinstance(node, ast.Attribute) and self._private(node.attr, node.value):
+            self._add(("dynamic_code",), f"{_source(node)} (private internals)", node)
         if isinstance(node, ast.Name) and node.id == "__builtins__":
             self._add(("dynamic_code",), "__builtins__", node)
 
@@ -414,6 +458,8 @@ class _Analysis:
         what = f"{_source(node.func)}(...)"
         if functions & _DYNAMIC_ATTRIBUTE and (len(node.args) < 2 or _constant_string(node.args[1]) is None):
             self._add(("dynamic_code",), f"{_source(node.func)} with a name computed at run time", node)
+        elif functions & _DYNAMIC_ATTRIBUTE and self._private(_constant_string(node.args[1]), node.args[0]):
+            self._add(("dynamic_code",), f"{_source(node.func)} of {node.args[1].value!r} (private internals)", node)
         if functions & _CODE_RUNNERS and node.args:
             code = _constant_string(node.args[0])
             if code is not None:
@@ -426,6 +472,8 @@ class _Analysis:
         if isinstance(node.func, ast.Attribute) and not self._resolve(node.func.value):
             if node.func.attr in _WRITERS and (node.args or node.keywords):
                 self._add(("files",), f"{what} (judged by its name: writes to a path or file)", node)
+            if node.func.attr in _EXPRESSION_METHODS and (node.args or node.keywords):
+                self._add(("dynamic_code",), f"{what} (judged by its name: runs an expression given as text)", node)
         if any(f.endswith(".DataLoader") for f in functions):
             workers = next((k.value for k in node.keywords if k.arg == "num_workers"), None)
             if workers is not None and not (isinstance(workers, ast.Constant) and workers.value == 0):
@@ -438,6 +486,21 @@ class _Analysis:
             return True
         return isinstance(node.func, ast.Attribute) and node.func.attr in _LOG_METHODS | {"write", "writelines"} \
             and not (functions - {f for f in functions if f.startswith(("sys.", "logging."))})
+
+
+def _own_names(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """(methods: names of the functions and classes the code defines; own: those and every name or
+    attribute it assigns and every parameter)."""
+    methods = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    own = set(methods)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            own.add(n.id)
+        elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store):
+            own.add(n.attr)
+        elif isinstance(n, ast.arg):
+            own.add(n.arg)
+    return methods, own
 
 
 def _builtin(name: str) -> str:
@@ -454,8 +517,17 @@ def _normal(name: str) -> str:
 
 
 def _capabilities(name: str) -> tuple[str, ...]:
-    """Capabilities of a qualified name: those of the longest table entry it equals or lies under."""
-    name = _normal(name)
+    """Capabilities of a qualified name: those of the longest table entry it equals or lies under,
+    read from its start and again from each `_MODULES` module in its chain (`x.os.system` -> `os.system`)."""
+    parts = _normal(name).split(".")
+    caps: list[str] = []
+    for start in range(len(parts)):
+        if start == 0 or parts[start] in _MODULES:
+            caps += _table_capabilities(_normal(".".join(parts[start:])))
+    return tuple(dict.fromkeys(caps))
+
+
+def _table_capabilities(name: str) -> tuple[str, ...]:
     parts = name.split(".")
     for end in range(len(parts), 0, -1):
         if ".".join(parts[:end]) in _NAMES:
