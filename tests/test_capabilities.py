@@ -147,6 +147,7 @@ BENIGN = [
     pytest.param("from __future__ import annotations\n", id="future-import"),
     pytest.param("import scipy.signal\nscipy.signal.butter(2, 0.1)\n", id="scipy-signal-is-not-the-signal-module"),
     pytest.param("import torch\ntorch.select(torch.zeros(2, 2), 0, 1)\n", id="torch-select-is-not-the-select-module"),
+    pytest.param("import torch\nv = torch.__version__\nn = type(v).__name__\n", id="a-library-version-and-a-type-name"),
 ]
 
 

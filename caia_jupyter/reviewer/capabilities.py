@@ -26,7 +26,8 @@ How names are read, so that tricks do not hide them (the report prefers saying t
   and the interpreter's internals (`__dict__`, `__globals__`, `__subclasses__`...) are reported as
   code reached dynamically: what they reach cannot be read from the tree; so is a reach into private
   internals, an attribute or imported name starting with `_` (`np.lib._npyio_impl`, `from m import _f`)
-  that the code does not define itself (a dunder only when the code defines it as a method);
+  that the code does not define itself (a dunder only when the code defines it as a method), except
+  the descriptive `__version__`, `__name__`, `__qualname__`, `__doc__` and `__module__`;
 - a method whose receiver is not a known module is judged by its name (`frame.to_csv(path)`,
   `path.read_text()`, `anything.system(...)`), and `.query(...)`/`.eval(...)` given an argument run
   an expression (pandas' `frame.query`, `frame.eval`), while `model.eval()` without one does not;
@@ -166,6 +167,7 @@ _WRITERS = {"to_csv", "to_parquet", "to_hdf", "to_excel", "to_feather", "to_sql"
 _INTERNALS = {"__dict__", "__globals__", "__code__", "__closure__", "__subclasses__", "__builtins__", "__class__",
               "__bases__", "__base__", "__mro__", "__getattribute__", "__loader__", "__spec__", "__func__",
               "__self__", "__reduce__", "__reduce_ex__", "__setstate__", "f_globals", "f_locals", "f_back", "gi_frame"}
+_DESCRIPTIVE = {"__version__", "__name__", "__qualname__", "__doc__", "__module__"}  # text about a thing, no reach
 _NAMESPACES = {"builtins.globals", "builtins.vars", "builtins.locals"}
 _DYNAMIC_ATTRIBUTE = {"builtins.getattr", "builtins.setattr", "builtins.delattr", "builtins.hasattr"}
 _IMPORTERS = {"builtins.__import__", "importlib.import_module", "importlib.__import__"}
@@ -404,7 +406,7 @@ class _Analysis:
         """Whether `name`, imported (no `receiver`) or an attribute of `receiver`, reaches private internals:
         it starts with `_` and is not the code's own, that is a name the code defines, reached on a receiver
         that is no known module (a dunder only if the code defines it as a method)."""
-        if not name.startswith("_") or name in _INTERNALS:
+        if not name.startswith("_") or name in _INTERNALS or name in _DESCRIPTIVE:
             return False
         if receiver is None or self._resolve(receiver):
             return True
