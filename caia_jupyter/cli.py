@@ -312,23 +312,41 @@ def do_review(args, namespace=None) -> Outcome:
         changes = compare(bundle, site)
         data["changes"] = changes.to_json() if changes else None
         lines += changes_lines(changes, site)
-    lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} (federated.py line {f.line}"
-              f"{'' if f.cell is None else f', cell {f.cell}'})" for f in capabilities.findings]
+    lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} ({where_found(f)})" for f in capabilities.findings]
     lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     return Outcome(path, "\n".join(lines), data)
 
 
+def where_found(finding) -> str:
+    """Where a capability finding is: "cell 3, line 4; federated.py line 40" (the line as JupyterLab
+    numbers it in that cell), or "federated.py line 12, before the first cell"."""
+    if finding.cell is None:
+        return f"federated.py line {finding.line}, before the first cell"
+    return f"cell {finding.cell}, line {finding.cell_line}; federated.py line {finding.line}"
+
+
+DIFF_LINES_SHOWN = 40  # per changed part in the terminal; the review page shows every line
+
+
 def changes_lines(changes, site) -> list[str]:
-    """`caia review --site` in words: against which approved bundle, cosmetic or which parts changed, the rest."""
+    """`caia review --site` in words: against which approved bundle, which parts changed and which
+    are only cosmetic, each changed part's diff indented under it (at most DIFF_LINES_SHOWN lines),
+    then the other changes."""
     if changes is None:
         return [f"changes: first bundle site {site.name} reviews: nothing to compare"]
+    changed = [c for c in changes.changed if c.status != "cosmetic"]
+    cosmetic = [c for c in changes.changed if c.status == "cosmetic"]
+    parts = "; ".join(f"{c.title} {c.status}" for c in changed + cosmetic) or "federated.py unchanged"
+    lines = [f"changed since site {site.name} approved {changes.base.short_id}: {parts}"]
     if changes.cosmetic:
-        verdict = "cosmetic: same syntax tree; the bytes changed, so it still needs a new approval"
-    else:
-        parts = [c.title for c in changes.changed]
-        verdict = f"{plural(len(parts), 'part')} of federated.py changed" + (f" ({', '.join(parts)})" if parts else "")
-    return [f"changed since site {site.name} approved {changes.base.short_id}: {verdict}",
-            *(f"  {line}" for line in changes.other)]
+        lines.append("  cosmetic: same syntax tree; the bytes changed, so it still needs a new approval")
+    for part in changed:
+        diff = part.diff.splitlines()
+        lines.append(f"  {part.title} {part.status}:")
+        lines += [f"      {line}" for line in diff[:DIFF_LINES_SHOWN]]
+        if len(diff) > DIFF_LINES_SHOWN:
+            lines.append(f"      … {plural(len(diff) - DIFF_LINES_SHOWN, 'more line')} in the review page")
+    return lines + [f"  {line}" for line in changes.other]
 
 
 def do_approve(args, namespace=None) -> Outcome:

@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 
@@ -171,9 +172,10 @@ def test_the_corpus_is_large_and_covers_every_capability():
 def test_findings_name_what_and_the_federated_cell():
     source = ('"""doc"""\n\n# ---- federated cell 1 ----\nimport numpy as np\n\n'
               "# ---- federated cell 2 ----\nimport os as o\no.system('ls')\n")
-    assert analyze(source) == [Finding("subprocess", "o.system (os.system)", 8, 2)]
+    # the marker stands where the cell's %%federated line is, line 1 of the notebook cell
+    assert analyze(source) == [Finding("subprocess", "o.system (os.system)", 8, 2, 3)]
     assert analyze(source)[0].to_json() == {"capability": "subprocess", "heading": CAPABILITIES["subprocess"],
-                                            "what": "o.system (os.system)", "line": 8, "cell": 2}
+                                            "what": "o.system (os.system)", "line": 8, "cell": 2, "cell_line": 3}
 
 
 def test_code_before_the_first_cell_is_analyzed_without_a_cell():
@@ -212,7 +214,30 @@ def test_the_example_with_one_added_line_reports_it(example_bundle, tmp_path):
     changed = source.replace('    frame = ctx.dataset("breast_cancer")\n',
                              '    frame = ctx.dataset("breast_cancer")\n    print(frame.head())\n')
     line = changed.splitlines().index("    print(frame.head())") + 1
-    assert analyze(changed) == [Finding("output", "print(...) of a value derived from site data", line, 3)]
+    assert analyze(changed) == [Finding("output", "print(...) of a value derived from site data", line, 3, 4)]
+
+
+def test_cell_lines_are_the_lines_jupyterlab_shows_in_the_notebook_cell(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    shutil.copytree(REPO / "example_notebooks" / "samples", folder / "samples")
+    nb = nbformat.read(REPO / "example_notebooks" / "01_breast_cancer.ipynb", as_version=4)
+    train = next(c for c in nb.cells if "def train(" in c.source)
+    train.source = train.source.replace('    x, y = data["train"]\n', '    x, y = data["train"]\n    import socket\n')
+    evaluate = next(c for c in nb.cells if "def evaluate(" in c.source)  # IPython skips blank lines above the magic
+    evaluate.source = "\n\n" + evaluate.source.replace("    model.eval()\n", "    model.eval()\n    import subprocess\n")
+    nbformat.write(nb, folder / "nb.ipynb")
+    built = compose.build(folder / "nb.ipynb", folder / "bundle")
+    editor = {what: next(i for i, line in enumerate(cell.source.splitlines(), 1) if line.strip() == what)
+              for cell, what in ((train, "import socket"), (evaluate, "import subprocess"))}
+    assert editor == {"import socket": 4, "import subprocess": 7}
+    module = (built.path / "federated.py").read_text().splitlines()
+    found = {f.what: f for f in capabilities.report(built).findings}
+    assert {what: (f.cell, f.cell_line) for what, f in found.items()} == {"import socket": (4, 4), "import subprocess": (5, 7)}
+    assert all(module[f.line - 1].strip() == what for what, f in found.items())
+    # without the build record (a bundle received alone), %%federated is taken as the cell's first line
+    (built.records / "build.json").unlink()
+    assert {f.what: f.cell_line for f in capabilities.report(built).findings} == {"import socket": 4, "import subprocess": 5}
 
 
 def test_opaque_captured_values_are_listed_with_their_types_and_caias_loader_is_not_a_finding(write_notebook, tmp_path):
@@ -258,8 +283,8 @@ def test_caia_review_prints_each_finding_and_gives_them_in_json(tmp_path, caia):
     built = make_bundle(tmp_path / "b", {"federated.py": module.encode()})
     code, out, _ = caia("review", built.path, "-o", tmp_path / "r.html")
     assert code == 0
-    assert "can do: network: import socket (federated.py line 2, cell 1)" in out.splitlines()
+    assert "can do: network: import socket (cell 1, line 2; federated.py line 2)" in out.splitlines()
     code, out, _ = caia("review", built.path, "-o", tmp_path / "r.html", "--json")
     assert json.loads(out)["capabilities"] == capabilities.report(built).to_json()
     assert json.loads(out)["capabilities"]["findings"] == [
-        {"capability": "network", "heading": "Network", "what": "import socket", "line": 2, "cell": 1}]
+        {"capability": "network", "heading": "Network", "what": "import socket", "line": 2, "cell": 1, "cell_line": 2}]

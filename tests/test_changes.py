@@ -162,4 +162,26 @@ def test_approving_keeps_the_bundle_and_review_site_diffs_against_it(site, tmp_p
     assert [(c["cell"], c["status"]) for c in found["cells"] if c["status"] != "unchanged"] == [(4, "changed")]
     assert found["other"] == [] and found["cosmetic"] is False
     code, out, _ = caia("review", new.path, "--site", site.path)
-    assert f"changed since site site-a approved {approved.short_id}: 1 part of federated.py changed (federated cell 4)" in out
+    assert f"changed since site site-a approved {approved.short_id}: federated cell 4 changed" in out
+    assert "  federated cell 4 changed:" in out
+    assert '      +    optimizer = torch.optim.SGD(model.parameters(), lr=ctx.params["lr"] * 2)' in out.splitlines()
+
+
+def test_the_terminal_lists_changed_and_cosmetic_parts_apart_with_each_changed_diff_bounded(site, tmp_path):
+    from caia_jupyter.cli import DIFF_LINES_SHOWN, changes_lines
+
+    store.keep(site, build(tmp_path))
+    long = "".join(f"    step_{i} = {i}\n" for i in range(60))  # 60 added lines in train's cell
+    new = build(tmp_path, edit(ONE_LINE, ("    optimizer.step()\n", "    optimizer.step()\n" + long),
+                               ("    x, y = data\n    with", "    # the held-out rows\n    x, y = data\n    with")))
+    lines = changes_lines(changes.compare(new, site), site)
+    assert lines[0].endswith(": federated cell 4 changed; federated cell 5 cosmetic")
+    assert lines[1] == "  federated cell 4 changed:"
+    diff = changes.compare(new, site).changed[0].diff.splitlines()
+    assert len(diff) > DIFF_LINES_SHOWN
+    assert lines[2:2 + DIFF_LINES_SHOWN] == [f"      {line}" for line in diff[:DIFF_LINES_SHOWN]]
+    assert lines[2 + DIFF_LINES_SHOWN] == f"      … {len(diff) - DIFF_LINES_SHOWN} more lines in the review page"
+    assert len(lines) == 3 + DIFF_LINES_SHOWN  # the cosmetic cell's diff is not printed, nothing else changed
+    cosmetic = build(tmp_path, edit(("    loss.backward()\n", "    loss.backward()  # g\n")))
+    assert changes_lines(changes.compare(cosmetic, site), site)[1:] == [
+        "  cosmetic: same syntax tree; the bytes changed, so it still needs a new approval"]

@@ -293,8 +293,9 @@ def test_the_review_opens_with_what_the_code_can_do(tmp_path):
     text = " ".join(text_of(page).split())
     assert text.index("What the code can do") < text.index("Protection") < text.index("Federated code")
     assert "not a gate" in text
-    assert "Network import socket 1 2" in text
-    assert "Code built or reached at run time getattr with a name computed at run time 1 3" in text
+    assert "Network import socket cell 1, line 2 2" in text  # the notebook cell's line, then federated.py's
+    assert "Code built or reached at run time getattr with a name computed at run time cell 1, line 3 3" in text
+    assert "its %%federated line being line 1" in text
     assert "<b>" not in page  # the code is shown escaped, never as markup
 
 

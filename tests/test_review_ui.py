@@ -3,7 +3,9 @@ reviewer key and site) opens a packed bundle from the file browser, shows what t
 the review page in a sandboxed frame, and Approve signs for site-1; with the other two sites'
 approvals, site-1 then admits the bundle in a real NVFLARE simulator run."""
 
+import json
 import shutil
+from datetime import timedelta
 
 import pytest
 
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api").expect
 SCREENSHOT = REPO / "labextension" / "review-view.png"
 EDITED = ("manual_seed(ctx.round)", "manual_seed(ctx.round + 1)")  # one line of train: the earlier version has the second
+SOCKET = ('    x, y = data["train"]\n', '    x, y = data["train"]\n    import socket\n')  # line 4 of train's notebook cell
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +39,15 @@ def reviewer_lab(tmp_path_factory):
     earlier = compose.build(study / NOTEBOOK, study / "earlier")
     assert validation.validate(earlier).passed
     signing.approve(centers[0].site, earlier.id, {"breast_cancer": "breast_cancer"}, centers[0].reviewer_key, bundle=earlier)
+    (study / NOTEBOOK).write_text(text.replace(*(json.dumps(s)[1:-1] for s in SOCKET)))
+    with_socket = compose.build(study / NOTEBOOK, study / "with-socket")
     (study / NOTEBOOK).write_text(text.replace("rounds=5", "rounds=2"))
     built = compose.build(study / NOTEBOOK)
     assert validation.validate(built).passed
     root.mkdir()
     transport.pack(built.path, root / "example.zip")
     shutil.copytree(built.path, root / "example-bundle")
+    shutil.copytree(with_socket.path, root / "socket-bundle")
     yield from running_lab(base, root, f"--CaiaExtension.reviewer_key={centers[0].reviewer_key}",
                            f"--CaiaExtension.review_site={centers[0].site.path}", centers=centers, bundle=built, earlier=earlier)
 
@@ -64,6 +70,28 @@ def test_review_bundle_on_a_folder_in_the_file_browser(browser, reviewer_lab):  
         expect(reject).to_be_enabled()
         reason.fill("  ")
         expect(reject).to_be_disabled()
+        expiry, approve = view.locator(".caia-review-expiry"), view.locator(".caia-review-approve")
+        expect(expiry).to_have_attribute("placeholder", "site default")
+        expiry.fill("-1")
+        expect(approve).to_be_disabled()
+        expiry.fill("")
+        expect(approve).to_be_enabled()
+    finally:
+        context.close()
+
+
+def test_a_finding_shows_its_heading_and_its_line_in_the_notebook_cell(browser, reviewer_lab):  # noqa: F811
+    lab = reviewer_lab
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{lab['url']}/lab?reset&token={lab['token']}")
+        page.locator(".jp-DirListing-item", has_text="socket-bundle").click(button="right")
+        page.locator(".lm-Menu-item", has_text="Review bundle").click()
+        finding = page.locator('.caia-review [data-caia-capability="network"]')
+        expect(finding).to_have_count(1)
+        expect(finding).to_contain_text("Network: import socket (cell 4, line 4; federated.py line ")
     finally:
         context.close()
 
@@ -96,15 +124,17 @@ def test_open_a_packed_bundle_approve_it_and_the_site_admits_it(browser, reviewe
         expect(view.locator(".caia-review-reject")).to_be_disabled()  # a rejection needs its reason
         approve = view.locator(".caia-review-approve")
         expect(approve).to_be_enabled()
+        view.locator(".caia-review-expiry").fill("3")
         approve.click()
         expect(view.locator(".caia-review-result")).to_contain_text(f"approved {built.short_id} at site-1", timeout=120_000)
         expect(approve).to_be_enabled()  # done: no longer busy
         page.screenshot(path=str(SCREENSHOT))
     finally:
         context.close()
-    assert sorted(p.name for p in lab["root"].iterdir() if not p.name.startswith(".")) == ["example-bundle", "example.zip"]
+    assert sorted(p.name for p in lab["root"].iterdir() if not p.name.startswith(".")) == ["example-bundle", "example.zip", "socket-bundle"]
     approval, reasons = find_approval(site_1.site, built.id, {"breast_cancer"})
     assert approval is not None and approval.datasets == {"breast_cancer": "breast_cancer"}, reasons
+    assert approval.expires_at - approval.issued_at == timedelta(days=3)
 
     for center in lab["centers"][1:]:
         signing.approve(center.site, built.id, {"breast_cancer": "breast_cancer"}, center.reviewer_key, bundle=built)

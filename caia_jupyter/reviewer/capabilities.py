@@ -181,16 +181,18 @@ _BUILTINS = set(dir(builtins)) | {"__builtins__"}
 @dataclass(frozen=True)
 class Finding:
     """One thing the code can do: `capability` (a key of CAPABILITIES), `what` (short text, e.g.
-    "os.system(...)"), `line` (1-based in the analyzed file) and `cell` (federated cell ordinal, or
-    None for the part before the first cell)."""
+    "os.system(...)"), `line` (1-based in the analyzed file), `cell` (federated cell ordinal, or
+    None for the part before the first cell) and `cell_line`, the line in that notebook cell as
+    JupyterLab numbers it, its `%%federated` line being line 1 (None outside cells)."""
 
     capability: str
     what: str
     line: int
     cell: int | None = None
+    cell_line: int | None = None
 
     def to_json(self) -> dict:
-        """{"capability", "heading", "what", "line", "cell"}."""
+        """{"capability", "heading", "what", "line", "cell", "cell_line"}."""
         return {**asdict(self), "heading": CAPABILITIES[self.capability]}
 
 
@@ -223,12 +225,13 @@ def report(bundle: Bundle) -> Report:
         source = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BundleError(f"bundle {bundle.path}: {MODULE} is not UTF-8; rebuild the bundle") from e
+    first_lines = _first_lines(bundle)
     try:
-        findings = analyze(source, MODULE)
+        findings = analyze(source, MODULE, first_lines)
     except SyntaxError as e:  # it fails at the site too; say that nothing could be read from it
         line = e.lineno or 1
         findings = [Finding("dynamic_code", f"not Python ({e.msg}): nothing could be read from {MODULE}", line,
-                            _cell_of_lines(source).get(line))]
+                            *_cell_of_lines(source, first_lines).get(line, (None, None)))]
     captured = [
         {"name": e.get("python_name"), "type": e.get("python_type"), "file": name, "size": e["size"], "sha256": e["sha256"]}
         for name, e in bundle.manifest["files"].items() if role_of(name) == "captured"
@@ -236,16 +239,19 @@ def report(bundle: Bundle) -> Report:
     return Report(findings, captured)
 
 
-def analyze(source: str, filename: str = "federated.py") -> list[Finding]:
+def analyze(source: str, filename: str = "federated.py", first_lines: dict[int, int] | None = None) -> list[Finding]:
     """Every capability the Python `source` names (see the module doc), one Finding per
     (capability, what, line), sorted by line. Lines of caia's own captured-value loader, written
-    byte for byte as caia writes it, are left out. Raises SyntaxError if `source` is not Python."""
+    byte for byte as caia writes it, are left out. `first_lines`: cell ordinal -> the notebook
+    cell's line of the cell's first code line (see `_cell_of_lines`). Raises SyntaxError if
+    `source` is not Python."""
     tree = ast.parse(source, filename)
     found = _Analysis(tree).run()
     skipped = _loader_lines(source)
-    cells = _cell_of_lines(source)
+    cells = _cell_of_lines(source, first_lines)
     unique = {(cap, what, line) for cap, what, line in found if line not in skipped}
-    return [Finding(cap, what, line, cells.get(line)) for cap, what, line in sorted(unique, key=lambda f: (f[2], f[0], f[1]))]
+    return [Finding(cap, what, line, *cells.get(line, (None, None)))
+            for cap, what, line in sorted(unique, key=lambda f: (f[2], f[0], f[1]))]
 
 
 def _loader_lines(source: str) -> set[int]:
@@ -264,15 +270,30 @@ def _loader_lines(source: str) -> set[int]:
     return set(range(first, first + loader.count("\n")))
 
 
-def _cell_of_lines(source: str) -> dict[int, int]:
-    """1-based line -> federated cell ordinal, for the lines inside a cell."""
+def _cell_of_lines(source: str, first_lines: dict[int, int] | None = None) -> dict[int, tuple[int, int]]:
+    """1-based line -> (federated cell ordinal, line in the notebook cell as JupyterLab numbers it),
+    for the lines inside a cell. Composing writes a cell's marker where its `%%federated` line was
+    and the code IPython hands to the magic below it, line for line; `first_lines` gives, by
+    ordinal, the notebook cell's line of that code's first line (2, below `%%federated`, unless
+    blank lines stood above the magic)."""
     cells, line = {}, 1
     for part in split_module(source):
         count = part.text.count("\n") + (0 if part.text.endswith("\n") else 1)
         if part.kind == "cell":
-            cells.update(dict.fromkeys(range(line, line + count), part.ordinal))
+            shift = (first_lines or {}).get(part.ordinal, 2) - 2
+            cells.update({at: (part.ordinal, at - line + 1 + shift) for at in range(line, line + count)})
         line += part.text.count("\n")
     return cells
+
+
+def _first_lines(bundle: Bundle) -> dict[int, int]:
+    """Cell ordinal -> the notebook cell's line of its first code line, from records/build.json of
+    this very bundle id (untrusted: it moves only the editor lines shown, never what is found)."""
+    build = bundle.record("build.json")
+    if not isinstance(build, dict) or build.get("bundle_id") != bundle.id or not isinstance(build.get("cells"), list):
+        return {}
+    return {c["ordinal"]: c["cell_line"] for c in build["cells"] if isinstance(c, dict)
+            and type(c.get("ordinal")) is int and type(c.get("cell_line")) is int and c["cell_line"] >= 2}
 
 
 class _Analysis:

@@ -312,7 +312,9 @@ def _changes_cells(bundle: Bundle, site: Site) -> list:
         f"## Changed since site {_code(site.name)} approved {_code(found.base.short_id)}\n\n{verdict}\n\n"
         f"Compared with {_code(found.base.id)}, the bundle in your site's store of approved bundles whose federated "
         "code is closest to this one (the most recent approval breaks a tie). Below, each part of `federated.py` "
-        "that differs, as a unified diff (`-` that bundle, `+` this one), then everything else that changed.\n\n"
+        "that differs, as a unified diff (`-` that bundle, `+` this one), then everything else that changed. In a "
+        "cell's diff, line 1 is the cell's marker line, written where its `%%federated` line is: the line numbers "
+        "are those JupyterLab shows in the notebook cell when `%%federated` is the cell's first line.\n\n"
         + "\n\n".join(diffs) + f"\n\n### Everything else\n\n{other}"
     )]
 
@@ -404,11 +406,13 @@ def _capabilities_cell(bundle: Bundle) -> nbformat.NotebookNode:
     text = f"## What the code can do\n\n*{_literal(ADVICE)}*\n\n"
     if found.findings:
         rows = "".join(
-            f"| {_literal(CAPABILITIES[f.capability])} | {_code(f.what)} | {_literal(f.cell if f.cell is not None else 'before the first cell')} "
+            f"| {_literal(CAPABILITIES[f.capability])} | {_code(f.what)} "
+            f"| {_literal('before the first cell' if f.cell is None else f'cell {f.cell}, line {f.cell_line}')} "
             f"| {_literal(f.line)} |\n"
             for f in found.findings
         )
-        text += f"| capability | what | cell | line of `{MODULE}` |\n|---|---|---|---|\n{rows}"
+        text += (f"| capability | what | where | line of `{MODULE}` |\n|---|---|---|---|\n{rows}\n\n"
+                 "A cell's line is the line of that notebook cell as JupyterLab numbers it, its `%%federated` line being line 1.")
     else:
         text += "Nothing beyond computing and `ctx`."
     if found.captured:

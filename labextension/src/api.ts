@@ -114,9 +114,11 @@ export function streamRun(run: string, onState: (state: IRunState) => void, onCl
 /** One thing the federated code can do beyond computing, from its syntax tree. */
 export interface IFinding {
   capability: string;
+  heading: string;
   what: string;
   line: number;
   cell: number | null;
+  cell_line: number | null;
 }
 
 /** The capability report at the top of a review: advice, not a gate. */
@@ -160,8 +162,14 @@ export function bundleView(path: string): Promise<IBundleView> {
   return request<IBundleView>(`bundle?path=${encodeURIComponent(path)}`);
 }
 
-export function approveBundle(path: string, bundleId: string, datasets: Record<string, string>): Promise<Record<string, unknown>> {
-  return post('bundle/approve', { path, bundle_id: bundleId, datasets });
+/** Approve with the reviewer's key on the server; `expiresInDays` null: the site's default lifetime. */
+export function approveBundle(
+  path: string,
+  bundleId: string,
+  datasets: Record<string, string>,
+  expiresInDays: number | null
+): Promise<Record<string, unknown>> {
+  return post('bundle/approve', { path, bundle_id: bundleId, datasets, ...(expiresInDays === null ? {} : { expires_in_days: expiresInDays }) });
 }
 
 export function rejectBundle(path: string, bundleId: string, reason: string): Promise<Record<string, unknown>> {

@@ -68,6 +68,14 @@ export class ReviewView extends Widget {
       select.value = view.catalog.includes(name) ? name : '';
       return element('label', { class: 'caia-review-release' }, element('code', {}, name), ' ← ', select);
     });
+    const expiry = element('input', {
+      class: 'caia-review-expiry',
+      type: 'number',
+      min: '0',
+      step: 'any',
+      placeholder: 'site default',
+      'aria-label': 'approval expires in days (empty: the site default)'
+    });
     const approve = element('button', { class: 'caia-review-approve', type: 'button' }, 'Approve');
     const reason = element('input', { class: 'caia-review-reason', type: 'text', placeholder: 'reason for rejecting (required)', 'aria-label': 'reason for rejecting' });
     const reject = element('button', { class: 'caia-review-reject', type: 'button' }, 'Reject');
@@ -75,7 +83,7 @@ export class ReviewView extends Widget {
     const buttons = [approve, reject];
     const refresh = (): void => {
       const unreleased = selects.some(label => !(label.querySelector('select') as HTMLSelectElement).value);
-      approve.disabled = this.busy || !view.can_sign || unreleased;
+      approve.disabled = this.busy || !view.can_sign || unreleased || !expiry.validity.valid;
       reject.disabled = this.busy || !view.can_sign || !reason.value.trim();
     };
     const act = async (button: HTMLButtonElement, progress: string, work: () => Promise<Record<string, unknown>>, done: string) => {
@@ -104,11 +112,13 @@ export class ReviewView extends Widget {
         const select = label.querySelector('select') as HTMLSelectElement;
         datasets[select.dataset.caiaDataset as string] = select.value;
       }
-      void act(approve, 'signing…', () => approveBundle(view.path, view.bundle_id, datasets), `approved ${view.short_id} at ${view.site}`);
+      const days = expiry.value.trim() ? Number(expiry.value) : null; // the server refuses 0 or less, naming the field
+      void act(approve, 'signing…', () => approveBundle(view.path, view.bundle_id, datasets, days), `approved ${view.short_id} at ${view.site}`);
     };
     reject.onclick = () =>
       void act(reject, 'signing…', () => rejectBundle(view.path, view.bundle_id, reason.value.trim()), `rejected ${view.short_id} at ${view.site}`);
     reason.oninput = refresh;
+    expiry.oninput = refresh;
     for (const label of selects) {
       (label.querySelector('select') as HTMLSelectElement).onchange = refresh;
     }
@@ -118,7 +128,14 @@ export class ReviewView extends Widget {
       { class: 'caia-review-actions' },
       element('h3', {}, 'Datasets to release'),
       ...(selects.length ? selects : [element('p', {}, 'none requested')]),
-      element('div', { class: 'caia-review-buttons' }, ...buttons.slice(0, 1), reason, ...buttons.slice(1)),
+      element(
+        'div',
+        { class: 'caia-review-buttons' },
+        element('label', { class: 'caia-review-expiry-label' }, 'expires in ', expiry, ' days'),
+        ...buttons.slice(0, 1),
+        reason,
+        ...buttons.slice(1)
+      ),
       result
     );
   }
@@ -129,8 +146,9 @@ function capabilitiesSection(report: ICapabilities): HTMLElement {
   section.append(element('p', { class: 'caia-review-advice' }, report.advice));
   const list = element('ul', {});
   for (const f of report.findings) {
-    const where = f.cell !== null ? `cell ${f.cell}, line ${f.line}` : `line ${f.line}`;
-    list.append(element('li', { 'data-caia-capability': f.capability }, element('strong', {}, f.capability), ': ', element('code', {}, f.what), ` (${where})`));
+    // the cell's line as the notebook editor numbers it (its %%federated line is line 1)
+    const where = f.cell !== null ? `cell ${f.cell}, line ${f.cell_line}; federated.py line ${f.line}` : `federated.py line ${f.line}, before the first cell`;
+    list.append(element('li', { 'data-caia-capability': f.capability }, element('strong', {}, f.heading), ': ', element('code', {}, f.what), ` (${where})`));
   }
   section.append(report.findings.length ? list : element('p', {}, 'nothing beyond computing with ctx'));
   for (const value of report.captured) {
