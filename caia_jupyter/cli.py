@@ -294,6 +294,7 @@ def do_review(args, namespace=None) -> Outcome:
     from .reviewer.capabilities import report
     from .reviewer.changes import compare
     from .reviewer.review import protection, render, site_ceiling, site_refusal, site_scope
+    from .reviewer.signing import standing, validation_problem
     from .site.sites import open_site
 
     site = open_site(args.site) if args.site else None
@@ -302,13 +303,18 @@ def do_review(args, namespace=None) -> Outcome:
     job = bundle.manifest["job"]
     requested = protection(job)
     capabilities = report(bundle)
-    data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json()}
+    problem = validation_problem(bundle)
+    data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json(),
+            "validation": {"passed": not problem, "problem": problem}}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
-    if site is not None:
+    if site is None:
+        lines.append(f"validation: {problem or 'passed'}")
+    else:
         scope, policy = site_scope(site)
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),
                         "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
-        lines += [data["site"]["note"], *scope]
+        data["standing"] = standing(site, bundle.id)
+        lines += [data["site"]["note"], *scope, f"validation: {problem or 'passed'}", data["standing"]["line"]]
         changes = compare(bundle, site)
         data["changes"] = changes.to_json() if changes else None
         lines += changes_lines(changes, site)
@@ -333,11 +339,11 @@ def changes_lines(changes, site) -> list[str]:
     are only cosmetic, each changed part's diff indented under it (at most DIFF_LINES_SHOWN lines),
     then the other changes."""
     if changes is None:
-        return [f"changes: first bundle site {site.name} reviews: nothing to compare"]
+        return [f"changes: nothing to compare: {site.name} approved no earlier bundle of this notebook"]
     changed = [c for c in changes.changed if c.status != "cosmetic"]
     cosmetic = [c for c in changes.changed if c.status == "cosmetic"]
     parts = "; ".join(f"{c.title} {c.status}" for c in changed + cosmetic) or "federated.py unchanged"
-    lines = [f"changed since site {site.name} approved {changes.base.short_id}: {parts}"]
+    lines = [f"changed since {site.name} approved {changes.base.short_id}: {parts}"]
     if changes.cosmetic:
         lines.append("  cosmetic: same syntax tree; the bytes changed, so it still needs a new approval")
     for part in changed:
@@ -362,17 +368,22 @@ def do_approve(args, namespace=None) -> Outcome:
                        max_epsilon=args.max_epsilon)
     ceiling = f"; epsilon at most {exact(approval.max_epsilon)}" if approval.max_epsilon is not None else ""
     text = (f"approved at {site.name}: {', '.join(f'{k}={v}' for k, v in releases.items()) or 'no datasets'}{ceiling}; "
-            f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}\n{bundle.id}")
+            f"expires {approval.to_json()['expires_at']}\napproval: {approval.path}"
+            + ("" if args.output else f"\nthe bundle is kept in {site.name}'s approved/ store and the approval recorded "
+               "in its audit log (`caia site audit`)") + f"\n{bundle.id}")
     return Outcome(approval, text, approval.to_json())
 
 
 def do_revoke(args, namespace=None) -> Outcome:
     from .reviewer.signing import revoke
+    from .site.approvals import CLOCK_SKEW
     from .site.sites import open_site
 
     site = open_site(args.site)
     revocation = revoke(site, args.bundle_id, args.key, args.reason, args.output)
-    text = (f"revoked at {site.name}: every approval of this bundle issued until {revocation.to_json()['covers_until']}"
+    shown = revocation.to_json()
+    text = (f"revoked at {site.name}: every approval of this bundle issued until {shown['covers_until']} (the revocation's "
+            f"time, {shown['issued_at']}, plus the {CLOCK_SKEW.total_seconds() / 60:g} minutes of clock skew a site allows)"
             f"\nrevocation: {revocation.path}\n{revocation.bundle_id}")
     return Outcome(revocation, text, revocation.to_json())
 
@@ -381,13 +392,27 @@ def do_reject(args, namespace=None) -> Outcome:
     from .contracts.manifest import BUNDLE_ID
     from .researcher.bundle import require_intact
     from .reviewer.signing import reject
+    from .site.approvals import find_approval
     from .site.sites import open_site
 
-    bundle_id = args.bundle if BUNDLE_ID.fullmatch(args.bundle) else require_intact(Path(args.bundle)).id
+    if BUNDLE_ID.fullmatch(args.bundle):
+        bundle_id = args.bundle
+    elif Path(args.bundle).exists():
+        bundle_id = require_intact(Path(args.bundle)).id
+    else:
+        raise CaiaError(f"{args.bundle!r} is neither a bundle folder nor a whole bundle id; give the folder you reviewed, "
+                        "or the full id as `caia bundle` prints it: sha256: and 64 hex digits")
     site = open_site(args.site)
     rejection = reject(site, bundle_id, args.key, args.reason, args.output)
-    text = f"rejected at {site.name}: {rejection.reason}\nrejection: {rejection.path}\n{bundle_id}"
-    return Outcome(rejection, text, rejection.to_json())
+    data = rejection.to_json()
+    lines = [f"rejected at {site.name}: {rejection.reason}", f"rejection: {rejection.path}"]
+    approval, _ = find_approval(site, bundle_id)
+    data["approval_in_force"] = approval.to_json() if approval else None
+    if approval is not None:
+        lines.append(f"the approval by key {approval.key_id} still counts until {data['approval_in_force']['expires_at']}: "
+                     f"a rejection is a record, not a gate; to withdraw the approval: caia revoke {bundle_id} "
+                     f"--site {args.site} --key {args.key}")
+    return Outcome(rejection, "\n".join([*lines, bundle_id]), data)
 
 
 def do_reviewer_init(args, namespace=None) -> Outcome:
@@ -479,11 +504,14 @@ def do_site_audit(args, namespace=None) -> Outcome:
     records, problems = audit.verify(site, args.head)
     head = audit.head_of(records)
     data = {"site": site.name, "intact": not problems, "problems": problems, "head": head, "records": records}
-    lines = [audit_table(records), f"head: {head}"]
+    lines = [audit_table(records)]
     if problems:
-        lines += [f"AUDIT LOG BROKEN at site {site.name}:", *(f"  {p}" for p in problems)]
+        lines += [f"AUDIT LOG BROKEN at {site.name}:", *(f"  {p}" for p in problems),
+                  "its head hash is not worth keeping: the chain it ends is broken"]
     else:
-        lines.append(f"intact: {len(records)} records, hash-chained; keep the head elsewhere and pass it as --head next time")
+        lines += [f"head: {head}",
+                  *([f"head {args.head} found: nothing was deleted before it"] if args.head else []),
+                  f"intact: {len(records)} records, hash-chained; keep the head elsewhere and pass it as --head next time"]
     return Outcome(data, "\n".join(lines), data, exit_code=1 if problems else 0)
 
 

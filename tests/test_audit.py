@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from caia_jupyter.contracts.errors import CaiaError
 from caia_jupyter.contracts.manifest import canonical
 from caia_jupyter.researcher import compose
 from caia_jupyter.reviewer import signing
@@ -111,9 +112,36 @@ def test_a_rejection_is_a_signed_statement_the_site_can_check(history, built_job
 def test_a_rejection_needs_a_reason_and_a_bundle_id(history, built_job, caia):
     code, _, err = caia("reject", built_job[0].id, "--site", history.path, "--key", reviewer_key(history), "--reason", " ")
     assert code == 2 and "needs a reason" in err
-    code, _, err = caia("reject", "sha256:abc", "--site", history.path, "--key", reviewer_key(history), "--reason", "no")
-    assert code == 2
+    for short in ("sha256:" + built_job[0].id[7:19], built_job[0].id[7:19]):
+        code, _, err = caia("reject", short, "--site", history.path, "--key", reviewer_key(history), "--reason", "no")
+        assert code == 2 and err.count("\n") == 1
+        assert "is neither a bundle folder nor a whole bundle id" in err and "sha256: and 64 hex digits" in err
     assert len(log_lines(history)) == 5
+
+
+@pytest.mark.parametrize("reason", ["first line\nsecond line", "a\rb", "bell\x07", "tab\there"])
+def test_a_rejection_reason_is_one_line_of_printable_text(history, built_job, caia, reason):
+    code, _, err = caia("reject", built_job[0].id, "--site", history.path, "--key", reviewer_key(history), "--reason", reason)
+    assert code == 2 and err.count("\n") == 1 and "one line of printable text" in err
+    with pytest.raises(CaiaError, match="one line of printable text"):
+        signing.reject(history, built_job[0].id, reviewer_key(history), reason)
+    assert len(log_lines(history)) == 5 and len(list(history.rejections_dir.glob("*.json"))) == 1
+
+
+def test_rejecting_a_bundle_whose_approval_is_in_force_says_how_to_revoke_it(built_job, tmp_path, caia):
+    built, _ = built_job
+    site = make_site(tmp_path / "sites", "site-1")
+    approval = approve(site, built.id, {"tiny": "tiny"})
+    key = reviewer_key(site)
+    code, out, _ = caia("reject", built.id, "--site", site.path, "--key", key, "--reason", "on second thought")
+    assert code == 0
+    assert (f"the approval by key {approval.key_id} still counts until {approval.to_json()['expires_at']}: a rejection "
+            f"is a record, not a gate; to withdraw the approval: caia revoke {built.id} --site {site.path} --key {key}") in out
+    code, out, _ = caia("reject", built.id, "--site", site.path, "--key", key, "--reason", "again", "--json")
+    assert code == 0 and json.loads(out)["approval_in_force"]["key_id"] == approval.key_id
+    signing.revoke(site, built.id, key)
+    code, out, _ = caia("reject", built.id, "--site", site.path, "--key", key, "--reason", "and once more")
+    assert code == 0 and "still counts" not in out
 
 
 def edit_reason(lines):
@@ -147,7 +175,8 @@ def test_tampering_with_a_past_record_is_detected_and_named(history, caia, name)
     write_lines(history, change(log_lines(history)))
     code, out, _ = caia("site", "audit", history.path)
     assert code == 1
-    assert "AUDIT LOG BROKEN at site site-1:" in out and named in out, out
+    assert "AUDIT LOG BROKEN at site-1:" in out and named in out, out
+    assert "head:" not in out and "its head hash is not worth keeping" in out
     data = json.loads(caia("site", "audit", history.path, "--json")[1])
     assert not data["intact"] and any(named in p for p in data["problems"])
 
@@ -164,7 +193,10 @@ def test_deleting_the_last_records_is_seen_only_with_the_earlier_head(history, c
 def test_an_earlier_head_still_held_passes_as_the_log_grows(history, caia):
     head = json.loads(caia("site", "audit", history.path, "--json")[1])["head"]
     audit.record(history, "refusal", "", None, "refused", "another")
-    assert caia("site", "audit", history.path, "--head", head)[0] == 0
+    code, out, _ = caia("site", "audit", history.path, "--head", head)
+    assert code == 0 and f"head {head} found: nothing was deleted before it" in out
+    code, out, _ = caia("site", "audit", history.path)
+    assert code == 0 and "found: nothing was deleted" not in out
     assert caia("site", "audit", history.path, "--head", audit.GENESIS)[0] == 0
     code, _, err = caia("site", "audit", history.path, "--head", "abc")
     assert code == 2 and "is not a head hash" in err

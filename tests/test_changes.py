@@ -162,7 +162,7 @@ def test_approving_keeps_the_bundle_and_review_site_diffs_against_it(site, tmp_p
     assert [(c["cell"], c["status"]) for c in found["cells"] if c["status"] != "unchanged"] == [(4, "changed")]
     assert found["other"] == [] and found["cosmetic"] is False
     code, out, _ = caia("review", new.path, "--site", site.path)
-    assert f"changed since site site-a approved {approved.short_id}: federated cell 4 changed" in out
+    assert f"changed since site-a approved {approved.short_id}: federated cell 4 changed" in out
     assert "  federated cell 4 changed:" in out
     assert '      +    optimizer = torch.optim.SGD(model.parameters(), lr=ctx.params["lr"] * 2)' in out.splitlines()
 

@@ -243,7 +243,8 @@ def test_approve_refuses_a_bundle_that_did_not_pass_validation(unfit, caia):
     built, site = unfit
     code, out, err = caia("approve", built.path, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
     assert code == 2 and out == ""
-    assert f"bundle {built.short_id} is not validated: run `caia validate` on it" in one_line_error(err)
+    assert (f"bundle {built.short_id} is not validated: ask the researcher for the bundle that passed validation "
+            "(with its records/validation.json)") in one_line_error(err)
     assert list(site.approvals_dir.iterdir()) == []
 
 

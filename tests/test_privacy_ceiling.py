@@ -116,7 +116,7 @@ def test_approve_refuses_in_one_line_a_bundle_above_the_ceiling_or_without_dp(si
     with pytest.raises(CaiaError, match="it requests epsilon 8, above this site's ceiling of 4 \\(set in its policy\\)"):
         approve(sites.open_site(site.path), over.id, {"tiny": "tiny"}, bundle=over)
     for bad in (0, -2, float("nan"), float("inf")):
-        with pytest.raises(CaiaError, match="--max-epsilon .* must be a finite number above 0"):
+        with pytest.raises(CaiaError, match="an epsilon ceiling of .* must be a finite number above 0"):
             approve(site, over.id, {"tiny": "tiny"}, max_epsilon=bad)
     assert list(site.approvals_dir.iterdir()) == []
 
@@ -244,11 +244,11 @@ def test_the_review_shows_the_protection_requested_and_the_sites_ceiling(site, b
     assert review.protection({**dp.manifest["job"], "updates": None, "encryption": "he-ckks"})[1] == (
         "updates encrypted (CKKS), the aggregator sums ciphertexts")
     assert "Your site" not in protection_cell(dp)
-    assert review.site_ceiling(site, dp.manifest["job"]).startswith("site site-2 requires no differential privacy")
+    assert review.site_ceiling(site, dp.manifest["job"]).startswith("site-2 requires no differential privacy")
     sites.set_policy(site.path, max_epsilon=1)
     site = sites.open_site(site.path)
     assert review.site_ceiling(site, dp.manifest["job"]) == (
-        "site site-2 requires differential privacy with epsilon at most 1 (its policy); its guard would refuse this "
+        "site-2 requires differential privacy with epsilon at most 1 (its policy); its guard would refuse this "
         "bundle: it requests epsilon 2, above this site's ceiling of 1 (set in its policy); ask for privacy=dp epsilon<=1")
     page = review.to_html(review.review_notebook(dp, site), "Review")
     text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())  # what the reader sees
@@ -264,7 +264,7 @@ def test_cli_review_prints_the_protection_and_with_site_its_ceiling(site, build,
     code, out, _ = caia("review", dp.path, "-o", tmp_path / "r.html", "--site", site.path, "--json")
     data = json.loads(out)
     assert data["site"]["max_epsilon"] == 3
-    assert data["site"]["note"] == "site site-2 requires differential privacy with epsilon at most 3 (its policy)"
+    assert data["site"]["note"] == "site-2 requires differential privacy with epsilon at most 3 (its policy)"
 
 
 # The run's record and the exported model

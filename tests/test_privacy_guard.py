@@ -235,7 +235,7 @@ def test_cli_review_with_site_shows_the_scope_and_the_refusal(site, build, caia,
     code, out, _ = caia("review", built.path, "-o", tmp_path / "r.html", "--site", site.path)
     assert code == 0
     lines = out.splitlines()
-    assert lines[2].startswith("site site-2 requires no differential privacy; an approval signed with --max-epsilon sets "
+    assert lines[2].startswith("site-2 requires no differential privacy; an approval signed with --max-epsilon sets "
                                "a ceiling for this bundle; its guard would refuse this bundle: its privacy scope 'strict' "
                                "applies PercentilePrivacy")
     assert lines[3] == "privacy scope applied to every job: strict: PercentilePrivacy(percentile=10, gamma=0.01)"

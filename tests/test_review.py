@@ -312,3 +312,64 @@ def test_what_the_code_can_do_lists_the_opaque_captured_values_by_type(write_not
     entry = built.manifest["files"]["captured/LEARNING_RATE.pkl"]
     assert "Nothing beyond computing and ctx." in section
     assert f"LEARNING_RATE numpy.float32 {entry['size']} {entry['sha256']}" in section
+
+
+def test_the_review_says_where_the_bundle_stands_at_the_site_and_whether_it_is_validated(validated_good, tmp_path, caia):
+    import shutil
+
+    from conftest import make_site, reviewer_key
+
+    bundle, site = shutil.copytree(validated_good.path, tmp_path / "b" / "good"), make_site(tmp_path / "sites", "site-1")
+    key = reviewer_key(site)
+
+    def standing():
+        code, out, err = caia("review", bundle, "--site", site.path, "-o", tmp_path / "r.html")
+        assert code == 0, err
+        assert "validation: passed" in out
+        line = next(line for line in out.splitlines() if line.startswith("standing at site-1: "))
+        data = json.loads(caia("review", bundle, "--site", site.path, "-o", tmp_path / "r.html", "--json")[1])["standing"]
+        assert data["line"] == line
+        return data
+
+    assert standing()["line"] == "standing at site-1: never reviewed: no approval, revocation or rejection of this bundle"
+    assert caia("reject", bundle, "--site", site.path, "--key", key, "--reason", "prints rows")[0] == 0
+    rejected = standing()
+    assert rejected["state"] == "rejected" and [r["reason"] for r in rejected["rejections"]] == ["prints rows"]
+    assert rejected["line"] == (f"standing at site-1: not approved; rejected before, 1 time, last at "
+                                f"{rejected['rejections'][0]['issued_at']}: prints rows")
+    code, out, _ = caia("approve", bundle, "--site", site.path, "--key", key, "--dataset", "tiny")
+    assert code == 0 and ("the bundle is kept in site-1's approved/ store and the approval recorded in its audit log "
+                          "(`caia site audit`)") in out
+    approved = standing()
+    assert approved["state"] == "approved" and approved["line"].startswith(
+        f"standing at site-1: approved by key {approved['approval']['key_id']} until {approved['approval']['expires_at']}; "
+        "rejected before, 1 time")
+    code, out, _ = caia("revoke", validated_good.id, "--site", site.path, "--key", key, "--json")
+    revocation = json.loads(out)
+    code, out, _ = caia("revoke", validated_good.id, "--site", site.path, "--key", key)
+    assert code == 0 and re.search(r"issued until \S+Z \(the revocation's time, \S+Z, plus the 5 minutes of clock "
+                                   r"skew a site allows\)", out)
+    revoked = standing()
+    assert revoked["state"] == "revoked" and revoked["revocation"]["issued_at"] >= revocation["issued_at"]
+    assert revoked["line"].startswith(f"standing at site-1: revoked at {revoked['revocation']['issued_at']} by key ")
+
+
+def test_an_unvalidated_bundle_is_reviewed_with_its_validation_status_and_a_zip_is_named_to_unpack(validated_good,
+                                                                                                       tmp_path, caia):
+    import shutil
+
+    from conftest import make_site, reviewer_key
+
+    bundle, site = shutil.copytree(validated_good.path, tmp_path / "b" / "good"), make_site(tmp_path / "sites", "site-1")
+    (bundle / "records" / "validation.json").unlink()
+    fix = ("is not validated: ask the researcher for the bundle that passed validation (with its "
+           "records/validation.json)")
+    code, out, _ = caia("review", bundle, "--site", site.path, "-o", tmp_path / "r.html")
+    assert code == 0 and f"validation: bundle {validated_good.short_id} {fix}" in out.splitlines()
+    code, out, err = caia("approve", bundle, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
+    assert code == 2 and fix in err and "caia validate" not in err
+    assert caia("pack", validated_good.path, "-o", tmp_path / "good.zip")[0] == 0
+    for command in (["review"], ["approve", "--site", site.path, "--key", reviewer_key(site)]):
+        code, _, err = caia(command[0], tmp_path / "good.zip", *command[1:])
+        assert code == 2 and err.count("\n") == 1
+        assert f"is a packed bundle; unpack it first with `caia unpack {tmp_path / 'good.zip'}`" in err

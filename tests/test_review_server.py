@@ -63,7 +63,7 @@ async def test_a_packed_bundle_or_a_folder_is_reviewed_for_the_configured_site(j
     assert code == 200, view
     assert (view["bundle_id"], view["short_id"]) == (validated_good.id, validated_good.short_id)
     assert view["review_html"].startswith("<!DOCTYPE html>") and validated_good.id in view["review_html"]
-    assert "site site-1" in view["review_html"]  # rendered for the site
+    assert "site-1 requires no differential privacy" in view["review_html"]  # rendered for the site
     assert (view["site"], view["requested"], view["catalog"]) == ("site-1", ["tiny"], ["tiny"])
     assert view["key_id"] == key_id(load_private_key(reviewer_key(site)).public_key())
     assert (view["can_sign"], view["reason"], view["path"]) == (True, "", path)
@@ -270,3 +270,57 @@ class TestReadOnlyUser:
                                  body={"path": packed, "bundle_id": validated_good.id, "datasets": {"tiny": "tiny"}})
         assert code == 403 and reply["error"] == "Forbidden"
         assert not list(site.approvals_dir.glob("*.json"))
+
+
+async def test_the_view_says_where_the_bundle_stands_at_the_site(jp_fetch, site, validated_good, packed):
+    code, view = await call(jp_fetch, "bundle", params={"path": packed})
+    assert code == 200 and view["standing"]["state"] == "never reviewed"
+    assert view["standing"]["line"] == "standing at site-1: never reviewed: no approval, revocation or rejection of this bundle"
+    code, approval = await call(jp_fetch, "bundle/approve", "POST",
+                                body={"path": packed, "bundle_id": validated_good.id, "datasets": {"tiny": "tiny"}})
+    assert code == 200
+    code, view = await call(jp_fetch, "bundle", params={"path": packed})
+    assert (view["standing"]["state"], view["standing"]["approval"]["expires_at"]) == ("approved", approval["expires_at"])
+    assert view["standing"]["line"] == f"standing at site-1: approved by key {approval['key_id']} until {approval['expires_at']}"
+
+
+async def test_an_unvalidated_bundle_cannot_be_signed_and_the_view_says_what_to_ask_for(jp_fetch, jp_root_dir, site,
+                                                                                           validated_good):
+    folder = shutil.copytree(validated_good.path, jp_root_dir / "bundles" / "unchecked")
+    (folder / "records" / "validation.json").unlink()
+    code, view = await call(jp_fetch, "bundle", params={"path": "bundles/unchecked"})
+    assert code == 200 and view["can_sign"] is False
+    assert view["reason"] == (f"bundle {validated_good.short_id} is not validated: ask the researcher for the bundle that "
+                              "passed validation (with its records/validation.json)")
+
+
+async def test_the_bundle_errors_name_the_path_as_given_and_the_expiry_as_a_number_of_days(jp_fetch, jp_root_dir, site,
+                                                                                              validated_good, packed, folder):
+    code, reply = await call(jp_fetch, "bundle", params={"path": "inbox/nope.zip"})
+    assert 400 <= code < 500, reply
+    assert reply["message"].startswith("inbox/nope.zip does not exist; ")
+    code, reply = await call(jp_fetch, "bundle", params={"path": "bundles/good/federated.py"})
+    assert 400 <= code < 500 and reply["message"].startswith("bundles/good/federated.py is neither a bundle folder")
+    code, reply = await call(jp_fetch, "bundle/approve", "POST",
+                             body={"path": packed, "bundle_id": validated_good.id, "datasets": {"tiny": "tiny"},
+                                   "expires_in_days": 365})
+    assert 400 <= code < 500 and "--expires-in" not in reply["message"]
+    assert reply["message"] == ("an expiry of 365 days must be a finite number of days above 0 and at most 90 "
+                                "(site-1's policy)")
+
+
+def test_the_server_logs_at_start_which_site_and_key_it_signs_for(jp_serverapp, site):
+    import logging
+
+    extension = next(app for app in jp_serverapp.extension_manager.extension_apps["caia_jupyter"])
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    extension.log.addHandler(handler)
+    try:
+        extension.initialize_settings()
+    finally:
+        extension.log.removeHandler(handler)
+    kid = key_id(load_private_key(reviewer_key(site)).public_key())
+    assert f"caia: the Review view signs for site site-1 with reviewer key {kid}" in seen
+    assert not any(str(reviewer_key(site)) in line or "reviewers" in line for line in seen)

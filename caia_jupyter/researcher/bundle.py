@@ -147,6 +147,9 @@ def read_build_record(path: str | Path) -> dict | None:
 def _read_manifest(path: Path) -> dict:
     file = path / "manifest.json"
     if not file.is_file():
+        if path.suffix.lower() == ".zip" and path.is_file():
+            raise BundleError(f"{path} is a packed bundle; unpack it first with `caia unpack {path}` and give the folder "
+                              "it prints")
         raise BundleError(f"{path} is not a bundle (no manifest.json); build and validate it with `caia validate NOTEBOOK`")
     try:
         manifest = loads_strict(file.read_bytes())  # as the site's guard reads it: no duplicate key, no NaN

@@ -233,16 +233,18 @@ def record_of(bundle: Bundle) -> dict | None:
     return history.validation(bundle.path, bundle.id)
 
 
-def require_passed(bundle: Bundle, how: str = "`caia validate` on it") -> dict:
+def require_passed(bundle: Bundle, how: str = "`caia validate` on it", ask: str | None = None) -> dict:
     """The passing validation record of exactly this bundle id (`record_of`), or a one-line refusal
-    (ValidationFailed) saying to run `how`."""
+    (ValidationFailed) saying to run `how`, or, given `ask` (for someone who does not validate,
+    such as a site's reviewer), to do that instead."""
     record = record_of(bundle)
     if not record:
-        raise ValidationFailed(f"bundle {bundle.short_id} is not validated: run {how}")
+        raise ValidationFailed(f"bundle {bundle.short_id} is not validated: {ask or f'run {how}'}")
     if record.get("passed") is not True:
         error = record.get("error")
         summary = error.get("summary") if isinstance(error, dict) else None
-        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {summary}; fix it and run {how} again")
+        raise ValidationFailed(f"bundle {bundle.short_id} failed validation: {summary}; "
+                               f"{ask or f'fix it and run {how} again'}")
     return record
 
 

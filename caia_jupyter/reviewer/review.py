@@ -154,10 +154,10 @@ def site_ceiling(site: Site, job: dict) -> str:
     """One line: `site`'s privacy ceiling and, if its guard would refuse what `job` requests, why
     (`site_refusal`; an approval signed with --max-epsilon may lower the ceiling)."""
     if site.max_epsilon is None:
-        policy = (f"site {site.name} requires no differential privacy; an approval signed with --max-epsilon "
+        policy = (f"{site.name} requires no differential privacy; an approval signed with --max-epsilon "
                   "sets a ceiling for this bundle")
     else:
-        policy = f"site {site.name} requires differential privacy with epsilon at most {exact(site.max_epsilon)} (its policy)"
+        policy = f"{site.name} requires differential privacy with epsilon at most {exact(site.max_epsilon)} (its policy)"
     refusal = site_refusal(site, job)
     return f"{policy}; its guard would refuse this bundle: {refusal}" if refusal else policy
 

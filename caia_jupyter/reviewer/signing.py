@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..contracts.errors import CaiaError, SiteError
+from ..contracts.errors import CaiaError, SiteError, ValidationFailed
 from ..contracts.fsutil import write_json
 from ..contracts.manifest import BUNDLE_ID, canonical
 from ..researcher.validation import require_passed
 from ..site import audit
 from ..site.approvals import (CLOCK_SKEW, FORMAT, REJECTION_FORMAT, REVOCATION_FORMAT, Approval, Rejection, Revocation,
-                              approval_from, approval_times, iso, latest_revocation, rejection_from, revocation_from)
+                              approval_from, approval_times, find_approval, iso, latest_revocation, rejection_from,
+                              rejections, revocation_from)
 from ..site.guard import Unfit, admissible
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, shown_days, valid_days, valid_epsilon
@@ -34,6 +35,43 @@ if TYPE_CHECKING:
     from ..researcher.bundle import Bundle
 
 DEFAULT_EXPIRES_IN_DAYS = 30
+# What a reviewer does about a bundle that has not passed validation: the researcher validates, not the reviewer.
+ASK_FOR_VALIDATED = "ask the researcher for the bundle that passed validation (with its records/validation.json)"
+
+
+def validation_problem(bundle: Bundle) -> str:
+    """Why a reviewer may not sign `bundle` for want of a passing validation (one line, telling the
+    reviewer what to do), or "" when it passed."""
+    try:
+        require_passed(bundle, ask=ASK_FOR_VALIDATED)
+    except CaiaError as e:
+        return str(e)
+    return ""
+
+
+def standing(site: Site, bundle_id: str, now: datetime | None = None) -> dict:
+    """Where `bundle_id` stands at `site`, from its approvals/, revocations/ and rejections/ (as the
+    site reads them: `find_approval`, `latest_revocation`, `rejections`): {"state": "approved",
+    "revoked", "rejected" or "never reviewed" (the first that holds, in that order; an approval that
+    expired or does not count is "never reviewed" unless revoked or rejected), "approval" (its json
+    or null), "revocation" (json or null), "rejections" (json of each, oldest first), "line" (one
+    line of text)}."""
+    approval, _ = find_approval(site, bundle_id, now=now)
+    revocation, rejected = latest_revocation(site, bundle_id), rejections(site, bundle_id)
+    if approval is not None:
+        state, line = "approved", f"approved by key {approval.key_id} until {iso(approval.expires_at)}"
+    elif revocation is not None:
+        state, line = "revoked", f"revoked at {iso(revocation.issued_at)} by key {revocation.key_id}"
+    elif rejected:
+        state, line = "rejected", "not approved"
+    else:
+        state, line = "never reviewed", "never reviewed: no approval, revocation or rejection of this bundle"
+    if rejected:
+        line += (f"; rejected before, {len(rejected)} time{'s' * (len(rejected) > 1)}, last at "
+                 f"{iso(rejected[-1].issued_at)}: {rejected[-1].reason}")
+    return {"state": state, "approval": approval.to_json() if approval else None,
+            "revocation": revocation.to_json() if revocation else None,
+            "rejections": [r.to_json() for r in rejected], "line": f"standing at {site.name}: {line}"}
 
 
 def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str], max_epsilon: float | None = None) -> None:
@@ -49,7 +87,9 @@ def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str], max_e
         detail = f" ({e.detail})" if e.detail else ""  # the reviewer works at the site: its details may show
         raise CaiaError(f"site {site.name} would refuse this release: {e}{detail}{'; ' + e.fix if e.fix else ''}; "
                         "nothing was signed") from e
-    require_passed(bundle)
+    problem = validation_problem(bundle)
+    if problem:
+        raise ValidationFailed(problem)
 
 
 def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str | Path,
@@ -72,10 +112,10 @@ def approve(site: Site, bundle_id: str, datasets: dict[str, str], key_file: str 
     if expires_in_days is None:
         expires_in_days = min(DEFAULT_EXPIRES_IN_DAYS, site.max_approval_days)
     if not valid_days(expires_in_days) or expires_in_days > site.max_approval_days:
-        raise CaiaError(f"--expires-in {shown_days(expires_in_days)} must be a finite number of days above 0 and at most "
-                        f"{site.max_approval_days:g} (site {site.name}'s policy)")
+        raise CaiaError(f"an expiry of {shown_days(expires_in_days)} days must be a finite number of days above 0 and at "
+                        f"most {site.max_approval_days:g} ({site.name}'s policy)")
     if max_epsilon is not None and not valid_epsilon(max_epsilon):
-        raise CaiaError(f"--max-epsilon {shown_days(max_epsilon)} must be a finite number above 0 "
+        raise CaiaError(f"an epsilon ceiling of {shown_days(max_epsilon)} must be a finite number above 0 "
                         "(the largest epsilon this site admits for the bundle)")
     private = signing_key(site, key_file)
     if bundle is not None:
@@ -138,7 +178,10 @@ def reject(site: Site, bundle_id: str, key_file: str | Path, reason: str, output
     """
     _check_bundle_id(bundle_id)
     if not isinstance(reason, str) or not reason.strip():
-        raise CaiaError("a rejection needs a reason (--reason TEXT): what the reviewer would not approve, and why")
+        raise CaiaError("a rejection needs a reason: what the reviewer would not approve, and why")
+    if not reason.strip().isprintable():
+        raise CaiaError("a rejection reason is one line of printable text; it holds a line break or control "
+                        "character: give it as one line")
     private = signing_key(site, key_file)
     issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     statement = {"format": REJECTION_FORMAT, "site": site.name, "bundle_id": bundle_id,

@@ -72,39 +72,49 @@ def signer(site_dir: str, key_file: str, root: Path, how: str) -> Signer:
 
 
 @contextmanager
-def opened(path: Path) -> Iterator[Bundle]:
+def opened(path: Path, shown: str | None = None) -> Iterator[Bundle]:
     """A checked copy of the bundle at `path` (a packed `.zip` or a bundle folder) in a temporary
-    directory, removed on leaving. Raises BundleError (one line) for anything else, or a bundle
-    `unpack` refuses (not intact, a link, a special file, a zip bomb)."""
+    directory, removed on leaving; errors name it as `shown` (default: its file name). Raises
+    BundleError (one line) for a path that does not exist, anything else, or a bundle `unpack`
+    refuses (not intact, a link, a special file, a zip bomb)."""
     path = Path(path)
+    shown = shown or path.name
     with tempfile.TemporaryDirectory(prefix="caia-review-") as work:
         work = Path(work)
+        if not path.exists():
+            raise BundleError(f"{shown} does not exist; open a bundle folder that `caia bundle` made, or a .zip from "
+                              "`caia pack`")
         if path.is_dir():
             if not (path / MANIFEST).is_file():
-                raise BundleError(f"{path.name} is no bundle folder (it has no {MANIFEST}); open a folder that "
+                raise BundleError(f"{shown} is no bundle folder (it has no {MANIFEST}); open a folder that "
                                   "`caia bundle` made, or a .zip from `caia pack`")
             archive = pack(path, work / "bundle.zip")
         elif path.suffix.lower() == ".zip" and path.is_file():
             archive = path
         else:
-            raise BundleError(f"{path.name} is neither a bundle folder nor a .zip from `caia pack`")
+            raise BundleError(f"{shown} is neither a bundle folder nor a .zip from `caia pack`; open the folder that "
+                              "holds it")
         yield unpack(archive, work / "bundle")
 
 
-def view(path: Path, who: Signer) -> dict:
-    """What the Review view shows of the bundle at `path`: {"bundle_id", "short_id", "review_html"
-    (the review page, rendered for the site when one is configured), "capabilities"
-    (`capabilities.report`), "changes" (`changes.compare` against the site's store, or null), "site" (name or null), "requested" (dataset
-    names the bundle asks for), "catalog" (the site's dataset ids), "key_id", "can_sign", "reason"
-    (why not, or "")}. Raises BundleError as `opened` does."""
-    with opened(path) as bundle:
+def view(path: Path, who: Signer, shown: str | None = None) -> dict:
+    """What the Review view shows of the bundle at `path` (named `shown` in errors): {"bundle_id",
+    "short_id", "review_html" (the review page, rendered for the site when one is configured),
+    "capabilities" (`capabilities.report`), "changes" (`changes.compare` against the site's store,
+    or null), "standing" (`signing.standing` at the site, or null), "site" (name or null),
+    "requested" (dataset names the bundle asks for), "catalog" (the site's dataset ids), "key_id",
+    "can_sign" (false for a bundle that did not pass validation too), "reason" (why not, or "")}.
+    Raises BundleError as `opened` does."""
+    with opened(path, shown) as bundle:
         page = render(bundle.path, bundle.path.parent / "review.html", site=who.site).read_text(encoding="utf-8")
+        reason = who.reason or signing.validation_problem(bundle)
         return {
             "bundle_id": bundle.id, "short_id": bundle.short_id, "review_html": page,
             "capabilities": report(bundle).to_json(), "changes": _changes(bundle, who.site),
+            "standing": signing.standing(who.site, bundle.id) if who.site else None,
             "site": who.site.name if who.site else None, "requested": sorted(bundle.manifest["datasets"]),
             "catalog": sorted(who.site.catalog) if who.site else [], "key_id": who.key_id,
-            "can_sign": who.can_sign, "reason": who.reason,
+            "can_sign": not reason, "reason": reason,
         }
 
 

@@ -53,6 +53,17 @@ class CaiaExtension(ExtensionApp):
                            "the browser.")
     review_site = Unicode("", config=True, help="The site directory the reviewer signs for from the Review view.")
 
+    def initialize_settings(self):
+        """Log, once at start, which site and reviewer key id the Review view signs for (never the key's path)."""
+        from ..reviewer.workbench import signer
+
+        who = signer(self.review_site, self.reviewer_key, Path(self.serverapp.root_dir).expanduser().resolve(),
+                     BundleHandler.CONFIGURE)
+        if who.can_sign:
+            self.log.info("caia: the Review view signs for site %s with reviewer key %s", who.site.name, who.key_id)
+        else:
+            self.log.info("caia: the Review view cannot sign: %s", who.reason)
+
     def initialize_handlers(self):
         self.handlers.extend([
             (r"/caia/api/version", VersionHandler),
@@ -259,11 +270,12 @@ class BundleHandler(CaiaHandler):
     @reads_files
     async def get(self):
         path = self.query(inputs.BundleQuery).path
+        shown = self.relative(path)  # errors name it with its folder, as the caller sees it
 
         def view():
             from ..reviewer.workbench import view
 
-            return {"path": self.relative(path), **view(path, self.signer())}
+            return {"path": shown, **view(path, self.signer(), shown)}
 
         await self.reply(view)
 

@@ -346,6 +346,21 @@ def read_rejection(path: Path, site: Site) -> Rejection:
     return rejection_from(statement, path)
 
 
+def rejections(site: Site, bundle_id: str) -> list[Rejection]:
+    """The rejections of `bundle_id` in the site's rejections/ that its trusted keys signed, oldest
+    first; malformed, untrusted and other bundles' files are skipped (and logged), never raised."""
+    found = []
+    for file in sorted(site.rejections_dir.glob("*.json")):
+        try:
+            rejection = read_rejection(file, site)
+        except ApprovalRejected as e:
+            log.warning("site %s skips %s", site.name, e)
+            continue
+        if rejection.bundle_id == bundle_id and rejection.site == site.name:
+            found.append(rejection)
+    return sorted(found, key=lambda r: r.issued_at)
+
+
 def iso(moment: datetime) -> str:
     """`moment` in UTC as statements write times: 2026-01-31T12:00:00Z."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
