@@ -205,12 +205,19 @@ def _dotted(loc) -> str:
 
 def json_changes(old, new, prefix=""):
     """(dotted field, old as JSON text, new as JSON text) for every leaf that differs between two JSON
-    documents ("(absent)" for a key only one has; lists of different lengths compare as one leaf)."""
+    documents, as JSON (`same_json`: 1, 1.0 and true differ); "(absent)" for a key only one has;
+    lists of different lengths compare as one leaf."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             yield from json_changes(old.get(key, "(absent)"), new.get(key, "(absent)"), f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for index, (a, b) in enumerate(zip(old, new)):
             yield from json_changes(a, b, f"{prefix}.{index}")
-    elif old != new:
+    elif not same_json(old, new):
         yield prefix or "(root)", json.dumps(old), json.dumps(new)
+
+
+def same_json(old, new) -> bool:
+    """Whether two JSON values are the same as JSON: their canonical texts are equal. Unlike `==`,
+    which holds 1 == 1.0 == True, it tells a number from a boolean and 1 from 1.0."""
+    return canonical(old) == canonical(new)
