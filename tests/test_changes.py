@@ -15,7 +15,7 @@ from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.bundle import json_changes, require_intact
 from caia_jupyter.researcher.history import value_changes
 from caia_jupyter.reviewer import changes, parts, review, store
-from conftest import approve, build_validated, make_site, set_source, write_corpus
+from conftest import approve, build_validated, make_site, reviewer_key, set_source, write_corpus
 
 ONE_LINE = ('lr=ctx.params["lr"])', 'lr=ctx.params["lr"] * 2)')
 
@@ -252,3 +252,39 @@ def test_only_a_stored_bundle_the_site_approved_is_a_base(site, tmp_path):
     assert [(c.title, c.status) for c in found.changed] == [("federated cell 4", "changed")]
     shutil.rmtree(store.folder(site) / honest.id.removeprefix("sha256:"))
     assert changes.compare(evil, site) is None  # the decoy alone is never a base
+
+
+@pytest.mark.parametrize("planted", ["entry-a-dangling-link", "entry-a-link-to-a-folder", "store-a-plain-file"])
+def test_keep_answers_a_planted_store_entry_in_one_line(site, tmp_path, planted):
+    bundle = build(tmp_path)
+    entry = store.folder(site) / bundle.id.removeprefix("sha256:")
+    if planted == "store-a-plain-file":
+        store.folder(site).write_text("x")
+        named = f"{store.folder(site)} is not a folder; caia keeps the site's approved bundles there"
+    else:
+        store.folder(site).mkdir()
+        (tmp_path / "elsewhere").mkdir()
+        entry.symlink_to(tmp_path / ("nowhere" if planted == "entry-a-dangling-link" else "elsewhere"))
+        named = f"store entry {entry} is a symbolic link; caia keeps a copy of the approved bundle there, so remove the link"
+    with pytest.raises(SiteError) as refused:
+        store.keep(site, bundle)
+    assert str(refused.value).startswith(named) and "\n" not in str(refused.value)
+    assert list((tmp_path / "elsewhere").iterdir() if (tmp_path / "elsewhere").exists() else []) == []
+
+
+@pytest.mark.slow
+def test_caia_approve_answers_a_planted_store_entry_in_one_line(site, validated_good, caia, tmp_path):
+    bundle = shutil.copytree(validated_good.path, tmp_path / "validated")  # approve signs only a validated bundle
+    entry = store.folder(site) / validated_good.id.removeprefix("sha256:")
+    store.folder(site).mkdir()
+    entry.symlink_to(tmp_path / "nowhere")
+    code, out, err = caia("approve", bundle, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"store entry {entry} is a symbolic link" in err
+    assert list(site.approvals_dir.glob("*.json")) == []
+    entry.unlink()
+    store.folder(site).rmdir()
+    store.folder(site).write_text("x")
+    code, _, err = caia("approve", bundle, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"{store.folder(site)} is not a folder" in err
+    assert list(site.approvals_dir.glob("*.json")) == []
