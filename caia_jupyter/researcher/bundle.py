@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ..contracts.errors import BundleError
 from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, read_json
-from ..contracts.manifest import Manifest, bundle_id, canonical
+from ..contracts.manifest import Manifest, bundle_id, canonical, same_json
 from .wording import plural
 
 CELL_MARK = "# ---- federated cell {} ----"  # composing writes it above each cell; the review splits there
@@ -215,9 +215,3 @@ def json_changes(old, new, prefix=""):
             yield from json_changes(a, b, f"{prefix}.{index}")
     elif not same_json(old, new):
         yield prefix or "(root)", json.dumps(old), json.dumps(new)
-
-
-def same_json(old, new) -> bool:
-    """Whether two JSON values are the same as JSON: their canonical texts are equal. Unlike `==`,
-    which holds 1 == 1.0 == True, it tells a number from a boolean and 1 from 1.0."""
-    return canonical(old) == canonical(new)

@@ -25,8 +25,7 @@ from pydantic import ValidationError
 from ..contracts.errors import BundleError
 from ..contracts.fileset import MODULE
 from ..contracts.fsutil import read_json, write_atomic, write_json
-from ..contracts.manifest import Manifest, bundle_id
-from .bundle import same_json
+from ..contracts.manifest import Manifest, bundle_id, same_json
 
 BUILD, VALIDATION, EXECUTED = "build.json", "validation.json", "validation.ipynb"
 HISTORY = ".history"  # beside bundle folders, the folder of their histories
