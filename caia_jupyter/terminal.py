@@ -5,11 +5,14 @@ The CLI, the kernel's `%federated` (in a non-interactive kernel) and `caia demo`
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 
 from .researcher.wording import metric, plural
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass
@@ -98,13 +101,20 @@ def runs_table(runs: list[dict]) -> str:
 
 def audit_table(records: list[dict]) -> str:
     """A site's audit records (`site.audit.verify`) as a text table, one record a line: seq, time,
-    event, bundle short id, key id, outcome and reason."""
+    event, bundle short id, key id, outcome and reason, each `escaped`."""
     if not records:
         return "no audit records"
     rows = [("SEQ", "TIME", "EVENT", "BUNDLE", "KEY", "OUTCOME", "REASON")]
-    rows += [(str(r["seq"]), r["time"], r["event"], r["bundle_id"].removeprefix("sha256:")[:12] or "-", r["key_id"] or "-",
-              r["outcome"], r["reason"]) for r in records]
+    rows += [tuple(map(escaped, (str(r["seq"]), r["time"], r["event"], r["bundle_id"].removeprefix("sha256:")[:12] or "-",
+                                 r["key_id"] or "-", r["outcome"], r["reason"]))) for r in records]
     return table(rows)
+
+
+def escaped(text: str) -> str:
+    """`text` with each control character (C0, DEL, C1, line and paragraph separators) and each
+    bidirectional control shown as its Python escape ("\\n", "\\x1b", "\\u202e"), never raw: text
+    read from a site's files cannot move the cursor, hide or recolour what a terminal shows."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def table(rows: list[tuple[str, ...]]) -> str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -23,6 +24,7 @@ from caia_jupyter.site.guard import Refusal, admit
 from caia_jupyter.site.keys import key_id, load_private_key
 from caia_jupyter.site.release import RELEASE
 from caia_jupyter.targets.job import build_job
+from caia_jupyter.terminal import audit_table
 from conftest import REPO, approve, make_site, reviewer_key
 import corpus
 
@@ -300,3 +302,74 @@ def test_concurrent_writers_keep_one_valid_chain(tmp_path):
     assert problems == []
     assert [r["seq"] for r in records] == list(range(1, 161))
     assert sorted(r["reason"] for r in records) == sorted(f"writer {n} record {i}" for n in range(4) for i in range(40))
+
+
+DISGUISE = "r1\nhead: " + "0" * 64 + "\nintact: 3 records, hash-chained\x1b[8m"  # hides the rest of a terminal's output
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["edited", "edited-and-rehashed"])
+def test_a_record_whose_text_holds_control_characters_is_named_and_never_printed_raw(history, caia, rehash):
+    lines = log_lines(history)
+    record = json.loads(lines[1])
+    record["reason"] = DISGUISE
+    if rehash:
+        del record["hash"]
+        record["hash"] = hashlib.sha256(canonical(record)).hexdigest()
+    write_lines(history, [lines[0], canonical(record).decode(), *lines[2:]])
+    records, problems = audit.verify(history)
+    assert "line 2 is malformed (reason holds control characters, which caia never writes)" in problems
+    assert 2 not in [r["seq"] for r in records]
+    code, out, _ = caia("site", "audit", history.path)
+    assert code == 1 and "AUDIT LOG BROKEN at site site-1:" in out and "\x1b" not in out
+    assert not any(line.startswith(("head: 0000", "intact:")) for line in out.splitlines())
+
+
+def test_the_audit_table_shows_control_characters_escaped():
+    record = {"seq": 1, "time": "2026-01-01T00:00:00Z", "event": "refusal", "bundle_id": "sha256:ab\u202e",
+              "key_id": None, "outcome": "refused", "reason": DISGUISE}
+    shown = audit_table([record])
+    assert len(shown.splitlines()) == 2 and "\x1b" not in shown and "\u202e" not in shown
+    assert shown.endswith("r1\\nhead: " + "0" * 64 + "\\nintact: 3 records, hash-chained\\x1b[8m")
+    assert "ab\\u202e" in shown
+
+
+def forge_last_record(site, **fields):
+    """Append a record whose fields are `fields`, correctly hashed and chained: a forgery by whoever can write the log."""
+    lines = log_lines(site)
+    entry = {**json.loads(lines[-1]), "prev": hashlib.sha256(lines[-1].encode()).hexdigest(), **fields}
+    del entry["hash"]
+    entry["hash"] = hashlib.sha256(canonical(entry)).hexdigest()
+    write_lines(site, [*lines, canonical(entry).decode()])
+
+
+@pytest.mark.parametrize("fields, why", [({"seq": int("9" * 4300)}, "seq is not valid"),
+                                         ({"seq": audit.MAX_SEQ + 1}, "seq is not valid"),
+                                         ({"reason": "x\x1b[2J"}, "reason holds control characters")])
+def test_a_malformed_last_record_refuses_the_next_statement_in_one_line(history, built_job, caia, fields, why):
+    forge_last_record(history, **fields)
+    before, statements = audit.audit_file(history).read_bytes(), read_rejection_files(history)
+    code, out, err = caia("reject", built_job[0].path, "--site", history.path, "--key", reviewer_key(history),
+                          "--reason", "no")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"audit log audit.jsonl ends in a malformed record ({why}" in err
+    assert f"run `caia site audit {history.path}`" in err and "the rejection was not stored" in err
+    assert read_rejection_files(history) == statements and len(statements) == 1  # the fixture's rejection alone
+    assert audit.audit_file(history).read_bytes() == before
+
+
+def read_rejection_files(site):
+    return sorted(site.rejections_dir.glob("*.json"))
+
+
+def test_a_statement_is_removed_whatever_stops_its_record(history, built_job, monkeypatch):
+    def broken(*args, **kwargs):  # a fake audit.record that fails with no SiteError
+        raise ValueError("not a SiteError")
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    earlier = signing.reject(history, built_job[0].id, reviewer_key(history), "first", now=now).path
+    kept = {p: p.read_bytes() for p in read_rejection_files(history)}
+    monkeypatch.setattr(audit, "record", broken)
+    with pytest.raises(ValueError):
+        signing.reject(history, built_job[0].id, reviewer_key(history), "second", now=now + timedelta(days=1))
+    with pytest.raises(ValueError):  # the same file name as the earlier rejection: that one is put back
+        signing.reject(history, built_job[0].id, reviewer_key(history), "second", now=now)
+    assert {p: p.read_bytes() for p in read_rejection_files(history)} == kept and earlier in kept

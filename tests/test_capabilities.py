@@ -254,8 +254,9 @@ def test_a_loader_written_in_a_cell_is_reported(write_notebook, tmp_path):
     built = compose.build(write_notebook("free_name"), tmp_path / "b", namespace={"LEARNING_RATE": np.float32(0.5)})
     source = (built.path / "federated.py").read_text()
     loader = compose.CAPTURED_LOADER.lstrip("\n")
-    moved = source.replace(loader, "") + "\n# ---- federated cell 9 ----\n" + loader
-    assert {(f.capability, f.cell) for f in analyze(moved)} == {("files", 9)}
+    after = 1 + source.count("\n# ---- federated cell ")  # markers count only in sequence: the next cell's
+    moved = source.replace(loader, "") + f"\n# ---- federated cell {after} ----\n" + loader
+    assert {(f.capability, f.cell) for f in analyze(moved)} == {("files", after)}
 
 
 def test_a_changed_module_is_refused(example_bundle, tmp_path):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 
 import pytest
 
-from caia_jupyter.contracts.errors import SiteError
+from caia_jupyter.contracts.errors import NotebookError, SiteError
+from caia_jupyter.contracts.manifest import bundle_id
 from caia_jupyter.researcher import compose
-from caia_jupyter.reviewer import changes, review, store
-from conftest import approve, build_validated, make_site, set_source, write_corpus
+from caia_jupyter.researcher.bundle import json_changes, require_intact
+from caia_jupyter.researcher.history import value_changes
+from caia_jupyter.reviewer import changes, parts, review, store
+from conftest import approve, build_validated, make_site, reviewer_key, set_source, write_corpus
 
 ONE_LINE = ('lr=ctx.params["lr"])', 'lr=ctx.params["lr"] * 2)')
 
@@ -33,16 +37,24 @@ def edit(*replacements):
     return apply
 
 
+def kept(site, bundle):
+    """Keep `bundle` in the store of `site` and approve it there as the site's reviewer, as `caia approve`
+    does (without its validation check); the store's folder of it."""
+    folder = store.keep(site, bundle)
+    approve(site, bundle.id, {"tiny": "tiny"})
+    return folder
+
+
 def minus_plus(diff: str) -> tuple[list[str], list[str]]:
     lines = diff.splitlines()
     return [x for x in lines if x.startswith("-")], [x for x in lines if x.startswith("+")]
 
 
 def test_one_changed_line_of_train_is_exactly_what_the_diff_shows(site, tmp_path):
-    kept = store.keep(site, build(tmp_path))
+    base = kept(site, build(tmp_path))
     new = build(tmp_path, edit(ONE_LINE))
     found = changes.compare(new, site)
-    assert found.base.id == f"sha256:{kept.name}" and found.base.path == kept
+    assert found.base.id == f"sha256:{base.name}" and found.base.path == base
     assert [(c.title, c.status) for c in found.changed] == [("federated cell 4", "changed")]
     removed, added = minus_plus(found.changed[0].diff)
     assert removed == ['-    optimizer = torch.optim.SGD(model.parameters(), lr=ctx.params["lr"])']
@@ -52,7 +64,7 @@ def test_one_changed_line_of_train_is_exactly_what_the_diff_shows(site, tmp_path
 
 
 def test_comments_and_blank_lines_only_are_cosmetic(site, tmp_path):
-    store.keep(site, build(tmp_path))
+    kept(site, build(tmp_path))
     new = build(tmp_path, edit(("    loss.backward()\n", "    loss.backward()  # gradients\n\n"),
                                ("    x, y = data\n    with", "    # the held-out rows\n    x, y = data\n    with")))
     found = changes.compare(new, site)
@@ -61,14 +73,14 @@ def test_comments_and_blank_lines_only_are_cosmetic(site, tmp_path):
 
 
 def test_a_code_change_beside_a_comment_change_is_not_cosmetic(site, tmp_path):
-    store.keep(site, build(tmp_path))
+    kept(site, build(tmp_path))
     found = changes.compare(build(tmp_path, edit(ONE_LINE, ("    loss.backward()\n", "    loss.backward()  # g\n"))), site)
     assert found.cosmetic is False
     assert [c.status for c in found.changed] == ["changed"]
 
 
 def test_settings_changes_are_named_in_other(site, tmp_path):
-    store.keep(site, build(tmp_path))
+    kept(site, build(tmp_path))
     new = build(tmp_path, edit(("param.lr=0.1", "param.lr=0.2"), ("rounds=2", "rounds=3")))
     found = changes.compare(new, site)
     assert list(found.other) == ["param lr: 0.1 -> 0.2", "rounds: 2 -> 3"]
@@ -93,8 +105,8 @@ def test_other_names_requirements_datasets_and_captured_values(tmp_path):
 
 
 def test_the_closest_approved_bundle_is_the_base(site, tmp_path):
-    near = store.keep(site, build(tmp_path))
-    store.keep(site, build(tmp_path, edit(("    x, y = data\n    optimizer", "    x, y = data\n    x = x * 1\n    x = x + 0\n"
+    near = kept(site, build(tmp_path))
+    kept(site, build(tmp_path, edit(("    x, y = data\n    optimizer", "    x, y = data\n    x = x * 1\n    x = x + 0\n"
                                                                               "    optimizer"), ("rounds=2", "rounds=4"))))
     found = changes.compare(build(tmp_path, edit(ONE_LINE)), site)
     assert found.base.path == near
@@ -137,7 +149,7 @@ def test_keep_refuses_a_store_that_is_a_link(site, tmp_path):
 def test_the_review_page_shows_what_changed(site, tmp_path):
     page = review.render(build(tmp_path).path, tmp_path / "first.html", site).read_text()
     assert "First bundle this site reviews: nothing to compare" in page
-    base = store.keep(site, build(tmp_path)).name[:12]
+    base = kept(site, build(tmp_path)).name[:12]
     new = build(tmp_path, edit(ONE_LINE))
     page = review.render(new.path, tmp_path / "changed.html", site).read_text()
     assert f"Changed since site <code>site-a</code> approved <code>{base}</code>" in page
@@ -170,7 +182,7 @@ def test_approving_keeps_the_bundle_and_review_site_diffs_against_it(site, tmp_p
 def test_the_terminal_lists_changed_and_cosmetic_parts_apart_with_each_changed_diff_bounded(site, tmp_path):
     from caia_jupyter.cli import DIFF_LINES_SHOWN, changes_lines
 
-    store.keep(site, build(tmp_path))
+    kept(site, build(tmp_path))
     long = "".join(f"    step_{i} = {i}\n" for i in range(60))  # 60 added lines in train's cell
     new = build(tmp_path, edit(ONE_LINE, ("    optimizer.step()\n", "    optimizer.step()\n" + long),
                                ("    x, y = data\n    with", "    # the held-out rows\n    x, y = data\n    with")))
@@ -185,3 +197,116 @@ def test_the_terminal_lists_changed_and_cosmetic_parts_apart_with_each_changed_d
     cosmetic = build(tmp_path, edit(("    loss.backward()\n", "    loss.backward()  # g\n")))
     assert changes_lines(changes.compare(cosmetic, site), site)[1:] == [
         "  cosmetic: same syntax tree; the bytes changed, so it still needs a new approval"]
+
+
+def attacked(source: str) -> str:
+    """federated.py of the good corpus with cell 4 (train) patched to scale every SGD learning rate by
+    1000, and the approved train re-appended, byte for byte, under a second "cell 4" marker in cell 5."""
+    train = source[source.index("# ---- federated cell 4 ----"):source.index("# ---- federated cell 5 ----")]
+    patched = train.replace("def train(", "_SGD = torch.optim.SGD\ntorch.optim.SGD = lambda p, lr: _SGD(p, lr=lr * 1000)\n\n"
+                            "def train(", 1)
+    return source.replace(train, patched).rstrip("\n") + "\n\n" + train
+
+
+def hand_made(bundle, folder, module: str):
+    """A copy of `bundle` in `folder` whose federated.py is `module`, its manifest rehashed: a bundle
+    made by hand, not by caia."""
+    shutil.copytree(bundle.path, folder, ignore=shutil.ignore_patterns("records"))
+    (folder / "federated.py").write_text(module)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest["files"]["federated.py"].update(sha256=hashlib.sha256(module.encode()).hexdigest(), size=len(module.encode()))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return require_intact(folder, bundle_id(manifest))
+
+
+def test_a_cell_holding_a_cell_marker_line_is_refused_when_built(tmp_path):
+    def plant(nb):
+        set_source(nb, "def evaluate(", "# ---- federated cell 4 ----\ndef evaluate(")
+    with pytest.raises(NotebookError) as refused:
+        build(tmp_path, plant)
+    message = str(refused.value)
+    assert message.startswith("federated cell 5 (notebook cell ") and " line " in message
+    assert "'# ---- federated cell 4 ----' reads as the marker caia writes" in message and "\n" not in message
+
+
+def test_a_repeated_cell_marker_in_a_hand_made_bundle_shows_the_changed_cell(site, tmp_path):
+    approved = build(tmp_path)
+    kept(site, approved)
+    forged = hand_made(approved, tmp_path / "forged", attacked(approved.source("federated.py")))
+    found = changes.compare(forged, site)
+    assert found.cosmetic is False
+    assert [(c.title, c.status) for c in found.changed] == [("federated cell 4", "changed"), ("federated cell 5", "changed")]
+    assert "+torch.optim.SGD = lambda p, lr: _SGD(p, lr=lr * 1000)" in found.changed[0].diff
+
+
+def test_parts_are_never_dropped_for_a_repeated_key(monkeypatch):
+    halves = [parts.ModulePart("cell", "x = 1\n", 1), parts.ModulePart("cell", "y = 2\n", 1)]
+    monkeypatch.setattr(changes, "split_module", lambda source: halves if source == "new" else halves[:1])
+    assert [(c.status, c.diff) for c in changes.part_changes("old", "new")] == [("changed", "@@ -1 +1,2 @@\n x = 1\n+y = 2")]
+
+
+@pytest.mark.parametrize("new, said", [(True, "param k: 1 -> True"), (1.0, "param k: 1 -> 1.0")])
+def test_a_param_of_another_type_is_a_change(site, tmp_path, new, said):
+    kept(site, build(tmp_path, edit(("param.lr=0.1", "param.lr=0.1 param.k=1"))))
+    found = changes.compare(build(tmp_path, edit(("param.lr=0.1", f"param.lr=0.1 param.k={new!r}"))), site)
+    assert list(found.other) == [said] and found.cosmetic is False
+
+
+def test_values_that_read_alike_are_shown_as_json():
+    assert value_changes("param ", {"k": 1, "n": None}, {"k": "1", "n": "None"}) == ['param k: 1 -> "1"', 'param n: null -> "None"']
+
+
+@pytest.mark.parametrize("old, new, field, before, after", [(1, True, "x", "1", "true"), (1, 1.0, "x", "1", "1.0"),
+                                                              ({"a": [0]}, {"a": [False]}, "x.a.0", "0", "false")])
+def test_json_changes_tell_numbers_from_booleans(old, new, field, before, after):
+    assert list(json_changes({"x": old}, {"x": new})) == [(field, before, after)]
+    assert list(json_changes({"x": old}, {"x": old})) == []
+
+
+def test_only_a_stored_bundle_the_site_approved_is_a_base(site, tmp_path):
+    honest = build(tmp_path)
+    kept(site, honest)
+    evil = build(tmp_path, edit(ONE_LINE))
+    decoy = build(tmp_path, edit(ONE_LINE, ("    loss.backward()\n", "    loss.backward()  # x\n")))
+    store.keep(site, decoy)  # planted in approved/ by whoever can write there: no approval signed by a trusted key
+    found = changes.compare(evil, site)
+    assert found.base.id == honest.id and found.cosmetic is False
+    assert [(c.title, c.status) for c in found.changed] == [("federated cell 4", "changed")]
+    shutil.rmtree(store.folder(site) / honest.id.removeprefix("sha256:"))
+    assert changes.compare(evil, site) is None  # the decoy alone is never a base
+
+
+@pytest.mark.parametrize("planted", ["entry-a-dangling-link", "entry-a-link-to-a-folder", "store-a-plain-file"])
+def test_keep_answers_a_planted_store_entry_in_one_line(site, tmp_path, planted):
+    bundle = build(tmp_path)
+    entry = store.folder(site) / bundle.id.removeprefix("sha256:")
+    if planted == "store-a-plain-file":
+        store.folder(site).write_text("x")
+        named = f"{store.folder(site)} is not a folder; caia keeps the site's approved bundles there"
+    else:
+        store.folder(site).mkdir()
+        (tmp_path / "elsewhere").mkdir()
+        entry.symlink_to(tmp_path / ("nowhere" if planted == "entry-a-dangling-link" else "elsewhere"))
+        named = f"store entry {entry} is a symbolic link; caia keeps a copy of the approved bundle there, so remove the link"
+    with pytest.raises(SiteError) as refused:
+        store.keep(site, bundle)
+    assert str(refused.value).startswith(named) and "\n" not in str(refused.value)
+    assert list((tmp_path / "elsewhere").iterdir() if (tmp_path / "elsewhere").exists() else []) == []
+
+
+@pytest.mark.slow
+def test_caia_approve_answers_a_planted_store_entry_in_one_line(site, validated_good, caia, tmp_path):
+    bundle = shutil.copytree(validated_good.path, tmp_path / "validated")  # approve signs only a validated bundle
+    entry = store.folder(site) / validated_good.id.removeprefix("sha256:")
+    store.folder(site).mkdir()
+    entry.symlink_to(tmp_path / "nowhere")
+    code, out, err = caia("approve", bundle, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"store entry {entry} is a symbolic link" in err
+    assert list(site.approvals_dir.glob("*.json")) == []
+    entry.unlink()
+    store.folder(site).rmdir()
+    store.folder(site).write_text("x")
+    code, _, err = caia("approve", bundle, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"{store.folder(site)} is not a folder" in err
+    assert list(site.approvals_dir.glob("*.json")) == []

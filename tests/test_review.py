@@ -75,6 +75,12 @@ MODULES = {
     "crlf-line-ends": ('"""doc"""\r\n# ---- federated cell 1 ----\r\nx = 1\r\n', [("docstring", None), ("cell", 1)]),
     "no-newline-at-the-end": ('"""doc"""\n# ---- federated cell 1 ----\nx = 1', [("docstring", None), ("cell", 1)]),
     "unterminated-string": ('"""doc\n# ---- federated cell 1 ----\n', [("head", None)]),
+    "repeated-marker": ("# ---- federated cell 1 ----\nx = 1\n# ---- federated cell 2 ----\ny = 2\n# ---- federated cell 2 ----\n"
+                        "z = 3\n", [("cell", 1), ("cell", 2)]),
+    "marker-out-of-sequence": ("# ---- federated cell 1 ----\nx = 1\n# ---- federated cell 3 ----\ny = 2\n"
+                               "# ---- federated cell 2 ----\nz = 3\n", [("cell", 1), ("cell", 2)]),
+    "first-marker-not-cell-1": ("# ---- federated cell 2 ----\nx = 1\n# ---- federated cell 1 ----\ny = 2\n",
+                                [("head", None), ("cell", 1)]),
     "empty": ("", []),
 }
 

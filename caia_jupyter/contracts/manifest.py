@@ -74,6 +74,12 @@ def canonical(manifest: dict) -> bytes:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def same_json(old, new) -> bool:
+    """Whether two JSON values are the same as JSON: their canonical texts are equal. Unlike `==`,
+    which holds 1 == 1.0 == True, it tells a number from a boolean and 1 from 1.0."""
+    return canonical(old) == canonical(new)
+
+
 def bundle_id(manifest: dict) -> str:
     return "sha256:" + hashlib.sha256(canonical(manifest)).hexdigest()
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ..contracts.errors import BundleError
 from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, read_json
-from ..contracts.manifest import Manifest, bundle_id, canonical
+from ..contracts.manifest import Manifest, bundle_id, canonical, same_json
 from .wording import plural
 
 CELL_MARK = "# ---- federated cell {} ----"  # composing writes it above each cell; the review splits there
@@ -208,12 +208,13 @@ def _dotted(loc) -> str:
 
 def json_changes(old, new, prefix=""):
     """(dotted field, old as JSON text, new as JSON text) for every leaf that differs between two JSON
-    documents ("(absent)" for a key only one has; lists of different lengths compare as one leaf)."""
+    documents, as JSON (`same_json`: 1, 1.0 and true differ); "(absent)" for a key only one has;
+    lists of different lengths compare as one leaf."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             yield from json_changes(old.get(key, "(absent)"), new.get(key, "(absent)"), f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for index, (a, b) in enumerate(zip(old, new)):
             yield from json_changes(a, b, f"{prefix}.{index}")
-    elif old != new:
+    elif not same_json(old, new):
         yield prefix or "(root)", json.dumps(old), json.dumps(new)

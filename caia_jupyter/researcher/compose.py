@@ -259,6 +259,7 @@ def _top_level_inferred(dist: importlib.metadata.Distribution) -> set[str]:
 def _cells_source(nb: notebook.FederatedNotebook) -> tuple[str, list[dict]]:
     parts, cell_map, line = [], [], 1
     for cell in nb.cells:
+        _refuse_cell_marks(cell)
         block = f"{CELL_MARK.format(cell.ordinal)}\n{cell.source}"
         count = block.count("\n")
         cell_map.append({
@@ -274,6 +275,16 @@ def _cells_source(nb: notebook.FederatedNotebook) -> tuple[str, list[dict]]:
         parts.append(block)
         line += count + 1
     return "\n".join(parts), cell_map
+
+
+def _refuse_cell_marks(cell: notebook.FederatedCell) -> None:
+    """Raise NotebookError for a line of `cell` that reads as caia's cell marker: in federated.py the
+    review would take it for where another cell begins."""
+    marker = CELL_MARK.split("{}")[0]  # "# ---- federated cell "
+    for number, text in enumerate(cell.source.split("\n"), cell.line_offset + 1):
+        if text.strip().startswith(marker):
+            raise NotebookError(f"{cell.label} line {number}: {text.strip()[:60]!r} reads as the marker caia writes above "
+                                "each federated cell, where reviewers see a cell begin; reword or remove that line")
 
 
 def cell_line(cell_map: list[dict], line: int) -> str:

@@ -15,6 +15,7 @@ id it names, and only once `validation.require_passed` checks it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from ..contracts.errors import BundleError
 from ..contracts.fileset import MODULE
 from ..contracts.fsutil import read_json, write_atomic, write_json
-from ..contracts.manifest import Manifest, bundle_id
+from ..contracts.manifest import Manifest, bundle_id, same_json
 
 BUILD, VALIDATION, EXECUTED = "build.json", "validation.json", "validation.ipynb"
 HISTORY = ".history"  # beside bundle folders, the folder of their histories
@@ -172,29 +173,34 @@ def job_changes(old_job: dict, new_job: dict) -> list[str]:
 
 
 def keyed(what: str, old: dict, new: dict, changed: str) -> list[str]:
-    """"WHAT KEY added", "WHAT KEY removed" or "WHAT KEY <changed>" for each key whose value differs."""
+    """"WHAT KEY added", "WHAT KEY removed" or "WHAT KEY <changed>" for each key whose value differs
+    as JSON (`same_json`)."""
     said = []
     for key in sorted(set(old) | set(new)):
         if key not in old:
             said.append(f"{what} {key} added")
         elif key not in new:
             said.append(f"{what} {key} removed")
-        elif old[key] != new[key]:
+        elif not same_json(old[key], new[key]):
             said.append(f"{what} {key} {changed}")
     return said
 
 
 def value_changes(prefix: str, old: dict, new: dict) -> list[str]:
     """"PREFIXKEY added: NEW", "PREFIXKEY removed (was OLD)" or "PREFIXKEY: OLD -> NEW" for each key
-    whose value differs, values cut to 40 characters."""
+    whose value differs as JSON (`same_json`: 1 -> true and 1 -> 1.0 are changes), values cut to
+    40 characters."""
     said = []
     for key in sorted(set(old) | set(new)):
         if key not in old:
             said.append(f"{prefix}{key} added: {_short(new[key])}")
         elif key not in new:
             said.append(f"{prefix}{key} removed (was {_short(old[key])})")
-        elif old[key] != new[key]:
-            said.append(f"{prefix}{key}: {_short(old[key])} -> {_short(new[key])}")
+        elif not same_json(old[key], new[key]):
+            before, after = _short(old[key]), _short(new[key])
+            if before == after:  # "1" and 1 read alike: show them as JSON
+                before, after = _short(json.dumps(old[key])), _short(json.dumps(new[key]))
+            said.append(f"{prefix}{key}: {before} -> {after}")
     return said
 
 

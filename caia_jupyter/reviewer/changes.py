@@ -1,10 +1,13 @@
 """What changed in a bundle since a bundle its site approved before.
 
 The base is the closest earlier approved bundle in the site's store (`store.approved_bundles`): of
-the stored bundles other than this one, the one whose federated.py differs from this one's by the
+the stored bundles other than this one that the site holds at least one approval of, signed by a key
+it trusts (`approvals.approval_times`), the one whose federated.py differs from this one's by the
 fewest lines (lines removed plus lines added, as difflib matches them), ties broken by the latest
-approval the site holds of it. A manifest names no notebook, so "the same notebook" is the closest
-code; whichever base is chosen, the diff is true against a bundle this site approved.
+such approval. A stored bundle without one is never a base: whoever can write the store could plant
+a decoy there, but not a signed approval. A manifest names no notebook, so "the same notebook" is
+the closest code; whichever base is chosen, the diff is true against a bundle this site approved
+(an approval since revoked or expired still counts: the site did approve it).
 
 federated.py is compared part by part (`parts.split_module`: the module docstring, the head before
 the first cell, each federated cell by its ordinal), as unified diffs with one line of context. A
@@ -20,7 +23,6 @@ import ast
 import difflib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE
 from ..researcher.bundle import Bundle, json_changes
@@ -81,12 +83,13 @@ class Changes:
 
 def compare(bundle: Bundle, site: Site) -> Changes | None:
     """What changed in `bundle` (intact) since the closest bundle `site` approved before (see the
-    module doc), or None when the site's store holds no bundle other than this one."""
-    stored = [b for b in approved_bundles(site) if b.id != bundle.id]
+    module doc), or None when the site's store holds no other bundle the site holds a trusted approval of."""
+    approved = {b.id: (b, approval_times(site, b.id)) for b in approved_bundles(site) if b.id != bundle.id}
+    stored = [(b, max(times).timestamp()) for b, times in approved.values() if times]
     if not stored:
         return None
     source = bundle.source(MODULE)
-    base = min(stored, key=lambda b: (_distance(b.source(MODULE), source), -_approved_at(site, b)))
+    base = min(stored, key=lambda found: (_distance(found[0].source(MODULE), source), -found[1]))[0]
     return Changes(base, tuple(part_changes(base.source(MODULE), source)), tuple(other_changes(base, bundle)))
 
 
@@ -131,18 +134,19 @@ def other_changes(old: Bundle, new: Bundle) -> list[str]:
 
 
 def _parts(source: str) -> dict[tuple[str, int | None], str]:
-    return {(part.kind, part.ordinal): part.text for part in split_module(source)}
+    """(kind, ordinal) -> text of each part. `split_module` gives each key once; were one given
+    twice, its texts are joined, never one dropped: every byte is compared."""
+    parts: dict[tuple[str, int | None], str] = {}
+    for part in split_module(source):
+        key = (part.kind, part.ordinal)
+        parts[key] = parts.get(key, "") + part.text
+    return parts
 
 
 def _distance(old: str, new: str) -> int:
     """Lines removed plus lines added from `old` to `new`."""
     matcher = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False)
     return sum(i2 - i1 + j2 - j1 for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal")
-
-
-def _approved_at(site: Site, bundle: Bundle) -> float:
-    """POSIX time of the latest approval of `bundle` `site` holds (0 if none is left)."""
-    return max(approval_times(site, bundle.id), default=datetime.fromtimestamp(0, timezone.utc)).timestamp()
 
 
 def _same_tree(old: str, new: str) -> bool:

@@ -29,6 +29,11 @@ def split_module(source: str) -> list[ModulePart]:
     lines after it); a cell from each marker (CELL_MARK, e.g. "# ---- federated cell 3 ----")
     that is a comment alone on its line, at column 0, outside brackets, to the next; the head
     is what lies between. A source the tokenizer cannot read is one head part.
+
+    Markers count only in sequence, as composing writes them: cell 1, then 2, 3, ...; a marker
+    out of sequence (a repeated or skipped ordinal) stays text of the cell it stands in, so no
+    two parts share an ordinal and no cell can pose as another (composing refuses a cell holding
+    a marker line, so only a hand-made federated.py has one).
     """
     lines = io.StringIO(source).readlines()  # the lines the tokenizer reads
     starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
@@ -44,7 +49,7 @@ def split_module(source: str) -> list[ModulePart]:
     docstring_rows = _docstring_rows(tokens)
     if docstring_rows:
         bounds = [(0, "docstring", None), (start_of(docstring_rows + 1), "head", None)]
-    depth = 0
+    depth, expected = 0, 1  # expected: the ordinal of the next cell marker
     for token in tokens:
         if token.type == tokenize.OP and token.string in ("(", "[", "{"):
             depth += 1
@@ -52,8 +57,9 @@ def split_module(source: str) -> list[ModulePart]:
             depth -= 1
         elif token.type == tokenize.COMMENT and depth == 0 and token.start[1] == 0 and token.line.rstrip("\r\n") == token.string:
             ordinal = _marker_ordinal(token.string)
-            if ordinal is not None:
+            if ordinal == expected:
                 bounds.append((start_of(token.start[0]), "cell", ordinal))
+                expected += 1
     bounds.append((len(source), "", None))
     return [
         ModulePart(kind, source[begin:end], ordinal)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..contracts.errors import CaiaError, SiteError, ValidationFailed
-from ..contracts.fsutil import write_json
+from ..contracts.fsutil import write_atomic, write_json
 from ..contracts.manifest import BUNDLE_ID, canonical
 from ..researcher.validation import require_passed
 from ..site import audit
@@ -226,16 +226,33 @@ def _check_bundle_id(bundle_id) -> None:
 
 def _store(site: Site, path: Path, signed: dict, event: str, reason: str) -> None:
     """Write a signed statement to `path`; when that lies in the site directory, record it in the
-    site's audit log too, or remove it again and raise SiteError: nothing reaches the site unrecorded."""
+    site's audit log too, or, whatever stops the record, remove it again (putting back a statement of
+    the same name it replaced) and raise SiteError, or the error that stopped the record: nothing
+    reaches the site unrecorded."""
+    path = Path(path)
+    earlier = _plain_file_bytes(path)  # a statement of the same name (same bundle, key and second): kept if this fails
     write_json(path, signed)
-    if not Path(path).resolve().is_relative_to(site.path):
+    if not path.resolve().is_relative_to(site.path):
         return  # written elsewhere, to be carried to the site: not yet the site's
     statement = signed["statement"]
     try:
         audit.record(site, event, statement["bundle_id"], statement["key_id"], "signed", reason)
-    except SiteError as e:
-        Path(path).unlink(missing_ok=True)
-        raise SiteError(f"{e}; the {event} was not stored") from e
+    except BaseException as e:  # whatever stops the record, this statement goes too
+        if earlier is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, earlier)
+        if isinstance(e, SiteError):
+            raise SiteError(f"{e}; the {event} was not stored") from e
+        raise
+
+
+def _plain_file_bytes(path: Path) -> bytes | None:
+    """The bytes of the plain file at `path` (never through a link), or None."""
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
 
 
 def _signed(statement: dict, private: Ed25519PrivateKey) -> dict:

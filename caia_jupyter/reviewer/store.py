@@ -39,26 +39,35 @@ def keep(site: Site, bundle: Bundle) -> Path:
     entry and renamed into place, and checked against `bundle.id` first: links are copied as links,
     which the check refuses, so nothing is ever read or written through one.
 
-    Raises SiteError (one line) when the store folder is a symbolic link, BundleError when the
-    bundle folder no longer holds `bundle.id` (nothing is kept then)."""
+    Raises SiteError (one line naming it and the fix) when the store folder is a symbolic link or
+    not a folder, the entry is a symbolic link (dangling or not), or the entry cannot be written
+    or replaced; BundleError when the bundle folder no longer holds `bundle.id` (nothing is kept then)."""
     store = folder(site)
-    if store.is_symlink():
-        raise SiteError(f"{store} is a symbolic link; caia keeps the site's approved bundles there, so make it a plain "
-                        "folder (or remove it)")
+    if store.is_symlink() or (store.exists() and not store.is_dir()):
+        what = "a symbolic link" if store.is_symlink() else "not a folder"
+        raise SiteError(f"{store} is {what}; caia keeps the site's approved bundles there, so make it a plain folder "
+                        "(move it away first)")
     target = store / bundle.id.removeprefix("sha256:")
-    if not target.is_symlink() and target.is_dir():
+    if target.is_symlink():  # never replaced, followed or written through
+        raise SiteError(f"store entry {target} is a symbolic link; caia keeps a copy of the approved bundle there, so "
+                        "remove the link (keep what it points to as evidence if you did not make it)")
+    if target.is_dir():
         try:
             require_intact(target, bundle.id)
             return target
         except BundleError:
             pass  # a damaged entry: replaced below
-    with staged_dir(target) as stage:
-        shutil.copytree(bundle.path, stage, ignore=shutil.ignore_patterns(RECORDS), symlinks=True, dirs_exist_ok=True)
-        try:
-            require_intact(stage, bundle.id)
-        except BundleError as e:
-            raise BundleError(f"bundle {bundle.path} no longer holds {bundle.short_id}, so site {site.name} cannot keep it "
-                              f"({str(e).partition(': ')[2]}); run `caia verify {bundle.path}`") from e
+    try:
+        with staged_dir(target) as stage:
+            shutil.copytree(bundle.path, stage, ignore=shutil.ignore_patterns(RECORDS), symlinks=True, dirs_exist_ok=True)
+            try:
+                require_intact(stage, bundle.id)
+            except BundleError as e:
+                raise BundleError(f"bundle {bundle.path} no longer holds {bundle.short_id}, so site {site.name} cannot keep "
+                                  f"it ({str(e).partition(': ')[2]}); run `caia verify {bundle.path}`") from e
+    except OSError as e:  # a store entry or folder planted or damaged so that it cannot be replaced
+        raise SiteError(f"site {site.name} cannot keep bundle {bundle.short_id} as store entry {target} "
+                        f"({e.strerror or type(e).__name__}); move that entry away and approve again") from None
     return target
 
 

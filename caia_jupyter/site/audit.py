@@ -16,7 +16,8 @@ processes of one site may admit at once, so an append holds an exclusive `flock`
 
 `verify` reads the file as untrusted input and names each problem by record: an edited record
 (its hash, or the next record's link to it, does not match), a deleted one (a gap in seq), records
-out of order, a malformed line. The chain alone cannot show that its LAST records were deleted: what
+out of order, a malformed line (a text field holding control characters, which `record` never
+writes, is one: it could disguise the log on a terminal). The chain alone cannot show that its LAST records were deleted: what
 is left is still a valid chain. `verify(site, head=HASH)` checks that the log still holds the head
 an earlier audit printed (`caia site audit DIR --head HASH`), which the site's admin keeps
 elsewhere; a log truncated (or rewritten) since is then named. A chain is evidence of tampering
@@ -45,6 +46,7 @@ GENESIS = "0" * 64  # the "prev" of the first record, and the head of an empty l
 MAX_TEXT = 500  # characters of a record's text field; a reason is one line, not a document
 MAX_LINE = 8 * 1024  # bytes of a record's line; caia writes well under 2 KiB
 MAX_PROBLEMS = 200  # problems named one by one; a file of garbage is summed up after that
+MAX_SEQ = 2**53 - 1  # the largest seq: an integer any JSON reader holds exactly
 _HEX = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -63,7 +65,8 @@ def record(site: Site, event: str, bundle_id: str, key_id: str | None, outcome: 
     and cut to MAX_TEXT characters. The file is created (mode 0644) if absent.
 
     Raises CaiaError for an `event` not in EVENTS, SiteError (one line naming the file) when the log
-    cannot be written: it is a link or not a plain file, or the write fails.
+    cannot be written: it is a link or not a plain file, its last whole line is not a record (edited,
+    or a seq above MAX_SEQ), or the write fails.
     """
     if event not in EVENTS:
         raise CaiaError(f"audit event {event!r} is not one of {', '.join(EVENTS)}")
@@ -77,7 +80,7 @@ def record(site: Site, event: str, bundle_id: str, key_id: str | None, outcome: 
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SiteError(f"site {site.name}'s audit log {AUDIT} is not a plain file; move it away and keep it as evidence")
-        last = _last_record(f)
+        last = _last_record(f, site)
         entry = {"seq": last[0]["seq"] + 1 if last else 1,
                  "time": iso(now or datetime.now(timezone.utc)), "event": event,
                  "bundle_id": _text(bundle_id), "key_id": _text(key_id) if key_id is not None else None,
@@ -173,7 +176,7 @@ def _parse(line: bytes) -> tuple[dict | None, str]:
     if not isinstance(found, dict) or tuple(sorted(found)) != tuple(sorted(_FIELDS)):
         return None, f"not an object with exactly the fields {', '.join(_FIELDS)}"
     checks = {
-        "seq": lambda v: type(v) is int and v >= 1,
+        "seq": lambda v: type(v) is int and 1 <= v <= MAX_SEQ,
         "time": lambda v: isinstance(v, str) and _is_time(v),
         "event": lambda v: v in EVENTS,
         "bundle_id": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT,
@@ -186,6 +189,9 @@ def _parse(line: bytes) -> tuple[dict | None, str]:
     for name, ok in checks.items():
         if not ok(found[name]):
             return None, f"{name} is not {'one of ' + ', '.join(EVENTS) if name == 'event' else 'valid'}"
+    for name in ("time", "bundle_id", "key_id", "outcome", "reason"):  # `record` makes each one line
+        if isinstance(found[name], str) and _CONTROL.search(found[name]):
+            return None, f"{name} holds control characters, which caia never writes"
     try:
         canonical(found)
     except UnicodeEncodeError:  # a lone surrogate ("\ud800") that caia never writes
@@ -226,9 +232,11 @@ def _read_lines(f):
             yield number, line.rstrip(b"\n"), why
 
 
-def _last_record(f) -> tuple[dict, bytes] | None:
-    """The last well-formed record of the open log and its line: read from the tail, or, when the
-    last line is not one (a torn or malformed line), from the whole file."""
+def _last_record(f, site: Site) -> tuple[dict, bytes] | None:
+    """The last record of the open log and its line, read from the tail. A last line cut short (a
+    writer crashed mid-line) is passed over: the last well-formed record of the whole file then.
+    Raises SiteError, one line naming the log, when the last whole line is not a record: the chain
+    is not appended to a log whose end is broken."""
     size = f.seek(0, os.SEEK_END)
     if size == 0:
         return None
@@ -236,10 +244,12 @@ def _last_record(f) -> tuple[dict, bytes] | None:
     tail = f.read()
     if tail.endswith(b"\n"):
         line = tail[:-1].rsplit(b"\n", 1)[-1]
-        if len(line) < len(tail) - 1 or size <= MAX_LINE:  # the whole line is in the tail
-            found, _ = _parse(line)
-            if found is not None:
-                return found, line
+        whole = len(line) < len(tail) - 1 or size <= MAX_LINE  # the whole line is in the tail
+        found, why = _parse(line) if whole else (None, f"longer than {MAX_LINE} bytes")
+        if found is None:
+            raise SiteError(f"site {site.name}'s audit log {AUDIT} ends in a malformed record ({why}), so nothing can be "
+                            f"chained to it; run `caia site audit {site.path}` and keep the log as evidence")
+        return found, line
     last = None
     f.seek(0)
     for _, line, why in _read_lines(f):
