@@ -320,7 +320,7 @@ def test_a_record_whose_text_holds_control_characters_is_named_and_never_printed
     assert "line 2 is malformed (reason holds control characters, which caia never writes)" in problems
     assert 2 not in [r["seq"] for r in records]
     code, out, _ = caia("site", "audit", history.path)
-    assert code == 1 and "AUDIT LOG BROKEN at site site-1:" in out and "\x1b" not in out
+    assert code == 1 and "AUDIT LOG BROKEN at site-1:" in out and "\x1b" not in out
     assert not any(line.startswith(("head: 0000", "intact:")) for line in out.splitlines())
 
 
