@@ -14,7 +14,7 @@ from caia_jupyter.contracts.manifest import bundle_id
 from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.bundle import json_changes, require_intact
 from caia_jupyter.researcher.history import value_changes
-from caia_jupyter.reviewer import changes, parts, review, store
+from caia_jupyter.reviewer import changes, parts, review, signing, store
 from conftest import approve, build_validated, make_site, reviewer_key, set_source, write_corpus
 
 ONE_LINE = ('lr=ctx.params["lr"])', 'lr=ctx.params["lr"] * 2)')
@@ -310,3 +310,16 @@ def test_caia_approve_answers_a_planted_store_entry_in_one_line(site, validated_
     code, _, err = caia("approve", bundle, "--site", site.path, "--key", reviewer_key(site), "--dataset", "tiny")
     assert code == 2 and len(err.strip().splitlines()) == 1 and f"{store.folder(site)} is not a folder" in err
     assert list(site.approvals_dir.glob("*.json")) == []
+
+
+def test_a_revoked_bundle_is_no_base_until_approved_again(site, tmp_path):
+    first = build(tmp_path)
+    kept(site, first)
+    revoked = build(tmp_path, edit(ONE_LINE))
+    kept(site, revoked)
+    signing.revoke(site, revoked.id, reviewer_key(site), reason="reads too much")
+    cosmetic_of_revoked = build(tmp_path, edit(ONE_LINE, ("    loss.backward()\n", "    loss.backward()  # x\n")))
+    found = changes.compare(cosmetic_of_revoked, site)
+    assert found.base.id == first.id and found.cosmetic is False  # not "cosmetic" against the code taken back
+    approve(site, revoked.id, {"tiny": "tiny"})  # approved anew, after the revocation
+    assert changes.compare(cosmetic_of_revoked, site).base.id == revoked.id

@@ -6,8 +6,9 @@ it trusts (`approvals.approval_times`), the one whose federated.py differs from 
 fewest lines (lines removed plus lines added, as difflib matches them), ties broken by the latest
 such approval. A stored bundle without one is never a base: whoever can write the store could plant
 a decoy there, but not a signed approval. A manifest names no notebook, so "the same notebook" is
-the closest code; whichever base is chosen, the diff is true against a bundle this site approved
-(an approval since revoked or expired still counts: the site did approve it).
+the closest code; whichever base is chosen, the diff is true against a bundle this site approved.
+An expired approval still counts (the site did approve that code), a revoked one does not: a
+change called cosmetic against code the site took back would invite a quick re-approval of it.
 
 federated.py is compared part by part (`parts.split_module`: the module docstring, the head before
 the first cell, each federated cell by its ordinal), as unified diffs with one line of context. A
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE
 from ..researcher.bundle import Bundle, json_changes
 from ..researcher.history import job_changes, keyed, value_changes
-from ..site.approvals import approval_times
+from ..site.approvals import approval_times, latest_revocation
 from ..site.sites import Site
 from .parts import split_module
 from .store import approved_bundles
@@ -83,9 +84,14 @@ class Changes:
 
 def compare(bundle: Bundle, site: Site) -> Changes | None:
     """What changed in `bundle` (intact) since the closest bundle `site` approved before (see the
-    module doc), or None when the site's store holds no other bundle the site holds a trusted approval of."""
-    approved = {b.id: (b, approval_times(site, b.id)) for b in approved_bundles(site) if b.id != bundle.id}
-    stored = [(b, max(times).timestamp()) for b, times in approved.values() if times]
+    module doc), or None when the site's store holds no other bundle the site holds a trusted
+    approval of that no revocation took back."""
+    stored = []
+    for stored_bundle in approved_bundles(site):
+        revoked = latest_revocation(site, stored_bundle.id)
+        times = [t for t in approval_times(site, stored_bundle.id) if revoked is None or t > revoked.covers_until]
+        if stored_bundle.id != bundle.id and times:
+            stored.append((stored_bundle, max(times).timestamp()))
     if not stored:
         return None
     source = bundle.source(MODULE)
