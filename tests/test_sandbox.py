@@ -20,7 +20,7 @@ from caia_jupyter.contracts import failures
 from caia_jupyter.contracts.failures import FAILURE_FILE, REASONS
 from caia_jupyter.researcher.runs import Run, local_failure_record
 from caia_jupyter.reviewer import signing
-from caia_jupyter.site import landlock, sites
+from caia_jupyter.site import audit, landlock, sites
 from caia_jupyter.targets.submit import submit
 from conftest import REPO, approve, build_validated, make_site, set_source
 from leaks import what_the_researcher_sees
@@ -101,6 +101,23 @@ def snapshot(*roots: Path) -> dict:
     return files
 
 
+def unaudited(files: dict) -> dict:
+    """A snapshot without the sites' audit logs, which each site's guard appends to at admission."""
+    return {path: entry for path, entry in files.items() if Path(path).name != audit.AUDIT}
+
+
+def assert_only_guard_records_appended(before: dict, after: dict) -> None:
+    """Each audit log in `after` is its version in `before` with only the guard's admission or
+    refusal records appended, and its chain intact: the approved code wrote nothing there."""
+    for path in after.keys() - unaudited(after).keys():
+        old, new = before.get(path, (b"",))[0], after[path][0]
+        assert new.startswith(old), f"{path} was rewritten, not appended to"
+        appended = [json.loads(line) for line in new[len(old):].splitlines()]
+        assert appended and {r["event"] for r in appended} <= {"admission", "refusal"}, appended
+        records, problems = audit.verify(Path(path).parent)
+        assert problems == [] and records, problems
+
+
 def contains(text: str, secret: str) -> bool:
     """Whether `secret` appears in `text`; a port is matched as a whole number (not inside a metric's digits)."""
     return bool(re.search(rf"(?<!\d){re.escape(secret)}(?!\d)", text)) if secret.isdigit() else secret in text
@@ -134,7 +151,9 @@ def check_run(run: Run, case: str, place: Place, record: Path, line: str, before
     seen = what_the_researcher_sees(run, status) + "\n".join(run.notes)
     for secret in {target(place), str(place.site_dir), str(place.key), str(place.marker), "MRN-70"} - {""}:
         assert not contains(seen, secret), f"the researcher sees {secret!r}"
-    assert snapshot(*roots) == before, "a file outside the sandbox's scratch folder changed"
+    after = snapshot(*roots)
+    assert unaudited(after) == unaudited(before), "a file outside the sandbox's scratch folder changed"
+    assert_only_guard_records_appended(before, after)
     assert not place.marker.exists() and not (place.site_dir / "planted.txt").exists()
     assert_nothing_accepted(server)
     kept = json.loads(record.read_text())
