@@ -82,28 +82,9 @@ class Approval:
 
 
 @dataclass(frozen=True)
-class Revocation:
-    site: str
-    bundle_id: str
-    key_id: str
-    issued_at: datetime
-    reason: str
-    path: Path | None = None
-
-    @property
-    def covers_until(self) -> datetime:
-        """Approvals of bundle_id issued at or before this no longer count: the revocation's time
-        plus the clock skew a site accepts, so an approval from a fast clock cannot outlive it."""
-        moment, last = self.issued_at.astimezone(timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
-        return last if moment > last - CLOCK_SKEW else moment + CLOCK_SKEW
-
-    def to_json(self) -> dict:
-        return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
-                "covers_until": iso(self.covers_until), "reason": self.reason, "path": str(self.path) if self.path else None}
-
-
-@dataclass(frozen=True)
 class Rejection:
+    """A reviewer's signed statement that they would not approve `bundle_id`, and why."""
+
     site: str
     bundle_id: str
     key_id: str
@@ -114,6 +95,22 @@ class Rejection:
     def to_json(self) -> dict:
         return {"site": self.site, "bundle_id": self.bundle_id, "key_id": self.key_id, "issued_at": iso(self.issued_at),
                 "reason": self.reason, "path": str(self.path) if self.path else None}
+
+
+@dataclass(frozen=True)
+class Revocation(Rejection):
+    """A signed statement, shaped as a rejection, that takes back every approval of `bundle_id` issued
+    until `covers_until`."""
+
+    @property
+    def covers_until(self) -> datetime:
+        """Approvals of bundle_id issued at or before this no longer count: the revocation's time
+        plus the clock skew a site accepts, so an approval from a fast clock cannot outlive it."""
+        moment, last = self.issued_at.astimezone(timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
+        return last if moment > last - CLOCK_SKEW else moment + CLOCK_SKEW
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "covers_until": iso(self.covers_until)}
 
 
 def verify_approval(approval: dict | Path, site: Site, bundle_id: str, requested: set[str] | None = None,
