@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 from .contracts.errors import CaiaError
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="what you would not approve, and why (one line)")
     p.add_argument("-o", "--output", type=Path, help="write the rejection here instead of the site's rejections/")
 
+    p = command("explore", do_explore, "federated statistics of the sites' data on NVFLARE's statistics workflow: the "
+                "notebook's `%federated explore dataset=NAME:SAMPLE columns=... [histograms=COL:BINS[:LOW:HIGH],...] "
+                "[categories=COL:A|B] [quantiles=Q,...] [statistics=...] [min_clients=N]` line (or those tokens after "
+                "it) becomes a statistics bundle, which every site must approve; or an approved statistics bundle folder")
+    p.add_argument("source", type=Path, metavar="NOTEBOOK|BUNDLE")
+    p.add_argument("request", nargs="*", metavar="KEY=VALUE", help="the request, instead of the notebook's line")
+    p.add_argument("--sites", nargs="+", metavar="SITE",
+                   help="simulator: site directories (required); poc: site names (default: all its sites)")
+    p.add_argument("--target", choices=["simulator", "poc"], default="simulator")
+    p.add_argument("--poc-workspace", type=Path, help=f"the POC (default: {DEFAULT_POC})")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default: ./runs)")
+
     p = command("submit", do_submit, "run a validated bundle at sites (NVFLARE simulator by default) and follow it; "
                 "given a notebook, build it and run only if that exact bundle is validated (and, on the simulator, approved "
                 "at every site)")
@@ -159,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=do_reviewer_init)
     p.add_argument("key_file", type=Path, metavar="KEYFILE")
 
+    standard = commands.add_parser("standard", help="dataset standards (Frictionless Table Schema)").add_subparsers(
+        dest="standard_command", required=True, metavar="STANDARD_COMMAND")
+    p = standard.add_parser("infer", parents=[common], help="write a starting standard from a sample CSV: its columns' "
+                            "types, and required where the sample has no missing value; add ranges, allowed values and units")
+    p.set_defaults(handler=do_standard_infer)
+    p.add_argument("sample", type=Path, metavar="SAMPLE.csv")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="the standard file to write beside the notebook (refused if it exists)")
+
     site = commands.add_parser("site", help="create and manage a site directory").add_subparsers(
         dest="site_command", required=True, metavar="SITE_COMMAND")
     p = site.add_parser("init", parents=[common], help="create a site directory (it holds no private key)")
@@ -170,11 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"policy: where approved code runs ({SANDBOX_HELP})")
     p.add_argument("--max-epsilon", type=float, metavar="EPSILON", help=MAX_EPSILON_HELP)
     p = site.add_parser("policy", parents=[common],
-                        help="show a site's sandbox and privacy policy, or set them with --sandbox and --max-epsilon")
+                        help="show a site's sandbox, privacy policy and statistics thresholds, or set them")
     p.set_defaults(handler=do_site_policy)
     p.add_argument("dir", type=Path)
     p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"where approved code runs: {SANDBOX_HELP}")
     p.add_argument("--max-epsilon", metavar="EPSILON|none", help=f"{MAX_EPSILON_HELP}; none: no longer required")
+    p.add_argument("--standard-violations", choices=["refuse", "report"],
+                   help="released data that breaks a bundle's dataset standard: refuse the bundle, or admit it and "
+                        "record the counts in the audit log (default: report)")
+    p.add_argument("--min-count", type=int, metavar="N",
+                   help="statistics: withhold every statistic of a feature with fewer than N values here (default 10)")
+    p.add_argument("--noise", metavar="LOW:HIGH", help="statistics: relative noise on local min/max (default 0.1:0.3)")
+    p.add_argument("--extremes", choices=("noisy", "none"),
+                   help="statistics: send noisy min/max (default), or none (histograms then need a range)")
+    p.add_argument("--max-bins-percent", type=float, metavar="P",
+                   help="statistics: a histogram's bins stay below P%% of the feature's values (default 10)")
+    p = site.add_parser("check", parents=[common], help="check the site's catalog datasets against a dataset standard: "
+                        "rows breaking each rule, never a value (exit 1 if any)")
+    p.set_defaults(handler=do_site_check)
+    p.add_argument("dir", type=Path)
+    p.add_argument("--standard", type=Path, required=True, metavar="FILE", help="the standard (a bundle's "
+                   "standards/NAME.schema.json, or the researcher's file)")
+    p.add_argument("--dataset", action="append", default=[], metavar="ID",
+                   help="a catalog dataset id (repeatable; default: every dataset in the catalog)")
     p = site.add_parser("add-dataset", parents=[common],
                         help="register a table (CSV or Parquet) in the site's data catalog")
     p.set_defaults(handler=do_site_add_dataset)
@@ -280,8 +320,12 @@ def do_validate(args, namespace=None) -> Outcome:
     record = result.record
     data = {"bundle_id": result.bundle_id, "passed": result.passed, "record": str(result.record_path), **record}
     if not result.passed:
-        text = f"validation FAILED: {result.error}\nexecuted notebook: {result.notebook_path}\n{result.bundle_id}"
+        where = f"\nexecuted notebook: {result.notebook_path}" if result.notebook_path else ""
+        text = f"validation FAILED: {result.error}{where}\n{result.bundle_id}"
         return Outcome(result, text, data, exit_code=1)
+    if record.get("kind") == "statistics":
+        return Outcome(result, f"validation passed: the samples satisfy the statistics request\nrecord: "
+                       f"{result.record_path}\n{result.bundle_id}", data)
     metrics = record["result"]["final_evaluation"]
     shown = ", ".join(f"{k}={metric(v)}" for k, v in metrics.items())
     text = (f"validation passed in {record['duration_s']} s: one round on {plural(record['result']['num_samples'], 'sample row')}; "
@@ -301,6 +345,9 @@ def do_review(args, namespace=None) -> Outcome:
     path = render(args.bundle, args.output, site)
     bundle = require_intact(args.bundle)
     job = bundle.manifest["job"]
+    if job.get("statistics"):  # no code: what leaves each site is the review
+        return Outcome(path, f"review: {path}\nstatistics bundle: no code; the review lists what leaves each site",
+                       {"review": str(path), "statistics": job["statistics"]})
     requested = protection(job)
     capabilities = report(bundle)
     problem = validation_problem(bundle)
@@ -461,18 +508,66 @@ def do_site_trust(args, namespace=None) -> Outcome:
 
 def do_site_policy(args, namespace=None) -> Outcome:
     from .site.sites import open_site, set_policy
+    from .site.statistics import read_thresholds, write_thresholds
 
     changes = {"sandbox": args.sandbox} if args.sandbox else {}
     if args.max_epsilon is not None:
         changes["max_epsilon"] = parse_max_epsilon(args.max_epsilon)
+    if args.standard_violations:
+        changes["standard_violations"] = args.standard_violations
+    thresholds = planned_thresholds(args)  # checked before anything is written
     site = set_policy(args.dir, **changes) if changes else open_site(args.dir)
+    if thresholds is None:
+        thresholds = read_thresholds(site.path)
+    else:
+        write_thresholds(site.path, thresholds)
     report = sandbox_report(site)
-    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], ceiling_line(site)])
-    return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"]})
+    shown = ", ".join(f"{key} {value}" for key, value in asdict(thresholds).items())
+    text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], standard_line(site),
+                      f"statistics thresholds: {shown}", ceiling_line(site)])
+    return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"],
+                                "statistics": asdict(thresholds)})
+
+
+def planned_thresholds(args):
+    """The site's statistics thresholds as --min-count, --noise, --extremes, --max-bins-percent change
+    them (SiteError, one line, for a value out of range), or None when none is given."""
+    from .site.statistics import merged_thresholds
+
+    changes = {"min_count": args.min_count, "extremes": None if args.extremes is None else args.extremes == "noisy",
+               "max_bins_percent": args.max_bins_percent}
+    if args.noise is not None:
+        try:
+            changes["min_noise_level"], changes["max_noise_level"] = (float(x) for x in args.noise.split(":"))
+        except ValueError:
+            raise CaiaError(f"--noise {args.noise!r}: write LOW:HIGH, e.g. 0.1:0.3") from None
+    if all(value is None for value in changes.values()):
+        return None
+    return merged_thresholds(args.dir, **changes)
+
+
+def do_explore(args, namespace=None) -> Outcome:
+    from .targets.explore import explore
+
+    result, run = explore(args.source, args.sites, args.runs, tokens=args.request or None, target=args.target,
+                          poc_workspace=args.poc_workspace)
+    if result is None:
+        raise CaiaError(f"the statistics run did not finish: {run.message}")
+    text = [f"statistics of bundle {result.bundle_id.removeprefix('sha256:')[:12]} from {', '.join(result.sites)} "
+            f"(run {run.path})"]
+    for statistic in result.statistics:
+        text += ["", statistic, result.table(statistic).to_string()]
+    for column in result.spec.get("histograms", {}):
+        text += ["", f"histogram of {column}", result.histogram(column).to_string(index=False)]
+    suppressed = result.suppressed()
+    text += ["", f"suppressed at the sites: {len(suppressed)} statistic(s) (below a site's thresholds); "
+             "a pooled value some site withheld its part of reads 'partial'"]
+    return Outcome(result, "\n".join(text), {"run": str(run.path), **result.to_json()})
 
 
 def do_site_show(args, namespace=None) -> Outcome:
     from .site import privacy_policy
+    from .site.statistics import read_thresholds
     from .site.sites import open_site
 
     site = open_site(args.dir)
@@ -483,6 +578,7 @@ def do_site_show(args, namespace=None) -> Outcome:
     data["revocations"] = sorted(p.name for p in site.revocations_dir.glob("*.json"))
     data["kernel"], data["refusal"] = report["kernel"], report["refusal"]
     data["privacy"] = privacy_policy.to_json(policy)
+    data["statistics"] = asdict(read_thresholds(site.path))  # an unusable statistics.json: one line naming it
     text = "\n".join([f"site {site.name} at {site.path}",
                       f"  datasets: {', '.join(data['datasets']) or 'none'}",
                       f"  trusted reviewer keys: {', '.join(data['trusted_keys']) or 'none'}",
@@ -491,8 +587,10 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  policy: approvals last at most {plural(site.max_approval_days, 'day')}; "
                       f"sandbox {site.sandbox or UNSET_SANDBOX}",
                       *(f"  {line}" for line in report["lines"]),
+                      f"  {standard_line(site)}",
                       f"  {ceiling_line(site)}",
-                      *(f"  {line}" for line in privacy_policy.describe(policy))])
+                      *(f"  {line}" for line in privacy_policy.describe(policy)),
+                      "  statistics thresholds: " + ", ".join(f"{k} {v}" for k, v in data["statistics"].items())])
     return Outcome(site, text, data)
 
 
@@ -515,6 +613,44 @@ def do_site_audit(args, namespace=None) -> Outcome:
     return Outcome(data, "\n".join(lines), data, exit_code=1 if problems else 0)
 
 
+def do_standard_infer(args, namespace=None) -> Outcome:
+    from .contracts.fsutil import write_atomic
+    from .contracts.standard import dumps, infer_standard
+
+    if args.output.exists():
+        raise CaiaError(f"{args.output} exists; choose another -o FILE, or delete it to infer it again")
+    inferred = infer_standard(args.sample)
+    write_atomic(args.output, dumps(inferred))
+    lines = [f"wrote {args.output}: {len(inferred['fields'])} fields"]
+    lines += [f"  {f['name']}: {f['type']}{', required' if f.get('constraints', {}).get('required') else ''}"
+              for f in inferred["fields"]]
+    lines.append(f"add ranges (minimum, maximum), allowed values (enum), units and descriptions, then request it with "
+                 f"%%federated standard.NAME={args.output.name}")
+    return Outcome(inferred, "\n".join(lines), {"path": str(args.output), "standard": inferred})
+
+
+def do_site_check(args, namespace=None) -> Outcome:
+    from .contracts.standard import read_standard, summary, violations
+    from .site.sites import open_site, read_dataset
+
+    site = open_site(args.dir)
+    try:
+        data = args.standard.read_bytes()
+    except OSError as e:
+        raise CaiaError(f"standard {args.standard} cannot be read ({e.strerror}); give the standard file") from None
+    standard = read_standard(data, str(args.standard))
+    ids = args.dataset or sorted(site.catalog)
+    if not ids:
+        raise CaiaError(f"site {site.name} has no dataset in its catalog; add one with `caia site add-dataset`")
+    found = {dataset_id: violations(read_dataset(site, dataset_id)[0], standard) for dataset_id in ids}
+    data = {"site": site.name, "conforms": not any(found.values()),
+            "datasets": {dataset_id: {"conforms": not broken, "violations": [
+                {"field": v.field, "rule": v.rule, "rows": v.count} for v in broken]} for dataset_id, broken in found.items()}}
+    lines = [f"site {site.name} dataset {dataset_id}: " + (f"breaks the standard: {summary(broken)}" if broken
+                                                             else "meets the standard") for dataset_id, broken in found.items()]
+    return Outcome(data, "\n".join(lines), data, exit_code=0 if data["conforms"] else 1)
+
+
 def parse_max_epsilon(value: str) -> float | None:
     """`--max-epsilon X|none` -> X as a number, or None for "none"; CaiaError for anything else
     (the range is checked where the policy is set)."""
@@ -524,6 +660,13 @@ def parse_max_epsilon(value: str) -> float | None:
         return float(value)
     except ValueError:
         raise CaiaError(f"--max-epsilon {value!r} must be a number above 0, or none to require no differential privacy") from None
+
+
+def standard_line(site) -> str:
+    """What the site's guard does with released data that breaks a bundle's dataset standard, as one line."""
+    if site.standard_violations == "refuse":
+        return "data breaking a bundle's dataset standard: the bundle is refused"
+    return "data breaking a bundle's dataset standard: admitted, the counts recorded in the audit log"
 
 
 def ceiling_line(site) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .contracts.errors import CaiaError
+from .contracts.errors import CaiaError, NotebookError
 from .contracts.fsutil import read_json
 from .researcher import compose, history
 from .researcher.bundle import Bundle
@@ -172,3 +172,37 @@ def run_entry(folder: Path) -> dict:
     except (CaiaError, KeyError, TypeError, ValueError, AttributeError):  # a run.json caia did not write, or altered
         return {"run": str(folder), "bundle_id": "", "short_id": "", "target": "", "started_at": None,
                 "duration_s": None, "status": "unreadable", "headline": UNREADABLE, "final": {}, "global": {}}
+
+
+def exploration(notebook_path: Path, root: Path) -> dict:
+    """The last finished exploration of a notebook (the JSON of GET /caia/api/explore): the newest run
+    in runs/ beside it of its statistics bundle (`explore.default_output`) that holds a readable result,
+    as {"run": its folder relative to `root`, **`Result.to_json()`}, or {"exploration": None}.
+
+    Run folders are untrusted: one whose run.json names another bundle folder or id, whose bundle was
+    rebuilt since (its manifest is no longer that id's), that leads outside `root`, or whose files do not
+    read as a result is left out. Raises NotebookError when `notebook_path` is no notebook file."""
+    import json
+    import os
+
+    from .contracts.manifest import bundle_id
+    from .researcher.explore import Result, default_output
+
+    if notebook_path.suffix != ".ipynb" or not notebook_path.is_file():
+        raise NotebookError(f"{notebook_path.name} is not a notebook file; pass the path of a saved .ipynb")
+    runs_dir, mine = notebook_path.parent / RUNS, default_output(notebook_path).resolve()
+    folders = sorted((p for p in runs_dir.iterdir() if (p / "run.json").is_file()), reverse=True) if runs_dir.is_dir() else []
+    for folder in folders:  # named by their start time: newest first
+        real = Path(os.path.realpath(folder))
+        spec = read_json(folder / "run.json")
+        if not real.is_relative_to(root) or spec.get("statistics") is not True or spec.get("bundle") != str(mine):
+            continue
+        try:
+            if bundle_id(read_json(mine / "manifest.json")) != spec.get("bundle_id"):
+                continue  # rebuilt since: its spec would misread this run's numbers
+            result = Result.read(real).to_json()
+            json.dumps(result, allow_nan=False)  # NaN or infinity is no JSON the panel can read
+        except Exception:  # noqa: BLE001 - whatever a crafted run folder holds, it is left out, never a 500
+            continue
+        return {"run": real.relative_to(root).as_posix(), **result}
+    return {"exploration": None}

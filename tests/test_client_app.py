@@ -20,3 +20,13 @@ def test_an_unknown_choice_is_refused_as_before():
         client_config(encryption="rot13")
     with pytest.raises(ValueError, match="updates 'all' is not one of"):
         client_config(updates="all")
+
+
+def test_the_statistics_config_is_what_fedjob_writes():
+    import json
+
+    from caia_jupyter.contracts.client_app import statistics_config
+    from caia_jupyter.site.statistics import export_statistics_config
+
+    rewrite = 'python -c "from caia_jupyter.site.statistics import write_statistics_config; write_statistics_config()"'
+    assert json.loads(statistics_config()) == export_statistics_config(), f"write it again: {rewrite}"

@@ -153,6 +153,102 @@ def test_a_real_sites_privacy_json_is_applied_to_what_leaves_it(poc, tmp_path):
         (site_dir / PRIVACY_FILE).unlink()
 
 
+STAGES = ["I", "II", "III", "IV"]
+EXPLORE = ["dataset=cohort:sample.csv", "columns=age,size", "categories=stage:I|II|III|IV"]
+
+
+@pytest.fixture(scope="module")
+def cohort(poc):
+    """Dataset `cohort` at each POC site (site name -> its rows): age, size (some missing), stage; site-1
+    has exactly 3 patients of stage IV, site-2 none and exactly 15 of stage III, site-3 12 of stage IV."""
+    import numpy as np
+    import pandas as pd
+
+    frames = {}
+    for i, (name, rows) in enumerate(zip(SITES, (40, 55, 30))):
+        rng = np.random.default_rng(i)
+        stage = np.array([STAGES[k % 3] for k in range(rows)], dtype=object)
+        stage[:{"site-1": 3, "site-2": 0, "site-3": 12}[name]] = "IV"
+        if name == "site-2":
+            stage[stage == "III"] = "II"
+            stage[:15] = "III"
+        frame = pd.DataFrame({"age": rng.normal(55, 12, rows).round(1), "size": rng.gamma(2, 9, rows), "stage": stage})
+        frame.loc[frame.index[: 2 * i], "size"] = np.nan
+        frame.to_csv(poc.site_dir(name) / "cohort.csv", index=False)
+        sites.add_dataset(sites.open_site(poc.site_dir(name)), "cohort", poc.site_dir(name) / "cohort.csv")
+        frames[name] = frame
+    return frames
+
+
+def explore_notebook(folder, request):
+    """A notebook in `folder` whose `%federated explore` line is `request`, with a synthetic sample beside it."""
+    import nbformat
+
+    folder.mkdir(parents=True)
+    (folder / "sample.csv").write_text("age,size,stage\n" + "".join(f"{40 + k}.5,{k * 1.5},{STAGES[k % 4]}\n" for k in range(12)))
+    cell = nbformat.v4.new_code_cell("%federated explore " + " ".join(request))
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), folder / "explore.ipynb")
+    return folder / "explore.ipynb"
+
+
+def approve_statistics(poc, bundle, names):
+    for name in names:
+        signing.approve(sites.open_site(poc.site_dir(name)), bundle.id, {"cohort": "cohort"}, poc.reviewer_key(name),
+                        bundle=bundle)
+
+
+def test_statistics_run_on_the_poc_pooled_as_pandas_with_each_sites_thresholds(poc, cohort, tmp_path):
+    import pandas as pd
+
+    from caia_jupyter.researcher.explore import PARTIAL, SUPPRESSED, statistics_bundle
+    from caia_jupyter.site.statistics import THRESHOLDS_FILE, set_thresholds
+    from caia_jupyter.targets.explore import explore
+
+    notebook = explore_notebook(tmp_path / "nb", [*EXPLORE, "min_clients=3"])
+    approve_statistics(poc, statistics_bundle(notebook), SITES)
+    set_thresholds(poc.site_dir("site-2"), min_count=20)  # site-2's own rule: its 15 of stage III stay there
+    try:
+        result, run = explore(notebook, None, tmp_path / "runs", target="poc", poc_workspace=poc.workspace, timeout=300)
+    finally:
+        (poc.site_dir("site-2") / THRESHOLDS_FILE).unlink()
+    assert result is not None, run.message
+    assert json.loads((run.path / "run.json").read_text())["target"] == "poc"
+    assert run.sites == {name: "done" for name in SITES} and result.sites == list(SITES)
+    pooled = pd.concat(cohort.values())
+    for statistic, expected in (("count", pooled["age"].count()), ("mean", pooled["age"].mean()),
+                                ("stddev", pooled["age"].std())):
+        assert abs(result.table(statistic).loc[("cohort", "age"), "pooled"] - expected) < 1e-9, statistic
+    # size: 2 and 4 values missing at site-2 and site-3, fewer than 10, so N - count would reveal them: withheld there
+    assert result.table("count").loc[("cohort", "size"), "pooled"] == PARTIAL
+    counts = result.table("count")
+    assert counts.loc[("cohort", "stage=IV"), "site-1"] == SUPPRESSED  # 3 < the default minimum of 10
+    assert counts.loc[("cohort", "stage=III"), "site-2"] == SUPPRESSED  # 15 < site-2's own 20
+    assert counts.loc[("cohort", "stage=IV"), "pooled"] == PARTIAL
+    for name, frame in cohort.items():  # what a site sent is true; what it held back cannot be worked out
+        sent = {stage: counts.loc[("cohort", f"stage={stage}"), name] for stage in STAGES}
+        released = {stage: n for stage, n in sent.items() if n != SUPPRESSED}
+        assert all(n == (frame["stage"] == stage).sum() for stage, n in released.items()), (name, released)
+        if len(released) < len(sent):
+            assert len(frame) - sum(released.values()) >= (20 if name == "site-2" else 10), (name, released)
+
+
+def test_a_statistics_bundle_not_approved_at_a_poc_site_is_refused_there(poc, cohort, tmp_path, caia):
+    from caia_jupyter.researcher.explore import statistics_bundle
+
+    bundle = statistics_bundle(explore_notebook(tmp_path / "nb", [*EXPLORE, "min_clients=2"]))
+    approve_statistics(poc, bundle, ["site-1", "site-2"])
+    code, out, err = caia("explore", bundle.path, "--target", "poc", "--poc-workspace", poc.workspace,
+                          "--runs", tmp_path / "runs", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    run = Run(shown["run"])
+    assert run.refusals == {"site-3": f"site-3 refused bundle {bundle.id}: no reviewer of this site approved this "
+                                      "bundle id (its reviewers approve it with `caia approve`)"}
+    assert shown["sites"] == ["site-1", "site-2"]
+    counts = {row["feature"]: row for row in shown["tables"]["count"]}
+    assert counts["age"]["pooled"] == len(cohort["site-1"]) + len(cohort["site-2"])
+
+
 def run_and_kill_site_3(poc, tmp_path, min_clients: int):
     """Start an 8-round run (1 s a round at each site) at all three sites, wait for round 2, then
     make site-3 go away entirely: its daemon, site process and job process. Returns the run and

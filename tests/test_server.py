@@ -15,7 +15,7 @@ from caia_jupyter.researcher import compose, history
 from conftest import approve, make_site, set_source, write_corpus
 
 ENDPOINTS = [("version", "GET"), ("notebook", "GET"), ("validate", "POST"), ("review", "POST"),
-             ("runs", "POST"), ("runs", "GET"), ("run", "GET"), ("run", "DELETE")]
+             ("runs", "POST"), ("runs", "GET"), ("run", "GET"), ("run", "DELETE"), ("explore", "GET")]
 
 
 def server_config(authorizer=None):
@@ -364,6 +364,7 @@ class TestAuthorizerIsAsked:
         ("notebook", "GET", [("read", "contents")]),
         ("run", "GET", [("read", "contents")]),
         ("runs", "GET", [("read", "contents")]),
+        ("explore", "GET", [("read", "contents")]),
         ("validate", "POST", [("execute", "kernels"), ("write", "contents")]),
         ("review", "POST", [("write", "contents")]),
         ("runs", "POST", [("execute", "kernels"), ("write", "contents")]),
@@ -391,6 +392,7 @@ class TestReadOnlyUser:
         assert (await get(jp_fetch, "notebook", path=notebook))["bundle_id"].startswith("sha256:")
         assert (await get(jp_fetch, "run", path="study/runs/r1"))["status"] == "finished"
         assert [r["run"] for r in (await get(jp_fetch, "runs", path=notebook))["runs"]] == ["study/runs/r1"]
+        assert await get(jp_fetch, "explore", path=notebook) == {"exploration": None}
         socket = await jp_ws_fetch("caia", "api", "run", "stream", params={"path": "study/runs/r1"})
         assert json.loads(await asyncio.wait_for(socket.read_message(), timeout=30))["status"] == "finished"
 
@@ -476,7 +478,7 @@ SUBMIT_CASES = [
 ]
 FUZZ = (
     [pytest.param(method, endpoint, params, None, id=f"{method} {endpoint} {name}")
-     for endpoint, method in [("notebook", "GET"), ("runs", "GET"), ("run", "GET"), ("run", "DELETE")]
+     for endpoint, method in [("notebook", "GET"), ("runs", "GET"), ("run", "GET"), ("run", "DELETE"), ("explore", "GET")]
      for name, params in QUERY_CASES]
     + [pytest.param("GET", "run", {"path": "study", "since": since}, None, id=f"GET run {name}")
        for name, since in SINCE_CASES]
@@ -499,7 +501,7 @@ def core_unreachable(monkeypatch):
     from caia_jupyter import overview
     from caia_jupyter.researcher import runs, validation
     from caia_jupyter.targets import submit
-    for module, name in [(overview, "notebook"), (overview, "run"), (overview, "runs"), (compose, "build"), (submit, "submit"),
+    for module, name in [(overview, "notebook"), (overview, "run"), (overview, "runs"), (overview, "exploration"), (compose, "build"), (submit, "submit"),
                          (validation, "validate"), (runs, "Run")]:
         monkeypatch.setattr(module, name, fake_core)
 

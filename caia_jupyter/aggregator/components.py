@@ -42,6 +42,7 @@ GLOBAL_MODEL = "global_model.npz"
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
 FAILURES = "site_failures.json"
+STATISTICS_FILE = "statistics.json"  # a statistics job's result, as NVFLARE's JSON writer writes it in the job folder
 APP_COMMAND = "caia"
 log = logging.getLogger(__name__)
 

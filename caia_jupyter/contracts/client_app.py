@@ -134,6 +134,18 @@ def canonical(config: dict) -> dict:
     return config
 
 
+STATISTICS_CONFIG_FILE = Path(__file__).with_name("statistics_config.json")
+STATISTICS_TASKS = ("fed_stats_pre_run", "fed_stats")  # NVFLARE's StatisticsController's tasks
+
+
+def statistics_config() -> bytes:
+    """The client config of every statistics bundle, as bundle bytes: NVFLARE's StatisticsExecutor
+    over caia's statistics generator, and caia's result filter applying NVFLARE's cleansers with the
+    site's own thresholds (`site.statistics`), as NVFLARE's FedJob API writes it (read from
+    STATISTICS_CONFIG_FILE; `site.statistics.write_statistics_config` writes it afresh)."""
+    return _bytes(json.loads(STATISTICS_CONFIG_FILE.read_text(encoding="utf-8")))
+
+
 def app_path(bundle_path: str) -> str:
     """Where a bundle file lives in a deployed NVFLARE app."""
     return f"config/{CLIENT_CONFIG}" if bundle_path == CLIENT_CONFIG else f"custom/{bundle_path}"

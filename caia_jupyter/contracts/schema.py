@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pandas is imported where a table is read: `caia verify` and
     import pandas as pd
 
 KINDS = ("bool", "int", "float", "datetime", "str")
+NUMERIC = ("int", "float")  # kinds whose statistics (mean, histogram...) NVFLARE computes
 SEPARATORS = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
 DECIMALS = (".", ",")
 ENCODINGS = ("utf-8", "utf-8-sig")  # UTF-8, and UTF-8 that starts with a byte order mark

@@ -65,6 +65,8 @@ class FederatedMagics(Magics):
             raise UsageError(f"%federated {line.strip()}: {e}; quote values with spaces") from None
         if not tokens or tokens[0] in KERNEL_COMMANDS:
             return getattr(self, f"_{tokens[0] if tokens else 'help'}")()
+        if tokens[0] == "explore" and (len(tokens) == 1 or "=" in tokens[1] or tokens[1].startswith("-")):
+            tokens.insert(1, str(current_notebook(self.shell.user_ns)))  # the request is this notebook's
         if tokens[0] in ("bundle", "validate") and not any(t.endswith(".ipynb") or os.path.isdir(t) for t in tokens[1:]):
             tokens.insert(1, str(current_notebook(self.shell.user_ns)))
         if tokens[0] == "submit" and (len(tokens) == 1 or tokens[1].startswith("-")):

@@ -50,6 +50,9 @@ OPTIONS: tuple[tuple[str, str], ...] = (
     ("dataset=NAME[:SAMPLE]", "request dataset NAME at every site (repeatable). SAMPLE is a local CSV of synthetic "
                               "rows with the site's columns: validation runs on it and the bundle records its column "
                               "names and dtypes"),
+    ("standard.NAME=FILE", "the standard dataset NAME must meet: FILE a Frictionless Table Schema (JSON) beside the "
+                           "notebook with the sample's columns as fields (start one with `caia standard infer`). The "
+                           "sample must satisfy it; sites check their data against it and answer with counts"),
     ("rounds=N", f"federated rounds (default {DEFAULT_ROUNDS})"),
     ("min_clients=N", f"sites that must report each round (default {DEFAULT_MIN_CLIENTS})"),
     ("param.KEY=VALUE", 'a hyperparameter, read at sites as ctx.params["KEY"]; VALUE is a Python literal, or else a '
@@ -94,6 +97,7 @@ class Header:
     min_clients: int | None = None
     params: dict = field(default_factory=dict)
     protection: dict = field(default_factory=dict)  # privacy, encryption, updates and the DP numbers, as given
+    standards: dict = field(default_factory=dict)  # dataset name -> standard file, relative to the notebook
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Settings:
     privacy: DifferentialPrivacy | None = None
     encryption: str | None = None
     updates: str | None = None
+    standards: dict = field(default_factory=dict)  # dataset name -> standard file, relative to the notebook
 
     def job(self) -> dict:
         """The manifest's "job" (`contracts.manifest.JobSettings`); protection only when requested."""
@@ -127,6 +132,7 @@ def parse_options(text: str) -> Header:
     numbers: dict[str, int] = {}
     params: dict = {}
     protection: dict = {}
+    standards: dict = {}
     for token in tokens:
         key, sep, value = token.partition("=")
         if not sep or not value:
@@ -146,6 +152,10 @@ def parse_options(text: str) -> Header:
             numbers[key] = int(value)
         elif key.startswith("param.") and _NAME.match(key[6:]):
             params[key[6:]] = _literal(value)
+        elif key.startswith("standard.") and _NAME.match(key[9:]):
+            if key[9:] in standards:
+                raise NotebookError(f"%%federated option {key} is given twice on one line")
+            standards[key[9:]] = value
         elif key in _CHOICES or key in _DP_NUMBERS:
             if key in protection:
                 raise NotebookError(f"%%federated option {key} is given twice on one line")
@@ -153,7 +163,7 @@ def parse_options(text: str) -> Header:
         else:
             raise NotebookError(f"unknown %%federated option {key!r}{_did_you_mean(key)}; the options are "
                                 f"{', '.join(name + '=' for name in _OPTION_NAMES)} (see `%federated help`)")
-    return Header(tuple(datasets), numbers.get("rounds"), numbers.get("min_clients"), params, protection)
+    return Header(tuple(datasets), numbers.get("rounds"), numbers.get("min_clients"), params, protection, standards)
 
 
 def _did_you_mean(key: str) -> str:
@@ -187,6 +197,8 @@ def merge(headers: list[tuple[str, Header]]) -> Settings:
                 put(key, getattr(header, key), label, scalars)
         for key, value in header.params.items():
             put(f"param.{key}", value, label, scalars)
+        for key, value in header.standards.items():
+            put(f"standard.{key}", value, label, scalars)
         for key, value in header.protection.items():
             put(key, value, label, scalars)
     given = {key: value for key, (_, value) in scalars.items()}
@@ -195,6 +207,7 @@ def merge(headers: list[tuple[str, Header]]) -> Settings:
         rounds=given.get("rounds", DEFAULT_ROUNDS),
         min_clients=given.get("min_clients", DEFAULT_MIN_CLIENTS),
         params={k[6:]: v for k, v in given.items() if k.startswith("param.")},
+        standards={k[9:]: v for k, v in given.items() if k.startswith("standard.")},
         privacy=_privacy(scalars),
         **_transfer(scalars),
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..contracts.errors import BundleError
-from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, content_problems, listing_problems
+from ..contracts.fileset import CAPTURED_DIR, MANIFEST, RECORDS, STANDARDS_DIR, content_problems, listing_problems
 from ..contracts.fsutil import loads_strict, read_json
 from ..contracts.manifest import Manifest, bundle_id, canonical, same_json
 from .wording import plural
@@ -81,7 +81,7 @@ def verify(path: str | Path, expected_id: str | None = None) -> tuple[str | None
         for error in _validation_errors(manifest)
     ]
     listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    problems += listing_problems(listed)
+    problems += listing_problems(listed, manifest.get("job") if isinstance(manifest, dict) else None)
     present, odd = _present_files(path)
     problems += odd
     missing = [name for name in listed if name not in present]
@@ -195,7 +195,7 @@ def _present_files(path: Path) -> tuple[dict[str, bytes], list[str]]:
             elif stat.S_ISREG(mode):
                 present[shown] = entry.read_bytes()
             elif stat.S_ISDIR(mode):
-                if shown != CAPTURED_DIR:
+                if shown not in (CAPTURED_DIR, STANDARDS_DIR):
                     odd.append(f"folder {shown}/ is not part of a bundle")
             else:
                 odd.append(f"{shown} is not a plain file; bundles hold plain files")

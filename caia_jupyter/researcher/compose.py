@@ -1,7 +1,8 @@
 """Saved notebook -> deterministic, content-hashed bundle.
 
 `compose` turns the notebook's federated cells into exactly caia's file set (`fileset`):
-federated.py, caia_runner.py, config_fed_client.json, requirements.txt, captured/*.pkl, and
+federated.py, caia_runner.py, config_fed_client.json, requirements.txt, captured/*.pkl, the
+requested datasets' standards/*.schema.json (their files beside the notebook, byte for byte), and
 manifest.json listing each with its sha256 and size, the datasets and the job settings; `build`
 writes them, with the build record, as a bundle folder (`bundle` opens and checks one).
 """
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..contracts import schema
+from ..contracts import schema, standard
 from ..contracts.client_app import client_config
-from ..contracts.errors import NotebookError
-from ..contracts.fileset import CLIENT_CONFIG, MODULE, RECORDS, REQUIREMENTS, RUNNER, RUNNER_FILE, content_problems, role_of
+from ..contracts.errors import ContractError, NotebookError
+from ..contracts.fileset import (CLIENT_CONFIG, MODULE, RECORDS, REQUIREMENTS, RUNNER, RUNNER_FILE, content_problems,
+                                  role_of, standard_path)
 from ..contracts.fsutil import staged_dir, write_json
 from ..contracts.manifest import FORMAT, Manifest, bundle_id
 from ..contracts.version import __version__
@@ -133,8 +135,16 @@ def compose(notebook_path: str | Path, namespace: Mapping | None = None, earlier
             raise NotebookError(f"sample {request.sample} of dataset {request.name!r} does not exist; create it or fix the path")
         columns, sample_keys[request.name] = sample_columns(sample, request.name, earlier)
         datasets[request.name] = {"columns": columns}
+        if request.name in nb.settings.standards:
+            path = standard_path(request.name)
+            files[path] = standard_file(nb.path.parent, request.name, nb.settings.standards[request.name], columns)
+            datasets[request.name]["standard"] = path
         samples[request.name] = Path(os.path.relpath(nb.path.parent / request.sample, nb.path.parent)).as_posix()
 
+    unrequested = sorted(set(nb.settings.standards) - set(datasets))
+    if unrequested:
+        raise NotebookError(f"%%federated standard.{unrequested[0]}= names no requested dataset; request it with "
+                            f"dataset={unrequested[0]}:SAMPLE or fix the name")
     problems = [p for path, data in files.items() for p in content_problems(path, data, job=nb.settings.job())]
     if problems:
         raise NotebookError(f"federated cells: {problems[0]}")
@@ -179,6 +189,27 @@ def sample_columns(sample: Path, name: str, earlier: Mapping | None) -> tuple[li
     except (KeyError, TypeError):
         pass  # no earlier build, or one of another sample: read it
     return schema.columns_of(sample), key
+
+
+def standard_file(folder: Path, name: str, written: str, columns: list[dict]) -> bytes:
+    """The bytes of dataset `name`'s standard file `written` (relative to the notebook's `folder`), as
+    the bundle holds them: a standard caia checks (`standard.read_standard`) whose fields are exactly
+    the sample's `columns` (any order). Raises NotebookError (one line, naming the file and the fix)."""
+    file = folder / written
+    if not file.is_file():
+        raise NotebookError(f"standard {written} of dataset {name!r} does not exist; write it (start with "
+                            f"`caia standard infer SAMPLE.csv -o {written}`) or fix the path")
+    data = file.read_bytes()
+    try:
+        fields = standard.field_names(standard.read_standard(data, written))
+    except ContractError as e:
+        raise NotebookError(str(e)) from None
+    sample = [column["name"] for column in columns]
+    missing, extra = [c for c in sample if c not in fields], [f for f in fields if f not in sample]
+    if missing or extra:
+        what = f"lacks the sample's column {missing[0]!r}" if missing else f"has field {extra[0]!r}, not a column of the sample"
+        raise NotebookError(f"standard {written} of dataset {name!r} {what}; its fields must be the sample's columns")
+    return data
 
 
 def check_entry_points(source: str) -> None:

@@ -159,6 +159,9 @@ def changes(old: dict, new: dict) -> list[str]:
     captured = {p: e.get("sha256") for p, e in old_m.get("files", {}).items() if p.startswith("captured/")}
     if captured != {p: e.get("sha256") for p, e in new_m.get("files", {}).items() if p.startswith("captured/")}:
         said.append("captured values changed")
+    standards = {p: e.get("sha256") for p, e in old_m.get("files", {}).items() if p.startswith("standards/")}
+    if standards != {p: e.get("sha256") for p, e in new_m.get("files", {}).items() if p.startswith("standards/")}:
+        said.append("dataset standards changed")
     if not said and old_m != new_m:
         said.append("caia or Python version changed")
     return said

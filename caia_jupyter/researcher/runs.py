@@ -503,6 +503,10 @@ def headline(run_status: str, spec: dict, admissions: dict, status: Status, repo
         return (f"refused: {len(admitted)} of {plural(len(sites), 'site')} admitted the bundle"
                 + (f" ({'; '.join(why)})" if why else "")
                 + (f"; min_clients {least}" if type(least) is int else ""))
+    if spec.get("statistics") and run_status == "finished":  # one statistics task, no rounds
+        done = [s for s in sites if admissions.get(s, {}).get("state") == "approved"]
+        return (f"finished: statistics from {', '.join(done)}"
+                + (f"; {', '.join(refused)} refused the bundle" if refused else ""))
     gone = {site: reports.get(site) for site in sites if site in reports or site in status.left}
 
     def why(site) -> str:

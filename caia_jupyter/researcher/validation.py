@@ -1,7 +1,8 @@
 """Local validation: run a bundle, in a fresh kernel via papermill, as a site will run it.
 
-The validation notebook imports the bundle's own runner and runs one round (evaluate the
-initial model, train, evaluate again) on the researcher's synthetic samples. The result is
+The validation notebook checks each sample against its dataset's standard (`contracts.standard`),
+then imports the bundle's own runner and runs one round (evaluate the initial model, train,
+evaluate again) on the researcher's synthetic samples. The result is
 `records/validation.json`, bound to the bundle id, beside the executed notebook, and the same two
 files kept per bundle id in the bundle folder's history (`history`), so a pass is found again when
 the notebook returns to code that passed.
@@ -50,6 +51,8 @@ from caia_jupyter.site.dp_sgd import check_validation_round
 stages = Stages(report_path, module_path=f"{bundle_dir}/federated.py")"""
 
 STEPS = [
+    ("standard", 'with stages.run("standard"):\n    from caia_jupyter.contracts.standard import check_samples\n'
+                 '    check_samples({name: spec["path"] for name, spec in datasets.items()}, standards)'),
     ("import", 'with stages.run("import"):\n    from caia_jupyter.site import runtime\n    entry = runtime.load_entry_points(bundle_dir, module_sha256)'),
     ("context", 'with stages.run("context"):\n    ctx = Context("local-validation", params, datasets, rounds=1, privacy=privacy)\n    ctx'),
     ("build_model", 'with stages.run("build_model"):\n    model = runtime.build_model(entry)\n    model'),
@@ -87,7 +90,7 @@ def validation_notebook(bundle: Bundle):
         f"# Local validation of bundle `{bundle.id}`\n\nOne round of the bundle's own site runner on "
         "synthetic sample data, in a fresh kernel: evaluate the initial model, train, evaluate again."
     ))
-    params = nbformat.v4.new_code_cell('bundle_dir = ""\nmodule_sha256 = ""\nreport_path = ""\nparams = {}\ndatasets = {}\nprivacy = None')
+    params = nbformat.v4.new_code_cell('bundle_dir = ""\nmodule_sha256 = ""\nreport_path = ""\nparams = {}\ndatasets = {}\nstandards = {}\nprivacy = None')
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
     nb.cells.append(nbformat.v4.new_code_cell(SETUP))
@@ -125,6 +128,9 @@ def validate_notebook(notebook_path: Path, output: Path | None = None, namespace
 def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -> ValidationResult:
     """Run the validation notebook on `bundle` (raises Busy while a validation of its folder runs); write
     records/validation.json and records/validation.ipynb, and keep both in the history under its id."""
+    if bundle.manifest["job"].get("statistics"):  # no code to run: the samples against the request
+        record = validate_statistics(bundle)
+        return ValidationResult(bundle.id, record["passed"], bundle.records / "validation.json", None, record)
     with one_at_a_time(bundle.path, bundle.path.name):
         return _validate(bundle, kernel_name, timeout)
 
@@ -166,6 +172,8 @@ def _validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) 
                 parameters={"bundle_dir": "bundle", "module_sha256": bundle.manifest["files"][MODULE]["sha256"],
                             "report_path": report.name,
                             "params": bundle.manifest["job"]["params"], "datasets": datasets,
+                            "standards": {name: f"bundle/{spec['standard']}" for name, spec in
+                                          bundle.manifest["datasets"].items() if spec.get("standard")},
                             "privacy": bundle.manifest["job"].get("privacy")},
                 execution_timeout=timeout, log_output=False,
             )
@@ -202,6 +210,24 @@ def _validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) 
         notebook_path = write_atomic(bundle.records / "validation.ipynb", executed_bytes)
         record_path = write_json(bundle.records / "validation.json", record)
     return ValidationResult(bundle.id, record["passed"], record_path, notebook_path, record)
+
+
+def validate_statistics(bundle: Bundle) -> dict:
+    """Validate a statistics bundle: each dataset's sample (from its build record) still has the
+    requested schema, which the manifest checked against the spec. Writes records/validation.json
+    (the record `caia approve` requires); returns the record.
+    Raises BundleError when a sample is gone."""
+    from ..contracts import schema
+
+    problems = []
+    for name, path in sample_paths(bundle, bundle.record("build.json") or {}).items():
+        problems += [f"sample of {name!r}: {p}" for p in schema.mismatches(bundle.manifest["datasets"][name]["columns"],
+                                                                          schema.read_table(path))]
+    record = {"bundle_id": bundle.id, "passed": not problems, "kind": "statistics",
+              "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              **({"error": {"summary": problems[0]}} if problems else {})}
+    write_json(bundle.records / "validation.json", record)
+    return record
 
 
 def sample_paths(bundle: Bundle, build: dict) -> dict[str, Path]:

@@ -51,7 +51,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 from ..contracts.errors import BundleError
-from ..contracts.fileset import MODULE, role_of
+from ..contracts.fileset import MODULE, is_statistics, role_of
 from ..researcher.bundle import Bundle
 from ..researcher.compose import CAPTURED_LOADER
 from .parts import split_module
@@ -213,7 +213,9 @@ def report(bundle: Bundle) -> Report:
     """Analyze federated.py of an intact bundle (cells numbered as `split_module` numbers them) and
     list its opaque captured values. A module Python cannot parse is one "dynamic_code" finding at
     the line of its error. Raises BundleError if federated.py cannot be read, no longer matches
-    manifest.json, or is not UTF-8."""
+    manifest.json, or is not UTF-8. A statistics bundle holds no code: its report finds nothing."""
+    if is_statistics(bundle.manifest["job"]):
+        return Report([], [])
     entry = bundle.manifest["files"].get(MODULE, {})
     try:
         data = (bundle.path / MODULE).read_bytes()

@@ -25,7 +25,7 @@ import difflib
 import json
 from dataclasses import dataclass
 
-from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE
+from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, is_statistics
 from ..researcher.bundle import Bundle, json_changes
 from ..researcher.history import job_changes, keyed, value_changes
 from ..site.approvals import approval_times, latest_revocation
@@ -85,9 +85,13 @@ class Changes:
 def compare(bundle: Bundle, site: Site) -> Changes | None:
     """What changed in `bundle` (intact) since the closest bundle `site` approved before (see the
     module doc), or None when the site's store holds no other bundle the site holds a trusted
-    approval of that no revocation took back."""
+    approval of that no revocation took back, or for a statistics bundle (it holds no code)."""
+    if is_statistics(bundle.manifest["job"]):
+        return None  # no code to compare: its review lists what leaves each site
     stored = []
     for stored_bundle in approved_bundles(site):
+        if is_statistics(stored_bundle.manifest["job"]):
+            continue
         revoked = latest_revocation(site, stored_bundle.id)
         times = [t for t in approval_times(site, stored_bundle.id) if revoked is None or t > revoked.covers_until]
         if stored_bundle.id != bundle.id and times:
@@ -123,6 +127,7 @@ def other_changes(old: Bundle, new: Bundle) -> list[str]:
     said = _requirement_changes(old, new)
     said += job_changes(old_m["job"], new_m["job"])
     said += _dataset_changes(old_m["datasets"], new_m["datasets"])
+    said += _standard_changes(old_m, new_m)
     said += _captured_changes(old_m["files"], new_m["files"])
     if old_m["files"][CLIENT_CONFIG] != new_m["files"][CLIENT_CONFIG]:
         config = (json.loads(old.source(CLIENT_CONFIG)), json.loads(new.source(CLIENT_CONFIG)))
@@ -182,6 +187,21 @@ def _dataset_changes(old: dict, new: dict) -> list[str]:
         if not columns and list(before) != list(after):
             columns = [f"dataset {name}: columns reordered ({', '.join(after)})"]
         said += columns
+    return said
+
+
+def _standard_changes(old: dict, new: dict) -> list[str]:
+    """"dataset tiny standard changed (sha256 ... -> ...)", added or removed, for datasets both manifests request."""
+    def standard(manifest: dict, name: str) -> str | None:
+        path = manifest["datasets"][name].get("standard")
+        return manifest["files"][path]["sha256"] if path in manifest["files"] else None
+
+    said = []
+    for name in sorted(old["datasets"].keys() & new["datasets"].keys()):
+        a, b = standard(old, name), standard(new, name)
+        if a != b:
+            said.append(f"dataset {name} standard added" if a is None else f"dataset {name} standard removed" if b is None
+                        else f"dataset {name} standard changed (sha256 {a[:12]} -> {b[:12]})")
     return said
 
 

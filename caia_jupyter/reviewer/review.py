@@ -33,10 +33,11 @@ import nbformat
 
 from ..contracts.captured import load as load_captured
 from ..contracts.errors import BundleError, SiteError
-from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, role_of
+from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, is_statistics, role_of
 from ..contracts.fsutil import write_atomic
 from ..contracts.privacy import DifferentialPrivacy, exact
 from ..contracts.sourcecheck import reveal
+from ..contracts.standard import read_standard
 from ..contracts.version import __version__
 from ..researcher.bundle import Bundle, require_intact
 from ..researcher.wording import plural
@@ -94,7 +95,7 @@ def render(bundle_path: str | Path, output: str | Path | None = None, site: Site
     """
     bundle = require_intact(bundle_path)
     notebook = review_notebook(bundle, site)
-    if site is not None:
+    if site is not None and not is_statistics(bundle.manifest["job"]):
         notebook.cells[2:2] = _changes_cells(bundle, site) + _scope_cells(site, bundle.manifest["job"])  # after the summary and what the code can do
     page = to_html(notebook, f"Review {bundle.short_id}")
     return write_atomic(Path(output) if output else bundle.records / "review.html", page)
@@ -197,6 +198,8 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
     """
     manifest = bundle.manifest
     files = _read_listed_files(bundle)
+    if is_statistics(manifest["job"]):
+        return _notebook(statistics_cells(bundle, files[CLIENT_CONFIG].decode("utf-8"), site))
     opaque = {name: entry for name, entry in manifest["files"].items() if role_of(name) == "captured"}
     texts = {name: data.decode("utf-8") for name, data in files.items() if name not in opaque}
     job = manifest["job"]
@@ -223,7 +226,7 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
             "loader that can call nothing else.\n\n"
             f"| Python name | type | value | file | bytes | sha256 |\n|---|---|---|---|---|---|\n{rows}"
         ))
-    cells.append(_md(_datasets_text(manifest["datasets"])))
+    cells.append(_md(_datasets_text(manifest["datasets"], files)))
     cells.append(_md("## Local validation\n\n" + _validation_text(bundle.record("validation.json"), bundle.id)))
     rows = "".join(
         f"| {_code(name)} | {_literal(e['role'])}{' (opaque)' if name in opaque else ''} | {_literal(e['size'])} "
@@ -241,10 +244,67 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
         f"it was built with{' (none)' if not requirements.strip() else ''}.\n\n{_fenced(requirements, 'text')}"
     ))
 
+    return _notebook(cells)
+
+
+def _notebook(cells: list) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
+
+
+def statistics_cells(bundle: Bundle, config: str, site: Site | None) -> list:
+    """The review of a statistics bundle: no code; exactly which statistics of which columns leave each
+    site, with bins and categories, the thresholds that apply (the `site`'s own, when given), the
+    datasets, the validation of the sample, and the client config in full."""
+    from ..site.statistics import Thresholds, read_thresholds
+
+    spec, job = bundle.manifest["job"]["statistics"], bundle.manifest["job"]
+    asked = [s for s in spec["statistics"] if s not in ("histogram", "quantile")]
+    if "mean" in asked or "stddev" in asked:
+        asked.append("sum")  # NVFLARE pools means from sums
+    rows = ""
+    for column in spec["columns"]:
+        released = list(dict.fromkeys(["count", *asked]))
+        if "quantile" in spec["statistics"]:
+            released.append(f"quantiles {', '.join(map(str, spec['quantiles']))} (and their t-digest)")
+        histogram = spec.get("histograms", {}).get(column)
+        if histogram:
+            where = (f"over [{histogram['range'][0]}, {histogram['range'][1]})" if histogram.get("range") else
+                     "over a range agreed across sites from each site's min and max, with noise added at the site")
+            released.append(f"histogram of {histogram['bins']} bins {where}")
+        rows += f"| {_code(column)} | {_literal('; '.join(released))} |\n"
+    for column, categories in spec.get("categories", {}).items():
+        rows += (f"| {_code(column)} | {_literal('count of rows in each declared category: ' + ', '.join(categories))}"
+                 " (names from this bundle, never from your data) |\n")
+    thresholds = read_thresholds(site.path) if site is not None else Thresholds()
+    whose = "your site's (statistics.json)" if site is not None else "each site's own; the defaults are"
+    limits = (f"- a feature with fewer than {thresholds.min_count} values: none of its statistics leave the site "
+              "(nor a missing count below that)\n"
+              f"- a histogram bin or category count between 0 and {thresholds.min_count}: suppressed, with enough other "
+              "bins or categories that none can be recovered by subtracting the released ones from the total "
+              "(complementary suppression)\n"
+              f"- min/max: {'sent with ' + str(thresholds.min_noise_level) + ' to ' + str(thresholds.max_noise_level) + ' relative noise' if thresholds.extremes else 'never sent'}\n"
+              f"- a histogram with bins at or above {thresholds.max_bins_percent}% of the feature's values is withheld\n")
+    record = bundle.record("validation.json") or {}
+    valid = (record.get("bundle_id") == bundle.id and record.get("passed") is True)
+    return [
+        _md(f"# Review of statistics bundle {_code(bundle.id)}\n\n"
+            "A statistics bundle holds **no code**: your site runs caia's own statistics generator under NVFLARE's "
+            "statistics workflow, on the datasets you release, and NVFLARE's privacy cleansers with your site's "
+            "thresholds decide what leaves. Every file below matches `manifest.json`, and the bundle id is its "
+            f"sha256.\n\n| | |\n|---|---|\n| min clients | {_code(job['min_clients'])} |\n"
+            f"| built with | caia-jupyter {_code(bundle.manifest['caia_version'])} |"),
+        _md(f"## What leaves your site\n\nPer released dataset, computed over all its rows:\n\n"
+            f"| column | statistics released |\n|---|---|\n{rows}"),
+        _md(f"## Thresholds applied at the site\n\nThe thresholds are {whose}, never the bundle's:\n\n{limits}\n"
+            "A withheld statistic reaches the researcher as *suppressed*."),
+        _md(_datasets_text(bundle.manifest["datasets"], {})),
+        _md("## Local validation\n\n" + ("**Passed**: the samples have the requested columns, numeric where described."
+            if valid else "**Not validated.**") + "\n\n*Reported by the researcher's machine; not covered by the bundle id.*"),
+        *_client_config_cells(config),
+    ]
 
 
 def _module_cells(source: str, intros: dict[int, str]) -> list:
@@ -350,6 +410,18 @@ def _describe_client_config(config) -> str:
     return "\n".join(lines)
 
 
+STATISTICS_CLASSES = {
+    "nvflare.app_common.executors.statistics.statistics_executor.StatisticsExecutor":
+        "NVFLARE's statistics executor: it answers the statistics tasks with what the generator computes",
+    "caia_jupyter.site.statistics.CaiaStatistics":
+        "caia's statistics generator (installed at your site): NVFLARE's DataFrame statistics over the datasets you "
+        "release, cut to the requested columns and declared categories",
+    "caia_jupyter.site.statistics.SiteStatisticsFilter":
+        "caia's result filter: NVFLARE's cleansers (minimum count, histogram bins, noise on min/max) with your site's "
+        "thresholds, before anything leaves",
+}
+
+
 def _describe_class(spec: dict) -> str:
     path, args = spec.get("path") or spec.get("name"), _as_dict(spec.get("args"))
     if path == CLIENT_API_EXECUTOR:
@@ -364,6 +436,8 @@ def _describe_class(spec: dict) -> str:
         words = f"It forwards the events it names ({events}) from your site to the server: the metrics the code logs"
     elif path in HE_FILTERS:
         words = HE_FILTERS[path]
+    elif path in STATISTICS_CLASSES:
+        words = STATISTICS_CLASSES[path]
     else:
         words = "⚠ Not part of caia's client config: NVFLARE loads this class at your site, and it can run any code"
     shown_args = ", ".join(f"{_code(key)} = {_code(json.dumps(value))}" for key, value in sorted(args.items()))
@@ -429,14 +503,34 @@ def _protection_text(job: dict, site: Site | None) -> str:
     return text + (f"\n**Your site:** {_literal(site_ceiling(site, job))}" if site is not None else "")
 
 
-def _datasets_text(datasets: dict) -> str:
+def _datasets_text(datasets: dict, files: dict[str, bytes]) -> str:
     sections = ["## Datasets requested\n"]
     for name, spec in datasets.items():
         rows = "".join(f"| {_code(c['name'])} | {c['kind']} |\n" for c in spec["columns"])
         sections.append(f"### {_code(name)}\n\n| column | kind |\n|---|---|\n{rows}")
+        if spec.get("standard"):
+            sections.append(_standard_text(spec["standard"], files[spec["standard"]]))
     if not datasets:
         sections.append("None: this bundle asks for no site data.")
     return "\n".join(sections)
+
+
+def _standard_text(path: str, data: bytes) -> str:
+    """A dataset's standard (`contracts.standard`) as a table, with its file in full below it."""
+    standard = read_standard(data, path)  # the bundle was checked: it reads
+    rows = []
+    for field in standard["fields"]:
+        rules = field.get("constraints", {})
+        bounds = [f"{word} {rules[key]}" for key, word in (("minimum", "≥"), ("maximum", "≤")) if key in rules]
+        allowed = ", ".join(str(v) for v in rules.get("enum", [])) or (f"matching {rules['pattern']}" if "pattern" in rules else "")
+        cells = [field["name"], field.get("type", "any"), "yes" if rules.get("required") else "no", " and ".join(bounds),
+                 allowed, field.get("unit", ""), field.get("description", "")]
+        rows.append("| " + " | ".join(_literal(c) for c in cells) + " |\n")
+    missing = ", ".join(repr(m) for m in standard.get("missingValues", [""]))
+    return (f"The sites check their released data against this standard, {_code(path)} (covered by the bundle id), "
+            f"and answer with counts of rows breaking each rule, never a value. Missing values: {_literal(missing)}.\n\n"
+            "| field | type | required | range | allowed values | unit | description |\n|---|---|---|---|---|---|---|\n"
+            + "".join(rows) + "\n" + _fenced(data.decode("utf-8"), "json"))
 
 
 def _validation_text(record, bundle_id: str) -> str:

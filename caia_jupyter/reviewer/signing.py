@@ -26,7 +26,7 @@ from ..site import audit
 from ..site.approvals import (CLOCK_SKEW, FORMAT, REJECTION_FORMAT, REVOCATION_FORMAT, Approval, Rejection, Revocation,
                               approval_from, approval_times, find_approval, iso, latest_revocation, rejection_from,
                               rejections, revocation_from)
-from ..site.guard import Unfit, admissible
+from ..site.guard import Unfit, admissible, standards_of
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, shown_days, valid_days, valid_epsilon
 from .store import keep
@@ -78,11 +78,14 @@ def check_admissible(site: Site, bundle: Bundle, releases: dict[str, str], max_e
     """Refuse, before anything is signed, a release `site` would not admit: `bundle` must have passed
     validation and pass the very check the site's guard makes at admission (`guard.admissible`):
     the site's privacy policy usable and fit for the bundle's updates, `releases` (requested name ->
-    catalog id) fitting the requested schema, and its privacy request within `max_epsilon` (the
+    catalog id) fitting the requested schema and, under a site policy that refuses them, no violation
+    of the bundle's dataset standards, and its privacy request within `max_epsilon` (the
     approval's ceiling) and the site's policy, its delta below 1/rows. Raises CaiaError in one line
     naming the bundle, the numbers, or the dataset and the column."""
     try:
-        admissible(site, bundle.manifest, releases, max_epsilon)
+        paths = [spec["standard"] for spec in bundle.manifest["datasets"].values() if spec.get("standard")]
+        admissible(site, bundle.manifest, releases, max_epsilon,
+                   standards_of(bundle.manifest, {path: (bundle.path / path).read_bytes() for path in paths}))
     except Unfit as e:
         detail = f" ({e.detail})" if e.detail else ""  # the reviewer works at the site: its details may show
         raise CaiaError(f"site {site.name} would refuse this release: {e}{detail}{'; ' + e.fix if e.fix else ''}; "

@@ -73,6 +73,7 @@ class CaiaExtension(ExtensionApp):
             (r"/caia/api/runs", RunsHandler),
             (r"/caia/api/run", RunHandler),
             (r"/caia/api/run/stream", RunStreamHandler),
+            (r"/caia/api/explore", ExploreHandler),
             (r"/caia/api/bundle", BundleHandler),
             (r"/caia/api/bundle/approve", ApproveHandler),
             (r"/caia/api/bundle/reject", RejectHandler),
@@ -141,6 +142,13 @@ class CaiaHandler(CaiaMixin, ExtensionHandlerMixin, APIHandler):
         result = await asyncio.get_running_loop().run_in_executor(None, work, *args)
         self.finish(json.dumps(result, allow_nan=False))  # NaN is no JSON: a bug, a 500, never such a reply
 
+    def runs_dir(self, notebook: Path) -> Path:
+        """runs/ beside the notebook; raises OutsideRoot when it leads out of the root (a symlink)."""
+        runs_dir = notebook.parent / inputs.RUNS
+        if not Path(os.path.realpath(runs_dir)).is_relative_to(self.root):
+            raise inputs.OutsideRoot(f"{runs_dir.relative_to(self.root)} leads outside the server's root directory")
+        return runs_dir
+
     def site_dirs(self, notebook: Path) -> list[Path]:
         return overview.site_dirs_near(notebook, self.extensionapp.site_dirs)
 
@@ -202,11 +210,8 @@ class RunsHandler(CaiaHandler):
         def listed():
             from ..researcher.compose import default_output
 
-            runs_dir = notebook.parent / inputs.RUNS
-            if not Path(os.path.realpath(runs_dir)).is_relative_to(self.root):
-                raise inputs.OutsideRoot(f"{runs_dir.relative_to(self.root)} leads outside the server's root directory")
             listed = []
-            for entry in overview.runs(runs_dir, default_output(notebook)):  # this notebook's runs only
+            for entry in overview.runs(self.runs_dir(notebook), default_output(notebook)):  # this notebook's runs only
                 real = Path(os.path.realpath(entry["run"]))
                 if real.is_relative_to(self.root):  # a run folder linked from elsewhere is not the server's to show
                     listed.append({**entry, "run": real.relative_to(self.root).as_posix()})
@@ -230,6 +235,16 @@ class RunsHandler(CaiaHandler):
             return {"run": self.relative(run.path), **overview.run(run.path)}
 
         await self.reply(submit)
+
+
+class ExploreHandler(CaiaHandler):
+    @tornado.web.authenticated
+    @reads_files
+    async def get(self):
+        """The notebook's last exploration in runs/ beside it (`overview.exploration`)."""
+        notebook = self.query(inputs.NotebookQuery).path
+        self.runs_dir(notebook)
+        await self.reply(overview.exploration, notebook, self.root)
 
 
 class RunHandler(CaiaHandler):

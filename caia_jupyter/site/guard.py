@@ -7,7 +7,8 @@ folder, link, `__pycache__`, `.pyc`, `.pth` or second client config refuses the 
 its path in the app. Then it recomputes the bundle id from those bytes, finds an approval of it
 signed by one of the site's trusted reviewer keys, checks the differential privacy the bundle
 requests against the site's ceilings (`privacy_ceiling`), checks each released dataset (its whole table,
-read as the catalog records) against the requested schema, checks the site's privacy policy
+read as the catalog records) against the requested schema and standard (its violations counted
+per rule: refused or recorded, as the site's policy says), checks the site's privacy policy
 (`privacy_policy`: usable, and weight differences where its scope needs them), and writes the release
 (`caia_release.json`) that the runtime and `ctx` read.
 
@@ -35,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 from nvflare.apis.app_validation import AppValidator
 
-from ..contracts import schema
+from ..contracts import schema, standard
 from ..contracts.client_app import FLARE_FILES, app_path
 from ..contracts.errors import CaiaError, SiteError
 from ..contracts.fileset import MANIFEST, content_problems, listing_problems
@@ -48,6 +49,7 @@ from .privacy_policy import Policy, install, read_policy, scope_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
+from .statistics import read_thresholds
 
 log = logging.getLogger(__name__)
 # The refusal of a site whose own caia directory is unusable (its name is unknown then).
@@ -56,11 +58,12 @@ MISCONFIGURED = "this site's caia guard is misconfigured, so it refuses every jo
 
 class Refusal(CaiaError):
     """A site refuses to run a deployed app; the message is safe to show the researcher. `bundle_id`:
-    the refused bundle's id, "" when the app holds no caia manifest."""
+    the refused bundle's id, "" when the app holds no caia manifest; `detail`: the site's own words
+    (its log and audit log keep them; never sent to the researcher)."""
 
-    def __init__(self, message: str, bundle_id: str = ""):
+    def __init__(self, message: str, bundle_id: str = "", detail: str = ""):
         super().__init__(message)
-        self.bundle_id = bundle_id
+        self.bundle_id, self.detail = bundle_id, detail
 
 
 class Unfit(CaiaError):
@@ -72,16 +75,22 @@ class Unfit(CaiaError):
         self.detail, self.fix = detail, fix
 
 
-def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str]) -> dict[str, dict]:
+def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
+               standards: dict[str, dict] | None = None) -> dict[str, dict]:
     """What `site` releases to a bundle requesting `requested` (its manifest's "datasets": name ->
-    {"columns": schema}) under `releases` (requested name -> catalog id): name -> {"path": absolute
-    path, "read": how the table is read (`schema.detect`), "columns": the requested schema, "rows":
-    its number of rows}. Admission and `caia approve` both check with this (`admissible`),
-    so a reviewer cannot sign what the guard would refuse.
+    {"columns": schema, "standard": its bundle path, when set}) under `releases` (requested name ->
+    catalog id): name -> {"path": absolute path, "read": how the table is read (`schema.detect`),
+    "columns": the requested schema, "rows": its number of rows, and for a dataset with a standard
+    in `standards` (name -> the standard, `standard.read_standard`) "violations": [[field, rule,
+    rows], ...] of the released table (`standard.violations`; counts only)}. Admission and `caia approve`
+    both check with this (`admissible`), so a reviewer cannot sign what the guard would refuse.
 
     Raises Unfit (one line naming the dataset and, for a schema that does not fit, the column) for
     no release when datasets are requested, a name the bundle does not request, a catalog id the
-    site lacks, a file that cannot be read or a missing column or one of another kind.
+    site lacks, a file that cannot be read or a missing column or one of another kind, and, under the
+    site policy standard_violations "refuse", data that breaks its standard: each rule with its count,
+    a count below the site's min_count (`statistics.read_thresholds`) given as "fewer than N rows"
+    (a standard is a counting query); the exact counts are in `detail`, for the site.
     """
     if requested and not releases:
         raise Unfit(f"the bundle requests {', '.join(sorted(requested))} and no dataset is released to it",
@@ -102,7 +111,34 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str])
         if problems:
             raise Unfit(f"released dataset {catalog_id} does not fit the requested schema of {name!r}: {'; '.join(problems)}")
         released[name] = {**source, "columns": wanted, "rows": len(frame)}  # ctx.dataset reads the table as it was read here
+        if name in (standards or {}):
+            broken = standard.violations(frame, standards[name])
+            if broken and site.standard_violations == "refuse":
+                coarse = standard.summary(broken, read_thresholds(site.path).min_count)
+                raise Unfit(f"dataset {name} breaks its standard: {coarse}; the site's policy refuses "
+                            "data that breaks the bundle's standard (the site fixes its data, or the researcher the standard)",
+                            f"dataset {name} breaks its standard: {standard.summary(broken)}")
+            released[name]["violations"] = [[v.field, v.rule, v.count] for v in broken]
     return released
+
+
+def standards_of(manifest: dict, files: dict[str, bytes]) -> dict[str, dict]:
+    """Requested dataset name -> its standard (`standard.read_standard`) from the bundle's file bytes
+    (`files`: bundle path -> bytes, already checked against the manifest). Raises Unfit for one caia
+    cannot read (the bundle's content checks refuse that first)."""
+    try:
+        return {name: standard.read_standard(files[spec["standard"]], spec["standard"])
+                for name, spec in manifest["datasets"].items() if spec.get("standard")}
+    except (CaiaError, KeyError) as e:
+        raise Unfit("its dataset standard cannot be read; rebuild it", str(e)) from e
+
+
+def violations_text(released: dict[str, dict]) -> str:
+    """"dataset tumours breaks its standard: age maximum (7 rows)", one clause per released dataset
+    that breaks its standard; "" when none does."""
+    return "; ".join(f"dataset {name} breaks its standard: "
+                     + standard.summary([standard.Violation(*v) for v in spec["violations"]])
+                     for name, spec in released.items() if spec.get("violations"))
 
 
 def privacy_ceiling(job: dict, approved: float | None, policy: float | None, rows: int = 0) -> None:
@@ -159,15 +195,16 @@ def policy_fit(site: Site, job: dict) -> Policy | None:
     return policy
 
 
-def admissible(site: Site, manifest: dict, releases: dict[str, str], approved: float | None) -> dict[str, dict]:
+def admissible(site: Site, manifest: dict, releases: dict[str, str], approved: float | None,
+               standards: dict[str, dict] | None = None) -> dict[str, dict]:
     """What `site` releases to a bundle with `manifest` under `releases` (requested name -> catalog
     id) and an approval whose ceiling is `approved` (None: none), if its guard admits it: its privacy
-    policy (`policy_fit`), the released datasets (`release_of`) and the privacy request
+    policy (`policy_fit`), the released datasets (`release_of`, against `standards`) and the privacy request
     (`privacy_ceiling`, delta against the released rows). The guard at admission and `caia approve`
     both call this. Raises Unfit (one line, as those do)."""
     job = manifest["job"]
     policy_fit(site, job)
-    released = release_of(site, manifest["datasets"], releases)
+    released = release_of(site, manifest["datasets"], releases, standards)
     privacy_ceiling(job, approved, site.max_epsilon, max((d["rows"] for d in released.values()), default=0))
     return released
 
@@ -187,10 +224,10 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
     def refuse(reason: str, detail: str = ""):
         if detail:
             log.warning("caia guard, %s, bundle %s: %s", site.name, bid, detail)
-        raise Refusal(f"{site.name} refused bundle {bid}: {reason}", bid)
+        raise Refusal(f"{site.name} refused bundle {bid}: {reason}", bid, detail)
 
     listed = manifest["files"]
-    problems = listing_problems(listed)
+    problems = listing_problems(listed, manifest["job"])
     if problems:
         refuse(problems[0])
     deployed = _deployed_files(app_dir, {app_path(name): name for name in [*listed, MANIFEST]}, refuse)
@@ -213,7 +250,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
     if approval is None:
         refuse(reasons[0] if reasons else "no reviewer of this site approved this bundle id (its reviewers approve it with `caia approve`)")
     try:
-        released = admissible(site, manifest, approval.datasets, approval.max_epsilon)
+        released = admissible(site, manifest, approval.datasets, approval.max_epsilon, standards_of(manifest, deployed))
     except Unfit as e:
         refuse(str(e), e.detail)
     try:
@@ -221,9 +258,16 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
     except SandboxRequired as e:
         refuse(str(e))
     job = manifest["job"]
+    statistics = None
+    if job.get("statistics"):
+        try:
+            statistics = {"spec": job["statistics"], "thresholds": asdict(read_thresholds(site.path))}
+        except SiteError as e:
+            refuse("its statistics thresholds (statistics.json) are unusable, so it refuses every statistics bundle "
+                   "(the site's log says why)", str(e))
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
                    {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"),
-                   job.get("encryption")), approval
+                   job.get("encryption"), statistics), approval
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",
@@ -256,8 +300,11 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
         refusal = Refusal(f"{site.name} refused the job: its guard could not check it (the site's log says why)")
         _record_refusal(site, refusal, now)
         raise refusal from e
+    broken = violations_text(release.datasets)
+    if broken:  # policy "report": admitted, and the counts recorded at the site
+        log.warning("caia guard, %s, bundle %s: %s", site.name, release.bundle_id, broken)
     try:
-        audit.record(site, "admission", release.bundle_id, approval.key_id, "admitted", now=now)
+        audit.record(site, "admission", release.bundle_id, approval.key_id, "admitted", broken, now=now)
     except Exception as e:  # fail closed: nothing runs at a site that its audit log does not show
         log.exception("caia guard, %s: could not record the admission of bundle %s in its audit log", site.name, release.bundle_id)
         (Path(app_dir) / RELEASE).unlink(missing_ok=True)
@@ -269,7 +316,8 @@ def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None
 def _record_refusal(site: Site, refusal: Refusal, now: datetime | None) -> None:
     """Record a refusal in the site's audit log; one that cannot be written is logged (the job is refused anyway)."""
     try:
-        audit.record(site, "refusal", refusal.bundle_id, None, "refused", str(refusal), now=now)
+        detail = f" ({refusal.detail})" if refusal.detail else ""
+        audit.record(site, "refusal", refusal.bundle_id, None, "refused", f"{refusal}{detail}", now=now)
     except Exception:
         log.exception("caia guard, %s: could not record a refusal in its audit log", site.name)
 

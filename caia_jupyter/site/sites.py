@@ -3,7 +3,9 @@
     site.json        the site's name and policy ({"max_approval_days": longest approval lifetime,
                      "sandbox": "required" | "preferred" | "off", where approved code runs: `sandbox`,
                      "max_epsilon": when set, every bundle must request differential privacy with an
-                     epsilon at most this: `guard.privacy_ceiling`})
+                     epsilon at most this: `guard.privacy_ceiling`, "standard_violations": "refuse" |
+                     "report", what the guard does with released data that breaks the bundle's standard:
+                     `guard.release_of`; default "report")
     catalog.json     dataset id -> table path (CSV or Parquet, relative to the site directory), how it
                      is read (separator, decimal mark, encoding: `schema.detect`) and its columns
     trusted_keys/    public keys of this site's reviewers (<key id>.pub); the only keys it trusts
@@ -38,6 +40,7 @@ from .keys import key_id, load_private_key, load_public_key, public_pem
 FORMAT = "caia-site/1"
 DEFAULT_MAX_APPROVAL_DAYS = 90
 SANDBOX_POLICIES = ("required", "preferred", "off")  # where approved code runs (`sandbox`)
+VIOLATION_POLICIES = ("report", "refuse")  # released data that breaks its standard: admitted and recorded, or refused
 LONGEST_POLICY_DAYS = 36500  # a policy beyond a century is a typo
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class Site:
     max_approval_days: float = DEFAULT_MAX_APPROVAL_DAYS  # policy: the longest lifetime of an approval
     sandbox: str | None = None  # policy: SANDBOX_POLICIES; None: the target's default (simulator preferred, else required)
     max_epsilon: float | None = None  # policy: the largest DP epsilon a bundle may request; None: DP not required
+    standard_violations: str = "report"  # policy: VIOLATION_POLICIES
 
     @property
     def catalog(self) -> dict[str, dict]:
@@ -134,7 +138,8 @@ class Site:
     def policy(self) -> dict:
         """The policy as site.json holds it."""
         return {"max_approval_days": self.max_approval_days, **({"sandbox": self.sandbox} if self.sandbox else {}),
-                **({"max_epsilon": self.max_epsilon} if self.max_epsilon is not None else {})}
+                **({"max_epsilon": self.max_epsilon} if self.max_epsilon is not None else {}),
+                **({"standard_violations": self.standard_violations} if self.standard_violations != "report" else {})}
 
 
 def valid_epsilon(value) -> bool:
@@ -218,18 +223,24 @@ def open_site(path: str | Path) -> Site:
     _check_sandbox(sandbox, f"site {meta['name']}: site.json's policy.sandbox")
     max_epsilon = policy.get("max_epsilon")
     _check_epsilon(max_epsilon, f"site {meta['name']}: site.json's policy.max_epsilon")
-    return Site(path.resolve(), meta["name"], days, sandbox, max_epsilon)
+    violations = policy.get("standard_violations", "report")
+    _check_violations(violations, f"site {meta['name']}: site.json's policy.standard_violations")
+    return Site(path.resolve(), meta["name"], days, sandbox, max_epsilon, violations)
 
 
 UNCHANGED = object()  # `set_policy`: leave this part of the policy as it is
 
 
-def set_policy(path: str | Path, sandbox=UNCHANGED, max_epsilon=UNCHANGED) -> Site:
+def set_policy(path: str | Path, sandbox=UNCHANGED, max_epsilon=UNCHANGED, standard_violations=UNCHANGED) -> Site:
     """Set parts of the policy in the site.json at `path`, whatever it held (a hand-edited value
     included): `sandbox` one of `SANDBOX_POLICIES`; `max_epsilon` a finite number above 0, or None
-    to remove it (differential privacy no longer required). Returns the site as it now is. Raises
+    to remove it (differential privacy no longer required); `standard_violations` one of
+    `VIOLATION_POLICIES`. Returns the site as it now is. Raises
     SiteError, site.json unchanged, for a value out of range or a folder that is not a caia site."""
-    changes = {key: value for key, value in (("sandbox", sandbox), ("max_epsilon", max_epsilon)) if value is not UNCHANGED}
+    changes = {key: value for key, value in (("sandbox", sandbox), ("max_epsilon", max_epsilon),
+                                             ("standard_violations", standard_violations)) if value is not UNCHANGED}
+    if "standard_violations" in changes:
+        _check_violations(standard_violations, "--standard-violations")
     if "sandbox" in changes:
         _check_sandbox(sandbox, "--sandbox")
     if "max_epsilon" in changes:
@@ -252,6 +263,11 @@ def set_sandbox(path: str | Path, sandbox: str) -> Site:
 def _check_sandbox(value, what: str) -> None:
     if value is not None and value not in SANDBOX_POLICIES:
         raise SiteError(f"{what} {value!r} must be one of {', '.join(SANDBOX_POLICIES)}")
+
+
+def _check_violations(value, what: str) -> None:
+    if value not in VIOLATION_POLICIES:
+        raise SiteError(f"{what} {value!r} must be one of {', '.join(VIOLATION_POLICIES)}")
 
 
 def _check_epsilon(value, what: str) -> None:

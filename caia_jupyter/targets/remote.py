@@ -9,6 +9,10 @@ run directory as current as the simulator's launcher does, from the server side 
   (it fails until the job's server process is up and while it winds down; those are skipped),
 - at the end, the job's result (global model, every metric record, status) downloaded.
 
+A statistics run (run.json "statistics") has no metrics to pull: at the end, the statistics NVFLARE's
+StatisticsController wrote into the server's job folder (STATISTICS_FILE) are taken from the
+downloaded result, where `researcher.explore.Result.read` finds them.
+
 What the server says about a site's failure is read as untrusted: only reports of the closed
 vocabulary of caia_jupyter.contracts.failures, for the run's own sites, are kept.
 
@@ -26,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..aggregator.components import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STATUS
+from ..aggregator.components import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STATISTICS_FILE, STATUS
 from ..contracts import failures
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import read_json, write_json
@@ -107,11 +111,11 @@ def follow(run_dir: Path) -> int:
                 write_json(run_dir / "sites.json", admissions(meta, spec["sites"]))
                 if str(meta.get("status", "")).startswith("FINISHED"):
                     break
-                if meta.get("status") == "RUNNING":
+                if meta.get("status") == "RUNNING" and not spec.get("statistics"):
                     count += pull(session, job_id, count, run_dir, spec["sites"])
                 time.sleep(POLL)
             result = Path(session.download_job_result(job_id, destination=str(run_dir / "result")))
-        collect(result, run_dir, spec["sites"])
+        collect(result, run_dir, spec["sites"], statistics=bool(spec.get("statistics")))
         write_json(run_dir / "outcome.json", outcome(meta, run_dir, spec, aborted))
     except Exception as e:  # the server went away, the kit stopped working...
         traceback.print_exc()
@@ -176,9 +180,10 @@ def admissions(meta: dict, sites: list[str]) -> dict:
     return found
 
 
-def collect(result: Path, run_dir: Path, sites: list[str]) -> None:
-    """Take the server's own records (authoritative, complete) from the downloaded job result."""
-    for name in (METRICS, STATUS, GLOBAL_MODEL, DTYPES_FILE):
+def collect(result: Path, run_dir: Path, sites: list[str], statistics: bool = False) -> None:
+    """Take the server's own records (authoritative, complete) from the downloaded job result; of a
+    statistics run, the statistics NVFLARE's writer left in the server's job folder."""
+    for name in (STATISTICS_FILE,) if statistics else (METRICS, STATUS, GLOBAL_MODEL, DTYPES_FILE):
         found = next(result.rglob(name), None)
         if found is not None:
             (run_dir / name).write_bytes(found.read_bytes())
@@ -189,6 +194,8 @@ def collect(result: Path, run_dir: Path, sites: list[str]) -> None:
 
 def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
     job_status = str(meta.get("status"))
+    if spec.get("statistics"):
+        return statistics_outcome(meta, run_dir, spec, aborted)
     status = Status.parse(read_json(run_dir / STATUS), spec["sites"])
     admitted = [s for s, a in admissions(meta, spec["sites"]).items() if a["state"] == "approved"]
     failed = failures.parse_all(read_json(run_dir / FAILURES), spec["sites"])
@@ -204,6 +211,22 @@ def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
         return {**base, "status": "finished", "message": finished_message(status, spec["sites"], spec["min_clients"], reasons)}
     reason = ended_message(status, reasons) or f"NVFLARE ended the job as {job_status}"
     return {**base, "status": "failed", "message": f"{reason} (NVFLARE job {spec['job_id']}, {job_status})"}
+
+
+def statistics_outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:
+    """How a statistics run ended: finished when NVFLARE completed the job and its statistics were collected."""
+    job_status = str(meta.get("status"))
+    admitted = [s for s, a in admissions(meta, spec["sites"]).items() if a["state"] == "approved"]
+    base = {"job_id": spec["job_id"], "job_status": job_status, "failed_sites": {}, "completed_sites": []}
+    if aborted or job_status == "FINISHED:ABORTED":
+        return {**base, "status": "aborted", "message": f"aborted (NVFLARE job {spec['job_id']})"}
+    if job_status == "FINISHED:FAILED_TO_RUN" and len(admitted) < len(spec["sites"]):
+        return {**base, "status": "refused", "message": refused_message(admitted, spec["sites"], spec["min_clients"])}
+    if job_status == "FINISHED:COMPLETED" and (run_dir / STATISTICS_FILE).is_file():
+        return {**base, "completed_sites": admitted, "status": "finished",
+                "message": f"statistics from {', '.join(admitted)}"}
+    return {**base, "status": "failed", "message": f"NVFLARE's statistics workflow ended without a result "
+                                                   f"(NVFLARE job {spec['job_id']}, {job_status})"}
 
 
 if __name__ == "__main__":

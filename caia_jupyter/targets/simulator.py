@@ -70,6 +70,7 @@ def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> P
         "rounds": job["rounds"], "min_clients": job["min_clients"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"privacy": job["privacy"]} if job.get("privacy") else {}),  # the guarantee the run's record states
+        **({"statistics": True} if job.get("statistics") else {}),
     })
     return run_dir
 
@@ -160,6 +161,8 @@ def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
     """How the run ended, from what the guard, the server and the sites left behind. Of a site's
     failure record only its report (caia_jupyter.contracts.failures), parsed strictly, is taken."""
     admissions = read_json(run_dir / "sites.json")
+    if read_json(run_dir / "run.json").get("statistics"):
+        return statistics_outcome(run_dir, code, admissions, list(sites), min_clients)
     status = Status.parse(read_json(run_dir / "status.json"), sites)
     admitted = [s for s, a in admissions.items() if a.get("state") == "approved"]
     failed = {}
@@ -177,6 +180,20 @@ def outcome(run_dir: Path, code: int, sites: dict, min_clients: int) -> dict:
     reason = ended_message(status, reasons)
     return {**result, "status": "failed",
             "message": reason or f"the NVFLARE simulator exited with code {code}; see {run_dir / 'workspace' / 'server' / 'log.txt'}"}
+
+
+def statistics_outcome(run_dir: Path, code: int, admissions: dict, sites: list[str], min_clients: int) -> dict:
+    """How a statistics run ended: finished when NVFLARE's controller wrote its statistics."""
+    admitted = [s for s, a in admissions.items() if a.get("state") == "approved"]
+    result = {"code": code, "failed_sites": {}, "completed_sites": admitted}
+    if admissions and len(admitted) < min_clients:
+        return {**result, "status": "refused", "message": refused_message(admitted, sites, min_clients)}
+    from .job import collect_statistics
+
+    if code == 0 and collect_statistics(run_dir / "workspace", run_dir):
+        return {**result, "status": "finished", "message": f"statistics from {plural(len(admitted), 'site')}"}
+    return {**result, "completed_sites": [], "status": "failed",
+            "message": f"NVFLARE's statistics workflow ended without a result; see {run_dir / 'workspace' / 'server' / 'log.txt'}"}
 
 
 if __name__ == "__main__":

@@ -170,13 +170,9 @@ def _start(bundle, site_dirs, sites, target, runs_root, poc_workspace, startup_k
 
     timeout = {"round_timeout": round_timeout} if round_timeout else {}
     if target == "poc":
-        from .poc import ADMIN, DEFAULT_POC, open_poc
+        from .poc import ADMIN
 
-        poc = open_poc(poc_workspace or DEFAULT_POC)
-        names = [str(s) for s in sites] if sites else poc.site_names
-        unknown = sorted(set(names) - set(poc.site_names))
-        if unknown:
-            raise CaiaError(f"the POC has no site {', '.join(unknown)}; its sites are {', '.join(poc.site_names)}")
+        poc, names = poc_sites(poc_workspace, sites)
         check_sites(bundle, names)
         if bundle.manifest["job"].get("encryption"):
             poc.require_he(bundle.short_id)
@@ -190,6 +186,19 @@ def _start(bundle, site_dirs, sites, target, runs_root, poc_workspace, startup_k
         check_sites(bundle, names)
         return remote.submit(bundle, names, runs_root, "prod", Path(startup_kit), username, **timeout)
     raise CaiaError(f"unknown target {target!r}; use simulator, poc or prod")
+
+
+def poc_sites(poc_workspace: str | Path | None, sites: list[str | Path] | None):
+    """(Poc, site names) of the POC at `poc_workspace` (default: poc.DEFAULT_POC): `sites` as names, or
+    all of its sites. Raises FlareError for a folder that is no caia POC, CaiaError for a name it has no site of."""
+    from .poc import DEFAULT_POC, open_poc
+
+    poc = open_poc(poc_workspace or DEFAULT_POC)
+    names = [str(s) for s in sites] if sites else poc.site_names
+    unknown = sorted(set(names) - set(poc.site_names))
+    if unknown:
+        raise CaiaError(f"the POC has no site {', '.join(unknown)}; its sites are {', '.join(poc.site_names)}")
+    return poc, names
 
 
 def check_sites(bundle: bundles.Bundle, names: list[str]) -> None:

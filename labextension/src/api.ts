@@ -175,3 +175,20 @@ export function approveBundle(
 export function rejectBundle(path: string, bundleId: string, reason: string): Promise<Record<string, unknown>> {
   return post('bundle/reject', { path, bundle_id: bundleId, reason });
 }
+
+/** A table's row: the dataset, the feature (a column, or "column=category" for a category count), then
+ * one value per site and "pooled"; "suppressed" where a site withheld it under its thresholds. */
+export type IStatisticRow = { dataset: string; feature: string } & Record<string, number | string>;
+
+/** A notebook's last exploration (GET explore), or {exploration: null} when it has none. */
+export interface IExploration {
+  exploration?: null;
+  run: string;
+  bundle_id: string;
+  sites: string[];
+  datasets: string[];
+  spec: { columns: string[]; statistics: string[]; histograms?: Record<string, unknown> };
+  tables: Record<string, IStatisticRow[]>; // count, failure_count (values missing), mean, stddev, quantile
+  histograms: Record<string, ({ low: number; high: number } & Record<string, number | string>)[]>;
+  suppressed: { site: string; dataset: string; feature: string; statistic: string }[];
+}

@@ -1,6 +1,10 @@
 // Per-round curves, one chart per metric: a line per site, the dashed global line, the final-model
-// round marked. The one chart code of the Federated panel and of the run widget (widget.ts).
+// round marked; and an exploration's histograms, per site overlaid with the pooled outline. The one
+// chart code of the Federated panel and of the run widget (widget.ts).
 import {
+  BarController,
+  BarElement,
+  CategoryScale,
   Chart,
   ChartDataset,
   Legend,
@@ -12,7 +16,7 @@ import {
   Tooltip
 } from 'chart.js';
 
-Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip);
+Chart.register(LineController, LineElement, PointElement, LinearScale, Legend, Tooltip, BarController, BarElement, CategoryScale);
 
 /** [site, round (0-based), metric name, value or null when the site recorded it missing] */
 export type MetricRecord = [string, number, string, number | null];
@@ -125,6 +129,7 @@ interface ISpec {
   colors: string[]; // the CSS color of each dataset, `var(--...)` resolved at paint time
   lastRound: number;
   finalRound: number | null;
+  histogram?: boolean; // bars per site (half transparent) and the pooled outline
 }
 const specs = new WeakMap<Chart, ISpec>();
 const shown = new WeakSet<object>(); // charts that were drawn on the page
@@ -149,9 +154,11 @@ function paint(chart: Chart): void {
   }
   chart.data.datasets.forEach((line, index) => {
     const color = resolve(spec.colors[index], chart.canvas);
-    Object.assign(line, { borderColor: color, backgroundColor: color });
+    const pooled = spec.histogram && index === chart.data.datasets.length - 1;
+    const fill = !spec.histogram ? color : pooled ? 'transparent' : withAlpha(color, 0.45);
+    Object.assign(line, { borderColor: color, backgroundColor: fill });
   });
-  chart.options = options(spec.lastRound, spec.finalRound, chart.canvas);
+  chart.options = spec.histogram ? histogramOptions(chart.canvas) : options(spec.lastRound, spec.finalRound, chart.canvas);
   chart.update('none');
 }
 
@@ -198,7 +205,92 @@ function options(lastRound: number, finalRound: number | null, element: Element)
   };
 }
 
-function figure(name: string): HTMLElement {
+/** `color` (any CSS color) with opacity `alpha`, as the canvas reads it. */
+function withAlpha(color: string, alpha: number): string {
+  const context = document.createElement('canvas').getContext('2d');
+  if (!context) {
+    return color;
+  }
+  context.fillStyle = color;
+  const hex = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(context.fillStyle);
+  return hex ? `rgba(${hex.slice(1).map(h => parseInt(h, 16)).join(', ')}, ${alpha})` : context.fillStyle;
+}
+
+function histogramOptions(element: Element) {
+  const colors = theme(element);
+  const font = { family: colors.font, size: 10 };
+  return {
+    responsive: true,
+    maintainAspectRatio: true,
+    aspectRatio: 1.4,
+    animation: false as const,
+    color: colors.text,
+    datasets: { bar: { grouped: false, barPercentage: 1, categoryPercentage: 1, borderWidth: 1 } },
+    scales: {
+      x: {
+        type: 'category' as const,
+        ticks: { maxRotation: 45, autoSkipPadding: 4, color: colors.muted, font },
+        grid: { display: false },
+        border: { color: colors.axis }
+      },
+      y: {
+        type: 'linear' as const,
+        beginAtZero: true,
+        title: { display: true, text: 'count', color: colors.muted, font },
+        ticks: { maxTicksLimit: 6, precision: 0, color: colors.muted, font },
+        grid: { color: colors.grid },
+        border: { color: colors.axis }
+      }
+    },
+    plugins: {
+      legend: { position: 'bottom' as const, labels: { color: colors.text, font, boxWidth: 12, boxHeight: 8 } },
+      finalRound: { round: null }
+    }
+  };
+}
+
+/** One histogram row: a bin [low, high) and its count per site and "pooled" ("suppressed": withheld). */
+export type HistogramRow = { low: number; high: number } & Record<string, number | string>;
+
+/**
+ * Draw the histogram of `column` into a new `figure.caia-chart[data-metric=column]` and return it: a
+ * bar per bin for each site of `sites` (overlaid, half transparent; a suppressed bin is left out and
+ * counted in the legend, "SITE (2 bins suppressed)"; a site that withheld it all is only named there,
+ * "SITE (suppressed)") and the pooled counts as outlined bars on top (a partial bin left out). Its
+ * `data-series` is the JSON {site or "pooled": [count or null, ...]} drawn.
+ */
+export function drawHistogram(column: string, rows: HistogramRow[], sites: string[]): HTMLElement {
+  sweep();
+  const node = figure(column, `histogram of ${column} per site and pooled`);
+  node.querySelector('figcaption')!.textContent = 'histogram'; // under the column's own heading
+  const labels = rows.map(row => `${Number(row.low.toPrecision(3))}–${Number(row.high.toPrecision(3))}`);
+  const counts = (who: string) => rows.map(row => (typeof row[who] === 'number' ? (row[who] as number) : null));
+  const bars: ChartDataset<'bar'>[] = [];
+  const colors: string[] = [];
+  const drawn: Record<string, (number | null)[]> = {};
+  for (const site of sites) {
+    const hidden = rows.filter(row => typeof row[site] !== 'number').length;
+    const withheld = hidden === rows.length && rows.length > 0;
+    const label = withheld ? `${site} (suppressed)` : hidden ? `${site} (${hidden} ${hidden === 1 ? 'bin' : 'bins'} suppressed)` : site;
+    bars.push({ label, data: withheld ? [] : counts(site) });
+    colors.push(colorOf(sites, site));
+    if (!withheld) {
+      drawn[site] = counts(site);
+    }
+  }
+  drawn.pooled = counts('pooled'); // a partial bin: null, a gap, never a smaller bar
+  const partial = drawn.pooled.filter(count => count === null).length;
+  bars.push({ label: partial ? `pooled (${partial} ${partial === 1 ? 'bin' : 'bins'} partial)` : 'pooled', data: drawn.pooled, borderWidth: 2 });
+  colors.push('var(--jp-ui-font-color1)');
+  node.dataset.series = JSON.stringify(drawn);
+  const chart = new Chart(node.querySelector('canvas')!, { type: 'bar', data: { labels, datasets: bars as ChartDataset[] } }) as unknown as Chart;
+  specs.set(chart, { colors, lastRound: 0, finalRound: null, histogram: true });
+  paint(chart);
+  watchTheme();
+  return node;
+}
+
+function figure(name: string, label = `${name} per round and site`): HTMLElement {
   const root = document.createElement('figure');
   root.className = 'caia-chart';
   root.dataset.metric = name;
@@ -209,7 +301,7 @@ function figure(name: string): HTMLElement {
   frame.className = 'caia-chart-frame';
   const canvas = document.createElement('canvas');
   canvas.setAttribute('role', 'img');
-  canvas.setAttribute('aria-label', `${name} per round and site`);
+  canvas.setAttribute('aria-label', label);
   frame.append(canvas);
   root.append(title, frame);
   return root;

@@ -1,11 +1,12 @@
 // The "Federated" sidebar: the current notebook's federated cells, bundle id, validation, the
-// approval lifecycle per site, the runs list and the followed run (state per site, live curves).
+// approval lifecycle per site, the runs list, the followed run (state per site, live curves) and the
+// notebook's last exploration (Data).
 import { NotebookPanel } from '@jupyterlab/notebook';
 import type { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { FINAL_STATUSES, INotebookState, IRunState, IRunSummary, Tone, post, remove, request, streamRun } from './api';
-import { colorOf, disposeCharts, drawCharts } from './chart';
+import { FINAL_STATUSES, IExploration, INotebookState, IRunState, IRunSummary, Tone, post, remove, request, streamRun } from './api';
+import { colorOf, disposeCharts, drawCharts, drawHistogram } from './chart';
 
 /** The panel's actions on a notebook; one at a time per notebook. */
 export type Action = 'validate' | 'review' | 'submit';
@@ -117,7 +118,8 @@ export class FederatedPanel extends Widget {
     refresh.onclick = () => void this.refresh();
     actions.append(this.target, refresh);
     // the run followed right under the actions, above the bundle's details and the runs list
-    this.node.append(this.heading, this.message, actions, this.submitReason, this.runView, this.summary, this.runsView);
+    this.dataView.append(element('summary', {}, 'Data'), this.dataBody);
+    this.node.append(this.heading, this.message, actions, this.submitReason, this.runView, this.summary, this.runsView, this.dataView);
     this.heading.className = 'caia-heading';
     this.message.setAttribute('data-caia', 'message');
     this.poller = window.setInterval(() => {
@@ -158,9 +160,10 @@ export class FederatedPanel extends Widget {
     notebook?.context.saveState.connect(this.onSaved, this);
     this.unfollow();
     this.autoFollowed = '';
-    this.lastState = this.lastRuns = '';
+    this.lastState = this.lastRuns = this.lastData = '';
     this.summary.replaceChildren();
     this.runsView.replaceChildren();
+    this.renderData(null);
     this.say('');
     this.updateButtons();
     void this.refresh();
@@ -181,9 +184,10 @@ export class FederatedPanel extends Widget {
     try {
       await notebook.context.ready;
       const path = encodeURIComponent(notebook.context.path);
-      const [state, runs] = await Promise.all([
+      const [state, runs, data] = await Promise.all([
         request<INotebookState>(`notebook?path=${path}`),
-        request<{ runs: IRunSummary[] }>(`runs?path=${path}`).catch(() => ({ runs: [] }))
+        request<{ runs: IRunSummary[] }>(`runs?path=${path}`).catch(() => ({ runs: [] })),
+        request<IExploration>(`explore?path=${path}`).catch(() => null)
       ]);
       if (generation !== this.generation || notebook !== this.notebook) {
         return; // a newer refresh draws
@@ -197,6 +201,11 @@ export class FederatedPanel extends Widget {
         this.render(state);
       } else if (this.notebookError) {
         this.say('');
+      }
+      const dataDigest = JSON.stringify(data);
+      if (dataDigest !== this.lastData) {
+        this.lastData = dataDigest;
+        this.renderData(data && !data.exploration && data.run ? data : null);
       }
       const runsDigest = JSON.stringify(runs.runs) + this.following;
       if (runsDigest !== this.lastRuns) {
@@ -348,6 +357,49 @@ export class FederatedPanel extends Widget {
       return row;
     });
     this.runsView.replaceChildren(element('h3', {}, `Runs (${runs.length})`), element('div', { 'data-caia': 'runs' }, ...rows));
+  }
+
+  /** The Data section: the notebook's last exploration, per column its statistics per site and
+   * pooled, its histogram, and the category counts; what a site withheld reads "suppressed". */
+  private renderData(data: IExploration | null): void {
+    disposeCharts(this.dataBody);
+    this.dataView.hidden = data === null;
+    if (!data) {
+      this.dataBody.replaceChildren();
+      return;
+    }
+    const dataset = data.datasets[0];
+    const who = [...data.sites, 'pooled'];
+    const rowOf = (statistic: string, feature: string) =>
+      data.tables[statistic]?.find(row => row.dataset === dataset && row.feature === feature);
+    const cell = (value: number | string | undefined) =>
+      typeof value === 'number'
+        ? element('td', {}, Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4))))
+        : element('td', value === undefined ? {} : { class: 'caia-suppressed' }, value ?? '–');
+    const statistics: [string, string][] = [['count', 'count'], ['failure_count', 'missing'], ['mean', 'mean'], ['stddev', 'stddev']];
+    const columns = data.spec.columns.map(column => {
+      const table = element('table', { class: 'caia-data-table', 'data-caia-column': column },
+        element('thead', {}, element('tr', {}, element('th', {}, ''), ...statistics.map(([, label]) => element('th', {}, label)))),
+        element('tbody', {}, ...who.map(site => element('tr', { 'data-site': site },
+          element('th', {}, site), ...statistics.map(([statistic]) => cell(rowOf(statistic, column)?.[site]))))));
+      const histogram = data.histograms[column];
+      return element('div', { class: 'caia-data-column' }, element('h4', {}, column), table,
+        ...(histogram ? [drawHistogram(column, histogram, data.sites)] : []));
+    });
+    const categories = (data.tables.count ?? []).filter(row => row.dataset === dataset && !data.spec.columns.includes(row.feature));
+    const categoryTable = categories.length
+      ? [element('h4', {}, 'Categories (count)'), element('table', { class: 'caia-data-table', 'data-caia': 'categories' },
+          element('thead', {}, element('tr', {}, element('th', {}, ''), ...who.map(site => element('th', {}, site)))),
+          element('tbody', {}, ...categories.map(row => element('tr', {}, element('th', {}, row.feature), ...who.map(site => cell(row[site]))))))]
+      : [];
+    const withheld = data.suppressed.length;
+    this.dataBody.replaceChildren(
+      element('div', { class: 'caia-reason' }, `Last exploration of dataset ${dataset} (statistics bundle ${shortOf(data.bundle_id)}): `,
+        pathCode(data.run, { 'data-caia': 'data-run' })),
+      ...columns, ...categoryTable,
+      element('p', { class: 'caia-reason', 'data-caia': 'suppressed' }, withheld
+        ? `${withheld} ${withheld === 1 ? 'statistic' : 'statistics'} suppressed by the sites' thresholds`
+        : 'nothing suppressed'));
   }
 
   async validate(): Promise<void> {
@@ -529,6 +581,7 @@ export class FederatedPanel extends Widget {
   private poller: number;
   private lastState = ''; // the notebook state drawn, as JSON
   private lastRuns = '';
+  private lastData = ''; // the exploration drawn, as JSON
   private following = ''; // the run shown
   private autoFollowed = ''; // the live run followed on its own (not again once left)
   private socket: WebSocket | null = null;
@@ -539,6 +592,8 @@ export class FederatedPanel extends Widget {
   private summary = element('div', { 'data-caia': 'summary' });
   private runsView = element('div', { 'data-caia': 'runs-view' });
   private runView = element('div', { 'data-caia': 'run' });
+  private dataView = element('details', { 'data-caia': 'data', class: 'caia-data', open: '' });
+  private dataBody = element('div');
   private charts = element('div', { 'data-caia': 'charts', class: 'caia-charts' });
   private target = element('select', { 'data-caia': 'target' });
 }

@@ -1,0 +1,360 @@
+"""Dataset standards: declared in the notebook, hashed in the bundle, checked on the sample, shown in
+the review, and checked by the sites (`caia site check`, the guard at admission) as counts per rule."""
+
+import json
+
+import pytest
+
+import corpus
+from caia_jupyter.contracts.errors import CaiaError, ContractError, NotebookError
+from caia_jupyter.contracts.standard import read_standard
+from caia_jupyter.researcher import compose, validation
+from caia_jupyter.reviewer import review, signing
+from caia_jupyter.site import audit, sites
+from caia_jupyter.site.guard import Refusal, admit
+from caia_jupyter.targets.job import build_job
+from conftest import approve, make_site
+
+STANDARD = {
+    "fields": [
+        {"name": "x1", "type": "number", "constraints": {"required": True}},
+        {"name": "x2", "type": "number"},
+        {"name": "label", "type": "integer", "constraints": {"required": True, "enum": [0, 1]}},
+        {"name": "age", "type": "integer", "unit": "years", "description": "age at diagnosis",
+         "constraints": {"required": True, "minimum": 0, "maximum": 120}},
+        {"name": "stage", "type": "string", "constraints": {"enum": ["I", "II", "III", "IV"]}},
+    ],
+    "missingValues": [""],
+}
+STAGES = ["I", "II", "III", "IV"]
+OUT_OF_RANGE = [187, 203, 311, 999, 451, -17, -42]  # 5 above the maximum, 2 below the minimum
+UNKNOWN_STAGES = ["Z9", "Q7"]
+
+
+def table(ages, stages) -> str:
+    rows = [f"{i * 0.1:.1f},{(i % 7) * 0.3:.1f},{i % 2},{age},{stage}" for i, (age, stage) in enumerate(zip(ages, stages))]
+    return "x1,x2,label,age,stage\n" + "\n".join(rows) + "\n"
+
+
+SAMPLE = table([40 + i for i in range(24)], [STAGES[i % 4] for i in range(24)])
+BROKEN = table([40 + i for i in range(23)] + OUT_OF_RANGE, [STAGES[i % 4] for i in range(28)] + UNKNOWN_STAGES)
+
+
+def notebook(folder, standard=STANDARD, sample=SAMPLE):
+    path = corpus.write("good", folder)
+    (folder / "samples" / "tiny.csv").write_text(sample)
+    (folder / "tiny.schema.json").write_text(json.dumps(standard, indent=2))
+    text = path.read_text().replace("param.lr=0.1", "param.lr=0.1 standard.tiny=tiny.schema.json")
+    path.write_text(text)
+    return path
+
+
+def assert_no_value(text: str):
+    for value in [*OUT_OF_RANGE, *UNKNOWN_STAGES]:
+        assert str(value) not in text
+
+
+def test_the_standard_is_a_hashed_bundle_file_named_by_its_dataset(tmp_path):
+    built = compose.build(notebook(tmp_path / "nb"))
+    assert built.manifest["datasets"]["tiny"]["standard"] == "standards/tiny.schema.json"
+    assert built.manifest["files"]["standards/tiny.schema.json"]["role"] == "standard"
+    assert (built.path / "standards" / "tiny.schema.json").read_bytes() == (tmp_path / "nb" / "tiny.schema.json").read_bytes()
+    edited = json.loads((tmp_path / "nb" / "tiny.schema.json").read_text())
+    edited["fields"][3]["constraints"]["maximum"] = 110
+    (tmp_path / "nb" / "tiny.schema.json").write_text(json.dumps(edited))
+    assert compose.build(tmp_path / "nb" / "good.ipynb").id != built.id
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"{", "is not JSON"),
+    (b'{"fields": []}', "is not a Table Schema"),
+    (b'{"fields": [{"name": "age", "type": "integr"}]}', 'field type "integr" is not supported'),
+    (b'{"fields": [{"name": "age", "type": "year"}]}', "which caia does not check"),
+    (b'{"fields": [{"name": "age", "type": "integer", "constraints": {"unique": true}}]}', "constraint 'unique'"),
+    (b'{"fields": [{"name": "age", "type": "integer", "constraints": {"maximum": "old"}}]}', "no bound for type integer"),
+    (b'{"fields": [{"name": "s", "type": "string", "constraints": {"pattern": "("}}]}', "pattern RE2 cannot compile"),
+    (b'{"fields": [{"name": "pid", "type": "string", "constraints": {"pattern": "(?!ZZ99-7777$).*"}}]}',
+     "field 'pid' has a pattern RE2 cannot compile (invalid perl operator: (?!); caia checks patterns in RE2 syntax"),
+    (b'{"fields": [{"name": "a", "type": "string", "a": 1, "a": 2}]}', "duplicate key"),
+])
+def test_a_malformed_standard_is_refused_in_one_line_naming_the_file(data, problem):
+    with pytest.raises(ContractError) as caught:
+        read_standard(data, "tiny.schema.json")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("standard tiny.schema.json: ") and problem in message
+    assert message.endswith("`caia standard infer SAMPLE.csv -o FILE`)")
+
+
+def test_a_standard_whose_fields_are_not_the_samples_columns_is_refused(tmp_path):
+    fields = {**STANDARD, "fields": STANDARD["fields"][:4]}
+    with pytest.raises(NotebookError, match="^standard tiny.schema.json of dataset 'tiny' lacks the sample's column 'stage'"):
+        compose.build(notebook(tmp_path / "nb", fields))
+
+
+def test_a_standard_of_no_requested_dataset_is_refused(tmp_path):
+    path = notebook(tmp_path / "nb")
+    path.write_text(path.read_text().replace("standard.tiny=", "standard.tinny="))
+    with pytest.raises(NotebookError, match="standard.tinny= names no requested dataset"):
+        compose.build(path)
+
+
+def test_a_sample_breaking_its_standard_fails_validation_naming_the_rules(tmp_path):
+    built = compose.build(notebook(tmp_path / "nb", sample=BROKEN))
+    result = validation.validate(built)
+    assert not result.passed
+    assert result.error == ("stage standard: ContractError: the sample of dataset 'tiny' breaks its standard: "
+                            "age minimum (2 rows), age maximum (5 rows), stage enum (2 rows); fix the data or the standard")
+
+
+def test_the_review_shows_the_standard_as_a_table(tmp_path):
+    built = compose.build(notebook(tmp_path / "nb"))
+    nb = review.review_notebook(built)
+    text = next(c.source for c in nb.cells if "| allowed values |" in c.source)
+    assert '"maximum": 120' in text  # the file in full, below its table
+    assert "| field | type | required | range | allowed values | unit | description |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| age "))
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [
+        "age", "integer", "yes", "&#8805; 0 and &#8804; 120".replace("&#8805;", "≥").replace("&#8804;", "≤"),
+        "", "years", "age at diagnosis"]
+
+
+def test_infer_writes_a_starting_standard_and_refuses_to_overwrite(tmp_path, caia):
+    (tmp_path / "s.csv").write_text(SAMPLE.replace(",40,I", ",,I"))
+    code, out, err = caia("standard", "infer", tmp_path / "s.csv", "-o", tmp_path / "s.schema.json")
+    assert code == 0, err
+    inferred = json.loads((tmp_path / "s.schema.json").read_text())
+    assert inferred["fields"] == [
+        {"name": "x1", "type": "number", "constraints": {"required": True}},
+        {"name": "x2", "type": "number", "constraints": {"required": True}},
+        {"name": "label", "type": "integer", "constraints": {"required": True}},
+        {"name": "age", "type": "integer"},
+        {"name": "stage", "type": "string", "constraints": {"required": True}},
+    ]
+    read_standard((tmp_path / "s.schema.json").read_bytes(), "s.schema.json")
+    assert caia("standard", "infer", tmp_path / "s.csv", "-o", tmp_path / "s.schema.json")[0] == 2
+
+
+def broken_site(root, name="site-1"):
+    return make_site(root, name, BROKEN)
+
+
+def test_site_check_reports_counts_per_rule_and_no_value(tmp_path, caia):
+    site = broken_site(tmp_path / "sites")
+    (tmp_path / "std.json").write_text(json.dumps(STANDARD))
+    code, out, err = caia("site", "check", site.path, "--standard", tmp_path / "std.json", "--json")
+    assert code == 1, err
+    assert json.loads(out) == {"site": "site-1", "conforms": False, "datasets": {"tiny": {"conforms": False, "violations": [
+        {"field": "age", "rule": "minimum", "rows": 2}, {"field": "age", "rule": "maximum", "rows": 5},
+        {"field": "stage", "rule": "enum", "rows": 2}]}}}
+    assert_no_value(out + err)
+    code, out, err = caia("site", "check", site.path, "--standard", tmp_path / "std.json", "--dataset", "tiny")
+    assert code == 1 and out.strip() == ("site site-1 dataset tiny: breaks the standard: age minimum (2 rows), "
+                                         "age maximum (5 rows), stage enum (2 rows)")
+    good = make_site(tmp_path / "sites", "site-2", SAMPLE)
+    assert caia("site", "check", good.path, "--standard", tmp_path / "std.json")[0] == 0
+
+
+@pytest.fixture
+def deployed_broken(tmp_path):
+    built = compose.build(notebook(tmp_path / "nb"))
+    job = build_job(built, ["site-1"], tmp_path / "job", name="caia-standard")
+    site = broken_site(tmp_path / "sites")
+    return built, job / "app_site-1", site
+
+
+def test_the_guard_refuses_data_breaking_the_standard_when_the_policy_says_refuse(deployed_broken, caia):
+    built, app, site = deployed_broken
+    assert caia("site", "policy", site.path, "--standard-violations", "refuse")[0] == 0
+    with pytest.raises(CaiaError, match="^site site-1 would refuse this release: dataset tiny breaks its standard: "
+                       r"age minimum \(fewer than 10 rows\).* \(dataset tiny breaks its standard: age minimum \(2 rows\)"):
+        # a reviewer cannot sign what the guard would refuse, and, working at the site, sees its exact counts
+        signing.check_admissible(sites.open_site(site.path), built, {"tiny": "tiny"})
+    sites.set_policy(site.path, standard_violations="report")
+    approve(site, built.id, {"tiny": "tiny"})
+    site = sites.set_policy(site.path, standard_violations="refuse")
+    with pytest.raises(Refusal) as caught:
+        admit(app, site.path, sandbox="off")
+    assert str(caught.value) == (  # a standard is a counting query: the researcher sees no count below min_count
+        f"site-1 refused bundle {built.id}: dataset tiny breaks its standard: age minimum (fewer than 10 rows), age maximum "
+        "(fewer than 10 rows), stage enum (fewer than 10 rows); the site's policy refuses data that breaks the bundle's "
+        "standard (the site fixes its data, or the researcher the standard)")
+    assert_no_value(str(caught.value))
+    last = audit.verify(site)[0][-1]  # the site's own audit log keeps the exact counts
+    assert (last["event"], last["outcome"]) == ("refusal", "refused")
+    assert last["reason"].endswith("(dataset tiny breaks its standard: age minimum (2 rows), age maximum (5 rows), stage enum (2 rows))")
+
+
+def test_a_refusal_gives_exact_counts_from_the_sites_own_min_count_up(deployed_broken):
+    from caia_jupyter.site.statistics import set_thresholds
+
+    built, app, site = deployed_broken
+    approve(site, built.id, {"tiny": "tiny"})
+    sites.set_policy(site.path, standard_violations="refuse")
+    set_thresholds(site.path, min_count=5)
+    with pytest.raises(Refusal) as caught:
+        admit(app, site.path, sandbox="off")
+    assert "age minimum (fewer than 5 rows), age maximum (5 rows), stage enum (fewer than 5 rows);" in str(caught.value)
+
+
+def test_with_the_policy_report_the_guard_admits_and_records_the_counts(deployed_broken):
+    built, app, site = deployed_broken
+    approve(site, built.id, {"tiny": "tiny"})
+    release = admit(app, site.path, sandbox="off")
+    assert release.datasets["tiny"]["violations"] == [["age", "minimum", 2], ["age", "maximum", 5], ["stage", "enum", 2]]
+    last = audit.verify(site)[0][-1]
+    assert (last["event"], last["outcome"]) == ("admission", "admitted")
+    assert last["reason"] == "dataset tiny breaks its standard: age minimum (2 rows), age maximum (5 rows), stage enum (2 rows)"
+
+
+def test_a_tampered_standard_is_refused_by_the_guard(deployed_broken):
+    built, app, site = deployed_broken
+    approve(site, built.id, {"tiny": "tiny"})
+    file = next(app.rglob("tiny.schema.json"))
+    file.write_text(file.read_text().replace("120", "1200"))
+    with pytest.raises(Refusal, match="standards/tiny.schema.json differs from the bundle's manifest"):
+        admit(app, site.path, sandbox="off")
+
+
+@pytest.mark.slow
+def test_a_refused_standard_in_a_real_simulator_run_names_the_rules(tmp_path):
+    from caia_jupyter.targets.submit import submit
+
+    built = compose.build(notebook(tmp_path / "nb"))
+    assert validation.validate(built).passed
+    made = [make_site(tmp_path / "sites", name, SAMPLE) for name in ("site-1", "site-2")] + [broken_site(tmp_path / "sites", "site-3")]
+    for site in made:
+        approve(site, built.id, {"tiny": "tiny"})
+    sites.set_policy(made[2].path, standard_violations="refuse")
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished"
+    assert run.refusals["site-3"] == (
+        f"site-3 refused bundle {built.id}: dataset tiny breaks its standard: age minimum (fewer than 10 rows), age maximum "
+        "(fewer than 10 rows), stage enum (fewer than 10 rows); the site's policy refuses data that breaks the bundle's "
+        "standard (the site fixes its data, or the researcher the standard)")
+    assert "site-3" not in set(run.metrics()["site"])
+
+
+def test_a_changed_standard_is_named_among_the_changes_a_reviewer_sees(tmp_path):
+    from caia_jupyter.reviewer.changes import other_changes
+
+    path = notebook(tmp_path / "nb")
+    old = compose.build(path, tmp_path / "old")
+    edited = json.loads((tmp_path / "nb" / "tiny.schema.json").read_text())
+    edited["fields"][4]["constraints"]["enum"].append("V")
+    (tmp_path / "nb" / "tiny.schema.json").write_text(json.dumps(edited))
+    new = compose.build(path, tmp_path / "new")
+    old_sha, new_sha = (b.manifest["files"]["standards/tiny.schema.json"]["sha256"][:12] for b in (old, new))
+    assert other_changes(old, new) == [f"dataset tiny standard changed (sha256 {old_sha} -> {new_sha})"]
+
+
+def test_the_magic_infers_a_standard_like_the_cli(shell, tmp_path):
+    (tmp_path / "s.csv").write_text(SAMPLE)
+    shell.run_line_magic("federated", "standard infer s.csv -o s.schema.json")
+    fields = json.loads((tmp_path / "s.schema.json").read_text())["fields"]
+    assert [(f["name"], f["type"]) for f in fields] == [("x1", "number"), ("x2", "number"), ("label", "integer"),
+                                                        ("age", "integer"), ("stage", "string")]
+
+
+def test_verify_refuses_a_tampered_standard(tmp_path, caia):
+    built = compose.build(notebook(tmp_path / "nb"))
+    file = built.path / "standards" / "tiny.schema.json"
+    file.write_text(file.read_text().replace("120", "1200"))
+    code, out, err = caia("verify", built.path)
+    assert code == 1 and "standards/tiny.schema.json" in out + err
+
+
+def test_a_manifest_standard_must_be_its_datasets_listed_file(tmp_path):
+    from pydantic import ValidationError
+
+    from caia_jupyter.contracts.manifest import Manifest
+
+    manifest = compose.build(notebook(tmp_path / "nb")).manifest
+    manifest["datasets"]["tiny"]["standard"] = "standards/other.schema.json"
+    with pytest.raises(ValidationError, match="must name its standard as the listed file standards/tiny.schema.json"):
+        Manifest.model_validate(manifest)
+    del manifest["datasets"]["tiny"]["standard"]
+    with pytest.raises(ValidationError, match="standards/tiny.schema.json is the standard of no requested dataset"):
+        Manifest.model_validate(manifest)
+
+
+def test_the_policy_is_shown_set_and_refused_when_unknown(tmp_path, caia):
+    site = make_site(tmp_path / "sites", "site-1")
+    code, out, _ = caia("site", "policy", site.path)
+    assert code == 0 and "data breaking a bundle's dataset standard: admitted, the counts recorded in the audit log" in out
+    code, out, _ = caia("site", "policy", site.path, "--standard-violations", "refuse", "--json")
+    assert code == 0 and json.loads(out)["policy"]["standard_violations"] == "refuse"
+    assert "data breaking a bundle's dataset standard: the bundle is refused" in caia("site", "show", site.path)[1]
+    meta = json.loads((site.path / "site.json").read_text())
+    meta["policy"]["standard_violations"] = "ignore"
+    (site.path / "site.json").write_text(json.dumps(meta))
+    code, _, err = caia("site", "show", site.path)
+    assert code == 2 and "site.json's policy.standard_violations 'ignore' must be one of report, refuse" in err
+
+
+def standard_of(*fields) -> dict:
+    return read_standard(json.dumps({"fields": list(fields)}).encode(), "s.schema.json")
+
+
+def test_a_pattern_is_matched_in_linear_time():
+    import time
+
+    import pandas as pd
+    from caia_jupyter.contracts.standard import Violation, violations
+
+    nested = standard_of({"name": "pid", "type": "string", "constraints": {"pattern": "([A-Z0-9]+)+"}})
+    frame = pd.DataFrame({"pid": ["A" * 40 + "-", "AB12"]})  # catastrophic backtracking for a backtracking engine
+    started = time.monotonic()
+    assert violations(frame, nested) == [Violation("pid", "pattern", 1)]
+    assert time.monotonic() - started < 5
+
+
+def test_a_pattern_with_inline_flags_matches_the_whole_value(tmp_path, caia):
+    from caia_jupyter.contracts.standard import Violation, violations
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"stage": ["I", "x", "ii", "IIx"], "radius": ["1.5", "2", "a1", "3.0"]})
+    found = violations(frame, standard_of({"name": "stage", "type": "string", "constraints": {"pattern": "(?i)i|ii|iii|iv"}},
+                                          {"name": "radius", "type": "string", "constraints": {"pattern": "(?s)[0-9.]+"}}))
+    assert found == [Violation("stage", "pattern", 2), Violation("radius", "pattern", 1)]
+    site = make_site(tmp_path / "sites", "site-1")
+    (tmp_path / "flag.json").write_text(json.dumps({"fields": [{"name": "x1", "type": "string", "constraints": {"pattern": "(?s)[0-9.]+"}}]}))
+    code, out, err = caia("site", "check", site.path, "--standard", tmp_path / "flag.json")
+    assert code == 0 and "Traceback" not in out + err and out.strip() == "site site-1 dataset tiny: meets the standard"
+
+
+@pytest.mark.parametrize("kind, bound, values", [
+    ("date", "2100-01-01T00:00:00+00:00", ["2020-01-05", "2021-03-01", "2019-07-07"]),
+    ("date", "2100-01-01", ["2020-01-05", "2021-03-01", "2019-07-07"]),
+    ("datetime", "2100-01-01T00:00:00Z", ["2020-01-05T10:00:00+02:00", "2021-03-01T00:00:00", "2019-07-07T23:00:00-05:00"]),
+])
+def test_a_date_bound_with_or_without_a_zone_counts_every_earlier_date(kind, bound, values):
+    import pandas as pd
+    from caia_jupyter.contracts.standard import Violation, violations
+
+    found = violations(pd.DataFrame({"diagnosed": values}),
+                       standard_of({"name": "diagnosed", "type": kind, "constraints": {"minimum": bound}}))
+    assert found == [Violation("diagnosed", "minimum", 3)]
+
+
+def test_dates_are_compared_in_utc():
+    import pandas as pd
+    from caia_jupyter.contracts.standard import Violation, violations
+
+    # 2020-01-01T01:00+02:00 is 2019-12-31T23:00Z: before the minimum
+    found = violations(pd.DataFrame({"at": ["2020-01-01T01:00:00+02:00", "2020-01-01T03:00:00+02:00"]}),
+                       standard_of({"name": "at", "type": "datetime", "constraints": {"minimum": "2020-01-01T00:00:00Z"}}))
+    assert found == [Violation("at", "minimum", 1)]
+
+
+def test_a_check_failing_as_a_whole_counts_every_row_it_checks(monkeypatch):
+    import pandas as pd
+    import pandera.pandas as pa
+    from caia_jupyter.contracts import standard
+    from caia_jupyter.contracts.standard import Violation, violations
+
+    # a fake check that raises, as pandera reports a check that cannot compare the column at all
+    monkeypatch.setattr(standard, "_check", lambda rule, value, kind: pa.Check(lambda values: 1 / 0))
+    found = violations(pd.DataFrame({"age": ["1", "2", "", "x"]}),
+                       standard_of({"name": "age", "type": "number", "constraints": {"maximum": 5}}))
+    assert found == [Violation("age", "type", 1), Violation("age", "maximum", 2)]
