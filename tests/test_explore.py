@@ -74,6 +74,9 @@ def test_request_parses_into_a_spec():
     assert spec["categories"] == {"stage": STAGES}
     with pytest.raises(NotebookError, match="histograms=COLUMN:BINS"):
         parse(["dataset=a:s.csv", "columns=x", "histograms=x:1:2"])
+    # count(grade) - (grade=1) - (grade=2) would give the rows of any other grade, however few
+    with pytest.raises(ValueError, match="'grade' is both described and counted by category; request one of the two"):
+        StatisticsSpec(columns=["grade"], statistics=["count"], categories={"grade": ["1", "2"]})
 
 
 def test_the_request_is_read_from_the_notebooks_line_in_each_form_the_magic_takes(tmp_path):

@@ -82,6 +82,10 @@ class StatisticsSpec(_Strict):
             raise ValueError("the statistic 'quantile' needs quantiles=Q,... each strictly between 0 and 1")
         if any(not values or len(set(values)) != len(values) for values in self.categories.values()):
             raise ValueError("each categorical column needs distinct declared categories")
+        # a described column's count minus its category counts would give the rows in no category
+        both = sorted(set(self.categories) & set(self.columns))
+        if both:
+            raise ValueError(f"{both[0]!r} is both described and counted by category; request one of the two")
         return self
 
     def features(self) -> list[str]:
