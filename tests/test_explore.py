@@ -13,7 +13,7 @@ import pytest
 from caia_jupyter.contracts.errors import NotebookError, SubmitRefused
 from caia_jupyter.contracts.fileset import listing_problems
 from caia_jupyter.researcher import bundle as bundles
-from caia_jupyter.contracts.manifest import StatisticsSpec
+from caia_jupyter.contracts.manifest import HistogramSpec, StatisticsSpec
 from caia_jupyter.researcher.explore import PARTIAL, SUPPRESSED, Result, parse, statistics_bundle
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import sites as site_dirs
@@ -261,13 +261,18 @@ def test_nvflares_cleansers_apply_the_site_thresholds():
 
     spec = StatisticsSpec(columns=["rare", "common"], statistics=["count", "failure_count", "mean", "histogram"],
                           histograms={"common": {"bins": 6}})
-    cleaned, _ = _Cleansers(Thresholds(min_count=10, max_bins_percent=10), spec).apply(stats(), "site-1")
+    cleaned, _ = _Cleansers(Thresholds(min_count=10, max_bins_percent=10), spec, "seed").apply(stats(), "site-1")
     assert "rare" not in cleaned["count"]["d"] and "rare" not in cleaned["sum"]["d"] and "rare" not in cleaned["min"]["d"]
     assert cleaned["count"]["d"]["common"] == 40 and cleaned["failure_count"]["d"]["common"] == 20  # 40 values count
     assert "common" not in cleaned["histogram"]["d"]  # 6 bins >= 10% of 40 values
     assert cleaned["min"]["d"]["common"] < 2.0 < 9.0 < cleaned["max"]["d"]["common"]  # NVFLARE's noise on extremes
-    cleaned, _ = _Cleansers(Thresholds(min_count=10, max_bins_percent=20, extremes=False), spec).apply(stats(), "site-1")
-    assert "common" in cleaned["histogram"]["d"] and cleaned["min"] == {"d": {}} and cleaned["max"] == {"d": {}}
+    # a site that sends no extremes agrees no range: only a histogram over a range the request fixes leaves
+    no_extremes = Thresholds(min_count=10, max_bins_percent=20, extremes=False)
+    cleaned, _ = _Cleansers(no_extremes, spec, "seed").apply(stats(), "site-1")
+    assert cleaned["histogram"]["d"] == {} and cleaned["min"] == {"d": {}} and cleaned["max"] == {"d": {}}
+    fixed = spec.model_copy(update={"histograms": {"common": HistogramSpec(bins=6, range=[0, 6])}})
+    cleaned, _ = _Cleansers(no_extremes, fixed, "seed").apply(stats(), "site-1")
+    assert [b.sample_count for b in cleaned["histogram"]["d"]["common"].bins] == [10, 10, 10, 10, 0, 0]
 
 
 def test_the_reviewers_workbench_reads_a_statistics_bundle_and_never_diffs_code_against_it(federation, tmp_path):
@@ -297,7 +302,7 @@ SPEC = StatisticsSpec(columns=["age", "size"], statistics=["count", "failure_cou
 
 def released(statistics: dict, **thresholds) -> dict:
     """What `_Cleansers` lets out of `statistics` under SPEC and the thresholds (default min_count 10)."""
-    return _Cleansers(Thresholds(**{"min_count": 10, "max_bins_percent": 100, **thresholds}), SPEC).apply(statistics, "site-1")[0]
+    return _Cleansers(Thresholds(**{"min_count": 10, "max_bins_percent": 100, **thresholds}), SPEC, "seed").apply(statistics, "site-1")[0]
 
 
 def site_answer(frame: pd.DataFrame, spec: StatisticsSpec = SPEC, histogram_range=(0, 100), quantiles=(0.05, 0.5)) -> dict:
@@ -317,6 +322,17 @@ def site_answer(frame: pd.DataFrame, spec: StatisticsSpec = SPEC, histogram_rang
             "min": each(lambda f: generator.min_value("d", f)), "max": each(lambda f: generator.max_value("d", f)),
             "histogram": {"d": {f: generator.histogram("d", f, 2, *histogram_range) for f in spec.histograms}},
             "quantile": {"d": {f: generator.quantiles("d", f, list(quantiles)) for f in spec.columns}}}
+
+
+def in_two_rounds(cleansers: _Cleansers, answer: dict) -> dict:
+    """What one job's site filter (`cleansers`) lets out of `answer` (`site_answer`) as NVFLARE's
+    executor hands it over: the first round's statistics, then the second's (the histograms, with
+    the counts NVFLARE always adds), whose ranges the first round's extremes bound."""
+    second = {"histogram": answer.pop("histogram"), "count": json.loads(json.dumps(answer["count"])),
+              "failure_count": json.loads(json.dumps(answer["failure_count"]))}
+    out = cleansers.apply(answer, "site-1")[0]
+    out["histogram"] = cleansers.apply(second, "site-1")[0]["histogram"]
+    return out
 
 
 def patients(n=100, stage_iv=0, stage_missing=0, size_missing=0, old=0) -> pd.DataFrame:
@@ -339,7 +355,7 @@ def test_a_missing_count_below_the_minimum_withholds_every_statistic_of_the_colu
         assert "size" not in out[statistic]["d"], statistic  # N - count would reveal the 4
         assert "age" in out[statistic]["d"], statistic
     spec = StatisticsSpec(columns=["age", "size"], statistics=["count"])  # missing counts not asked: still read
-    out = _Cleansers(Thresholds(), spec).apply(site_answer(patients(size_missing=4), spec), "s")[0]
+    out = _Cleansers(Thresholds(), spec, "seed").apply(site_answer(patients(size_missing=4), spec), "s")[0]
     assert "size" not in out["count"]["d"] and out["count"]["d"]["age"] == 100 and out["failure_count"] == {"d": {}}
     out = released(site_answer(patients(size_missing=12)))
     assert out["count"]["d"]["size"] == 88 and out["failure_count"]["d"]["size"] == 12
@@ -348,7 +364,7 @@ def test_a_missing_count_below_the_minimum_withholds_every_statistic_of_the_colu
 def stage_counts(frame: pd.DataFrame, categories: list[str]) -> dict:
     """The stage counts a site releases for `frame` with the spec's `categories`, min_count 10."""
     spec = StatisticsSpec(columns=["age"], statistics=["count"], categories={"stage": categories})
-    out = _Cleansers(Thresholds(min_count=10, max_bins_percent=100), spec).apply(site_answer(frame, spec), "s")[0]
+    out = _Cleansers(Thresholds(min_count=10, max_bins_percent=100), spec, "seed").apply(site_answer(frame, spec), "s")[0]
     stages = {f for by_ds in out.values() for f in by_ds["d"] if f.startswith("stage=")}
     assert stages <= set(out["count"]["d"]) and not any(f.startswith("stage=") for f in out["failure_count"]["d"])
     return {f: out["count"]["d"][f] for f in stages}
@@ -383,7 +399,7 @@ def test_a_histogram_with_one_small_tail_bin_releases_all_but_two_bins_and_neith
     def age_histogram(*sizes):  # 100 ages in the spec's 8 bins over [0, 100)
         answer = site_answer(patients(), spec)
         answer["histogram"]["d"]["age"] = Histogram(HistogramType.STANDARD, [Bin(i * 12.5, (i + 1) * 12.5, n) for i, n in enumerate(sizes)])
-        out = _Cleansers(Thresholds(min_count=10, max_bins_percent=100), spec).apply(answer, "site-1")[0]
+        out = _Cleansers(Thresholds(min_count=10, max_bins_percent=100), spec, "seed").apply(answer, "site-1")[0]
         return out["count"]["d"]["age"], out["histogram"]["d"].get("age")
 
     count, histogram = age_histogram(0, 4, 12, 20, 25, 17, 12, 10)  # a tail bin of 4
@@ -412,10 +428,14 @@ def test_a_histogram_with_a_small_bin_or_remainder_suppresses_bins_not_the_histo
     narrow = site_answer(patients(old=3), histogram_range=(90, 99))
     assert "age" not in released(narrow)["histogram"]["d"]  # another range than the spec's: not asked
     spec = StatisticsSpec(columns=["age", "size"], statistics=["count", "histogram"], histograms={"age": {"bins": 2}})
-    wide = _Cleansers(Thresholds(max_bins_percent=100), spec).apply(site_answer(patients(old=3), spec, (90, 99)), "s")[0]
-    assert nan(wide["histogram"]["d"]["age"]) == [False, True]  # a range the server chose: bins of 0 and 3, hidden with the 97 beyond
-    fine = _Cleansers(Thresholds(max_bins_percent=100), spec).apply(site_answer(patients(), spec, (0, 100)), "s")[0]
-    assert sum(b.sample_count for b in fine["histogram"]["d"]["age"].bins) == 100
+
+    def agreed(frame, histogram_range):  # a range the server chose, after the site sent its noisy extremes (30..97 ages)
+        return in_two_rounds(_Cleansers(Thresholds(max_bins_percent=100), spec, "seed"), site_answer(frame, spec, histogram_range))
+
+    assert agreed(patients(old=3), (90, 99))["histogram"]["d"] == {}  # it does not hold them: it isolates the tail
+    assert agreed(patients(old=3), (0, 200))["histogram"]["d"] == {}  # a zero bin hides, and nothing can hide with it
+    fine = agreed(patients(old=3), (0, 140))["histogram"]["d"]["age"]  # it holds them, no bin is small
+    assert not any(nan(fine)) and sum(b.sample_count for b in fine.bins) == 100
 
 
 def test_nvflare_pools_a_suppressed_bin_into_a_partial_one():
@@ -466,7 +486,7 @@ def test_a_site_releases_only_what_the_approved_spec_names():
     answer["quantile"]["d"]["age"]["quantile"][0.9] = 70.0  # a quantile it does not ask
     spec = StatisticsSpec(columns=["age", "size"], statistics=["count", "histogram", "quantile"], quantiles=[0.5],
                           histograms={"age": {"bins": 3}}, categories={"stage": ["I", "II", "IV"]})
-    restrict(answer, spec)
+    restrict(answer, spec, {})
     assert answer["sum"] == answer["mean"] == answer["var"] == answer["failure_count"] == {"d": {}}
     assert answer["histogram"]["d"] == {}  # 2 bins where the spec asks 3; size not asked
     assert list(answer["quantile"]["d"]["age"]["quantile"]) == [0.5]
@@ -516,3 +536,35 @@ def test_caia_explore_on_a_poc_that_is_none_is_one_line(federation, tmp_path, ca
     _, _, work = federation
     code, _, err = caia("explore", work / "explore.ipynb", "--target", "poc", "--poc-workspace", tmp_path / "nopoc")
     assert code == 2 and "is not a caia POC workspace" in err and err.count("\n") == 1
+
+
+def test_noise_on_extremes_is_the_same_on_every_run_of_a_bundle_and_keyed_by_the_sites_secret(tmp_path):
+    import random
+    import stat
+
+    from caia_jupyter.site.statistics import NOISE_KEY_FILE, noise_seed
+
+    (tmp_path / "a").mkdir()
+    seed = noise_seed(tmp_path / "a", "b" * 64)
+    assert seed == noise_seed(tmp_path / "a", "b" * 64) != noise_seed(tmp_path / "a", "c" * 64)
+    assert stat.S_IMODE((tmp_path / "a" / NOISE_KEY_FILE).stat().st_mode) == 0o600
+    (tmp_path / "b").mkdir()
+    assert noise_seed(tmp_path / "b", "b" * 64) != seed  # another site, another key
+    (tmp_path / "b" / NOISE_KEY_FILE).write_bytes(b"short")
+    with pytest.raises(Exception, match="statistics.key of the site is not a key of 32 bytes; remove it"):
+        noise_seed(tmp_path / "b", "b" * 64)
+
+    spec = StatisticsSpec(columns=["age"], statistics=["count", "histogram"], histograms={"age": {"bins": 2}})
+
+    def extremes(noise_seed):  # what a site sends for an agreed histogram range
+        answer = {"count": {"d": {"age": 100}}, "failure_count": {"d": {"age": 0}},
+                  "min": {"d": {"age": 30.0}}, "max": {"d": {"age": 97.0}}}
+        out = _Cleansers(Thresholds(), spec, noise_seed).apply(answer, "s")[0]
+        return out["min"]["d"]["age"], out["max"]["d"]["age"]
+
+    state = random.getstate()
+    assert extremes(seed) == extremes(seed)  # a second run of the bundle: the same noisy values, nothing to average
+    assert extremes(seed) != extremes(noise_seed(tmp_path / "a", "c" * 64))
+    assert random.getstate() == state  # the process's own random numbers go on as they were
+    low, high = extremes(seed)
+    assert 30 * 0.7 <= low <= 30 * 0.9 and 97 * 1.1 <= high <= 97 * 1.3  # NVFLARE's noise, 10% to 30%

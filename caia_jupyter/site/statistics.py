@@ -13,14 +13,27 @@ approved spec; never the bundle's or the server's settings: `withhold` removes w
 a number between 0 and the minimum count, directly or by subtraction (differencing), `restrict`
 whatever the spec does not name, then NVFLARE's cleansers (MinCountCleanser, AddNoiseToMinMax,
 HistogramBinsCleanser) apply. The researcher sees what was withheld as suppressed.
+
+The server is the researcher's: it may ask any histogram range and run an approved bundle again and
+again. So NVFLARE's noise on min and max is drawn from a seed the guard derives from the site's own
+key and the bundle id (`noise_seed`), the same on every run of the bundle, which therefore cannot
+average it away; a histogram range the spec does not fix must hold the extremes this site sent (as
+NVFLARE's agreed range does), and its zero bins are suppressed like small ones (else moving the
+edges from run to run would find where no value lies, and so a value).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import math
+import os
+import random
+import secrets
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -43,6 +56,7 @@ from .context import read_released
 from .release import Release
 
 THRESHOLDS_FILE = "statistics.json"  # in the site directory
+NOISE_KEY_FILE = "statistics.key"  # in the site directory: the secret behind `noise_seed`; never leaves it
 GENERATOR_ID = "caia_statistics"
 logger = logging.getLogger(__name__)
 SUPPRESSED_BIN = float("nan")  # a suppressed bin's count: NVFLARE sums it into a NaN pooled bin, never a smaller one
@@ -118,6 +132,46 @@ def set_thresholds(site_dir: str | Path, **changes) -> Thresholds:
     return write_thresholds(site_dir, merged_thresholds(site_dir, **changes))
 
 
+def noise_seed(site_dir: str | Path, bundle_id: str) -> str:
+    """The seed of NVFLARE's noise on min and max for `bundle_id` at this site: HMAC-SHA256 (hex) of
+    the id under the site's key (NOISE_KEY_FILE, 32 random bytes made on first use, readable by the
+    site's account only). Every run of one bundle gets the same noise, so repeated runs cannot average
+    it away, and nobody without the key can compute it. Raises SiteError for a key that cannot be
+    read or made."""
+    file = Path(site_dir) / NOISE_KEY_FILE
+    try:
+        if not file.exists():
+            staged = file.with_name(f".{NOISE_KEY_FILE}.{os.getpid()}")
+            descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(secrets.token_bytes(32))
+            try:
+                os.link(staged, file)  # whole or not at all; a key another guard made first stays
+            except FileExistsError:
+                pass
+            finally:
+                staged.unlink()
+        key = file.read_bytes()
+    except OSError as e:
+        raise SiteError(f"{NOISE_KEY_FILE} of the site cannot be read or made ({e.strerror}); "
+                        "give the site's account access to its directory") from None
+    if len(key) != 32:
+        raise SiteError(f"{NOISE_KEY_FILE} of the site is not a key of 32 bytes; remove it and the next statistics run makes one")
+    return hmac.new(key, bundle_id.encode(), hashlib.sha256).hexdigest()
+
+
+@contextmanager
+def seeded(seed: str):
+    """Python's `random` (NVFLARE's noise draws from it) seeded with `seed` inside the block, and as
+    it was after."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def statistics_frames(release: Release) -> dict[str, pd.DataFrame]:
     """Dataset name -> the frame NVFLARE describes (`described`) of each released dataset."""
     spec = StatisticsSpec.model_validate(release.statistics["spec"])
@@ -183,40 +237,50 @@ class SiteStatisticsFilter(StatisticsPrivacyFilter):
 
     def __init__(self):
         super().__init__(result_cleanser_ids=[])
-        self.thresholds = Thresholds()
-        self.spec = None
+        self.cleansers = None
 
     def process_dxo(self, dxo, shareable, fl_ctx):
-        release = Release.read(fl_ctx.get_prop(FLContextKey.APP_ROOT))
-        self.thresholds = Thresholds(**release.statistics["thresholds"])
-        self.spec = StatisticsSpec.model_validate(release.statistics["spec"])
+        if self.cleansers is None:  # one job: its first task's min and max bound its second's histogram ranges
+            release = Release.read(fl_ctx.get_prop(FLContextKey.APP_ROOT))
+            self.cleansers = _Cleansers(Thresholds(**release.statistics["thresholds"]),
+                                        StatisticsSpec.model_validate(release.statistics["spec"]), release.statistics["noise_seed"])
         return super().process_dxo(dxo, shareable, fl_ctx)
 
     def get_cleansers(self, result_checker_ids, fl_ctx) -> list:
-        return [_Cleansers(self.thresholds, self.spec)]
+        return [self.cleansers]
 
 
 class _Cleansers:
-    """`withhold`, `restrict` to the spec, NVFLARE's cleansers in turn, then the spec's histogram
-    ranges as the min/max NVFLARE needs for them."""
+    """`withhold`, `restrict` to the spec, NVFLARE's cleansers in turn (its noise seeded with
+    `noise_seed`), then the spec's histogram ranges as the min/max NVFLARE needs for them. `sent`:
+    (dataset, feature) -> the [min, max] this site sent, which a histogram range the spec does not
+    fix must hold."""
 
-    def __init__(self, thresholds: Thresholds, spec: StatisticsSpec):
+    def __init__(self, thresholds: Thresholds, spec: StatisticsSpec, noise_seed: str):
         self.thresholds = thresholds
         self.spec = spec
+        self.noise_seed = noise_seed
+        self.sent: dict[tuple[str, str], list[float]] = {}
 
     def apply(self, statistics: dict, client_name: str) -> tuple[dict, bool]:
         t = self.thresholds
         withhold(statistics, t, self.spec)  # first: it reads every missing count, released or not
-        restrict(statistics, self.spec)
+        restrict(statistics, self.spec, self.sent)
         # NVFLARE's cleansers count `count - failure_count`; caia's count is already the values present
         view = {**statistics, StC.STATS_FAILURE_COUNT: {ds: {f: 0 for f in counts}
                                                         for ds, counts in statistics.get(StC.STATS_COUNT, {}).items()}}
         cleansers = [MinCountCleanser(min_count=t.min_count), HistogramBinsCleanser(max_bins_percent=t.max_bins_percent)]
         if t.extremes:
             cleansers.append(AddNoiseToMinMax(t.min_noise_level, t.max_noise_level))
-        for cleanser in cleansers:
-            view, _ = cleanser.apply(view, client_name)
+        with seeded(self.noise_seed):
+            for cleanser in cleansers:
+                view, _ = cleanser.apply(view, client_name)
         spec_ranges(statistics, self.spec)
+        for ds, features in statistics.get(StC.STATS_MIN, {}).items():
+            for feature, low in features.items():
+                high = statistics.get(StC.STATS_MAX, {}).get(ds, {}).get(feature)
+                if high is not None:
+                    self.sent[ds, feature] = [low, high]
         return statistics, True
 
 
@@ -230,11 +294,13 @@ def allowed_statistics(spec: StatisticsSpec) -> set[str]:
     return asked.union(*(needs.get(name, set()) for name in asked))
 
 
-def restrict(statistics: dict, spec: StatisticsSpec) -> int:
+def restrict(statistics: dict, spec: StatisticsSpec, sent: dict[tuple[str, str], list[float]]) -> int:
     """Remove from `statistics` (NVFLARE's statistic -> dataset -> feature -> value) whatever the
     approved `spec` does not name, whatever the server's task asked: other statistics, other
-    features, any statistic but count of a category indicator, a histogram with other bins or, when the spec fixes one, another range, and
-    other quantiles. Each is logged at the site. Returns how many values it removed."""
+    features, any statistic but count of a category indicator, a histogram with other bins or, when
+    the spec fixes a range, another range, or, when it does not, a range that does not hold the
+    [min, max] this site sent (`sent`: (dataset, feature) -> them; NVFLARE's agreed range holds every
+    site's), and other quantiles. Each is logged at the site. Returns how many values it removed."""
     allowed = allowed_statistics(spec)
     columns = set(spec.columns)
     indicators = set(spec.features()) - columns
@@ -245,7 +311,7 @@ def restrict(statistics: dict, spec: StatisticsSpec) -> int:
                 value = features[feature]
                 keep = statistic in allowed and (feature in columns or (feature in indicators and statistic == StC.STATS_COUNT))
                 if keep and statistic == StC.STATS_HISTOGRAM:
-                    keep = _as_asked(value, spec.histograms.get(feature))
+                    keep = _as_asked(value, spec.histograms.get(feature), sent.get((ds, feature)))
                 if keep and statistic == StC.STATS_QUANTILE:
                     asked = {q: v for q, v in value.get(StC.STATS_QUANTILE, {}).items()
                              if any(math.isclose(q, a) for a in spec.quantiles)}
@@ -261,12 +327,15 @@ def restrict(statistics: dict, spec: StatisticsSpec) -> int:
     return removed
 
 
-def _as_asked(histogram, asked) -> bool:
-    """Whether a histogram has the spec's bins (and range, when the spec fixes one)."""
+def _as_asked(histogram, asked, sent: list[float] | None) -> bool:
+    """Whether a histogram has the spec's bins and range, when the spec fixes one, or else a range
+    holding `sent`, the min and max this site sent (None: it sent none, so no range is agreed)."""
     if asked is None or len(histogram.bins) != asked.bins:
         return False
-    edges = (histogram.bins[0].low_value, histogram.bins[-1].high_value)
-    return asked.range is None or all(math.isclose(a, b) for a, b in zip(edges, asked.range))
+    low, high = histogram.bins[0].low_value, histogram.bins[-1].high_value
+    if asked.range is not None:
+        return math.isclose(low, asked.range[0]) and math.isclose(high, asked.range[1])
+    return sent is not None and low <= sent[0] and high >= sent[1]
 
 
 def withhold(statistics: dict, thresholds: Thresholds, spec: StatisticsSpec) -> int:
@@ -278,7 +347,8 @@ def withhold(statistics: dict, thresholds: Thresholds, spec: StatisticsSpec) -> 
     - a category's count, and a histogram's bin (sent as SUPPRESSED_BIN, NaN), that `complementary`
       suppresses: the small ones and enough others that none can be recovered from the released
       ones and the total (the remainder, rows in no declared category or out of the histogram's
-      range, is never sent); the indicators' failure_count (N - count) is never sent;
+      range, is never sent; a zero bin too when the spec fixes no range, as the server chose its
+      edges); the indicators' failure_count (N - count) is never sent;
     - a quantile q with min(q, 1 - q) x count below the minimum; the t-digest sent is `coarse`;
     - for a site that sends no extremes, every min and max (`spec_ranges` puts back a spec's range).
 
@@ -309,7 +379,8 @@ def withhold(statistics: dict, thresholds: Thresholds, spec: StatisticsSpec) -> 
         for feature, histogram in list(features.items()):
             sizes = [b.sample_count for b in histogram.bins]
             count = counts.get(ds, {}).get(feature)
-            hidden = None if count is None else complementary(sizes, count - sum(sizes), thresholds.min_count)
+            agreed = feature not in spec.histograms or spec.histograms[feature].range is None  # edges the server chose
+            hidden = None if count is None else complementary(sizes, count - sum(sizes), thresholds.min_count, zeros=agreed)
             if hidden is None:
                 del features[feature]
                 removed += 1
@@ -338,19 +409,20 @@ def withhold(statistics: dict, thresholds: Thresholds, spec: StatisticsSpec) -> 
     return removed
 
 
-def complementary(cells: list[float], remainder: float, min_count: int) -> set[int] | None:
+def complementary(cells: list[float], remainder: float, min_count: int, zeros: bool = False) -> set[int] | None:
     """Cell suppression with complementary suppression, for counts whose total is released (a
     histogram's bins or a column's category counts; `remainder` = total - sum(cells) is never sent).
 
-    Primary: every cell with 0 < count < min_count (the remainder too). Secondary: while the hidden
-    cells (the suppressed ones and the remainder) hold fewer than min_count values, or fewer than two
-    of them hold any (so total - released would give a small one exactly), also suppress the smallest
-    remaining non-zero cell, the nearest to a suppressed one on a tie. Zeros are released as such.
+    Primary: every cell with 0 < count < min_count (the remainder too), and with `zeros` every cell
+    of 0 as well. Secondary: while the hidden cells (the suppressed ones and the remainder) hold
+    fewer than min_count values, or fewer than two of them hold any (so total - released would give
+    a small one exactly), also suppress the smallest remaining non-zero cell, the nearest to a
+    suppressed one on a tie. Without `zeros`, zeros are released as such.
 
     Returns the indices of `cells` to suppress (empty: release all), or None when no suppression
     protects them (withhold all)."""
     small = lambda n: 0 < n < min_count  # noqa: E731
-    hidden = {i for i, n in enumerate(cells) if small(n)}
+    hidden = {i for i, n in enumerate(cells) if small(n) or (zeros and n == 0)}
     if not hidden and not small(remainder):
         return set()
 
