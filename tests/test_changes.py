@@ -15,6 +15,7 @@ from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.bundle import json_changes, require_intact
 from caia_jupyter.researcher.history import value_changes
 from caia_jupyter.reviewer import changes, parts, review, signing, store
+from caia_jupyter.reviewer.capabilities import report as capability_report
 from conftest import approve, build_validated, make_site, reviewer_key, set_source, write_corpus
 
 ONE_LINE = ('lr=ctx.params["lr"])', 'lr=ctx.params["lr"] * 2)')
@@ -159,6 +160,25 @@ def test_the_review_page_shows_what_changed(site, tmp_path):
     page = review.render(build(tmp_path, edit(("    loss.backward()\n", "    loss.backward()  # g\n"))).path,
                          tmp_path / "cosmetic.html", site).read_text()
     assert "Cosmetic: same syntax tree; the bytes changed, so it still needs a new approval." in page
+
+
+def test_the_review_page_the_terminal_and_the_review_view_read_the_store_once(site, tmp_path, caia, monkeypatch):
+    from caia_jupyter.reviewer import workbench
+
+    base = kept(site, build(tmp_path))
+    new = build(tmp_path, edit(ONE_LINE))
+    reads = []
+    monkeypatch.setattr(changes, "approved_bundles", lambda s: reads.append(s.name) or store.approved_bundles(s))
+    shown = review.rendered(new.path, tmp_path / "review.html", site)
+    assert reads == ["site-a"] and shown.path == tmp_path / "review.html" and shown.bundle.id == new.id
+    assert shown.changes.base.id == f"sha256:{base.name}" and shown.capabilities.to_json() == capability_report(new).to_json()
+    reads.clear()
+    code, out, _ = caia("review", new.path, "--site", site.path, "--json")
+    assert code == 0 and reads == ["site-a"] and json.loads(out)["changes"] == shown.changes.to_json()
+    reads.clear()
+    view = workbench.view(new.path, workbench.Signer(site, None, None, "no key"))
+    assert reads == ["site-a"] and view["changes"] == shown.changes.to_json()
+    assert view["capabilities"] == shown.capabilities.to_json()
 
 
 @pytest.mark.slow
