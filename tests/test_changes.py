@@ -343,3 +343,23 @@ def test_a_revoked_bundle_is_no_base_until_approved_again(site, tmp_path):
     assert found.base.id == first.id and found.cosmetic is False  # not "cosmetic" against the code taken back
     approve(site, revoked.id, {"tiny": "tiny"})  # approved anew, after the revocation
     assert changes.compare(cosmetic_of_revoked, site).base.id == revoked.id
+
+
+def test_compare_reads_each_approval_and_revocation_once_however_many_bundles_are_stored(site, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from caia_jupyter.site import approvals
+
+    first = build(tmp_path)
+    kept(site, first)
+    for n in range(3):
+        kept(site, build(tmp_path, edit(("    loss.backward()\n", f"    loss.backward()\n    step_{n} = {n}\n"))))
+    revoked = build(tmp_path, edit(ONE_LINE))
+    kept(site, revoked)
+    signing.revoke(site, revoked.id, reviewer_key(site), reason="reads too much")
+    reads, real = Counter(), approvals._read_signed
+    monkeypatch.setattr(approvals, "_read_signed", lambda path, *rest: reads.update([path]) or real(path, *rest))
+    found = changes.compare(build(tmp_path, edit(ONE_LINE, ("    loss.backward()\n", "    loss.backward()  # x\n"))), site)
+    assert found.base.id == first.id  # the revoked bundle, closest by its code, is no base
+    files = [*site.approvals_dir.glob("*.json"), *site.revocations_dir.glob("*.json")]
+    assert len(files) == 6 and reads == Counter(files)
