@@ -334,22 +334,18 @@ def do_validate(args, namespace=None) -> Outcome:
 
 
 def do_review(args, namespace=None) -> Outcome:
-    from .researcher.bundle import require_intact
-    from .reviewer.capabilities import report
-    from .reviewer.changes import compare
-    from .reviewer.review import protection, render, site_ceiling, site_refusal, site_scope
+    from .reviewer.review import protection, rendered, site_ceiling, site_refusal, site_scope
     from .reviewer.signing import standing, validation_problem
     from .site.sites import open_site
 
     site = open_site(args.site) if args.site else None
-    path = render(args.bundle, args.output, site)
-    bundle = require_intact(args.bundle)
+    review = rendered(args.bundle, args.output, site)
+    path, bundle, capabilities, changes = review.path, review.bundle, review.capabilities, review.changes
     job = bundle.manifest["job"]
     if job.get("statistics"):  # no code: what leaves each site is the review
         return Outcome(path, f"review: {path}\nstatistics bundle: no code; the review lists what leaves each site",
                        {"review": str(path), "statistics": job["statistics"]})
     requested = protection(job)
-    capabilities = report(bundle)
     problem = validation_problem(bundle)
     data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json(),
             "validation": {"passed": not problem, "problem": problem}}
@@ -362,7 +358,6 @@ def do_review(args, namespace=None) -> Outcome:
                         "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
         data["standing"] = standing(site, bundle.id)
         lines += [data["site"]["note"], *scope, f"validation: {problem or 'passed'}", data["standing"]["line"]]
-        changes = compare(bundle, site)
         data["changes"] = changes.to_json() if changes else None
         lines += changes_lines(changes, site)
     lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} ({where_found(f)})" for f in capabilities.findings]

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Users' Python writes __pycache__ beside what it imports; so does every process the tests start.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
-pytest_plugins = ("pytest_jupyter.jupyter_server",)  # jp_fetch: the server extension in-process
+# jp_fetch: the server extension in-process; the browser tests' `browser` and `lab`
+pytest_plugins = ("pytest_jupyter.jupyter_server", "browser_fixtures")
 
 
 @pytest.fixture

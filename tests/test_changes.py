@@ -15,6 +15,7 @@ from caia_jupyter.researcher import compose
 from caia_jupyter.researcher.bundle import json_changes, require_intact
 from caia_jupyter.researcher.history import value_changes
 from caia_jupyter.reviewer import changes, parts, review, signing, store
+from caia_jupyter.reviewer.capabilities import report as capability_report
 from conftest import approve, build_validated, make_site, reviewer_key, set_source, write_corpus
 
 ONE_LINE = ('lr=ctx.params["lr"])', 'lr=ctx.params["lr"] * 2)')
@@ -159,6 +160,25 @@ def test_the_review_page_shows_what_changed(site, tmp_path):
     page = review.render(build(tmp_path, edit(("    loss.backward()\n", "    loss.backward()  # g\n"))).path,
                          tmp_path / "cosmetic.html", site).read_text()
     assert "Cosmetic: same syntax tree; the bytes changed, so it still needs a new approval." in page
+
+
+def test_the_review_page_the_terminal_and_the_review_view_read_the_store_once(site, tmp_path, caia, monkeypatch):
+    from caia_jupyter.reviewer import workbench
+
+    base = kept(site, build(tmp_path))
+    new = build(tmp_path, edit(ONE_LINE))
+    reads = []
+    monkeypatch.setattr(changes, "approved_bundles", lambda s: reads.append(s.name) or store.approved_bundles(s))
+    shown = review.rendered(new.path, tmp_path / "review.html", site)
+    assert reads == ["site-a"] and shown.path == tmp_path / "review.html" and shown.bundle.id == new.id
+    assert shown.changes.base.id == f"sha256:{base.name}" and shown.capabilities.to_json() == capability_report(new).to_json()
+    reads.clear()
+    code, out, _ = caia("review", new.path, "--site", site.path, "--json")
+    assert code == 0 and reads == ["site-a"] and json.loads(out)["changes"] == shown.changes.to_json()
+    reads.clear()
+    view = workbench.view(new.path, workbench.Signer(site, None, None, "no key"))
+    assert reads == ["site-a"] and view["changes"] == shown.changes.to_json()
+    assert view["capabilities"] == shown.capabilities.to_json()
 
 
 @pytest.mark.slow
@@ -323,3 +343,23 @@ def test_a_revoked_bundle_is_no_base_until_approved_again(site, tmp_path):
     assert found.base.id == first.id and found.cosmetic is False  # not "cosmetic" against the code taken back
     approve(site, revoked.id, {"tiny": "tiny"})  # approved anew, after the revocation
     assert changes.compare(cosmetic_of_revoked, site).base.id == revoked.id
+
+
+def test_compare_reads_each_approval_and_revocation_once_however_many_bundles_are_stored(site, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from caia_jupyter.site import approvals
+
+    first = build(tmp_path)
+    kept(site, first)
+    for n in range(3):
+        kept(site, build(tmp_path, edit(("    loss.backward()\n", f"    loss.backward()\n    step_{n} = {n}\n"))))
+    revoked = build(tmp_path, edit(ONE_LINE))
+    kept(site, revoked)
+    signing.revoke(site, revoked.id, reviewer_key(site), reason="reads too much")
+    reads, real = Counter(), approvals._read_signed
+    monkeypatch.setattr(approvals, "_read_signed", lambda path, *rest: reads.update([path]) or real(path, *rest))
+    found = changes.compare(build(tmp_path, edit(ONE_LINE, ("    loss.backward()\n", "    loss.backward()  # x\n"))), site)
+    assert found.base.id == first.id  # the revoked bundle, closest by its code, is no base
+    files = [*site.approvals_dir.glob("*.json"), *site.revocations_dir.glob("*.json")]
+    assert len(files) == 6 and reads == Counter(files)

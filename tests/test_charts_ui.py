@@ -9,10 +9,11 @@ import json
 import nbformat
 import pytest
 
-from test_ui import ARTIFACTS, browser, expect, jp_asyncio_loop, jp_server_cleanup, lab  # noqa: F401 (fixtures)
+from browser_fixtures import ARTIFACTS
 from test_widgets import append, finish
 
 pytestmark = pytest.mark.slow
+expect = pytest.importorskip("playwright.sync_api").expect
 WIDGET_NOTEBOOK = "widget.ipynb"
 
 
@@ -32,7 +33,7 @@ def recorded_run(root):
 
 
 @pytest.fixture(scope="module")
-def page(browser, lab):  # noqa: F811 (the fixture imported from test_ui)
+def page(browser, lab):
     run = recorded_run(lab["root"])
     notebook = nbformat.v4.new_notebook()
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -12,8 +12,9 @@ from caia_jupyter.researcher.explore import PARTIAL, statistics_bundle
 from caia_jupyter.reviewer import signing
 from caia_jupyter.targets.demo_sites import make_sites
 from caia_jupyter.targets.explore import explore
+from browser_fixtures import NOTEBOOK, running_lab
 from conftest import REPO
-from test_ui import NOTEBOOK, browser, jp_asyncio_loop, jp_server_cleanup, open_panel, running_lab  # noqa: F401 (fixtures)
+from test_ui import open_panel
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -42,7 +43,7 @@ def data_lab(tmp_path_factory):
     yield from running_lab(base, root, result=result, run=run)
 
 
-def test_the_data_section_shows_the_last_exploration(browser, data_lab):  # noqa: F811
+def test_the_data_section_shows_the_last_exploration(browser, data_lab):
     lab, result = data_lab, data_lab["result"]
     pooled = result.table("count").loc[("breast_cancer", "mean radius"), "pooled"]
     context = browser.new_context(viewport={"width": 1400, "height": 1100})

@@ -11,8 +11,8 @@ import pytest
 
 from caia_jupyter.researcher import compose
 from caia_jupyter.reviewer import review
+from browser_fixtures import NOTEBOOK
 from conftest import REPO
-from test_ui import NOTEBOOK, browser, jp_asyncio_loop, jp_server_cleanup, lab  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -55,7 +55,7 @@ def example_review(tmp_path_factory):
     return review.render(built.path)
 
 
-def test_the_review_file_reads_offline(browser, example_review):  # noqa: F811
+def test_the_review_file_reads_offline(browser, example_review):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     try:
         urls = recorded(context)
@@ -69,7 +69,7 @@ def test_the_review_file_reads_offline(browser, example_review):  # noqa: F811
         context.close()
 
 
-def test_the_review_as_jupyterlab_opens_it_from_the_panel(browser, lab):  # noqa: F811
+def test_the_review_as_jupyterlab_opens_it_from_the_panel(browser, lab):
     """The panel's Review posts to /caia/api/review and opens the page with docmanager:open: JupyterLab's
     HTML viewer. Nothing but the lab's own server is asked for anything."""
     request = urllib.request.Request(

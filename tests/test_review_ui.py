@@ -5,6 +5,7 @@ approvals, site-1 then admits the bundle in a real NVFLARE simulator run."""
 
 import json
 import shutil
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -15,8 +16,8 @@ from caia_jupyter.site.approvals import find_approval
 from caia_jupyter.site.keys import key_id, load_private_key
 from caia_jupyter.targets.demo_sites import make_sites
 from caia_jupyter.targets.submit import submit
+from browser_fixtures import NOTEBOOK, running_lab
 from conftest import REPO
-from test_ui import NOTEBOOK, browser, jp_asyncio_loop, jp_server_cleanup, running_lab  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -52,13 +53,22 @@ def reviewer_lab(tmp_path_factory):
                            f"--CaiaExtension.review_site={centers[0].site.path}", centers=centers, bundle=built, earlier=earlier)
 
 
-def test_review_bundle_on_a_folder_in_the_file_browser(browser, reviewer_lab):  # noqa: F811
-    lab, built = reviewer_lab, reviewer_lab["bundle"]
+@contextmanager
+def lab_page(browser, lab):
+    """JupyterLab of `lab` in a fresh browser context, closed on leaving."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
     try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
         page.goto(f"{lab['url']}/lab?reset&token={lab['token']}")
+        yield page
+    finally:
+        context.close()
+
+
+def test_review_bundle_on_a_folder_in_the_file_browser(browser, reviewer_lab):
+    lab, built = reviewer_lab, reviewer_lab["bundle"]
+    with lab_page(browser, lab) as page:
         page.locator(".jp-DirListing-item", has_text="example-bundle").click(button="right")
         page.locator(".lm-Menu-item", has_text="Review bundle").click()
         view = page.locator(".caia-review")
@@ -76,34 +86,22 @@ def test_review_bundle_on_a_folder_in_the_file_browser(browser, reviewer_lab):  
         expect(approve).to_be_disabled()
         expiry.fill("")
         expect(approve).to_be_enabled()
-    finally:
-        context.close()
 
 
-def test_a_finding_shows_its_heading_and_its_line_in_the_notebook_cell(browser, reviewer_lab):  # noqa: F811
+def test_a_finding_shows_its_heading_and_its_line_in_the_notebook_cell(browser, reviewer_lab):
     lab = reviewer_lab
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    try:
-        page.goto(f"{lab['url']}/lab?reset&token={lab['token']}")
+    with lab_page(browser, lab) as page:
         page.locator(".jp-DirListing-item", has_text="socket-bundle").click(button="right")
         page.locator(".lm-Menu-item", has_text="Review bundle").click()
         finding = page.locator('.caia-review [data-caia-capability="network"]')
         expect(finding).to_have_count(1)
         expect(finding).to_contain_text("Network: import socket (cell 4, line 4; federated.py line ")
-    finally:
-        context.close()
 
 
-def test_open_a_packed_bundle_approve_it_and_the_site_admits_it(browser, reviewer_lab):  # noqa: F811
+def test_open_a_packed_bundle_approve_it_and_the_site_admits_it(browser, reviewer_lab):
     lab, built = reviewer_lab, reviewer_lab["bundle"]
     site_1 = lab["centers"][0]
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    try:
-        page.goto(f"{lab['url']}/lab?reset&token={lab['token']}")
+    with lab_page(browser, lab) as page:
         page.locator(".jp-DirListing-item", has_text="example.zip").dblclick()
         view = page.locator(".caia-review")
         expect(view.locator(".caia-review-id")).to_have_text(built.short_id)
@@ -129,8 +127,6 @@ def test_open_a_packed_bundle_approve_it_and_the_site_admits_it(browser, reviewe
         expect(view.locator(".caia-review-result")).to_contain_text(f"approved {built.short_id} at site-1", timeout=120_000)
         expect(approve).to_be_enabled()  # done: no longer busy
         page.screenshot(path=str(SCREENSHOT))
-    finally:
-        context.close()
     assert sorted(p.name for p in lab["root"].iterdir() if not p.name.startswith(".")) == ["example-bundle", "example.zip", "socket-bundle"]
     approval, reasons = find_approval(site_1.site, built.id, {"breast_cancer"})
     assert approval is not None and approval.datasets == {"breast_cancer": "breast_cancer"}, reasons

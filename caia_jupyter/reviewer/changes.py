@@ -2,7 +2,7 @@
 
 The base is the closest earlier approved bundle in the site's store (`store.approved_bundles`): of
 the stored bundles other than this one that the site holds at least one approval of, signed by a key
-it trusts (`approvals.approval_times`), the one whose federated.py differs from this one's by the
+it trusts (`approvals.approvals_issued`), the one whose federated.py differs from this one's by the
 fewest lines (lines removed plus lines added, as difflib matches them), ties broken by the latest
 such approval. A stored bundle without one is never a base: whoever can write the store could plant
 a decoy there, but not a signed approval. A manifest names no notebook, so "the same notebook" is
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ..contracts.fileset import CLIENT_CONFIG, MODULE, REQUIREMENTS, RUNNER_FILE, is_statistics
 from ..researcher.bundle import Bundle, json_changes
 from ..researcher.history import job_changes, keyed, value_changes
-from ..site.approvals import approval_times, latest_revocation
+from ..site.approvals import approvals_issued, latest_revocations
 from ..site.sites import Site
 from .parts import split_module
 from .store import approved_bundles
@@ -88,14 +88,15 @@ def compare(bundle: Bundle, site: Site) -> Changes | None:
     approval of that no revocation took back, or for a statistics bundle (it holds no code)."""
     if is_statistics(bundle.manifest["job"]):
         return None  # no code to compare: its review lists what leaves each site
+    candidates = [b for b in approved_bundles(site) if b.id != bundle.id and not is_statistics(b.manifest["job"])]
+    ids = {b.id for b in candidates}
+    revocations, issued = latest_revocations(site, ids), approvals_issued(site, ids)  # each folder read once
     stored = []
-    for stored_bundle in approved_bundles(site):
-        if is_statistics(stored_bundle.manifest["job"]):
-            continue
-        revoked = latest_revocation(site, stored_bundle.id)
-        times = [t for t in approval_times(site, stored_bundle.id) if revoked is None or t > revoked.covers_until]
-        if stored_bundle.id != bundle.id and times:
-            stored.append((stored_bundle, max(times).timestamp()))
+    for candidate in candidates:
+        revoked = revocations.get(candidate.id)
+        times = [t for t in issued.get(candidate.id, []) if revoked is None or t > revoked.covers_until]
+        if times:
+            stored.append((candidate, max(times).timestamp()))
     if not stored:
         return None
     source = bundle.source(MODULE)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -43,9 +44,9 @@ from ..researcher.bundle import Bundle, require_intact
 from ..researcher.wording import plural
 from ..site.guard import Unfit, policy_fit, privacy_ceiling
 from ..site.sites import Site
-from .capabilities import ADVICE, CAPABILITIES
+from .capabilities import ADVICE, CAPABILITIES, Report
 from .capabilities import report as capability_report
-from .changes import compare
+from .changes import Changes, compare
 from .parts import split_module
 
 CLIENT_API_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
@@ -83,8 +84,26 @@ _HTML_TAGS = ["a", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h
               "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"]
 
 
+@dataclass(frozen=True)
+class Review:
+    """A rendered review: `path` of the page, the intact `bundle` it shows, its capability report
+    (`capabilities.report`) and, rendered for a site, what changed since that site approved the closest
+    earlier bundle (`changes.compare`; None without a site or with nothing to compare)."""
+
+    path: Path
+    bundle: Bundle
+    capabilities: Report
+    changes: Changes | None
+
+
 def render(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Path:
     """Render review.html of an intact bundle (default: records/review.html); returns its path.
+    See `rendered`, which also returns what the page was made from; raises as it does."""
+    return rendered(bundle_path, output, site).path
+
+
+def rendered(bundle_path: str | Path, output: str | Path | None = None, site: Site | None = None) -> Review:
+    """Render review.html of an intact bundle (default: records/review.html); returns the `Review`.
     With `site`, the review also shows what changed since the site approved the closest earlier bundle
     (`changes.compare`), that site's privacy ceiling (`site_ceiling`), the privacy scope it
     applies (`site_scope`) and whether its guard refuses the bundle for them (`site_refusal`).
@@ -94,11 +113,14 @@ def render(bundle_path: str | Path, output: str | Path | None = None, site: Site
     unusable privacy.json is shown as the guard's refusal).
     """
     bundle = require_intact(bundle_path)
-    notebook = review_notebook(bundle, site)
+    capabilities = capability_report(bundle)
+    changes = compare(bundle, site) if site is not None else None
+    notebook = review_notebook(bundle, site, capabilities)
     if site is not None and not is_statistics(bundle.manifest["job"]):
-        notebook.cells[2:2] = _changes_cells(bundle, site) + _scope_cells(site, bundle.manifest["job"])  # after the summary and what the code can do
+        notebook.cells[2:2] = _changes_cells(changes, site) + _scope_cells(site, bundle.manifest["job"])  # after the summary and what the code can do
     page = to_html(notebook, f"Review {bundle.short_id}")
-    return write_atomic(Path(output) if output else bundle.records / "review.html", page)
+    path = write_atomic(Path(output) if output else bundle.records / "review.html", page)
+    return Review(path, bundle, capabilities, changes)
 
 
 def to_html(nb: nbformat.NotebookNode, title: str) -> str:
@@ -187,10 +209,11 @@ def site_scope(site: Site) -> tuple[list[str], dict | None]:
     return describe(policy), to_json(policy)
 
 
-def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.NotebookNode:
+def review_notebook(bundle: Bundle, site: Site | None = None, capabilities: Report | None = None) -> nbformat.NotebookNode:
     """The review as a notebook: markdown explanations and every listed file (see the module doc),
-    starting with the summary and what the code can do (`capabilities.report`, advice only);
-    with `site`, the protection part shows that site's ceiling.
+    starting with the summary and what the code can do (`capabilities`, the bundle's
+    `capabilities.report`, made here when not given; advice only); with `site`, the protection part
+    shows that site's ceiling.
 
     `bundle` is intact (see `render`). Code cells showing a file carry `metadata.caia.file`; the
     cells of federated.py, in order, concatenate back to the file exactly. Raises BundleError
@@ -212,7 +235,7 @@ def review_notebook(bundle: Bundle, site: Site | None = None) -> nbformat.Notebo
         f"| | |\n|---|---|\n| rounds | {_code(job['rounds'])} |\n| min clients | {_code(job['min_clients'])} |\n"
         f"| hyperparameters (`ctx.params`) | {_code(json.dumps(job['params'], sort_keys=True))} |\n"
         f"| built with | caia-jupyter {_code(manifest['caia_version'])}, Python {_code(manifest['python'])} |"
-    ), _capabilities_cell(bundle), _md(_protection_text(job, site))]
+    ), _capabilities_cell(capabilities or capability_report(bundle)), _md(_protection_text(job, site))]
     if opaque:
         rows = "".join(
             f"| {_code(e.get('python_name'))} | {_code(e.get('python_type'))} | {_code(_shown_value(files[name]))} "
@@ -351,11 +374,10 @@ def _scope_cells(site: Site, job: dict) -> list:
     )]
 
 
-def _changes_cells(bundle: Bundle, site: Site) -> list:
-    """What changed since the closest bundle `site` approved before (`changes.compare`): the cosmetic
-    verdict, a diff of each part of federated.py that changed, the other changes; or that there is
-    nothing to compare."""
-    found = compare(bundle, site)
+def _changes_cells(found: Changes | None, site: Site) -> list:
+    """What changed since the closest bundle `site` approved before (`found`, from `changes.compare`):
+    the cosmetic verdict, a diff of each part of federated.py that changed, the other changes; or
+    that there is nothing to compare."""
     if found is None:
         return [_md(f"## Changed since site {_code(site.name)} approved\n\nFirst bundle this site reviews: nothing to "
                     "compare (the site's store of approved bundles, `approved/`, holds no other).")]
@@ -473,10 +495,9 @@ def _intros(bundle: Bundle) -> dict[int, str]:
     return {c["ordinal"]: c["intro"] for c in cells if isinstance(c.get("ordinal"), int) and isinstance(c.get("intro"), str)}
 
 
-def _capabilities_cell(bundle: Bundle) -> nbformat.NotebookNode:
-    """"What the code can do": the capability report (`capabilities.report`) with its advice line,
-    a table of findings or that there is none, and the opaque captured values by type."""
-    found = capability_report(bundle)
+def _capabilities_cell(found: Report) -> nbformat.NotebookNode:
+    """"What the code can do": the capability report `found` (`capabilities.report`) with its advice
+    line, a table of findings or that there is none, and the opaque captured values by type."""
     text = f"## What the code can do\n\n*{_literal(ADVICE)}*\n\n"
     if found.findings:
         rows = "".join(

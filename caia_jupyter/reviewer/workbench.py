@@ -24,9 +24,7 @@ from ..researcher.transport import pack, unpack
 from ..site.keys import key_id, load_private_key
 from ..site.sites import Site, open_site
 from . import signing
-from .capabilities import report
-from .changes import compare
-from .review import render
+from .review import rendered
 
 HIDDEN_KEY = "the configured reviewer key"
 
@@ -106,11 +104,12 @@ def view(path: Path, who: Signer, shown: str | None = None) -> dict:
     "can_sign" (false for a bundle that did not pass validation too), "reason" (why not, or "")}.
     Raises BundleError as `opened` does."""
     with opened(path, shown) as bundle:
-        page = render(bundle.path, bundle.path.parent / "review.html", site=who.site).read_text(encoding="utf-8")
+        review = rendered(bundle.path, bundle.path.parent / "review.html", site=who.site)
         reason = who.reason or signing.validation_problem(bundle)
         return {
-            "bundle_id": bundle.id, "short_id": bundle.short_id, "review_html": page,
-            "capabilities": report(bundle).to_json(), "changes": _changes(bundle, who.site),
+            "bundle_id": bundle.id, "short_id": bundle.short_id, "review_html": review.path.read_text(encoding="utf-8"),
+            "capabilities": review.capabilities.to_json(),
+            "changes": review.changes.to_json() if review.changes is not None else None,
             "standing": signing.standing(who.site, bundle.id) if who.site else None,
             "site": who.site.name if who.site else None, "requested": sorted(bundle.manifest["datasets"]),
             "catalog": sorted(who.site.catalog) if who.site else [], "key_id": who.key_id,
@@ -167,7 +166,3 @@ def _public_id(key: Path) -> str | None:
     except (CaiaError, OSError, ValueError):
         return None
 
-
-def _changes(bundle: Bundle, site: Site | None) -> dict | None:
-    changes = compare(bundle, site) if site is not None else None
-    return changes.to_json() if changes is not None else None

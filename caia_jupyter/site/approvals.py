@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -154,12 +155,17 @@ def find_approval(site: Site, bundle_id: str, requested: set[str] | None = None,
 
 
 def latest_revocation(site: Site, bundle_id: str) -> Revocation | None:
-    """The latest well-formed revocation of `bundle_id` for `site` in its revocations/, whoever
-    signed it: a revocation only takes authority away and only the site's admin puts it there, so
-    one whose signer the site no longer trusts (a reviewer who left) still counts; that, or a
-    signature that does not match, is logged. Malformed files and revocations for another site are
-    skipped (and logged), never raised."""
-    keys, latest = site.trusted_keys(), None
+    """The latest revocation of `bundle_id` for `site` (see `latest_revocations`), or None."""
+    return latest_revocations(site, {bundle_id}).get(bundle_id)
+
+
+def latest_revocations(site: Site, bundle_ids: Collection[str]) -> dict[str, Revocation]:
+    """Bundle id -> the latest well-formed revocation of it for `site` in its revocations/ (read
+    once), for each of `bundle_ids` that has one, whoever signed it: a revocation only takes
+    authority away and only the site's admin puts it there, so one whose signer the site no longer
+    trusts (a reviewer who left) still counts; that, or a signature that does not match, is logged.
+    Malformed files and revocations for another site are skipped (and logged), never raised."""
+    keys, latest = site.trusted_keys(), {}
     for file in sorted(site.revocations_dir.glob("*.json")):
         where = f"revocation {file.name}"
         try:
@@ -169,29 +175,36 @@ def latest_revocation(site: Site, bundle_id: str) -> Revocation | None:
         except ApprovalRejected as e:
             log.warning("site %s skips %s", site.name, e)
             continue
-        if statement["bundle_id"] == bundle_id:
+        bundle_id = statement["bundle_id"]
+        if bundle_id in bundle_ids:
             try:
                 _check_signature(statement, signature, keys, site, where)
             except ApprovalRejected as e:
                 log.warning("site %s counts %s all the same: %s", site.name, where, e)
             revocation = revocation_from(statement, file)
-            if latest is None or revocation.issued_at > latest.issued_at:
-                latest = revocation
+            if bundle_id not in latest or revocation.issued_at > latest[bundle_id].issued_at:
+                latest[bundle_id] = revocation
     return latest
 
 
 def approval_times(site: Site, bundle_id: str) -> list[datetime]:
-    """When each approval of `bundle_id` at `site` in its approvals/ that a trusted key signed says
-    it was issued (UTC); malformed and untrusted files are left out."""
-    keys, times = site.trusted_keys(), []
+    """When each approval of `bundle_id` at `site` says it was issued (see `approvals_issued`)."""
+    return approvals_issued(site, {bundle_id}).get(bundle_id, [])
+
+
+def approvals_issued(site: Site, bundle_ids: Collection[str]) -> dict[str, list[datetime]]:
+    """Bundle id -> when each approval of it at `site` in its approvals/ (read once) that a trusted
+    key signed says it was issued (UTC), for each of `bundle_ids` that has one; malformed and
+    untrusted files are left out."""
+    keys, times = site.trusted_keys(), {}
     for file in sorted(site.approvals_dir.glob("*.json")):
         try:
             statement, signature = _read_signed(file, f"approval {file.name}", FORMAT, _APPROVAL_FIELDS)
             _check_signature(statement, signature, keys, site, file.name)
         except ApprovalRejected:
             continue
-        if statement["site"] == site.name and statement["bundle_id"] == bundle_id:
-            times.append(_time(statement["issued_at"]).astimezone(timezone.utc))
+        if statement["site"] == site.name and statement["bundle_id"] in bundle_ids:
+            times.setdefault(statement["bundle_id"], []).append(_time(statement["issued_at"]).astimezone(timezone.utc))
     return times
 
 
