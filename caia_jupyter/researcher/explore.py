@@ -36,7 +36,7 @@ from ..contracts.client_app import statistics_config
 from ..contracts.errors import NotebookError
 from ..contracts.fileset import CLIENT_CONFIG, role_of
 from ..contracts.fsutil import staged_dir, write_json
-from ..contracts.manifest import FORMAT, Manifest, StatisticsSpec, bundle_id, category_feature
+from ..contracts.manifest import FORMAT, Manifest, bundle_id, category_feature
 from ..contracts.version import __version__
 from .bundle import Bundle
 from .compose import sample_columns
