@@ -76,6 +76,23 @@ def test_request_parses_into_a_spec():
         parse(["dataset=a:s.csv", "columns=x", "histograms=x:1:2"])
 
 
+def test_a_slip_in_the_request_is_named_by_its_key_with_the_fix(tmp_path):
+    with pytest.raises(NotebookError, match=r"'histogram=x:4': did you mean histograms=\? keys are dataset, columns"):
+        parse(["dataset=a:s.csv", "columns=x", "histogram=x:4"])
+    with pytest.raises(NotebookError, match=r"'categories=stage:I,II': write categories=COLUMN:A\|B\|C, the categories separated by \|"):
+        parse(["dataset=a:s.csv", "columns=x", "categories=stage:I,II"])
+    pd.DataFrame({"age": [50, 61, 70], "stage": ["I", "II", "I"]}).to_csv(tmp_path / "s.csv", index=False)
+    for tokens, problem in ((["dataset=a:s.csv"], "no columns=; add columns=..."),
+                            (["dataset=a:s.csv", "columns=age", "statistics=count,median"],
+                             "statistics= 'median': input should be 'count', 'failure_count'"),
+                            (["dataset=a:s.csv", "columns=age", "histograms=age:0"],
+                             "histograms= age bins 0: input should be greater than or equal to 1")):
+        with pytest.raises(NotebookError) as caught:
+            statistics_bundle(tmp_path / "nb.ipynb", tokens, tmp_path / "b")
+        assert str(caught.value).startswith(f"%federated explore: {problem}") and "\n" not in str(caught.value)
+    assert not (tmp_path / "b").exists()  # nothing half-written
+
+
 def test_the_request_is_read_from_the_notebooks_line_in_each_form_the_magic_takes(tmp_path):
     from caia_jupyter.researcher.explore import request_of
 
