@@ -522,9 +522,8 @@ def do_site_policy(args, namespace=None) -> Outcome:
     else:
         write_thresholds(site.path, thresholds)
     report = sandbox_report(site)
-    shown = ", ".join(f"{key} {value}" for key, value in asdict(thresholds).items())
     text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], standard_line(site),
-                      f"statistics thresholds: {shown}", ceiling_line(site)])
+                      thresholds_line(thresholds), ceiling_line(site)])
     return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"],
                                 "statistics": asdict(thresholds)})
 
@@ -553,16 +552,27 @@ def do_explore(args, namespace=None) -> Outcome:
                           poc_workspace=args.poc_workspace)
     if result is None:
         raise CaiaError(f"the statistics run did not finish: {run.message}")
+    return Outcome(result, exploration_text(result, run.path), {"run": str(run.path), **result.to_json()})
+
+
+def exploration_text(result, run_path) -> str:
+    """What `caia explore` prints of a `researcher.explore.Result`: each table, each histogram (one
+    every site withheld says so), and what `suppressed` and `partial` mean."""
+    from .researcher.explore import PARTIAL, SUPPRESSED
+
     text = [f"statistics of bundle {result.bundle_id.removeprefix('sha256:')[:12]} from {', '.join(result.sites)} "
-            f"(run {run.path})"]
+            f"(run {run_path})"]
     for statistic in result.statistics:
-        text += ["", statistic, result.table(statistic).to_string()]
+        text += ["", "failure_count (values missing)" if statistic == "failure_count" else statistic,
+                 result.table(statistic).to_string()]
     for column in result.spec.get("histograms", {}):
-        text += ["", f"histogram of {column}", result.histogram(column).to_string(index=False)]
-    suppressed = result.suppressed()
-    text += ["", f"suppressed at the sites: {len(suppressed)} statistic(s) (below a site's thresholds); "
-             "a pooled value some site withheld its part of reads 'partial'"]
-    return Outcome(result, "\n".join(text), {"run": str(run.path), **result.to_json()})
+        histogram = result.histogram(column)
+        text += ["", f"histogram of {column}", histogram.to_string(index=False) if len(histogram) else f"  {SUPPRESSED} at every site"]
+    text += ["", f"{SUPPRESSED} at the sites: {plural(len(result.suppressed()), 'statistic')}, each under its site's thresholds "
+             "(a column with fewer values than the site's minimum count, or with fewer missing values but some, is "
+             "withheld whole; a small bin or category count, with as many others as keep it from being derived); "
+             f"a pooled value some site withheld its part of reads '{PARTIAL}'"]
+    return "\n".join(text)
 
 
 def do_site_show(args, namespace=None) -> Outcome:
@@ -590,7 +600,7 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  {standard_line(site)}",
                       f"  {ceiling_line(site)}",
                       *(f"  {line}" for line in privacy_policy.describe(policy)),
-                      "  statistics thresholds: " + ", ".join(f"{k} {v}" for k, v in data["statistics"].items())])
+                      f"  {thresholds_line(read_thresholds(site.path))}"])
     return Outcome(site, text, data)
 
 
@@ -667,6 +677,14 @@ def standard_line(site) -> str:
     if site.standard_violations == "refuse":
         return "data breaking a bundle's dataset standard: the bundle is refused"
     return "data breaking a bundle's dataset standard: admitted, the counts recorded in the audit log"
+
+
+def thresholds_line(thresholds) -> str:
+    """The site's statistics thresholds as one line, in the words of `caia site policy`'s options."""
+    return (f"statistics thresholds: --min-count {thresholds.min_count} (no count between 0 and it leaves the site), "
+            f"--noise {thresholds.min_noise_level}:{thresholds.max_noise_level} (on min/max), "
+            f"--extremes {'noisy' if thresholds.extremes else 'none'}, --max-bins-percent {thresholds.max_bins_percent:g} "
+            "(a histogram needs fewer bins than this percent of its values)")
 
 
 def ceiling_line(site) -> str:

@@ -218,6 +218,9 @@ def test_site_policy_sets_thresholds(tmp_path, caia):
     assert read_thresholds(tmp_path / "s").max_noise_level == 0.4
     code, _, err = caia("site", "policy", tmp_path / "s", "--min-count", "0", "--sandbox", "off")
     assert code == 2 and "min_count must be a whole number of at least 1" in err and err.count("\n") == 1
+    code, out, _ = caia("site", "policy", tmp_path / "s")  # printed in the words of the options that set them
+    assert "statistics thresholds: --min-count 15 (no count between 0 and it leaves the site), --noise 0.2:0.4 " \
+           "(on min/max), --extremes noisy, --max-bins-percent 10 (" in out
     code, out, _ = caia("site", "show", tmp_path / "s", "--json")
     shown = json.loads(out)
     assert shown["statistics"]["min_count"] == 15 and shown["policy"].get("sandbox") != "off"  # nothing half-written
@@ -505,6 +508,22 @@ def test_a_pooled_value_some_site_withheld_reads_partial():
     raw["x"]["failure_count"] = {"a": {}}  # every site withheld it: nothing pooled
     assert result.table("failure_count").loc[("d", "x"), "pooled"] == SUPPRESSED
     assert result.plot_missing().axes
+
+
+def test_caia_explore_text_says_what_suppressed_means_and_names_a_histogram_every_site_withheld():
+    from caia_jupyter.cli import exploration_text
+
+    raw = {"x": {"count": {"a": {"d": 50}, "Global": {"d": 50}}, "failure_count": {"a": {"d": 0}, "Global": {"d": 0}},
+                 "histogram": {"a": {"d": [[0, 5, 20], [5, 10, 30]]}, "Global": {"d": [[0, 5, 20], [5, 10, 30]]}}},
+           "y": {"count": {"a": {}}, "failure_count": {"a": {}}}}
+    spec = {"columns": ["x", "y"], "statistics": ["count", "failure_count", "histogram"],
+            "histograms": {"x": {"bins": 2}, "y": {"bins": 4, "range": [0, 8]}}}
+    text = exploration_text(Result(raw, spec, ["a"], ["d"], "sha256:" + "ab" * 32), "runs/r")
+    assert text.splitlines()[0] == "statistics of bundle abababababab from a (run runs/r)"
+    assert "\nfailure_count (values missing)\n" in text and "Empty DataFrame" not in text
+    assert "histogram of y\n  suppressed at every site\n" in text
+    assert "suppressed at the sites: 3 statistics, each under its site's thresholds (a column with fewer values than " \
+           "the site's minimum count, or with fewer missing values but some, is withheld whole;" in text
 
 
 def test_a_poc_statistics_runs_outcome_from_the_servers_job_meta(tmp_path):
