@@ -206,8 +206,9 @@ def test_review_shows_what_leaves_and_the_site_thresholds(federation, tmp_path, 
     page = (tmp_path / "r.html").read_text()
     assert "holds <strong>no code</strong>" in page
     assert "histogram of 2 bins over [5.0, 45.0)" in page and "histogram of 2 bins over a range agreed" in page
-    assert "I, II, III, IV" in page and "fewer than 25 values" in page and "min/max: never sent" in page
+    assert "I, II, III, IV" in page and "fewer than 25 values, or with between 1 and 24 missing: none of its statistics" in page and "min/max: never sent" in page
     assert "between 0 and 25: suppressed, with enough other bins or categories" in page
+    assert "a histogram is withheld unless it has fewer bins than 10% of the feature" in page
     assert "caia&#39;s statistics generator" in page or "statistics generator" in page
 
 
