@@ -26,6 +26,16 @@ def test_bad_notebooks_get_one_line_errors_exit_2_and_nothing_written(write_note
     assert sorted(p.name for p in path.parent.rglob("*")) == before
 
 
+def test_a_notebook_with_only_an_explore_line_is_told_where_its_statistics_bundle_comes_from(caia, tmp_path):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("result = %federated explore dataset=t:s.csv columns=age")
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "study.ipynb")
+    code, _, err = caia("bundle", tmp_path / "study.ipynb")
+    assert code == 2 and err.endswith("has no federated cells; start the cells meant for the sites with %%federated (its "
+                                      "%federated explore line makes a statistics bundle: caia explore study.ipynb --sites ...)\n")
+
+
 def test_missing_notebook_and_missing_sample(write_notebook, caia, tmp_path):
     code, _, err = caia("bundle", tmp_path / "nope.ipynb")
     assert code == 2 and "does not exist" in err

@@ -54,8 +54,8 @@ def read(path: str | Path) -> FederatedNotebook:
     or the cell and its line as JupyterLab numbers it (from 1, the %%federated line included).
     """
     path = Path(path)
-    cells, intro = [], []
-    for index, cell in enumerate(_load(path)):
+    cells, intro, raw = [], [], _load(path)
+    for index, cell in enumerate(raw):
         if cell["cell_type"] == "markdown":
             intro.append(normalise_newlines(cell["source"]))
             continue
@@ -77,8 +77,12 @@ def read(path: str | Path) -> FederatedNotebook:
                 cells.append(fc)
         intro = []
     if not cells:
+        from .explore import REQUEST_LINE  # explore builds on compose, which builds on this module
+
+        explores = any(REQUEST_LINE.match(line) for c in raw if c["cell_type"] == "code" for line in c["source"].splitlines())
         raise NotebookError(
             f"{path} has no federated cells; start the cells meant for the sites with %%federated"
+            + (f" (its %federated explore line makes a statistics bundle: caia explore {path.name} --sites ...)" if explores else "")
         )
     settings = annotations.merge([(c.label, c.header) for c in cells])
     return FederatedNotebook(path, tuple(cells), settings)
