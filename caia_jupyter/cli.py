@@ -346,8 +346,16 @@ def do_review(args, namespace=None) -> Outcome:
     bundle = require_intact(args.bundle)
     job = bundle.manifest["job"]
     if job.get("statistics"):  # no code: what leaves each site is the review
-        return Outcome(path, f"review: {path}\nstatistics bundle: no code; the review lists what leaves each site",
-                       {"review": str(path), "statistics": job["statistics"]})
+        problem = validation_problem(bundle)
+        lines = [f"review: {path}", "statistics bundle: no code; the review lists what leaves each site",
+                 f"validation: {problem or 'passed'}"]
+        data = {"review": str(path), "statistics": job["statistics"], "validation": {"passed": not problem, "problem": problem}}
+        if site is not None:
+            from .site.statistics import read_thresholds
+
+            data["standing"] = standing(site, bundle.id)
+            lines += [f"{site.name}'s {thresholds_line(read_thresholds(site.path))}", data["standing"]["line"]]
+        return Outcome(path, "\n".join(lines), data)
     requested = protection(job)
     capabilities = report(bundle)
     problem = validation_problem(bundle)
@@ -359,15 +367,40 @@ def do_review(args, namespace=None) -> Outcome:
     else:
         scope, policy = site_scope(site)
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),
-                        "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
+                        "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job),
+                        "standards": standard_lines(site, bundle)}
         data["standing"] = standing(site, bundle.id)
-        lines += [data["site"]["note"], *scope, f"validation: {problem or 'passed'}", data["standing"]["line"]]
+        lines += [data["site"]["note"], *scope, *data["site"]["standards"], f"validation: {problem or 'passed'}",
+                  data["standing"]["line"]]
         changes = compare(bundle, site)
         data["changes"] = changes.to_json() if changes else None
         lines += changes_lines(changes, site)
     lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} ({where_found(f)})" for f in capabilities.findings]
     lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     return Outcome(path, "\n".join(lines), data)
+
+
+def standard_lines(site, bundle) -> list[str]:
+    """`caia review --site`: per requested dataset with a standard, whether the site's catalog dataset
+    of that name meets it (exact counts: the reviewer works at the site) and what the site's policy
+    does if not; without such a dataset, the `caia site check` that tells."""
+    from .contracts.standard import read_standard, summary, violations
+    from .site.sites import read_dataset
+
+    does = "refuses the bundle" if site.standard_violations == "refuse" else "admits it, recording the counts"
+    lines = []
+    for name, spec in bundle.manifest["datasets"].items():
+        if not spec.get("standard"):
+            continue
+        file = bundle.path / spec["standard"]
+        if name not in site.catalog:
+            lines.append(f"standard of {name}: check the dataset you release with `caia site check {site.path} "
+                         f"--standard {file} --dataset ID`; breaking it, {site.name}'s policy {does}")
+            continue
+        broken = violations(read_dataset(site, name)[0], read_standard(file.read_bytes(), spec["standard"]))
+        lines.append(f"standard of {name}: {site.name}'s dataset {name} "
+                     + (f"breaks it: {summary(broken)}; its policy {does}" if broken else "meets it"))
+    return lines
 
 
 def where_found(finding) -> str:

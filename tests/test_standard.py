@@ -185,6 +185,24 @@ def test_the_guard_refuses_data_breaking_the_standard_when_the_policy_says_refus
     assert last["reason"].endswith("(exact counts at the site: age minimum (2 rows), age maximum (5 rows), stage enum (2 rows))")
 
 
+def test_the_review_for_a_site_says_whether_its_dataset_meets_the_standard_and_what_its_policy_does(deployed_broken, caia):
+    built, _, site = deployed_broken
+    sites.set_policy(site.path, standard_violations="refuse")
+    code, out, err = caia("review", built.path, "--site", site.path, "-o", built.path.parent / "r.html")
+    assert code == 0, err
+    assert ("standard of tiny: site-1's dataset tiny breaks it: age minimum (2 rows), age maximum (5 rows), "
+            "stage enum (2 rows); its policy refuses the bundle\nvalidation:") in out
+    good = make_site(built.path.parent / "sites", "site-2", SAMPLE)
+    code, out, _ = caia("review", built.path, "--site", good.path, "-o", built.path.parent / "r.html", "--json")
+    assert json.loads(out)["site"]["standards"] == ["standard of tiny: site-2's dataset tiny meets it"]
+    renamed = sites.init(built.path.parent / "sites" / "site-3", "site-3")
+    (renamed.path / "data.csv").write_text(SAMPLE)
+    sites.add_dataset(renamed, "other", renamed.path / "data.csv")  # released under another name: no guess
+    code, out, _ = caia("review", built.path, "--site", renamed.path, "-o", built.path.parent / "r.html")
+    assert (f"standard of tiny: check the dataset you release with `caia site check {renamed.path} --standard "
+            f"{built.path / 'standards' / 'tiny.schema.json'} --dataset ID`; breaking it, site-3's policy admits it") in out
+
+
 def test_a_refusal_gives_exact_counts_from_the_sites_own_min_count_up(deployed_broken):
     from caia_jupyter.site.statistics import set_thresholds
 
