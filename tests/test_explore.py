@@ -213,6 +213,7 @@ def test_review_shows_what_leaves_and_the_site_thresholds(federation, tmp_path, 
     assert "I, II, III, IV" in page and "fewer than 25 values, or with between 1 and 24 missing: none of its statistics" in page and "min/max: never sent" in page
     assert "between 0 and 25: suppressed, with enough other bins or categories" in page
     assert "a histogram is withheld unless it has fewer bins than 10% of the feature" in page
+    assert "task result filters: <code>caia_jupyter.site.statistics.SiteStatisticsFilter" in page and "⚠" not in page  # caia's own filter
     assert "caia&#39;s statistics generator" in page or "statistics generator" in page
 
 

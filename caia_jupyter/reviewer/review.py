@@ -404,7 +404,7 @@ def _describe_client_config(config) -> str:
     for key, what in (("task_data_filters", "task data filters"), ("task_result_filters", "task result filters")):
         entries = _as_list(config.get(key))
         classes = [item for entry in entries for item in _as_list(_as_dict(entry).get("filters"))]
-        known = all(_as_dict(item).get("path") in HE_FILTERS for item in classes)
+        known = all(_as_dict(item).get("path") in {**HE_FILTERS, **STATISTICS_CLASSES} for item in classes)
         lines.append(f"- {what}: none" if not entries else
                      f"- {'' if known else '⚠ '}{what}: " + "; ".join(_describe_class(_as_dict(item)) for item in classes))
     for key in sorted(set(config) - {"executors", "components", "task_data_filters", "task_result_filters", "format_version"}):
