@@ -508,11 +508,13 @@ def do_reviewer_init(args, namespace=None) -> Outcome:
 
 def do_site_init(args, namespace=None) -> Outcome:
     from .site.sites import DEFAULT_MAX_APPROVAL_DAYS, init
+    from .site.statistics import read_thresholds
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
     site = init(args.dir, args.name, days, sandbox=args.sandbox, max_epsilon=args.max_epsilon)
     text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
-            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{ceiling_line(site)}"
+            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{ceiling_line(site)}\n{standard_line(site)}"
+            f"\n{thresholds_line(read_thresholds(site.path))}; `caia site policy DIR` sets these"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())

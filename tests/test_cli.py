@@ -245,3 +245,12 @@ def test_approve_then_revoke(reviewed, caia, validated_good, tmp_path):
     assert found is None and "was revoked by revocation" in reasons[0]
     code, _, err = caia("revoke", "sha256:nope", "--site", site, "--key", key)
     assert code == 2 and err.count("\n") == 1 and "is not a bundle id" in err
+
+
+def test_site_init_shows_the_standard_policy_and_statistics_thresholds_it_starts_with(caia, tmp_path):
+    code, out, err = caia("site", "init", tmp_path / "s", "--name", "site-9")
+    assert code == 0, err
+    assert "\ndata breaking a bundle's dataset standard: admitted, the counts recorded in the audit log\n" in out
+    assert "\nstatistics thresholds: --min-count 10 (no count between 0 and it leaves the site), --noise 0.1:0.3 (on " \
+           "min/max), --extremes noisy, --max-bins-percent 10 (a histogram needs fewer bins than this percent of its " \
+           "values); `caia site policy DIR` sets these\n" in out
