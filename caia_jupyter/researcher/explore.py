@@ -23,7 +23,6 @@ import difflib
 import hashlib
 import json
 import os
-import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -41,10 +40,10 @@ from ..contracts.manifest import FORMAT, Manifest, StatisticsSpec, bundle_id, ca
 from ..contracts.version import __version__
 from .bundle import Bundle
 from .compose import sample_columns
+from .notebook import REQUEST_LINE
 from .validation import validate_statistics
 
 LINE = "%federated explore"
-REQUEST_LINE = re.compile(r"\s*(?:\w+\s*=\s*)?%federated explore\s(.*)")  # the line, or its value assigned to a name
 KEYS = ["dataset", "columns", "statistics", "histograms", "quantiles", "categories", "min_clients"]
 DEFAULT_STATISTICS = ["count", "failure_count", "mean", "stddev"]
 SUPPRESSED = "suppressed"

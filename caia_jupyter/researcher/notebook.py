@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import itertools
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 from ..contracts.errors import NotebookError
 from ..contracts.sourcecheck import source_problems
 from . import annotations
+
+# A `%federated explore` request line (`researcher.explore`), or its value assigned to a name.
+REQUEST_LINE = re.compile(r"\s*(?:\w+\s*=\s*)?%federated explore\s(.*)")
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,6 @@ def read(path: str | Path) -> FederatedNotebook:
                 cells.append(fc)
         intro = []
     if not cells:
-        from .explore import REQUEST_LINE  # explore builds on compose, which builds on this module
-
         explores = any(REQUEST_LINE.match(line) for c in raw if c["cell_type"] == "code" for line in c["source"].splitlines())
         raise NotebookError(
             f"{path} has no federated cells; start the cells meant for the sites with %%federated"
