@@ -342,11 +342,18 @@ def do_review(args, namespace=None) -> Outcome:
     review = rendered(args.bundle, args.output, site)
     path, bundle, capabilities, changes = review.path, review.bundle, review.capabilities, review.changes
     job = bundle.manifest["job"]
-    if job.get("statistics"):  # no code: what leaves each site is the review
-        return Outcome(path, f"review: {path}\nstatistics bundle: no code; the review lists what leaves each site",
-                       {"review": str(path), "statistics": job["statistics"]})
-    requested = protection(job)
     problem = validation_problem(bundle)
+    if job.get("statistics"):  # no code: what leaves each site is the review
+        lines = [f"review: {path}", "statistics bundle: no code; the review lists what leaves each site",
+                 f"validation: {problem or 'passed'}"]
+        data = {"review": str(path), "statistics": job["statistics"], "validation": {"passed": not problem, "problem": problem}}
+        if site is not None:
+            from .site.statistics import read_thresholds
+
+            data["standing"] = standing(site, bundle.id)
+            lines += [f"{site.name}'s {thresholds_line(read_thresholds(site.path))}", data["standing"]["line"]]
+        return Outcome(path, "\n".join(lines), data)
+    requested = protection(job)
     data = {"review": str(path), "protection": requested, "capabilities": capabilities.to_json(),
             "validation": {"passed": not problem, "problem": problem}}
     lines = [f"review: {path}", f"protection: {'; '.join(requested)}"]
@@ -355,14 +362,39 @@ def do_review(args, namespace=None) -> Outcome:
     else:
         scope, policy = site_scope(site)
         data["site"] = {"name": site.name, "max_epsilon": site.max_epsilon, "note": site_ceiling(site, job),
-                        "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job)}
+                        "privacy_scope": scope, "privacy": policy, "refusal": site_refusal(site, job),
+                        "standards": standard_lines(site, bundle)}
         data["standing"] = standing(site, bundle.id)
-        lines += [data["site"]["note"], *scope, f"validation: {problem or 'passed'}", data["standing"]["line"]]
+        lines += [data["site"]["note"], *scope, *data["site"]["standards"], f"validation: {problem or 'passed'}",
+                  data["standing"]["line"]]
         data["changes"] = changes.to_json() if changes else None
         lines += changes_lines(changes, site)
     lines += [f"can do: {f.to_json()['heading'].lower()}: {f.what} ({where_found(f)})" for f in capabilities.findings]
     lines += [] if capabilities.findings else ["can do: nothing beyond computing and ctx (advice, not a gate)"]
     return Outcome(path, "\n".join(lines), data)
+
+
+def standard_lines(site, bundle) -> list[str]:
+    """`caia review --site`: per requested dataset with a standard, whether the site's catalog dataset
+    of that name meets it (exact counts: the reviewer works at the site) and what the site's policy
+    does if not; without such a dataset, the `caia site check` that tells."""
+    from .contracts.standard import read_standard, summary, violations
+    from .site.sites import read_dataset
+
+    does = "refuses the bundle" if site.standard_violations == "refuse" else "admits it, recording the counts"
+    lines = []
+    for name, spec in bundle.manifest["datasets"].items():
+        if not spec.get("standard"):
+            continue
+        file = bundle.path / spec["standard"]
+        if name not in site.catalog:
+            lines.append(f"standard of {name}: check the dataset you release with `caia site check {site.path} "
+                         f"--standard {file} --dataset ID`; breaking it, {site.name}'s policy {does}")
+            continue
+        broken = violations(read_dataset(site, name)[0], read_standard(file.read_bytes(), spec["standard"]))
+        lines.append(f"standard of {name}: {site.name}'s dataset {name} "
+                     + (f"breaks it: {summary(broken)}; its policy {does}" if broken else "meets it"))
+    return lines
 
 
 def where_found(finding) -> str:
@@ -470,11 +502,13 @@ def do_reviewer_init(args, namespace=None) -> Outcome:
 
 def do_site_init(args, namespace=None) -> Outcome:
     from .site.sites import DEFAULT_MAX_APPROVAL_DAYS, init
+    from .site.statistics import read_thresholds
 
     days = DEFAULT_MAX_APPROVAL_DAYS if args.max_approval_days is None else args.max_approval_days
     site = init(args.dir, args.name, days, sandbox=args.sandbox, max_epsilon=args.max_epsilon)
     text = (f"site {site.name} created at {site.path} (approvals last at most {plural(site.max_approval_days, 'day')})"
-            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{ceiling_line(site)}"
+            f"\nsandbox {site.sandbox or UNSET_SANDBOX}\n{ceiling_line(site)}\n{standard_line(site)}"
+            f"\n{thresholds_line(read_thresholds(site.path))}; `caia site policy DIR` sets these"
             f"\nno reviewer is trusted yet: each reviewer runs `caia reviewer init KEYFILE`, then "
             f"`caia site trust {site.path} KEYFILE.pub`")
     return Outcome(site, text, site.to_json())
@@ -517,9 +551,8 @@ def do_site_policy(args, namespace=None) -> Outcome:
     else:
         write_thresholds(site.path, thresholds)
     report = sandbox_report(site)
-    shown = ", ".join(f"{key} {value}" for key, value in asdict(thresholds).items())
     text = "\n".join([f"site {site.name}: sandbox {site.sandbox or UNSET_SANDBOX}", *report["lines"], standard_line(site),
-                      f"statistics thresholds: {shown}", ceiling_line(site)])
+                      thresholds_line(thresholds), ceiling_line(site)])
     return Outcome(site, text, {"policy": site.policy, "kernel": report["kernel"], "refusal": report["refusal"],
                                 "statistics": asdict(thresholds)})
 
@@ -548,16 +581,27 @@ def do_explore(args, namespace=None) -> Outcome:
                           poc_workspace=args.poc_workspace)
     if result is None:
         raise CaiaError(f"the statistics run did not finish: {run.message}")
+    return Outcome(result, exploration_text(result, run.path), {"run": str(run.path), **result.to_json()})
+
+
+def exploration_text(result, run_path) -> str:
+    """What `caia explore` prints of a `researcher.explore.Result`: each table, each histogram (one
+    every site withheld says so), and what `suppressed` and `partial` mean."""
+    from .researcher.explore import PARTIAL, SUPPRESSED
+
     text = [f"statistics of bundle {result.bundle_id.removeprefix('sha256:')[:12]} from {', '.join(result.sites)} "
-            f"(run {run.path})"]
+            f"(run {run_path})"]
     for statistic in result.statistics:
-        text += ["", statistic, result.table(statistic).to_string()]
+        text += ["", "failure_count (values missing)" if statistic == "failure_count" else statistic,
+                 result.table(statistic).to_string()]
     for column in result.spec.get("histograms", {}):
-        text += ["", f"histogram of {column}", result.histogram(column).to_string(index=False)]
-    suppressed = result.suppressed()
-    text += ["", f"suppressed at the sites: {len(suppressed)} statistic(s) (below a site's thresholds); "
-             "a pooled value some site withheld its part of reads 'partial'"]
-    return Outcome(result, "\n".join(text), {"run": str(run.path), **result.to_json()})
+        histogram = result.histogram(column)
+        text += ["", f"histogram of {column}", histogram.to_string(index=False) if len(histogram) else f"  {SUPPRESSED} at every site"]
+    text += ["", f"{SUPPRESSED} at the sites: {plural(len(result.suppressed()), 'statistic')}, each under its site's thresholds "
+             "(a column with fewer values than the site's minimum count, or with fewer missing values but some, is "
+             "withheld whole; a small bin or category count, with as many others as keep it from being derived); "
+             f"a pooled value some site withheld its part of reads '{PARTIAL}'"]
+    return "\n".join(text)
 
 
 def do_site_show(args, namespace=None) -> Outcome:
@@ -585,7 +629,7 @@ def do_site_show(args, namespace=None) -> Outcome:
                       f"  {standard_line(site)}",
                       f"  {ceiling_line(site)}",
                       *(f"  {line}" for line in privacy_policy.describe(policy)),
-                      "  statistics thresholds: " + ", ".join(f"{k} {v}" for k, v in data["statistics"].items())])
+                      f"  {thresholds_line(read_thresholds(site.path))}"])
     return Outcome(site, text, data)
 
 
@@ -662,6 +706,14 @@ def standard_line(site) -> str:
     if site.standard_violations == "refuse":
         return "data breaking a bundle's dataset standard: the bundle is refused"
     return "data breaking a bundle's dataset standard: admitted, the counts recorded in the audit log"
+
+
+def thresholds_line(thresholds) -> str:
+    """The site's statistics thresholds as one line, in the words of `caia site policy`'s options."""
+    return (f"statistics thresholds: --min-count {thresholds.min_count} (no count between 0 and it leaves the site), "
+            f"--noise {thresholds.min_noise_level}:{thresholds.max_noise_level} (on min/max), "
+            f"--extremes {'noisy' if thresholds.extremes else 'none'}, --max-bins-percent {thresholds.max_bins_percent:g} "
+            "(a histogram needs fewer bins than this percent of its values)")
 
 
 def ceiling_line(site) -> str:

@@ -26,6 +26,16 @@ def test_bad_notebooks_get_one_line_errors_exit_2_and_nothing_written(write_note
     assert sorted(p.name for p in path.parent.rglob("*")) == before
 
 
+def test_a_notebook_with_only_an_explore_line_is_told_where_its_statistics_bundle_comes_from(caia, tmp_path):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("result = %federated explore dataset=t:s.csv columns=age")
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "study.ipynb")
+    code, _, err = caia("bundle", tmp_path / "study.ipynb")
+    assert code == 2 and err.endswith("has no federated cells; start the cells meant for the sites with %%federated (its "
+                                      "%federated explore line makes a statistics bundle: caia explore study.ipynb --sites ...)\n")
+
+
 def test_missing_notebook_and_missing_sample(write_notebook, caia, tmp_path):
     code, _, err = caia("bundle", tmp_path / "nope.ipynb")
     assert code == 2 and "does not exist" in err
@@ -235,3 +245,12 @@ def test_approve_then_revoke(reviewed, caia, validated_good, tmp_path):
     assert found is None and "was revoked by revocation" in reasons[0]
     code, _, err = caia("revoke", "sha256:nope", "--site", site, "--key", key)
     assert code == 2 and err.count("\n") == 1 and "is not a bundle id" in err
+
+
+def test_site_init_shows_the_standard_policy_and_statistics_thresholds_it_starts_with(caia, tmp_path):
+    code, out, err = caia("site", "init", tmp_path / "s", "--name", "site-9")
+    assert code == 0, err
+    assert "\ndata breaking a bundle's dataset standard: admitted, the counts recorded in the audit log\n" in out
+    assert "\nstatistics thresholds: --min-count 10 (no count between 0 and it leaves the site), --noise 0.1:0.3 (on " \
+           "min/max), --extremes noisy, --max-bins-percent 10 (a histogram needs fewer bins than this percent of its " \
+           "values); `caia site policy DIR` sets these\n" in out

@@ -79,6 +79,23 @@ def test_request_parses_into_a_spec():
         StatisticsSpec(columns=["grade"], statistics=["count"], categories={"grade": ["1", "2"]})
 
 
+def test_a_slip_in_the_request_is_named_by_its_key_with_the_fix(tmp_path):
+    with pytest.raises(NotebookError, match=r"'histogram=x:4': did you mean histograms=\? keys are dataset, columns"):
+        parse(["dataset=a:s.csv", "columns=x", "histogram=x:4"])
+    with pytest.raises(NotebookError, match=r"'categories=stage:I,II': write categories=COLUMN:A\|B\|C, the categories separated by \|"):
+        parse(["dataset=a:s.csv", "columns=x", "categories=stage:I,II"])
+    pd.DataFrame({"age": [50, 61, 70], "stage": ["I", "II", "I"]}).to_csv(tmp_path / "s.csv", index=False)
+    for tokens, problem in ((["dataset=a:s.csv"], "no columns=; add columns=..."),
+                            (["dataset=a:s.csv", "columns=age", "statistics=count,median"],
+                             "statistics= 'median': input should be 'count', 'failure_count'"),
+                            (["dataset=a:s.csv", "columns=age", "histograms=age:0"],
+                             "histograms= age bins 0: input should be greater than or equal to 1")):
+        with pytest.raises(NotebookError) as caught:
+            statistics_bundle(tmp_path / "nb.ipynb", tokens, tmp_path / "b")
+        assert str(caught.value).startswith(f"%federated explore: {problem}") and "\n" not in str(caught.value)
+    assert not (tmp_path / "b").exists()  # nothing half-written
+
+
 def test_the_request_is_read_from_the_notebooks_line_in_each_form_the_magic_takes(tmp_path):
     from caia_jupyter.researcher.explore import request_of
 
@@ -189,11 +206,17 @@ def test_review_shows_what_leaves_and_the_site_thresholds(federation, tmp_path, 
     set_thresholds(made[1].site.path, min_count=25, extremes=False)
     code, out, err = caia("review", bundle.path, "--site", made[1].site.path, "-o", tmp_path / "r.html")
     assert code == 0, err
+    assert out.splitlines()[2:] == [
+        "validation: passed", "site-2's statistics thresholds: --min-count 25 (no count between 0 and it leaves the site), "
+        "--noise 0.1:0.3 (on min/max), --extremes none, --max-bins-percent 10 (a histogram needs fewer bins than this "
+        "percent of its values)", "standing at site-2: never reviewed: no approval, revocation or rejection of this bundle"]
     page = (tmp_path / "r.html").read_text()
     assert "holds <strong>no code</strong>" in page
     assert "histogram of 2 bins over [5.0, 45.0)" in page and "histogram of 2 bins over a range agreed" in page
-    assert "I, II, III, IV" in page and "fewer than 25 values" in page and "min/max: never sent" in page
+    assert "I, II, III, IV" in page and "fewer than 25 values, or with between 1 and 24 missing: none of its statistics" in page and "min/max: never sent" in page
     assert "between 0 and 25: suppressed, with enough other bins or categories" in page
+    assert "a histogram is withheld unless it has fewer bins than 10% of the feature" in page
+    assert "task result filters: <code>caia_jupyter.site.statistics.SiteStatisticsFilter" in page and "⚠" not in page  # caia's own filter
     assert "caia&#39;s statistics generator" in page or "statistics generator" in page
 
 
@@ -204,6 +227,9 @@ def test_site_policy_sets_thresholds(tmp_path, caia):
     assert read_thresholds(tmp_path / "s").max_noise_level == 0.4
     code, _, err = caia("site", "policy", tmp_path / "s", "--min-count", "0", "--sandbox", "off")
     assert code == 2 and "min_count must be a whole number of at least 1" in err and err.count("\n") == 1
+    code, out, _ = caia("site", "policy", tmp_path / "s")  # printed in the words of the options that set them
+    assert "statistics thresholds: --min-count 15 (no count between 0 and it leaves the site), --noise 0.2:0.4 " \
+           "(on min/max), --extremes noisy, --max-bins-percent 10 (" in out
     code, out, _ = caia("site", "show", tmp_path / "s", "--json")
     shown = json.loads(out)
     assert shown["statistics"]["min_count"] == 15 and shown["policy"].get("sandbox") != "off"  # nothing half-written
@@ -511,6 +537,22 @@ def test_a_pooled_value_some_site_withheld_reads_partial():
     raw["x"]["failure_count"] = {"a": {}}  # every site withheld it: nothing pooled
     assert result.table("failure_count").loc[("d", "x"), "pooled"] == SUPPRESSED
     assert result.plot_missing().axes
+
+
+def test_caia_explore_text_says_what_suppressed_means_and_names_a_histogram_every_site_withheld():
+    from caia_jupyter.cli import exploration_text
+
+    raw = {"x": {"count": {"a": {"d": 50}, "Global": {"d": 50}}, "failure_count": {"a": {"d": 0}, "Global": {"d": 0}},
+                 "histogram": {"a": {"d": [[0, 5, 20], [5, 10, 30]]}, "Global": {"d": [[0, 5, 20], [5, 10, 30]]}}},
+           "y": {"count": {"a": {}}, "failure_count": {"a": {}}}}
+    spec = {"columns": ["x", "y"], "statistics": ["count", "failure_count", "histogram"],
+            "histograms": {"x": {"bins": 2}, "y": {"bins": 4, "range": [0, 8]}}}
+    text = exploration_text(Result(raw, spec, ["a"], ["d"], "sha256:" + "ab" * 32), "runs/r")
+    assert text.splitlines()[0] == "statistics of bundle abababababab from a (run runs/r)"
+    assert "\nfailure_count (values missing)\n" in text and "Empty DataFrame" not in text
+    assert "histogram of y\n  suppressed at every site\n" in text
+    assert "suppressed at the sites: 3 statistics, each under its site's thresholds (a column with fewer values than " \
+           "the site's minimum count, or with fewer missing values but some, is withheld whole;" in text
 
 
 def test_a_poc_statistics_runs_outcome_from_the_servers_job_meta(tmp_path):

@@ -59,6 +59,9 @@ def test_line_magic_errors_are_one_line_usage_errors(shell, tmp_path):
     assert type(error).__name__ == "UsageError" and "does not exist" in str(error)
     error = run(shell, "%federated bundle")
     assert type(error).__name__ == "UsageError" and "does not know its notebook" in str(error)
+    error = run(shell, "%federated explore dataset=a:s.csv columns=x")
+    assert str(error) == ("this kernel does not know its notebook; name it first, e.g. %federated explore my.ipynb "
+                          "dataset=..., or run papermill with --inject-input-path")
 
 
 def test_bundle_defaults_to_the_kernels_notebook(shell, write_notebook, monkeypatch):

@@ -166,7 +166,8 @@ def test_the_guard_refuses_data_breaking_the_standard_when_the_policy_says_refus
     built, app, site = deployed_broken
     assert caia("site", "policy", site.path, "--standard-violations", "refuse")[0] == 0
     with pytest.raises(CaiaError, match="^site site-1 would refuse this release: dataset tiny breaks its standard: "
-                       r"age minimum \(fewer than 10 rows\).* \(dataset tiny breaks its standard: age minimum \(2 rows\)"):
+                       r"age minimum \(fewer than 10 rows\).*the researcher the standard\) \(exact counts at the site: age minimum \(2 rows\), "
+                       r"age maximum \(5 rows\), stage enum \(2 rows\)\); nothing was signed$"):
         # a reviewer cannot sign what the guard would refuse, and, working at the site, sees its exact counts
         signing.check_admissible(sites.open_site(site.path), built, {"tiny": "tiny"})
     sites.set_policy(site.path, standard_violations="report")
@@ -181,7 +182,25 @@ def test_the_guard_refuses_data_breaking_the_standard_when_the_policy_says_refus
     assert_no_value(str(caught.value))
     last = audit.verify(site)[0][-1]  # the site's own audit log keeps the exact counts
     assert (last["event"], last["outcome"]) == ("refusal", "refused")
-    assert last["reason"].endswith("(dataset tiny breaks its standard: age minimum (2 rows), age maximum (5 rows), stage enum (2 rows))")
+    assert last["reason"].endswith("(exact counts at the site: age minimum (2 rows), age maximum (5 rows), stage enum (2 rows))")
+
+
+def test_the_review_for_a_site_says_whether_its_dataset_meets_the_standard_and_what_its_policy_does(deployed_broken, caia):
+    built, _, site = deployed_broken
+    sites.set_policy(site.path, standard_violations="refuse")
+    code, out, err = caia("review", built.path, "--site", site.path, "-o", built.path.parent / "r.html")
+    assert code == 0, err
+    assert ("standard of tiny: site-1's dataset tiny breaks it: age minimum (2 rows), age maximum (5 rows), "
+            "stage enum (2 rows); its policy refuses the bundle\nvalidation:") in out
+    good = make_site(built.path.parent / "sites", "site-2", SAMPLE)
+    code, out, _ = caia("review", built.path, "--site", good.path, "-o", built.path.parent / "r.html", "--json")
+    assert json.loads(out)["site"]["standards"] == ["standard of tiny: site-2's dataset tiny meets it"]
+    renamed = sites.init(built.path.parent / "sites" / "site-3", "site-3")
+    (renamed.path / "data.csv").write_text(SAMPLE)
+    sites.add_dataset(renamed, "other", renamed.path / "data.csv")  # released under another name: no guess
+    code, out, _ = caia("review", built.path, "--site", renamed.path, "-o", built.path.parent / "r.html")
+    assert (f"standard of tiny: check the dataset you release with `caia site check {renamed.path} --standard "
+            f"{built.path / 'standards' / 'tiny.schema.json'} --dataset ID`; breaking it, site-3's policy admits it") in out
 
 
 def test_a_refusal_gives_exact_counts_from_the_sites_own_min_count_up(deployed_broken):

@@ -66,11 +66,11 @@ class FederatedMagics(Magics):
         if not tokens or tokens[0] in KERNEL_COMMANDS:
             return getattr(self, f"_{tokens[0] if tokens else 'help'}")()
         if tokens[0] == "explore" and (len(tokens) == 1 or "=" in tokens[1] or tokens[1].startswith("-")):
-            tokens.insert(1, str(current_notebook(self.shell.user_ns)))  # the request is this notebook's
+            tokens.insert(1, str(current_notebook(self.shell.user_ns, "explore")))  # the request is this notebook's
         if tokens[0] in ("bundle", "validate") and not any(t.endswith(".ipynb") or os.path.isdir(t) for t in tokens[1:]):
-            tokens.insert(1, str(current_notebook(self.shell.user_ns)))
+            tokens.insert(1, str(current_notebook(self.shell.user_ns, tokens[0])))
         if tokens[0] == "submit" and (len(tokens) == 1 or tokens[1].startswith("-")):
-            tokens.insert(1, str(current_notebook(self.shell.user_ns)))  # what is saved is what runs
+            tokens.insert(1, str(current_notebook(self.shell.user_ns, "submit")))  # what is saved is what runs
         try:
             args = cli.build_parser().parse_args(tokens)
             if tokens[0] in ("submit", "status"):
@@ -118,12 +118,14 @@ class FederatedMagics(Magics):
         return Context("local", settings.params, datasets, rounds=settings.rounds, privacy=privacy)
 
 
-def current_notebook(user_ns) -> Path:
+def current_notebook(user_ns, command: str = "bundle") -> Path:
     """The notebook this kernel belongs to, as JupyterLab tells the kernel, or papermill run with
-    `--inject-input-path` (its PAPERMILL_INPUT_PATH parameter). Raises UsageError naming the fixes."""
+    `--inject-input-path` (its PAPERMILL_INPUT_PATH parameter). Raises UsageError naming the fixes,
+    the example written for `command` (the %federated command that needs the notebook)."""
     session = os.environ.get("JPY_SESSION_NAME") or user_ns.get("__session__") or user_ns.get("PAPERMILL_INPUT_PATH")
     if not session or not str(session).endswith(".ipynb"):
-        raise UsageError("this kernel does not know its notebook; name it, e.g. %federated bundle my.ipynb, "
+        example = f"%federated {command} my.ipynb" + (" dataset=..." if command == "explore" else "")
+        raise UsageError(f"this kernel does not know its notebook; name it first, e.g. {example}, "
                          "or run papermill with --inject-input-path")
     return Path(session)
 

@@ -19,10 +19,10 @@ made. `Result` reads what NVFLARE's statistics controller wrote.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
-import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -40,10 +40,11 @@ from ..contracts.manifest import FORMAT, Manifest, bundle_id, category_feature
 from ..contracts.version import __version__
 from .bundle import Bundle
 from .compose import sample_columns
+from .notebook import REQUEST_LINE
 from .validation import validate_statistics
 
 LINE = "%federated explore"
-REQUEST_LINE = re.compile(r"\s*(?:\w+\s*=\s*)?%federated explore\s(.*)")  # the line, or its value assigned to a name
+KEYS = ["dataset", "columns", "statistics", "histograms", "quantiles", "categories", "min_clients"]
 DEFAULT_STATISTICS = ["count", "failure_count", "mean", "stddev"]
 SUPPRESSED = "suppressed"
 PARTIAL = "partial"  # a pooled value some site withheld its part of: never a silently smaller number
@@ -79,13 +80,14 @@ def parse(tokens: list[str]) -> tuple[dict[str, str], dict, int]:
                                                   **({"range": [float(numbers[1]), float(numbers[2])]} if numbers[1:] else {})}
             elif key == "categories":
                 column, _, values = value.partition(":")
-                if not values:
-                    raise ValueError("write categories=COLUMN:A|B|C")
+                if not values or "," in values:  # `,` separates in every other key: I,II is a slip, not a category
+                    raise ValueError("write categories=COLUMN:A|B|C, the categories separated by |, one token per column")
                 spec["categories"][column] = values.split("|")
             elif key == "min_clients":
                 min_clients = int(value)
             else:
-                raise ValueError("keys are dataset, columns, statistics, histograms, quantiles, categories, min_clients")
+                close = difflib.get_close_matches(key, KEYS, n=1)
+                raise ValueError(f"{'did you mean ' + close[0] + '=? ' if close else ''}keys are {', '.join(KEYS)}")
         except ValueError as e:
             raise NotebookError(f"{LINE}: {token!r}: {e}") from None
     if not samples:
@@ -144,8 +146,7 @@ def statistics_bundle(notebook_path: str | Path, tokens: list[str] | None = None
             datasets=datasets, job={"rounds": 1, "min_clients": min_clients, "statistics": spec},
         ).model_dump(mode="json", exclude_none=True)
     except ValidationError as e:
-        error = e.errors()[0]
-        raise NotebookError(f"{LINE}: {error['msg'].removeprefix('Value error, ')}") from None
+        raise NotebookError(f"{LINE}: {_spec_problem(e.errors()[0])}") from None
     bid = bundle_id(manifest)
     target = Path(output) if output else default_output(notebook_path)
     with staged_dir(target) as stage:
@@ -158,6 +159,19 @@ def statistics_bundle(notebook_path: str | Path, tokens: list[str] | None = None
     bundle = Bundle(target, bid, manifest)
     validate_statistics(bundle)
     return bundle
+
+
+def _spec_problem(error: dict) -> str:
+    """One pydantic error of the request's spec, in the request's own words: the key it is about."""
+    message = error["msg"].removeprefix("Value error, ")
+    loc = error["loc"]
+    if loc[:2] != ("job", "statistics") or len(loc) < 3:
+        return message  # the spec as a whole (its validator names what it is about)
+    if error["type"] == "missing":
+        return f"no {loc[2]}=; add {loc[2]}=... (see `caia explore --help`)"
+    where = "".join(f" {part}" for part in loc[3:] if isinstance(part, str))  # histograms: the column, "bins"
+    value = f" {error['input']!r}" if isinstance(error.get("input"), (str, int, float)) else ""
+    return f"{loc[2]}={where}{value}: {message[:1].lower()}{message[1:]}"
 
 
 @dataclass

@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import itertools
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 from ..contracts.errors import NotebookError
 from ..contracts.sourcecheck import source_problems
 from . import annotations
+
+# A `%federated explore` request line (`researcher.explore`), or its value assigned to a name.
+REQUEST_LINE = re.compile(r"\s*(?:\w+\s*=\s*)?%federated explore\s(.*)")
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,8 @@ def read(path: str | Path) -> FederatedNotebook:
     or the cell and its line as JupyterLab numbers it (from 1, the %%federated line included).
     """
     path = Path(path)
-    cells, intro = [], []
-    for index, cell in enumerate(_load(path)):
+    cells, intro, raw = [], [], _load(path)
+    for index, cell in enumerate(raw):
         if cell["cell_type"] == "markdown":
             intro.append(normalise_newlines(cell["source"]))
             continue
@@ -77,8 +81,10 @@ def read(path: str | Path) -> FederatedNotebook:
                 cells.append(fc)
         intro = []
     if not cells:
+        explores = any(REQUEST_LINE.match(line) for c in raw if c["cell_type"] == "code" for line in c["source"].splitlines())
         raise NotebookError(
             f"{path} has no federated cells; start the cells meant for the sites with %%federated"
+            + (f" (its %federated explore line makes a statistics bundle: caia explore {path.name} --sites ...)" if explores else "")
         )
     settings = annotations.merge([(c.label, c.header) for c in cells])
     return FederatedNotebook(path, tuple(cells), settings)

@@ -303,13 +303,15 @@ def statistics_cells(bundle: Bundle, config: str, site: Site | None) -> list:
                  " (names from this bundle, never from your data) |\n")
     thresholds = read_thresholds(site.path) if site is not None else Thresholds()
     whose = "your site's (statistics.json)" if site is not None else "each site's own; the defaults are"
-    limits = (f"- a feature with fewer than {thresholds.min_count} values: none of its statistics leave the site "
-              "(nor a missing count below that)\n"
+    few_missing = f", or with between 1 and {thresholds.min_count - 1} missing" if thresholds.min_count > 1 else ""
+    limits = (f"- a feature with fewer than {thresholds.min_count} values{few_missing}: none of its statistics leave the "
+              "site (another column's count minus its own would give the missing ones)\n"
               f"- a histogram bin or category count between 0 and {thresholds.min_count}: suppressed, with enough other "
               "bins or categories that none can be recovered by subtracting the released ones from the total "
               "(complementary suppression)\n"
               f"- min/max: {'sent with ' + str(thresholds.min_noise_level) + ' to ' + str(thresholds.max_noise_level) + ' relative noise' if thresholds.extremes else 'never sent'}\n"
-              f"- a histogram with bins at or above {thresholds.max_bins_percent}% of the feature's values is withheld\n")
+              f"- a histogram is withheld unless it has fewer bins than {thresholds.max_bins_percent:g}% of the feature's "
+              "values (NVFLARE's rule against a bin per patient)\n")
     record = bundle.record("validation.json") or {}
     valid = (record.get("bundle_id") == bundle.id and record.get("passed") is True)
     return [
@@ -424,7 +426,7 @@ def _describe_client_config(config) -> str:
     for key, what in (("task_data_filters", "task data filters"), ("task_result_filters", "task result filters")):
         entries = _as_list(config.get(key))
         classes = [item for entry in entries for item in _as_list(_as_dict(entry).get("filters"))]
-        known = all(_as_dict(item).get("path") in HE_FILTERS for item in classes)
+        known = all(_as_dict(item).get("path") in {**HE_FILTERS, **STATISTICS_CLASSES} for item in classes)
         lines.append(f"- {what}: none" if not entries else
                      f"- {'' if known else '⚠ '}{what}: " + "; ".join(_describe_class(_as_dict(item)) for item in classes))
     for key in sorted(set(config) - {"executors", "components", "task_data_filters", "task_result_filters", "format_version"}):

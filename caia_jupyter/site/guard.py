@@ -117,7 +117,7 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
                 coarse = standard.summary(broken, read_thresholds(site.path).min_count)
                 raise Unfit(f"dataset {name} breaks its standard: {coarse}; the site's policy refuses "
                             "data that breaks the bundle's standard (the site fixes its data, or the researcher the standard)",
-                            f"dataset {name} breaks its standard: {standard.summary(broken)}")
+                            f"exact counts at the site: {standard.summary(broken)}")
             released[name]["violations"] = [[v.field, v.rule, v.count] for v in broken]
     return released
 
