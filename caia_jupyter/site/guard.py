@@ -88,9 +88,9 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
     Raises Unfit (one line naming the dataset and, for a schema that does not fit, the column) for
     no release when datasets are requested, a name the bundle does not request, a catalog id the
     site lacks, a file that cannot be read or a missing column or one of another kind, and, under the
-    site policy standard_violations "refuse", data that breaks its standard: each rule with its count,
-    a count below the site's min_count (`statistics.read_thresholds`) given as "fewer than N rows"
-    (a standard is a counting query); the exact counts are in `detail`, for the site.
+    site policy standard_violations "refuse", data that breaks its standard: each rule it breaks, no
+    count (a standard is a counting query: two counts above any threshold subtract from the number of
+    rows to a small one); the exact counts are in `detail`, for the site.
     """
     if requested and not releases:
         raise Unfit(f"the bundle requests {', '.join(sorted(requested))} and no dataset is released to it",
@@ -114,8 +114,7 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
         if name in (standards or {}):
             broken = standard.violations(frame, standards[name])
             if broken and site.standard_violations == "refuse":
-                coarse = standard.summary(broken, read_thresholds(site.path).min_count)
-                raise Unfit(f"dataset {name} breaks its standard: {coarse}; the site's policy refuses "
+                raise Unfit(f"dataset {name} breaks its standard: {standard.rules(broken)}; the site's policy refuses "
                             "data that breaks the bundle's standard (the site fixes its data, or the researcher the standard)",
                             f"dataset {name} breaks its standard: {standard.summary(broken)}")
             released[name]["violations"] = [[v.field, v.rule, v.count] for v in broken]
