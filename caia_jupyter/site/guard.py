@@ -49,7 +49,7 @@ from .privacy_policy import Policy, install, read_policy, scope_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
-from .statistics import noise_seed, read_thresholds
+from .statistics import RANGES_FILE, noise_seed, read_thresholds
 
 log = logging.getLogger(__name__)
 # The refusal of a site whose own caia directory is unusable (its name is unknown then).
@@ -261,7 +261,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
     if job.get("statistics"):
         try:
             statistics = {"spec": job["statistics"], "thresholds": asdict(read_thresholds(site.path)),
-                          "noise_seed": noise_seed(site.path, bid)}
+                          "noise_seed": noise_seed(site.path, bid), "ranges": str(Path(site.path) / RANGES_FILE)}
         except SiteError as e:
             refuse("its statistics thresholds (statistics.json) or noise key are unusable, so it refuses every "
                    "statistics bundle (the site's log says why)", str(e))
