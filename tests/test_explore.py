@@ -18,7 +18,7 @@ from caia_jupyter.researcher.explore import PARTIAL, SUPPRESSED, Result, parse, 
 from caia_jupyter.reviewer import signing
 from caia_jupyter.site import sites as site_dirs
 from caia_jupyter.site.statistics import (Thresholds, _Cleansers, coarse, complementary, described, read_thresholds, restrict,
-                                          set_thresholds, withhold)
+                                          set_thresholds, taken_ranges, withhold)
 from caia_jupyter.targets.demo_sites import make_sites
 from caia_jupyter.targets.explore import explore
 
@@ -438,7 +438,7 @@ def test_a_histogram_with_one_small_tail_bin_releases_all_but_two_bins_and_neith
     assert [i for i, b in enumerate(histogram.bins) if b.sample_count != b.sample_count] == [6, 7]
 
 
-def test_a_histogram_with_a_small_bin_or_remainder_suppresses_bins_not_the_histogram():
+def test_a_histogram_with_a_small_bin_or_remainder_suppresses_bins_not_the_histogram(tmp_path):
     from nvflare.app_common.abstract.statistics_spec import Bin, Histogram, HistogramType
 
     def age_histogram(first, second):  # 100 ages, the spec's 2 bins over [0, 100)
@@ -455,8 +455,9 @@ def test_a_histogram_with_a_small_bin_or_remainder_suppresses_bins_not_the_histo
     assert "age" not in released(narrow)["histogram"]["d"]  # another range than the spec's: not asked
     spec = StatisticsSpec(columns=["age", "size"], statistics=["count", "histogram"], histograms={"age": {"bins": 2}})
 
-    def agreed(frame, histogram_range):  # a range the server chose, after the site sent its noisy extremes (30..97 ages)
-        return in_two_rounds(_Cleansers(Thresholds(max_bins_percent=100), spec, "seed"), site_answer(frame, spec, histogram_range))
+    def agreed(frame, histogram_range):  # a range the server chose, after the site sent its noisy extremes (30..97 ages),
+        taken = taken_ranges(tmp_path / f"{histogram_range}.json", "sha256:x")  # in the first run of a request
+        return in_two_rounds(_Cleansers(Thresholds(max_bins_percent=100), spec, "seed", taken), site_answer(frame, spec, histogram_range))
 
     assert agreed(patients(old=3), (90, 99))["histogram"]["d"] == {}  # it does not hold them: it isolates the tail
     assert agreed(patients(old=3), (0, 200))["histogram"]["d"] == {}  # a zero bin hides, and nothing can hide with it

@@ -166,7 +166,7 @@ def test_the_guard_refuses_data_breaking_the_standard_when_the_policy_says_refus
     built, app, site = deployed_broken
     assert caia("site", "policy", site.path, "--standard-violations", "refuse")[0] == 0
     with pytest.raises(CaiaError, match="^site site-1 would refuse this release: dataset tiny breaks its standard: "
-                       r"age minimum \(fewer than 10 rows\).*the researcher the standard\) \(exact counts at the site: age minimum \(2 rows\), "
+                       r"age minimum, age maximum, stage enum; .*the researcher the standard\) \(exact counts at the site: age minimum \(2 rows\), "
                        r"age maximum \(5 rows\), stage enum \(2 rows\)\); nothing was signed$"):
         # a reviewer cannot sign what the guard would refuse, and, working at the site, sees its exact counts
         signing.check_admissible(sites.open_site(site.path), built, {"tiny": "tiny"})
@@ -175,9 +175,9 @@ def test_the_guard_refuses_data_breaking_the_standard_when_the_policy_says_refus
     site = sites.set_policy(site.path, standard_violations="refuse")
     with pytest.raises(Refusal) as caught:
         admit(app, site.path, sandbox="off")
-    assert str(caught.value) == (  # a standard is a counting query: the researcher sees no count below min_count
-        f"site-1 refused bundle {built.id}: dataset tiny breaks its standard: age minimum (fewer than 10 rows), age maximum "
-        "(fewer than 10 rows), stage enum (fewer than 10 rows); the site's policy refuses data that breaks the bundle's "
+    assert str(caught.value) == (  # a standard is a counting query: the researcher sees no count
+        f"site-1 refused bundle {built.id}: dataset tiny breaks its standard: age minimum, age maximum, "
+        "stage enum; the site's policy refuses data that breaks the bundle's "
         "standard (the site fixes its data, or the researcher the standard)")
     assert_no_value(str(caught.value))
     last = audit.verify(site)[0][-1]  # the site's own audit log keeps the exact counts
@@ -203,16 +203,24 @@ def test_the_review_for_a_site_says_whether_its_dataset_meets_the_standard_and_w
             f"{built.path / 'standards' / 'tiny.schema.json'} --dataset ID`; breaking it, site-3's policy admits it") in out
 
 
-def test_a_refusal_gives_exact_counts_from_the_sites_own_min_count_up(deployed_broken):
-    from caia_jupyter.site.statistics import set_thresholds
-
-    built, app, site = deployed_broken
+def test_a_refusal_names_the_broken_rules_and_gives_no_count(tmp_path):
+    """A standard is a counting query: two exact counts, each above the site's min_count, subtract from
+    the number of rows (a statistics request's count) to a small one: here 12 ages below a minimum of
+    50 and 15 above a maximum of 50, of 30 rows, would give the 3 patients aged exactly 50."""
+    fields = [f if f["name"] != "age" else {**f, "constraints": {"required": True, "minimum": 50, "maximum": 50}}
+              for f in STANDARD["fields"]]
+    stages = [STAGES[i % 4] for i in range(30)]
+    built = compose.build(notebook(tmp_path / "nb", {**STANDARD, "fields": fields}, table([50] * 24, stages)))
+    app = build_job(built, ["site-1"], tmp_path / "job", name="caia-standard") / "app_site-1"
+    site = make_site(tmp_path / "sites", "site-1", table([*range(30, 42), *range(60, 75), 50, 50, 50], stages))
     approve(site, built.id, {"tiny": "tiny"})
     sites.set_policy(site.path, standard_violations="refuse")
-    set_thresholds(site.path, min_count=5)
     with pytest.raises(Refusal) as caught:
         admit(app, site.path, sandbox="off")
-    assert "age minimum (fewer than 5 rows), age maximum (5 rows), stage enum (fewer than 5 rows);" in str(caught.value)
+    assert str(caught.value) == (
+        f"site-1 refused bundle {built.id}: dataset tiny breaks its standard: age minimum, age maximum; the site's policy "
+        "refuses data that breaks the bundle's standard (the site fixes its data, or the researcher the standard)")
+    assert audit.verify(site)[0][-1]["reason"].endswith("(exact counts at the site: age minimum (12 rows), age maximum (15 rows))")
 
 
 def test_with_the_policy_report_the_guard_admits_and_records_the_counts(deployed_broken):
@@ -247,8 +255,8 @@ def test_a_refused_standard_in_a_real_simulator_run_names_the_rules(tmp_path):
     run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
     assert run.wait(timeout=300) == "finished"
     assert run.refusals["site-3"] == (
-        f"site-3 refused bundle {built.id}: dataset tiny breaks its standard: age minimum (fewer than 10 rows), age maximum "
-        "(fewer than 10 rows), stage enum (fewer than 10 rows); the site's policy refuses data that breaks the bundle's "
+        f"site-3 refused bundle {built.id}: dataset tiny breaks its standard: age minimum, age maximum, "
+        "stage enum; the site's policy refuses data that breaks the bundle's "
         "standard (the site fixes its data, or the researcher the standard)")
     assert "site-3" not in set(run.metrics()["site"])
 

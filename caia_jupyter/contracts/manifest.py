@@ -73,6 +73,10 @@ class StatisticsSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        for what, values in (("column", self.columns), ("quantile", self.quantiles)):
+            twice = next((v for v in values if values.count(v) > 1), None)
+            if twice is not None:
+                raise ValueError(f"{what} {twice!r} is named twice in {what}s=; name each once")
         unknown = sorted(set(self.histograms) - set(self.columns))
         if unknown:
             raise ValueError(f"histogram of {unknown[0]!r}, which is not among the columns described")

@@ -18,8 +18,9 @@ a site answers (`caia site check`, its guard at admission) and what a sample mus
 validation). Rules: "missing-field", "type", "required", "minimum", "maximum", "enum", "pattern".
 A row whose value is not of the field's type counts under "type" only.
 
-A standard is a counting query on the site's data: the site sees its exact counts; what the
-researcher is shown (`summary` with the site's min_count) says "fewer than N rows" below it.
+A standard is a counting query on the site's data: the site sees its exact counts (`summary`); the
+researcher is shown only the rules broken (`rules`), no count: two exact counts, however large,
+subtract from the number of rows (which statistics release) to a small one.
 """
 
 from __future__ import annotations
@@ -53,19 +54,19 @@ class Violation:
     count: int
 
     def __str__(self) -> str:
-        return self.text()
-
-    def text(self, min_count: int = 1) -> str:
-        """"age maximum (7 rows)"; a count below `min_count` (a site's threshold) as "(fewer than 10 rows)"."""
-        if self.count < min_count:
-            return f"{self.field} {self.rule} (fewer than {min_count} rows)"
+        """"age maximum (7 rows)": for the site, which sees its exact counts."""
         return f"{self.field} {self.rule} ({self.count} row{'s' if self.count != 1 else ''})"
 
 
-def summary(found: list[Violation], min_count: int = 1) -> str:
-    """"age maximum (17 rows), stage enum (fewer than 10 rows)": field names and counts, never a
-    value; counts below `min_count` are not given (what a researcher may see of a site's data)."""
-    return ", ".join(v.text(min_count) for v in found)
+def summary(found: list[Violation]) -> str:
+    """"age maximum (17 rows), stage enum (2 rows)": field names and exact counts, never a value;
+    for the site (`caia site check`, its log and audit log), never for a researcher (`rules`)."""
+    return ", ".join(map(str, found))
+
+
+def rules(found: list[Violation]) -> str:
+    """"age minimum, age maximum, stage enum": the rules broken, without counts; what a researcher may see."""
+    return ", ".join(f"{v.field} {v.rule}" for v in found)
 
 
 def read_standard(data: bytes, where: str) -> dict:

@@ -49,7 +49,7 @@ from .privacy_policy import Policy, install, read_policy, scope_refusal
 from .release import RELEASE, Release
 from .sandbox import SandboxRequired, placement
 from .sites import Site, open_site, read_dataset
-from .statistics import noise_seed, read_thresholds
+from .statistics import RANGES_FILE, noise_seed, read_thresholds
 
 log = logging.getLogger(__name__)
 # The refusal of a site whose own caia directory is unusable (its name is unknown then).
@@ -88,9 +88,9 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
     Raises Unfit (one line naming the dataset and, for a schema that does not fit, the column) for
     no release when datasets are requested, a name the bundle does not request, a catalog id the
     site lacks, a file that cannot be read or a missing column or one of another kind, and, under the
-    site policy standard_violations "refuse", data that breaks its standard: each rule with its count,
-    a count below the site's min_count (`statistics.read_thresholds`) given as "fewer than N rows"
-    (a standard is a counting query); the exact counts are in `detail`, for the site.
+    site policy standard_violations "refuse", data that breaks its standard: each rule it breaks, no
+    count (a standard is a counting query: two counts above any threshold subtract from the number of
+    rows to a small one); the exact counts are in `detail`, for the site.
     """
     if requested and not releases:
         raise Unfit(f"the bundle requests {', '.join(sorted(requested))} and no dataset is released to it",
@@ -114,8 +114,7 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
         if name in (standards or {}):
             broken = standard.violations(frame, standards[name])
             if broken and site.standard_violations == "refuse":
-                coarse = standard.summary(broken, read_thresholds(site.path).min_count)
-                raise Unfit(f"dataset {name} breaks its standard: {coarse}; the site's policy refuses "
+                raise Unfit(f"dataset {name} breaks its standard: {standard.rules(broken)}; the site's policy refuses "
                             "data that breaks the bundle's standard (the site fixes its data, or the researcher the standard)",
                             f"exact counts at the site: {standard.summary(broken)}")
             released[name]["violations"] = [[v.field, v.rule, v.count] for v in broken]
@@ -262,7 +261,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
     if job.get("statistics"):
         try:
             statistics = {"spec": job["statistics"], "thresholds": asdict(read_thresholds(site.path)),
-                          "noise_seed": noise_seed(site.path, bid)}
+                          "noise_seed": noise_seed(site.path, bid), "ranges": str(Path(site.path) / RANGES_FILE)}
         except SiteError as e:
             refuse("its statistics thresholds (statistics.json) or noise key are unusable, so it refuses every "
                    "statistics bundle (the site's log says why)", str(e))

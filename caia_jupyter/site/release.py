@@ -25,7 +25,7 @@ class Release:
     sandbox: str  # where the code runs: "landlock", "process" (no kernel support; policy preferred) or "off" (`sandbox`)
     privacy: dict | None = None  # the manifest's job.privacy (`contracts.privacy.DifferentialPrivacy`); None: no DP
     encryption: str | None = None  # the manifest's job.encryption: the global model arrives encrypted (`flare_client`)
-    statistics: dict | None = None  # a statistics bundle: {"spec": job.statistics, "thresholds": the site's, "noise_seed": `statistics.noise_seed`}
+    statistics: dict | None = None  # a statistics bundle: {"spec": job.statistics, "thresholds": the site's, "noise_seed": `statistics.noise_seed`, "ranges": its `statistics.RANGES_FILE`}
 
     @classmethod
     def read(cls, app_dir: str | Path) -> Release:

@@ -36,6 +36,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -50,13 +51,14 @@ from nvflare.app_opt.statistics.df.df_core_statistics import DFStatisticsCore
 
 from ..contracts.client_app import STATISTICS_CONFIG_FILE, STATISTICS_TASKS, canonical
 from ..contracts.errors import SiteError
-from ..contracts.fsutil import write_json
+from ..contracts.fsutil import read_json, write_json
 from ..contracts.manifest import StatisticsSpec, category_feature
 from .context import read_released
 from .release import Release
 
 THRESHOLDS_FILE = "statistics.json"  # in the site directory
 NOISE_KEY_FILE = "statistics.key"  # in the site directory: the secret behind `noise_seed`; never leaves it
+RANGES_FILE = "statistics.ranges.json"  # in the site directory: the histogram range each bundle's first run took (`taken_ranges`)
 GENERATOR_ID = "caia_statistics"
 logger = logging.getLogger(__name__)
 SUPPRESSED_BIN = float("nan")  # a suppressed bin's count: NVFLARE sums it into a NaN pooled bin, never a smaller one
@@ -243,7 +245,8 @@ class SiteStatisticsFilter(StatisticsPrivacyFilter):
         if self.cleansers is None:  # one job: its first task's min and max bound its second's histogram ranges
             release = Release.read(fl_ctx.get_prop(FLContextKey.APP_ROOT))
             self.cleansers = _Cleansers(Thresholds(**release.statistics["thresholds"]),
-                                        StatisticsSpec.model_validate(release.statistics["spec"]), release.statistics["noise_seed"])
+                                        StatisticsSpec.model_validate(release.statistics["spec"]), release.statistics["noise_seed"],
+                                        taken_ranges(Path(release.statistics["ranges"]), release.bundle_id))
         return super().process_dxo(dxo, shareable, fl_ctx)
 
     def get_cleansers(self, result_checker_ids, fl_ctx) -> list:
@@ -254,18 +257,20 @@ class _Cleansers:
     """`withhold`, `restrict` to the spec, NVFLARE's cleansers in turn (its noise seeded with
     `noise_seed`), then the spec's histogram ranges as the min/max NVFLARE needs for them. `sent`:
     (dataset, feature) -> the [min, max] this site sent, which a histogram range the spec does not
-    fix must hold."""
+    fix must hold; `taken`: `taken_ranges`, which such a range must also pass (None: none does)."""
 
-    def __init__(self, thresholds: Thresholds, spec: StatisticsSpec, noise_seed: str):
+    def __init__(self, thresholds: Thresholds, spec: StatisticsSpec, noise_seed: str,
+                 taken: Callable[[str, str, float, float], bool] | None = None):
         self.thresholds = thresholds
         self.spec = spec
         self.noise_seed = noise_seed
+        self.taken = taken
         self.sent: dict[tuple[str, str], list[float]] = {}
 
     def apply(self, statistics: dict, client_name: str) -> tuple[dict, bool]:
         t = self.thresholds
         withhold(statistics, t, self.spec)  # first: it reads every missing count, released or not
-        restrict(statistics, self.spec, self.sent)
+        restrict(statistics, self.spec, self.sent, self.taken)
         # NVFLARE's cleansers count `count - failure_count`; caia's count is already the values present
         view = {**statistics, StC.STATS_FAILURE_COUNT: {ds: {f: 0 for f in counts}
                                                         for ds, counts in statistics.get(StC.STATS_COUNT, {}).items()}}
@@ -294,13 +299,14 @@ def allowed_statistics(spec: StatisticsSpec) -> set[str]:
     return asked.union(*(needs.get(name, set()) for name in asked))
 
 
-def restrict(statistics: dict, spec: StatisticsSpec, sent: dict[tuple[str, str], list[float]]) -> int:
+def restrict(statistics: dict, spec: StatisticsSpec, sent: dict[tuple[str, str], list[float]],
+             taken: Callable[[str, str, float, float], bool] | None = None) -> int:
     """Remove from `statistics` (NVFLARE's statistic -> dataset -> feature -> value) whatever the
     approved `spec` does not name, whatever the server's task asked: other statistics, other
     features, any statistic but count of a category indicator, a histogram with other bins or, when
     the spec fixes a range, another range, or, when it does not, a range that does not hold the
     [min, max] this site sent (`sent`: (dataset, feature) -> them; NVFLARE's agreed range holds every
-    site's), and other quantiles. Each is logged at the site. Returns how many values it removed."""
+    site's) or that `taken` (`taken_ranges`; None: none) refuses, and other quantiles. Each is logged at the site. Returns how many values it removed."""
     allowed = allowed_statistics(spec)
     columns = set(spec.columns)
     indicators = set(spec.features()) - columns
@@ -311,7 +317,9 @@ def restrict(statistics: dict, spec: StatisticsSpec, sent: dict[tuple[str, str],
                 value = features[feature]
                 keep = statistic in allowed and (feature in columns or (feature in indicators and statistic == StC.STATS_COUNT))
                 if keep and statistic == StC.STATS_HISTOGRAM:
-                    keep = _as_asked(value, spec.histograms.get(feature), sent.get((ds, feature)))
+                    keep = _as_asked(value, spec.histograms.get(feature), sent.get((ds, feature))) and (
+                        spec.histograms[feature].range is not None
+                        or (taken is not None and taken(ds, feature, value.bins[0].low_value, value.bins[-1].high_value)))
                 if keep and statistic == StC.STATS_QUANTILE:
                     asked = {q: v for q, v in value.get(StC.STATS_QUANTILE, {}).items()
                              if any(math.isclose(q, a) for a in spec.quantiles)}
@@ -325,6 +333,25 @@ def restrict(statistics: dict, spec: StatisticsSpec, sent: dict[tuple[str, str],
                         logger.warning("statistics: %s of %r in %r is not in the approved request; not released",
                                        statistic, feature, ds)
     return removed
+
+
+def taken_ranges(file: Path, bundle_id: str) -> Callable[[str, str, float, float], bool]:
+    """taken(dataset, feature, low, high): whether [low, high) is the histogram range the first run of
+    bundle `bundle_id` took at this site, where the spec leaves the range to NVFLARE, recording it on
+    that first run in `file` (the site's RANGES_FILE). The server is the researcher's: other edges in
+    a later run would release counts whose difference is the count between two edges. NVFLARE's
+    agreed range is the same in every run of a bundle (the sites' noise on min and max is), so a
+    later run with the same sites passes."""
+
+    def taken(dataset: str, feature: str, low: float, high: float) -> bool:
+        ranges = read_json(file) if file.exists() else {}
+        name = f"{bundle_id} {dataset} {feature}"
+        if name not in ranges:
+            write_json(file, {**ranges, name: [low, high]})
+            return True
+        return all(math.isclose(a, b) for a, b in zip(ranges[name], (low, high)))
+
+    return taken
 
 
 def _as_asked(histogram, asked, sent: list[float] | None) -> bool:

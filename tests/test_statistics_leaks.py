@@ -1,0 +1,39 @@
+"""What a researcher could learn from a site's statistics by asking an odd request, or by running an
+approved request again and again with the server (the researcher's) choosing histogram edges."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from caia_jupyter.contracts.manifest import StatisticsSpec
+from caia_jupyter.site.statistics import Thresholds, _Cleansers, taken_ranges
+from test_explore import in_two_rounds, patients, site_answer
+
+
+def test_a_request_naming_a_column_or_quantile_twice_is_refused():
+    # a site would fail on it (two columns of one name), after admission, instead of the request saying so
+    with pytest.raises(ValidationError, match="column 'age' is named twice in columns="):
+        StatisticsSpec(columns=["age", "size", "age"], statistics=["count"])
+    with pytest.raises(ValidationError, match="quantile 0.5 is named twice"):
+        StatisticsSpec(columns=["age"], statistics=["count", "quantile"], quantiles=[0.5, 0.25, 0.5])
+
+
+def test_every_run_of_a_request_bins_over_the_range_its_first_run_took(tmp_path):
+    # the server chooses a range a request leaves to NVFLARE; one holding the extremes the site sent,
+    # with its middle edge at 76 in one run and at 78 in the next, releases two top bins of at least
+    # 10 whose difference is the patients aged 76 or 77: a count below the minimum
+    frame = patients(old=12)  # 12 aged 97, the others 30 to 79
+    spec = StatisticsSpec(columns=["age"], statistics=["count", "histogram"], histograms={"age": {"bins": 2}})
+    taken = taken_ranges(tmp_path / "statistics.ranges.json", "sha256:" + "0" * 64)
+
+    def top_bin(high):  # one run of the request: a new filter, the range [0, high) the server chose
+        run = _Cleansers(Thresholds(max_bins_percent=100), spec, "seed", taken)
+        histogram = in_two_rounds(run, site_answer(frame, spec, (0, high)))["histogram"]["d"].get("age")
+        return None if histogram is None else histogram.bins[1].sample_count
+
+    assert top_bin(152) == (frame["age"] >= 76).sum() >= 10  # the first run takes [0, 152)
+    assert top_bin(156) is None  # a later run with other edges: withheld
+    assert top_bin(152) == (frame["age"] >= 76).sum()  # the same edges again
+    other = _Cleansers(Thresholds(max_bins_percent=100), spec, "seed", taken_ranges(tmp_path / "r.json", "sha256:" + "1" * 64))
+    assert in_two_rounds(other, site_answer(frame, spec, (0, 156)))["histogram"]["d"]  # another request: its own first range
