@@ -582,33 +582,33 @@ def test_caia_explore_on_a_poc_that_is_none_is_one_line(federation, tmp_path, ca
     assert code == 2 and "is not a caia POC workspace" in err and err.count("\n") == 1
 
 
-def test_noise_on_extremes_is_the_same_on_every_run_of_a_bundle_and_keyed_by_the_sites_secret(tmp_path):
+def test_noise_on_extremes_is_the_same_for_a_value_in_every_run_and_bundle_and_keyed_by_the_sites_secret(tmp_path):
     import random
     import stat
 
     from caia_jupyter.site.statistics import NOISE_KEY_FILE, noise_seed
 
     (tmp_path / "a").mkdir()
-    seed = noise_seed(tmp_path / "a", "b" * 64)
-    assert seed == noise_seed(tmp_path / "a", "b" * 64) != noise_seed(tmp_path / "a", "c" * 64)
+    seed = noise_seed(tmp_path / "a")
+    assert seed == noise_seed(tmp_path / "a")
     assert stat.S_IMODE((tmp_path / "a" / NOISE_KEY_FILE).stat().st_mode) == 0o600
     (tmp_path / "b").mkdir()
-    assert noise_seed(tmp_path / "b", "b" * 64) != seed  # another site, another key
+    assert noise_seed(tmp_path / "b") != seed  # another site, another key
     (tmp_path / "b" / NOISE_KEY_FILE).write_bytes(b"short")
     with pytest.raises(Exception, match="statistics.key of the site is not a key of 32 bytes; remove it"):
-        noise_seed(tmp_path / "b", "b" * 64)
+        noise_seed(tmp_path / "b")
 
-    spec = StatisticsSpec(columns=["age"], statistics=["count", "histogram"], histograms={"age": {"bins": 2}})
-
-    def extremes(noise_seed):  # what a site sends for an agreed histogram range
-        answer = {"count": {"d": {"age": 100}}, "failure_count": {"d": {"age": 0}},
-                  "min": {"d": {"age": 30.0}}, "max": {"d": {"age": 97.0}}}
+    def extremes(low, high, feature="age", noise_seed=seed):  # what a site sends for an agreed histogram range
+        spec = StatisticsSpec(columns=[feature], statistics=["count", "histogram"], histograms={feature: {"bins": 2}})
+        answer = {"count": {"d": {feature: 100}}, "failure_count": {"d": {feature: 0}},
+                  "min": {"d": {feature: low}}, "max": {"d": {feature: high}}}
         out = _Cleansers(Thresholds(), spec, noise_seed).apply(answer, "s")[0]
-        return out["min"]["d"]["age"], out["max"]["d"]["age"]
+        return out["min"]["d"][feature], out["max"]["d"][feature]
 
     state = random.getstate()
-    assert extremes(seed) == extremes(seed)  # a second run of the bundle: the same noisy values, nothing to average
-    assert extremes(seed) != extremes(noise_seed(tmp_path / "a", "c" * 64))
+    assert extremes(30.0, 97.0) == extremes(30.0, 97.0)  # another run: the same noisy values, nothing to average
+    assert extremes(30.0, 97.0)[1] == extremes(31.0, 97.0, "size")[1]  # the same value in another request: the same
+    assert extremes(30.0, 97.0)[1] != extremes(30.0, 96.0)[1] != extremes(30.0, 97.0, noise_seed=noise_seed(tmp_path / "a") + "x")[1]
     assert random.getstate() == state  # the process's own random numbers go on as they were
-    low, high = extremes(seed)
+    low, high = extremes(30.0, 97.0)
     assert 30 * 0.7 <= low <= 30 * 0.9 and 97 * 1.1 <= high <= 97 * 1.3  # NVFLARE's noise, 10% to 30%

@@ -261,7 +261,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
     if job.get("statistics"):
         try:
             statistics = {"spec": job["statistics"], "thresholds": asdict(read_thresholds(site.path)),
-                          "noise_seed": noise_seed(site.path, bid), "ranges": str(Path(site.path) / RANGES_FILE)}
+                          "noise_seed": noise_seed(site.path), "ranges": str(Path(site.path) / RANGES_FILE)}
         except SiteError as e:
             refuse("its statistics thresholds (statistics.json) or noise key are unusable, so it refuses every "
                    "statistics bundle (the site's log says why)", str(e))

@@ -15,9 +15,9 @@ whatever the spec does not name, then NVFLARE's cleansers (MinCountCleanser, Add
 HistogramBinsCleanser) apply. The researcher sees what was withheld as suppressed.
 
 The server is the researcher's: it may ask any histogram range and run an approved bundle again and
-again. So NVFLARE's noise on min and max is drawn from a seed the guard derives from the site's own
-key and the bundle id (`noise_seed`), the same on every run of the bundle, which therefore cannot
-average it away; a histogram range the spec does not fix must hold the extremes this site sent (as
+again. So NVFLARE's noise on min and max is drawn from a seed made of the value itself and a
+secret the guard derives from the site's own key (`noise_seed`, `noisy_extremes`): a value gets the
+same noise in every run of every bundle, so no number of runs or bundles averages it away; a histogram range the spec does not fix must hold the extremes this site sent (as
 NVFLARE's agreed range does), and its zero bins are suppressed like small ones (else moving the
 edges from run to run would find where no value lies, and so a value).
 """
@@ -134,12 +134,11 @@ def set_thresholds(site_dir: str | Path, **changes) -> Thresholds:
     return write_thresholds(site_dir, merged_thresholds(site_dir, **changes))
 
 
-def noise_seed(site_dir: str | Path, bundle_id: str) -> str:
-    """The seed of NVFLARE's noise on min and max for `bundle_id` at this site: HMAC-SHA256 (hex) of
-    the id under the site's key (NOISE_KEY_FILE, 32 random bytes made on first use, readable by the
-    site's account only). Every run of one bundle gets the same noise, so repeated runs cannot average
-    it away, and nobody without the key can compute it. Raises SiteError for a key that cannot be
-    read or made."""
+def noise_seed(site_dir: str | Path) -> str:
+    """The secret NVFLARE's noise on min and max is seeded from at this site (`noisy_extremes`):
+    HMAC-SHA256 (hex) under the site's key (NOISE_KEY_FILE, 32 random bytes made on first use,
+    readable by the site's account only), so the key itself never goes into a job, and nobody
+    without it can compute the noise. Raises SiteError for a key that cannot be read or made."""
     file = Path(site_dir) / NOISE_KEY_FILE
     try:
         if not file.exists():
@@ -159,7 +158,22 @@ def noise_seed(site_dir: str | Path, bundle_id: str) -> str:
                         "give the site's account access to its directory") from None
     if len(key) != 32:
         raise SiteError(f"{NOISE_KEY_FILE} of the site is not a key of 32 bytes; remove it and the next statistics run makes one")
-    return hmac.new(key, bundle_id.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, b"caia statistics: noise on min and max", hashlib.sha256).hexdigest()
+
+
+def noisy_extremes(statistics: dict, thresholds: Thresholds, noise_seed: str, client_name: str) -> None:
+    """NVFLARE's noise (AddNoiseToMinMax, with the thresholds' levels) on each min and max in
+    `statistics`, in place, drawn from a seed of the statistic, the value and `noise_seed`: the same
+    value gets the same noisy one whatever the bundle, run, dataset or feature, so repeating requests
+    never averages the noise away."""
+    cleanser = AddNoiseToMinMax(thresholds.min_noise_level, thresholds.max_noise_level)
+    for statistic in (StC.STATS_MIN, StC.STATS_MAX):
+        for ds, features in statistics.get(statistic, {}).items():
+            for feature, value in features.items():
+                one = {statistic: {ds: {feature: value}}}
+                with seeded(hmac.new(noise_seed.encode(), f"{statistic} {float(value)!r}".encode(), hashlib.sha256).hexdigest()):
+                    cleanser.apply(one, client_name)
+                features[feature] = one[statistic][ds][feature]
 
 
 @contextmanager
@@ -254,8 +268,8 @@ class SiteStatisticsFilter(StatisticsPrivacyFilter):
 
 
 class _Cleansers:
-    """`withhold`, `restrict` to the spec, NVFLARE's cleansers in turn (its noise seeded with
-    `noise_seed`), then the spec's histogram ranges as the min/max NVFLARE needs for them. `sent`:
+    """`withhold`, `restrict` to the spec, NVFLARE's cleansers in turn (its noise on extremes by
+    `noisy_extremes`, from `noise_seed`), then the spec's histogram ranges as the min/max NVFLARE needs for them. `sent`:
     (dataset, feature) -> the [min, max] this site sent, which a histogram range the spec does not
     fix must hold; `taken`: `taken_ranges`, which such a range must also pass (None: none does)."""
 
@@ -274,12 +288,10 @@ class _Cleansers:
         # NVFLARE's cleansers count `count - failure_count`; caia's count is already the values present
         view = {**statistics, StC.STATS_FAILURE_COUNT: {ds: {f: 0 for f in counts}
                                                         for ds, counts in statistics.get(StC.STATS_COUNT, {}).items()}}
-        cleansers = [MinCountCleanser(min_count=t.min_count), HistogramBinsCleanser(max_bins_percent=t.max_bins_percent)]
+        for cleanser in (MinCountCleanser(min_count=t.min_count), HistogramBinsCleanser(max_bins_percent=t.max_bins_percent)):
+            view, _ = cleanser.apply(view, client_name)
         if t.extremes:
-            cleansers.append(AddNoiseToMinMax(t.min_noise_level, t.max_noise_level))
-        with seeded(self.noise_seed):
-            for cleanser in cleansers:
-                view, _ = cleanser.apply(view, client_name)
+            noisy_extremes(view, t, self.noise_seed, client_name)
         spec_ranges(statistics, self.spec)
         for ds, features in statistics.get(StC.STATS_MIN, {}).items():
             for feature, low in features.items():
