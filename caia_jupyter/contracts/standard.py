@@ -20,6 +20,16 @@ A row whose value is not of the field's type counts under "type" only.
 
 A standard is a counting query on the site's data: the site sees its exact counts; what the
 researcher is shown (`summary` with the site's min_count) says "fewer than N rows" below it.
+
+A site whose policy admits data breaking its standard ("report") tells the researcher in that coarse
+form only: its runtime sends one `Report` per such dataset at the start of its run (STANDARD_TAG),
+
+    {"dataset": name, "breaks": [{"field": name, "rule": one of RULES,
+                                  "rows": int | null, "fewer_than": int | null}, ...]}
+
+(exactly one of rows and fewer_than). Every report read anywhere is untrusted input: `parse` keeps
+only a report of exactly that shape, and a run (`reports`) only one of its own sites whose every
+(dataset, field, rule) is a rule of the bundle's own standards (`rules`); anything else is dropped.
 """
 
 from __future__ import annotations
@@ -29,10 +39,13 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ContractError
 from .fsutil import loads_strict
+from .weights import MAX_NUM_SAMPLES
 
 if TYPE_CHECKING:  # pandas and pandera are imported where data is checked
     import pandas as pd
@@ -42,6 +55,56 @@ CONSTRAINTS = ("required", "minimum", "maximum", "enum", "pattern")
 RULES = ("missing-field", "type", "required", "minimum", "maximum", "enum", "pattern")
 _TRUE, _FALSE = ("true", "True", "TRUE", "1"), ("false", "False", "FALSE", "0")  # Table Schema's defaults
 _FIX = "fix it as a Frictionless Table Schema (or start again with `caia standard infer SAMPLE.csv -o FILE`)"
+
+
+STANDARD_TAG = "caia.standard"  # the analytics record a site sends, holding one `Report`
+MAX_REPORT = 100_000  # characters of a report's JSON; one break is about 70
+Count = Annotated[int, Field(ge=1, le=MAX_NUM_SAMPLES)]
+
+
+class Break(BaseModel):
+    """What a researcher may know of one broken rule at a site: `rows` rows break `rule` of `field`,
+    or, below the site's min_count, fewer than `fewer_than` do (exactly one of the two is set)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    field: Annotated[str, Field(min_length=1, max_length=1000)]
+    rule: Literal[RULES]
+    rows: Count | None
+    fewer_than: Annotated[int, Field(ge=2, le=MAX_NUM_SAMPLES)] | None
+
+    @model_validator(mode="after")
+    def _one_count(self):
+        if (self.rows is None) == (self.fewer_than is None):
+            raise ValueError("a break gives either rows or fewer_than")
+        return self
+
+    def text(self) -> str:
+        """"age maximum (7 rows)", "stage enum (fewer than 10 rows)"."""
+        if self.fewer_than is not None:
+            return f"{self.field} {self.rule} (fewer than {self.fewer_than} rows)"
+        return f"{self.field} {self.rule} ({self.rows} row{'s' if self.rows != 1 else ''})"
+
+
+class Report(BaseModel):
+    """A site's report that a dataset released to the bundle breaks its standard: each rule broken, coarsely."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    dataset: Annotated[str, Field(min_length=1, max_length=1000)]
+    breaks: Annotated[list[Break], Field(min_length=1, max_length=1000)]
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if len({(b.field, b.rule) for b in self.breaks}) != len(self.breaks):
+            raise ValueError("a rule is broken once per report")
+        return self
+
+    def text(self, site: str) -> str:
+        """The line a researcher reads: "site-2 admitted the bundle with dataset tumours breaking its
+        standard: age maximum (17 rows), stage enum (fewer than 10 rows)"."""
+        return (f"{site} admitted the bundle with dataset {self.dataset} breaking its standard: "
+                + ", ".join(b.text() for b in self.breaks))
 
 
 @dataclass(frozen=True)
@@ -55,17 +118,88 @@ class Violation:
     def __str__(self) -> str:
         return self.text()
 
+    def coarse(self, min_count: int = 1) -> Break:
+        """What a researcher may know of it at a site of `min_count` (its threshold): the count, or
+        below `min_count` only that it is below."""
+        if self.count < min_count:
+            return Break(field=self.field, rule=self.rule, rows=None, fewer_than=min_count)
+        return Break(field=self.field, rule=self.rule, rows=self.count, fewer_than=None)
+
     def text(self, min_count: int = 1) -> str:
         """"age maximum (7 rows)"; a count below `min_count` (a site's threshold) as "(fewer than 10 rows)"."""
-        if self.count < min_count:
-            return f"{self.field} {self.rule} (fewer than {min_count} rows)"
-        return f"{self.field} {self.rule} ({self.count} row{'s' if self.count != 1 else ''})"
+        return self.coarse(min_count).text()
 
 
 def summary(found: list[Violation], min_count: int = 1) -> str:
     """"age maximum (17 rows), stage enum (fewer than 10 rows)": field names and counts, never a
     value; counts below `min_count` are not given (what a researcher may see of a site's data)."""
     return ", ".join(v.text(min_count) for v in found)
+
+
+def report(dataset: str, found: list[Violation], min_count: int) -> Report:
+    """The report a site sends about `dataset` breaking its standard (`found`: its violations, at
+    least one), each count coarsened at the site's `min_count` (`Violation.coarse`)."""
+    return Report(dataset=dataset, breaks=[v.coarse(min_count) for v in found])
+
+
+def parse(value) -> Report | None:
+    """A report from anything received (a dict, or its JSON text), or None when it is not exactly one."""
+    try:
+        if isinstance(value, str):
+            return Report.model_validate_json(value) if len(value) <= MAX_REPORT else None
+        return Report.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def rules(standard: dict) -> dict[str, list[str]]:
+    """Field -> the rules (RULES order) data can break under `standard` (as `read_standard` returns
+    it): "missing-field" always; "type" unless the field takes any text ("string", "any"); "required"
+    when it is required; each of its constraints minimum, maximum, enum, pattern."""
+    found = {}
+    for field in standard["fields"]:
+        constraints = field.get("constraints", {})
+        can = {"missing-field", *constraints} - {"required"}
+        if field.get("type", "any") not in ("string", "any"):
+            can.add("type")
+        if constraints.get("required"):
+            can.add("required")
+        found[field["name"]] = [rule for rule in RULES if rule in can]
+    return found
+
+
+def reports(received, sites, known: dict[str, dict[str, list[str]]] | None) -> dict[str, list[Report]]:
+    """{site: [Report]} from `received`, untrusted ({site: [report, ...]} as a server keeps them):
+    only the run's own `sites` (names, or a mapping by name), and of their reports (`parse`) only
+    those whose dataset and every (field, rule) are in `known` (dataset -> `rules` of its standard,
+    the bundle's own, as run.json records them); a site with none left is left out."""
+    if not isinstance(received, dict) or not isinstance(known, dict):
+        return {}
+
+    def fits(report: Report) -> bool:
+        fields = known.get(report.dataset)
+        return isinstance(fields, dict) and all(isinstance(fields.get(b.field), list) and b.rule in fields[b.field]
+                                                for b in report.breaks)
+
+    kept = {}
+    for site, sent in received.items():
+        if site not in sites or not isinstance(sent, list):
+            continue
+        first: dict[str, Report] = {}  # one report per dataset: the first
+        for one in map(parse, sent):
+            if one is not None and fits(one):
+                first.setdefault(one.dataset, one)
+        if first:
+            kept[site] = list(first.values())
+    return kept
+
+
+def bundle_standards(manifest: dict, read: Callable[[str], bytes]) -> dict[str, dict]:
+    """Requested dataset name -> its standard (`read_standard`), for each dataset of a bundle's
+    `manifest` that has one; `read(path)` gives a bundle file's bytes (checked against the manifest).
+    Raises ContractError for a standard caia cannot read, and whatever `read` raises."""
+    return {name: read_standard(read(spec["standard"]), spec["standard"])
+            for name, spec in manifest["datasets"].items() if spec.get("standard")}
 
 
 def read_standard(data: bytes, where: str) -> dict:

@@ -127,8 +127,7 @@ def standards_of(manifest: dict, files: dict[str, bytes]) -> dict[str, dict]:
     (`files`: bundle path -> bytes, already checked against the manifest). Raises Unfit for one caia
     cannot read (the bundle's content checks refuse that first)."""
     try:
-        return {name: standard.read_standard(files[spec["standard"]], spec["standard"])
-                for name, spec in manifest["datasets"].items() if spec.get("standard")}
+        return standard.bundle_standards(manifest, files.__getitem__)
     except (CaiaError, KeyError) as e:
         raise Unfit("its dataset standard cannot be read; rebuild it", str(e)) from e
 
@@ -139,6 +138,18 @@ def violations_text(released: dict[str, dict]) -> str:
     return "; ".join(f"dataset {name} breaks its standard: "
                      + standard.summary([standard.Violation(*v) for v in spec["violations"]])
                      for name, spec in released.items() if spec.get("violations"))
+
+
+def standard_reports(site: Site, released: dict[str, dict]) -> list[dict]:
+    """What `site`'s runtime tells the researcher of the `released` datasets (`release_of`) that break
+    their standard: one `standard.Report` each (as a dict), its counts below the site's min_count
+    (`statistics.read_thresholds`) given as "fewer than". Raises SiteError for unusable thresholds."""
+    broken = {name: spec["violations"] for name, spec in released.items() if spec.get("violations")}
+    if not broken:
+        return []
+    min_count = read_thresholds(site.path).min_count
+    return [standard.report(name, [standard.Violation(*v) for v in found], min_count).model_dump()
+            for name, found in broken.items()]
 
 
 def privacy_ceiling(job: dict, approved: float | None, policy: float | None, rows: int = 0) -> None:
@@ -257,6 +268,11 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
         placed = placement(site.sandbox or sandbox)
     except SandboxRequired as e:
         refuse(str(e))
+    try:
+        reports = standard_reports(site, released)
+    except SiteError as e:
+        refuse("its statistics thresholds (statistics.json) are unusable, so it cannot report how the data breaks the "
+               "bundle's standard (the site's log says why)", str(e))
     job = manifest["job"]
     statistics = None
     if job.get("statistics"):
@@ -268,7 +284,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
                    "statistics bundle (the site's log says why)", str(e))
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
                    {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"),
-                   job.get("encryption"), statistics), approval
+                   job.get("encryption"), statistics, reports), approval
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",
