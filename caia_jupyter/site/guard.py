@@ -10,7 +10,8 @@ requests against the site's ceilings (`privacy_ceiling`), checks each released d
 read as the catalog records) against the requested schema and standard (its violations counted
 per rule: refused or recorded, as the site's policy says), checks the site's privacy policy
 (`privacy_policy`: usable, and weight differences where its scope needs them), and writes the release
-(`caia_release.json`) that the runtime and `ctx` read.
+(`caia_release.json`) that the runtime and `ctx` read; under policy "report" it holds the coarse
+report of each dataset breaking its standard that the runtime sends the researcher (`standard_reports`).
 
 A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
 never a site path or a data value; what the site's admin needs goes to the site's log. Admission
