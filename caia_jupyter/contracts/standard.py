@@ -45,7 +45,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ContractError
 from .fsutil import loads_strict
-from .weights import MAX_NUM_SAMPLES
 
 if TYPE_CHECKING:  # pandas and pandera are imported where data is checked
     import pandas as pd
@@ -59,7 +58,8 @@ _FIX = "fix it as a Frictionless Table Schema (or start again with `caia standar
 
 STANDARD_TAG = "caia.standard"  # the analytics record a site sends, holding one `Report`
 MAX_REPORT = 100_000  # characters of a report's JSON; one break is about 70
-Count = Annotated[int, Field(ge=1, le=MAX_NUM_SAMPLES)]
+MAX_ROWS = 2**53 - 1  # the largest count a report holds: exact wherever JSON numbers are floats
+Count = Annotated[int, Field(ge=1, le=MAX_ROWS)]
 
 
 class Break(BaseModel):
@@ -71,7 +71,7 @@ class Break(BaseModel):
     field: Annotated[str, Field(min_length=1, max_length=1000)]
     rule: Literal[RULES]
     rows: Count | None
-    fewer_than: Annotated[int, Field(ge=2, le=MAX_NUM_SAMPLES)] | None
+    fewer_than: Annotated[int, Field(ge=2, le=MAX_ROWS)] | None
 
     @model_validator(mode="after")
     def _one_count(self):
