@@ -105,9 +105,10 @@ def validation_state(record: dict) -> dict:
 
 def run(run: Run | Path, since: int = 0) -> dict:
     """A run's state and its metric records from the `since`-th on ([site, round, name, value], value a
-    finite float or None: missing), with its notes (`Run.notes`: updates left out, metrics missing),
-    its bundle id, `headline` (`Run.headline`), `tones` per site (`Run.tones`), `global`: every round's
-    [round, name, value] so far (`Run.global_metrics`), and `final_round` (`Run.final_round`)."""
+    finite float or None: missing), with its notes (`Run.notes`: data admitted breaking its standard,
+    updates left out, metrics missing), its bundle id, `headline` (`Run.headline`), `tones` per site
+    (`Run.tones`), `global`: every round's [round, name, value] so far (`Run.global_metrics`), and
+    `final_round` (`Run.final_round`)."""
     handle = run if isinstance(run, Run) else Run(run)
     records = [[r.site, r.round, r.name, r.value] for r in handle.records()[since:]]
     done, total = handle.progress

@@ -107,6 +107,26 @@ def test_a_sites_exception_text_and_row_values_never_reach_the_researcher(poc, t
     assert MARKER in (poc.kits / site / run.outcome["job_id"] / f"app_{site}" / "caia_failure.json").read_text()
 
 
+def test_a_real_site_admitting_data_that_breaks_the_standard_tells_the_researcher_which_rules(poc, tmp_path, caia):
+    from caia_jupyter.researcher import compose, validation
+    from test_standard import BROKEN, SAMPLE, assert_no_value, notebook
+
+    built = compose.build(notebook(tmp_path / "nb"))
+    assert validation.validate(built).passed
+    for name, data in (("site-2", BROKEN), ("site-3", SAMPLE)):  # site-2: 7 ages out of range, 2 unknown stages
+        path = poc.site_dir(name) / "tiny_std.csv"
+        path.write_text(data)
+        sites.add_dataset(sites.open_site(poc.site_dir(name)), "tiny_std", path)
+    approve(poc, built, ["site-2", "site-3"], {"tiny": "tiny_std"})
+    run = submit(built.path, ["site-2", "site-3"], target="poc", poc_workspace=poc.workspace, runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished", run.message
+    assert [note for note in run.notes if "standard" in note] == [
+        "site-2 admitted the bundle with dataset tiny breaking its standard: age minimum, age maximum, stage enum"]
+    code, status, _ = caia("status", run.path, "--json")
+    assert code == 0 and json.loads(status)["notes"] == run.notes
+    assert_no_value(json.dumps(run.notes) + (run.path / "site_standards.json").read_text())
+
+
 def test_the_production_target_works_with_any_admin_startup_kit(poc, tmp_path):
     built = build_validated(tmp_path / "nb")
     approve(poc, built, SITES)

@@ -224,6 +224,9 @@ def test_a_refusal_names_the_broken_rules_and_gives_no_count(tmp_path):
 
 
 def test_with_the_policy_report_the_guard_admits_and_records_the_counts(deployed_broken):
+    from caia_jupyter.contracts import standard
+    from caia_jupyter.site.release import Release
+
     built, app, site = deployed_broken
     approve(site, built.id, {"tiny": "tiny"})
     release = admit(app, site.path, sandbox="off")
@@ -231,6 +234,131 @@ def test_with_the_policy_report_the_guard_admits_and_records_the_counts(deployed
     last = audit.verify(site)[0][-1]
     assert (last["event"], last["outcome"]) == ("admission", "admitted")
     assert last["reason"] == "dataset tiny breaks its standard: age minimum (2 rows), age maximum (5 rows), stage enum (2 rows)"
+    # what the runtime sends the researcher: the rules, as a refusal names them, and no count
+    assert Release.read(app).standard_reports == [{"dataset": "tiny", "breaks": [
+        {"field": "age", "rule": "minimum"}, {"field": "age", "rule": "maximum"}, {"field": "stage", "rule": "enum"}]}]
+    line = standard.parse(json.dumps(release.standard_reports[0])).text("site-1")
+    assert line == "site-1 admitted the bundle with dataset tiny breaking its standard: age minimum, age maximum, stage enum"
+
+
+def test_a_site_with_data_meeting_its_standard_sends_no_report(tmp_path):
+    built = compose.build(notebook(tmp_path / "nb"))
+    app = build_job(built, ["site-1"], tmp_path / "job", name="caia-standard") / "app_site-1"
+    site = make_site(tmp_path / "sites", "site-1", SAMPLE)
+    approve(site, built.id, {"tiny": "tiny"})
+    assert admit(app, site.path, sandbox="off").standard_reports == []
+
+
+# -- what the researcher reads of a report: untrusted, checked against the run's own sites and standards --
+
+MARKER = "PATIENT-4711-MARKER"
+GOOD = {"dataset": "tiny", "breaks": [{"field": "age", "rule": "maximum"}, {"field": "stage", "rule": "enum"}]}
+GOOD_LINE = "site-2 admitted the bundle with dataset tiny breaking its standard: age maximum, stage enum"
+
+
+def forged(**change) -> dict:
+    """GOOD with its second break changed."""
+    return {**GOOD, "breaks": [GOOD["breaks"][0], {**GOOD["breaks"][1], **change}]}
+
+
+FORGED = {
+    "a field not in the standard": forged(field=MARKER),
+    "a rule the field does not have": forged(field="x2", rule="enum"),
+    "a rule outside the vocabulary": forged(rule=MARKER),
+    "a type rule of a text field": forged(rule="type"),
+    "a dataset the bundle does not request": {**GOOD, "dataset": MARKER},
+    "a count beside the rule": forged(rows=3),
+    "a value beside the rule": forged(value=MARKER),
+    "a field given as a number": forged(field=4711),
+    "a value beside the breaks": {**GOOD, "values": [MARKER]},
+    "a rule broken twice": {**GOOD, "breaks": [GOOD["breaks"][0], GOOD["breaks"][0]]},
+    "no breaks": {**GOOD, "breaks": []},
+    "malformed JSON": json.dumps(GOOD)[:-1] + MARKER,
+    "JSON text of a forged report": json.dumps(forged(field=MARKER)),
+    "free text": f"ValueError: {MARKER}",
+    "a list": [MARKER],
+    "nothing": None,
+}
+
+
+def run_with(tmp_path, received) -> "Run":
+    from caia_jupyter.contracts.standard import rules_of
+    from caia_jupyter.researcher.runs import SITE_STANDARDS, Run
+
+    (tmp_path / "run.json").write_text(json.dumps({"sites": {"site-1": "", "site-2": ""}, "rounds": 1, "min_clients": 1,
+                                                   "target": "poc", "standards": {"tiny": rules_of(read_standard(
+                                                       json.dumps(STANDARD).encode(), "tiny.schema.json"))}}))
+    (tmp_path / SITE_STANDARDS).write_text(json.dumps(received))
+    return Run(tmp_path)
+
+
+def test_a_runs_notes_render_a_sites_report_in_the_refusals_words(tmp_path):
+    run = run_with(tmp_path, {"site-2": [GOOD, json.dumps({**GOOD, "breaks": GOOD["breaks"][:1]})]})
+    assert run.notes == [GOOD_LINE]  # one report per dataset: the first
+
+
+@pytest.mark.parametrize("case", list(FORGED), ids=list(FORGED))
+def test_a_forged_report_is_dropped_unread(tmp_path, case):
+    run = run_with(tmp_path, {"site-1": [FORGED[case]], "site-2": [GOOD]})
+    assert run.notes == [GOOD_LINE]
+    assert MARKER not in json.dumps(run.notes)
+
+
+def test_a_report_of_another_site_or_in_another_shape_is_dropped(tmp_path):
+    assert run_with(tmp_path, {MARKER: [GOOD], "site-3": [GOOD], "site-1": GOOD, "site-2": [GOOD]}).notes == [GOOD_LINE]
+    assert run_with(tmp_path, [GOOD]).notes == []
+    run = run_with(tmp_path, {})
+    (tmp_path / "site_standards.json").write_text("{" + MARKER)
+    assert run.notes == []
+
+
+def test_a_run_without_the_bundles_standards_shows_no_report(tmp_path):
+    from caia_jupyter.researcher.runs import Run
+
+    run_with(tmp_path, {"site-2": [GOOD]})
+    spec = json.loads((tmp_path / "run.json").read_text())
+    for standards in (None, {"tiny": "age"}, {"tiny": {"age": "maximum"}}, [1]):
+        (tmp_path / "run.json").write_text(json.dumps({**spec, "standards": standards}))
+        assert Run(tmp_path).notes == []
+
+
+def test_the_server_keeps_only_reports_and_the_first_per_dataset(tmp_path):
+    from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
+
+    from caia_jupyter.aggregator.components import STANDARDS, MetricsReceiver
+    from caia_jupyter.contracts.standard import STANDARD_TAG
+
+    receiver = MetricsReceiver(output_dir=str(tmp_path))
+    receiver._run_dir = tmp_path
+
+    def send(site, value):
+        shareable = AnalyticsData(key=STANDARD_TAG, value=value, data_type=AnalyticsDataType.TEXT).to_dxo().to_shareable()
+        receiver.save(None, shareable, site)
+
+    send("site-2", json.dumps(GOOD))
+    send("site-2", json.dumps({**GOOD, "breaks": GOOD["breaks"][:1]}))
+    for case in ("a count beside the rule", "a value beside the rule", "malformed JSON", "free text"):
+        send("site-1", FORGED[case] if isinstance(FORGED[case], str) else json.dumps(FORGED[case]))
+    send("site-1", MARKER * 100_000)
+    written = (tmp_path / STANDARDS).read_text()
+    assert json.loads(written) == {"site-2": [GOOD]} and MARKER not in written
+    assert receiver._answer(None, {"since": 0}, None)["standards"] == {"site-2": [GOOD]}
+
+
+def test_the_poc_follower_keeps_only_reports_of_the_runs_sites_and_standards(tmp_path):
+    from caia_jupyter.aggregator.components import STANDARDS
+    from caia_jupyter.targets import remote
+
+    run_with(tmp_path, {})
+    received = {"site-1": [FORGED["a field not in the standard"]], "site-2": [GOOD], MARKER: [GOOD]}
+    assert {s: [r.model_dump() for r in found] for s, found in remote.write_standards(received, tmp_path, ["site-1", "site-2"]).items()} \
+        == {"site-2": [GOOD]}
+    assert MARKER not in (tmp_path / STANDARDS).read_text()
+    result = tmp_path / "result" / "workspace"
+    result.mkdir(parents=True)
+    (result / STANDARDS).write_text(json.dumps({"site-1": [GOOD], "site-2": [forged(rows=1)]}))
+    remote.collect(tmp_path / "result", tmp_path, ["site-1", "site-2"])
+    assert json.loads((tmp_path / STANDARDS).read_text()) == {"site-1": [GOOD]}
 
 
 def test_a_tampered_standard_is_refused_by_the_guard(deployed_broken):
@@ -259,6 +387,26 @@ def test_a_refused_standard_in_a_real_simulator_run_names_the_rules(tmp_path):
         "stage enum; the site's policy refuses data that breaks the bundle's "
         "standard (the site fixes its data, or the researcher the standard)")
     assert "site-3" not in set(run.metrics()["site"])
+
+
+@pytest.mark.slow
+def test_a_reported_standard_in_a_real_simulator_run_reaches_the_notes_naming_the_rules(tmp_path, caia):
+    from caia_jupyter.targets.submit import submit
+
+    built = compose.build(notebook(tmp_path / "nb"))
+    assert validation.validate(built).passed
+    made = [make_site(tmp_path / "sites", "site-1", SAMPLE)] + [broken_site(tmp_path / "sites", n) for n in ("site-2", "site-3")]
+    for site in made:
+        approve(site, built.id, {"tiny": "tiny"})
+    run = submit(built.path, [s.path for s in made], runs_root=tmp_path / "runs")
+    assert run.wait(timeout=300) == "finished"
+    assert set(run.sites.values()) == {"done"}  # policy "report" (the default): every site admits and trains
+    assert [note for note in run.notes if "standard" in note] == [
+        f"{site} admitted the bundle with dataset tiny breaking its standard: age minimum, age maximum, stage enum"
+        for site in ("site-2", "site-3")]
+    code, out, err = caia("status", run.path)
+    assert code == 0 and "note: site-2 admitted the bundle with dataset tiny breaking its standard" in out
+    assert_no_value(json.dumps(run.notes) + out)
 
 
 def test_a_changed_standard_is_named_among_the_changes_a_reviewer_sees(tmp_path):

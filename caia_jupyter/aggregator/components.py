@@ -13,7 +13,8 @@ from the global model and the average of the differences is added to it; an entr
 filter removed from its update takes no part in that entry's average (`contracts.weights`). `MetricsReceiver` appends every metric record, (site, round,
 name, value, time), to a JSON-lines file, dropping one whose name is not a metric name
 (`contracts.metric_names`) or whose value is not a number; a value that is not finite is recorded
-as missing (null), which every surface flags.
+as missing (null), which every surface flags. It keeps each site's reports of data it admitted
+breaking the bundle's standard (`contracts.standard.Report`, parsed strictly; anything else dropped).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.widgets.streaming import AnalyticsReceiver
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from ..contracts import failures, weights
+from ..contracts import failures, standard, weights
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from ..contracts.metric_names import valid_name
 
@@ -42,8 +43,10 @@ GLOBAL_MODEL = "global_model.npz"
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
 FAILURES = "site_failures.json"
+STANDARDS = "site_standards.json"  # {site: [standard.Report, ...]}: data a site admitted breaking its standard
 STATISTICS_FILE = "statistics.json"  # a statistics job's result, as NVFLARE's JSON writer writes it in the job folder
 APP_COMMAND = "caia"
+MAX_DATASETS = 100  # standard reports kept per site (one per dataset the bundle requests)
 log = logging.getLogger(__name__)
 
 
@@ -185,6 +188,7 @@ class MetricsReceiver(AnalyticsReceiver):
         self._file = None
         self._records: list[dict] = []
         self._failures: dict[str, dict] = {}  # site -> its failure report (caia_jupyter.contracts.failures)
+        self._standards: dict[str, list[dict]] = {}  # site -> its reports of data breaking its standard
         self._run_dir = None
 
     def initialize(self, fl_ctx):
@@ -198,7 +202,8 @@ class MetricsReceiver(AnalyticsReceiver):
         since = command.get("since", 0) if isinstance(command, dict) else 0
         with self._save_lock:
             records = self._records[since:]
-        return {"since": since, "records": records, "status": read_json(self._run_dir / STATUS), "failures": dict(self._failures)}
+        return {"since": since, "records": records, "status": read_json(self._run_dir / STATUS), "failures": dict(self._failures),
+                "standards": dict(self._standards)}
 
     def save(self, fl_ctx, shareable, record_origin: str):
         from nvflare.apis.analytix import AnalyticsData, AnalyticsDataType
@@ -206,6 +211,9 @@ class MetricsReceiver(AnalyticsReceiver):
         data = AnalyticsData.from_dxo(from_shareable(shareable))
         if data is not None and data.tag == failures.FAILURE_TAG:
             self.save_failure(record_origin, data.value)
+            return
+        if data is not None and data.tag == standard.STANDARD_TAG:
+            self.save_standard(record_origin, data.value)
             return
         if data is None or data.data_type not in (AnalyticsDataType.SCALAR, AnalyticsDataType.SCALARS):
             return
@@ -231,6 +239,17 @@ class MetricsReceiver(AnalyticsReceiver):
             return
         self._failures[site] = failures.parse(report).model_dump()
         write_json(self._run_dir / FAILURES, self._failures)
+
+    def save_standard(self, site: str, value) -> None:
+        """Keep a site's report of a dataset breaking its standard, parsed strictly (`standard.parse`),
+        the first per dataset; anything else is dropped, unread (the site sends one per dataset)."""
+        report = standard.parse(value)
+        kept = self._standards.get(site, [])
+        if report is None or any(r["dataset"] == report.dataset for r in kept) or len(kept) >= MAX_DATASETS:
+            log.warning("caia dropped a dataset standard report from %s: not a report, or one too many", site)
+            return
+        self._standards[site] = [*kept, report.model_dump()]
+        write_json(self._run_dir / STANDARDS, self._standards)
 
     def finalize(self, fl_ctx):
         if self._file:

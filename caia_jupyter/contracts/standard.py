@@ -18,9 +18,19 @@ a site answers (`caia site check`, its guard at admission) and what a sample mus
 validation). Rules: "missing-field", "type", "required", "minimum", "maximum", "enum", "pattern".
 A row whose value is not of the field's type counts under "type" only.
 
-A standard is a counting query on the site's data: the site sees its exact counts (`summary`); the
-researcher is shown only the rules broken (`rules`), no count: two exact counts, however large,
+A standard is a counting query on the site's data: the site sees its exact counts (`summary`); a
+researcher is shown only the rules broken, no count (`Report`): two exact counts, however large,
 subtract from the number of rows (which statistics release) to a small one.
+
+A site whose policy refuses such data names the rules in its refusal; one whose policy admits it
+("report") tells the researcher so: its runtime sends one `Report` per such dataset at the start
+of its run (STANDARD_TAG),
+
+    {"dataset": name, "breaks": [{"field": name, "rule": one of RULES}, ...]}
+
+Every report read anywhere is untrusted input: `parse` keeps only a report of exactly that shape,
+and a run (`reports`) only one of its own sites whose every (dataset, field, rule) is a rule of the
+bundle's own standards (`rules_of`); anything else is dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ContractError
 from .fsutil import loads_strict
@@ -43,6 +55,43 @@ CONSTRAINTS = ("required", "minimum", "maximum", "enum", "pattern")
 RULES = ("missing-field", "type", "required", "minimum", "maximum", "enum", "pattern")
 _TRUE, _FALSE = ("true", "True", "TRUE", "1"), ("false", "False", "FALSE", "0")  # Table Schema's defaults
 _FIX = "fix it as a Frictionless Table Schema (or start again with `caia standard infer SAMPLE.csv -o FILE`)"
+
+
+STANDARD_TAG = "caia.standard"  # the analytics record a site sends, holding one `Report`
+MAX_REPORT = 100_000  # characters of a report's JSON; one break is about 40
+
+
+class Break(BaseModel):
+    """One rule a dataset breaks at a site, `rule` of `field`: what a researcher may know of it (no count)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    field: Annotated[str, Field(min_length=1, max_length=1000)]
+    rule: Literal[RULES]
+
+
+class Report(BaseModel):
+    """A site's word that a dataset released to the bundle breaks its standard: the rules it breaks."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    dataset: Annotated[str, Field(min_length=1, max_length=1000)]
+    breaks: Annotated[list[Break], Field(min_length=1, max_length=1000)]
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if len({(b.field, b.rule) for b in self.breaks}) != len(self.breaks):
+            raise ValueError("a rule is broken once per report")
+        return self
+
+    def rules(self) -> str:
+        """"age maximum, stage enum": the rules broken, as a refusal and a run's note name them."""
+        return ", ".join(f"{b.field} {b.rule}" for b in self.breaks)
+
+    def text(self, site: str) -> str:
+        """The line a researcher reads: "site-2 admitted the bundle with dataset tumours breaking its
+        standard: age maximum, stage enum"."""
+        return f"{site} admitted the bundle with dataset {self.dataset} breaking its standard: {self.rules()}"
 
 
 @dataclass(frozen=True)
@@ -60,13 +109,74 @@ class Violation:
 
 def summary(found: list[Violation]) -> str:
     """"age maximum (17 rows), stage enum (2 rows)": field names and exact counts, never a value;
-    for the site (`caia site check`, its log and audit log), never for a researcher (`rules`)."""
+    for the site (`caia site check`, its log and audit log), never for a researcher (`report`)."""
     return ", ".join(map(str, found))
 
 
-def rules(found: list[Violation]) -> str:
-    """"age minimum, age maximum, stage enum": the rules broken, without counts; what a researcher may see."""
-    return ", ".join(f"{v.field} {v.rule}" for v in found)
+def report(dataset: str, found: list[Violation]) -> Report:
+    """What a researcher may know of `dataset` breaking its standard (`found`: its violations, at
+    least one): the rules, no count."""
+    return Report(dataset=dataset, breaks=[Break(field=v.field, rule=v.rule) for v in found])
+
+
+def parse(value) -> Report | None:
+    """A report from anything received (a dict, or its JSON text), or None when it is not exactly one."""
+    try:
+        if isinstance(value, str):
+            return Report.model_validate_json(value) if len(value) <= MAX_REPORT else None
+        return Report.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def rules_of(standard: dict) -> dict[str, list[str]]:
+    """Field -> the rules (RULES order) data can break under `standard` (as `read_standard` returns
+    it): "missing-field" always; "type" unless the field takes any text ("string", "any"); "required"
+    when it is required; each of its constraints minimum, maximum, enum, pattern."""
+    found = {}
+    for field in standard["fields"]:
+        constraints = field.get("constraints", {})
+        can = {"missing-field", *constraints} - {"required"}
+        if field.get("type", "any") not in ("string", "any"):
+            can.add("type")
+        if constraints.get("required"):
+            can.add("required")
+        found[field["name"]] = [rule for rule in RULES if rule in can]
+    return found
+
+
+def reports(received, sites, known: dict[str, dict[str, list[str]]] | None) -> dict[str, list[Report]]:
+    """{site: [Report]} from `received`, untrusted ({site: [report, ...]} as a server keeps them):
+    only the run's own `sites` (names, or a mapping by name), and of their reports (`parse`) only
+    those whose dataset and every (field, rule) are in `known` (dataset -> `rules_of` its standard,
+    the bundle's own, as run.json records them); a site with none left is left out."""
+    if not isinstance(received, dict) or not isinstance(known, dict):
+        return {}
+
+    def fits(report: Report) -> bool:
+        fields = known.get(report.dataset)
+        return isinstance(fields, dict) and all(isinstance(fields.get(b.field), list) and b.rule in fields[b.field]
+                                                for b in report.breaks)
+
+    kept = {}
+    for site, sent in received.items():
+        if site not in sites or not isinstance(sent, list):
+            continue
+        first: dict[str, Report] = {}  # one report per dataset: the first
+        for one in map(parse, sent):
+            if one is not None and fits(one):
+                first.setdefault(one.dataset, one)
+        if first:
+            kept[site] = list(first.values())
+    return kept
+
+
+def bundle_standards(manifest: dict, read: Callable[[str], bytes]) -> dict[str, dict]:
+    """Requested dataset name -> its standard (`read_standard`), for each dataset of a bundle's
+    `manifest` that has one; `read(path)` gives a bundle file's bytes (checked against the manifest).
+    Raises ContractError for a standard caia cannot read, and whatever `read` raises."""
+    return {name: read_standard(read(spec["standard"]), spec["standard"])
+            for name, spec in manifest["datasets"].items() if spec.get("standard")}
 
 
 def read_standard(data: bytes, where: str) -> dict:

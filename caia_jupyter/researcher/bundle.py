@@ -54,6 +54,19 @@ class Bundle:
     def source(self, name: str) -> str:
         return (self.path / name).read_text(encoding="utf-8")
 
+    def file(self, name: str) -> bytes:
+        """The bytes of bundle file `name`, as its manifest lists them. Raises BundleError (one line)
+        for a file the manifest does not list or whose bytes are no longer the listed ones."""
+        entry = self.manifest["files"].get(name)
+        try:
+            data = (self.path / name).read_bytes()
+        except OSError:
+            data = None
+        if entry is None or data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(f"bundle {self.path} is not intact: {name} is not the file its manifest lists; "
+                              f"run `caia verify {self.path}`")
+        return data
+
 
 def load(path: str | Path) -> Bundle:
     """Open a bundle directory (or its manifest.json) without checking its files."""

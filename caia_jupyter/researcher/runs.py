@@ -1,6 +1,7 @@
 """A federated run, seen from the researcher's side: one directory, one handle.
 
-    run.json       what was submitted: bundle id, target, sites, settings, the DP request ("privacy")
+    run.json       what was submitted: bundle id, target, sites, settings, the DP request ("privacy"),
+                   the rules of the bundle's dataset standards ("standards": dataset -> field -> rules)
     preparing.json the process making the job, until launcher.pid names the launcher (`mark_preparing`)
     sites.json     each site's admission by its guard: approved, or refused with the reason
     status.json    the server's progress: phase, rounds done, sites still in the run, sites that left
@@ -11,6 +12,8 @@
     global_model.pt  the same as a torch state dict, every entry in its dtype, written when the run ends
     global_model.guarantee.json  the guarantee that model was trained under (`Run.guarantee`, with the
                    sha256 of global_model.pt), written beside it for a run that requested differential privacy
+    site_standards.json  each site's reports of data it admitted breaking the bundle's standard
+                   (caia_jupyter.contracts.standard.Report), as the server received them
     outcome.json   how the run ended (written last); a failed site's report in the closed
                    vocabulary of caia_jupyter.contracts.failures
 
@@ -32,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..contracts import failures as failure_reports
-from ..contracts import weights
+from ..contracts import standard, weights
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_atomic, write_json
 from ..contracts.privacy import ACCOUNTANT, EPSILON
@@ -43,6 +46,7 @@ FINAL = ("finished", "failed", "refused", "aborted")
 MODEL_FILE = "global_model.pt"
 GUARANTEE_FILE = "global_model.guarantee.json"  # the guarantee beside the exported model (`Run.guarantee`)
 SITE_FAILURES = "site_failures.json"  # the failure reports the server received (aggregator.components.FAILURES)
+SITE_STANDARDS = "site_standards.json"  # the standard reports the server received (aggregator.components.STANDARDS)
 TARGETS = ("simulator", "poc", "prod")  # where a run can run (run.json "target")
 # The modules `start_launcher` runs as `python -m MODULE RUN_DIR`, one per kind of target.
 LAUNCHERS = ("caia_jupyter.targets.simulator", "caia_jupyter.targets.remote")
@@ -247,13 +251,22 @@ class Run:
                 "rounds": self.spec["rounds"], "epsilon_spent": dict(sorted(spent.items()))}
 
     @property
+    def standard_reports(self) -> dict[str, list[standard.Report]]:
+        """Site -> its reports of data it admitted breaking the bundle's standard, read as untrusted
+        (`standard.reports`): only the run's own sites, only rules of the bundle's own standards."""
+        return standard.reports(self._json(SITE_STANDARDS), self.spec["sites"], self.spec.get("standards"))
+
+    @property
     def notes(self) -> list[str]:
-        """What the run left out, one line each: a simulated site that ran the code without the
+        """What the run left out or let in, one line each: a site that admitted the bundle with data
+        breaking its standard (`standard_reports`: the rules it breaks, never a count or a value), a simulated site that ran the code without the
         kernel's sandbox (`site.sandbox`: its policy preferred, this machine's kernel without Landlock),
         a site's update left out of a round's average (why, in the fixed words of `failures.EXCLUDED`),
         a metric a site sent that was not finite."""
-        lines = [failure_reports.UNCONFINED.format(site=site) for site, a in self._admissions().items()
-                 if site in self.spec["sites"] and a.get("sandbox") == "process"]
+        broken = self.standard_reports
+        lines = [report.text(site) for site in self.spec["sites"] for report in broken.get(site, [])]
+        lines += [failure_reports.UNCONFINED.format(site=site) for site, a in self._admissions().items()
+                  if site in self.spec["sites"] and a.get("sandbox") == "process"]
         lines += [failure_reports.describe_excluded(site, round, reason) for site, round, reason in self.server_status.excluded]
         return lines + [failure_reports.NON_FINITE_METRIC.format(site=r.site, name=r.name, round=r.round)
                         for r in self.records() if r.value is None]

@@ -2,7 +2,8 @@
 
 Every round it hands the global weights to the bundle's code and sends back its weights and
 metrics; the code runs where the site's release says (`sandbox`). Whatever fails, the site keeps
-the whole story and sends only a report of the closed vocabulary (`contracts.failures`).
+the whole story and sends only a report of the closed vocabulary (`contracts.failures`). At the
+start it sends the release's reports of data admitted breaking its standard (`contracts.standard`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..contracts.errors import ContractError
 from ..contracts.failures import FAILURE_FILE, FAILURE_TAG
 from ..contracts.fileset import MODULE
 from ..contracts.privacy import EPSILON
+from ..contracts.standard import STANDARD_TAG
 from .context import Context
 from .privacy_policy import check_job_scope
 from .release import Release
@@ -48,7 +50,10 @@ def run_site(runner_file: str) -> None:
 
 
 def _serve(app_dir: Path) -> None:
+    import json
+
     import nvflare.client as flare
+    from nvflare.apis.analytix import AnalyticsDataType
     from nvflare.app_common.abstract.fl_model import FLModel
     from nvflare.client.tracking import SummaryWriter
 
@@ -56,6 +61,8 @@ def _serve(app_dir: Path) -> None:
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():
         raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
+    for report in release.standard_reports:  # data admitted breaking its standard: the researcher is told which rules
+        flare.log(key=STANDARD_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
     code = _code_of(app_dir, release)
     writer = SummaryWriter()
 

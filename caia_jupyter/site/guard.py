@@ -10,7 +10,9 @@ requests against the site's ceilings (`privacy_ceiling`), checks each released d
 read as the catalog records) against the requested schema and standard (its violations counted
 per rule: refused or recorded, as the site's policy says), checks the site's privacy policy
 (`privacy_policy`: usable, and weight differences where its scope needs them), and writes the release
-(`caia_release.json`) that the runtime and `ctx` read.
+(`caia_release.json`) that the runtime and `ctx` read; under policy "report" it holds the report
+(the rules, no count) of each dataset breaking its standard that the runtime sends the researcher
+(`standard_reports`).
 
 A refusal's text reaches the researcher, so it names the site, the bundle id and caia's reason,
 never a site path or a data value; what the site's admin needs goes to the site's log. Admission
@@ -114,7 +116,7 @@ def release_of(site: Site, requested: dict[str, dict], releases: dict[str, str],
         if name in (standards or {}):
             broken = standard.violations(frame, standards[name])
             if broken and site.standard_violations == "refuse":
-                raise Unfit(f"dataset {name} breaks its standard: {standard.rules(broken)}; the site's policy refuses "
+                raise Unfit(f"dataset {name} breaks its standard: {standard.report(name, broken).rules()}; the site's policy refuses "
                             "data that breaks the bundle's standard (the site fixes its data, or the researcher the standard)",
                             f"exact counts at the site: {standard.summary(broken)}")
             released[name]["violations"] = [[v.field, v.rule, v.count] for v in broken]
@@ -126,8 +128,7 @@ def standards_of(manifest: dict, files: dict[str, bytes]) -> dict[str, dict]:
     (`files`: bundle path -> bytes, already checked against the manifest). Raises Unfit for one caia
     cannot read (the bundle's content checks refuse that first)."""
     try:
-        return {name: standard.read_standard(files[spec["standard"]], spec["standard"])
-                for name, spec in manifest["datasets"].items() if spec.get("standard")}
+        return standard.bundle_standards(manifest, files.__getitem__)
     except (CaiaError, KeyError) as e:
         raise Unfit("its dataset standard cannot be read; rebuild it", str(e)) from e
 
@@ -138,6 +139,13 @@ def violations_text(released: dict[str, dict]) -> str:
     return "; ".join(f"dataset {name} breaks its standard: "
                      + standard.summary([standard.Violation(*v) for v in spec["violations"]])
                      for name, spec in released.items() if spec.get("violations"))
+
+
+def standard_reports(released: dict[str, dict]) -> list[dict]:
+    """What a site's runtime tells the researcher of the `released` datasets (`release_of`) that break
+    their standard: one `standard.Report` each (as a dict), the rules and no count."""
+    return [standard.report(name, [standard.Violation(*v) for v in spec["violations"]]).model_dump()
+            for name, spec in released.items() if spec.get("violations")]
 
 
 def privacy_ceiling(job: dict, approved: float | None, policy: float | None, rows: int = 0) -> None:
@@ -267,7 +275,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
                    "statistics bundle (the site's log says why)", str(e))
     return Release(site.name, bid, released, job.get("params", {}), job["rounds"], approval.path.name if approval.path else "",
                    {name: entry["sha256"] for name, entry in listed.items()}, placed, job.get("privacy"),
-                   job.get("encryption"), statistics), approval
+                   job.get("encryption"), statistics, standard_reports(released)), approval
 
 
 def admit(app_dir: str | Path, site_dir: str | Path, now: datetime | None = None, sandbox: str = "required",

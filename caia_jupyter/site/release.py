@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contracts.errors import SiteError
@@ -26,6 +26,9 @@ class Release:
     privacy: dict | None = None  # the manifest's job.privacy (`contracts.privacy.DifferentialPrivacy`); None: no DP
     encryption: str | None = None  # the manifest's job.encryption: the global model arrives encrypted (`flare_client`)
     statistics: dict | None = None  # a statistics bundle: {"spec": job.statistics, "thresholds": the site's, "noise_seed": `statistics.noise_seed`, "ranges": its `statistics.RANGES_FILE`}
+    # one `contracts.standard.Report` (a dict) per released dataset breaking its standard, admitted under the site's
+    # policy "report": the rules it breaks, no count; the runtime sends them as they are
+    standard_reports: list = field(default_factory=list)
 
     @classmethod
     def read(cls, app_dir: str | Path) -> Release:

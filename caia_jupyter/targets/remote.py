@@ -14,7 +14,8 @@ StatisticsController wrote into the server's job folder (STATISTICS_FILE) are ta
 downloaded result, where `researcher.explore.Result.read` finds them.
 
 What the server says about a site's failure is read as untrusted: only reports of the closed
-vocabulary of caia_jupyter.contracts.failures, for the run's own sites, are kept.
+vocabulary of caia_jupyter.contracts.failures, for the run's own sites, are kept; so is what it says
+about data a site admitted breaking the bundle's standard (`contracts.standard.reports`).
 
 Terminating the follower (Run.abort) aborts the job on the server first.
 """
@@ -30,8 +31,8 @@ import time
 import traceback
 from pathlib import Path
 
-from ..aggregator.components import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STATISTICS_FILE, STATUS
-from ..contracts import failures
+from ..aggregator.components import APP_COMMAND, FAILURES, GLOBAL_MODEL, METRICS, STANDARDS, STATISTICS_FILE, STATUS
+from ..contracts import failures, standard
 from ..contracts.errors import FlareError
 from ..contracts.fsutil import read_json, write_json
 from ..contracts.weights import DTYPES_FILE
@@ -139,6 +140,8 @@ def pull(session, job_id: str, since: int, run_dir: Path, sites: list[str]) -> i
         write_json(run_dir / STATUS, answer["status"])
     if isinstance(answer, dict) and answer.get("failures"):
         write_failures(answer["failures"], run_dir, sites)
+    if isinstance(answer, dict) and answer.get("standards"):
+        write_standards(answer["standards"], run_dir, sites)
     return len(records)
 
 
@@ -146,6 +149,14 @@ def write_failures(received, run_dir: Path, sites: list[str]) -> dict[str, failu
     """Keep the server's failure reports of the run's own sites, each parsed strictly."""
     reports = failures.parse_all(received, sites)
     write_json(run_dir / FAILURES, {site: report.model_dump() for site, report in reports.items()})
+    return reports
+
+
+def write_standards(received, run_dir: Path, sites: list[str]) -> dict[str, list[standard.Report]]:
+    """Keep the server's reports of data breaking the bundle's standard: of the run's own sites, each
+    parsed strictly and naming only rules of the bundle's own standards (run.json "standards")."""
+    reports = standard.reports(received, sites, read_json(run_dir / "run.json").get("standards"))
+    write_json(run_dir / STANDARDS, {site: [r.model_dump() for r in found] for site, found in reports.items()})
     return reports
 
 
@@ -190,6 +201,9 @@ def collect(result: Path, run_dir: Path, sites: list[str], statistics: bool = Fa
     found = next(result.rglob(FAILURES), None)
     if found is not None:
         write_failures(read_json(found), run_dir, sites)
+    found = next(result.rglob(STANDARDS), None)
+    if found is not None:
+        write_standards(read_json(found), run_dir, sites)
 
 
 def outcome(meta: dict, run_dir: Path, spec: dict, aborted: bool) -> dict:

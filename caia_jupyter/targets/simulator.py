@@ -22,7 +22,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from ..contracts import failures
+from ..contracts import failures, standard
 from ..contracts.errors import CaiaError
 from ..contracts.fsutil import read_json, write_json
 from ..researcher.runs import (Run, Status, describe_failures, ended_message, finished_message, local_failure_record,
@@ -53,7 +53,10 @@ def submit(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Run:
 
 def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> Path:
     """A new run folder under `runs_root` for `bundle` at `site_dirs` (name -> directory): run.json, and
-    the mark that this process prepares it (`runs.mark_preparing`) until `start` starts its launcher."""
+    the mark that this process prepares it (`runs.mark_preparing`) until `start` starts its launcher.
+    Raises BundleError, writing nothing, when a standard of the bundle is not the file its manifest lists."""
+    # what a site may report its data breaks (`Run.standard_reports`): dataset -> field -> rules
+    standards = {name: standard.rules_of(std) for name, std in standard.bundle_standards(bundle.manifest, bundle.file).items()}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     runs_root = Path(runs_root).resolve()
     run_dir = runs_root / f"{stamp}-{bundle.short_id}"
@@ -71,6 +74,7 @@ def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> P
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"privacy": job["privacy"]} if job.get("privacy") else {}),  # the guarantee the run's record states
         **({"statistics": True} if job.get("statistics") else {}),
+        "standards": standards,
     })
     return run_dir
 
