@@ -56,3 +56,39 @@ def test_a_sites_min_and_max_are_its_datas_whatever_range_the_servers_first_roun
     real = sent(frame["age"].min(), frame["age"].max())
     assert real[0] < frame["age"].min() and real[1] > frame["age"].max()  # noised
     assert {sent(v, v + 50) for v in range(20, 45)} == {real}  # no guess of the min changes the answer
+
+
+def test_two_first_runs_at_once_cannot_both_take_a_range(tmp_path, monkeypatch):
+    # two jobs of one approved request started together: each reads the ranges file before the other
+    # writes it, so each would take its own range, and their difference is a count below the minimum
+    import threading
+
+    from caia_jupyter.site import statistics
+
+    both_read = threading.Barrier(2)
+
+    def read_then_wait(path, read=statistics.read_ranges):
+        found = read(path)
+        try:
+            both_read.wait(timeout=1)  # a job that reads while the other holds the file waits in vain
+        except threading.BrokenBarrierError:
+            pass
+        return found
+
+    monkeypatch.setattr(statistics, "read_ranges", read_then_wait)
+    taken = taken_ranges(tmp_path / "statistics.ranges.json", "sha256:" + "0" * 64)
+    answers = []
+    runs = [threading.Thread(target=lambda high=high: answers.append(taken("d", "age", 0, high))) for high in (152, 156)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert sorted(answers) == [False, True]
+
+
+def test_a_ranges_file_the_site_cannot_read_takes_no_range(tmp_path):
+    # forgetting the ranges taken would let the next run take other edges
+    file = tmp_path / "statistics.ranges.json"
+    file.write_text("{not json", encoding="utf-8")
+    assert taken_ranges(file, "sha256:" + "0" * 64)("d", "age", 0, 152) is False
+    assert file.read_text(encoding="utf-8") == "{not json"

@@ -25,6 +25,7 @@ edges from run to run would find where no value lies, and so a value).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -52,7 +53,7 @@ from nvflare.app_opt.statistics.df.df_core_statistics import DFStatisticsCore
 
 from ..contracts.client_app import STATISTICS_CONFIG_FILE, STATISTICS_TASKS, canonical
 from ..contracts.errors import SiteError
-from ..contracts.fsutil import read_json, write_json
+from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import StatisticsSpec, category_feature
 from .context import read_released
 from .release import Release
@@ -372,17 +373,45 @@ def taken_ranges(file: Path, bundle_id: str) -> Callable[[str, str, float, float
     that first run in `file` (the site's RANGES_FILE). The server is the researcher's: other edges in
     a later run would release counts whose difference is the count between two edges. NVFLARE's
     agreed range is the same in every run of a bundle (the sites' noise on min and max is), so a
-    later run with the same sites passes."""
+    later run with the same sites passes. Jobs at once take turns (an exclusive `flock` on the site
+    directory), so two first runs cannot both take a range; a file the site cannot read takes none
+    (False), as forgetting the ranges would let the next run take another."""
 
     def taken(dataset: str, feature: str, low: float, high: float) -> bool:
-        ranges = read_json(file) if file.exists() else {}
         name = f"{bundle_id} {dataset} {feature}"
-        if name not in ranges:
-            write_json(file, {**ranges, name: [low, high]})
-            return True
+        with locked(file.parent):
+            ranges = read_ranges(file)
+            if ranges is None:
+                logger.warning("statistics: %s cannot be read; no histogram range taken", file.name)
+                return False
+            if name not in ranges:
+                write_json(file, {**ranges, name: [low, high]})
+                return True
         return all(math.isclose(a, b) for a, b in zip(ranges[name], (low, high)))
 
     return taken
+
+
+def read_ranges(file: Path) -> dict | None:
+    """The ranges file's object: {} when it does not exist, None when it cannot be read or is no object."""
+    try:
+        found = loads_strict(file.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+@contextmanager
+def locked(directory: Path):
+    """An exclusive `flock` on `directory` inside the block (other processes and threads wait)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _as_asked(histogram, asked, sent: list[float] | None) -> bool:
