@@ -15,7 +15,8 @@ whatever the spec does not name, then NVFLARE's cleansers (MinCountCleanser, Add
 HistogramBinsCleanser) apply. The researcher sees what was withheld as suppressed.
 
 The server is the researcher's: it may ask any histogram range and run an approved bundle again and
-again. So NVFLARE's noise on min and max is drawn from a seed made of the value itself and a
+again. So the min and max sent are the data's own (`own_extremes`; NVFLARE's executor would send a
+histogram range of the server's config instead), and NVFLARE's noise on them is drawn from a seed made of the value itself and a
 secret the guard derives from the site's own key (`noise_seed`, `noisy_extremes`): a value gets the
 same noise in every run of every bundle, so no number of runs or bundles averages it away; a histogram range the spec does not fix must hold the extremes this site sent (as
 NVFLARE's agreed range does), and its zero bins are suppressed like small ones (else moving the
@@ -24,6 +25,7 @@ edges from run to run would find where no value lies, and so a value).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -51,7 +53,7 @@ from nvflare.app_opt.statistics.df.df_core_statistics import DFStatisticsCore
 
 from ..contracts.client_app import STATISTICS_CONFIG_FILE, STATISTICS_TASKS, canonical
 from ..contracts.errors import SiteError
-from ..contracts.fsutil import read_json, write_json
+from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import StatisticsSpec, category_feature
 from .context import read_released
 from .release import Release
@@ -260,7 +262,8 @@ class SiteStatisticsFilter(StatisticsPrivacyFilter):
             release = Release.read(fl_ctx.get_prop(FLContextKey.APP_ROOT))
             self.cleansers = _Cleansers(Thresholds(**release.statistics["thresholds"]),
                                         StatisticsSpec.model_validate(release.statistics["spec"]), release.statistics["noise_seed"],
-                                        taken_ranges(Path(release.statistics["ranges"]), release.bundle_id))
+                                        taken_ranges(Path(release.statistics["ranges"]), release.bundle_id),
+                                        fl_ctx.get_engine().get_component(GENERATOR_ID).data)
         return super().process_dxo(dxo, shareable, fl_ctx)
 
     def get_cleansers(self, result_checker_ids, fl_ctx) -> list:
@@ -271,20 +274,26 @@ class _Cleansers:
     """`withhold`, `restrict` to the spec, NVFLARE's cleansers in turn (its noise on extremes by
     `noisy_extremes`, from `noise_seed`), then the spec's histogram ranges as the min/max NVFLARE needs for them. `sent`:
     (dataset, feature) -> the [min, max] this site sent, which a histogram range the spec does not
-    fix must hold; `taken`: `taken_ranges`, which such a range must also pass (None: none does)."""
+    fix must hold; `taken`: `taken_ranges`, which such a range must also pass (None: none does);
+    `data`: the frames described (`CaiaStatistics.data`), whose own min and max are the ones sent
+    (`own_extremes`; None: those in the statistics are)."""
 
     def __init__(self, thresholds: Thresholds, spec: StatisticsSpec, noise_seed: str,
-                 taken: Callable[[str, str, float, float], bool] | None = None):
+                 taken: Callable[[str, str, float, float], bool] | None = None,
+                 data: dict[str, pd.DataFrame] | None = None):
         self.thresholds = thresholds
         self.spec = spec
         self.noise_seed = noise_seed
         self.taken = taken
+        self.data = data
         self.sent: dict[tuple[str, str], list[float]] = {}
 
     def apply(self, statistics: dict, client_name: str) -> tuple[dict, bool]:
         t = self.thresholds
         withhold(statistics, t, self.spec)  # first: it reads every missing count, released or not
         restrict(statistics, self.spec, self.sent, self.taken)
+        if self.data is not None:
+            own_extremes(statistics, self.data)
         # NVFLARE's cleansers count `count - failure_count`; caia's count is already the values present
         view = {**statistics, StC.STATS_FAILURE_COUNT: {ds: {f: 0 for f in counts}
                                                         for ds, counts in statistics.get(StC.STATS_COUNT, {}).items()}}
@@ -299,6 +308,17 @@ class _Cleansers:
                 if high is not None:
                     self.sent[ds, feature] = [low, high]
         return statistics, True
+
+
+def own_extremes(statistics: dict, data: dict[str, pd.DataFrame]) -> None:
+    """Set each min and max in `statistics` to its feature's own in `data` (dataset -> frame), in
+    place: NVFLARE's executor sends a histogram range of the server's config as the site's min and
+    max, and noise seeded by the value would then answer the noisy value of any number the server
+    picks, so a guess matching the site's real noisy extreme would be it."""
+    for key, extreme in ((StC.STATS_MIN, pd.Series.min), (StC.STATS_MAX, pd.Series.max)):
+        for ds, features in statistics.get(key, {}).items():
+            for feature in features:
+                features[feature] = float(extreme(data[ds][feature]))
 
 
 def allowed_statistics(spec: StatisticsSpec) -> set[str]:
@@ -353,17 +373,45 @@ def taken_ranges(file: Path, bundle_id: str) -> Callable[[str, str, float, float
     that first run in `file` (the site's RANGES_FILE). The server is the researcher's: other edges in
     a later run would release counts whose difference is the count between two edges. NVFLARE's
     agreed range is the same in every run of a bundle (the sites' noise on min and max is), so a
-    later run with the same sites passes."""
+    later run with the same sites passes. Jobs at once take turns (an exclusive `flock` on the site
+    directory), so two first runs cannot both take a range; a file the site cannot read takes none
+    (False), as forgetting the ranges would let the next run take another."""
 
     def taken(dataset: str, feature: str, low: float, high: float) -> bool:
-        ranges = read_json(file) if file.exists() else {}
         name = f"{bundle_id} {dataset} {feature}"
-        if name not in ranges:
-            write_json(file, {**ranges, name: [low, high]})
-            return True
+        with locked(file.parent):
+            ranges = read_ranges(file)
+            if ranges is None:
+                logger.warning("statistics: %s cannot be read; no histogram range taken", file.name)
+                return False
+            if name not in ranges:
+                write_json(file, {**ranges, name: [low, high]})
+                return True
         return all(math.isclose(a, b) for a, b in zip(ranges[name], (low, high)))
 
     return taken
+
+
+def read_ranges(file: Path) -> dict | None:
+    """The ranges file's object: {} when it does not exist, None when it cannot be read or is no object."""
+    try:
+        found = loads_strict(file.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+@contextmanager
+def locked(directory: Path):
+    """An exclusive `flock` on `directory` inside the block (other processes and threads wait)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _as_asked(histogram, asked, sent: list[float] | None) -> bool:
