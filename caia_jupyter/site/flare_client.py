@@ -2,8 +2,8 @@
 
 Every round it hands the global weights to the bundle's code and sends back its weights and
 metrics; the code runs where the site's release says (`sandbox`). Whatever fails, the site keeps
-the whole story and sends only a report of the closed vocabulary (`contracts.failures`). At the
-start it sends the release's reports of data admitted breaking its standard (`contracts.standard`).
+the whole story and sends only a report of the closed vocabulary (`contracts.failures`). With the
+first task it sends the release's reports of data admitted breaking its standard (`contracts.standard`).
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ def _serve(app_dir: Path) -> None:
     release = Release.read(app_dir)
     if release.site != flare.get_site_name():
         raise ContractError(f"the release is for {release.site}, but this is {flare.get_site_name()}")
-    for report in release.standard_reports:  # data admitted breaking its standard: the researcher is told which rules
-        flare.log(key=STANDARD_TAG, value=json.dumps(report), data_type=AnalyticsDataType.TEXT)
     code = _code_of(app_dir, release)
     writer = SummaryWriter()
 
@@ -85,6 +83,9 @@ def _serve(app_dir: Path) -> None:
 
             spent = Spent()
         while (incoming := next_task()) is not None:
+            if first is None:  # the first task: the server listens now (a record sent before init settles can be lost)
+                for broken in release.standard_reports:  # data admitted breaking its standard: the researcher is told which rules
+                    flare.log(key=STANDARD_TAG, value=json.dumps(broken), data_type=AnalyticsDataType.TEXT)
             first = first or incoming.params  # the initial global model: in clear, also under encryption
             params = in_clear(incoming.params, first) if release.encryption else incoming.params
             final = flare.is_evaluate()  # the final global model, after the last round
