@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", metavar=SANDBOX_CHOICES, help=f"where approved code runs: {SANDBOX_HELP}")
     p.add_argument("--max-epsilon", metavar="EPSILON|none", help=f"{MAX_EPSILON_HELP}; none: no longer required")
     p.add_argument("--standard-violations", choices=["refuse", "report"],
-                   help="released data that breaks a bundle's dataset standard: refuse the bundle, or admit it and "
-                        "record the counts in the audit log (default: report)")
+                   help="released data that breaks a bundle's dataset standard: refuse the bundle, or admit it, "
+                        "record the counts in the audit log and tell the researcher which rules (default: report)")
     p.add_argument("--min-count", type=int, metavar="N",
                    help="statistics: withhold every statistic of a feature with fewer than N values here (default 10)")
     p.add_argument("--noise", metavar="LOW:HIGH", help="statistics: relative noise on local min/max (default 0.1:0.3)")

@@ -281,7 +281,7 @@ FORGED = {
 }
 
 
-def run_with(tmp_path, received) -> "Run":
+def run_with(tmp_path, received):
     from caia_jupyter.contracts.standard import rules_of
     from caia_jupyter.researcher.runs import SITE_STANDARDS, Run
 
