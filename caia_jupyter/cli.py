@@ -334,6 +334,7 @@ def do_validate(args, namespace=None) -> Outcome:
 
 
 def do_review(args, namespace=None) -> Outcome:
+    from .contracts.fileset import is_statistics
     from .reviewer.review import protection, rendered, site_ceiling, site_refusal, site_scope
     from .reviewer.signing import standing, validation_problem
     from .site.sites import open_site
@@ -343,7 +344,7 @@ def do_review(args, namespace=None) -> Outcome:
     path, bundle, capabilities, changes = review.path, review.bundle, review.capabilities, review.changes
     job = bundle.manifest["job"]
     problem = validation_problem(bundle)
-    if job.get("statistics"):  # no code: what leaves each site is the review
+    if is_statistics(job):  # no code: what leaves each site is the review
         lines = [f"review: {path}", "statistics bundle: no code; the review lists what leaves each site",
                  f"validation: {problem or 'passed'}"]
         data = {"review": str(path), "statistics": job["statistics"], "validation": {"passed": not problem, "problem": problem}}

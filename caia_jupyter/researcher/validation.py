@@ -31,7 +31,7 @@ from pathlib import Path
 from jupyter_client.manager import AsyncKernelManager
 
 from ..contracts.errors import BundleError, Busy, CaiaError, ValidationFailed
-from ..contracts.fileset import MODULE
+from ..contracts.fileset import MODULE, is_statistics
 from ..contracts.fsutil import write_atomic, write_json
 from ..contracts.version import __version__
 from . import history
@@ -128,7 +128,7 @@ def validate_notebook(notebook_path: Path, output: Path | None = None, namespace
 def validate(bundle: Bundle, kernel_name: str = "python3", timeout: int = 600) -> ValidationResult:
     """Run the validation notebook on `bundle` (raises Busy while a validation of its folder runs); write
     records/validation.json and records/validation.ipynb, and keep both in the history under its id."""
-    if bundle.manifest["job"].get("statistics"):  # no code to run: the samples against the request
+    if is_statistics(bundle.manifest["job"]):  # no code to run: the samples against the request
         record = validate_statistics(bundle)
         return ValidationResult(bundle.id, record["passed"], bundle.records / "validation.json", None, record)
     with one_at_a_time(bundle.path, bundle.path.name):

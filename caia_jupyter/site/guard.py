@@ -41,7 +41,7 @@ from nvflare.apis.app_validation import AppValidator
 from ..contracts import schema, standard
 from ..contracts.client_app import FLARE_FILES, app_path
 from ..contracts.errors import CaiaError, SiteError
-from ..contracts.fileset import MANIFEST, content_problems, listing_problems
+from ..contracts.fileset import MANIFEST, content_problems, is_statistics, listing_problems
 from ..contracts.fsutil import loads_strict, write_json
 from ..contracts.manifest import Manifest, bundle_id
 from ..contracts.privacy import DifferentialPrivacy, exact
@@ -266,7 +266,7 @@ def _checked(app_dir: str | Path, site: Site, now: datetime | None, sandbox: str
         refuse(str(e))
     job = manifest["job"]
     statistics = None
-    if job.get("statistics"):
+    if is_statistics(job):
         try:
             statistics = {"spec": job["statistics"], "thresholds": asdict(read_thresholds(site.path)),
                           "noise_seed": noise_seed(site.path), "ranges": str(Path(site.path) / RANGES_FILE)}

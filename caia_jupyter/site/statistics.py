@@ -349,9 +349,8 @@ def restrict(statistics: dict, spec: StatisticsSpec, sent: dict[tuple[str, str],
                 value = features[feature]
                 keep = statistic in allowed and (feature in columns or (feature in indicators and statistic == StC.STATS_COUNT))
                 if keep and statistic == StC.STATS_HISTOGRAM:
-                    keep = _as_asked(value, spec.histograms.get(feature), sent.get((ds, feature))) and (
-                        spec.histograms[feature].range is not None
-                        or (taken is not None and taken(ds, feature, value.bins[0].low_value, value.bins[-1].high_value)))
+                    keep = _as_asked(value, spec.histograms.get(feature), sent.get((ds, feature)),
+                                     taken and (lambda low, high: taken(ds, feature, low, high)))
                 if keep and statistic == StC.STATS_QUANTILE:
                     asked = {q: v for q, v in value.get(StC.STATS_QUANTILE, {}).items()
                              if any(math.isclose(q, a) for a in spec.quantiles)}
@@ -414,15 +413,17 @@ def locked(directory: Path):
         os.close(descriptor)  # releases the lock
 
 
-def _as_asked(histogram, asked, sent: list[float] | None) -> bool:
+def _as_asked(histogram, asked, sent: list[float] | None, taken: Callable[[float, float], bool] | None) -> bool:
     """Whether a histogram has the spec's bins and range, when the spec fixes one, or else a range
-    holding `sent`, the min and max this site sent (None: it sent none, so no range is agreed)."""
+    holding `sent`, the min and max this site sent (None: it sent none, so no range is agreed), that
+    `taken` (the bundle's pinned range at this site, checked last as it records a first one; None:
+    none) accepts."""
     if asked is None or len(histogram.bins) != asked.bins:
         return False
     low, high = histogram.bins[0].low_value, histogram.bins[-1].high_value
     if asked.range is not None:
         return math.isclose(low, asked.range[0]) and math.isclose(high, asked.range[1])
-    return sent is not None and low <= sent[0] and high >= sent[1]
+    return sent is not None and low <= sent[0] and high >= sent[1] and taken is not None and taken(low, high)
 
 
 def withhold(statistics: dict, thresholds: Thresholds, spec: StatisticsSpec) -> int:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..contracts import failures, standard
 from ..contracts.errors import CaiaError
+from ..contracts.fileset import is_statistics
 from ..contracts.fsutil import read_json, write_json
 from ..researcher.runs import (Run, Status, describe_failures, ended_message, finished_message, local_failure_record,
                                mark_preparing, refused_message, start_launcher)
@@ -73,7 +74,7 @@ def create_run(bundle: Bundle, site_dirs: dict[str, Path], runs_root: Path) -> P
         "rounds": job["rounds"], "min_clients": job["min_clients"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"privacy": job["privacy"]} if job.get("privacy") else {}),  # the guarantee the run's record states
-        **({"statistics": True} if job.get("statistics") else {}),
+        **({"statistics": True} if is_statistics(job) else {}),
         "standards": standards,
     })
     return run_dir
