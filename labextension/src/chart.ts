@@ -162,16 +162,25 @@ function paint(chart: Chart): void {
   chart.update('none');
 }
 
-function options(lastRound: number, finalRound: number | null, element: Element) {
+/** What every caia chart's options share: the theme's colors and font, and the layout (the container's width). */
+function common(element: Element) {
   const colors = theme(element);
   const font = { family: colors.font, size: 10 };
-  return {
+  const layout = {
     responsive: true,
     maintainAspectRatio: true,
     aspectRatio: 1.4,
     animation: false as const, // redrawn on every streamed record
+    color: colors.text
+  };
+  return { colors, font, layout };
+}
+
+function options(lastRound: number, finalRound: number | null, element: Element) {
+  const { colors, font, layout } = common(element);
+  return {
+    ...layout,
     parsing: false as const,
-    color: colors.text,
     interaction: { mode: 'nearest' as const, axis: 'x' as const, intersect: false },
     scales: {
       x: {
@@ -217,14 +226,9 @@ function withAlpha(color: string, alpha: number): string {
 }
 
 function histogramOptions(element: Element) {
-  const colors = theme(element);
-  const font = { family: colors.font, size: 10 };
+  const { colors, font, layout } = common(element);
   return {
-    responsive: true,
-    maintainAspectRatio: true,
-    aspectRatio: 1.4,
-    animation: false as const,
-    color: colors.text,
+    ...layout,
     datasets: { bar: { grouped: false, barPercentage: 1, categoryPercentage: 1, borderWidth: 1 } },
     scales: {
       x: {
